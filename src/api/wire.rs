@@ -1,0 +1,300 @@
+//! Wire types of API v1 and their validation: the edge where untrusted JSON
+//! becomes a domain [`Mutation`].
+
+use crate::model::{DocKey, Mutation, Op};
+use crate::resolve::{VALUE_DEPTH_MAX, merge::json_depth};
+use serde::Deserialize;
+use serde_json::Value;
+
+pub const BODY_BYTES_MAX: usize = 1_048_576;
+pub const ID_CHARS_MAX: usize = 128;
+pub const CLIENT_CHARS_MAX: usize = 128;
+pub const COLLECTION_CHARS_MAX: usize = 64;
+pub const KEY_BYTES_MAX: usize = 512;
+
+/// `POST /v1/mutations` as sent. `deny_unknown_fields` turns a typo into a 400
+/// instead of a silently ignored field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MutationBody {
+    pub id: Option<String>,
+    pub collection: String,
+    pub key: String,
+    pub op: Op,
+    #[serde(default)]
+    pub value: Option<Value>,
+    pub base_version: Option<u64>,
+    pub client: Option<String>,
+    pub ts_ms: Option<i64>,
+}
+
+/// Parses and validates one mutation; `Err` is the message for a 400.
+/// `generated_id` is used when the body names no id.
+pub fn parse_mutation(
+    body: &[u8],
+    generated_id: impl FnOnce() -> String,
+) -> Result<Mutation, String> {
+    let parsed: MutationBody = serde_json::from_slice(body).map_err(describe_json_error)?;
+    validate(parsed, generated_id)
+}
+
+pub fn validate(
+    body: MutationBody,
+    generated_id: impl FnOnce() -> String,
+) -> Result<Mutation, String> {
+    if let Some(id) = &body.id {
+        check_chars("id", id, ID_CHARS_MAX)?;
+    }
+    if let Some(client) = &body.client {
+        check_chars("client", client, CLIENT_CHARS_MAX)?;
+    }
+    validate_collection(&body.collection)?;
+    validate_key(&body.key)?;
+    let value = match (body.op, body.value) {
+        (Op::Delete, None | Some(Value::Null)) => None,
+        (Op::Delete, Some(_)) => return Err("value must be absent or null for a delete".into()),
+        (_, None | Some(Value::Null)) => {
+            return Err(format!("value is required for a {}", body.op.as_str()));
+        }
+        (_, Some(v @ Value::Object(_))) => {
+            let depth = json_depth(&v);
+            if depth > VALUE_DEPTH_MAX {
+                return Err(format!(
+                    "value is nested {depth} levels deep; at most {VALUE_DEPTH_MAX} are allowed"
+                ));
+            }
+            match v {
+                Value::Object(map) => Some(map),
+                _ => None,
+            }
+        }
+        (_, Some(_)) => return Err("value must be a JSON object".into()),
+    };
+    let fingerprint = fingerprint(
+        &body.collection,
+        &body.key,
+        body.op,
+        value.as_ref(),
+        body.base_version,
+        body.client.as_deref(),
+        body.ts_ms,
+    );
+    Ok(Mutation {
+        id: body.id.unwrap_or_else(generated_id),
+        client: body.client,
+        doc: DocKey::new(body.collection, body.key),
+        op: body.op,
+        value,
+        base_version: body.base_version,
+        ts_ms: body.ts_ms,
+        fingerprint,
+    })
+}
+
+pub fn validate_collection(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if name.is_empty() || name.len() > COLLECTION_CHARS_MAX || !ok_chars {
+        return Err(format!(
+            "collection must be 1 to {COLLECTION_CHARS_MAX} characters of [A-Za-z0-9_.-], got {name:?}"
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("key must not be empty".into());
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(format!(
+            "key is {} bytes; at most {KEY_BYTES_MAX} are allowed",
+            key.len()
+        ));
+    }
+    Ok(())
+}
+
+fn check_chars(field: &str, value: &str, max: usize) -> Result<(), String> {
+    let n = value.chars().count();
+    if n == 0 || n > max {
+        return Err(format!("{field} must be 1 to {max} characters, got {n}"));
+    }
+    Ok(())
+}
+
+/// serde's messages name the field and the expectation; add where it stood.
+fn describe_json_error(e: serde_json::Error) -> String {
+    if e.is_syntax() || e.is_eof() {
+        format!("the body is not valid JSON: {e}")
+    } else {
+        format!("the body is not a valid mutation: {e}")
+    }
+}
+
+/// A stable 64-bit hash of everything a mutation means except its id: object
+/// keys are hashed in sorted order, so `{"a":1,"b":2}` and `{"b":2,"a":1}` are
+/// the same body. FNV-1a, because the hash is stored and must not change
+/// between builds (std's `DefaultHasher` may).
+fn fingerprint(
+    collection: &str,
+    key: &str,
+    op: Op,
+    value: Option<&serde_json::Map<String, Value>>,
+    base_version: Option<u64>,
+    client: Option<&str>,
+    ts_ms: Option<i64>,
+) -> u64 {
+    let mut h = Fnv::default();
+    h.field(collection.as_bytes());
+    h.field(key.as_bytes());
+    h.field(op.as_str().as_bytes());
+    match value {
+        Some(map) => hash_object(&mut h, map),
+        None => h.field(b"~none"),
+    }
+    h.field(&base_version.map(|v| v.to_le_bytes()).unwrap_or([0xff; 8]));
+    h.field(client.unwrap_or("~anonymous").as_bytes());
+    h.field(&ts_ms.map(|v| v.to_le_bytes()).unwrap_or([0xff; 8]));
+    h.0
+}
+
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn bytes(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// Length-prefixed, so that field boundaries cannot shift.
+    fn field(&mut self, bytes: &[u8]) {
+        self.bytes(&(bytes.len() as u64).to_le_bytes());
+        self.bytes(bytes);
+    }
+}
+
+fn hash_value(h: &mut Fnv, value: &Value) {
+    match value {
+        Value::Null => h.field(b"n"),
+        Value::Bool(b) => h.field(if *b { b"t" } else { b"f" }),
+        Value::Number(n) => {
+            h.field(b"#");
+            h.field(n.to_string().as_bytes());
+        }
+        Value::String(s) => {
+            h.field(b"s");
+            h.field(s.as_bytes());
+        }
+        Value::Array(items) => {
+            h.field(b"[");
+            h.field(&(items.len() as u64).to_le_bytes());
+            for item in items {
+                hash_value(h, item);
+            }
+        }
+        Value::Object(map) => hash_object(h, map),
+    }
+}
+
+fn hash_object(h: &mut Fnv, map: &serde_json::Map<String, Value>) {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    h.field(b"{");
+    h.field(&(keys.len() as u64).to_le_bytes());
+    for k in keys {
+        h.field(k.as_bytes());
+        hash_value(h, &map[k]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<Mutation, String> {
+        parse_mutation(body.as_bytes(), || "generated".into())
+    }
+
+    #[test]
+    fn accepts_a_full_mutation() {
+        let m = parse(r#"{"id":"m1","collection":"notes","key":"a/b","op":"patch","value":{"x":1},"base_version":3,"client":"c","ts_ms":5}"#)
+            .expect("valid");
+        assert_eq!(
+            (
+                m.id.as_str(),
+                m.doc.key.as_str(),
+                m.base_version,
+                m.client.as_deref()
+            ),
+            ("m1", "a/b", Some(3), Some("c"))
+        );
+        let d = parse(r#"{"collection":"notes","key":"k","op":"delete"}"#).expect("valid");
+        assert_eq!((d.id.as_str(), d.value.clone()), ("generated", None));
+    }
+
+    #[test]
+    fn refuses_what_the_contract_refuses() {
+        let deep = format!(
+            r#"{{"collection":"c","key":"k","op":"put","value":{}1{}}}"#,
+            r#"{"a":"#.repeat(65),
+            "}".repeat(65)
+        );
+        let long_key = format!(
+            r#"{{"collection":"c","key":"{}","op":"put","value":{{}}}}"#,
+            "k".repeat(513)
+        );
+        let cases = [
+            r#"{"collection":"c","key":"k","op":"put","value":{},"extra":1}"#,
+            r#"{"collection":"c","key":"k","op":"upsert","value":{}}"#,
+            r#"{"collection":"c","key":"k","op":"put","value":{},"base_version":-1}"#,
+            r#"{"collection":"c","key":"k","op":"put","value":{},"base_version":"3"}"#,
+            r#"{"collection":"c","key":"","op":"put","value":{}}"#,
+            r#"{"collection":"bad name","key":"k","op":"put","value":{}}"#,
+            r#"{"collection":"c","key":"k","op":"put"}"#,
+            r#"{"collection":"c","key":"k","op":"put","value":[1]}"#,
+            r#"{"collection":"c","key":"k","op":"delete","value":{}}"#,
+            r#"{"id":"","collection":"c","key":"k","op":"delete"}"#,
+            r#"{"collection":"c","key":"k","op":"put","value":{},"client":""}"#,
+            r#"{"collection":"c","key":"k""#,
+            r#"[]"#,
+            &deep,
+            &long_key,
+        ];
+        for body in cases {
+            assert!(parse(body).is_err(), "should refuse {body}");
+        }
+        let at_limit = format!(
+            r#"{{"collection":"c","key":"k","op":"put","value":{}1{}}}"#,
+            r#"{"a":"#.repeat(64),
+            "}".repeat(64)
+        );
+        assert!(parse(&at_limit).is_ok(), "64 levels are allowed");
+    }
+
+    #[test]
+    fn fingerprint_ignores_id_and_key_order_but_not_content() {
+        let a =
+            parse(r#"{"id":"1","collection":"c","key":"k","op":"put","value":{"a":1,"b":[1,2]}}"#)
+                .expect("valid");
+        let b =
+            parse(r#"{"id":"2","collection":"c","key":"k","op":"put","value":{"b":[1,2],"a":1}}"#)
+                .expect("valid");
+        let c =
+            parse(r#"{"id":"1","collection":"c","key":"k","op":"put","value":{"a":1,"b":[2,1]}}"#)
+                .expect("valid");
+        let d = parse(r#"{"id":"1","collection":"c","key":"k","op":"put","value":{"a":1,"b":[1,2]},"base_version":0}"#).expect("valid");
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_ne!(a.fingerprint, c.fingerprint);
+        assert_ne!(a.fingerprint, d.fingerprint);
+    }
+}

@@ -1,0 +1,367 @@
+//! Configuration: one serde tree with `deny_unknown_fields`, read from an
+//! optional TOML file, overridden by `SLUICE_*` environment variables, then by
+//! command-line flags, and validated without side effects before anything
+//! starts.
+//!
+//! Environment names map onto the tree with `__` between levels:
+//! `SLUICE_LISTEN=…` sets `listen`, `SLUICE_QUEUE__QUEUE_LEN_MAX=…` sets
+//! `queue.queue_len_max`. `SLUICE_TEST_*` is left to the test suite.
+
+use crate::dispatch::{
+    COMMIT_BATCH_MAX_DEFAULT, DECIDE_TIMEOUT_MS_DEFAULT, EngineConfig,
+    IDEMPOTENCY_RETENTION_HOURS_DEFAULT, LANES_IN_FLIGHT_MAX_DEFAULT,
+};
+use crate::queue::QueueLimits;
+use crate::resolve::{Handler, ScriptLimits};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Loopback only: a proxy that accepts writes should not face a network
+/// until someone decides it should.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7070";
+pub const DATA_DIR_DEFAULT: &str = "./sluice-data";
+/// Queued mutations across all lanes: about 10 MB of typical documents.
+pub const QUEUE_LEN_MAX_DEFAULT: usize = 10_000;
+/// Queued mutations for one document: a hot key cannot take the whole queue.
+pub const LANE_LEN_MAX_DEFAULT: usize = 1_000;
+/// Mutations of one lane folded into one read-merge-write.
+pub const BATCH_LEN_MAX_DEFAULT: usize = 256;
+/// How long SIGTERM waits for queued mutations to drain.
+pub const SHUTDOWN_DEADLINE_MS_DEFAULT: u64 = 30_000;
+const ENV_PREFIX: &str = "SLUICE_";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address and port the HTTP API listens on.
+    pub listen: String,
+    /// Where the embedded SQLite files live.
+    pub data_dir: PathBuf,
+    /// `sqlite` (the file `store.db` in the data directory), `sqlite:PATH`,
+    /// `memory` (nothing persists), or a `postgres://` URL.
+    pub store: String,
+    /// Same choices as `store`; the SQLite default is `history.db`.
+    pub history: String,
+    /// The handler of collections that were never configured.
+    pub default_handler: Handler,
+    /// `text` or `json`.
+    pub log_format: String,
+    pub queue: QueueConfig,
+    pub script: ScriptConfig,
+    /// How long replies are kept for idempotent resends.
+    pub idempotency_retention_hours: u64,
+    /// How long SIGTERM waits for queued mutations before exiting.
+    pub shutdown_deadline_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    pub queue_len_max: usize,
+    pub lane_len_max: usize,
+    pub batch_len_max: usize,
+    pub lanes_in_flight_max: usize,
+    pub commit_batch_max: usize,
+    pub decide_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScriptConfig {
+    pub time_ms_max: u64,
+    pub memory_bytes_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: LISTEN_DEFAULT.into(),
+            data_dir: DATA_DIR_DEFAULT.into(),
+            store: "sqlite".into(),
+            history: "sqlite".into(),
+            default_handler: Handler::Optimistic,
+            log_format: "text".into(),
+            queue: QueueConfig::default(),
+            script: ScriptConfig::default(),
+            idempotency_retention_hours: IDEMPOTENCY_RETENTION_HOURS_DEFAULT,
+            shutdown_deadline_ms: SHUTDOWN_DEADLINE_MS_DEFAULT,
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            queue_len_max: QUEUE_LEN_MAX_DEFAULT,
+            lane_len_max: LANE_LEN_MAX_DEFAULT,
+            batch_len_max: BATCH_LEN_MAX_DEFAULT,
+            lanes_in_flight_max: LANES_IN_FLIGHT_MAX_DEFAULT,
+            commit_batch_max: COMMIT_BATCH_MAX_DEFAULT,
+            decide_timeout_ms: DECIDE_TIMEOUT_MS_DEFAULT,
+        }
+    }
+}
+
+impl Default for ScriptConfig {
+    fn default() -> Self {
+        let limits = ScriptLimits::default();
+        ScriptConfig {
+            time_ms_max: limits.time_ms_max,
+            memory_bytes_max: limits.memory_bytes_max,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Toml { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Where a backend lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Config {
+    /// File, then environment (`vars`, usually `std::env::vars()`), then validation.
+    pub fn load(
+        file: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Toml {
+                    path: path.into(),
+                    message: e.to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if rest.starts_with("TEST_") || rest.is_empty() {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            set_path(&mut table, &path, env_value(&value))
+                .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return invalid(format!(
+                "listen must be ADDRESS:PORT, got {:?}",
+                self.listen
+            ));
+        }
+        self.store_backend()?;
+        self.history_backend()?;
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return invalid(format!(
+                "log_format must be \"text\" or \"json\", got {:?}",
+                self.log_format
+            ));
+        }
+        let q = &self.queue;
+        for (name, value) in [
+            ("queue.queue_len_max", q.queue_len_max),
+            ("queue.lane_len_max", q.lane_len_max),
+            ("queue.batch_len_max", q.batch_len_max),
+            ("queue.lanes_in_flight_max", q.lanes_in_flight_max),
+            ("queue.commit_batch_max", q.commit_batch_max),
+            ("script.memory_bytes_max", self.script.memory_bytes_max),
+        ] {
+            if value == 0 {
+                return invalid(format!("{name} must be at least 1"));
+            }
+        }
+        if self.script.time_ms_max == 0 || self.script.time_ms_max > 60_000 {
+            return invalid("script.time_ms_max must be from 1 to 60000".into());
+        }
+        if self.script.memory_bytes_max < 1024 * 1024 {
+            return invalid("script.memory_bytes_max must be at least 1048576 (1 MiB)".into());
+        }
+        if q.decide_timeout_ms == 0 {
+            return invalid("queue.decide_timeout_ms must be at least 1".into());
+        }
+        if self.idempotency_retention_hours < 24 {
+            return invalid(
+                "idempotency_retention_hours must be at least 24: resends are promised a day"
+                    .into(),
+            );
+        }
+        if let Handler::Script { .. } | Handler::Webhook { .. } = self.default_handler {
+            return invalid("default_handler must be \"optimistic\" or \"automerge\"".into());
+        }
+        Ok(())
+    }
+
+    pub fn store_backend(&self) -> Result<Backend, ConfigError> {
+        backend(&self.store, &self.data_dir, "store.db", "store")
+    }
+
+    pub fn history_backend(&self) -> Result<Backend, ConfigError> {
+        backend(&self.history, &self.data_dir, "history.db", "history")
+    }
+
+    pub fn engine_config(&self) -> EngineConfig {
+        let q = &self.queue;
+        EngineConfig {
+            queue: QueueLimits {
+                queue_len_max: q.queue_len_max,
+                lane_len_max: q.lane_len_max,
+                batch_len_max: q.batch_len_max,
+            },
+            lanes_in_flight_max: q.lanes_in_flight_max,
+            commit_batch_max: q.commit_batch_max,
+            decide_timeout: Duration::from_millis(q.decide_timeout_ms),
+            default_handler: self.default_handler.clone(),
+            idempotency_retention: Duration::from_secs(self.idempotency_retention_hours * 3600),
+        }
+    }
+
+    pub fn script_limits(&self) -> ScriptLimits {
+        ScriptLimits {
+            time_ms_max: self.script.time_ms_max,
+            memory_bytes_max: self.script.memory_bytes_max,
+        }
+    }
+}
+
+fn backend(spec: &str, data_dir: &Path, file: &str, what: &str) -> Result<Backend, ConfigError> {
+    if spec == "sqlite" {
+        Ok(Backend::Sqlite(data_dir.join(file)))
+    } else if let Some(path) = spec.strip_prefix("sqlite:") {
+        Ok(Backend::Sqlite(PathBuf::from(path)))
+    } else if spec == "memory" {
+        Ok(Backend::Memory)
+    } else if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        Ok(Backend::Postgres(spec.to_owned()))
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{what} must be \"sqlite\", \"sqlite:PATH\", \"memory\" or a postgres:// URL, got {spec:?}"
+        )))
+    }
+}
+
+/// An environment value as TOML would read it: integers, floats and booleans
+/// by their text, anything else as a string.
+fn env_value(text: &str) -> toml::Value {
+    if let Ok(i) = text.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = text.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else if let Ok(f) = text.parse::<f64>() {
+        toml::Value::Float(f)
+    } else {
+        toml::Value::String(text.to_owned())
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    match path {
+        [] => Err("empty name".into()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(inner) => set_path(inner, rest, value),
+                _ => Err(format!("{first} is not a section")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = std::env::temp_dir().join(format!("sluice-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("sluice.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\n[queue]\nqueue_len_max = 5\nlane_len_max = 2\n",
+        )
+        .expect("write");
+        let vars = [
+            ("SLUICE_QUEUE__QUEUE_LEN_MAX".to_string(), "7".to_string()),
+            (
+                "SLUICE_DEFAULT_HANDLER".to_string(),
+                "automerge".to_string(),
+            ),
+            (
+                "SLUICE_TEST_POSTGRES_URL".to_string(),
+                "postgres://ignored".to_string(),
+            ),
+            ("HOME".to_string(), "/root".to_string()),
+        ];
+        let config = Config::load(Some(&file), vars).expect("loads");
+        assert_eq!(config.listen, "127.0.0.1:9000");
+        assert_eq!(
+            (config.queue.queue_len_max, config.queue.lane_len_max),
+            (7, 2)
+        );
+        assert_eq!(config.default_handler, Handler::Automerge);
+        config.validate().expect("valid");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = Config::load(
+            None,
+            [("SLUICE_QUEUE__QUEUE_LEN".to_string(), "7".to_string())],
+        )
+        .expect_err("unknown field");
+        assert!(err.to_string().contains("queue_len"), "{err}");
+        let mut config = Config {
+            listen: "nowhere".into(),
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+        config.listen = LISTEN_DEFAULT.into();
+        config.store = "mysql://x".into();
+        assert!(config.validate().is_err());
+        config.store = "postgres://u@h/db".into();
+        assert_eq!(
+            config.store_backend().expect("valid"),
+            Backend::Postgres("postgres://u@h/db".into())
+        );
+        assert_eq!(
+            config.history_backend().expect("valid"),
+            Backend::Sqlite(PathBuf::from("./sluice-data/history.db"))
+        );
+    }
+}

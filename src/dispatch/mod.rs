@@ -1,0 +1,739 @@
+//! The dispatcher: admission, idempotency, the lanes' workers, group commit
+//! and the history writer. This is the async layer around the synchronous
+//! queue and resolver.
+//!
+//! The life of a mutation here:
+//! 1. `submit` reserves `(client, id)`: a resend of a mutation still in flight
+//!    waits for the original's reply; a resend of a decided one gets the stored
+//!    reply; the same id with another body is refused.
+//! 2. The mutation is admitted to its key's lane (or refused with 429).
+//! 3. The dispatch loop hands ready lanes to workers, at most
+//!    `lanes_in_flight_max` at once and one per key.
+//! 4. A worker reads the document once, folds every taken mutation through the
+//!    resolver (coalescing), and sends the end state with the replies to the
+//!    committer, which writes many lanes in one transaction, keys sorted. A
+//!    compare-and-set miss (a writer that bypassed Sluice) re-reads and decides
+//!    the batch again; nothing was acknowledged yet.
+//! 5. The worker releases the lane, records the history, then answers.
+//!
+//! Invariants: an answer is sent only after its reply is committed with the
+//! write it describes; one worker per key; in-flight lanes ≤ the limit.
+
+pub mod reply;
+
+pub use reply::Reply;
+
+use crate::clock::SharedClock;
+use crate::history::{ConflictQuery, HistoryError, MutationRecord, SharedHistory};
+use crate::model::{DocKey, Document, Mutation, Outcome, Verdict};
+use crate::queue::{Queue, QueueLimits, Refusal};
+use crate::resolve::{CollectionConfig, ConflictRecord, Handler, Resolver, ScriptError, Step};
+use crate::store::{CommitOutcome, LaneCommit, SharedStore, StoreError, StoredReply};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+/// Lanes decided at once. Each holds a read and, for custom handlers, a script
+/// or webhook call; more than this mostly adds contention on the store.
+pub const LANES_IN_FLIGHT_MAX_DEFAULT: usize = 64;
+/// Lanes per group-commit transaction: large enough to amortize a commit's
+/// fsync, small enough to keep one transaction short.
+pub const COMMIT_BATCH_MAX_DEFAULT: usize = 256;
+/// How long a client's request waits for its mutation to be decided.
+pub const DECIDE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// How long stored replies are kept for resends; the contract promises 24 h.
+pub const IDEMPOTENCY_RETENTION_HOURS_DEFAULT: u64 = 48;
+/// Re-reads after compare-and-set misses before a batch gives up with 503.
+const CAS_RETRIES_MAX: u32 = 16;
+/// Requests queued for the committer and the history writer.
+const PIPELINE_CHANNEL_LEN: usize = 4_096;
+/// History batches written per transaction.
+const HISTORY_BATCH_MAX: usize = 512;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub queue: QueueLimits,
+    pub lanes_in_flight_max: usize,
+    pub commit_batch_max: usize,
+    pub decide_timeout: Duration,
+    pub default_handler: Handler,
+    pub idempotency_retention: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            queue: QueueLimits {
+                queue_len_max: 10_000,
+                lane_len_max: 1_000,
+                batch_len_max: 256,
+            },
+            lanes_in_flight_max: LANES_IN_FLIGHT_MAX_DEFAULT,
+            commit_batch_max: COMMIT_BATCH_MAX_DEFAULT,
+            decide_timeout: Duration::from_millis(DECIDE_TIMEOUT_MS_DEFAULT),
+            default_handler: Handler::Optimistic,
+            idempotency_retention: Duration::from_secs(IDEMPOTENCY_RETENTION_HOURS_DEFAULT * 3600),
+        }
+    }
+}
+
+/// A snapshot for `/v1/stats` and the logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineStats {
+    pub queue_depth: usize,
+    pub lanes: usize,
+    pub in_flight: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigureError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Queued {
+    mutation: Mutation,
+    admitted_at: Duration,
+    received_ms: i64,
+    score: Option<f64>,
+    answer: oneshot::Sender<Reply>,
+}
+
+struct Lanes {
+    queue: Queue<Queued>,
+    in_flight: usize,
+}
+
+struct Reservation {
+    fingerprint: u64,
+    waiters: Vec<oneshot::Sender<Reply>>,
+}
+
+struct CommitJob {
+    commit: LaneCommit,
+    done: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+}
+
+struct HistoryJob {
+    mutations: Vec<MutationRecord>,
+    conflicts: Vec<ConflictRecord>,
+    done: oneshot::Sender<()>,
+}
+
+struct Inner {
+    config: EngineConfig,
+    clock: SharedClock,
+    store: SharedStore,
+    history: SharedHistory,
+    resolver: Resolver,
+    lanes: Mutex<Lanes>,
+    wake: Notify,
+    reservations: Mutex<HashMap<(String, String), Reservation>>,
+    collections: RwLock<HashMap<String, CollectionConfig>>,
+    commit_tx: mpsc::Sender<CommitJob>,
+    history_tx: mpsc::Sender<HistoryJob>,
+    closing: AtomicBool,
+    drained: Notify,
+}
+
+/// A handle on the running dispatcher; clones share it.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section leaves its state consistent before anything can
+    // panic, so a poisoned lock still guards valid data.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Engine {
+    /// Loads the collection configurations and starts the dispatch loop, the
+    /// committer, the history writer and the reply expiry.
+    pub async fn start(
+        store: SharedStore,
+        history: SharedHistory,
+        resolver: Resolver,
+        clock: SharedClock,
+        config: EngineConfig,
+    ) -> Result<Engine, StoreError> {
+        let mut collections = HashMap::new();
+        for (name, text) in store.collections().await? {
+            match serde_json::from_str::<CollectionConfig>(&text) {
+                Ok(c) => {
+                    collections.insert(name, c);
+                }
+                Err(e) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "collection {name:?} configuration: {e}"
+                    )));
+                }
+            }
+        }
+        let (commit_tx, commit_rx) = mpsc::channel(PIPELINE_CHANNEL_LEN);
+        let (history_tx, history_rx) = mpsc::channel(PIPELINE_CHANNEL_LEN);
+        let inner = Arc::new(Inner {
+            lanes: Mutex::new(Lanes {
+                queue: Queue::new(config.queue),
+                in_flight: 0,
+            }),
+            config,
+            clock,
+            store,
+            history,
+            resolver,
+            wake: Notify::new(),
+            reservations: Mutex::new(HashMap::new()),
+            collections: RwLock::new(collections),
+            commit_tx,
+            history_tx,
+            closing: AtomicBool::new(false),
+            drained: Notify::new(),
+        });
+        tokio::spawn(dispatch_loop(inner.clone()));
+        tokio::spawn(committer(
+            inner.store.clone(),
+            inner.config.commit_batch_max,
+            commit_rx,
+        ));
+        tokio::spawn(history_writer(inner.history.clone(), history_rx));
+        tokio::spawn(expire_replies(inner.clone()));
+        Ok(Engine { inner })
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let lanes = lock(&self.inner.lanes);
+        EngineStats {
+            queue_depth: lanes.queue.pending_len(),
+            lanes: lanes.queue.lane_count(),
+            in_flight: lanes.in_flight,
+        }
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+
+    /// Decides one mutation and returns what the client is told.
+    pub async fn submit(&self, mutation: Mutation) -> Reply {
+        let inner = &self.inner;
+        if inner.closing.load(Ordering::SeqCst) {
+            return Reply::error(
+                503,
+                "shutting_down",
+                "Sluice is shutting down; send the mutation again shortly",
+            );
+        }
+        let received_ms = inner.clock.now_ms();
+        let reservation = (mutation.client_name().to_owned(), mutation.id.clone());
+        // A resend of a mutation still in flight waits for the original's reply.
+        let in_flight: Option<Result<oneshot::Receiver<Reply>, Reply>> = {
+            let mut reservations = lock(&inner.reservations);
+            match reservations.get_mut(&reservation) {
+                Some(existing) if existing.fingerprint != mutation.fingerprint => {
+                    Some(Err(reused_key(&mutation.id)))
+                }
+                Some(existing) => {
+                    let (tx, rx) = oneshot::channel();
+                    existing.waiters.push(tx);
+                    Some(Ok(rx))
+                }
+                None => {
+                    let fresh = Reservation {
+                        fingerprint: mutation.fingerprint,
+                        waiters: Vec::new(),
+                    };
+                    reservations.insert(reservation.clone(), fresh);
+                    None
+                }
+            }
+        };
+        match in_flight {
+            Some(Ok(rx)) => return self.await_answer(rx, &mutation.id).await,
+            Some(Err(reply)) => return reply,
+            None => {}
+        }
+        // Under the reservation, a stored reply cannot appear behind our back:
+        // only the holder of the reservation can store one.
+        match inner.store.reply(&reservation.0, &reservation.1).await {
+            Ok(Some(stored)) => {
+                let reply = if stored.fingerprint == mutation.fingerprint {
+                    Reply {
+                        status: stored.status,
+                        body: stored.body,
+                        retry_after_s: None,
+                    }
+                } else {
+                    reused_key(&mutation.id)
+                };
+                inner.release(&reservation, &reply);
+                return reply;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let reply = store_error_reply(&e);
+                inner.release(&reservation, &reply);
+                return reply;
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let doc = mutation.doc.clone();
+        let id = mutation.id.clone();
+        let queued = Queued {
+            mutation,
+            admitted_at: inner.clock.elapsed(),
+            received_ms,
+            score: None,
+            answer: tx,
+        };
+        let admitted = lock(&inner.lanes).queue.admit(&doc, queued);
+        if let Err(refusal) = admitted {
+            let reply = match refusal {
+                Refusal::QueueFull => Reply::error(
+                    429,
+                    "queue_full",
+                    "the mutation queue is full; retry after a moment",
+                ),
+                Refusal::LaneFull => Reply::error(
+                    429,
+                    "lane_full",
+                    format!("too many mutations are waiting for {doc}; retry after a moment"),
+                ),
+            };
+            inner.release(&reservation, &reply);
+            return reply;
+        }
+        inner.wake.notify_one();
+        self.await_answer(rx, &id).await
+    }
+
+    async fn await_answer(&self, rx: oneshot::Receiver<Reply>, id: &str) -> Reply {
+        match tokio::time::timeout(self.inner.config.decide_timeout, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Reply::error(
+                500,
+                "internal",
+                "the mutation's worker stopped without an answer",
+            ),
+            Err(_) => Reply::error(
+                503,
+                "decision_timeout",
+                format!(
+                    "mutation {id} was not decided within {} ms; it stays queued: resend it with the same id to learn its outcome",
+                    self.inner.config.decide_timeout.as_millis()
+                ),
+            ),
+        }
+    }
+
+    pub async fn stored_reply(
+        &self,
+        client: &str,
+        id: &str,
+    ) -> Result<Option<StoredReply>, StoreError> {
+        self.inner.store.reply(client, id).await
+    }
+
+    pub async fn document(&self, doc: &DocKey) -> Result<Document, StoreError> {
+        self.inner.store.get(doc).await
+    }
+
+    pub async fn conflicts(
+        &self,
+        query: &ConflictQuery,
+    ) -> Result<Vec<ConflictRecord>, HistoryError> {
+        self.inner.history.conflicts(query).await
+    }
+
+    /// The collection's configuration, or the default handler's when it has none.
+    pub fn collection(&self, name: &str) -> CollectionConfig {
+        self.inner.collection(name)
+    }
+
+    /// Validates (loading a script in the sandbox) and stores a configuration.
+    pub async fn configure_collection(
+        &self,
+        name: &str,
+        config: CollectionConfig,
+    ) -> Result<(), ConfigureError> {
+        config.validate().map_err(ConfigureError::Invalid)?;
+        if let Handler::Script { source } = &config.handler {
+            match self.inner.resolver.check_script(source).await {
+                Ok(()) => {}
+                Err(
+                    e @ (ScriptError::Engine(_)
+                    | ScriptError::TimeLimit(_)
+                    | ScriptError::MemoryLimit(_)),
+                ) => {
+                    return Err(ConfigureError::Invalid(format!(
+                        "the script could not be loaded: {e}"
+                    )));
+                }
+                Err(e) => {
+                    return Err(ConfigureError::Invalid(format!(
+                        "the script is not usable: {e}"
+                    )));
+                }
+            }
+        }
+        let text =
+            serde_json::to_string(&config).map_err(|e| ConfigureError::Invalid(e.to_string()))?;
+        self.inner
+            .store
+            .put_collection(name, &text, self.inner.clock.now_ms())
+            .await?;
+        let mut collections = self
+            .inner
+            .collections
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        collections.insert(name.to_owned(), config);
+        info!(collection = name, "collection configured");
+        Ok(())
+    }
+
+    /// Refuses new mutations and waits up to `deadline` for the queued ones to
+    /// be decided. Returns how many were still pending at the deadline.
+    pub async fn shutdown(&self, deadline: Duration) -> usize {
+        self.inner.closing.store(true, Ordering::SeqCst);
+        let wait = async {
+            loop {
+                let drained = self.inner.drained.notified();
+                if self.stats().queue_depth == 0 {
+                    return;
+                }
+                drained.await;
+            }
+        };
+        let _ = tokio::time::timeout(deadline, wait).await;
+        self.stats().queue_depth
+    }
+}
+
+fn reused_key(id: &str) -> Reply {
+    Reply::error(
+        422,
+        "idempotency_key_reused",
+        format!("id {id:?} was already used by this client for a different mutation"),
+    )
+}
+
+fn store_error_reply(e: &StoreError) -> Reply {
+    Reply::error(
+        503,
+        "store_unavailable",
+        format!("{e}; nothing was applied by this attempt, resend with the same id"),
+    )
+}
+
+impl Inner {
+    fn collection(&self, name: &str) -> CollectionConfig {
+        let collections = self.collections.read().unwrap_or_else(|p| p.into_inner());
+        collections
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| CollectionConfig::with_handler(self.config.default_handler.clone()))
+    }
+
+    /// Drops the reservation and hands `reply` to every resend that waited on it.
+    fn release(&self, reservation: &(String, String), reply: &Reply) {
+        let waiters = lock(&self.reservations)
+            .remove(reservation)
+            .map(|r| r.waiters)
+            .unwrap_or_default();
+        for waiter in waiters {
+            let _ = waiter.send(reply.clone());
+        }
+    }
+
+    async fn commit(&self, commit: LaneCommit) -> Result<CommitOutcome, StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.commit_tx
+            .send(CommitJob { commit, done })
+            .await
+            .map_err(|_| StoreError::Unavailable("the committer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the committer has stopped".into()))?
+    }
+}
+
+async fn dispatch_loop(inner: Arc<Inner>) {
+    loop {
+        loop {
+            let taken = {
+                let mut lanes = lock(&inner.lanes);
+                if lanes.in_flight >= inner.config.lanes_in_flight_max {
+                    None
+                } else {
+                    let taken = lanes.queue.take_ready();
+                    if taken.is_some() {
+                        lanes.in_flight += 1;
+                        debug_assert!(
+                            lanes.in_flight <= inner.config.lanes_in_flight_max,
+                            "invariant: in-flight ≤ limit"
+                        );
+                    }
+                    taken
+                }
+            };
+            let Some((doc, batch)) = taken else { break };
+            tokio::spawn(run_lane(inner.clone(), doc, batch));
+        }
+        // `notify_one` keeps a permit when nobody waits, so a wake-up between
+        // the check above and this await is not lost.
+        inner.wake.notified().await;
+    }
+}
+
+/// What one batch ended as.
+struct Decided {
+    replies: Vec<Reply>,
+    mutations: Vec<MutationRecord>,
+    conflicts: Vec<ConflictRecord>,
+}
+
+async fn run_lane(inner: Arc<Inner>, doc: DocKey, batch: Vec<Queued>) {
+    let settled = batch.len();
+    let decided = decide_lane(&inner, &doc, &batch).await;
+    {
+        let mut lanes = lock(&inner.lanes);
+        lanes.queue.finish(&doc, settled);
+        lanes.in_flight -= 1;
+        if lanes.queue.pending_len() == 0 {
+            inner.drained.notify_waiters();
+        }
+    }
+    inner.wake.notify_one();
+
+    let replies = match decided {
+        Ok(decided) => {
+            if !decided.mutations.is_empty() {
+                let (done, recorded) = oneshot::channel();
+                let job = HistoryJob {
+                    mutations: decided.mutations,
+                    conflicts: decided.conflicts,
+                    done,
+                };
+                if inner.history_tx.send(job).await.is_ok() {
+                    let _ = recorded.await;
+                }
+            }
+            decided.replies
+        }
+        Err(reply) => vec![reply; settled],
+    };
+    for (queued, reply) in batch.into_iter().zip(replies) {
+        let reservation = (
+            queued.mutation.client_name().to_owned(),
+            queued.mutation.id.clone(),
+        );
+        inner.release(&reservation, &reply);
+        let _ = queued.answer.send(reply);
+    }
+}
+
+/// Reads, decides every mutation of the batch in order, and commits; again
+/// from the read when a writer that bypassed Sluice moved the version.
+async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<Decided, Reply> {
+    let config = inner.collection(&doc.collection);
+    let dispatched_at = inner.clock.elapsed();
+    let doc_label = format!("{}/{}", doc.collection, doc.key);
+    for attempt in 0..=CAS_RETRIES_MAX {
+        let current = inner
+            .store
+            .get(doc)
+            .await
+            .map_err(|e| store_error_reply(&e))?;
+        let mut state = current.clone();
+        let mut steps: Vec<Step> = Vec::with_capacity(batch.len());
+        for queued in batch {
+            let step = inner
+                .resolver
+                .decide(&state, &queued.mutation, &config)
+                .await;
+            debug_assert!(
+                step.after.version >= state.version,
+                "invariant: versions never go backwards"
+            );
+            state = step.after.clone();
+            steps.push(step);
+        }
+        let decided_ms = inner.clock.now_ms();
+        let mut decided = Decided {
+            replies: Vec::new(),
+            mutations: Vec::new(),
+            conflicts: Vec::new(),
+        };
+        let mut stored = Vec::with_capacity(batch.len());
+        let mut before = current.version;
+        for (queued, step) in batch.iter().zip(steps) {
+            let m = &queued.mutation;
+            let queued_ms = dispatched_at
+                .saturating_sub(queued.admitted_at)
+                .as_secs_f64()
+                * 1000.0;
+            let reply = reply::render(&m.id, &doc_label, &step.verdict, queued.score, queued_ms);
+            stored.push(StoredReply {
+                client: m.client_name().to_owned(),
+                id: m.id.clone(),
+                fingerprint: m.fingerprint,
+                status: reply.status,
+                body: reply.body.clone(),
+                at_ms: decided_ms,
+            });
+            let outcome = match &step.verdict {
+                Verdict::Decided { outcome, .. } => outcome.as_str(),
+                Verdict::NotFound { .. } => "not_found",
+            };
+            decided.mutations.push(MutationRecord {
+                id: m.id.clone(),
+                client: m.client_name().to_owned(),
+                doc: doc.clone(),
+                op: m.op.as_str().to_owned(),
+                fields: m.fields_touched(),
+                base_version: m.base_version,
+                version_before: before,
+                version_after: step.after.version,
+                outcome: outcome.to_owned(),
+                conflict: step.conflict.is_some(),
+                score: queued.score,
+                ts_ms: m.ts_ms,
+                received_ms: queued.received_ms,
+                decided_ms,
+                queued_us: u64::try_from(
+                    dispatched_at.saturating_sub(queued.admitted_at).as_micros(),
+                )
+                .unwrap_or(u64::MAX),
+            });
+            if let Some(conflict) = step.conflict {
+                decided.conflicts.push(conflict);
+            }
+            if matches!(
+                step.verdict,
+                Verdict::Decided {
+                    outcome: Outcome::Rejected,
+                    ..
+                }
+            ) {
+                debug!(id = %m.id, collection = %doc.collection, key = %doc.key, "mutation rejected");
+            }
+            before = step.after.version;
+            decided.replies.push(reply);
+        }
+        let write = (state.version != current.version).then_some(state);
+        let commit = LaneCommit {
+            doc: doc.clone(),
+            expected_version: current.version,
+            write,
+            replies: stored,
+            at_ms: decided_ms,
+        };
+        match inner.commit(commit).await {
+            Ok(CommitOutcome::Committed) => return Ok(decided),
+            Ok(CommitOutcome::Stale) => {
+                debug!(collection = %doc.collection, key = %doc.key, attempt, "version moved under the batch; deciding again");
+                // Back off a little so a busy foreign writer can finish.
+                tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(6)) * 2)).await;
+            }
+            Err(e) => {
+                warn!(collection = %doc.collection, key = %doc.key, error = %e, "store commit failed");
+                return Err(store_error_reply(&e));
+            }
+        }
+    }
+    warn!(collection = %doc.collection, key = %doc.key, "gave up after repeated compare-and-set misses");
+    Err(Reply::error(
+        503,
+        "store_contention",
+        format!(
+            "{doc_label} kept changing under Sluice (written by something else); nothing was applied, resend with the same id"
+        ),
+    ))
+}
+
+async fn committer(store: SharedStore, batch_max: usize, mut rx: mpsc::Receiver<CommitJob>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < batch_max {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        // Sorted keys: two Sluice processes committing overlapping batches take
+        // row locks in the same order and cannot deadlock.
+        jobs.sort_by(|a, b| a.commit.doc.cmp(&b.commit.doc));
+        let (commits, waiters): (Vec<LaneCommit>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.commit, j.done)).unzip();
+        match store.commit(&commits).await {
+            Ok(outcomes) => {
+                for (done, outcome) in waiters.into_iter().zip(outcomes) {
+                    let _ = done.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                for done in waiters {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn history_writer(history: SharedHistory, mut rx: mpsc::Receiver<HistoryJob>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < HISTORY_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mutations: Vec<MutationRecord> = jobs
+            .iter()
+            .flat_map(|j| j.mutations.iter().cloned())
+            .collect();
+        let conflicts: Vec<ConflictRecord> = jobs
+            .iter()
+            .flat_map(|j| j.conflicts.iter().cloned())
+            .collect();
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=4 {
+            match history.record(&mutations, &conflicts).await {
+                Ok(()) => break,
+                Err(e) if attempt < 4 => {
+                    warn!(error = %e, attempt, "history write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                }
+                Err(e) => {
+                    error!(error = %e, records = mutations.len(), "history write failed; these records are lost")
+                }
+            }
+        }
+        for job in jobs {
+            let _ = job.done.send(());
+        }
+    }
+}
+
+async fn expire_replies(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let retention_ms =
+            i64::try_from(inner.config.idempotency_retention.as_millis()).unwrap_or(i64::MAX);
+        let before = inner.clock.now_ms().saturating_sub(retention_ms);
+        match inner.store.expire_replies(before).await {
+            Ok(n) if n > 0 => info!(expired = n, "expired stored replies"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "expiring stored replies failed"),
+        }
+    }
+}

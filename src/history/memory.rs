@@ -1,0 +1,66 @@
+//! In-memory history, for tests and the simulation.
+
+use super::{ConflictQuery, History, HistoryError, MutationRecord};
+use crate::resolve::ConflictRecord;
+use async_trait::async_trait;
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct MemoryHistory {
+    state: Mutex<(Vec<MutationRecord>, Vec<ConflictRecord>)>,
+}
+
+impl MemoryHistory {
+    pub fn new() -> Self {
+        MemoryHistory::default()
+    }
+}
+
+#[async_trait]
+impl History for MemoryHistory {
+    async fn record(
+        &self,
+        mutations: &[MutationRecord],
+        conflicts: &[ConflictRecord],
+    ) -> Result<(), HistoryError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0.extend_from_slice(mutations);
+        state.1.extend_from_slice(conflicts);
+        Ok(())
+    }
+
+    async fn conflicts(&self, query: &ConflictQuery) -> Result<Vec<ConflictRecord>, HistoryError> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(state
+            .1
+            .iter()
+            .rev()
+            .filter(|c| {
+                query
+                    .collection
+                    .as_ref()
+                    .is_none_or(|col| *col == c.doc.collection)
+            })
+            .filter(|c| query.key.as_ref().is_none_or(|key| *key == c.doc.key))
+            .take(query.limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn mutations(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, MutationRecord)>, HistoryError> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let start = usize::try_from(after_seq.max(0)).unwrap_or(usize::MAX);
+        Ok(state
+            .0
+            .iter()
+            .enumerate()
+            .skip(start)
+            .take(limit as usize)
+            .map(|(i, m)| (i64::try_from(i + 1).unwrap_or(i64::MAX), m.clone()))
+            .collect())
+    }
+}

@@ -1,0 +1,14 @@
+//! Sluice: a data proxy for versioned JSON documents.
+//!
+//! See `ARCHITECTURE.md` for the life of a mutation and the code map.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod dispatch;
+pub mod history;
+pub mod model;
+pub mod queue;
+pub mod resolve;
+pub mod server;
+pub mod store;

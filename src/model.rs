@@ -1,0 +1,171 @@
+//! Domain types shared by every part: documents, mutations and their outcomes.
+//!
+//! These are not wire types (those live in `api::wire`); they hold values that
+//! have already been validated.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// A document's address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DocKey {
+    pub collection: String,
+    pub key: String,
+}
+
+impl DocKey {
+    pub fn new(collection: impl Into<String>, key: impl Into<String>) -> Self {
+        DocKey {
+            collection: collection.into(),
+            key: key.into(),
+        }
+    }
+}
+
+impl fmt::Display for DocKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.collection, self.key)
+    }
+}
+
+/// A document as the store holds it. Version 0 with no item: never written.
+/// A version above 0 with no item: a tombstone.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Document {
+    pub version: u64,
+    pub item: Option<Map<String, Value>>,
+}
+
+impl Document {
+    pub fn absent() -> Self {
+        Document::default()
+    }
+
+    /// True when there is no live item: never written, or deleted.
+    pub fn is_gone(&self) -> bool {
+        self.item.is_none()
+    }
+
+    pub fn item_value(&self) -> Value {
+        self.item.clone().map(Value::Object).unwrap_or(Value::Null)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Put,
+    Patch,
+    Delete,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Patch => "patch",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// The anonymous client's name in idempotency and history records.
+pub const ANONYMOUS_CLIENT: &str = "";
+
+/// A validated mutation. `value` is an object for put and patch, `None` for delete.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mutation {
+    pub id: String,
+    pub client: Option<String>,
+    pub doc: DocKey,
+    pub op: Op,
+    pub value: Option<Map<String, Value>>,
+    pub base_version: Option<u64>,
+    pub ts_ms: Option<i64>,
+    /// Stable hash of the request body without its id: what "the same body" means
+    /// for an idempotent resend.
+    pub fingerprint: u64,
+}
+
+impl Mutation {
+    pub fn client_name(&self) -> &str {
+        self.client.as_deref().unwrap_or(ANONYMOUS_CLIENT)
+    }
+
+    /// Top-level fields the mutation writes, in the order it names them.
+    pub fn fields_touched(&self) -> Vec<String> {
+        self.value
+            .as_ref()
+            .map(|v| v.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Applied,
+    Merged,
+    Rejected,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Merged => "merged",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// How a conflict ended, as the conflict history names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resolution {
+    Merged,
+    Rejected,
+    Removed,
+}
+
+impl Resolution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Merged => "merged",
+            Resolution::Rejected => "rejected",
+            Resolution::Removed => "removed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "merged" => Some(Resolution::Merged),
+            "rejected" => Some(Resolution::Rejected),
+            "removed" => Some(Resolution::Removed),
+            _ => None,
+        }
+    }
+}
+
+/// The `conflict` object of a response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConflictInfo {
+    pub base_version: u64,
+    pub server_version: u64,
+    pub handler: String,
+    pub reason: Option<String>,
+}
+
+/// A decided mutation, before it is rendered for the wire.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    Decided {
+        outcome: Outcome,
+        version: u64,
+        item: Option<Map<String, Value>>,
+        conflict: Option<ConflictInfo>,
+    },
+    /// A delete of a document that does not exist (never written, or deleted).
+    NotFound { version: u64 },
+}

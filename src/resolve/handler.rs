@@ -1,0 +1,189 @@
+//! A collection's conflict handler, as configured with `PUT /v1/collections/{name}`.
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Value, json};
+
+/// Longest webhook time-out a collection may ask for: a handler holds its
+/// key's lane while it runs, so an unbounded one would stall the key.
+pub const WEBHOOK_TIMEOUT_MS_MAX: u64 = 30_000;
+/// Default webhook time-out, the figure the API contract shows.
+pub const WEBHOOK_TIMEOUT_MS_DEFAULT: u64 = 1_000;
+/// Largest script source: a resolver is a function, not a program.
+pub const SCRIPT_SOURCE_BYTES_MAX: usize = 256 * 1024;
+/// How many top-level set fields a collection may name.
+pub const SET_FIELDS_LEN_MAX: usize = 256;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Handler {
+    Optimistic,
+    Automerge,
+    Script { source: String },
+    Webhook { url: String, timeout_ms: u64 },
+}
+
+impl Handler {
+    /// The name that responses and the conflict history give the handler.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Handler::Optimistic => "optimistic",
+            Handler::Automerge => "automerge",
+            Handler::Script { .. } => "script",
+            Handler::Webhook { .. } => "webhook",
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        match self {
+            Handler::Optimistic => json!("optimistic"),
+            Handler::Automerge => json!("automerge"),
+            Handler::Script { source } => json!({ "script": source }),
+            Handler::Webhook { url, timeout_ms } => {
+                json!({ "webhook": { "url": url, "timeout_ms": timeout_ms } })
+            }
+        }
+    }
+
+    /// Parses the wire form, saying what is wrong for a person.
+    pub fn from_json(value: &Value) -> Result<Handler, String> {
+        match value {
+            Value::String(s) if s == "optimistic" => Ok(Handler::Optimistic),
+            Value::String(s) if s == "automerge" => Ok(Handler::Automerge),
+            Value::String(s) => Err(format!(
+                "unknown handler \"{s}\": expected \"optimistic\", \"automerge\", {{\"script\": …}} or {{\"webhook\": …}}"
+            )),
+            Value::Object(map) if map.len() == 1 && map.contains_key("script") => match &map["script"] {
+                Value::String(source) if source.trim().is_empty() => Err("handler.script is empty".into()),
+                Value::String(source) if source.len() > SCRIPT_SOURCE_BYTES_MAX => {
+                    Err(format!("handler.script is longer than {SCRIPT_SOURCE_BYTES_MAX} bytes"))
+                }
+                Value::String(source) => Ok(Handler::Script { source: source.clone() }),
+                _ => Err("handler.script must be a string of JavaScript source".into()),
+            },
+            Value::Object(map) if map.len() == 1 && map.contains_key("webhook") => {
+                let Value::Object(hook) = &map["webhook"] else {
+                    return Err("handler.webhook must be an object {\"url\", \"timeout_ms\"}".into());
+                };
+                if let Some(unknown) = hook.keys().find(|k| *k != "url" && *k != "timeout_ms") {
+                    return Err(format!("unknown field handler.webhook.{unknown}"));
+                }
+                let url = match hook.get("url") {
+                    Some(Value::String(url)) => url.clone(),
+                    _ => return Err("handler.webhook.url must be a string".into()),
+                };
+                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
+                    return Err("handler.webhook.url must be an http:// or https:// URL of at most 2048 bytes".into());
+                }
+                let timeout_ms = match hook.get("timeout_ms") {
+                    None | Some(Value::Null) => WEBHOOK_TIMEOUT_MS_DEFAULT,
+                    Some(v) => match v.as_u64() {
+                        Some(ms) if (1..=WEBHOOK_TIMEOUT_MS_MAX).contains(&ms) => ms,
+                        _ => {
+                            return Err(format!(
+                                "handler.webhook.timeout_ms must be an integer from 1 to {WEBHOOK_TIMEOUT_MS_MAX}"
+                            ));
+                        }
+                    },
+                };
+                Ok(Handler::Webhook { url, timeout_ms })
+            }
+            _ => Err("handler must be \"optimistic\", \"automerge\", {\"script\": \"…\"} or {\"webhook\": {\"url\": \"…\"}}".into()),
+        }
+    }
+}
+
+impl Serialize for Handler {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Handler {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        Handler::from_json(&value).map_err(D::Error::custom)
+    }
+}
+
+/// What a collection is configured with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionConfig {
+    pub handler: Handler,
+    #[serde(default)]
+    pub set_fields: Vec<String>,
+}
+
+impl CollectionConfig {
+    pub fn with_handler(handler: Handler) -> Self {
+        CollectionConfig {
+            handler,
+            set_fields: Vec::new(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.set_fields.len() > SET_FIELDS_LEN_MAX {
+            return Err(format!(
+                "set_fields names more than {SET_FIELDS_LEN_MAX} fields"
+            ));
+        }
+        if let Some(bad) = self
+            .set_fields
+            .iter()
+            .find(|f| f.is_empty() || f.len() > 256)
+        {
+            return Err(format!("set_fields entry {bad:?} must be 1 to 256 bytes"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_wire_forms_round_trip() {
+        for handler in [
+            Handler::Optimistic,
+            Handler::Automerge,
+            Handler::Script {
+                source: "function resolve(ctx) {}".into(),
+            },
+            Handler::Webhook {
+                url: "http://127.0.0.1:9/x".into(),
+                timeout_ms: 250,
+            },
+        ] {
+            assert_eq!(Handler::from_json(&handler.to_json()), Ok(handler.clone()));
+        }
+    }
+
+    #[test]
+    fn handler_rejects_what_it_cannot_run() {
+        let bad = [
+            json!("pessimistic"),
+            json!({"script": 3}),
+            json!({"script": "  "}),
+            json!({"webhook": {"url": "ftp://x"}}),
+            json!({"webhook": {"url": "http://x", "timeout_ms": 0}}),
+            json!({"webhook": {"url": "http://x", "extra": 1}}),
+            json!({"script": "x", "webhook": {}}),
+            json!(42),
+        ];
+        for value in bad {
+            assert!(
+                Handler::from_json(&value).is_err(),
+                "{value} should be refused"
+            );
+        }
+        assert_eq!(
+            Handler::from_json(&json!({"webhook": {"url": "http://x"}})),
+            Ok(Handler::Webhook {
+                url: "http://x".into(),
+                timeout_ms: WEBHOOK_TIMEOUT_MS_DEFAULT
+            })
+        );
+    }
+}

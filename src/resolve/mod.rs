@@ -1,0 +1,351 @@
+//! Deciding mutations: conflict detection at apply time and the three modes of
+//! resolution (apply, built-in strategy, custom logic).
+//!
+//! [`Resolver::decide`] takes the document as it stands and one mutation and
+//! returns the verdict and the document after it. It never touches the store:
+//! the dispatcher reads, folds a lane's mutations through `decide` one by one
+//! (coalescing), and writes the end state with one compare-and-set.
+//!
+//! Invariants: a conflict is `base_version` given and different from the
+//! current version; every write raises the version by exactly one; a handler
+//! that fails rejects the mutation and writes nothing.
+
+mod handler;
+pub mod merge;
+pub mod script;
+mod webhook;
+
+pub use handler::{CollectionConfig, Handler, WEBHOOK_TIMEOUT_MS_MAX};
+pub use script::{ScriptError, ScriptLimits};
+
+use crate::clock::SharedClock;
+use crate::model::{ConflictInfo, DocKey, Document, Mutation, Op, Outcome, Resolution, Verdict};
+use serde_json::{Map, Value, json};
+
+/// Deepest document a handler may return, the same bound the API puts on values.
+pub const VALUE_DEPTH_MAX: usize = 64;
+
+/// What a custom handler answered.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HandlerAnswer {
+    Resolve(Map<String, Value>),
+    Reject(String),
+    Remove,
+}
+
+/// Reads `{action: "resolve", item}`, `{action: "reject", reason}` or `{action: "remove"}`.
+pub fn parse_answer(value: &Value) -> Result<HandlerAnswer, String> {
+    let Value::Object(answer) = value else {
+        return Err(format!(
+            "expected an object with an \"action\", got {}",
+            kind_of(value)
+        ));
+    };
+    match answer.get("action").and_then(Value::as_str) {
+        Some("resolve") => match answer.get("item") {
+            Some(Value::Object(item)) if merge::json_depth(&answer["item"]) <= VALUE_DEPTH_MAX => {
+                Ok(HandlerAnswer::Resolve(item.clone()))
+            }
+            Some(Value::Object(_)) => Err(format!(
+                "item is nested deeper than {VALUE_DEPTH_MAX} levels"
+            )),
+            Some(other) => Err(format!(
+                "\"resolve\" needs an object item, got {}",
+                kind_of(other)
+            )),
+            None => Err("\"resolve\" needs an item".into()),
+        },
+        Some("reject") => Ok(HandlerAnswer::Reject(match answer.get("reason") {
+            Some(Value::String(reason)) if !reason.is_empty() => {
+                reason.chars().take(1024).collect()
+            }
+            _ => "rejected by the handler".into(),
+        })),
+        Some("remove") => Ok(HandlerAnswer::Remove),
+        Some(other) => Err(format!(
+            "unknown action \"{other}\": expected resolve, reject or remove"
+        )),
+        None => Err("missing \"action\"".into()),
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A conflict in full, as the history keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConflictRecord {
+    pub mutation_id: String,
+    pub client: String,
+    pub doc: DocKey,
+    pub base_version: u64,
+    pub server_version: u64,
+    pub handler: String,
+    pub resolution: Resolution,
+    pub reason: String,
+    pub incoming: Value,
+    pub existing: Value,
+    pub result: Value,
+    pub at_ms: i64,
+}
+
+/// One mutation decided against one document state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub verdict: Verdict,
+    /// The document after the mutation; equal to the input when nothing was written.
+    pub after: Document,
+    pub conflict: Option<ConflictRecord>,
+}
+
+pub struct Resolver {
+    clock: SharedClock,
+    script_limits: ScriptLimits,
+    http: reqwest::Client,
+}
+
+impl Resolver {
+    pub fn new(clock: SharedClock, script_limits: ScriptLimits) -> Self {
+        Resolver {
+            clock,
+            script_limits,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn script_limits(&self) -> ScriptLimits {
+        self.script_limits
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Checks that a script loads and defines `resolve` before it is accepted.
+    pub async fn check_script(&self, source: &str) -> Result<(), ScriptError> {
+        let (source, limits, clock) = (source.to_owned(), self.script_limits, self.clock.clone());
+        tokio::task::spawn_blocking(move || script::check(&source, limits, &clock))
+            .await
+            .unwrap_or_else(|e| Err(ScriptError::Engine(e.to_string())))
+    }
+
+    pub async fn decide(
+        &self,
+        doc: &Document,
+        mutation: &Mutation,
+        config: &CollectionConfig,
+    ) -> Step {
+        match mutation.base_version {
+            Some(base) if base != doc.version => {
+                self.settle_conflict(doc, mutation, base, config).await
+            }
+            _ => apply(doc, mutation),
+        }
+    }
+
+    async fn settle_conflict(
+        &self,
+        doc: &Document,
+        m: &Mutation,
+        base: u64,
+        config: &CollectionConfig,
+    ) -> Step {
+        let handler = &config.handler;
+        let answer = match handler {
+            Handler::Optimistic => HandlerAnswer::Reject(stale_reason(base, doc.version)),
+            Handler::Automerge => automerge_answer(doc, m, base, &config.set_fields),
+            Handler::Script { source } => {
+                let call_ctx = resolve_context(doc, m, base);
+                let (source, limits, clock) =
+                    (source.clone(), self.script_limits, self.clock.clone());
+                let ran = tokio::task::spawn_blocking(move || {
+                    script::run(&source, &call_ctx, limits, &clock)
+                })
+                .await;
+                match ran {
+                    Ok(Ok(answer)) => answer,
+                    Ok(Err(e)) => HandlerAnswer::Reject(e.to_string()),
+                    Err(e) => HandlerAnswer::Reject(format!("script engine failed: {e}")),
+                }
+            }
+            Handler::Webhook { url, timeout_ms } => {
+                let call_ctx = resolve_context(doc, m, base);
+                webhook::call(&self.http, url, *timeout_ms, &call_ctx)
+                    .await
+                    .unwrap_or_else(HandlerAnswer::Reject)
+            }
+        };
+        let (outcome, resolution, after, reason) = match answer {
+            HandlerAnswer::Resolve(item) => {
+                let reason = format!("resolved by the {} handler", handler.name());
+                (
+                    Outcome::Merged,
+                    Resolution::Merged,
+                    Document {
+                        version: doc.version + 1,
+                        item: Some(item),
+                    },
+                    reason,
+                )
+            }
+            HandlerAnswer::Remove => {
+                let reason = format!("removed by the {} handler", handler.name());
+                (
+                    Outcome::Merged,
+                    Resolution::Removed,
+                    Document {
+                        version: doc.version + 1,
+                        item: None,
+                    },
+                    reason,
+                )
+            }
+            HandlerAnswer::Reject(reason) => {
+                (Outcome::Rejected, Resolution::Rejected, doc.clone(), reason)
+            }
+        };
+        let wrote = outcome != Outcome::Rejected;
+        let record = ConflictRecord {
+            mutation_id: m.id.clone(),
+            client: m.client_name().to_owned(),
+            doc: m.doc.clone(),
+            base_version: base,
+            server_version: doc.version,
+            handler: handler.name().to_owned(),
+            resolution,
+            reason: reason.clone(),
+            incoming: m.value.clone().map(Value::Object).unwrap_or(Value::Null),
+            existing: doc.item_value(),
+            result: if wrote {
+                after.item_value()
+            } else {
+                Value::Null
+            },
+            at_ms: self.clock.now_ms(),
+        };
+        let verdict = Verdict::Decided {
+            outcome,
+            version: after.version,
+            item: after.item.clone(),
+            conflict: Some(ConflictInfo {
+                base_version: base,
+                server_version: doc.version,
+                handler: handler.name().to_owned(),
+                reason: Some(reason),
+            }),
+        };
+        Step {
+            verdict,
+            after,
+            conflict: Some(record),
+        }
+    }
+}
+
+/// Mode 1: no conflict, apply as asked.
+fn apply(doc: &Document, m: &Mutation) -> Step {
+    let item = match m.op {
+        Op::Put => m.value.clone().unwrap_or_default(),
+        Op::Patch => {
+            let mut item = doc.item.clone().unwrap_or_default();
+            if let Some(patch) = &m.value {
+                merge::merge_patch(&mut item, patch);
+            }
+            item
+        }
+        Op::Delete if doc.is_gone() => {
+            return Step {
+                verdict: Verdict::NotFound {
+                    version: doc.version,
+                },
+                after: doc.clone(),
+                conflict: None,
+            };
+        }
+        Op::Delete => {
+            let after = Document {
+                version: doc.version + 1,
+                item: None,
+            };
+            let verdict = Verdict::Decided {
+                outcome: Outcome::Applied,
+                version: after.version,
+                item: None,
+                conflict: None,
+            };
+            return Step {
+                verdict,
+                after,
+                conflict: None,
+            };
+        }
+    };
+    let after = Document {
+        version: doc.version + 1,
+        item: Some(item),
+    };
+    let verdict = Verdict::Decided {
+        outcome: Outcome::Applied,
+        version: after.version,
+        item: after.item.clone(),
+        conflict: None,
+    };
+    Step {
+        verdict,
+        after,
+        conflict: None,
+    }
+}
+
+fn automerge_answer(
+    doc: &Document,
+    m: &Mutation,
+    base: u64,
+    set_fields: &[String],
+) -> HandlerAnswer {
+    if m.op == Op::Delete {
+        return HandlerAnswer::Reject(format!(
+            "a delete in conflict is rejected: {}",
+            stale_reason(base, doc.version)
+        ));
+    }
+    if doc.version > 0 && doc.is_gone() {
+        return HandlerAnswer::Reject(format!(
+            "the document was deleted at version {}; automerge does not revive a tombstone",
+            doc.version
+        ));
+    }
+    let server = doc.item.clone().unwrap_or_default();
+    let incoming = m.value.clone().unwrap_or_default();
+    HandlerAnswer::Resolve(merge::automerge(&server, &incoming, set_fields))
+}
+
+fn stale_reason(base: u64, current: u64) -> String {
+    if base < current {
+        format!("base_version {base} is behind the server's version {current}")
+    } else {
+        format!("base_version {base} is ahead of the server's version {current}")
+    }
+}
+
+/// The `ctx` a custom handler receives.
+fn resolve_context(doc: &Document, m: &Mutation, base: u64) -> Value {
+    json!({
+        "collection": m.doc.collection,
+        "key": m.doc.key,
+        "op": m.op.as_str(),
+        "client": m.client,
+        "base_version": base,
+        "existing": doc.item_value(),
+        "existing_version": doc.version,
+        "incoming": m.value.clone().map(Value::Object).unwrap_or(Value::Null),
+    })
+}

@@ -1,0 +1,126 @@
+//! Wiring: backends from the configuration, the engine, the HTTP server.
+//! Used by the binary and by the integration tests alike, so that the tests
+//! run exactly what users run.
+
+use crate::api;
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{Backend, Config, ConfigError};
+use crate::dispatch::Engine;
+use crate::history::{MemoryHistory, PostgresHistory, SharedHistory, SqliteHistory};
+use crate::resolve::Resolver;
+use crate::store::{MemoryStore, PostgresStore, SharedStore, SqliteStore};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tracing::info;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot open the history: {0}")]
+    History(#[from] crate::history::HistoryError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+async fn ensure_parent(path: &std::path::Path) -> Result<(), StartError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|source| StartError::DataDir {
+                path: parent.display().to_string(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+pub async fn open_store(backend: &Backend) -> Result<SharedStore, StartError> {
+    Ok(match backend {
+        Backend::Memory => Arc::new(MemoryStore::new()),
+        Backend::Sqlite(path) => {
+            ensure_parent(path).await?;
+            Arc::new(SqliteStore::open(path).await?)
+        }
+        Backend::Postgres(url) => Arc::new(PostgresStore::connect(url).await?),
+    })
+}
+
+pub async fn open_history(backend: &Backend) -> Result<SharedHistory, StartError> {
+    Ok(match backend {
+        Backend::Memory => Arc::new(MemoryHistory::new()),
+        Backend::Sqlite(path) => {
+            ensure_parent(path).await?;
+            Arc::new(SqliteHistory::open(path).await?)
+        }
+        Backend::Postgres(url) => Arc::new(PostgresHistory::connect(url).await?),
+    })
+}
+
+/// A bound, running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub engine: Engine,
+    pub served: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Validates the configuration, opens the backends, binds and starts serving
+/// until `shutdown` completes; then drains the queue (up to the configured
+/// deadline) while refusing new mutations.
+pub async fn start(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, StartError> {
+    config.validate()?;
+    let clock: SharedClock = SystemClock::shared();
+    let store = open_store(&config.store_backend()?).await?;
+    let history = open_history(&config.history_backend()?).await?;
+    let resolver = Resolver::new(clock.clone(), config.script_limits());
+    let engine = Engine::start(store, history, resolver, clock, config.engine_config()).await?;
+    let listener =
+        TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen.clone(),
+                source,
+            })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen.clone(),
+        source,
+    })?;
+    info!(%addr, store = %config.store, history = %config.history, "sluice is listening");
+    let app = api::router(engine.clone());
+    let drain_engine = engine.clone();
+    let deadline = Duration::from_millis(config.shutdown_deadline_ms);
+    let served = tokio::spawn(async move {
+        let graceful = async move {
+            shutdown.await;
+            info!("shutting down: refusing new mutations, draining the queue");
+            let left = drain_engine.shutdown(deadline).await;
+            if left > 0 {
+                tracing::warn!(left, "shutdown deadline passed with mutations still queued");
+            }
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(graceful)
+            .await
+    });
+    Ok(Running {
+        addr,
+        engine,
+        served,
+    })
+}

@@ -1,0 +1,265 @@
+//! The document store: versioned JSON documents, written only by
+//! compare-and-set, plus the two small tables that must commit atomically with
+//! the documents: the replies kept for idempotent resends, and the collection
+//! configurations.
+//!
+//! Guarantees every backend gives (checked by one conformance suite):
+//! - `commit` runs its whole batch in one transaction: after a crash either all
+//!   of its committed lanes are there, or none is.
+//! - A lane's write happens only if the document's version is still
+//!   `expected_version`; otherwise nothing of that lane (write or replies) is
+//!   kept and the lane is reported `Stale`, while the other lanes commit.
+//! - A reply is stored in the same transaction as the write it describes, so a
+//!   mutation is never applied without its reply, nor its reply kept without it:
+//!   this is what makes resends exactly-once.
+//! - `get` after a successful `commit` sees it.
+
+mod memory;
+mod postgres;
+pub(crate) use postgres::connect as connect_postgres;
+pub(crate) use sqlite::open_pools as open_sqlite_pools;
+mod sqlite;
+
+pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+use crate::model::{DocKey, Document};
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// What a client was told about one mutation, kept for resends and
+/// `GET /v1/mutations/{id}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredReply {
+    pub client: String,
+    pub id: String,
+    pub fingerprint: u64,
+    pub status: u16,
+    /// The response body, JSON text exactly as it was sent.
+    pub body: String,
+    pub at_ms: i64,
+}
+
+/// The end state of one lane's coalesced batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LaneCommit {
+    pub doc: DocKey,
+    /// The version the batch was decided against.
+    pub expected_version: u64,
+    /// The document to write, or `None` when every mutation was refused.
+    pub write: Option<Document>,
+    pub replies: Vec<StoredReply>,
+    pub at_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed,
+    /// The document no longer had `expected_version`: someone else wrote it.
+    Stale,
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(e.to_string()),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The document as it stands; `Document::absent()` when never written.
+    async fn get(&self, doc: &DocKey) -> Result<Document, StoreError>;
+    /// Commits a batch of lanes in one transaction; one outcome per lane, in order.
+    async fn commit(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError>;
+    async fn reply(&self, client: &str, id: &str) -> Result<Option<StoredReply>, StoreError>;
+    /// Forgets replies stored before `before_ms`; returns how many.
+    async fn expire_replies(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Every configured collection: `(name, configuration JSON)`.
+    async fn collections(&self) -> Result<Vec<(String, String)>, StoreError>;
+    async fn put_collection(
+        &self,
+        name: &str,
+        config_json: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Parses the stored item text; a tombstone is SQL NULL.
+fn decode_item(version: i64, item: Option<String>) -> Result<Document, StoreError> {
+    let version = u64::try_from(version)
+        .map_err(|_| StoreError::Corrupt(format!("negative version {version}")))?;
+    let item = match item {
+        None => None,
+        Some(text) => match serde_json::from_str(&text) {
+            Ok(serde_json::Value::Object(map)) => Some(map),
+            Ok(_) => {
+                return Err(StoreError::Corrupt(
+                    "stored item is not a JSON object".into(),
+                ));
+            }
+            Err(e) => return Err(StoreError::Corrupt(format!("stored item is not JSON: {e}"))),
+        },
+    };
+    Ok(Document { version, item })
+}
+
+fn encode_item(doc: &Document) -> Option<String> {
+    doc.item
+        .as_ref()
+        .map(|m| serde_json::Value::Object(m.clone()).to_string())
+}
+
+/// SQL has no unsigned 64-bit integer: versions and fingerprints are stored as
+/// i64. Versions never reach 2^63; fingerprints round-trip bit for bit.
+fn to_sql(v: u64) -> i64 {
+    i64::from_ne_bytes(v.to_ne_bytes())
+}
+
+fn from_sql(v: i64) -> u64 {
+    u64::from_ne_bytes(v.to_ne_bytes())
+}
+
+/// The `Store` implementation both SQL backends share. The statements are the
+/// same text in either dialect except for how an item is bound and selected
+/// (`$item_param`, `$item_select`), which PostgreSQL casts to and from `json`.
+macro_rules! sql_store {
+    ($ty:ty, item_param = $item_param:literal, item_select = $item_select:literal) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $ty {
+            async fn get(&self, doc: &$crate::model::DocKey) -> Result<$crate::model::Document, $crate::store::StoreError> {
+                let row = sqlx::query(concat!("SELECT version, ", $item_select, " FROM sluice_documents WHERE collection = $1 AND key = $2"))
+                    .bind(&doc.collection)
+                    .bind(&doc.key)
+                    .fetch_optional(&self.reader)
+                    .await?;
+                match row {
+                    None => Ok($crate::model::Document::absent()),
+                    Some(row) => $crate::store::decode_item(sqlx::Row::try_get(&row, "version")?, sqlx::Row::try_get(&row, "item")?),
+                }
+            }
+
+            async fn commit(&self, batch: &[$crate::store::LaneCommit]) -> Result<Vec<$crate::store::CommitOutcome>, $crate::store::StoreError> {
+                let mut tx = self.writer.begin().await?;
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for lane in batch {
+                    if let Some(write) = &lane.write {
+                        let written = if lane.expected_version == 0 {
+                            sqlx::query(
+                                concat!("INSERT INTO sluice_documents (collection, key, version, item, updated_ms)
+                                 VALUES ($1, $2, $3, ", $item_param, ", $5) ON CONFLICT (collection, key) DO NOTHING"),
+                            )
+                            .bind(&lane.doc.collection)
+                            .bind(&lane.doc.key)
+                            .bind($crate::store::to_sql(write.version))
+                            .bind($crate::store::encode_item(write))
+                            .bind(lane.at_ms)
+                            .execute(&mut *tx)
+                            .await?
+                        } else {
+                            sqlx::query(
+                                concat!("UPDATE sluice_documents SET version = $3, item = ", $item_param, ", updated_ms = $5
+                                 WHERE collection = $1 AND key = $2 AND version = $6"),
+                            )
+                            .bind(&lane.doc.collection)
+                            .bind(&lane.doc.key)
+                            .bind($crate::store::to_sql(write.version))
+                            .bind($crate::store::encode_item(write))
+                            .bind(lane.at_ms)
+                            .bind($crate::store::to_sql(lane.expected_version))
+                            .execute(&mut *tx)
+                            .await?
+                        };
+                        if written.rows_affected() != 1 {
+                            outcomes.push($crate::store::CommitOutcome::Stale);
+                            continue;
+                        }
+                    }
+                    for reply in &lane.replies {
+                        sqlx::query(
+                            "INSERT INTO sluice_replies (client, id, fingerprint, status, body, at_ms)
+                             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (client, id) DO NOTHING",
+                        )
+                        .bind(&reply.client)
+                        .bind(&reply.id)
+                        .bind($crate::store::to_sql(reply.fingerprint))
+                        .bind(i64::from(reply.status))
+                        .bind(&reply.body)
+                        .bind(reply.at_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    outcomes.push($crate::store::CommitOutcome::Committed);
+                }
+                tx.commit().await?;
+                Ok(outcomes)
+            }
+
+            async fn reply(&self, client: &str, id: &str) -> Result<Option<$crate::store::StoredReply>, $crate::store::StoreError> {
+                let row = sqlx::query(
+                    "SELECT fingerprint, status, body, at_ms FROM sluice_replies WHERE client = $1 AND id = $2",
+                )
+                .bind(client)
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                let status: i64 = sqlx::Row::try_get(&row, "status")?;
+                Ok(Some($crate::store::StoredReply {
+                    client: client.to_owned(),
+                    id: id.to_owned(),
+                    fingerprint: $crate::store::from_sql(sqlx::Row::try_get(&row, "fingerprint")?),
+                    status: u16::try_from(status).map_err(|_| $crate::store::StoreError::Corrupt(format!("reply status {status}")))?,
+                    body: sqlx::Row::try_get(&row, "body")?,
+                    at_ms: sqlx::Row::try_get(&row, "at_ms")?,
+                }))
+            }
+
+            async fn expire_replies(&self, before_ms: i64) -> Result<u64, $crate::store::StoreError> {
+                let done = sqlx::query("DELETE FROM sluice_replies WHERE at_ms < $1").bind(before_ms).execute(&self.writer).await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn collections(&self) -> Result<Vec<(String, String)>, $crate::store::StoreError> {
+                let rows = sqlx::query("SELECT name, config FROM sluice_collections ORDER BY name").fetch_all(&self.reader).await?;
+                rows.iter().map(|r| Ok((sqlx::Row::try_get(r, "name")?, sqlx::Row::try_get(r, "config")?))).collect()
+            }
+
+            async fn put_collection(&self, name: &str, config_json: &str, at_ms: i64) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO sluice_collections (name, config, updated_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_ms = excluded.updated_ms",
+                )
+                .bind(name)
+                .bind(config_json)
+                .bind(at_ms)
+                .execute(&self.writer)
+                .await?;
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use sql_store;
