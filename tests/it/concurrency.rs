@@ -1,0 +1,89 @@
+//! Many clients appending to a few hot documents with stale bases: every
+//! element must land exactly once, and each document's version must count the
+//! mutations applied to it.
+
+use crate::support::{TestServer, fresh_postgres_database};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+const CLIENTS: usize = 32;
+const APPENDS_PER_CLIENT: usize = 100;
+const HOT_KEYS: usize = 5;
+
+async fn stale_appends_keep_every_element(s: TestServer) {
+    let (status, _) = s
+        .put("/v1/collections/hot", json!({"handler": "automerge"}))
+        .await;
+    assert_eq!(status, 200);
+    for k in 0..HOT_KEYS {
+        let (status, _) = s.post(json!({"collection": "hot", "key": format!("k{k}"), "op": "put", "value": {"items": []}})).await;
+        assert_eq!(status, 200);
+    }
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let (http, url) = (s.http.clone(), s.url.clone());
+        clients.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for i in 0..APPENDS_PER_CLIENT {
+                let key = format!("k{}", (c * 7 + i) % HOT_KEYS);
+                // Base 1 is the version every client read first: stale for all but the first writer.
+                let body = json!({"id": format!("c{c}-{i}"), "client": format!("client-{c}"), "collection": "hot", "key": key,
+                                  "op": "patch", "value": {"items": [format!("c{c}-{i}")]}, "base_version": 1});
+                let response = http.post(format!("{url}/v1/mutations")).json(&body).send().await.expect("POST");
+                let status = response.status().as_u16();
+                let answer: Value = response.json().await.expect("JSON");
+                assert_eq!(status, 200, "{answer}");
+                outcomes.push((key, answer["outcome"].as_str().unwrap_or("").to_owned()));
+            }
+            outcomes
+        }));
+    }
+    let mut applied_per_key: HashMap<String, u64> = HashMap::new();
+    for client in clients {
+        for (key, outcome) in client.await.expect("client task") {
+            assert!(outcome == "applied" || outcome == "merged", "{outcome}");
+            *applied_per_key.entry(key).or_default() += 1;
+        }
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for k in 0..HOT_KEYS {
+        let key = format!("k{k}");
+        let (status, doc) = s.get(&format!("/v1/documents/hot/{key}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            doc["version"].as_u64(),
+            Some(1 + applied_per_key[&key]),
+            "version counts the applied mutations of {key}"
+        );
+        for element in doc["item"]["items"].as_array().expect("items") {
+            *seen
+                .entry(element.as_str().expect("string").to_owned())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        CLIENTS * APPENDS_PER_CLIENT,
+        "every element is present"
+    );
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "no element is present twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_appends_to_hot_keys_on_sqlite() {
+    stale_appends_keep_every_element(TestServer::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_appends_to_hot_keys_on_postgres() {
+    let url = fresh_postgres_database().await;
+    let s = TestServer::with(|c| {
+        c.store = url.clone();
+        c.history = url.clone();
+    })
+    .await;
+    stale_appends_keep_every_element(s).await;
+}

@@ -1,0 +1,363 @@
+//! One conformance suite per backend trait, run against every implementation:
+//! the in-memory reference, SQLite, and PostgreSQL.
+
+use crate::support::fresh_postgres_database;
+use serde_json::{Map, Value, json};
+use sluice::history::{
+    ConflictQuery, History, MemoryHistory, MutationRecord, PostgresHistory, SqliteHistory,
+};
+use sluice::model::{DocKey, Document, Resolution};
+use sluice::resolve::ConflictRecord;
+use sluice::store::{
+    CommitOutcome, LaneCommit, MemoryStore, PostgresStore, SqliteStore, Store, StoredReply,
+};
+
+fn item(v: Value) -> Option<Map<String, Value>> {
+    v.as_object().cloned()
+}
+
+fn reply(client: &str, id: &str, at_ms: i64) -> StoredReply {
+    StoredReply {
+        client: client.into(),
+        id: id.into(),
+        fingerprint: u64::MAX - 7,
+        status: 200,
+        body: format!("{{\"id\":\"{id}\"}}"),
+        at_ms,
+    }
+}
+
+fn lane(
+    doc: &DocKey,
+    expected: u64,
+    write: Option<Document>,
+    replies: Vec<StoredReply>,
+) -> LaneCommit {
+    LaneCommit {
+        doc: doc.clone(),
+        expected_version: expected,
+        write,
+        replies,
+        at_ms: 1,
+    }
+}
+
+async fn store_conformance(store: &dyn Store) {
+    let a = DocKey::new("c", "a/with/slashes");
+    let b = DocKey::new("c", "b");
+    assert_eq!(
+        store.get(&a).await.expect("get"),
+        Document::absent(),
+        "never written is version 0"
+    );
+
+    // Create with expected version 0, fields keep their order.
+    let v1 = Document {
+        version: 1,
+        item: item(json!({"z": 1, "a": {"y": [1, "two", null]}})),
+    };
+    let outcomes = store
+        .commit(&[lane(&a, 0, Some(v1.clone()), vec![reply("c1", "m1", 10)])])
+        .await
+        .expect("commit");
+    assert_eq!(outcomes, [CommitOutcome::Committed]);
+    let read = store.get(&a).await.expect("get");
+    assert_eq!(read, v1);
+    let keys: Vec<&String> = read.item.as_ref().expect("item").keys().collect();
+    assert_eq!(keys, ["z", "a"], "field order is kept");
+
+    // A second create and a stale update are refused, with nothing of their lane kept.
+    let again = store
+        .commit(&[lane(
+            &a,
+            0,
+            Some(Document {
+                version: 1,
+                item: item(json!({})),
+            }),
+            vec![reply("c1", "lost1", 10)],
+        )])
+        .await;
+    assert_eq!(again.expect("commit"), [CommitOutcome::Stale]);
+    let stale = store
+        .commit(&[lane(
+            &a,
+            5,
+            Some(Document {
+                version: 6,
+                item: item(json!({})),
+            }),
+            vec![reply("c1", "lost2", 10)],
+        )])
+        .await;
+    assert_eq!(stale.expect("commit"), [CommitOutcome::Stale]);
+    assert_eq!(store.get(&a).await.expect("get"), v1);
+    assert_eq!(store.reply("c1", "lost1").await.expect("reply"), None);
+    assert_eq!(store.reply("c1", "lost2").await.expect("reply"), None);
+
+    // One batch: a stale lane does not stop the others; a lane without a write stores its replies.
+    let v2 = Document {
+        version: 2,
+        item: None,
+    };
+    let b1 = Document {
+        version: 1,
+        item: item(json!({"b": true})),
+    };
+    let outcomes = store
+        .commit(&[
+            lane(&a, 1, Some(v2.clone()), vec![reply("c1", "m2", 20)]),
+            lane(
+                &b,
+                3,
+                Some(Document {
+                    version: 4,
+                    item: None,
+                }),
+                vec![reply("c2", "lost3", 20)],
+            ),
+            lane(
+                &b,
+                0,
+                Some(b1.clone()),
+                vec![reply("c2", "m3", 20), reply("", "m4", 30)],
+            ),
+            lane(
+                &DocKey::new("c", "untouched"),
+                0,
+                None,
+                vec![reply("c3", "rejected", 40)],
+            ),
+        ])
+        .await
+        .expect("commit");
+    assert_eq!(
+        outcomes,
+        [
+            CommitOutcome::Committed,
+            CommitOutcome::Stale,
+            CommitOutcome::Committed,
+            CommitOutcome::Committed
+        ]
+    );
+    assert_eq!(
+        store.get(&a).await.expect("get"),
+        v2,
+        "a tombstone keeps its version"
+    );
+    assert_eq!(store.get(&b).await.expect("get"), b1);
+    assert_eq!(
+        store
+            .get(&DocKey::new("c", "untouched"))
+            .await
+            .expect("get"),
+        Document::absent()
+    );
+    assert_eq!(store.reply("c2", "lost3").await.expect("reply"), None);
+    assert_eq!(
+        store.reply("c3", "rejected").await.expect("reply"),
+        Some(reply("c3", "rejected", 40))
+    );
+    assert_eq!(
+        store.reply("", "m4").await.expect("reply"),
+        Some(reply("", "m4", 30))
+    );
+    assert_eq!(
+        store.reply("c1", "m2").await.expect("reply"),
+        Some(reply("c1", "m2", 20)),
+        "fingerprints round-trip"
+    );
+
+    // Expiry forgets old replies only.
+    assert_eq!(store.expire_replies(21).await.expect("expire"), 3);
+    assert_eq!(store.reply("c1", "m1").await.expect("reply"), None);
+    assert!(
+        store
+            .reply("c3", "rejected")
+            .await
+            .expect("reply")
+            .is_some()
+    );
+
+    // Collections: upsert.
+    store
+        .put_collection("notes", r#"{"handler":"automerge","set_fields":[]}"#, 1)
+        .await
+        .expect("put");
+    store
+        .put_collection("notes", r#"{"handler":"optimistic","set_fields":[]}"#, 2)
+        .await
+        .expect("put");
+    assert_eq!(
+        store.collections().await.expect("list"),
+        [(
+            "notes".to_string(),
+            r#"{"handler":"optimistic","set_fields":[]}"#.to_string()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    store_conformance(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_conforms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    store_conformance(
+        &SqliteStore::open(&dir.path().join("store.db"))
+            .await
+            .expect("open"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_store_conforms() {
+    let url = fresh_postgres_database().await;
+    store_conformance(&PostgresStore::connect(&url).await.expect("connect")).await;
+    // Opening again over the existing schema works (restart).
+    PostgresStore::connect(&url).await.expect("reconnect");
+}
+
+fn mutation(
+    id: &str,
+    key: &str,
+    base: Option<u64>,
+    before: u64,
+    after: u64,
+    outcome: &str,
+) -> MutationRecord {
+    MutationRecord {
+        id: id.into(),
+        client: "cl".into(),
+        doc: DocKey::new("c", key),
+        op: "patch".into(),
+        fields: vec!["x".into(), "y".into()],
+        base_version: base,
+        version_before: before,
+        version_after: after,
+        outcome: outcome.into(),
+        conflict: base.is_some_and(|b| b != before),
+        score: base.map(|_| 0.25),
+        ts_ms: Some(1_700_000_000_000),
+        received_ms: 5,
+        decided_ms: 6,
+        queued_us: 120,
+    }
+}
+
+fn conflict(id: &str, key: &str, resolution: Resolution) -> ConflictRecord {
+    ConflictRecord {
+        mutation_id: id.into(),
+        client: "cl".into(),
+        doc: DocKey::new("c", key),
+        base_version: 1,
+        server_version: 2,
+        handler: "automerge".into(),
+        resolution,
+        reason: "because".into(),
+        incoming: json!({"i": 1}),
+        existing: json!({"e": [1]}),
+        result: if resolution == Resolution::Rejected {
+            Value::Null
+        } else {
+            json!({"r": true})
+        },
+        at_ms: 99,
+    }
+}
+
+async fn history_conformance(history: &dyn History) {
+    let m1 = mutation("m1", "a", None, 0, 1, "applied");
+    let m2 = mutation("m2", "a", Some(0), 1, 2, "merged");
+    let m3 = mutation("m3", "b", Some(0), 3, 3, "rejected");
+    history
+        .record(std::slice::from_ref(&m1), &[])
+        .await
+        .expect("record");
+    history
+        .record(
+            &[m2.clone(), m3.clone()],
+            &[
+                conflict("m2", "a", Resolution::Merged),
+                conflict("m3", "b", Resolution::Rejected),
+            ],
+        )
+        .await
+        .expect("record");
+    history
+        .record(&[], &[conflict("m4", "a", Resolution::Removed)])
+        .await
+        .expect("record");
+
+    let all = history.mutations(0, 10).await.expect("mutations");
+    assert_eq!(
+        all.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>(),
+        [m1, m2, m3.clone()]
+    );
+    assert!(
+        all.windows(2).all(|w| w[0].0 < w[1].0),
+        "sequence numbers rise"
+    );
+    let rest = history.mutations(all[1].0, 10).await.expect("mutations");
+    assert_eq!(rest.into_iter().map(|(_, m)| m).collect::<Vec<_>>(), [m3]);
+
+    let newest_first = history
+        .conflicts(&ConflictQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("conflicts");
+    let ids: Vec<&str> = newest_first
+        .iter()
+        .map(|c| c.mutation_id.as_str())
+        .collect();
+    assert_eq!(ids, ["m4", "m3", "m2"]);
+    assert_eq!(
+        newest_first[1],
+        conflict("m3", "b", Resolution::Rejected),
+        "a conflict round-trips in full"
+    );
+    let on_a = history
+        .conflicts(&ConflictQuery {
+            collection: Some("c".into()),
+            key: Some("a".into()),
+            limit: 1,
+        })
+        .await
+        .expect("conflicts");
+    assert_eq!(on_a, [conflict("m4", "a", Resolution::Removed)]);
+    let elsewhere = history
+        .conflicts(&ConflictQuery {
+            collection: Some("d".into()),
+            key: None,
+            limit: 10,
+        })
+        .await;
+    assert_eq!(elsewhere.expect("conflicts"), []);
+}
+
+#[tokio::test]
+async fn memory_history_conforms() {
+    history_conformance(&MemoryHistory::new()).await;
+}
+
+#[tokio::test]
+async fn sqlite_history_conforms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    history_conformance(
+        &SqliteHistory::open(&dir.path().join("history.db"))
+            .await
+            .expect("open"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_history_conforms() {
+    let url = fresh_postgres_database().await;
+    history_conformance(&PostgresHistory::connect(&url).await.expect("connect")).await;
+}

@@ -1,0 +1,9 @@
+//! The integration suite: real servers on ephemeral ports, real SQLite files
+//! and a real PostgreSQL (started by `scripts/test`).
+
+mod api;
+mod concurrency;
+mod conformance;
+mod handlers;
+mod laws;
+mod support;

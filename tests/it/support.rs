@@ -1,0 +1,169 @@
+//! Test support: real servers on ephemeral ports, real databases.
+
+use serde_json::Value;
+use sluice::config::Config;
+use sluice::server::{Running, start};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::oneshot;
+
+/// The PostgreSQL server that `scripts/test` started. A test that needs it
+/// fails, loudly, when it is absent: run the suite through `scripts/test`.
+pub fn postgres_admin_url() -> String {
+    std::env::var("SLUICE_TEST_POSTGRES_URL")
+        .expect("SLUICE_TEST_POSTGRES_URL is not set: run the suite with ./scripts/test, which starts PostgreSQL")
+}
+
+/// A fresh, empty database on the test server; returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let admin = postgres_admin_url();
+    let name = format!(
+        "sluice_test_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    );
+    let pool = sqlx::PgPool::connect(&admin)
+        .await
+        .expect("connect to the test PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .expect("create a test database");
+    pool.close().await;
+    let base = admin
+        .rsplit_once('/')
+        .map(|(base, _)| base)
+        .expect("URL has a database path");
+    format!("{base}/{name}")
+}
+
+/// A Sluice server on an ephemeral port, stopped when dropped.
+pub struct TestServer {
+    pub url: String,
+    pub running: Running,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    _data: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// The embedded default (SQLite files in a temporary data directory).
+    pub async fn embedded() -> TestServer {
+        TestServer::with(|_| {}).await
+    }
+
+    pub async fn with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            listen: "127.0.0.1:0".into(),
+            data_dir: data.path().to_path_buf(),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        TestServer::start_in(config, data).await
+    }
+
+    pub async fn start_in(config: Config, data: tempfile::TempDir) -> TestServer {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = start(config, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("server starts");
+        TestServer {
+            url: format!("http://{}", running.addr),
+            running,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            _data: data,
+        }
+    }
+
+    /// Stops serving and waits until the server has drained and exited.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let served = std::mem::replace(&mut self.running.served, tokio::spawn(async { Ok(()) }));
+        served.await.expect("server task").expect("server ran");
+        let data = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self._data, data)
+    }
+
+    pub async fn post(&self, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/v1/mutations", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        (
+            response.status().as_u16(),
+            response.json().await.expect("JSON body"),
+        )
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
+        (
+            response.status().as_u16(),
+            response.json().await.expect("JSON body"),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("GET");
+        (
+            response.status().as_u16(),
+            response.json().await.expect("JSON body"),
+        )
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT");
+        (
+            response.status().as_u16(),
+            response.json().await.expect("JSON body"),
+        )
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Asserts the error shape of the contract and returns the code.
+pub fn error_code(body: &Value) -> &str {
+    let error = body
+        .get("error")
+        .unwrap_or_else(|| panic!("not an error body: {body}"));
+    let message = error["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error without a message: {body}"));
+    assert!(!message.is_empty(), "empty error message: {body}");
+    error["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error without a code: {body}"))
+}
