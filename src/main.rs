@@ -20,6 +20,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP API. With no flags: 127.0.0.1:7070, SQLite files under ./sluice-data.
+    #[command(after_help = "Precedence: flags, then SLUICE_* environment variables \
+(SLUICE_LISTEN, SLUICE_DATA_DIR, SLUICE_QUEUE__QUEUE_LEN_MAX, ...: the config file's keys, \
+upper-cased, `__` between a section and its key), then the --config file, then defaults.")]
     Serve(ServeArgs),
 }
 

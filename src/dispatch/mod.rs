@@ -216,10 +216,6 @@ impl Engine {
         }
     }
 
-    pub fn clock(&self) -> &SharedClock {
-        &self.inner.clock
-    }
-
     /// Decides one mutation and returns what the client is told.
     pub async fn submit(&self, mutation: Mutation) -> Reply {
         let inner = &self.inner;

@@ -23,12 +23,6 @@ impl Reply {
             retry_after_s,
         }
     }
-
-    /// Whether the reply settles the mutation for good (and is stored for
-    /// resends), as opposed to a refusal after which nothing was applied.
-    pub fn is_final(&self) -> bool {
-        !matches!(self.status, 429 | 500..=599)
-    }
 }
 
 /// Renders a decided mutation as the `POST /v1/mutations` response.

@@ -66,11 +66,6 @@ impl<T> Queue<T> {
         self.ready.len()
     }
 
-    /// Whether `extra` more items would fit, for all-or-nothing admission.
-    pub fn has_room(&self, extra: usize) -> bool {
-        self.pending_len + extra <= self.limits.queue_len_max
-    }
-
     pub fn admit(&mut self, doc: &DocKey, item: T) -> Result<(), Refusal> {
         if self.pending_len >= self.limits.queue_len_max {
             return Err(Refusal::QueueFull);

@@ -121,14 +121,6 @@ impl Resolver {
         }
     }
 
-    pub fn script_limits(&self) -> ScriptLimits {
-        self.script_limits
-    }
-
-    pub fn clock(&self) -> &SharedClock {
-        &self.clock
-    }
-
     /// Checks that a script loads and defines `resolve` before it is accepted.
     pub async fn check_script(&self, source: &str) -> Result<(), ScriptError> {
         let (source, limits, clock) = (source.to_owned(), self.script_limits, self.clock.clone());

@@ -251,22 +251,11 @@ async fn a_resend_returns_the_original_answer_and_applies_nothing() {
 async fn concurrent_resends_of_one_mutation_apply_it_once() {
     let s = TestServer::embedded().await;
     let body = json!({"id": "dup", "client": "c1", "collection": "c", "key": "k", "op": "patch", "value": {"l": [1]}});
-    let sends = (0..16).map(|_| {
-        let (http, url, body) = (s.http.clone(), s.url.clone(), body.clone());
-        async move {
-            let response = http
-                .post(format!("{url}/v1/mutations"))
-                .json(&body)
-                .send()
-                .await
-                .expect("POST");
-            (
-                response.status().as_u16(),
-                response.json::<serde_json::Value>().await.expect("JSON"),
-            )
-        }
-    });
-    let answers = futures_join_all(sends).await;
+    let sends: Vec<_> = (0..16).map(|_| s.spawn_post(body.clone())).collect();
+    let mut answers = Vec::new();
+    for send in sends {
+        answers.push(send.await.expect("task"));
+    }
     let first = answers[0].clone();
     assert_eq!(first.0, 200);
     assert!(
@@ -274,20 +263,6 @@ async fn concurrent_resends_of_one_mutation_apply_it_once() {
         "every resend gets the original answer"
     );
     assert_eq!(s.get("/v1/documents/c/k").await.1["version"], json!(1));
-}
-
-/// Joins futures without pulling in the `futures` crate.
-pub async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.into_iter().map(|f| tokio::spawn(f)).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.expect("task"));
-    }
-    out
 }
 
 #[tokio::test]
@@ -452,37 +427,24 @@ async fn a_full_queue_answers_429_with_retry_after() {
     let s = TestServer::with(|c| {
         c.queue.lane_len_max = 1;
         c.queue.lanes_in_flight_max = 1;
-        c.script.time_ms_max = 2_000;
+        c.script.time_ms_max = 5_000;
     })
     .await;
     // A slow script holds the only worker, so later mutations of the key wait in its lane.
-    let slow = "function resolve(ctx) { const end = Date.now() + 300; while (Date.now() < end) {} return {action: 'resolve', item: ctx.existing}; }";
+    let slow = "function resolve(ctx) { const end = Date.now() + 1000; while (Date.now() < end) {} return {action: 'resolve', item: ctx.existing}; }";
     s.put("/v1/collections/slow", json!({"handler": {"script": slow}}))
         .await;
     s.post(json!({"collection": "slow", "key": "k", "op": "put", "value": {}}))
         .await;
     s.post(json!({"collection": "slow", "key": "k", "op": "put", "value": {}}))
         .await;
-    let blocker = tokio::spawn({
-        let (http, url) = (s.http.clone(), s.url.clone());
-        async move {
-            http.post(format!("{url}/v1/mutations"))
-                .json(&json!({"collection": "slow", "key": "k", "op": "put", "value": {}, "base_version": 1}))
-                .send()
-                .await
-        }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let waiting = tokio::spawn({
-        let (http, url) = (s.http.clone(), s.url.clone());
-        async move {
-            http.post(format!("{url}/v1/mutations"))
-                .json(&json!({"collection": "slow", "key": "k", "op": "patch", "value": {"a": 1}}))
-                .send()
-                .await
-        }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let blocker = s.spawn_post(
+        json!({"collection": "slow", "key": "k", "op": "put", "value": {}, "base_version": 1}),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let waiting =
+        s.spawn_post(json!({"collection": "slow", "key": "k", "op": "patch", "value": {"a": 1}}));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let response = s
         .http
         .post(format!("{}/v1/mutations", s.url))
@@ -500,24 +462,8 @@ async fn a_full_queue_answers_429_with_retry_after() {
     );
     let body: serde_json::Value = response.json().await.expect("JSON");
     assert_eq!(error_code(&body), "lane_full");
-    assert_eq!(
-        blocker
-            .await
-            .expect("task")
-            .expect("answer")
-            .status()
-            .as_u16(),
-        200
-    );
-    assert_eq!(
-        waiting
-            .await
-            .expect("task")
-            .expect("answer")
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(blocker.await.expect("task").0, 200);
+    assert_eq!(waiting.await.expect("task").0, 200);
     // Refused means not applied: 2 puts, the merged one, the waiting patch.
     assert_eq!(s.get("/v1/documents/slow/k").await.1["version"], json!(4));
 }
@@ -525,22 +471,18 @@ async fn a_full_queue_answers_429_with_retry_after() {
 #[tokio::test]
 async fn a_base_is_checked_when_applied_not_when_it_arrives() {
     // The client sends base 3 right behind its own queued mutation that will make version 3.
-    let s = TestServer::with(|c| c.script.time_ms_max = 2_000).await;
-    let slow = "function resolve(ctx) { const end = Date.now() + 200; while (Date.now() < end) {} return {action: 'resolve', item: {n: 1}}; }";
+    let s = TestServer::with(|c| c.script.time_ms_max = 5_000).await;
+    let slow = "function resolve(ctx) { const end = Date.now() + 1000; while (Date.now() < end) {} return {action: 'resolve', item: {n: 1}}; }";
     s.put("/v1/collections/q", json!({"handler": {"script": slow}}))
         .await;
     s.post(json!({"collection": "q", "key": "k", "op": "put", "value": {}}))
         .await;
     s.post(json!({"collection": "q", "key": "k", "op": "put", "value": {}}))
         .await;
-    let first = tokio::spawn({
-        let (http, url) = (s.http.clone(), s.url.clone());
-        async move {
-            let r = http.post(format!("{url}/v1/mutations")).json(&json!({"collection": "q", "key": "k", "op": "put", "value": {}, "base_version": 1})).send().await.expect("POST");
-            r.json::<serde_json::Value>().await.expect("JSON")
-        }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let first = s.spawn_post(
+        json!({"collection": "q", "key": "k", "op": "put", "value": {}, "base_version": 1}),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(
         s.get("/v1/documents/q/k").await.1["version"],
         json!(2),
@@ -557,5 +499,5 @@ async fn a_base_is_checked_when_applied_not_when_it_arrives() {
         "{second}"
     );
     assert_eq!(second["version"], json!(4));
-    assert_eq!(first.await.expect("task")["outcome"], json!("merged"));
+    assert_eq!(first.await.expect("task").1["outcome"], json!("merged"));
 }

@@ -104,6 +104,24 @@ impl TestServer {
         )
     }
 
+    /// POSTs a mutation from a task of its own, for tests that keep a request
+    /// in flight while they do something else.
+    pub fn spawn_post(&self, body: Value) -> tokio::task::JoinHandle<(u16, Value)> {
+        let (http, url) = (self.http.clone(), self.url.clone());
+        tokio::spawn(async move {
+            let response = http
+                .post(format!("{url}/v1/mutations"))
+                .json(&body)
+                .send()
+                .await
+                .expect("POST");
+            (
+                response.status().as_u16(),
+                response.json().await.expect("JSON body"),
+            )
+        })
+    }
+
     pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
         let response = self
             .http
