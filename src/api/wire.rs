@@ -107,6 +107,9 @@ pub fn validate_key(key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err("key must not be empty".into());
     }
+    if key.contains('\0') {
+        return Err("key must not contain a NUL character".into());
+    }
     if key.len() > KEY_BYTES_MAX {
         return Err(format!(
             "key is {} bytes; at most {KEY_BYTES_MAX} are allowed",
@@ -120,6 +123,10 @@ fn check_chars(field: &str, value: &str, max: usize) -> Result<(), String> {
     let n = value.chars().count();
     if n == 0 || n > max {
         return Err(format!("{field} must be 1 to {max} characters, got {n}"));
+    }
+    // PostgreSQL's text type cannot hold NUL; refuse it here rather than fail in the store.
+    if value.contains('\0') {
+        return Err(format!("{field} must not contain a NUL character"));
     }
     Ok(())
 }
@@ -265,6 +272,8 @@ mod tests {
             r#"{"collection":"c","key":"k","op":"delete","value":{}}"#,
             r#"{"id":"","collection":"c","key":"k","op":"delete"}"#,
             r#"{"collection":"c","key":"k","op":"put","value":{},"client":""}"#,
+            r#"{"collection":"c","key":"a\u0000b","op":"put","value":{}}"#,
+            r#"{"id":"x\u0000","collection":"c","key":"k","op":"put","value":{}}"#,
             r#"{"collection":"c","key":"k""#,
             r#"[]"#,
             &deep,

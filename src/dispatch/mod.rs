@@ -255,6 +255,10 @@ impl Engine {
             Some(Err(reply)) => return reply,
             None => {}
         }
+        let guard = ReservationGuard {
+            inner,
+            reservation: Some(reservation.clone()),
+        };
         // Under the reservation, a stored reply cannot appear behind our back:
         // only the holder of the reservation can store one.
         match inner.store.reply(&reservation.0, &reservation.1).await {
@@ -268,13 +272,13 @@ impl Engine {
                 } else {
                     reused_key(&mutation.id)
                 };
-                inner.release(&reservation, &reply);
+                guard.release(&reply);
                 return reply;
             }
             Ok(None) => {}
             Err(e) => {
                 let reply = store_error_reply(&e);
-                inner.release(&reservation, &reply);
+                guard.release(&reply);
                 return reply;
             }
         }
@@ -302,9 +306,11 @@ impl Engine {
                     format!("too many mutations are waiting for {doc}; retry after a moment"),
                 ),
             };
-            inner.release(&reservation, &reply);
+            guard.release(&reply);
             return reply;
         }
+        // From here the worker that decides the mutation releases the reservation.
+        guard.hand_over();
         inner.wake.notify_one();
         self.await_answer(rx, &id).await
     }
@@ -409,6 +415,40 @@ impl Engine {
         };
         let _ = tokio::time::timeout(deadline, wait).await;
         self.stats().queue_depth
+    }
+}
+
+/// Holds a `(client, id)` reservation until the mutation is queued. If the
+/// request goes away first (the client disconnected during the stored-reply
+/// lookup), dropping the guard frees the id, so that a resend is not stuck
+/// behind a reservation nobody will release.
+struct ReservationGuard<'a> {
+    inner: &'a Inner,
+    reservation: Option<(String, String)>,
+}
+
+impl ReservationGuard<'_> {
+    fn release(mut self, reply: &Reply) {
+        if let Some(reservation) = self.reservation.take() {
+            self.inner.release(&reservation, reply);
+        }
+    }
+
+    fn hand_over(mut self) {
+        self.reservation = None;
+    }
+}
+
+impl Drop for ReservationGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            let reply = Reply::error(
+                503,
+                "request_abandoned",
+                "the first request with this id went away before its mutation was queued; nothing was applied, resend it",
+            );
+            self.inner.release(&reservation, &reply);
+        }
     }
 }
 

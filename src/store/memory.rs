@@ -62,7 +62,7 @@ impl Store for MemoryStore {
                 .get(&lane.doc)
                 .map(|d| d.version)
                 .unwrap_or(0);
-            if lane.write.is_some() && current != lane.expected_version {
+            if current != lane.expected_version {
                 outcomes.push(CommitOutcome::Stale);
                 continue;
             }

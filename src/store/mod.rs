@@ -6,9 +6,11 @@
 //! Guarantees every backend gives (checked by one conformance suite):
 //! - `commit` runs its whole batch in one transaction: after a crash either all
 //!   of its committed lanes are there, or none is.
-//! - A lane's write happens only if the document's version is still
-//!   `expected_version`; otherwise nothing of that lane (write or replies) is
-//!   kept and the lane is reported `Stale`, while the other lanes commit.
+//! - A lane commits only if the document's version is still
+//!   `expected_version`, whether or not it writes (so a rejection's answer names
+//!   the version that is current when it commits); otherwise nothing of that
+//!   lane (write or replies) is kept and the lane is reported `Stale`, while the
+//!   other lanes commit.
 //! - A reply is stored in the same transaction as the write it describes, so a
 //!   mutation is never applied without its reply, nor its reply kept without it:
 //!   this is what makes resends exactly-once.
@@ -47,7 +49,8 @@ pub struct LaneCommit {
     pub doc: DocKey,
     /// The version the batch was decided against.
     pub expected_version: u64,
-    /// The document to write, or `None` when every mutation was refused.
+    /// The document to write, or `None` when every mutation was refused (the
+    /// version is still checked).
     pub write: Option<Document>,
     pub replies: Vec<StoredReply>,
     pub at_ms: i64,
@@ -193,6 +196,18 @@ macro_rules! sql_store {
                             .await?
                         };
                         if written.rows_affected() != 1 {
+                            outcomes.push($crate::store::CommitOutcome::Stale);
+                            continue;
+                        }
+                    } else {
+                        let version: Option<i64> = sqlx::query_scalar(
+                            "SELECT version FROM sluice_documents WHERE collection = $1 AND key = $2",
+                        )
+                        .bind(&lane.doc.collection)
+                        .bind(&lane.doc.key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if version.map_or(0, $crate::store::from_sql) != lane.expected_version {
                             outcomes.push($crate::store::CommitOutcome::Stale);
                             continue;
                         }

@@ -128,6 +128,12 @@ async fn store_conformance(store: &dyn Store) {
                 None,
                 vec![reply("c3", "rejected", 40)],
             ),
+            lane(
+                &DocKey::new("c", "b"),
+                7,
+                None,
+                vec![reply("c3", "stale-rejection", 40)],
+            ),
         ])
         .await
         .expect("commit");
@@ -137,7 +143,8 @@ async fn store_conformance(store: &dyn Store) {
             CommitOutcome::Committed,
             CommitOutcome::Stale,
             CommitOutcome::Committed,
-            CommitOutcome::Committed
+            CommitOutcome::Committed,
+            CommitOutcome::Stale
         ]
     );
     assert_eq!(
@@ -154,6 +161,11 @@ async fn store_conformance(store: &dyn Store) {
         Document::absent()
     );
     assert_eq!(store.reply("c2", "lost3").await.expect("reply"), None);
+    assert_eq!(
+        store.reply("c3", "stale-rejection").await.expect("reply"),
+        None,
+        "a lane without a write still checks the version"
+    );
     assert_eq!(
         store.reply("c3", "rejected").await.expect("reply"),
         Some(reply("c3", "rejected", 40))

@@ -4,6 +4,7 @@
 mod api;
 mod concurrency;
 mod conformance;
+mod engine;
 mod handlers;
 mod laws;
 mod support;

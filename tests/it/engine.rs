@@ -1,0 +1,174 @@
+//! The dispatcher's own guarantees, driven directly (no HTTP), over the
+//! in-memory store wrapped to misbehave on cue.
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use sluice::clock::{SharedClock, SystemClock};
+use sluice::dispatch::{Engine, EngineConfig};
+use sluice::history::MemoryHistory;
+use sluice::model::{DocKey, Document, Mutation, Op};
+use sluice::resolve::{Resolver, ScriptLimits};
+use sluice::store::{CommitOutcome, LaneCommit, MemoryStore, Store, StoreError, StoredReply};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+/// A store that can stall its reply lookups, write behind Sluice's back
+/// before a commit, or fail commits.
+#[derive(Default)]
+struct Unruly {
+    inner: MemoryStore,
+    stall_lookups: AtomicBool,
+    foreign_writes_before_commit: AtomicU32,
+    fail_commits: AtomicBool,
+}
+
+#[async_trait]
+impl Store for Unruly {
+    async fn get(&self, doc: &DocKey) -> Result<Document, StoreError> {
+        self.inner.get(doc).await
+    }
+
+    async fn commit(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError> {
+        if self.fail_commits.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected".into()));
+        }
+        if self.foreign_writes_before_commit.load(Ordering::SeqCst) > 0 {
+            self.foreign_writes_before_commit
+                .fetch_sub(1, Ordering::SeqCst);
+            for lane in batch {
+                self.inner
+                    .write_behind_sluice(&lane.doc, json!({"foreign": true}).as_object().cloned());
+            }
+        }
+        self.inner.commit(batch).await
+    }
+
+    async fn reply(&self, client: &str, id: &str) -> Result<Option<StoredReply>, StoreError> {
+        if self.stall_lookups.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        self.inner.reply(client, id).await
+    }
+
+    async fn expire_replies(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.inner.expire_replies(before_ms).await
+    }
+
+    async fn collections(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.collections().await
+    }
+
+    async fn put_collection(
+        &self,
+        name: &str,
+        config_json: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.put_collection(name, config_json, at_ms).await
+    }
+}
+
+async fn engine(store: Arc<Unruly>) -> Engine {
+    let clock: SharedClock = SystemClock::shared();
+    Engine::start(
+        store,
+        Arc::new(MemoryHistory::new()),
+        Resolver::new(clock.clone(), ScriptLimits::default()),
+        clock,
+        EngineConfig::default(),
+    )
+    .await
+    .expect("engine")
+}
+
+fn patch(id: &str, base_version: Option<u64>) -> Mutation {
+    Mutation {
+        id: id.into(),
+        client: Some("c".into()),
+        doc: DocKey::new("c", "k"),
+        op: Op::Patch,
+        value: json!({"n": 1}).as_object().cloned(),
+        base_version,
+        ts_ms: None,
+        fingerprint: 42,
+    }
+}
+
+fn body(reply: &sluice::dispatch::Reply) -> Value {
+    serde_json::from_str(&reply.body).expect("JSON")
+}
+
+#[tokio::test]
+async fn a_request_abandoned_before_queueing_frees_its_id() {
+    let store = Arc::new(Unruly::default());
+    let engine = engine(store.clone()).await;
+    store.stall_lookups.store(true, Ordering::SeqCst);
+    let abandoned =
+        tokio::time::timeout(Duration::from_millis(50), engine.submit(patch("m1", None))).await;
+    assert!(
+        abandoned.is_err(),
+        "the lookup stalls, so the request is dropped mid-way"
+    );
+    store.stall_lookups.store(false, Ordering::SeqCst);
+    let reply = tokio::time::timeout(Duration::from_secs(5), engine.submit(patch("m1", None)))
+        .await
+        .expect("the resend is not stuck behind the dropped request");
+    assert_eq!(
+        (reply.status, body(&reply)["version"].clone()),
+        (200, json!(1))
+    );
+    assert_eq!(engine.stats().queue_depth, 0);
+}
+
+#[tokio::test]
+async fn a_writer_behind_sluice_is_detected_and_the_batch_decided_again() {
+    let store = Arc::new(Unruly::default());
+    let engine = engine(store.clone()).await;
+    let first = engine.submit(patch("m1", Some(0))).await;
+    assert_eq!(first.status, 200);
+    // Two foreign writes land between Sluice's read and its compare-and-set.
+    store
+        .foreign_writes_before_commit
+        .store(2, Ordering::SeqCst);
+    let reply = engine.submit(patch("m2", Some(1))).await;
+    let answer = body(&reply);
+    // Decided again until the version holds still: against version 3, a stale base, rejected.
+    assert_eq!(
+        (reply.status, answer["version"].clone()),
+        (409, json!(3)),
+        "{answer}"
+    );
+    assert_eq!(answer["item"], json!({"foreign": true}));
+    let doc = engine.document(&DocKey::new("c", "k")).await.expect("get");
+    assert_eq!(
+        doc.version, 3,
+        "nothing of the rejected mutation was written"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_commit_answers_503_and_a_resend_applies_once() {
+    let store = Arc::new(Unruly::default());
+    let engine = engine(store.clone()).await;
+    store.fail_commits.store(true, Ordering::SeqCst);
+    let failed = engine.submit(patch("m1", None)).await;
+    assert_eq!((failed.status, failed.retry_after_s), (503, Some(1)));
+    assert_eq!(body(&failed)["error"]["code"], json!("store_unavailable"));
+    store.fail_commits.store(false, Ordering::SeqCst);
+    let applied = engine.submit(patch("m1", None)).await;
+    assert_eq!(
+        (applied.status, body(&applied)["version"].clone()),
+        (200, json!(1))
+    );
+    let again = engine.submit(patch("m1", None)).await;
+    assert_eq!(again, applied);
+    assert_eq!(
+        engine
+            .document(&DocKey::new("c", "k"))
+            .await
+            .expect("get")
+            .version,
+        1
+    );
+}
