@@ -91,77 +91,45 @@ impl TestServer {
     }
 
     pub async fn post(&self, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}/v1/mutations", self.url))
-            .json(&body)
-            .send()
-            .await
-            .expect("POST");
-        (
-            response.status().as_u16(),
-            response.json().await.expect("JSON body"),
+        exchange(
+            self.http
+                .post(format!("{}/v1/mutations", self.url))
+                .json(&body),
         )
+        .await
     }
 
     /// POSTs a mutation from a task of its own, for tests that keep a request
     /// in flight while they do something else.
     pub fn spawn_post(&self, body: Value) -> tokio::task::JoinHandle<(u16, Value)> {
-        let (http, url) = (self.http.clone(), self.url.clone());
-        tokio::spawn(async move {
-            let response = http
-                .post(format!("{url}/v1/mutations"))
-                .json(&body)
-                .send()
-                .await
-                .expect("POST");
-            (
-                response.status().as_u16(),
-                response.json().await.expect("JSON body"),
-            )
-        })
+        let request = self
+            .http
+            .post(format!("{}/v1/mutations", self.url))
+            .json(&body);
+        tokio::spawn(exchange(request))
     }
 
     pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .body(body)
-            .send()
-            .await
-            .expect("POST");
-        (
-            response.status().as_u16(),
-            response.json().await.expect("JSON body"),
-        )
+        exchange(self.http.post(format!("{}{path}", self.url)).body(body)).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .expect("GET");
-        (
-            response.status().as_u16(),
-            response.json().await.expect("JSON body"),
-        )
+        exchange(self.http.get(format!("{}{path}", self.url))).await
     }
 
     pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .put(format!("{}{path}", self.url))
-            .json(&body)
-            .send()
-            .await
-            .expect("PUT");
-        (
-            response.status().as_u16(),
-            response.json().await.expect("JSON body"),
-        )
+        exchange(self.http.put(format!("{}{path}", self.url)).json(&body)).await
     }
+}
+
+/// Sends a request and reads its status and JSON body; every answer of the
+/// API is JSON, errors included.
+async fn exchange(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.expect("request sent");
+    (
+        response.status().as_u16(),
+        response.json().await.expect("JSON body"),
+    )
 }
 
 impl Drop for TestServer {
