@@ -9,8 +9,9 @@
 
 use crate::dispatch::{
     COMMIT_BATCH_MAX_DEFAULT, DECIDE_TIMEOUT_MS_DEFAULT, EngineConfig,
-    IDEMPOTENCY_RETENTION_HOURS_DEFAULT, LANES_IN_FLIGHT_MAX_DEFAULT,
+    IDEMPOTENCY_RETENTION_HOURS_DEFAULT, LANES_IN_FLIGHT_MAX_DEFAULT, PRIORITY_BOOST_MS_DEFAULT,
 };
+use crate::predict::PredictorConfig;
 use crate::queue::QueueLimits;
 use crate::resolve::{Handler, ScriptLimits};
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,7 @@ pub struct Config {
     pub log_format: String,
     pub queue: QueueConfig,
     pub script: ScriptConfig,
+    pub predictor: PredictorConfig,
     /// How long replies are kept for idempotent resends.
     pub idempotency_retention_hours: u64,
     /// How long SIGTERM waits for queued mutations before exiting.
@@ -65,6 +67,9 @@ pub struct QueueConfig {
     pub lanes_in_flight_max: usize,
     pub commit_batch_max: usize,
     pub decide_timeout_ms: u64,
+    /// How many milliseconds of waiting a conflict probability of 1 is worth
+    /// in the order lanes are dispatched.
+    pub priority_boost_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -85,6 +90,7 @@ impl Default for Config {
             log_format: "text".into(),
             queue: QueueConfig::default(),
             script: ScriptConfig::default(),
+            predictor: PredictorConfig::default(),
             idempotency_retention_hours: IDEMPOTENCY_RETENTION_HOURS_DEFAULT,
             shutdown_deadline_ms: SHUTDOWN_DEADLINE_MS_DEFAULT,
         }
@@ -100,6 +106,7 @@ impl Default for QueueConfig {
             lanes_in_flight_max: LANES_IN_FLIGHT_MAX_DEFAULT,
             commit_batch_max: COMMIT_BATCH_MAX_DEFAULT,
             decide_timeout_ms: DECIDE_TIMEOUT_MS_DEFAULT,
+            priority_boost_ms: PRIORITY_BOOST_MS_DEFAULT,
         }
     }
 }
@@ -218,6 +225,7 @@ impl Config {
         if let Handler::Script { .. } | Handler::Webhook { .. } = self.default_handler {
             return invalid("default_handler must be \"optimistic\" or \"automerge\"".into());
         }
+        self.predictor.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -242,6 +250,8 @@ impl Config {
             decide_timeout: Duration::from_millis(q.decide_timeout_ms),
             default_handler: self.default_handler.clone(),
             idempotency_retention: Duration::from_secs(self.idempotency_retention_hours * 3600),
+            priority_boost_ms: q.priority_boost_ms,
+            predictor: self.predictor.clone(),
         }
     }
 

@@ -24,6 +24,46 @@ enum Command {
 (SLUICE_LISTEN, SLUICE_DATA_DIR, SLUICE_QUEUE__QUEUE_LEN_MAX, ...: the config file's keys, \
 upper-cased, `__` between a section and its key), then the --config file, then defaults.")]
     Serve(ServeArgs),
+    /// Send a mutation trace (JSON Lines, plain or gzipped) through the HTTP API
+    /// and report conflicts, the predictor's quality, throughput and latency.
+    Replay(ReplayArgs),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("pace").args(["speed", "max_speed"])))]
+struct ReplayArgs {
+    /// The trace to replay
+    #[arg(long, value_name = "FILE")]
+    trace: PathBuf,
+    /// A running Sluice to replay against; without it, an embedded server is
+    /// started on a temporary data directory (configured by --config and SLUICE_*)
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// Configure every collection of the trace with this handler first
+    /// (optimistic, automerge, or a handler's JSON)
+    #[arg(long, value_name = "HANDLER")]
+    handler: Option<String>,
+    /// Keys in flight at once (each key's mutations stay in order)
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    concurrency: usize,
+    /// Pace by event time, X times faster than it happened
+    #[arg(long, value_name = "X")]
+    speed: Option<f64>,
+    /// Send as fast as answers come (the default)
+    #[arg(long)]
+    max_speed: bool,
+    /// Write one result line per mutation here, and the summary next to it as NAME.summary.json
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Compare every conflict flag with these {"id", "conflict"} lines
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
+    /// Configuration of the embedded server (ignored with --url)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Hide the progress bar
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// Flags override `SLUICE_*` environment variables, which override the config file.
@@ -53,6 +93,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Replay(args) => replay(args),
     }
 }
 
@@ -91,15 +132,87 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
+fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    if let Some(speed) = args.speed
+        && !(speed.is_finite() && speed > 0.0)
+    {
+        anyhow::bail!("--speed must be a positive number");
+    }
+    if args.concurrency == 0 {
+        anyhow::bail!("--concurrency must be at least 1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        // An embedded server lives in a temporary data directory that goes with it.
+        let mut embedded = None;
+        let url = match &args.url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+                init_logs_at(&config.log_format, "warn");
+                let data_dir = std::env::temp_dir().join(format!("sluice-replay-{}", std::process::id()));
+                config.listen = "127.0.0.1:0".into();
+                config.data_dir = data_dir.clone();
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let running = sluice::server::start(config, async move {
+                    let _ = stopped.await;
+                })
+                .await?;
+                let url = format!("http://{}", running.addr);
+                embedded = Some((running, stop, data_dir));
+                url
+            }
+        };
+        let options = sluice::replay::ReplayOptions {
+            trace: args.trace,
+            url,
+            handler: args.handler,
+            concurrency: args.concurrency,
+            speed: args.speed,
+            out: args.out.clone(),
+            labels: args.labels,
+            progress: !args.quiet,
+        };
+        let summary = sluice::replay::replay(&options).await;
+        let model = match &embedded {
+            Some((running, _, _)) => Some(running.engine.model_report()),
+            None => None,
+        };
+        if let Some((running, stop, data_dir)) = embedded {
+            let _ = stop.send(());
+            let _ = running.served.await;
+            let _ = std::fs::remove_dir_all(&data_dir);
+        }
+        let summary = summary?;
+        print!("{}", summary.render());
+        if let Some(model) = &model {
+            println!("model            {} features, learned from {} conditional mutations", model.features, model.learned);
+        }
+        if let Some(out) = &args.out {
+            let path = sluice::replay::summary_path(out);
+            std::fs::write(&path, serde_json::to_vec_pretty(&summary)?).with_context(|| format!("writing {}", path.display()))?;
+            println!("results          {} and {}", out.display(), path.display());
+        }
+        if summary.errors > 0 {
+            anyhow::bail!("{} mutations failed", summary.errors);
+        }
+        Ok(())
+    })
+}
+
 fn init_logs(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logs_at(format, "info");
+}
+
+fn init_logs_at(format: &str, default_level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if format == "json" {
-        builder.json().init();
+        let _ = builder.json().try_init();
     } else {
-        builder.init();
+        let _ = builder.try_init();
     }
 }
 

@@ -116,6 +116,7 @@ pub fn router(engine: Engine) -> Router {
             get(get_collection).put(put_collection),
         )
         .route("/v1/conflicts", get(get_conflicts))
+        .route("/v1/model", get(get_model))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(wire::BODY_BYTES_MAX))
@@ -282,6 +283,10 @@ async fn get_conflicts(
     Ok(Json(
         json!({ "conflicts": conflicts.iter().map(conflict_json).collect::<Vec<_>>() }),
     ))
+}
+
+async fn get_model(State(engine): State<Engine>) -> Json<crate::predict::ModelReport> {
+    Json(engine.model_report())
 }
 
 fn conflict_json(c: &ConflictRecord) -> Value {

@@ -26,6 +26,7 @@ pub use reply::Reply;
 use crate::clock::SharedClock;
 use crate::history::{ConflictQuery, HistoryError, MutationRecord, SharedHistory};
 use crate::model::{DocKey, Document, Mutation, Outcome, Verdict};
+use crate::predict::{self, ModelReport, Observation, Predictor, PredictorConfig, Scored};
 use crate::queue::{Queue, QueueLimits, Refusal};
 use crate::resolve::{CollectionConfig, ConflictRecord, Handler, Resolver, ScriptError, Step};
 use crate::store::{CommitOutcome, LaneCommit, SharedStore, StoreError, StoredReply};
@@ -46,6 +47,11 @@ pub const COMMIT_BATCH_MAX_DEFAULT: usize = 256;
 pub const DECIDE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// How long stored replies are kept for resends; the contract promises 24 h.
 pub const IDEMPOTENCY_RETENTION_HOURS_DEFAULT: u64 = 48;
+/// How much waiting a conflict probability of 1 is worth in the lane order:
+/// a likely conflict overtakes lanes that arrived up to this much earlier.
+pub const PRIORITY_BOOST_MS_DEFAULT: u64 = 50;
+/// How often (in learned outcomes) the model's quality is logged.
+const QUALITY_LOG_EVERY: u64 = 10_000;
 /// Re-reads after compare-and-set misses before a batch gives up with 503.
 const CAS_RETRIES_MAX: u32 = 16;
 /// Requests queued for the committer and the history writer.
@@ -61,6 +67,8 @@ pub struct EngineConfig {
     pub decide_timeout: Duration,
     pub default_handler: Handler,
     pub idempotency_retention: Duration,
+    pub priority_boost_ms: u64,
+    pub predictor: PredictorConfig,
 }
 
 impl Default for EngineConfig {
@@ -76,6 +84,8 @@ impl Default for EngineConfig {
             decide_timeout: Duration::from_millis(DECIDE_TIMEOUT_MS_DEFAULT),
             default_handler: Handler::Optimistic,
             idempotency_retention: Duration::from_secs(IDEMPOTENCY_RETENTION_HOURS_DEFAULT * 3600),
+            priority_boost_ms: PRIORITY_BOOST_MS_DEFAULT,
+            predictor: PredictorConfig::default(),
         }
     }
 }
@@ -100,7 +110,9 @@ struct Queued {
     mutation: Mutation,
     admitted_at: Duration,
     received_ms: i64,
-    score: Option<f64>,
+    score: f64,
+    /// Taken by the learner once the mutation is decided.
+    scored: Option<Scored>,
     answer: oneshot::Sender<Reply>,
 }
 
@@ -131,6 +143,7 @@ struct Inner {
     store: SharedStore,
     history: SharedHistory,
     resolver: Resolver,
+    predictor: Mutex<Predictor>,
     lanes: Mutex<Lanes>,
     wake: Notify,
     reservations: Mutex<HashMap<(String, String), Reservation>>,
@@ -179,6 +192,7 @@ impl Engine {
         let (commit_tx, commit_rx) = mpsc::channel(PIPELINE_CHANNEL_LEN);
         let (history_tx, history_rx) = mpsc::channel(PIPELINE_CHANNEL_LEN);
         let inner = Arc::new(Inner {
+            predictor: Mutex::new(Predictor::new(config.predictor.clone())),
             lanes: Mutex::new(Lanes {
                 queue: Queue::new(config.queue),
                 in_flight: 0,
@@ -285,14 +299,31 @@ impl Engine {
         let (tx, rx) = oneshot::channel();
         let doc = mutation.doc.clone();
         let id = mutation.id.clone();
+        // Scored now, before anything about the outcome exists.
+        let lane_waiting = lock(&inner.lanes).queue.waiting_len(&doc);
+        let fields = mutation.fields_touched();
+        let observation = Observation {
+            doc: &doc,
+            op: mutation.op,
+            fields: &fields,
+            client: mutation.client_name(),
+            base_version: mutation.base_version,
+            event_ms: mutation.ts_ms.unwrap_or(received_ms),
+            lane_waiting,
+        };
+        let scored = lock(&inner.predictor).score(&observation);
+        let admitted_at = inner.clock.elapsed();
+        let boost_us = inner.config.priority_boost_ms as f64 * 1000.0 * scored.probability;
+        let rank = i64::try_from(admitted_at.as_micros()).unwrap_or(i64::MAX) - boost_us as i64;
         let queued = Queued {
             mutation,
-            admitted_at: inner.clock.elapsed(),
+            admitted_at,
             received_ms,
-            score: None,
+            score: scored.probability,
+            scored: Some(scored),
             answer: tx,
         };
-        let admitted = lock(&inner.lanes).queue.admit(&doc, queued);
+        let admitted = lock(&inner.lanes).queue.admit(&doc, queued, rank);
         if let Err(refusal) = admitted {
             let reply = match refusal {
                 Refusal::QueueFull => Reply::error(
@@ -332,6 +363,11 @@ impl Engine {
                 ),
             ),
         }
+    }
+
+    /// The predictor's state and quality, for `GET /v1/model`.
+    pub fn model_report(&self) -> ModelReport {
+        lock(&self.inner.predictor).report()
     }
 
     pub async fn stored_reply(
@@ -534,9 +570,36 @@ struct Decided {
     conflicts: Vec<ConflictRecord>,
 }
 
-async fn run_lane(inner: Arc<Inner>, doc: DocKey, batch: Vec<Queued>) {
+async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
     let settled = batch.len();
     let decided = decide_lane(&inner, &doc, &batch).await;
+    if let Ok(decided) = &decided {
+        // The outcomes teach the predictor, each through its own score's token.
+        let mut predictor = lock(&inner.predictor);
+        for (queued, record) in batch.iter_mut().zip(&decided.mutations) {
+            if let Some(scored) = queued.scored.take() {
+                let outcome = predict::Outcome {
+                    conflict: record.conflict,
+                    version_after: record.version_after,
+                    wrote: record.version_after > record.version_before,
+                };
+                predictor.learn(scored, outcome);
+            }
+        }
+        let learned = predictor.learned();
+        if learned > 0 && learned % QUALITY_LOG_EVERY < settled as u64 {
+            let report = predictor.report();
+            info!(
+                learned,
+                auc_all = ?report.all_time.auc,
+                auc_recent = ?report.recent.auc,
+                log_loss_recent = ?report.recent.log_loss,
+                ece_recent = ?report.recent.expected_calibration_error,
+                features = report.features,
+                "model quality"
+            );
+        }
+    }
     {
         let mut lanes = lock(&inner.lanes);
         lanes.queue.finish(&doc, settled);
@@ -614,7 +677,13 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
                 .saturating_sub(queued.admitted_at)
                 .as_secs_f64()
                 * 1000.0;
-            let reply = reply::render(&m.id, &doc_label, &step.verdict, queued.score, queued_ms);
+            let reply = reply::render(
+                &m.id,
+                &doc_label,
+                &step.verdict,
+                Some(queued.score),
+                queued_ms,
+            );
             stored.push(StoredReply {
                 client: m.client_name().to_owned(),
                 id: m.id.clone(),
@@ -638,7 +707,7 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
                 version_after: step.after.version,
                 outcome: outcome.to_owned(),
                 conflict: step.conflict.is_some(),
-                score: queued.score,
+                score: Some(queued.score),
                 ts_ms: m.ts_ms,
                 received_ms: queued.received_ms,
                 decided_ms,

@@ -3,16 +3,25 @@
 //! Plain synchronous bookkeeping, free of IO and time, so the dispatcher can
 //! drive it under one lock and tests can drive it directly.
 //!
+//! Across lanes, the next lane is the one with the smallest *rank*, which the
+//! caller computes as arrival time minus a bonus for a likely conflict: a
+//! lane's priority grows with its score and with waiting time (aging), so a
+//! likely conflict goes before its base grows staler, and no lane waits more
+//! than the largest bonus behind later arrivals. A lane's rank is the best of
+//! its waiting items'.
+//!
 //! Invariants:
 //! - inside a lane, items leave in the order they arrived;
 //! - a lane is handed out to at most one batch at a time (`in_flight`), so two
 //!   writes for one key are never dispatched together;
-//! - a lane is in `ready` exactly when it has waiting items and is not in flight;
+//! - a lane has exactly one live entry in `ready` when it has waiting items and
+//!   is not in flight, and none otherwise (stale heap entries are skipped);
 //! - `pending_len` counts items admitted and not yet settled, and never exceeds
 //!   `queue_len_max`; a lane never holds more than `lane_len_max` waiting items.
 
 use crate::model::DocKey;
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueLimits {
@@ -31,16 +40,18 @@ pub enum Refusal {
 }
 
 struct Lane<T> {
-    waiting: VecDeque<T>,
+    waiting: VecDeque<(T, i64)>,
     in_flight: bool,
+    /// The sequence number and rank of the lane's live entry in `ready`.
+    ready_entry: Option<(u64, i64)>,
 }
 
 pub struct Queue<T> {
     limits: QueueLimits,
     lanes: HashMap<DocKey, Lane<T>>,
-    /// Lanes with waiting items and no batch in flight, in the order they became
-    /// ready: the fairness the dispatcher starts from.
-    ready: VecDeque<DocKey>,
+    /// Lanes ready to dispatch, smallest rank first; ties go to the earlier entry.
+    ready: BinaryHeap<Reverse<(i64, u64, DocKey)>>,
+    next_seq: u64,
     pending_len: usize,
 }
 
@@ -49,7 +60,8 @@ impl<T> Queue<T> {
         Queue {
             limits,
             lanes: HashMap::new(),
-            ready: VecDeque::new(),
+            ready: BinaryHeap::new(),
+            next_seq: 0,
             pending_len: 0,
         }
     }
@@ -62,43 +74,64 @@ impl<T> Queue<T> {
         self.lanes.len()
     }
 
-    pub fn ready_len(&self) -> usize {
-        self.ready.len()
+    /// Items waiting in the lane of `doc` (not counting a batch in flight).
+    pub fn waiting_len(&self, doc: &DocKey) -> usize {
+        self.lanes.get(doc).map_or(0, |lane| lane.waiting.len())
     }
 
-    pub fn admit(&mut self, doc: &DocKey, item: T) -> Result<(), Refusal> {
+    fn push_ready(&mut self, doc: &DocKey, rank: i64) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(lane) = self.lanes.get_mut(doc) {
+            lane.ready_entry = Some((seq, rank));
+        }
+        self.ready.push(Reverse((rank, seq, doc.clone())));
+    }
+
+    /// Queues `item` in the lane of `doc` with `rank` (smaller goes sooner).
+    pub fn admit(&mut self, doc: &DocKey, item: T, rank: i64) -> Result<(), Refusal> {
         if self.pending_len >= self.limits.queue_len_max {
             return Err(Refusal::QueueFull);
         }
         let lane = self.lanes.entry(doc.clone()).or_insert_with(|| Lane {
             waiting: VecDeque::new(),
             in_flight: false,
+            ready_entry: None,
         });
         if lane.waiting.len() >= self.limits.lane_len_max {
             return Err(Refusal::LaneFull);
         }
-        let became_ready = lane.waiting.is_empty() && !lane.in_flight;
-        lane.waiting.push_back(item);
+        lane.waiting.push_back((item, rank));
         self.pending_len += 1;
-        if became_ready {
-            self.ready.push_back(doc.clone());
+        let improves = match lane.ready_entry {
+            _ if lane.in_flight => false,
+            None => true,
+            Some((_, live_rank)) => rank < live_rank,
+        };
+        if improves {
+            self.push_ready(doc, rank);
         }
         Ok(())
     }
 
-    /// Takes the next ready lane's oldest items (up to `batch_len_max`) and
-    /// marks the lane in flight until [`Queue::finish`].
+    /// Takes the best-ranked ready lane's oldest items (up to `batch_len_max`)
+    /// and marks the lane in flight until [`Queue::finish`].
     pub fn take_ready(&mut self) -> Option<(DocKey, Vec<T>)> {
-        let doc = self.ready.pop_front()?;
-        let lane = self
-            .lanes
-            .get_mut(&doc)
-            .expect("invariant: a ready lane exists");
-        debug_assert!(!lane.in_flight, "invariant: a ready lane is not in flight");
-        let n = lane.waiting.len().min(self.limits.batch_len_max);
-        let batch: Vec<T> = lane.waiting.drain(..n).collect();
-        lane.in_flight = true;
-        Some((doc, batch))
+        while let Some(Reverse((_, seq, doc))) = self.ready.pop() {
+            let Some(lane) = self.lanes.get_mut(&doc) else {
+                continue;
+            };
+            if lane.ready_entry.map(|(live, _)| live) != Some(seq) {
+                continue; // superseded by a better entry, or the lane is in flight
+            }
+            debug_assert!(!lane.in_flight, "invariant: a ready lane is not in flight");
+            let n = lane.waiting.len().min(self.limits.batch_len_max);
+            let batch: Vec<T> = lane.waiting.drain(..n).map(|(item, _)| item).collect();
+            lane.in_flight = true;
+            lane.ready_entry = None;
+            return Some((doc, batch));
+        }
+        None
     }
 
     /// Ends the lane's batch of `settled` items: they leave the pending count,
@@ -114,10 +147,11 @@ impl<T> Queue<T> {
             return;
         };
         lane.in_flight = false;
-        if lane.waiting.is_empty() {
-            self.lanes.remove(doc);
-        } else {
-            self.ready.push_back(doc.clone());
+        match lane.waiting.iter().map(|(_, rank)| *rank).min() {
+            None => {
+                self.lanes.remove(doc);
+            }
+            Some(rank) => self.push_ready(doc, rank),
         }
     }
 }
@@ -140,9 +174,9 @@ mod tests {
         let a = DocKey::new("c", "a");
         let b = DocKey::new("c", "b");
         for i in 0..3 {
-            q.admit(&a, i).expect("room");
+            q.admit(&a, i, 0).expect("room");
         }
-        q.admit(&b, 10).expect("room");
+        q.admit(&b, 10, 1).expect("room");
         let (doc, batch) = q.take_ready().expect("a is ready");
         assert_eq!((doc.clone(), batch), (a.clone(), vec![0, 1]));
         // a is in flight: only b is ready, even though a still has an item.
@@ -153,7 +187,8 @@ mod tests {
         assert_eq!(q.take_ready(), Some((a.clone(), vec![2])));
         q.finish(&a, 1);
         q.finish(&b, 1);
-        assert_eq!((q.pending_len(), q.lane_count(), q.ready_len()), (0, 0, 0));
+        assert_eq!((q.pending_len(), q.lane_count()), (0, 0));
+        assert!(q.take_ready().is_none());
     }
 
     #[test]
@@ -161,12 +196,40 @@ mod tests {
         let mut q = Queue::new(limits());
         let a = DocKey::new("c", "a");
         for i in 0..3 {
-            q.admit(&a, i).expect("room");
+            q.admit(&a, i, 0).expect("room");
         }
-        assert_eq!(q.admit(&a, 3), Err(Refusal::LaneFull));
-        q.admit(&DocKey::new("c", "b"), 0).expect("room");
-        q.admit(&DocKey::new("c", "c"), 0).expect("room");
-        assert_eq!(q.admit(&DocKey::new("c", "d"), 0), Err(Refusal::QueueFull));
+        assert_eq!(q.admit(&a, 3, 0), Err(Refusal::LaneFull));
+        q.admit(&DocKey::new("c", "b"), 0, 0).expect("room");
+        q.admit(&DocKey::new("c", "c"), 0, 0).expect("room");
+        assert_eq!(
+            q.admit(&DocKey::new("c", "d"), 0, 0),
+            Err(Refusal::QueueFull)
+        );
         assert_eq!(q.pending_len(), 5);
+    }
+
+    #[test]
+    fn the_best_rank_goes_first_and_a_lane_keeps_its_order() {
+        let mut q = Queue::new(QueueLimits {
+            queue_len_max: 100,
+            lane_len_max: 10,
+            batch_len_max: 1,
+        });
+        let (a, b, c) = (
+            DocKey::new("c", "a"),
+            DocKey::new("c", "b"),
+            DocKey::new("c", "c"),
+        );
+        q.admit(&a, "a1", 10).expect("room");
+        q.admit(&b, "b1", 20).expect("room");
+        q.admit(&c, "c1", 30).expect("room");
+        // A likely conflict arriving later on c ranks c's lane first, but c1 still goes before c2.
+        q.admit(&c, "c2", 5).expect("room");
+        assert_eq!(q.take_ready(), Some((c.clone(), vec!["c1"])));
+        assert_eq!(q.take_ready(), Some((a.clone(), vec!["a1"])));
+        q.finish(&c, 1);
+        assert_eq!(q.take_ready(), Some((c.clone(), vec!["c2"])));
+        assert_eq!(q.take_ready(), Some((b.clone(), vec!["b1"])));
+        assert_eq!(q.take_ready(), None);
     }
 }

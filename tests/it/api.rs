@@ -25,7 +25,8 @@ async fn put_patch_delete_walk_versions_and_tombstones() {
     );
     assert_eq!(
         (body["conflict"].clone(), body["score"].clone()),
-        (json!(null), json!(null))
+        (json!(null), json!(0.0)),
+        "an unconditional mutation can never conflict: its score is 0"
     );
     assert!(body["queued_ms"].as_f64().is_some());
 

@@ -20,7 +20,21 @@ struct Unruly {
     inner: MemoryStore,
     stall_lookups: AtomicBool,
     foreign_writes_before_commit: AtomicU32,
+    /// Percent chance that a commit meets a foreign write first, drawn from a
+    /// seeded generator: outcomes nobody can know before the commit.
+    foreign_write_percent: AtomicU32,
+    coin: std::sync::Mutex<u64>,
     fail_commits: AtomicBool,
+}
+
+impl Unruly {
+    fn flip(&self, percent: u32) -> bool {
+        let mut seed = self.coin.lock().expect("coin");
+        *seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((*seed >> 33) % 100) < u64::from(percent)
+    }
 }
 
 #[async_trait]
@@ -33,9 +47,14 @@ impl Store for Unruly {
         if self.fail_commits.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected".into()));
         }
-        if self.foreign_writes_before_commit.load(Ordering::SeqCst) > 0 {
-            self.foreign_writes_before_commit
-                .fetch_sub(1, Ordering::SeqCst);
+        let percent = self.foreign_write_percent.load(Ordering::SeqCst);
+        let forced = self.foreign_writes_before_commit.load(Ordering::SeqCst) > 0;
+        if forced || (percent > 0 && batch.iter().any(|l| l.write.is_some()) && self.flip(percent))
+        {
+            if forced {
+                self.foreign_writes_before_commit
+                    .fetch_sub(1, Ordering::SeqCst);
+            }
             for lane in batch {
                 self.inner
                     .write_behind_sluice(&lane.doc, json!({"foreign": true}).as_object().cloned());
@@ -171,4 +190,57 @@ async fn a_failed_commit_answers_503_and_a_resend_applies_once() {
             .version,
         1
     );
+}
+
+/// Submits `n` patches to one key, each with the base the previous answer
+/// named, and returns (score, conflict) per mutation. `stale_every` makes every
+/// k-th base deliberately stale (a signal the model can learn); otherwise
+/// conflicts come only from foreign writes the store injects at commit time.
+async fn scored_outcomes(
+    engine: &Engine,
+    n: usize,
+    stale_every: Option<usize>,
+) -> Vec<(f64, bool)> {
+    let mut version = 0;
+    let mut pairs = Vec::with_capacity(n);
+    for i in 0..n {
+        let stale = stale_every.is_some_and(|k| i % k == 0) && version > 0;
+        let base = if stale { version - 1 } else { version };
+        let reply = engine.submit(patch(&format!("p{i}"), Some(base))).await;
+        let answer = body(&reply);
+        version = answer["version"].as_u64().expect("version");
+        let score = answer["score"].as_f64().expect("score");
+        pairs.push((score, !answer["conflict"].is_null()));
+    }
+    pairs
+}
+
+#[tokio::test]
+async fn the_predictor_never_sees_an_outcome_before_scoring_it() {
+    // Half the commits meet a foreign write: a coin flipped after the score is
+    // fixed. A predictor that peeked would rank them perfectly; one that does
+    // not can do no better than chance.
+    let store = Arc::new(Unruly::default());
+    store.foreign_write_percent.store(50, Ordering::SeqCst);
+    let blind = engine(store).await;
+    let pairs = scored_outcomes(&blind, 1_500, None).await;
+    let conflicts = pairs.iter().filter(|(_, c)| *c).count();
+    assert!((600..=900).contains(&conflicts), "{conflicts} conflicts");
+    let auc = sluice::predict::quality::exact_auc(&pairs).expect("both classes");
+    assert!(
+        (0.4..0.6).contains(&auc),
+        "AUC {auc}: the score knew the coin"
+    );
+
+    // Control: when the conflict is knowable before the commit (a stale base),
+    // the same machinery does learn it, so the test above could have failed.
+    let store = Arc::new(Unruly::default());
+    let sighted = engine(store).await;
+    let pairs = scored_outcomes(&sighted, 1_500, Some(4)).await;
+    let auc = sluice::predict::quality::exact_auc(&pairs[500..]).expect("both classes");
+    assert!(auc > 0.95, "AUC {auc}");
+
+    // The score an answer carries is the one fixed at enqueue, and the history has it.
+    let report = sighted.model_report();
+    assert_eq!(report.learned, 1_500);
 }

@@ -1,0 +1,591 @@
+//! Conflict prediction: a probability for every mutation, computed when it is
+//! queued, from what is known then, and learned from its outcome afterwards.
+//!
+//! Plain synchronous code (no IO, no clock: event time comes in with the
+//! observation), so it scores in microseconds and tests drive it directly.
+//!
+//! Invariants:
+//! - `score` takes only an [`Observation`], which holds nothing about the
+//!   outcome; the outcome reaches the model only through `learn`, which
+//!   consumes the [`Scored`] token that `score` produced. A mutation is scored
+//!   once, before it is decided.
+//! - A mutation without `base_version` can never conflict: it scores exactly 0
+//!   and teaches the model nothing about conflicts.
+//! - Every map is bounded (`keys_max`, `clients_max`), and odd input (empty
+//!   strings, huge versions, time going backwards) cannot panic.
+
+mod ftrl;
+pub mod quality;
+
+pub use ftrl::{Ftrl, FtrlParams};
+pub use quality::{Quality, QualityReport};
+
+use crate::model::{DocKey, Op};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Coordinates of the hashed weight vector: 2^20 (8 MiB of state), so that
+/// tens of thousands of keys and clients rarely collide.
+pub const DIM_LOG2_DEFAULT: u32 = 20;
+/// What the model predicts for a conditional mutation before it has learned
+/// anything: a few percent of stale writes is typical of real traffic (3.9%
+/// on the rails trace).
+pub const PRIOR_DEFAULT: f64 = 0.05;
+/// Keys and clients whose statistics are kept; beyond that the least recently
+/// seen half is forgotten.
+pub const KEYS_MAX_DEFAULT: usize = 1_000_000;
+pub const CLIENTS_MAX_DEFAULT: usize = 100_000;
+/// Pairs in the "recent" quality window.
+pub const QUALITY_WINDOW_DEFAULT: usize = 10_000;
+/// Half-lives of the decaying counters, in event time.
+const HOUR_MS: f64 = 3_600_000.0;
+const WRITE_HALF_LIVES_MS: [f64; 3] = [HOUR_MS, 24.0 * HOUR_MS, 30.0 * 24.0 * HOUR_MS];
+const CONFLICT_HALF_LIFE_MS: f64 = 30.0 * 24.0 * HOUR_MS;
+/// Versions whose write time is remembered per key (for "how old is the base").
+const VERSION_TIMES_LEN: usize = 8;
+/// Directory levels of a key that become features.
+const DIR_DEPTH_MAX: usize = 3;
+/// Fields of a mutation that become features.
+const FIELDS_MAX: usize = 8;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PredictorConfig {
+    /// Use Sluice's own knowledge of each key's current version (how far the
+    /// base is behind it, how old the base is). Off, the model sees only what
+    /// it would in a cluster where other writers bypass Sluice.
+    pub use_version_cache: bool,
+    pub dim_log2: u32,
+    pub prior: f64,
+    pub ftrl: FtrlParams,
+    pub keys_max: usize,
+    pub clients_max: usize,
+    pub quality_window: usize,
+}
+
+impl Default for PredictorConfig {
+    fn default() -> Self {
+        PredictorConfig {
+            use_version_cache: true,
+            dim_log2: DIM_LOG2_DEFAULT,
+            prior: PRIOR_DEFAULT,
+            ftrl: FtrlParams::default(),
+            keys_max: KEYS_MAX_DEFAULT,
+            clients_max: CLIENTS_MAX_DEFAULT,
+            quality_window: QUALITY_WINDOW_DEFAULT,
+        }
+    }
+}
+
+impl PredictorConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(10..=26).contains(&self.dim_log2) {
+            return Err("predictor.dim_log2 must be from 10 to 26".into());
+        }
+        if !(self.prior > 0.0 && self.prior < 1.0) {
+            return Err("predictor.prior must be strictly between 0 and 1".into());
+        }
+        let p = &self.ftrl;
+        if !(p.alpha > 0.0 && p.beta >= 0.0 && p.l1 >= 0.0 && p.l2 >= 0.0) {
+            return Err("predictor.ftrl needs alpha > 0 and beta, l1, l2 ≥ 0".into());
+        }
+        if self.keys_max == 0 || self.clients_max == 0 || self.quality_window == 0 {
+            return Err(
+                "predictor.keys_max, clients_max and quality_window must be at least 1".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What is known about a mutation when it is queued. Nothing here depends on
+/// its outcome.
+#[derive(Clone, Debug)]
+pub struct Observation<'a> {
+    pub doc: &'a DocKey,
+    pub op: Op,
+    pub fields: &'a [String],
+    pub client: &'a str,
+    pub base_version: Option<u64>,
+    /// Event time: the client's `ts_ms`, else arrival.
+    pub event_ms: i64,
+    /// Mutations already waiting in the key's lane.
+    pub lane_waiting: usize,
+}
+
+/// A score and what is needed to learn from the outcome later.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scored {
+    pub probability: f64,
+    features: Vec<ftrl::Feature>,
+    key: u64,
+    client: u64,
+    conditional: bool,
+    event_ms: i64,
+}
+
+/// What the mutation turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub conflict: bool,
+    /// The document's version after the mutation (the server's version for a
+    /// refused one): what the version cache learns.
+    pub version_after: u64,
+    pub wrote: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct KeyStats {
+    last_ms: i64,
+    writes: [f64; 3],
+    conflicts: f64,
+    version: Option<u64>,
+    /// (version, event time it was written), newest last.
+    version_times: Vec<(u64, i64)>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct ClientStats {
+    last_ms: i64,
+    conflicts: f64,
+    conditional: f64,
+}
+
+fn decay(value: f64, from_ms: i64, to_ms: i64, half_life_ms: f64) -> f64 {
+    let dt = (to_ms.saturating_sub(from_ms)).max(0) as f64;
+    value * (-dt / half_life_ms * std::f64::consts::LN_2).exp()
+}
+
+impl KeyStats {
+    fn writes_at(&self, now_ms: i64) -> [f64; 3] {
+        let mut out = [0.0; 3];
+        for (i, half_life) in WRITE_HALF_LIVES_MS.iter().enumerate() {
+            out[i] = decay(self.writes[i], self.last_ms, now_ms, *half_life);
+        }
+        out
+    }
+
+    fn conflicts_at(&self, now_ms: i64) -> f64 {
+        decay(self.conflicts, self.last_ms, now_ms, CONFLICT_HALF_LIFE_MS)
+    }
+
+    fn advance(&mut self, now_ms: i64) {
+        let now_ms = now_ms.max(self.last_ms);
+        self.writes = self.writes_at(now_ms);
+        self.conflicts = self.conflicts_at(now_ms);
+        self.last_ms = now_ms;
+    }
+}
+
+impl ClientStats {
+    fn rates_at(&self, now_ms: i64) -> (f64, f64) {
+        (
+            decay(self.conflicts, self.last_ms, now_ms, CONFLICT_HALF_LIFE_MS),
+            decay(
+                self.conditional,
+                self.last_ms,
+                now_ms,
+                CONFLICT_HALF_LIFE_MS,
+            ),
+        )
+    }
+}
+
+/// The model, the statistics it reads, and its running quality.
+#[derive(Clone, Debug)]
+pub struct Predictor {
+    config: PredictorConfig,
+    model: Ftrl,
+    keys: HashMap<u64, KeyStats>,
+    clients: HashMap<u64, ClientStats>,
+    quality: Quality,
+    learned: u64,
+}
+
+/// `GET /v1/model`'s view of the predictor.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelReport {
+    pub use_version_cache: bool,
+    pub learned: u64,
+    pub features: usize,
+    pub dimensions: usize,
+    pub keys_tracked: usize,
+    pub clients_tracked: usize,
+    pub all_time: QualityReport,
+    pub recent: QualityReport,
+}
+
+impl Predictor {
+    pub fn new(config: PredictorConfig) -> Self {
+        let mut model = Ftrl::new(config.dim_log2, config.ftrl);
+        // Start the bias at the prior, so an untrained model says "a few
+        // percent" instead of a coin flip.
+        let x = [(bucket("bias", &[]), 1.0)];
+        let prior_logit = (config.prior / (1.0 - config.prior)).ln() as f32;
+        model.set_weight(x[0].0, prior_logit);
+        Predictor {
+            quality: Quality::new(config.quality_window),
+            model,
+            keys: HashMap::new(),
+            clients: HashMap::new(),
+            learned: 0,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &PredictorConfig {
+        &self.config
+    }
+
+    /// The conflict probability of a mutation, from what is known now.
+    pub fn score(&self, obs: &Observation<'_>) -> Scored {
+        let key = xxh3_64(format!("{}\u{0}{}", obs.doc.collection, obs.doc.key).as_bytes());
+        let client = xxh3_64(obs.client.as_bytes());
+        let Some(base) = obs.base_version else {
+            return Scored {
+                probability: 0.0,
+                features: Vec::new(),
+                key,
+                client,
+                conditional: false,
+                event_ms: obs.event_ms,
+            };
+        };
+        let features = self.features(obs, base, key, client);
+        let probability = f64::from(self.model.predict(&features));
+        Scored {
+            probability,
+            features,
+            key,
+            client,
+            conditional: true,
+            event_ms: obs.event_ms,
+        }
+    }
+
+    fn features(
+        &self,
+        obs: &Observation<'_>,
+        base: u64,
+        key_hash: u64,
+        client_hash: u64,
+    ) -> Vec<ftrl::Feature> {
+        let mut x = Vec::with_capacity(40);
+        let mut add = |name: &str, parts: &[&str]| x.push((bucket(name, parts), 1.0f32));
+        let doc = obs.doc;
+        add("bias", &[]);
+        add("collection", &[&doc.collection]);
+        add("key", &[&doc.collection, &doc.key]);
+        let mut prefix_end = 0;
+        for (depth, segment) in doc.key.split('/').enumerate().take(DIR_DEPTH_MAX) {
+            prefix_end += segment.len() + usize::from(depth > 0);
+            if prefix_end >= doc.key.len() {
+                break;
+            }
+            add("dir", &[&doc.collection, &doc.key[..prefix_end]]);
+        }
+        if let Some(ext) = doc
+            .key
+            .rsplit_once('.')
+            .map(|(_, e)| e)
+            .filter(|e| e.len() <= 8 && !e.contains('/'))
+        {
+            add("ext", &[ext]);
+        }
+        for field in obs.fields.iter().take(FIELDS_MAX) {
+            add("field", &[&doc.collection, field]);
+        }
+        add("client", &[obs.client]);
+        add("op", &[obs.op.as_str()]);
+        let secs = obs.event_ms.div_euclid(1000);
+        let hour = secs.div_euclid(3600).rem_euclid(24);
+        let weekday = secs.div_euclid(86_400).add(4).rem_euclid(7); // 1970-01-01 was a Thursday.
+        add("hour", &[&hour.to_string()]);
+        add("weekday", &[&weekday.to_string()]);
+        add("base_zero", &[if base == 0 { "yes" } else { "no" }]);
+
+        let stats = self.keys.get(&key_hash);
+        let writes = stats.map(|s| s.writes_at(obs.event_ms)).unwrap_or_default();
+        let key_conflicts = stats.map(|s| s.conflicts_at(obs.event_ms)).unwrap_or(0.0);
+        let write_buckets = writes.map(log_bucket);
+        add("writes_1h", &[&write_buckets[0]]);
+        add("writes_1d", &[&write_buckets[1]]);
+        add("writes_30d", &[&write_buckets[2]]);
+        add("writes_1d_30d", &[&write_buckets[1], &write_buckets[2]]);
+        add("key_conflicts", &[&log_bucket(key_conflicts)]);
+        let since_last = stats
+            .filter(|s| s.last_ms > 0)
+            .map(|s| age_bucket(obs.event_ms.saturating_sub(s.last_ms)));
+        add(
+            "since_last_write",
+            &[since_last.as_deref().unwrap_or("never")],
+        );
+
+        let client_rates = self
+            .clients
+            .get(&client_hash)
+            .map(|c| c.rates_at(obs.event_ms))
+            .unwrap_or((0.0, 0.0));
+        let client_rate = (client_rates.0 + 0.05) / (client_rates.1 + 1.0);
+        add("client_conflict_rate", &[&rate_bucket(client_rate)]);
+        add("lane_waiting", &[&log_bucket(obs.lane_waiting as f64)]);
+
+        if self.config.use_version_cache {
+            match stats.and_then(|s| s.version.map(|v| (s, v))) {
+                Some((s, current)) => {
+                    let gap = gap_bucket(current, base);
+                    add("gap", &[&gap]);
+                    add("gap_lane", &[&gap, &log_bucket(obs.lane_waiting as f64)]);
+                    let age = match s.version_times.iter().find(|(v, _)| *v == base) {
+                        Some((_, written)) => age_bucket(obs.event_ms.saturating_sub(*written)),
+                        None if s.version_times.first().is_some_and(|(v, _)| base < *v) => {
+                            "older".into()
+                        }
+                        None => "unknown".into(),
+                    };
+                    add("base_age", &[&age]);
+                    add("base_age_writes", &[&age, &write_buckets[1]]);
+                }
+                None => add("gap", &["unseen"]),
+            }
+        }
+        x
+    }
+
+    /// Learns from a decided mutation. Takes the token `score` returned, so an
+    /// outcome can only ever follow its own score.
+    pub fn learn(&mut self, scored: Scored, outcome: Outcome) {
+        let now = scored.event_ms;
+        if scored.conditional {
+            let p = scored.probability as f32;
+            self.model.update(&scored.features, p, outcome.conflict);
+            self.quality.observe(scored.probability, outcome.conflict);
+            self.learned += 1;
+            if self.clients.len() >= self.config.clients_max
+                && !self.clients.contains_key(&scored.client)
+            {
+                forget_oldest_half(&mut self.clients, |c| c.last_ms);
+            }
+            let client = self.clients.entry(scored.client).or_default();
+            let (conflicts, conditional) = client.rates_at(now.max(client.last_ms));
+            client.last_ms = now.max(client.last_ms);
+            client.conflicts = conflicts + f64::from(u8::from(outcome.conflict));
+            client.conditional = conditional + 1.0;
+        }
+        if self.keys.len() >= self.config.keys_max && !self.keys.contains_key(&scored.key) {
+            forget_oldest_half(&mut self.keys, |k| k.last_ms);
+        }
+        let stats = self.keys.entry(scored.key).or_default();
+        stats.advance(now);
+        if outcome.conflict {
+            stats.conflicts += 1.0;
+        }
+        if outcome.wrote {
+            for w in &mut stats.writes {
+                *w += 1.0;
+            }
+            stats.version_times.push((outcome.version_after, now));
+            if stats.version_times.len() > VERSION_TIMES_LEN {
+                stats.version_times.remove(0);
+            }
+        }
+        stats.version = Some(
+            stats
+                .version
+                .map_or(outcome.version_after, |v| v.max(outcome.version_after)),
+        );
+    }
+
+    /// Conditional mutations learned from so far.
+    pub fn learned(&self) -> u64 {
+        self.learned
+    }
+
+    pub fn report(&self) -> ModelReport {
+        ModelReport {
+            use_version_cache: self.config.use_version_cache,
+            learned: self.learned,
+            features: self.model.nonzero_weights(),
+            dimensions: self.model.dim(),
+            keys_tracked: self.keys.len(),
+            clients_tracked: self.clients.len(),
+            all_time: self.quality.all_time(),
+            recent: self.quality.recent(),
+        }
+    }
+}
+
+fn forget_oldest_half<V>(map: &mut HashMap<u64, V>, last_ms: impl Fn(&V) -> i64) {
+    let mut times: Vec<i64> = map.values().map(&last_ms).collect();
+    let middle = times.len() / 2;
+    let (_, median, _) = times.select_nth_unstable(middle);
+    let median = *median;
+    map.retain(|_, v| last_ms(v) > median);
+}
+
+/// The hashed coordinate of a named feature with its value parts.
+fn bucket(name: &str, parts: &[&str]) -> u32 {
+    let mut text = String::with_capacity(64);
+    text.push_str(name);
+    for part in parts {
+        text.push('\u{1f}');
+        text.push_str(part);
+    }
+    // The model masks the index to its dimension.
+    xxh3_64(text.as_bytes()) as u32
+}
+
+fn log_bucket(x: f64) -> String {
+    if !(x > 0.05) {
+        return "0".into();
+    }
+    format!("{}", (x + 1.0).log2().round().min(16.0) as i64)
+}
+
+fn rate_bucket(rate: f64) -> String {
+    format!("{}", (rate.clamp(0.0, 1.0) * 20.0).round() as i64)
+}
+
+fn gap_bucket(current: u64, base: u64) -> String {
+    if base > current {
+        return "ahead".into();
+    }
+    match current - base {
+        0 => "0".into(),
+        1 => "1".into(),
+        2 => "2".into(),
+        3..=4 => "3-4".into(),
+        5..=8 => "5-8".into(),
+        _ => "9+".into(),
+    }
+}
+
+fn age_bucket(ms: i64) -> String {
+    if ms < 0 {
+        return "future".into();
+    }
+    let seconds = (ms / 1000) as f64;
+    format!("{}", (seconds + 1.0).log2().floor() as i64)
+}
+
+trait AddExt {
+    fn add(self, other: i64) -> i64;
+}
+
+impl AddExt for i64 {
+    fn add(self, other: i64) -> i64 {
+        self.saturating_add(other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs<'a>(doc: &'a DocKey, base: Option<u64>, event_ms: i64) -> Observation<'a> {
+        Observation {
+            doc,
+            op: Op::Patch,
+            fields: &[],
+            client: "c",
+            base_version: base,
+            event_ms,
+            lane_waiting: 0,
+        }
+    }
+
+    #[test]
+    fn unconditional_mutations_score_zero_and_the_untrained_model_says_the_prior() {
+        let p = Predictor::new(PredictorConfig::default());
+        let doc = DocKey::new("c", "k");
+        assert_eq!(p.score(&obs(&doc, None, 0)).probability, 0.0);
+        let prior = p.score(&obs(&doc, Some(0), 0)).probability;
+        assert!((prior - PRIOR_DEFAULT).abs() < 0.01, "{prior}");
+    }
+
+    /// Clients that read a key and write it back, some after others wrote it:
+    /// with the version cache the gap tells conflicts apart; without it the
+    /// model has far less to go on.
+    fn stale_writers(use_version_cache: bool) -> QualityReport {
+        let mut p = Predictor::new(PredictorConfig {
+            use_version_cache,
+            ..PredictorConfig::default()
+        });
+        let mut versions = [0u64; 20];
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            seed >> 33
+        };
+        for round in 0..6_000i64 {
+            let k = (next() % 20) as usize;
+            let doc = DocKey::new("c", format!("k{k}"));
+            let current = versions[k];
+            let base = if next() % 4 == 0 {
+                current.saturating_sub(1 + next() % 3)
+            } else {
+                current
+            };
+            let scored = p.score(&obs(&doc, Some(base), round * 1_000));
+            let conflict = base != current;
+            versions[k] += 1;
+            p.learn(
+                scored,
+                Outcome {
+                    conflict,
+                    version_after: versions[k],
+                    wrote: true,
+                },
+            );
+        }
+        p.report().recent
+    }
+
+    #[test]
+    fn the_version_cache_makes_stale_bases_predictable() {
+        let with_cache = stale_writers(true).auc.unwrap_or(0.0);
+        let without = stale_writers(false).auc.unwrap_or(1.0);
+        assert!(with_cache > 0.95, "{with_cache}");
+        assert!(without < with_cache, "{without} vs {with_cache}");
+    }
+
+    #[test]
+    fn odd_input_does_not_panic_and_maps_stay_bounded() {
+        let config = PredictorConfig {
+            keys_max: 8,
+            clients_max: 4,
+            ..PredictorConfig::default()
+        };
+        let mut p = Predictor::new(config);
+        for i in 0..100i64 {
+            let doc = DocKey::new("", format!("{}/", "/".repeat((i % 5) as usize)));
+            let o = Observation {
+                doc: &doc,
+                op: Op::Put,
+                fields: &[String::new()],
+                client: &i.to_string(),
+                base_version: Some(u64::MAX - i as u64),
+                event_ms: if i % 2 == 0 { i64::MIN } else { i64::MAX - i },
+                lane_waiting: usize::MAX,
+            };
+            let s = p.score(&o);
+            assert!((0.0..=1.0).contains(&s.probability));
+            p.learn(
+                s,
+                Outcome {
+                    conflict: i % 3 == 0,
+                    version_after: u64::MAX,
+                    wrote: i % 2 == 0,
+                },
+            );
+        }
+        let report = p.report();
+        assert!(
+            report.keys_tracked <= 8 && report.clients_tracked <= 4,
+            "{report:?}"
+        );
+    }
+}

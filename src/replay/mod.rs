@@ -1,0 +1,393 @@
+//! `sluice replay`: send a mutation trace through the public HTTP API, keep
+//! each key's order, and measure what came back (conflicts, the predictor's
+//! quality, throughput, latency).
+//!
+//! A trace is JSON Lines (plain or gzipped), one API mutation per line, in
+//! event order (see `shared/traces/README.md`). The next mutation of a key is
+//! sent only after the previous one was answered; up to `concurrency` keys are
+//! in flight at once. Refusals that mean "not now" (429, 503) are retried after
+//! `Retry-After`, so a replay loses nothing.
+
+use crate::predict::quality::{QualityReport, summarize};
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Lines read ahead while their keys are busy; past this the reader waits.
+const PENDING_LINES_MAX: usize = 200_000;
+/// Attempts for a mutation refused with 429 or 503 before the replay fails.
+const RETRIES_MAX: u32 = 50;
+
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    pub trace: PathBuf,
+    pub url: String,
+    pub handler: Option<String>,
+    pub concurrency: usize,
+    /// Event-time speed-up; `None` sends as fast as answers come.
+    pub speed: Option<f64>,
+    pub out: Option<PathBuf>,
+    /// `{"id", "conflict"}` lines to compare the conflict flags against.
+    pub labels: Option<PathBuf>,
+    pub progress: bool,
+}
+
+/// One line of `--out`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ResultLine {
+    pub id: String,
+    pub outcome: String,
+    pub version: Option<u64>,
+    pub score: Option<f64>,
+    pub conflict: bool,
+    pub queued_ms: Option<f64>,
+    pub latency_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub mutations: u64,
+    pub conflicts: u64,
+    pub conflict_rate: f64,
+    pub errors: u64,
+    pub retries: u64,
+    pub auc: Option<f64>,
+    pub log_loss: Option<f64>,
+    pub brier: Option<f64>,
+    pub expected_calibration_error: Option<f64>,
+    pub calibration: Vec<crate::predict::quality::CalibrationBin>,
+    pub seconds: f64,
+    pub throughput: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    /// With `--labels`: how many conflict flags differ from the labels, and
+    /// how many mutations had no label.
+    pub label_mismatches: Option<u64>,
+    pub unlabeled: Option<u64>,
+}
+
+struct Line {
+    key: String,
+    collection: String,
+    ts_ms: Option<i64>,
+    body: String,
+}
+
+struct Done {
+    key: String,
+    result: anyhow::Result<ResultLine>,
+    retries: u32,
+}
+
+/// Opens a trace, plain or gzipped (told apart by the gzip magic number).
+pub fn open_trace(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut magic = [0u8; 2];
+    let n = file.read(&mut magic)?;
+    let head = std::io::Cursor::new(magic[..n].to_vec());
+    let reader = head.chain(file);
+    if n == 2 && magic == [0x1f, 0x8b] {
+        Ok(Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(reader))))
+    } else {
+        Ok(Box::new(BufReader::new(reader)))
+    }
+}
+
+fn parse_line(text: &str, number: usize) -> anyhow::Result<Line> {
+    let value: Value = serde_json::from_str(text).with_context(|| format!("trace line {number} is not JSON"))?;
+    let field = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_owned);
+    let (Some(collection), Some(key)) = (field("collection"), field("key")) else {
+        bail!("trace line {number} has no collection or key");
+    };
+    Ok(Line {
+        key: format!("{collection}\u{0}{key}"),
+        collection,
+        ts_ms: value.get("ts_ms").and_then(Value::as_i64),
+        body: text.to_owned(),
+    })
+}
+
+fn load_labels(path: &Path) -> anyhow::Result<HashMap<String, bool>> {
+    let mut labels = HashMap::new();
+    for (i, line) in open_trace(path)?.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&line).with_context(|| format!("label line {} is not JSON", i + 1))?;
+        if let (Some(id), Some(conflict)) = (v["id"].as_str(), v["conflict"].as_bool()) {
+            labels.insert(id.to_owned(), conflict);
+        }
+    }
+    Ok(labels)
+}
+
+async fn send(http: reqwest::Client, url: String, line: Line) -> Done {
+    let mut retries = 0;
+    loop {
+        let started = Instant::now();
+        let response = http
+            .post(format!("{url}/v1/mutations"))
+            .header("content-type", "application/json")
+            .body(line.body.clone())
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => return Done { key: line.key, result: Err(e.into()), retries },
+        };
+        let status = response.status().as_u16();
+        if matches!(status, 429 | 503) && retries < RETRIES_MAX {
+            let wait = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1);
+            retries += 1;
+            tokio::time::sleep(Duration::from_millis((wait * 1000).min(5_000))).await;
+            continue;
+        }
+        let body: anyhow::Result<Value> = response.json().await.map_err(Into::into);
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let result = body.and_then(|b| {
+            if let Some(outcome) = b["outcome"].as_str() {
+                Ok(ResultLine {
+                    id: b["id"].as_str().unwrap_or_default().to_owned(),
+                    outcome: outcome.to_owned(),
+                    version: b["version"].as_u64(),
+                    score: b["score"].as_f64(),
+                    conflict: !b["conflict"].is_null(),
+                    queued_ms: b["queued_ms"].as_f64(),
+                    latency_ms,
+                })
+            } else if status == 404 {
+                let id = serde_json::from_str::<Value>(&line.body)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                Ok(ResultLine { id, outcome: "not_found".into(), version: None, score: None, conflict: false, queued_ms: None, latency_ms })
+            } else {
+                bail!("HTTP {status}: {b}")
+            }
+        });
+        return Done { key: line.key, result, retries };
+    }
+}
+
+/// Replays the trace against `options.url` and returns the summary.
+pub async fn replay(options: &ReplayOptions) -> anyhow::Result<Summary> {
+    let total = open_trace(&options.trace)?.lines().filter(|l| l.as_ref().is_ok_and(|t| !t.trim().is_empty())).count();
+    let labels = options.labels.as_deref().map(load_labels).transpose()?;
+    let bar = if options.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut out = match &options.out {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let http = reqwest::Client::builder().pool_max_idle_per_host(options.concurrency.max(1)).build()?;
+    let concurrency = options.concurrency.max(1);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let mut pending: HashMap<String, VecDeque<Line>> = HashMap::new();
+    let mut pending_total = 0usize;
+    let mut busy: HashSet<String> = HashSet::new();
+    let mut configured: HashSet<String> = HashSet::new();
+    let mut in_flight = 0usize;
+    let mut pairs: Vec<(f64, bool)> = Vec::with_capacity(total);
+    let mut latencies: Vec<f64> = Vec::with_capacity(total);
+    let (mut mutations, mut conflicts, mut errors, mut retries) = (0u64, 0u64, 0u64, 0u64);
+    let (mut mismatches, mut unlabeled) = (0u64, 0u64);
+    let started = Instant::now();
+    let mut first_ts: Option<i64> = None;
+
+    let spawn = |line: Line| {
+        let (http, url, tx) = (http.clone(), options.url.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            let _ = tx.send(send(http, url, line).await);
+        });
+    };
+
+    // Takes one answer in: records it, and starts the key's next line if any.
+    let mut complete = |done: Done,
+                        in_flight: &mut usize,
+                        pending: &mut HashMap<String, VecDeque<Line>>,
+                        pending_total: &mut usize,
+                        busy: &mut HashSet<String>|
+     -> anyhow::Result<()> {
+        *in_flight -= 1;
+        retries += u64::from(done.retries);
+        match done.result {
+            Ok(result) => {
+                mutations += 1;
+                conflicts += u64::from(result.conflict);
+                latencies.push(result.latency_ms);
+                if let Some(score) = result.score {
+                    pairs.push((score, result.conflict));
+                }
+                if let Some(labels) = &labels {
+                    match labels.get(&result.id) {
+                        Some(expected) if *expected != result.conflict => mismatches += 1,
+                        Some(_) => {}
+                        None => unlabeled += 1,
+                    }
+                }
+                if let Some(out) = out.as_mut() {
+                    serde_json::to_writer(&mut *out, &result)?;
+                    out.write_all(b"\n")?;
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                bar.println(format!("error: {e:#}"));
+            }
+        }
+        bar.inc(1);
+        match pending.get_mut(&done.key).and_then(VecDeque::pop_front) {
+            Some(next) => {
+                *pending_total -= 1;
+                *in_flight += 1;
+                spawn(next);
+            }
+            None => {
+                pending.remove(&done.key);
+                busy.remove(&done.key);
+            }
+        }
+        Ok(())
+    };
+
+    for (number, text) in open_trace(&options.trace)?.lines().enumerate() {
+        let text = text?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let line = parse_line(&text, number + 1)?;
+        if let (Some(speed), Some(ts)) = (options.speed, line.ts_ms) {
+            let t0 = *first_ts.get_or_insert(ts);
+            let due = Duration::from_secs_f64(((ts - t0).max(0) as f64 / 1000.0) / speed);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        if let Some(handler) = &options.handler
+            && configured.insert(line.collection.clone())
+        {
+            configure(&http, &options.url, &line.collection, handler).await?;
+        }
+        while let Ok(done) = done_rx.try_recv() {
+            complete(done, &mut in_flight, &mut pending, &mut pending_total, &mut busy)?;
+        }
+        if busy.contains(&line.key) {
+            pending.entry(line.key.clone()).or_default().push_back(line);
+            pending_total += 1;
+        } else {
+            while in_flight >= concurrency {
+                let done = done_rx.recv().await.context("replay workers stopped")?;
+                complete(done, &mut in_flight, &mut pending, &mut pending_total, &mut busy)?;
+            }
+            busy.insert(line.key.clone());
+            in_flight += 1;
+            spawn(line);
+        }
+        while pending_total > PENDING_LINES_MAX {
+            let done = done_rx.recv().await.context("replay workers stopped")?;
+            complete(done, &mut in_flight, &mut pending, &mut pending_total, &mut busy)?;
+        }
+    }
+    while in_flight > 0 {
+        let done = done_rx.recv().await.context("replay workers stopped")?;
+        complete(done, &mut in_flight, &mut pending, &mut pending_total, &mut busy)?;
+    }
+    if let Some(mut out) = out {
+        out.flush()?;
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let quality: QualityReport = summarize(&pairs);
+    latencies.sort_by(f64::total_cmp);
+    Ok(Summary {
+        mutations,
+        conflicts,
+        conflict_rate: if mutations > 0 { conflicts as f64 / mutations as f64 } else { 0.0 },
+        errors,
+        retries,
+        auc: quality.auc,
+        log_loss: quality.log_loss,
+        brier: quality.brier,
+        expected_calibration_error: quality.expected_calibration_error,
+        calibration: quality.calibration,
+        seconds,
+        throughput: if seconds > 0.0 { mutations as f64 / seconds } else { 0.0 },
+        latency_p50_ms: percentile(&latencies, 0.50),
+        latency_p99_ms: percentile(&latencies, 0.99),
+        label_mismatches: labels.as_ref().map(|_| mismatches),
+        unlabeled: labels.as_ref().map(|_| unlabeled),
+    })
+}
+
+async fn configure(http: &reqwest::Client, url: &str, collection: &str, handler: &str) -> anyhow::Result<()> {
+    let handler: Value = serde_json::from_str(handler).unwrap_or_else(|_| json!(handler));
+    let response = http
+        .put(format!("{url}/v1/collections/{collection}"))
+        .json(&json!({ "handler": handler }))
+        .send()
+        .await
+        .with_context(|| format!("configuring collection {collection}"))?;
+    if !response.status().is_success() {
+        bail!("configuring collection {collection}: HTTP {}: {}", response.status(), response.text().await.unwrap_or_default());
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// Where the summary goes: next to `--out`, as `NAME.summary.json`.
+pub fn summary_path(out: &Path) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "replay".into());
+    out.with_file_name(format!("{stem}.summary.json"))
+}
+
+impl Summary {
+    /// The human-readable block printed at the end of a replay.
+    pub fn render(&self) -> String {
+        let opt = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.4}"));
+        let mut text = format!(
+            "mutations        {}\nconflicts        {} ({:.2}%)\nerrors           {}\nretries          {}\nAUC              {}\nlog loss         {}\nBrier            {}\ncalibration err. {}\nthroughput       {:.0} mutations/s over {:.1} s\nlatency          p50 {:.2} ms, p99 {:.2} ms\n",
+            self.mutations,
+            self.conflicts,
+            self.conflict_rate * 100.0,
+            self.errors,
+            self.retries,
+            opt(self.auc),
+            opt(self.log_loss),
+            opt(self.brier),
+            opt(self.expected_calibration_error),
+            self.throughput,
+            self.seconds,
+            self.latency_p50_ms,
+            self.latency_p99_ms,
+        );
+        if let (Some(m), Some(u)) = (self.label_mismatches, self.unlabeled) {
+            text.push_str(&format!("labels           {m} conflict flags differ, {u} mutations unlabeled\n"));
+        }
+        text
+    }
+}
