@@ -10,7 +10,7 @@ pub mod history;
 pub mod model;
 pub mod predict;
 pub mod queue;
+pub mod replay;
 pub mod resolve;
 pub mod server;
 pub mod store;
-pub mod replay;

@@ -141,7 +141,10 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     if args.concurrency == 0 {
         anyhow::bail!("--concurrency must be at least 1");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(async move {
         // An embedded server lives in a temporary data directory that goes with it.
         let mut embedded = None;
@@ -150,7 +153,8 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             None => {
                 let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
                 init_logs_at(&config.log_format, "warn");
-                let data_dir = std::env::temp_dir().join(format!("sluice-replay-{}", std::process::id()));
+                let data_dir =
+                    std::env::temp_dir().join(format!("sluice-replay-{}", std::process::id()));
                 config.listen = "127.0.0.1:0".into();
                 config.data_dir = data_dir.clone();
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -174,10 +178,9 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             progress: !args.quiet,
         };
         let summary = sluice::replay::replay(&options).await;
-        let model = match &embedded {
-            Some((running, _, _)) => Some(running.engine.model_report()),
-            None => None,
-        };
+        let model = embedded
+            .as_ref()
+            .map(|(running, _, _)| running.engine.model_report());
         if let Some((running, stop, data_dir)) = embedded {
             let _ = stop.send(());
             let _ = running.served.await;
@@ -186,11 +189,15 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         let summary = summary?;
         print!("{}", summary.render());
         if let Some(model) = &model {
-            println!("model            {} features, learned from {} conditional mutations", model.features, model.learned);
+            println!(
+                "model            {} features, learned from {} conditional mutations",
+                model.features, model.learned
+            );
         }
         if let Some(out) = &args.out {
             let path = sluice::replay::summary_path(out);
-            std::fs::write(&path, serde_json::to_vec_pretty(&summary)?).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
+                .with_context(|| format!("writing {}", path.display()))?;
             println!("results          {} and {}", out.display(), path.display());
         }
         if summary.errors > 0 {
@@ -205,7 +212,8 @@ fn init_logs(format: &str) {
 }
 
 fn init_logs_at(format: &str, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -22,9 +22,9 @@ pub struct FtrlParams {
 impl Default for FtrlParams {
     fn default() -> Self {
         FtrlParams {
-            alpha: 0.1,
+            alpha: 0.2,
             beta: 1.0,
-            l1: 0.5,
+            l1: 0.1,
             l2: 1.0,
         }
     }

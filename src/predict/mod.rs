@@ -34,7 +34,8 @@ pub const DIM_LOG2_DEFAULT: u32 = 20;
 pub const PRIOR_DEFAULT: f64 = 0.05;
 /// Keys and clients whose statistics are kept; beyond that the least recently
 /// seen half is forgotten.
-pub const KEYS_MAX_DEFAULT: usize = 1_000_000;
+/// About 400 bytes each (counters and the last versions' write times).
+pub const KEYS_MAX_DEFAULT: usize = 250_000;
 pub const CLIENTS_MAX_DEFAULT: usize = 100_000;
 /// Pairs in the "recent" quality window.
 pub const QUALITY_WINDOW_DEFAULT: usize = 10_000;
@@ -43,7 +44,7 @@ const HOUR_MS: f64 = 3_600_000.0;
 const WRITE_HALF_LIVES_MS: [f64; 3] = [HOUR_MS, 24.0 * HOUR_MS, 30.0 * 24.0 * HOUR_MS];
 const CONFLICT_HALF_LIFE_MS: f64 = 30.0 * 24.0 * HOUR_MS;
 /// Versions whose write time is remembered per key (for "how old is the base").
-const VERSION_TIMES_LEN: usize = 8;
+const VERSION_TIMES_LEN: usize = 16;
 /// Directory levels of a key that become features.
 const DIR_DEPTH_MAX: usize = 3;
 /// Fields of a mutation that become features.
@@ -300,7 +301,7 @@ impl Predictor {
         add("op", &[obs.op.as_str()]);
         let secs = obs.event_ms.div_euclid(1000);
         let hour = secs.div_euclid(3600).rem_euclid(24);
-        let weekday = secs.div_euclid(86_400).add(4).rem_euclid(7); // 1970-01-01 was a Thursday.
+        let weekday = (secs.div_euclid(86_400) + 4).rem_euclid(7); // 1970-01-01 was a Thursday.
         add("hour", &[&hour.to_string()]);
         add("weekday", &[&weekday.to_string()]);
         add("base_zero", &[if base == 0 { "yes" } else { "no" }]);
@@ -314,13 +315,46 @@ impl Predictor {
         add("writes_30d", &[&write_buckets[2]]);
         add("writes_1d_30d", &[&write_buckets[1], &write_buckets[2]]);
         add("key_conflicts", &[&log_bucket(key_conflicts)]);
-        let since_last = stats
-            .filter(|s| s.last_ms > 0)
-            .map(|s| age_bucket(obs.event_ms.saturating_sub(s.last_ms)));
-        add(
-            "since_last_write",
-            &[since_last.as_deref().unwrap_or("never")],
-        );
+        // How long ago the base version was written: what a branch's age is to
+        // a merge. It says when version `base` appeared, never whether a newer
+        // one exists; "older than remembered" implies a newer one, so it is
+        // told apart only with the version cache.
+        let remembered = stats.and_then(|s| s.version_times.iter().find(|(v, _)| *v == base));
+        let age = match remembered {
+            Some((_, written)) => age_bucket(obs.event_ms.saturating_sub(*written)),
+            None if self.config.use_version_cache
+                && stats
+                    .is_some_and(|s| s.version_times.first().is_some_and(|(v, _)| base < *v)) =>
+            {
+                "older".into()
+            }
+            None => "unknown".into(),
+        };
+        add("base_age", &[&age]);
+        add("base_age_writes_1d", &[&age, &write_buckets[1]]);
+        add("base_age_writes_30d", &[&age, &write_buckets[2]]);
+        add("base_age_collection", &[&age, &doc.collection]);
+        // The writes to expect since the base, at the key's recent rates: the
+        // Poisson intuition (a conflict is "someone wrote in between").
+        if let Some((_, written)) = remembered {
+            let age_ms = obs.event_ms.saturating_sub(*written).max(0) as f64;
+            for (name, (count, half_life)) in ["expected_1h", "expected_1d", "expected_30d"]
+                .iter()
+                .zip(writes.iter().zip(WRITE_HALF_LIVES_MS))
+            {
+                // A decayed count over a half-life h estimates a rate of count·ln2/h.
+                let expected = count * std::f64::consts::LN_2 / half_life * age_ms;
+                add(name, &[&fine_bucket(expected)]);
+            }
+        }
+        if let Some(dir) = doc
+            .key
+            .split('/')
+            .next()
+            .filter(|d| d.len() < doc.key.len())
+        {
+            add("base_age_dir", &[&age, &doc.collection, dir]);
+        }
 
         let client_rates = self
             .clients
@@ -331,21 +365,17 @@ impl Predictor {
         add("client_conflict_rate", &[&rate_bucket(client_rate)]);
         add("lane_waiting", &[&log_bucket(obs.lane_waiting as f64)]);
 
+        // Features that read the current version: only with the version cache.
         if self.config.use_version_cache {
             match stats.and_then(|s| s.version.map(|v| (s, v))) {
                 Some((s, current)) => {
                     let gap = gap_bucket(current, base);
                     add("gap", &[&gap]);
                     add("gap_lane", &[&gap, &log_bucket(obs.lane_waiting as f64)]);
-                    let age = match s.version_times.iter().find(|(v, _)| *v == base) {
-                        Some((_, written)) => age_bucket(obs.event_ms.saturating_sub(*written)),
-                        None if s.version_times.first().is_some_and(|(v, _)| base < *v) => {
-                            "older".into()
-                        }
-                        None => "unknown".into(),
-                    };
-                    add("base_age", &[&age]);
-                    add("base_age_writes", &[&age, &write_buckets[1]]);
+                    add(
+                        "since_last_write",
+                        &[&age_bucket(obs.event_ms.saturating_sub(s.last_ms))],
+                    );
                 }
                 None => add("gap", &["unseen"]),
             }
@@ -437,10 +467,18 @@ fn bucket(name: &str, parts: &[&str]) -> u32 {
 }
 
 fn log_bucket(x: f64) -> String {
-    if !(x > 0.05) {
+    if x.is_nan() || x <= 0.05 {
         return "0".into();
     }
     format!("{}", (x + 1.0).log2().round().min(16.0) as i64)
+}
+
+/// Half-octave buckets of a non-negative quantity.
+fn fine_bucket(x: f64) -> String {
+    if x.is_nan() || x <= 0.001 {
+        return "0".into();
+    }
+    format!("{}", (2.0 * x.log2()).floor().clamp(-20.0, 40.0) as i64)
 }
 
 fn rate_bucket(rate: f64) -> String {
@@ -467,16 +505,6 @@ fn age_bucket(ms: i64) -> String {
     }
     let seconds = (ms / 1000) as f64;
     format!("{}", (seconds + 1.0).log2().floor() as i64)
-}
-
-trait AddExt {
-    fn add(self, other: i64) -> i64;
-}
-
-impl AddExt for i64 {
-    fn add(self, other: i64) -> i64 {
-        self.saturating_add(other)
-    }
 }
 
 #[cfg(test)]

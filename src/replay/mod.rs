@@ -87,20 +87,24 @@ struct Done {
 
 /// Opens a trace, plain or gzipped (told apart by the gzip magic number).
 pub fn open_trace(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut magic = [0u8; 2];
     let n = file.read(&mut magic)?;
     let head = std::io::Cursor::new(magic[..n].to_vec());
     let reader = head.chain(file);
     if n == 2 && magic == [0x1f, 0x8b] {
-        Ok(Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(reader))))
+        Ok(Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(
+            reader,
+        ))))
     } else {
         Ok(Box::new(BufReader::new(reader)))
     }
 }
 
 fn parse_line(text: &str, number: usize) -> anyhow::Result<Line> {
-    let value: Value = serde_json::from_str(text).with_context(|| format!("trace line {number} is not JSON"))?;
+    let value: Value =
+        serde_json::from_str(text).with_context(|| format!("trace line {number} is not JSON"))?;
     let field = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_owned);
     let (Some(collection), Some(key)) = (field("collection"), field("key")) else {
         bail!("trace line {number} has no collection or key");
@@ -120,7 +124,8 @@ fn load_labels(path: &Path) -> anyhow::Result<HashMap<String, bool>> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(&line).with_context(|| format!("label line {} is not JSON", i + 1))?;
+        let v: Value = serde_json::from_str(&line)
+            .with_context(|| format!("label line {} is not JSON", i + 1))?;
         if let (Some(id), Some(conflict)) = (v["id"].as_str(), v["conflict"].as_bool()) {
             labels.insert(id.to_owned(), conflict);
         }
@@ -140,7 +145,13 @@ async fn send(http: reqwest::Client, url: String, line: Line) -> Done {
             .await;
         let response = match response {
             Ok(r) => r,
-            Err(e) => return Done { key: line.key, result: Err(e.into()), retries },
+            Err(e) => {
+                return Done {
+                    key: line.key,
+                    result: Err(e.into()),
+                    retries,
+                };
+            }
         };
         let status = response.status().as_u16();
         if matches!(status, 429 | 503) && retries < RETRIES_MAX {
@@ -172,20 +183,39 @@ async fn send(http: reqwest::Client, url: String, line: Line) -> Done {
                     .ok()
                     .and_then(|v| v["id"].as_str().map(str::to_owned))
                     .unwrap_or_default();
-                Ok(ResultLine { id, outcome: "not_found".into(), version: None, score: None, conflict: false, queued_ms: None, latency_ms })
+                Ok(ResultLine {
+                    id,
+                    outcome: "not_found".into(),
+                    version: None,
+                    score: None,
+                    conflict: false,
+                    queued_ms: None,
+                    latency_ms,
+                })
             } else {
                 bail!("HTTP {status}: {b}")
             }
         });
-        return Done { key: line.key, result, retries };
+        return Done {
+            key: line.key,
+            result,
+            retries,
+        };
     }
 }
 
 /// Replays the trace against `options.url` and returns the summary.
 pub async fn replay(options: &ReplayOptions) -> anyhow::Result<Summary> {
-    let total = open_trace(&options.trace)?.lines().filter(|l| l.as_ref().is_ok_and(|t| !t.trim().is_empty())).count();
+    let total = open_trace(&options.trace)?
+        .lines()
+        .filter(|l| l.as_ref().is_ok_and(|t| !t.trim().is_empty()))
+        .count();
     let labels = options.labels.as_deref().map(load_labels).transpose()?;
-    let bar = if options.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+    let bar = if options.progress {
+        ProgressBar::new(total as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {per_sec} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -197,7 +227,9 @@ pub async fn replay(options: &ReplayOptions) -> anyhow::Result<Summary> {
         )),
         None => None,
     };
-    let http = reqwest::Client::builder().pool_max_idle_per_host(options.concurrency.max(1)).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.concurrency.max(1))
+        .build()?;
     let concurrency = options.concurrency.max(1);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut pending: HashMap<String, VecDeque<Line>> = HashMap::new();
@@ -287,7 +319,13 @@ pub async fn replay(options: &ReplayOptions) -> anyhow::Result<Summary> {
             configure(&http, &options.url, &line.collection, handler).await?;
         }
         while let Ok(done) = done_rx.try_recv() {
-            complete(done, &mut in_flight, &mut pending, &mut pending_total, &mut busy)?;
+            complete(
+                done,
+                &mut in_flight,
+                &mut pending,
+                &mut pending_total,
+                &mut busy,
+            )?;
         }
         if busy.contains(&line.key) {
             pending.entry(line.key.clone()).or_default().push_back(line);
@@ -295,7 +333,13 @@ pub async fn replay(options: &ReplayOptions) -> anyhow::Result<Summary> {
         } else {
             while in_flight >= concurrency {
                 let done = done_rx.recv().await.context("replay workers stopped")?;
-                complete(done, &mut in_flight, &mut pending, &mut pending_total, &mut busy)?;
+                complete(
+                    done,
+                    &mut in_flight,
+                    &mut pending,
+                    &mut pending_total,
+                    &mut busy,
+                )?;
             }
             busy.insert(line.key.clone());
             in_flight += 1;
@@ -303,12 +347,24 @@ pub async fn replay(options: &ReplayOptions) -> anyhow::Result<Summary> {
         }
         while pending_total > PENDING_LINES_MAX {
             let done = done_rx.recv().await.context("replay workers stopped")?;
-            complete(done, &mut in_flight, &mut pending, &mut pending_total, &mut busy)?;
+            complete(
+                done,
+                &mut in_flight,
+                &mut pending,
+                &mut pending_total,
+                &mut busy,
+            )?;
         }
     }
     while in_flight > 0 {
         let done = done_rx.recv().await.context("replay workers stopped")?;
-        complete(done, &mut in_flight, &mut pending, &mut pending_total, &mut busy)?;
+        complete(
+            done,
+            &mut in_flight,
+            &mut pending,
+            &mut pending_total,
+            &mut busy,
+        )?;
     }
     if let Some(mut out) = out {
         out.flush()?;
@@ -320,7 +376,11 @@ pub async fn replay(options: &ReplayOptions) -> anyhow::Result<Summary> {
     Ok(Summary {
         mutations,
         conflicts,
-        conflict_rate: if mutations > 0 { conflicts as f64 / mutations as f64 } else { 0.0 },
+        conflict_rate: if mutations > 0 {
+            conflicts as f64 / mutations as f64
+        } else {
+            0.0
+        },
         errors,
         retries,
         auc: quality.auc,
@@ -329,7 +389,11 @@ pub async fn replay(options: &ReplayOptions) -> anyhow::Result<Summary> {
         expected_calibration_error: quality.expected_calibration_error,
         calibration: quality.calibration,
         seconds,
-        throughput: if seconds > 0.0 { mutations as f64 / seconds } else { 0.0 },
+        throughput: if seconds > 0.0 {
+            mutations as f64 / seconds
+        } else {
+            0.0
+        },
         latency_p50_ms: percentile(&latencies, 0.50),
         latency_p99_ms: percentile(&latencies, 0.99),
         label_mismatches: labels.as_ref().map(|_| mismatches),
@@ -337,7 +401,12 @@ pub async fn replay(options: &ReplayOptions) -> anyhow::Result<Summary> {
     })
 }
 
-async fn configure(http: &reqwest::Client, url: &str, collection: &str, handler: &str) -> anyhow::Result<()> {
+async fn configure(
+    http: &reqwest::Client,
+    url: &str,
+    collection: &str,
+    handler: &str,
+) -> anyhow::Result<()> {
     let handler: Value = serde_json::from_str(handler).unwrap_or_else(|_| json!(handler));
     let response = http
         .put(format!("{url}/v1/collections/{collection}"))
@@ -346,7 +415,11 @@ async fn configure(http: &reqwest::Client, url: &str, collection: &str, handler:
         .await
         .with_context(|| format!("configuring collection {collection}"))?;
     if !response.status().is_success() {
-        bail!("configuring collection {collection}: HTTP {}: {}", response.status(), response.text().await.unwrap_or_default());
+        bail!(
+            "configuring collection {collection}: HTTP {}: {}",
+            response.status(),
+            response.text().await.unwrap_or_default()
+        );
     }
     Ok(())
 }
@@ -361,7 +434,10 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// Where the summary goes: next to `--out`, as `NAME.summary.json`.
 pub fn summary_path(out: &Path) -> PathBuf {
-    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "replay".into());
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "replay".into());
     out.with_file_name(format!("{stem}.summary.json"))
 }
 
@@ -386,7 +462,9 @@ impl Summary {
             self.latency_p99_ms,
         );
         if let (Some(m), Some(u)) = (self.label_mismatches, self.unlabeled) {
-            text.push_str(&format!("labels           {m} conflict flags differ, {u} mutations unlabeled\n"));
+            text.push_str(&format!(
+                "labels           {m} conflict flags differ, {u} mutations unlabeled\n"
+            ));
         }
         text
     }
