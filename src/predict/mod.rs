@@ -22,8 +22,8 @@ pub use quality::{Quality, QualityReport};
 
 use crate::model::{DocKey, Op};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use xxhash_rust::xxh3::xxh3_64;
+use std::collections::{HashMap, VecDeque};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// Coordinates of the hashed weight vector: 2^20 (8 MiB of state), so that
 /// tens of thousands of keys and clients rarely collide.
@@ -34,8 +34,8 @@ pub const DIM_LOG2_DEFAULT: u32 = 20;
 pub const PRIOR_DEFAULT: f64 = 0.05;
 /// Keys and clients whose statistics are kept; beyond that the least recently
 /// seen half is forgotten.
-/// About 400 bytes each (counters and the last versions' write times).
-pub const KEYS_MAX_DEFAULT: usize = 250_000;
+/// Each holds counters and up to 256 recent versions' write times (a few KiB at most).
+pub const KEYS_MAX_DEFAULT: usize = 100_000;
 pub const CLIENTS_MAX_DEFAULT: usize = 100_000;
 /// Pairs in the "recent" quality window.
 pub const QUALITY_WINDOW_DEFAULT: usize = 10_000;
@@ -44,7 +44,14 @@ const HOUR_MS: f64 = 3_600_000.0;
 const WRITE_HALF_LIVES_MS: [f64; 3] = [HOUR_MS, 24.0 * HOUR_MS, 30.0 * 24.0 * HOUR_MS];
 const CONFLICT_HALF_LIFE_MS: f64 = 30.0 * 24.0 * HOUR_MS;
 /// Versions whose write time is remembered per key (for "how old is the base").
-const VERSION_TIMES_LEN: usize = 16;
+/// Versions whose write time is remembered per key: those of the last
+/// `VERSION_TIMES_HORIZON_MS` of event time, at most `VERSION_TIMES_LEN`. The
+/// horizon (not just a count) is what keeps "this base is not remembered" from
+/// meaning "this base is many versions old" when the version cache is off: it
+/// means "written long ago (or never seen)", which is the base's age, not the
+/// key's current version.
+const VERSION_TIMES_LEN: usize = 256;
+const VERSION_TIMES_HORIZON_MS: i64 = 180 * 24 * 3_600_000;
 /// Directory levels of a key that become features.
 const DIR_DEPTH_MAX: usize = 3;
 /// Fields of a mutation that become features.
@@ -143,7 +150,7 @@ struct KeyStats {
     conflicts: f64,
     version: Option<u64>,
     /// (version, event time it was written), newest last.
-    version_times: Vec<(u64, i64)>,
+    version_times: VecDeque<(u64, i64)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -272,19 +279,21 @@ impl Predictor {
         key_hash: u64,
         client_hash: u64,
     ) -> Vec<ftrl::Feature> {
-        let mut x = Vec::with_capacity(40);
-        let mut add = |name: &str, parts: &[&str]| x.push((bucket(name, parts), 1.0f32));
+        use Part::{N, S};
+        let mut x = Vec::with_capacity(48);
+        let mut add = |name: &str, parts: &[Part<'_>]| x.push((bucket(name, parts), 1.0f32));
         let doc = obs.doc;
+        let collection = S(&doc.collection);
         add("bias", &[]);
-        add("collection", &[&doc.collection]);
-        add("key", &[&doc.collection, &doc.key]);
+        add("collection", &[collection]);
+        add("key", &[collection, S(&doc.key)]);
         let mut prefix_end = 0;
         for (depth, segment) in doc.key.split('/').enumerate().take(DIR_DEPTH_MAX) {
             prefix_end += segment.len() + usize::from(depth > 0);
             if prefix_end >= doc.key.len() {
                 break;
             }
-            add("dir", &[&doc.collection, &doc.key[..prefix_end]]);
+            add("dir", &[collection, S(&doc.key[..prefix_end])]);
         }
         if let Some(ext) = doc
             .key
@@ -292,48 +301,48 @@ impl Predictor {
             .map(|(_, e)| e)
             .filter(|e| e.len() <= 8 && !e.contains('/'))
         {
-            add("ext", &[ext]);
+            add("ext", &[S(ext)]);
         }
         for field in obs.fields.iter().take(FIELDS_MAX) {
-            add("field", &[&doc.collection, field]);
+            add("field", &[collection, S(field)]);
         }
-        add("client", &[obs.client]);
-        add("op", &[obs.op.as_str()]);
+        add("client", &[S(obs.client)]);
+        add("op", &[S(obs.op.as_str())]);
         let secs = obs.event_ms.div_euclid(1000);
-        let hour = secs.div_euclid(3600).rem_euclid(24);
-        let weekday = (secs.div_euclid(86_400) + 4).rem_euclid(7); // 1970-01-01 was a Thursday.
-        add("hour", &[&hour.to_string()]);
-        add("weekday", &[&weekday.to_string()]);
-        add("base_zero", &[if base == 0 { "yes" } else { "no" }]);
+        add("hour", &[N(secs.div_euclid(3600).rem_euclid(24))]);
+        // 1970-01-01 was a Thursday.
+        add("weekday", &[N((secs.div_euclid(86_400) + 4).rem_euclid(7))]);
+        add("base_zero", &[N(i64::from(base == 0))]);
 
         let stats = self.keys.get(&key_hash);
         let writes = stats.map(|s| s.writes_at(obs.event_ms)).unwrap_or_default();
         let key_conflicts = stats.map(|s| s.conflicts_at(obs.event_ms)).unwrap_or(0.0);
         let write_buckets = writes.map(log_bucket);
-        add("writes_1h", &[&write_buckets[0]]);
-        add("writes_1d", &[&write_buckets[1]]);
-        add("writes_30d", &[&write_buckets[2]]);
-        add("writes_1d_30d", &[&write_buckets[1], &write_buckets[2]]);
-        add("key_conflicts", &[&log_bucket(key_conflicts)]);
+        add("writes_1h", &[N(write_buckets[0])]);
+        add("writes_1d", &[N(write_buckets[1])]);
+        add("writes_30d", &[N(write_buckets[2])]);
+        add("writes_1d_30d", &[N(write_buckets[1]), N(write_buckets[2])]);
+        add("key_conflicts", &[N(log_bucket(key_conflicts))]);
+
         // How long ago the base version was written: what a branch's age is to
         // a merge. It says when version `base` appeared, never whether a newer
         // one exists; "older than remembered" implies a newer one, so it is
         // told apart only with the version cache.
-        let remembered = stats.and_then(|s| s.version_times.iter().find(|(v, _)| *v == base));
+        let remembered = stats.and_then(|s| s.version_times.iter().rev().find(|(v, _)| *v == base));
         let age = match remembered {
             Some((_, written)) => age_bucket(obs.event_ms.saturating_sub(*written)),
             None if self.config.use_version_cache
                 && stats
-                    .is_some_and(|s| s.version_times.first().is_some_and(|(v, _)| base < *v)) =>
+                    .is_some_and(|s| s.version_times.front().is_some_and(|(v, _)| base < *v)) =>
             {
-                "older".into()
+                AGE_OLDER
             }
-            None => "unknown".into(),
+            None => AGE_UNKNOWN,
         };
-        add("base_age", &[&age]);
-        add("base_age_writes_1d", &[&age, &write_buckets[1]]);
-        add("base_age_writes_30d", &[&age, &write_buckets[2]]);
-        add("base_age_collection", &[&age, &doc.collection]);
+        add("base_age", &[N(age)]);
+        add("base_age_writes_1d", &[N(age), N(write_buckets[1])]);
+        add("base_age_writes_30d", &[N(age), N(write_buckets[2])]);
+        add("base_age_collection", &[N(age), collection]);
         // The writes to expect since the base, at the key's recent rates: the
         // Poisson intuition (a conflict is "someone wrote in between").
         if let Some((_, written)) = remembered {
@@ -344,7 +353,7 @@ impl Predictor {
             {
                 // A decayed count over a half-life h estimates a rate of count·ln2/h.
                 let expected = count * std::f64::consts::LN_2 / half_life * age_ms;
-                add(name, &[&fine_bucket(expected)]);
+                add(name, &[N(fine_bucket(expected))]);
             }
         }
         if let Some(dir) = doc
@@ -353,7 +362,7 @@ impl Predictor {
             .next()
             .filter(|d| d.len() < doc.key.len())
         {
-            add("base_age_dir", &[&age, &doc.collection, dir]);
+            add("base_age_dir", &[N(age), collection, S(dir)]);
         }
 
         let client_rates = self
@@ -362,22 +371,23 @@ impl Predictor {
             .map(|c| c.rates_at(obs.event_ms))
             .unwrap_or((0.0, 0.0));
         let client_rate = (client_rates.0 + 0.05) / (client_rates.1 + 1.0);
-        add("client_conflict_rate", &[&rate_bucket(client_rate)]);
-        add("lane_waiting", &[&log_bucket(obs.lane_waiting as f64)]);
+        add("client_conflict_rate", &[N(rate_bucket(client_rate))]);
+        let lane = log_bucket(obs.lane_waiting as f64);
+        add("lane_waiting", &[N(lane)]);
 
         // Features that read the current version: only with the version cache.
         if self.config.use_version_cache {
             match stats.and_then(|s| s.version.map(|v| (s, v))) {
                 Some((s, current)) => {
                     let gap = gap_bucket(current, base);
-                    add("gap", &[&gap]);
-                    add("gap_lane", &[&gap, &log_bucket(obs.lane_waiting as f64)]);
+                    add("gap", &[N(gap)]);
+                    add("gap_lane", &[N(gap), N(lane)]);
                     add(
                         "since_last_write",
-                        &[&age_bucket(obs.event_ms.saturating_sub(s.last_ms))],
+                        &[N(age_bucket(obs.event_ms.saturating_sub(s.last_ms)))],
                     );
                 }
-                None => add("gap", &["unseen"]),
+                None => add("gap", &[N(GAP_UNSEEN)]),
             }
         }
         x
@@ -415,9 +425,15 @@ impl Predictor {
             for w in &mut stats.writes {
                 *w += 1.0;
             }
-            stats.version_times.push((outcome.version_after, now));
-            if stats.version_times.len() > VERSION_TIMES_LEN {
-                stats.version_times.remove(0);
+            stats.version_times.push_back((outcome.version_after, now));
+            let horizon = now.saturating_sub(VERSION_TIMES_HORIZON_MS);
+            while stats.version_times.len() > VERSION_TIMES_LEN
+                || stats
+                    .version_times
+                    .front()
+                    .is_some_and(|(_, t)| *t < horizon)
+            {
+                stats.version_times.pop_front();
             }
         }
         stats.version = Some(
@@ -454,57 +470,73 @@ fn forget_oldest_half<V>(map: &mut HashMap<u64, V>, last_ms: impl Fn(&V) -> i64)
     map.retain(|_, v| last_ms(v) > median);
 }
 
-/// The hashed coordinate of a named feature with its value parts.
-fn bucket(name: &str, parts: &[&str]) -> u32 {
-    let mut text = String::with_capacity(64);
-    text.push_str(name);
-    for part in parts {
-        text.push('\u{1f}');
-        text.push_str(part);
-    }
-    // The model masks the index to its dimension.
-    xxh3_64(text.as_bytes()) as u32
+/// One part of a feature's value: text, or a number (a bucket, an hour).
+#[derive(Clone, Copy)]
+enum Part<'a> {
+    S(&'a str),
+    N(i64),
 }
 
-fn log_bucket(x: f64) -> String {
-    if x.is_nan() || x <= 0.05 {
-        return "0".into();
+/// The hashed coordinate of a named feature with its value parts, chained
+/// through xxh3's seed so that nothing is allocated.
+fn bucket(name: &str, parts: &[Part<'_>]) -> u32 {
+    let mut h = xxh3_64(name.as_bytes());
+    for part in parts {
+        h = match part {
+            Part::S(text) => xxh3_64_with_seed(text.as_bytes(), h),
+            // A different seed stream for numbers, so "1" and 1 differ.
+            Part::N(n) => xxh3_64_with_seed(&n.to_le_bytes(), !h),
+        };
     }
-    format!("{}", (x + 1.0).log2().round().min(16.0) as i64)
+    // The model masks the index to its dimension.
+    h as u32
+}
+
+const AGE_FUTURE: i64 = -1;
+const AGE_OLDER: i64 = -2;
+const AGE_UNKNOWN: i64 = -3;
+const GAP_AHEAD: i64 = -1;
+const GAP_UNSEEN: i64 = -2;
+
+/// Octaves of a count: 0 for nothing, then log2(1 + x) rounded.
+fn log_bucket(x: f64) -> i64 {
+    if x.is_nan() || x <= 0.05 {
+        return 0;
+    }
+    (x + 1.0).log2().round().min(16.0) as i64
 }
 
 /// Half-octave buckets of a non-negative quantity.
-fn fine_bucket(x: f64) -> String {
+fn fine_bucket(x: f64) -> i64 {
     if x.is_nan() || x <= 0.001 {
-        return "0".into();
+        return i64::MIN;
     }
-    format!("{}", (2.0 * x.log2()).floor().clamp(-20.0, 40.0) as i64)
+    (2.0 * x.log2()).floor().clamp(-20.0, 40.0) as i64
 }
 
-fn rate_bucket(rate: f64) -> String {
-    format!("{}", (rate.clamp(0.0, 1.0) * 20.0).round() as i64)
+/// Twentieths of a rate in [0, 1].
+fn rate_bucket(rate: f64) -> i64 {
+    (rate.clamp(0.0, 1.0) * 20.0).round() as i64
 }
 
-fn gap_bucket(current: u64, base: u64) -> String {
+fn gap_bucket(current: u64, base: u64) -> i64 {
     if base > current {
-        return "ahead".into();
+        return GAP_AHEAD;
     }
     match current - base {
-        0 => "0".into(),
-        1 => "1".into(),
-        2 => "2".into(),
-        3..=4 => "3-4".into(),
-        5..=8 => "5-8".into(),
-        _ => "9+".into(),
+        gap @ 0..=2 => gap as i64,
+        3..=4 => 3,
+        5..=8 => 5,
+        _ => 9,
     }
 }
 
-fn age_bucket(ms: i64) -> String {
+/// Octaves of seconds.
+fn age_bucket(ms: i64) -> i64 {
     if ms < 0 {
-        return "future".into();
+        return AGE_FUTURE;
     }
-    let seconds = (ms / 1000) as f64;
-    format!("{}", (seconds + 1.0).log2().floor() as i64)
+    ((ms / 1000) as f64 + 1.0).log2().floor() as i64
 }
 
 #[cfg(test)]
