@@ -61,6 +61,15 @@ pub enum Op {
 }
 
 impl Op {
+    pub fn parse(s: &str) -> Option<Op> {
+        match s {
+            "put" => Some(Op::Put),
+            "patch" => Some(Op::Patch),
+            "delete" => Some(Op::Delete),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Put => "put",

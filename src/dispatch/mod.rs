@@ -31,7 +31,7 @@ use crate::queue::{Queue, QueueLimits, Refusal};
 use crate::resolve::{CollectionConfig, ConflictRecord, Handler, Resolver, ScriptError, Step};
 use crate::store::{CommitOutcome, LaneCommit, SharedStore, StoreError, StoredReply};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -111,6 +111,7 @@ struct Queued {
     admitted_at: Duration,
     received_ms: i64,
     score: f64,
+    lane_waiting: usize,
     /// Taken by the learner once the mutation is decided.
     scored: Option<Scored>,
     answer: oneshot::Sender<Reply>,
@@ -152,6 +153,9 @@ struct Inner {
     history_tx: mpsc::Sender<HistoryJob>,
     closing: AtomicBool,
     drained: Notify,
+    /// Outcomes learned online since the last retraining.
+    outcomes_since_retrain: AtomicU64,
+    retrain_wanted: Notify,
 }
 
 /// A handle on the running dispatcher; clones share it.
@@ -209,6 +213,8 @@ impl Engine {
             history_tx,
             closing: AtomicBool::new(false),
             drained: Notify::new(),
+            outcomes_since_retrain: AtomicU64::new(0),
+            retrain_wanted: Notify::new(),
         });
         tokio::spawn(dispatch_loop(inner.clone()));
         tokio::spawn(committer(
@@ -218,6 +224,7 @@ impl Engine {
         ));
         tokio::spawn(history_writer(inner.history.clone(), history_rx));
         tokio::spawn(expire_replies(inner.clone()));
+        tokio::spawn(learning_loop(inner.clone()));
         Ok(Engine { inner })
     }
 
@@ -320,6 +327,7 @@ impl Engine {
             admitted_at,
             received_ms,
             score: scored.probability,
+            lane_waiting,
             scored: Some(scored),
             answer: tx,
         };
@@ -586,6 +594,14 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
                 predictor.learn(scored, outcome);
             }
         }
+        let since = inner
+            .outcomes_since_retrain
+            .fetch_add(settled as u64, Ordering::Relaxed)
+            + settled as u64;
+        if since >= inner.config.predictor.retrain_after_outcomes {
+            inner.outcomes_since_retrain.store(0, Ordering::Relaxed);
+            inner.retrain_wanted.notify_one();
+        }
         let learned = predictor.learned();
         if learned > 0 && learned % QUALITY_LOG_EVERY < settled as u64 {
             let report = predictor.report();
@@ -715,6 +731,7 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
                     dispatched_at.saturating_sub(queued.admitted_at).as_micros(),
                 )
                 .unwrap_or(u64::MAX),
+                lane_waiting: queued.lane_waiting as u64,
             });
             if let Some(conflict) = step.conflict {
                 decided.conflicts.push(conflict);
@@ -826,6 +843,92 @@ async fn history_writer(history: SharedHistory, mut rx: mpsc::Receiver<HistoryJo
             let _ = job.done.send(());
         }
     }
+}
+
+/// History rows fetched per page while retraining.
+const RETRAIN_PAGE_ROWS: u32 = 10_000;
+
+/// The adaptive learning loop: retrain from the history at start (a warm
+/// start), on a schedule, and after enough new outcomes; swap the new model in
+/// atomically.
+async fn learning_loop(inner: Arc<Inner>) {
+    let config = inner.config.predictor.clone();
+    if config.retrain_on_start {
+        retrain(&inner).await;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(config.retrain_interval_s)) => {}
+            _ = inner.retrain_wanted.notified() => {}
+        }
+        retrain(&inner).await;
+    }
+}
+
+/// Trains a fresh predictor on the newest `retrain_window_rows` of history,
+/// page by page on a blocking thread (memory stays one page), catches up on
+/// rows recorded meanwhile, and swaps it in under the predictor's lock.
+async fn retrain(inner: &Arc<Inner>) {
+    let started = inner.clock.elapsed();
+    let window = i64::try_from(inner.config.predictor.retrain_window_rows).unwrap_or(i64::MAX);
+    let last = match inner.history.last_seq().await {
+        Ok(0) => return,
+        Ok(last) => last,
+        Err(e) => {
+            warn!(error = %e, "retraining skipped: the history is unavailable");
+            return;
+        }
+    };
+    let mut fresh = Predictor::new(inner.config.predictor.clone());
+    let mut cursor = last.saturating_sub(window).max(0);
+    let mut caught_up = false;
+    loop {
+        let page = match inner.history.mutations(cursor, RETRAIN_PAGE_ROWS).await {
+            Ok(page) => page,
+            Err(e) => {
+                warn!(error = %e, "retraining abandoned: reading the history failed");
+                return;
+            }
+        };
+        let Some((page_last, _)) = page.last() else {
+            break;
+        };
+        cursor = *page_last;
+        let trained = tokio::task::spawn_blocking(move || {
+            for (_, record) in &page {
+                fresh.train_on(record);
+            }
+            fresh
+        })
+        .await;
+        fresh = match trained {
+            Ok(p) => p,
+            Err(e) => {
+                error!(error = %e, "retraining failed");
+                return;
+            }
+        };
+        // Past the window's end, one more short page catches up on what was
+        // recorded during training; then swap.
+        if cursor >= last {
+            if caught_up {
+                break;
+            }
+            caught_up = true;
+        }
+    }
+    let training_ms = inner.clock.elapsed().saturating_sub(started).as_secs_f64() * 1000.0;
+    let rows = fresh.training().trained_rows;
+    {
+        let mut live = lock(&inner.predictor);
+        fresh.succeed(&mut live, inner.clock.now_ms(), training_ms);
+        *live = fresh;
+    }
+    inner.outcomes_since_retrain.store(0, Ordering::Relaxed);
+    info!(
+        rows,
+        training_ms, "retrained the predictor from the history"
+    );
 }
 
 async fn expire_replies(inner: Arc<Inner>) {

@@ -47,6 +47,11 @@ impl History for MemoryHistory {
             .collect())
     }
 
+    async fn last_seq(&self) -> Result<i64, HistoryError> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(i64::try_from(state.0.len()).unwrap_or(i64::MAX))
+    }
+
     async fn mutations(
         &self,
         after_seq: i64,

@@ -45,6 +45,9 @@ pub struct MutationRecord {
     pub received_ms: i64,
     pub decided_ms: i64,
     pub queued_us: u64,
+    /// Mutations already waiting in the key's lane when this one arrived (a
+    /// predictor feature, kept so retraining sees what scoring saw).
+    pub lane_waiting: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -89,6 +92,8 @@ pub trait History: Send + Sync + 'static {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<(i64, MutationRecord)>, HistoryError>;
+    /// The sequence number of the newest mutation record, 0 when there is none.
+    async fn last_seq(&self) -> Result<i64, HistoryError>;
 }
 
 pub type SharedHistory = Arc<dyn History>;
@@ -168,12 +173,13 @@ where
         received_ms: row.try_get("received_ms")?,
         decided_ms: row.try_get("decided_ms")?,
         queued_us: non_negative(row.try_get("queued_us")?, "queued_us")?,
+        lane_waiting: non_negative(row.try_get("lane_waiting")?, "lane_waiting")?,
     };
     Ok((row.try_get("seq")?, record))
 }
 
 pub(crate) const MUTATION_COLUMNS: &str = "seq, id, client, collection, key, op, fields, base_version, version_before, \
-     version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, queued_us";
+     version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, queued_us, lane_waiting";
 pub(crate) const CONFLICT_COLUMNS: &str = "mutation_id, client, collection, key, base_version, server_version, handler, \
      resolution, reason, incoming, existing, result, at_ms";
 
@@ -209,8 +215,8 @@ macro_rules! sql_history {
                 for m in mutations {
                     sqlx::query(
                         "INSERT INTO sluice_mutations (id, client, collection, key, op, fields, base_version, version_before,
-                             version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, queued_us)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                             version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, queued_us, lane_waiting)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
                     )
                     .bind(&m.id)
                     .bind(&m.client)
@@ -228,6 +234,7 @@ macro_rules! sql_history {
                     .bind(m.received_ms)
                     .bind(m.decided_ms)
                     .bind($crate::history::version_to_sql(m.queued_us))
+                    .bind($crate::history::version_to_sql(m.lane_waiting))
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -274,6 +281,13 @@ macro_rules! sql_history {
                 let sql = format!("SELECT {} FROM sluice_mutations WHERE seq > $1 ORDER BY seq LIMIT $2", $crate::history::MUTATION_COLUMNS);
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(after_seq).bind(i64::from(limit)).fetch_all(&self.reader).await?;
                 rows.iter().map($crate::history::mutation_from_row).collect()
+            }
+
+            async fn last_seq(&self) -> Result<i64, $crate::history::HistoryError> {
+                let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM sluice_mutations")
+                    .fetch_one(&self.reader)
+                    .await?;
+                Ok(seq.unwrap_or(0))
             }
         }
     };

@@ -24,7 +24,8 @@ const SCHEMA: &[&str] = &[
         ts_ms BIGINT,
         received_ms BIGINT NOT NULL,
         decided_ms BIGINT NOT NULL,
-        queued_us BIGINT NOT NULL
+        queued_us BIGINT NOT NULL,
+        lane_waiting BIGINT NOT NULL DEFAULT 0
     )",
     "CREATE INDEX IF NOT EXISTS sluice_mutations_doc ON sluice_mutations (collection, key, seq)",
     "CREATE INDEX IF NOT EXISTS sluice_mutations_client ON sluice_mutations (client, id)",

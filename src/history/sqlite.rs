@@ -24,7 +24,8 @@ const SCHEMA: &[&str] = &[
         ts_ms INTEGER,
         received_ms INTEGER NOT NULL,
         decided_ms INTEGER NOT NULL,
-        queued_us INTEGER NOT NULL
+        queued_us INTEGER NOT NULL,
+        lane_waiting INTEGER NOT NULL DEFAULT 0
     )",
     "CREATE INDEX IF NOT EXISTS sluice_mutations_doc ON sluice_mutations (collection, key, seq)",
     "CREATE INDEX IF NOT EXISTS sluice_mutations_client ON sluice_mutations (client, id)",

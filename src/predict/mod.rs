@@ -20,6 +20,7 @@ pub mod quality;
 pub use ftrl::{Ftrl, FtrlParams};
 pub use quality::{Quality, QualityReport};
 
+use crate::history::MutationRecord;
 use crate::model::{DocKey, Op};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -39,6 +40,12 @@ pub const KEYS_MAX_DEFAULT: usize = 100_000;
 pub const CLIENTS_MAX_DEFAULT: usize = 100_000;
 /// Pairs in the "recent" quality window.
 pub const QUALITY_WINDOW_DEFAULT: usize = 10_000;
+/// An hour between scheduled retrainings: the online model keeps learning in
+/// between, so retraining mostly refreshes it from a clean pass.
+pub const RETRAIN_INTERVAL_S_DEFAULT: u64 = 3_600;
+pub const RETRAIN_AFTER_OUTCOMES_DEFAULT: u64 = 100_000;
+/// A million rows retrain in a few seconds (see the README).
+pub const RETRAIN_WINDOW_ROWS_DEFAULT: u64 = 1_000_000;
 /// Half-lives of the decaying counters, in event time.
 const HOUR_MS: f64 = 3_600_000.0;
 const WRITE_HALF_LIVES_MS: [f64; 3] = [HOUR_MS, 24.0 * HOUR_MS, 30.0 * 24.0 * HOUR_MS];
@@ -70,6 +77,15 @@ pub struct PredictorConfig {
     pub keys_max: usize,
     pub clients_max: usize,
     pub quality_window: usize,
+    /// The adaptive learning loop: retrain from the history this often ...
+    pub retrain_interval_s: u64,
+    /// ... and after this many new outcomes, whichever comes first ...
+    pub retrain_after_outcomes: u64,
+    /// ... from at most this many of the newest history rows.
+    pub retrain_window_rows: u64,
+    /// Train from the history at start, so a restart (or a second process on
+    /// the same history) starts warm.
+    pub retrain_on_start: bool,
 }
 
 impl Default for PredictorConfig {
@@ -82,6 +98,10 @@ impl Default for PredictorConfig {
             keys_max: KEYS_MAX_DEFAULT,
             clients_max: CLIENTS_MAX_DEFAULT,
             quality_window: QUALITY_WINDOW_DEFAULT,
+            retrain_interval_s: RETRAIN_INTERVAL_S_DEFAULT,
+            retrain_after_outcomes: RETRAIN_AFTER_OUTCOMES_DEFAULT,
+            retrain_window_rows: RETRAIN_WINDOW_ROWS_DEFAULT,
+            retrain_on_start: true,
         }
     }
 }
@@ -97,6 +117,12 @@ impl PredictorConfig {
         let p = &self.ftrl;
         if !(p.alpha > 0.0 && p.beta >= 0.0 && p.l1 >= 0.0 && p.l2 >= 0.0) {
             return Err("predictor.ftrl needs alpha > 0 and beta, l1, l2 ≥ 0".into());
+        }
+        if self.retrain_interval_s == 0
+            || self.retrain_after_outcomes == 0
+            || self.retrain_window_rows == 0
+        {
+            return Err("predictor.retrain_interval_s, retrain_after_outcomes and retrain_window_rows must be at least 1".into());
         }
         if self.keys_max == 0 || self.clients_max == 0 || self.quality_window == 0 {
             return Err(
@@ -209,11 +235,24 @@ pub struct Predictor {
     clients: HashMap<u64, ClientStats>,
     quality: Quality,
     learned: u64,
+    training: Training,
+}
+
+/// Where the current model came from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Training {
+    /// 0 for the model built online since start; +1 at every retraining swap.
+    pub model_version: u64,
+    pub trained_at_ms: Option<i64>,
+    pub trained_rows: u64,
+    pub training_ms: Option<f64>,
 }
 
 /// `GET /v1/model`'s view of the predictor.
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelReport {
+    #[serde(flatten)]
+    pub training: Training,
     pub use_version_cache: bool,
     pub learned: u64,
     pub features: usize,
@@ -238,6 +277,7 @@ impl Predictor {
             keys: HashMap::new(),
             clients: HashMap::new(),
             learned: 0,
+            training: Training::default(),
             config,
         }
     }
@@ -443,6 +483,47 @@ impl Predictor {
         );
     }
 
+    /// Learns from one history record as if it had just arrived: score from
+    /// the state so far, then learn its outcome. Replaying a history in order
+    /// rebuilds the model and the statistics it reads.
+    pub fn train_on(&mut self, record: &MutationRecord) {
+        let Some(op) = Op::parse(&record.op) else {
+            return;
+        };
+        let observation = Observation {
+            doc: &record.doc,
+            op,
+            fields: &record.fields,
+            client: &record.client,
+            base_version: record.base_version,
+            event_ms: record.ts_ms.unwrap_or(record.received_ms),
+            lane_waiting: usize::try_from(record.lane_waiting).unwrap_or(usize::MAX),
+        };
+        let scored = self.score(&observation);
+        let outcome = Outcome {
+            conflict: record.conflict,
+            version_after: record.version_after,
+            wrote: record.version_after > record.version_before,
+        };
+        self.learn(scored, outcome);
+        self.training.trained_rows += 1;
+    }
+
+    /// Makes this freshly trained predictor the successor of `live`: it keeps
+    /// the live quality figures (what clients were actually scored with) and
+    /// counts, and takes the next model version.
+    pub fn succeed(&mut self, live: &mut Predictor, trained_at_ms: i64, training_ms: f64) {
+        self.quality = std::mem::replace(&mut live.quality, Quality::new(1));
+        self.learned = live.learned;
+        self.training.model_version = live.training.model_version + 1;
+        self.training.trained_at_ms = Some(trained_at_ms);
+        self.training.training_ms = Some(training_ms);
+    }
+
+    pub fn training(&self) -> &Training {
+        &self.training
+    }
+
     /// Conditional mutations learned from so far.
     pub fn learned(&self) -> u64 {
         self.learned
@@ -450,6 +531,7 @@ impl Predictor {
 
     pub fn report(&self) -> ModelReport {
         ModelReport {
+            training: self.training.clone(),
             use_version_cache: self.config.use_version_cache,
             learned: self.learned,
             features: self.model.nonzero_weights(),

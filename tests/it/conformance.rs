@@ -257,6 +257,7 @@ fn mutation(
         received_ms: 5,
         decided_ms: 6,
         queued_us: 120,
+        lane_waiting: 3,
     }
 }
 
@@ -282,6 +283,11 @@ fn conflict(id: &str, key: &str, resolution: Resolution) -> ConflictRecord {
 }
 
 async fn history_conformance(history: &dyn History) {
+    assert_eq!(
+        history.last_seq().await.expect("last seq"),
+        0,
+        "an empty history"
+    );
     let m1 = mutation("m1", "a", None, 0, 1, "applied");
     let m2 = mutation("m2", "a", Some(0), 1, 2, "merged");
     let m3 = mutation("m3", "b", Some(0), 3, 3, "rejected");
@@ -305,6 +311,7 @@ async fn history_conformance(history: &dyn History) {
         .expect("record");
 
     let all = history.mutations(0, 10).await.expect("mutations");
+    assert_eq!(history.last_seq().await.expect("last seq"), all[2].0);
     assert_eq!(
         all.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>(),
         [m1, m2, m3.clone()]

@@ -7,4 +7,5 @@ mod conformance;
 mod engine;
 mod handlers;
 mod laws;
+mod predict;
 mod support;
