@@ -866,57 +866,19 @@ async fn learning_loop(inner: Arc<Inner>) {
 }
 
 /// Trains a fresh predictor on the newest `retrain_window_rows` of history,
-/// page by page on a blocking thread (memory stays one page), catches up on
-/// rows recorded meanwhile, and swaps it in under the predictor's lock.
+/// page by page on a blocking thread (memory stays one page), and swaps it in
+/// under the predictor's lock.
 async fn retrain(inner: &Arc<Inner>) {
     let started = inner.clock.elapsed();
-    let window = i64::try_from(inner.config.predictor.retrain_window_rows).unwrap_or(i64::MAX);
-    let last = match inner.history.last_seq().await {
-        Ok(0) => return,
-        Ok(last) => last,
+    let config = inner.config.predictor.clone();
+    let mut fresh = match train_from_history(inner.history.as_ref(), &config).await {
+        Ok(Some(fresh)) => fresh,
+        Ok(None) => return,
         Err(e) => {
-            warn!(error = %e, "retraining skipped: the history is unavailable");
+            warn!(error = %e, "retraining skipped: reading the history failed");
             return;
         }
     };
-    let mut fresh = Predictor::new(inner.config.predictor.clone());
-    let mut cursor = last.saturating_sub(window).max(0);
-    let mut caught_up = false;
-    loop {
-        let page = match inner.history.mutations(cursor, RETRAIN_PAGE_ROWS).await {
-            Ok(page) => page,
-            Err(e) => {
-                warn!(error = %e, "retraining abandoned: reading the history failed");
-                return;
-            }
-        };
-        let Some((page_last, _)) = page.last() else {
-            break;
-        };
-        cursor = *page_last;
-        let trained = tokio::task::spawn_blocking(move || {
-            for (_, record) in &page {
-                fresh.train_on(record);
-            }
-            fresh
-        })
-        .await;
-        fresh = match trained {
-            Ok(p) => p,
-            Err(e) => {
-                error!(error = %e, "retraining failed");
-                return;
-            }
-        };
-        // Past the window's end, one more short page catches up on what was
-        // recorded during training; then swap.
-        if cursor >= last {
-            if caught_up {
-                break;
-            }
-            caught_up = true;
-        }
-    }
     let training_ms = inner.clock.elapsed().saturating_sub(started).as_secs_f64() * 1000.0;
     let rows = fresh.training().trained_rows;
     {
@@ -929,6 +891,47 @@ async fn retrain(inner: &Arc<Inner>) {
         rows,
         training_ms, "retrained the predictor from the history"
     );
+}
+
+/// A predictor trained on the newest `config.retrain_window_rows` rows of
+/// `history`, in order, including rows recorded while it trained; `None` for
+/// an empty history.
+pub async fn train_from_history(
+    history: &dyn crate::history::History,
+    config: &PredictorConfig,
+) -> Result<Option<Predictor>, HistoryError> {
+    let last = history.last_seq().await?;
+    if last == 0 {
+        return Ok(None);
+    }
+    let window = i64::try_from(config.retrain_window_rows).unwrap_or(i64::MAX);
+    let mut fresh = Predictor::new(config.clone());
+    let mut cursor = last.saturating_sub(window).max(0);
+    let mut caught_up = false;
+    loop {
+        let page = history.mutations(cursor, RETRAIN_PAGE_ROWS).await?;
+        let Some((page_last, _)) = page.last() else {
+            break;
+        };
+        cursor = *page_last;
+        fresh = tokio::task::spawn_blocking(move || {
+            for (_, record) in &page {
+                fresh.train_on(record);
+            }
+            fresh
+        })
+        .await
+        .map_err(|e| HistoryError::Unavailable(format!("the training thread failed: {e}")))?;
+        // Past the window's end, one more page catches up on what was
+        // recorded during training.
+        if cursor >= last {
+            if caught_up {
+                break;
+            }
+            caught_up = true;
+        }
+    }
+    Ok(Some(fresh))
 }
 
 async fn expire_replies(inner: Arc<Inner>) {
