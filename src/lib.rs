@@ -6,6 +6,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod dispatch;
+pub mod generate;
 pub mod history;
 pub mod model;
 pub mod predict;

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice::config::Config;
+use std::io::Write;
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
 
@@ -27,6 +28,43 @@ upper-cased, `__` between a section and its key), then the --config file, then d
     /// Send a mutation trace (JSON Lines, plain or gzipped) through the HTTP API
     /// and report conflicts, the predictor's quality, throughput and latency.
     Replay(ReplayArgs),
+    /// Write a synthetic trace with known structure (Zipf-hot keys, offline
+    /// clients, writers without a base, a daily rhythm) and its labels.
+    Gen(GenArgs),
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    /// The trace to write (gzipped when the name ends in .gz)
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Also write {"id", "conflict"} labels here
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    mutations: u64,
+    /// Documents
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    keys: u64,
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    clients: u64,
+    /// Zipf exponent of document popularity (0 = uniform)
+    #[arg(long, value_name = "THETA", default_value_t = 0.99)]
+    zipf: f64,
+    /// Share of clients that go offline and write from stale versions
+    #[arg(long, value_name = "F", default_value_t = 0.1)]
+    offline_fraction: f64,
+    /// Share of mutations sent without a base version
+    #[arg(long, value_name = "F", default_value_t = 0.05)]
+    unconditional_fraction: f64,
+    /// Mean mutations per second at the daily peak (event time)
+    #[arg(long, value_name = "R", default_value_t = 20.0)]
+    peak_rate: f64,
+    /// Mean think time of an online client between read and write
+    #[arg(long, value_name = "MS", default_value_t = 2_000.0)]
+    think_ms: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(clap::Args)]
@@ -94,6 +132,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Replay(args) => replay(args),
+        Command::Gen(args) => generate(args),
     }
 }
 
@@ -205,6 +244,55 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+fn generate(args: GenArgs) -> anyhow::Result<()> {
+    let options = sluice::generate::GenOptions {
+        mutations: args.mutations,
+        keys: args.keys,
+        clients: args.clients,
+        zipf: args.zipf,
+        offline_fraction: args.offline_fraction,
+        unconditional_fraction: args.unconditional_fraction,
+        peak_rate: args.peak_rate,
+        think_ms: args.think_ms,
+        seed: args.seed,
+    };
+    let mut trace = writer(&args.out)?;
+    let mut labels = args.labels.as_deref().map(writer).transpose()?;
+    let stats = sluice::generate::generate(
+        &options,
+        &mut trace,
+        labels.as_mut().map(|w| w as &mut dyn Write),
+    )?;
+    trace.flush()?;
+    drop(trace);
+    if let Some(mut labels) = labels {
+        labels.flush()?;
+    }
+    println!(
+        "{} mutations, {} conflicts ({:.2}%) written to {}",
+        stats.mutations,
+        stats.conflicts,
+        100.0 * stats.conflicts as f64 / stats.mutations.max(1) as f64,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// A buffered file writer, gzipped when the name ends in `.gz`.
+fn writer(path: &std::path::Path) -> anyhow::Result<Box<dyn Write>> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let buffered = std::io::BufWriter::new(file);
+    if path.extension().is_some_and(|e| e == "gz") {
+        Ok(Box::new(flate2::write::GzEncoder::new(
+            buffered,
+            flate2::Compression::default(),
+        )))
+    } else {
+        Ok(Box::new(buffered))
+    }
 }
 
 fn init_logs(format: &str) {

@@ -8,4 +8,5 @@ mod engine;
 mod handlers;
 mod laws;
 mod predict;
+mod replay;
 mod support;
