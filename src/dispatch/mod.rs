@@ -905,32 +905,48 @@ pub async fn train_from_history(
         return Ok(None);
     }
     let window = i64::try_from(config.retrain_window_rows).unwrap_or(i64::MAX);
-    let mut fresh = Predictor::new(config.clone());
-    let mut cursor = last.saturating_sub(window).max(0);
-    let mut caught_up = false;
-    loop {
-        let page = history.mutations(cursor, RETRAIN_PAGE_ROWS).await?;
-        let Some((page_last, _)) = page.last() else {
-            break;
-        };
-        cursor = *page_last;
-        fresh = tokio::task::spawn_blocking(move || {
-            for (_, record) in &page {
-                fresh.train_on(record);
-            }
-            fresh
-        })
-        .await
-        .map_err(|e| HistoryError::Unavailable(format!("the training thread failed: {e}")))?;
-        // Past the window's end, one more page catches up on what was
-        // recorded during training.
-        if cursor >= last {
-            if caught_up {
+    // Reading the next page overlaps training on the last one.
+    let (pages_tx, mut pages_rx) = mpsc::channel::<Vec<(i64, MutationRecord)>>(2);
+    let read = async move {
+        let mut cursor = last.saturating_sub(window).max(0);
+        let mut caught_up = false;
+        loop {
+            let page = history.mutations(cursor, RETRAIN_PAGE_ROWS).await?;
+            let Some((page_last, _)) = page.last() else {
+                break;
+            };
+            cursor = *page_last;
+            if pages_tx.send(page).await.is_err() {
                 break;
             }
-            caught_up = true;
+            // Past the window's end, one more page catches up on what was
+            // recorded during training.
+            if cursor >= last {
+                if caught_up {
+                    break;
+                }
+                caught_up = true;
+            }
         }
-    }
+        Ok::<(), HistoryError>(())
+    };
+    let train = async {
+        let mut fresh = Predictor::new(config.clone());
+        while let Some(page) = pages_rx.recv().await {
+            fresh = tokio::task::spawn_blocking(move || {
+                for (_, record) in &page {
+                    fresh.train_on(record);
+                }
+                fresh
+            })
+            .await
+            .map_err(|e| HistoryError::Unavailable(format!("the training thread failed: {e}")))?;
+        }
+        Ok::<Predictor, HistoryError>(fresh)
+    };
+    let (read, fresh) = tokio::join!(read, train);
+    read?;
+    let fresh = fresh?;
     Ok(Some(fresh))
 }
 
