@@ -374,4 +374,24 @@ mod tests {
             Backend::Sqlite(PathBuf::from("./sluice-data/history.db"))
         );
     }
+
+    /// The README lists every key with its default: it must parse, and say
+    /// exactly what the defaults are.
+    #[test]
+    fn the_readme_example_is_the_default_configuration() {
+        let readme = include_str!("../README.md");
+        let block = readme
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README has a toml block");
+        let dir = std::env::temp_dir().join(format!("sluice-readme-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("sluice.toml");
+        std::fs::write(&file, block).expect("write");
+        let config = Config::load(Some(&file), Vec::<(String, String)>::new())
+            .expect("the README's config parses");
+        config.validate().expect("and is valid");
+        assert_eq!(config, Config::default());
+    }
 }
