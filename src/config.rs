@@ -9,7 +9,8 @@
 
 use crate::dispatch::{
     COMMIT_BATCH_MAX_DEFAULT, DECIDE_TIMEOUT_MS_DEFAULT, EngineConfig,
-    IDEMPOTENCY_RETENTION_HOURS_DEFAULT, LANES_IN_FLIGHT_MAX_DEFAULT, PRIORITY_BOOST_MS_DEFAULT,
+    IDEMPOTENCY_RETENTION_HOURS_DEFAULT, LANES_IN_FLIGHT_MAX_DEFAULT, LATENCY_TARGET_MS_DEFAULT,
+    PRIORITY_BOOST_MS_DEFAULT,
 };
 use crate::predict::PredictorConfig;
 use crate::queue::QueueLimits;
@@ -70,6 +71,8 @@ pub struct QueueConfig {
     /// How many milliseconds of waiting a conflict probability of 1 is worth
     /// in the order lanes are dispatched.
     pub priority_boost_ms: u64,
+    /// The store latency the adaptive concurrency limit aims under.
+    pub latency_target_ms: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -107,6 +110,7 @@ impl Default for QueueConfig {
             commit_batch_max: COMMIT_BATCH_MAX_DEFAULT,
             decide_timeout_ms: DECIDE_TIMEOUT_MS_DEFAULT,
             priority_boost_ms: PRIORITY_BOOST_MS_DEFAULT,
+            latency_target_ms: LATENCY_TARGET_MS_DEFAULT,
         }
     }
 }
@@ -213,6 +217,9 @@ impl Config {
         if self.script.memory_bytes_max < 1024 * 1024 {
             return invalid("script.memory_bytes_max must be at least 1048576 (1 MiB)".into());
         }
+        if !(q.latency_target_ms > 0.0 && q.latency_target_ms.is_finite()) {
+            return invalid("queue.latency_target_ms must be a positive number".into());
+        }
         if q.decide_timeout_ms == 0 {
             return invalid("queue.decide_timeout_ms must be at least 1".into());
         }
@@ -251,6 +258,8 @@ impl Config {
             default_handler: self.default_handler.clone(),
             idempotency_retention: Duration::from_secs(self.idempotency_retention_hours * 3600),
             priority_boost_ms: q.priority_boost_ms,
+            latency_target_ms: q.latency_target_ms,
+            sample_host: true,
             predictor: self.predictor.clone(),
         }
     }

@@ -13,5 +13,6 @@ pub mod predict;
 pub mod queue;
 pub mod replay;
 pub mod resolve;
+pub mod rng;
 pub mod server;
 pub mod store;

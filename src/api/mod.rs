@@ -117,6 +117,7 @@ pub fn router(engine: Engine) -> Router {
         )
         .route("/v1/conflicts", get(get_conflicts))
         .route("/v1/model", get(get_model))
+        .route("/v1/stats", get(get_stats))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(wire::BODY_BYTES_MAX))
@@ -283,6 +284,10 @@ async fn get_conflicts(
     Ok(Json(
         json!({ "conflicts": conflicts.iter().map(conflict_json).collect::<Vec<_>>() }),
     ))
+}
+
+async fn get_stats(State(engine): State<Engine>) -> Json<crate::dispatch::EngineStats> {
+    Json(engine.stats())
 }
 
 async fn get_model(State(engine): State<Engine>) -> Json<crate::predict::ModelReport> {

@@ -19,9 +19,13 @@
 //! Invariants: an answer is sent only after its reply is committed with the
 //! write it describes; one worker per key; in-flight lanes ≤ the limit.
 
+pub mod control;
 pub mod reply;
 
+pub use control::{ControlState, Signals};
 pub use reply::Reply;
+
+use control::{ControlConfig, Controller};
 
 use crate::clock::SharedClock;
 use crate::history::{ConflictQuery, HistoryError, MutationRecord, SharedHistory};
@@ -47,6 +51,11 @@ pub const COMMIT_BATCH_MAX_DEFAULT: usize = 256;
 pub const DECIDE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// How long stored replies are kept for resends; the contract promises 24 h.
 pub const IDEMPOTENCY_RETENTION_HOURS_DEFAULT: u64 = 48;
+/// The store latency the concurrency controller aims under: a commit (one
+/// fsync on SQLite, a round trip on PostgreSQL) takes a few milliseconds.
+pub const LATENCY_TARGET_MS_DEFAULT: f64 = 20.0;
+/// How often the host's CPU and memory are sampled.
+const HOST_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 /// How much waiting a conflict probability of 1 is worth in the lane order:
 /// a likely conflict overtakes lanes that arrived up to this much earlier.
 pub const PRIORITY_BOOST_MS_DEFAULT: u64 = 50;
@@ -68,6 +77,10 @@ pub struct EngineConfig {
     pub default_handler: Handler,
     pub idempotency_retention: Duration,
     pub priority_boost_ms: u64,
+    /// The store latency the controller aims under.
+    pub latency_target_ms: f64,
+    /// Sample the host's CPU and memory (off in tests that set them).
+    pub sample_host: bool,
     pub predictor: PredictorConfig,
 }
 
@@ -85,17 +98,51 @@ impl Default for EngineConfig {
             default_handler: Handler::Optimistic,
             idempotency_retention: Duration::from_secs(IDEMPOTENCY_RETENTION_HOURS_DEFAULT * 3600),
             priority_boost_ms: PRIORITY_BOOST_MS_DEFAULT,
+            latency_target_ms: LATENCY_TARGET_MS_DEFAULT,
+            sample_host: true,
             predictor: PredictorConfig::default(),
         }
     }
 }
 
 /// A snapshot for `/v1/stats` and the logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct EngineStats {
+    pub load: f64,
+    pub threshold: f64,
+    pub concurrency_limit: usize,
+    pub in_flight: usize,
+    /// Mutations accepted and not yet decided.
     pub queue_depth: usize,
     pub lanes: usize,
-    pub in_flight: usize,
+    pub commit_batch_max: usize,
+    pub store_latency_ms: f64,
+    pub baseline_latency_ms: f64,
+    pub conflict_rate: f64,
+    pub cpu: f64,
+    pub memory: f64,
+}
+
+/// Host CPU and memory use, 0–1, sampled by a background task (or set by a
+/// test): the inputs of the load signal that come from outside.
+#[derive(Default)]
+pub struct HostLoad {
+    cpu: AtomicU64,
+    memory: AtomicU64,
+}
+
+impl HostLoad {
+    pub fn set(&self, cpu: f64, memory: f64) {
+        self.cpu.store(cpu.to_bits(), Ordering::Relaxed);
+        self.memory.store(memory.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> (f64, f64) {
+        (
+            f64::from_bits(self.cpu.load(Ordering::Relaxed)),
+            f64::from_bits(self.memory.load(Ordering::Relaxed)),
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +192,8 @@ struct Inner {
     history: SharedHistory,
     resolver: Resolver,
     predictor: Mutex<Predictor>,
+    control: Mutex<Controller>,
+    host: HostLoad,
     lanes: Mutex<Lanes>,
     wake: Notify,
     reservations: Mutex<HashMap<(String, String), Reservation>>,
@@ -197,6 +246,12 @@ impl Engine {
         let (history_tx, history_rx) = mpsc::channel(PIPELINE_CHANNEL_LEN);
         let inner = Arc::new(Inner {
             predictor: Mutex::new(Predictor::new(config.predictor.clone())),
+            control: Mutex::new(Controller::new(ControlConfig {
+                limit_max: config.lanes_in_flight_max,
+                commit_batch_max: config.commit_batch_max,
+                latency_target_ms: config.latency_target_ms,
+            })),
+            host: HostLoad::default(),
             lanes: Mutex::new(Lanes {
                 queue: Queue::new(config.queue),
                 in_flight: 0,
@@ -217,11 +272,10 @@ impl Engine {
             retrain_wanted: Notify::new(),
         });
         tokio::spawn(dispatch_loop(inner.clone()));
-        tokio::spawn(committer(
-            inner.store.clone(),
-            inner.config.commit_batch_max,
-            commit_rx,
-        ));
+        tokio::spawn(committer(inner.clone(), commit_rx));
+        if inner.config.sample_host {
+            tokio::spawn(sample_host(inner.clone()));
+        }
         tokio::spawn(history_writer(inner.history.clone(), history_rx));
         tokio::spawn(expire_replies(inner.clone()));
         tokio::spawn(learning_loop(inner.clone()));
@@ -229,12 +283,12 @@ impl Engine {
     }
 
     pub fn stats(&self) -> EngineStats {
-        let lanes = lock(&self.inner.lanes);
-        EngineStats {
-            queue_depth: lanes.queue.pending_len(),
-            lanes: lanes.queue.lane_count(),
-            in_flight: lanes.in_flight,
-        }
+        self.inner.stats()
+    }
+
+    /// The host-load inputs, for tests that drive them.
+    pub fn host_load(&self) -> &HostLoad {
+        &self.inner.host
     }
 
     /// Decides one mutation and returns what the client is told.
@@ -513,6 +567,41 @@ fn store_error_reply(e: &StoreError) -> Reply {
 }
 
 impl Inner {
+    fn stats(&self) -> EngineStats {
+        let control = lock(&self.control).state();
+        let (queue_depth, lanes, in_flight) = {
+            let lanes = lock(&self.lanes);
+            (
+                lanes.queue.pending_len(),
+                lanes.queue.lane_count(),
+                lanes.in_flight,
+            )
+        };
+        let (cpu, memory) = self.host.get();
+        let signals = Signals {
+            cpu,
+            memory,
+            in_flight,
+            limit: control.concurrency_limit,
+            store_latency_ms: control.store_latency_ms,
+            latency_target_ms: self.config.latency_target_ms,
+        };
+        EngineStats {
+            load: control::load(&signals),
+            threshold: control.threshold,
+            concurrency_limit: control.concurrency_limit,
+            in_flight,
+            queue_depth,
+            lanes,
+            commit_batch_max: control.commit_batch_max,
+            store_latency_ms: control.store_latency_ms,
+            baseline_latency_ms: control.baseline_latency_ms,
+            conflict_rate: control.conflict_rate,
+            cpu,
+            memory,
+        }
+    }
+
     fn collection(&self, name: &str) -> CollectionConfig {
         let collections = self.collections.read().unwrap_or_else(|p| p.into_inner());
         collections
@@ -543,31 +632,96 @@ impl Inner {
     }
 }
 
+/// The dispatch loop: take the best-ranked ready lane while writes in flight
+/// are under the adaptive limit and the load is under the threshold; above
+/// the threshold, back off (exponential, jittered, capped) and look again.
+/// It sleeps on a notification when there is nothing to do: no busy-spin.
 async fn dispatch_loop(inner: Arc<Inner>) {
+    // Jitter only needs to differ between processes, not to be unpredictable.
+    let mut jitter = crate::rng::SplitMix64::new(inner.clock.now_ms() as u64);
+    let mut backoffs = 0u32;
     loop {
         loop {
+            let (state, floor) = {
+                let control = lock(&inner.control);
+                (control.state(), control.in_flight_floor())
+            };
+            let limit = state.concurrency_limit;
+            let (cpu, memory) = inner.host.get();
             let taken = {
                 let mut lanes = lock(&inner.lanes);
-                if lanes.in_flight >= inner.config.lanes_in_flight_max {
+                let signals = Signals {
+                    cpu,
+                    memory,
+                    in_flight: lanes.in_flight,
+                    limit,
+                    store_latency_ms: state.store_latency_ms,
+                    latency_target_ms: inner.config.latency_target_ms,
+                };
+                // Below the floor, dispatch whatever the load says: the load
+                // cannot fall by waiting on ourselves, and the queue must move.
+                let overloaded =
+                    lanes.in_flight >= floor && control::load(&signals) >= state.threshold;
+                if lanes.in_flight >= limit || lanes.queue.pending_len() == 0 {
                     None
+                } else if overloaded {
+                    Some(None)
                 } else {
                     let taken = lanes.queue.take_ready();
                     if taken.is_some() {
                         lanes.in_flight += 1;
                         debug_assert!(
-                            lanes.in_flight <= inner.config.lanes_in_flight_max,
-                            "invariant: in-flight ≤ limit"
+                            lanes.in_flight <= limit,
+                            "invariant: in-flight ≤ limit at dispatch"
                         );
                     }
-                    taken
+                    taken.map(Some)
                 }
             };
-            let Some((doc, batch)) = taken else { break };
-            tokio::spawn(run_lane(inner.clone(), doc, batch));
+            match taken {
+                None => break,
+                Some(None) => {
+                    let wait = control::backoff_ms(backoffs, jitter.unit());
+                    backoffs = backoffs.saturating_add(1);
+                    debug!(
+                        wait_ms = wait,
+                        backoffs, "load over the threshold; backing off"
+                    );
+                    tokio::time::sleep(Duration::from_secs_f64(wait / 1000.0)).await;
+                }
+                Some(Some((doc, batch))) => {
+                    backoffs = 0;
+                    tokio::spawn(run_lane(inner.clone(), doc, batch));
+                }
+            }
         }
         // `notify_one` keeps a permit when nobody waits, so a wake-up between
         // the check above and this await is not lost.
         inner.wake.notified().await;
+    }
+}
+
+/// Samples the host's CPU and memory into `HostLoad`.
+async fn sample_host(inner: Arc<Inner>) {
+    let mut system = match sysinfo::System::new() {
+        Ok(system) => system,
+        Err(e) => {
+            warn!(error = %e, "cannot read host CPU and memory; the load signal will use the store and the queue only");
+            return;
+        }
+    };
+    loop {
+        system.refresh_cpu_usage();
+        system.refresh_memory();
+        let cpu = f64::from(system.global_cpu_usage()) / 100.0;
+        let total = system.total_memory();
+        let memory = if total == 0 {
+            0.0
+        } else {
+            system.used_memory() as f64 / total as f64
+        };
+        inner.host.set(cpu, memory);
+        tokio::time::sleep(HOST_SAMPLE_INTERVAL).await;
     }
 }
 
@@ -594,6 +748,8 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
                 predictor.learn(scored, outcome);
             }
         }
+        let conflicts = decided.mutations.iter().filter(|m| m.conflict).count();
+        lock(&inner.control).on_outcomes(decided.mutations.len(), conflicts);
         let since = inner
             .outcomes_since_retrain
             .fetch_add(settled as u64, Ordering::Relaxed)
@@ -779,8 +935,12 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
     ))
 }
 
-async fn committer(store: SharedStore, batch_max: usize, mut rx: mpsc::Receiver<CommitJob>) {
+/// Group commit: whatever lanes are ready to commit go in one transaction,
+/// keys sorted, up to the controller's batch size; each round trip's latency
+/// feeds the controller.
+async fn committer(inner: Arc<Inner>, mut rx: mpsc::Receiver<CommitJob>) {
     while let Some(first) = rx.recv().await {
+        let batch_max = lock(&inner.control).batch_max();
         let mut jobs = vec![first];
         while jobs.len() < batch_max {
             match rx.try_recv() {
@@ -793,7 +953,11 @@ async fn committer(store: SharedStore, batch_max: usize, mut rx: mpsc::Receiver<
         jobs.sort_by(|a, b| a.commit.doc.cmp(&b.commit.doc));
         let (commits, waiters): (Vec<LaneCommit>, Vec<_>) =
             jobs.into_iter().map(|j| (j.commit, j.done)).unzip();
-        match store.commit(&commits).await {
+        let started = inner.clock.elapsed();
+        let result = inner.store.commit(&commits).await;
+        let latency_ms = inner.clock.elapsed().saturating_sub(started).as_secs_f64() * 1000.0;
+        lock(&inner.control).on_store(latency_ms, commits.len(), result.is_ok());
+        match result {
             Ok(outcomes) => {
                 for (done, outcome) in waiters.into_iter().zip(outcomes) {
                     let _ = done.send(Ok(outcome));

@@ -11,6 +11,7 @@
 //! and the labels say which mutations conflict when the trace is applied in
 //! order.
 
+use crate::rng::SplitMix64 as Rng;
 use serde_json::json;
 use std::io::Write;
 
@@ -71,33 +72,6 @@ impl GenOptions {
     }
 }
 
-/// A small, seeded generator (SplitMix64): reproducible traces without a
-/// dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn exponential(&mut self, mean: f64) -> f64 {
-        -mean * (1.0 - self.unit()).ln()
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
-
 /// Zipf over `0..n` by inverse CDF: exact, O(log n) per draw.
 struct Zipf {
     cdf: Vec<f64>,
@@ -143,7 +117,7 @@ pub fn generate(
     mut labels: Option<&mut dyn Write>,
 ) -> anyhow::Result<GenStats> {
     options.validate().map_err(anyhow::Error::msg)?;
-    let mut rng = Rng(options.seed);
+    let mut rng = Rng::new(options.seed);
     let zipf = Zipf::new(options.keys, options.zipf);
     // A random permutation, so the hottest keys are not all in one directory.
     let mut names: Vec<u64> = (0..options.keys).collect();

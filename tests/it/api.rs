@@ -502,3 +502,48 @@ async fn a_base_is_checked_when_applied_not_when_it_arrives() {
     assert_eq!(second["version"], json!(4));
     assert_eq!(first.await.expect("task").1["outcome"], json!("merged"));
 }
+
+#[tokio::test]
+async fn stats_report_the_dispatcher_state() {
+    let s = TestServer::embedded().await;
+    for i in 0..20 {
+        s.post(json!({"collection": "c", "key": format!("k{}", i % 3), "op": "patch", "value": {"i": i}})).await;
+    }
+    let (status, stats) = s.get("/v1/stats").await;
+    assert_eq!(status, 200);
+    for field in [
+        "load",
+        "threshold",
+        "concurrency_limit",
+        "in_flight",
+        "queue_depth",
+        "lanes",
+    ] {
+        assert!(stats[field].is_number(), "{field} in {stats}");
+    }
+    assert_eq!(
+        (
+            stats["queue_depth"].clone(),
+            stats["in_flight"].clone(),
+            stats["lanes"].clone()
+        ),
+        (json!(0), json!(0), json!(0))
+    );
+    let load = stats["load"].as_f64().expect("load");
+    let threshold = stats["threshold"].as_f64().expect("threshold");
+    assert!(
+        (0.0..=1.0).contains(&load) && (0.5..=0.95).contains(&threshold),
+        "{stats}"
+    );
+    assert!(
+        stats["concurrency_limit"]
+            .as_u64()
+            .is_some_and(|l| (1..=64).contains(&l))
+    );
+    assert!(
+        stats["store_latency_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0),
+        "commits were timed: {stats}"
+    );
+}

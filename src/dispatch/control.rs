@@ -1,0 +1,326 @@
+//! Load control, as plain decisions: the load signal, the adaptive
+//! concurrency limit (AIMD on store latency, as in Vector's adaptive request
+//! concurrency), the dynamic dispatch threshold, the group-commit batch size
+//! and the dispatcher's back-off. No IO and no clock: callers pass samples
+//! in, so tests and the simulation drive it directly.
+//!
+//! Invariants: `limit()` stays within `[1, limit_max]`; `batch_max()` within
+//! `[1, commit_batch_max]`; the threshold within `[THRESHOLD_MIN, THRESHOLD_MAX]`;
+//! `load` is in `[0, 1]`.
+
+use serde::Serialize;
+
+/// Latency within this multiple of the unloaded baseline counts as "near the
+/// baseline" even above the configured target (a store whose unloaded round
+/// trip is already slow): the limit grows; beyond both, it shrinks.
+const LATENCY_TOLERANCE: f64 = 3.0;
+/// Samples between two multiplicative decreases, so that one burst of slow
+/// commits does not collapse the limit before the lower concurrency shows.
+const DECREASE_SPACING: u32 = 8;
+/// The share of the limit that is dispatched whatever the load: the gate
+/// throttles growth beyond it. A host whose CPU is busy (often with Sluice
+/// itself) must still move its queue.
+const IN_FLIGHT_FLOOR_SHARE: f64 = 0.25;
+/// Multiplicative decrease on high latency, and on a store error.
+const DECREASE_ON_LATENCY: f64 = 0.9;
+const DECREASE_ON_ERROR: f64 = 0.5;
+/// Weight of a new sample in the latency average.
+const LATENCY_EWMA_WEIGHT: f64 = 0.1;
+/// How fast the baseline forgets a minimum (per sample), so a store that
+/// became slower for good is eventually taken as the new normal.
+const BASELINE_DRIFT: f64 = 1.0005;
+const CONFLICT_EWMA_WEIGHT: f64 = 0.01;
+pub const THRESHOLD_MIN: f64 = 0.5;
+pub const THRESHOLD_MAX: f64 = 0.95;
+/// The threshold with a store at its target latency and no conflicts.
+const THRESHOLD_BASE: f64 = 0.9;
+pub const BACKOFF_MIN_MS: f64 = 1.0;
+pub const BACKOFF_MAX_MS: f64 = 50.0;
+
+/// What the load signal is made of, each already measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Signals {
+    /// Host CPU busy, 0–1.
+    pub cpu: f64,
+    /// Host memory used, 0–1.
+    pub memory: f64,
+    pub in_flight: usize,
+    pub limit: usize,
+    /// Recent store latency and its target.
+    pub store_latency_ms: f64,
+    pub latency_target_ms: f64,
+}
+
+/// The load, 0–1: the most constrained of the host's CPU and memory, the
+/// writes in flight against the limit, and the store's latency against twice
+/// its target. The maximum, not an average: one saturated resource is enough
+/// to make more dispatching useless.
+pub fn load(s: &Signals) -> f64 {
+    let clamp = |x: f64| {
+        if x.is_finite() {
+            x.clamp(0.0, 1.0)
+        } else {
+            1.0
+        }
+    };
+    let in_flight = if s.limit == 0 {
+        1.0
+    } else {
+        s.in_flight as f64 / s.limit as f64
+    };
+    let latency = if s.latency_target_ms > 0.0 {
+        s.store_latency_ms / (2.0 * s.latency_target_ms)
+    } else {
+        0.0
+    };
+    [s.cpu, s.memory, in_flight, latency]
+        .into_iter()
+        .map(clamp)
+        .fold(0.0, f64::max)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ControlConfig {
+    pub limit_max: usize,
+    pub commit_batch_max: usize,
+    pub latency_target_ms: f64,
+}
+
+/// The adaptive state: concurrency limit, batch size, threshold.
+#[derive(Clone, Debug)]
+pub struct Controller {
+    config: ControlConfig,
+    limit: f64,
+    batch_max: f64,
+    latency_ewma_ms: Option<f64>,
+    baseline_ms: Option<f64>,
+    conflict_ewma: f64,
+    since_decrease: u32,
+}
+
+/// A snapshot for `/v1/stats` and the logs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ControlState {
+    pub concurrency_limit: usize,
+    pub commit_batch_max: usize,
+    pub threshold: f64,
+    pub store_latency_ms: f64,
+    pub baseline_latency_ms: f64,
+    pub conflict_rate: f64,
+}
+
+impl Controller {
+    /// Starts cautious: a quarter of the maximum concurrency, growing as the
+    /// store shows it can take more.
+    pub fn new(config: ControlConfig) -> Self {
+        Controller {
+            limit: (config.limit_max as f64 / 4.0).max(1.0),
+            batch_max: config.commit_batch_max as f64,
+            latency_ewma_ms: None,
+            baseline_ms: None,
+            conflict_ewma: 0.0,
+            since_decrease: DECREASE_SPACING,
+            config,
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        (self.limit.floor() as usize).clamp(1, self.config.limit_max.max(1))
+    }
+
+    pub fn batch_max(&self) -> usize {
+        (self.batch_max.floor() as usize).clamp(1, self.config.commit_batch_max.max(1))
+    }
+
+    pub fn latency_ms(&self) -> f64 {
+        self.latency_ewma_ms.unwrap_or(0.0)
+    }
+
+    /// One store round trip of `batch` lanes that took `latency_ms` (or failed).
+    pub fn on_store(&mut self, latency_ms: f64, batch: usize, ok: bool) {
+        let max = self.config.limit_max.max(1) as f64;
+        if !ok {
+            self.limit = (self.limit * DECREASE_ON_ERROR).max(1.0);
+            self.batch_max = (self.batch_max * DECREASE_ON_ERROR).max(1.0);
+            return;
+        }
+        if !latency_ms.is_finite() || latency_ms < 0.0 {
+            return;
+        }
+        let ewma = match self.latency_ewma_ms {
+            None => latency_ms,
+            Some(old) => old + LATENCY_EWMA_WEIGHT * (latency_ms - old),
+        };
+        self.latency_ewma_ms = Some(ewma);
+        let baseline = self
+            .baseline_ms
+            .map_or(latency_ms, |b| (b * BASELINE_DRIFT).min(latency_ms))
+            .max(0.001);
+        self.baseline_ms = Some(baseline);
+        self.since_decrease = self.since_decrease.saturating_add(1);
+        if ewma <= self.effective_target_ms() {
+            // Additive increase: about one more per limit's worth of samples.
+            self.limit = (self.limit + 1.0 / self.limit).min(max);
+            self.batch_max = (self.batch_max + batch.max(1) as f64 / self.batch_max)
+                .min(self.config.commit_batch_max as f64);
+        } else if self.since_decrease >= DECREASE_SPACING {
+            self.since_decrease = 0;
+            self.limit = (self.limit * DECREASE_ON_LATENCY).max(1.0);
+            self.batch_max = (self.batch_max * DECREASE_ON_LATENCY).max(1.0);
+        }
+    }
+
+    /// The latency under which the limit grows: the configured target, or a
+    /// small multiple of the unloaded baseline when that is higher.
+    pub fn effective_target_ms(&self) -> f64 {
+        self.config
+            .latency_target_ms
+            .max(self.baseline_ms.unwrap_or(0.0) * LATENCY_TOLERANCE)
+    }
+
+    /// Writes in flight below which the load gate does not apply.
+    pub fn in_flight_floor(&self) -> usize {
+        ((self.limit() as f64 * IN_FLIGHT_FLOOR_SHARE).floor() as usize).max(1)
+    }
+
+    /// Decided mutations and how many of them conflicted.
+    pub fn on_outcomes(&mut self, decided: usize, conflicts: usize) {
+        for i in 0..decided {
+            let y = if i < conflicts { 1.0 } else { 0.0 };
+            self.conflict_ewma += CONFLICT_EWMA_WEIGHT * (y - self.conflict_ewma);
+        }
+    }
+
+    /// The load above which the dispatcher backs off. It drops as the store's
+    /// latency passes its target (the store is struggling: dispatch less) and
+    /// as conflicts grow (concurrent writes to contended keys are wasted work).
+    pub fn threshold(&self) -> f64 {
+        let over_target = (self.latency_ms() / self.effective_target_ms() - 1.0).max(0.0);
+        (THRESHOLD_BASE - 0.2 * over_target.min(2.0) - 0.3 * self.conflict_ewma)
+            .clamp(THRESHOLD_MIN, THRESHOLD_MAX)
+    }
+
+    pub fn state(&self) -> ControlState {
+        ControlState {
+            concurrency_limit: self.limit(),
+            commit_batch_max: self.batch_max(),
+            threshold: self.threshold(),
+            store_latency_ms: self.latency_ms(),
+            baseline_latency_ms: self.baseline_ms.unwrap_or(0.0),
+            conflict_rate: self.conflict_ewma,
+        }
+    }
+}
+
+/// The next back-off: exponential, capped, with "equal jitter" (half fixed,
+/// half random) so that waiting dispatchers do not wake in lockstep.
+/// `unit` is a uniform draw in [0, 1) from the caller's seeded source.
+pub fn backoff_ms(attempt: u32, unit: f64) -> f64 {
+    let ceiling = (BACKOFF_MIN_MS * 2f64.powi(attempt.min(16) as i32)).min(BACKOFF_MAX_MS);
+    ceiling / 2.0 + ceiling / 2.0 * unit.clamp(0.0, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn controller() -> Controller {
+        Controller::new(ControlConfig {
+            limit_max: 64,
+            commit_batch_max: 256,
+            latency_target_ms: 20.0,
+        })
+    }
+
+    #[test]
+    fn load_is_the_most_constrained_resource() {
+        let base = Signals {
+            cpu: 0.2,
+            memory: 0.3,
+            in_flight: 2,
+            limit: 8,
+            store_latency_ms: 4.0,
+            latency_target_ms: 20.0,
+        };
+        assert_eq!(load(&base), 0.3);
+        assert_eq!(
+            load(&Signals {
+                in_flight: 8,
+                ..base
+            }),
+            1.0
+        );
+        assert_eq!(
+            load(&Signals {
+                store_latency_ms: 30.0,
+                ..base
+            }),
+            0.75
+        );
+        assert_eq!(
+            load(&Signals {
+                cpu: f64::NAN,
+                ..base
+            }),
+            1.0,
+            "an unknown reading counts as saturated"
+        );
+        assert_eq!(
+            load(&Signals {
+                limit: 0,
+                in_flight: 0,
+                ..base
+            }),
+            1.0
+        );
+    }
+
+    #[test]
+    fn the_limit_rises_near_the_baseline_and_falls_when_latency_climbs() {
+        let mut c = controller();
+        let start = c.limit();
+        for _ in 0..2_000 {
+            c.on_store(2.0, 4, true);
+        }
+        assert_eq!(
+            c.limit(),
+            64,
+            "grows to the maximum while latency stays at the baseline"
+        );
+        for _ in 0..200 {
+            c.on_store(40.0, 4, true);
+        }
+        assert!(c.limit() < 16, "falls when latency climbs: {}", c.limit());
+        let before = c.limit();
+        c.on_store(0.0, 1, false);
+        assert!(c.limit() <= before / 2 + 1, "an error halves it");
+        assert!(start >= 1);
+    }
+
+    #[test]
+    fn the_threshold_follows_latency_and_conflicts() {
+        let mut c = controller();
+        for _ in 0..100 {
+            c.on_store(5.0, 1, true);
+        }
+        let calm = c.threshold();
+        assert!((calm - THRESHOLD_BASE).abs() < 1e-9);
+        for _ in 0..100 {
+            c.on_store(50.0, 1, true);
+        }
+        let slow = c.threshold();
+        assert!(slow < calm);
+        c.on_outcomes(1_000, 1_000);
+        assert!(c.threshold() < slow);
+        assert!(c.threshold() >= THRESHOLD_MIN);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_a_cap() {
+        assert_eq!(backoff_ms(0, 0.0), 0.5);
+        assert_eq!(backoff_ms(0, 1.0), 1.0);
+        assert_eq!(backoff_ms(3, 0.0), 4.0);
+        assert_eq!(backoff_ms(30, 1.0), BACKOFF_MAX_MS);
+        assert!(backoff_ms(30, 0.0) >= BACKOFF_MAX_MS / 2.0);
+    }
+}
