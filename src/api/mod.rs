@@ -109,6 +109,11 @@ pub fn router(engine: Engine) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/mutations", axum::routing::post(post_mutation))
+        .route(
+            "/v1/mutations:batch",
+            axum::routing::post(post_batch)
+                .layer(DefaultBodyLimit::max(wire::BATCH_BODY_BYTES_MAX)),
+        )
         .route("/v1/mutations/{id}", get(get_mutation))
         .route("/v1/documents/{collection}/{*key}", get(get_document))
         .route(
@@ -162,6 +167,63 @@ async fn post_mutation(
     let mutation = wire::parse_mutation(&body, || uuid::Uuid::new_v4().simple().to_string())
         .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, "invalid_mutation", message))?;
     Ok(reply_response(engine.submit(mutation).await))
+}
+
+async fn post_batch(
+    State(engine): State<Engine>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = match body {
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the batch body is larger than {} bytes",
+                    wire::BATCH_BODY_BYTES_MAX
+                ),
+            ));
+        }
+        other => other?,
+    };
+    let invalid =
+        |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_mutation", message);
+    let batch: wire::BatchBody = serde_json::from_slice(&body)
+        .map_err(|e| invalid(format!("the body is not a valid batch: {e}")))?;
+    if batch.mutations.is_empty() || batch.mutations.len() > wire::BATCH_LEN_MAX {
+        return Err(invalid(format!(
+            "a batch holds 1 to {} mutations, got {}",
+            wire::BATCH_LEN_MAX,
+            batch.mutations.len()
+        )));
+    }
+    // All or nothing: the first bad mutation refuses the whole batch.
+    let mut mutations = Vec::with_capacity(batch.mutations.len());
+    for (index, value) in batch.mutations.into_iter().enumerate() {
+        let mutation =
+            wire::parse_mutation_value(value, || uuid::Uuid::new_v4().simple().to_string())
+                .map_err(|message| invalid(format!("mutations[{index}]: {message}")))?;
+        mutations.push(mutation);
+    }
+    match engine.submit_batch(mutations).await {
+        Ok(replies) => {
+            let mut results = String::from("{\"results\":[");
+            for (i, reply) in replies.iter().enumerate() {
+                if i > 0 {
+                    results.push(',');
+                }
+                results.push_str(&reply.body);
+            }
+            results.push_str("]}");
+            Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                results,
+            )
+                .into_response())
+        }
+        Err(refusal) => Ok(reply_response(refusal)),
+    }
 }
 
 #[derive(Deserialize)]

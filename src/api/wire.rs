@@ -38,6 +38,28 @@ pub fn parse_mutation(
     validate(parsed, generated_id)
 }
 
+/// Parses and validates one mutation of a batch (already parsed as JSON).
+pub fn parse_mutation_value(
+    value: Value,
+    generated_id: impl FnOnce() -> String,
+) -> Result<Mutation, String> {
+    let parsed: MutationBody =
+        serde_json::from_value(value).map_err(|e| format!("not a valid mutation: {e}"))?;
+    validate(parsed, generated_id)
+}
+
+/// Most mutations in one `POST /v1/mutations:batch`: an offline client's outbox.
+pub const BATCH_LEN_MAX: usize = 1_000;
+/// A batch body may be larger than one mutation's, not unboundedly.
+pub const BATCH_BODY_BYTES_MAX: usize = 16 * 1_048_576;
+
+/// `POST /v1/mutations:batch` as sent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    pub mutations: Vec<Value>,
+}
+
 pub fn validate(
     body: MutationBody,
     generated_id: impl FnOnce() -> String,

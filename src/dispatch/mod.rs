@@ -295,15 +295,145 @@ impl Engine {
     pub async fn submit(&self, mutation: Mutation) -> Reply {
         let inner = &self.inner;
         if inner.closing.load(Ordering::SeqCst) {
-            return Reply::error(
-                503,
-                "shutting_down",
-                "Sluice is shutting down; send the mutation again shortly",
-            );
+            return shutting_down();
         }
         let received_ms = inner.clock.now_ms();
+        let id = mutation.id.clone();
+        let guard = match self.claim(&mutation).await {
+            Claim::Answered(reply) => return reply,
+            Claim::Waiting(rx) => return self.await_answer(rx, &id).await,
+            Claim::Fresh(guard) => guard,
+        };
+        let doc = mutation.doc.clone();
+        let (queued, rank, rx) = self.prepare(mutation, received_ms);
+        let admitted = lock(&inner.lanes).queue.admit(&doc, queued, rank);
+        if let Err(refusal) = admitted {
+            let reply = refusal_reply(refusal, &doc);
+            guard.release(&reply);
+            return reply;
+        }
+        // From here the worker that decides the mutation releases the reservation.
+        guard.hand_over();
+        inner.wake.notify_one();
+        self.await_answer(rx, &id).await
+    }
+
+    /// Decides a client's outbox: every mutation is admitted, in order, or
+    /// none is (`Err` with the 429 for the whole batch); then each gets the
+    /// answer it would have got alone, in the same order.
+    pub async fn submit_batch(&self, mutations: Vec<Mutation>) -> Result<Vec<Reply>, Reply> {
+        let inner = &self.inner;
+        if inner.closing.load(Ordering::SeqCst) {
+            return Err(shutting_down());
+        }
+        let received_ms = inner.clock.now_ms();
+        enum Slot<'a> {
+            Answered(Reply),
+            Waiting(oneshot::Receiver<Reply>, String),
+            Admit(
+                ReservationGuard<'a>,
+                DocKey,
+                Box<Queued>,
+                i64,
+                oneshot::Receiver<Reply>,
+                String,
+            ),
+        }
+        let mut slots = Vec::with_capacity(mutations.len());
+        for mutation in mutations {
+            let id = mutation.id.clone();
+            slots.push(match self.claim(&mutation).await {
+                Claim::Answered(reply) => Slot::Answered(reply),
+                Claim::Waiting(rx) => Slot::Waiting(rx, id),
+                Claim::Fresh(guard) => {
+                    let doc = mutation.doc.clone();
+                    let (queued, rank, rx) = self.prepare(mutation, received_ms);
+                    Slot::Admit(guard, doc, Box::new(queued), rank, rx, id)
+                }
+            });
+        }
+        let refused = {
+            let mut lanes = lock(&inner.lanes);
+            let mut per_lane: HashMap<&DocKey, usize> = HashMap::new();
+            for slot in &slots {
+                if let Slot::Admit(_, doc, ..) = slot {
+                    *per_lane.entry(doc).or_default() += 1;
+                }
+            }
+            let admits: usize = per_lane.values().sum();
+            let refusal = if !lanes.queue.has_room(admits) {
+                Some(Refusal::QueueFull)
+            } else {
+                per_lane
+                    .iter()
+                    .find(|(doc, n)| lanes.queue.lane_room(doc) < **n)
+                    .map(|_| Refusal::LaneFull)
+            };
+            match refusal {
+                Some(refusal) => Some(refusal),
+                None => {
+                    let mut admitted = Vec::with_capacity(slots.len());
+                    for slot in slots {
+                        admitted.push(match slot {
+                            Slot::Admit(guard, doc, queued, rank, rx, id) => {
+                                let fits = lanes.queue.admit(&doc, *queued, rank);
+                                debug_assert!(
+                                    fits.is_ok(),
+                                    "invariant: room was checked under the same lock"
+                                );
+                                guard.hand_over();
+                                Slot::Waiting(rx, id)
+                            }
+                            other => other,
+                        });
+                    }
+                    slots = admitted;
+                    None
+                }
+            }
+        };
+        if let Some(refusal) = refused {
+            let reply = match refusal {
+                Refusal::QueueFull => Reply::error(
+                    429,
+                    "queue_full",
+                    "the batch does not fit in the mutation queue; nothing of it was queued, retry after a moment",
+                ),
+                Refusal::LaneFull => Reply::error(
+                    429,
+                    "lane_full",
+                    "the batch would overfill a document's lane; nothing of it was queued, retry after a moment",
+                ),
+            };
+            for slot in slots {
+                if let Slot::Admit(guard, ..) = slot {
+                    guard.release(&reply);
+                }
+            }
+            return Err(reply);
+        }
+        inner.wake.notify_one();
+        let mut replies = Vec::with_capacity(slots.len());
+        for slot in slots {
+            replies.push(match slot {
+                Slot::Answered(reply) => reply,
+                Slot::Waiting(rx, id) => self.await_answer(rx, &id).await,
+                Slot::Admit(..) => Reply::error(
+                    500,
+                    "internal",
+                    "a batch mutation was neither queued nor refused",
+                ),
+            });
+        }
+        Ok(replies)
+    }
+
+    /// Reserves `(client, id)`: a resend of a mutation in flight waits for its
+    /// answer; a resend of a decided one gets the stored answer; the same id
+    /// with another body is refused; otherwise the caller holds the reservation.
+    async fn claim(&self, mutation: &Mutation) -> Claim<'_> {
+        let inner = &self.inner;
         let reservation = (mutation.client_name().to_owned(), mutation.id.clone());
-        // A resend of a mutation still in flight waits for the original's reply.
         let in_flight: Option<Result<oneshot::Receiver<Reply>, Reply>> = {
             let mut reservations = lock(&inner.reservations);
             match reservations.get_mut(&reservation) {
@@ -326,8 +456,8 @@ impl Engine {
             }
         };
         match in_flight {
-            Some(Ok(rx)) => return self.await_answer(rx, &mutation.id).await,
-            Some(Err(reply)) => return reply,
+            Some(Ok(rx)) => return Claim::Waiting(rx),
+            Some(Err(reply)) => return Claim::Answered(reply),
             None => {}
         }
         let guard = ReservationGuard {
@@ -348,23 +478,30 @@ impl Engine {
                     reused_key(&mutation.id)
                 };
                 guard.release(&reply);
-                return reply;
+                Claim::Answered(reply)
             }
-            Ok(None) => {}
+            Ok(None) => Claim::Fresh(guard),
             Err(e) => {
                 let reply = store_error_reply(&e);
                 guard.release(&reply);
-                return reply;
+                Claim::Answered(reply)
             }
         }
+    }
+
+    /// Scores the mutation (now, before anything about its outcome exists)
+    /// and wraps it for its lane, with its rank and the receiver of its answer.
+    fn prepare(
+        &self,
+        mutation: Mutation,
+        received_ms: i64,
+    ) -> (Queued, i64, oneshot::Receiver<Reply>) {
+        let inner = &self.inner;
         let (tx, rx) = oneshot::channel();
-        let doc = mutation.doc.clone();
-        let id = mutation.id.clone();
-        // Scored now, before anything about the outcome exists.
-        let lane_waiting = lock(&inner.lanes).queue.waiting_len(&doc);
+        let lane_waiting = lock(&inner.lanes).queue.waiting_len(&mutation.doc);
         let fields = mutation.fields_touched();
         let observation = Observation {
-            doc: &doc,
+            doc: &mutation.doc,
             op: mutation.op,
             fields: &fields,
             client: mutation.client_name(),
@@ -385,27 +522,7 @@ impl Engine {
             scored: Some(scored),
             answer: tx,
         };
-        let admitted = lock(&inner.lanes).queue.admit(&doc, queued, rank);
-        if let Err(refusal) = admitted {
-            let reply = match refusal {
-                Refusal::QueueFull => Reply::error(
-                    429,
-                    "queue_full",
-                    "the mutation queue is full; retry after a moment",
-                ),
-                Refusal::LaneFull => Reply::error(
-                    429,
-                    "lane_full",
-                    format!("too many mutations are waiting for {doc}; retry after a moment"),
-                ),
-            };
-            guard.release(&reply);
-            return reply;
-        }
-        // From here the worker that decides the mutation releases the reservation.
-        guard.hand_over();
-        inner.wake.notify_one();
-        self.await_answer(rx, &id).await
+        (queued, rank, rx)
     }
 
     async fn await_answer(&self, rx: oneshot::Receiver<Reply>, id: &str) -> Reply {
@@ -547,6 +664,36 @@ impl Drop for ReservationGuard<'_> {
             );
             self.inner.release(&reservation, &reply);
         }
+    }
+}
+
+/// The outcome of reserving a mutation's `(client, id)`.
+enum Claim<'a> {
+    Answered(Reply),
+    Waiting(oneshot::Receiver<Reply>),
+    Fresh(ReservationGuard<'a>),
+}
+
+fn shutting_down() -> Reply {
+    Reply::error(
+        503,
+        "shutting_down",
+        "Sluice is shutting down; send the mutation again shortly",
+    )
+}
+
+fn refusal_reply(refusal: Refusal, doc: &DocKey) -> Reply {
+    match refusal {
+        Refusal::QueueFull => Reply::error(
+            429,
+            "queue_full",
+            "the mutation queue is full; retry after a moment",
+        ),
+        Refusal::LaneFull => Reply::error(
+            429,
+            "lane_full",
+            format!("too many mutations are waiting for {doc}; retry after a moment"),
+        ),
     }
 }
 

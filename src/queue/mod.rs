@@ -74,6 +74,18 @@ impl<T> Queue<T> {
         self.lanes.len()
     }
 
+    /// Whether `extra` more items fit in the queue as a whole.
+    pub fn has_room(&self, extra: usize) -> bool {
+        self.pending_len + extra <= self.limits.queue_len_max
+    }
+
+    /// How many more items the lane of `doc` takes.
+    pub fn lane_room(&self, doc: &DocKey) -> usize {
+        self.limits
+            .lane_len_max
+            .saturating_sub(self.waiting_len(doc))
+    }
+
     /// Items waiting in the lane of `doc` (not counting a batch in flight).
     pub fn waiting_len(&self, doc: &DocKey) -> usize {
         self.lanes.get(doc).map_or(0, |lane| lane.waiting.len())

@@ -2,6 +2,7 @@
 //! and a real PostgreSQL (started by `scripts/test`).
 
 mod api;
+mod batch;
 mod concurrency;
 mod conformance;
 mod engine;
