@@ -23,12 +23,12 @@ const DECREASE_SPACING: u32 = 8;
 const IN_FLIGHT_FLOOR_SHARE: f64 = 0.25;
 /// Multiplicative decrease on high latency, and on a store error.
 const DECREASE_ON_LATENCY: f64 = 0.9;
-const DECREASE_ON_ERROR: f64 = 0.5;
+const DECREASE_ON_ERROR: f64 = 0.7;
 /// Weight of a new sample in the latency average.
 const LATENCY_EWMA_WEIGHT: f64 = 0.1;
 /// How fast the baseline forgets a minimum (per sample), so a store that
 /// became slower for good is eventually taken as the new normal.
-const BASELINE_DRIFT: f64 = 1.0005;
+const BASELINE_DRIFT: f64 = 1.000_01;
 const CONFLICT_EWMA_WEIGHT: f64 = 0.01;
 pub const THRESHOLD_MIN: f64 = 0.5;
 pub const THRESHOLD_MAX: f64 = 0.95;
@@ -137,7 +137,10 @@ impl Controller {
     }
 
     /// One store round trip of `batch` lanes that took `latency_ms` (or failed).
-    pub fn on_store(&mut self, latency_ms: f64, batch: usize, ok: bool) {
+    /// `in_flight` is the lanes in flight when the operation ended: the limit
+    /// grows only when it is being used (at least half of it in flight), so
+    /// an idle period cannot inflate it.
+    pub fn on_store(&mut self, latency_ms: f64, batch: usize, ok: bool, in_flight: usize) {
         let max = self.config.limit_max.max(1) as f64;
         if !ok {
             self.limit = (self.limit * DECREASE_ON_ERROR).max(1.0);
@@ -160,7 +163,9 @@ impl Controller {
         self.since_decrease = self.since_decrease.saturating_add(1);
         if ewma <= self.effective_target_ms() {
             // Additive increase: about one more per limit's worth of samples.
-            self.limit = (self.limit + 1.0 / self.limit).min(max);
+            if in_flight * 2 >= self.limit() {
+                self.limit = (self.limit + 1.0 / self.limit).min(max);
+            }
             self.batch_max = (self.batch_max + batch.max(1) as f64 / self.batch_max)
                 .min(self.config.commit_batch_max as f64);
         } else if self.since_decrease >= DECREASE_SPACING {
@@ -280,7 +285,7 @@ mod tests {
         let mut c = controller();
         let start = c.limit();
         for _ in 0..2_000 {
-            c.on_store(2.0, 4, true);
+            c.on_store(2.0, 4, true, 64);
         }
         assert_eq!(
             c.limit(),
@@ -288,12 +293,12 @@ mod tests {
             "grows to the maximum while latency stays at the baseline"
         );
         for _ in 0..200 {
-            c.on_store(40.0, 4, true);
+            c.on_store(40.0, 4, true, 64);
         }
         assert!(c.limit() < 16, "falls when latency climbs: {}", c.limit());
         let before = c.limit();
-        c.on_store(0.0, 1, false);
-        assert!(c.limit() <= before / 2 + 1, "an error halves it");
+        c.on_store(0.0, 1, false, 64);
+        assert!(c.limit() < before, "an error lowers it");
         assert!(start >= 1);
     }
 
@@ -301,12 +306,12 @@ mod tests {
     fn the_threshold_follows_latency_and_conflicts() {
         let mut c = controller();
         for _ in 0..100 {
-            c.on_store(5.0, 1, true);
+            c.on_store(5.0, 1, true, 64);
         }
         let calm = c.threshold();
         assert!((calm - THRESHOLD_BASE).abs() < 1e-9);
         for _ in 0..100 {
-            c.on_store(50.0, 1, true);
+            c.on_store(50.0, 1, true, 64);
         }
         let slow = c.threshold();
         assert!(slow < calm);

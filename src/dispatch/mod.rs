@@ -749,6 +749,14 @@ impl Inner {
         }
     }
 
+    /// Feeds one store round trip (a read, or a commit of `batch` lanes) that
+    /// started at `started` to the concurrency controller.
+    fn observe_store(&self, started: Duration, batch: usize, ok: bool) {
+        let latency_ms = self.clock.elapsed().saturating_sub(started).as_secs_f64() * 1000.0;
+        let in_flight = lock(&self.lanes).in_flight;
+        lock(&self.control).on_store(latency_ms, batch, ok, in_flight);
+    }
+
     fn collection(&self, name: &str) -> CollectionConfig {
         let collections = self.collections.read().unwrap_or_else(|p| p.into_inner());
         collections
@@ -963,11 +971,10 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
     let dispatched_at = inner.clock.elapsed();
     let doc_label = format!("{}/{}", doc.collection, doc.key);
     for attempt in 0..=CAS_RETRIES_MAX {
-        let current = inner
-            .store
-            .get(doc)
-            .await
-            .map_err(|e| store_error_reply(&e))?;
+        let read_started = inner.clock.elapsed();
+        let read = inner.store.get(doc).await;
+        inner.observe_store(read_started, 1, read.is_ok());
+        let current = read.map_err(|e| store_error_reply(&e))?;
         let mut state = current.clone();
         let mut steps: Vec<Step> = Vec::with_capacity(batch.len());
         for queued in batch {
@@ -1102,8 +1109,7 @@ async fn committer(inner: Arc<Inner>, mut rx: mpsc::Receiver<CommitJob>) {
             jobs.into_iter().map(|j| (j.commit, j.done)).unzip();
         let started = inner.clock.elapsed();
         let result = inner.store.commit(&commits).await;
-        let latency_ms = inner.clock.elapsed().saturating_sub(started).as_secs_f64() * 1000.0;
-        lock(&inner.control).on_store(latency_ms, commits.len(), result.is_ok());
+        inner.observe_store(started, commits.len(), result.is_ok());
         match result {
             Ok(outcomes) => {
                 for (done, outcome) in waiters.into_iter().zip(outcomes) {

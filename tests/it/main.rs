@@ -10,4 +10,5 @@ mod handlers;
 mod laws;
 mod predict;
 mod replay;
+mod simulation;
 mod support;
