@@ -102,6 +102,48 @@ impl Mutation {
         self.client.as_deref().unwrap_or(ANONYMOUS_CLIENT)
     }
 
+    /// The mutation as JSON, in the API's field names: how the accept log
+    /// keeps it. The fingerprint is kept beside it, not in it.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "id": self.id,
+            "client": self.client,
+            "collection": self.doc.collection,
+            "key": self.doc.key,
+            "op": self.op,
+            "value": self.value,
+            "base_version": self.base_version,
+            "ts_ms": self.ts_ms,
+        })
+        .to_string()
+    }
+
+    /// Reads back what `to_json` wrote.
+    pub fn from_json(text: &str, fingerprint: u64) -> Result<Mutation, String> {
+        #[derive(Deserialize)]
+        struct Stored {
+            id: String,
+            client: Option<String>,
+            collection: String,
+            key: String,
+            op: Op,
+            value: Option<Map<String, Value>>,
+            base_version: Option<u64>,
+            ts_ms: Option<i64>,
+        }
+        let s: Stored = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        Ok(Mutation {
+            id: s.id,
+            client: s.client,
+            doc: DocKey::new(s.collection, s.key),
+            op: s.op,
+            value: s.value,
+            base_version: s.base_version,
+            ts_ms: s.ts_ms,
+            fingerprint,
+        })
+    }
+
     /// Top-level fields the mutation writes, in the order it names them.
     pub fn fields_touched(&self) -> Vec<String> {
         self.value

@@ -90,6 +90,9 @@ pub async fn start(
     let history = open_history(&config.history_backend()?).await?;
     let resolver = Resolver::new(clock.clone(), config.script_limits());
     let engine = Engine::start(store, history, resolver, clock, config.engine_config()).await?;
+    // Mutations answered 202 before the last stop are queued again before
+    // anything new is accepted.
+    engine.resume_accepted().await?;
     let listener =
         TcpListener::bind(&config.listen)
             .await

@@ -121,6 +121,7 @@ pub fn router(engine: Engine) -> Router {
             get(get_collection).put(put_collection),
         )
         .route("/v1/conflicts", get(get_conflicts))
+        .route("/v1/events", get(get_events))
         .route("/v1/model", get(get_model))
         .route("/v1/stats", get(get_stats))
         .fallback(no_route)
@@ -159,14 +160,28 @@ fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
     .into_response()
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    /// `false`: answer 202 once the mutation is durably queued.
+    wait: Option<bool>,
+}
+
 async fn post_mutation(
     State(engine): State<Engine>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query?;
     let body = body?;
     let mutation = wire::parse_mutation(&body, || uuid::Uuid::new_v4().simple().to_string())
         .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, "invalid_mutation", message))?;
-    Ok(reply_response(engine.submit(mutation).await))
+    let reply = if query.wait == Some(false) {
+        engine.accept(mutation).await
+    } else {
+        engine.submit(mutation).await
+    };
+    Ok(reply_response(reply))
 }
 
 async fn post_batch(
@@ -239,21 +254,31 @@ async fn get_mutation(
     let Path(id) = path?;
     let Query(query) = query?;
     let client = query.client.unwrap_or_else(|| ANONYMOUS_CLIENT.to_owned());
-    match engine
+    let json = |body: String| {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    };
+    if let Some(stored) = engine
         .stored_reply(&client, &id)
         .await
         .map_err(ApiError::unavailable)?
     {
-        Some(stored) => Ok((
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            stored.body,
-        )
-            .into_response()),
+        return Ok(json(stored.body));
+    }
+    match engine
+        .queued_status(&client, &id)
+        .await
+        .map_err(ApiError::unavailable)?
+    {
+        Some(queued) => Ok(json(queued.body)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no decided mutation {id:?} for client {client:?}"),
+            format!("no mutation {id:?} for client {client:?}"),
         )),
     }
 }
@@ -346,6 +371,103 @@ async fn get_conflicts(
     Ok(Json(
         json!({ "conflicts": conflicts.iter().map(conflict_json).collect::<Vec<_>>() }),
     ))
+}
+
+/// Streams open at once; each holds a connection and polls the store when
+/// commits happen.
+const EVENT_STREAMS_MAX: usize = 1_024;
+/// Events read from the store per query.
+const EVENTS_PAGE: u32 = 256;
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    client: Option<String>,
+}
+
+/// `GET /v1/events?client=…`: the client's outcomes as Server-Sent Events,
+/// one `outcome` event per decided mutation, its id the event number;
+/// `Last-Event-ID` resumes after that number.
+async fn get_events(
+    State(engine): State<Engine>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    static OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Query(query) = query?;
+    let client = query.client.unwrap_or_else(|| ANONYMOUS_CLIENT.to_owned());
+    let last: i64 = match headers.get("last-event-id") {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event number"))?,
+    };
+    if OPEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= EVENT_STREAMS_MAX {
+        OPEN.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            "too many event streams are open",
+        ));
+    }
+    /// Decrements the open-stream count when the stream is dropped.
+    struct Open;
+    impl Drop for Open {
+        fn drop(&mut self) {
+            OPEN.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    struct State {
+        engine: Engine,
+        client: String,
+        last: i64,
+        buffer: std::collections::VecDeque<(i64, String)>,
+        signal: tokio::sync::watch::Receiver<u64>,
+        _open: Open,
+    }
+    let state = State {
+        signal: engine.commit_signal(),
+        engine,
+        client,
+        last,
+        buffer: Default::default(),
+        _open: Open,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some((seq, body)) = st.buffer.pop_front() {
+                st.last = seq;
+                let event = Event::default()
+                    .event("outcome")
+                    .id(seq.to_string())
+                    .data(body);
+                return Some((Ok::<Event, std::convert::Infallible>(event), st));
+            }
+            // Marked seen before the query, so a commit during it is not missed.
+            st.signal.mark_unchanged();
+            match st
+                .engine
+                .events_after(&st.client, st.last, EVENTS_PAGE)
+                .await
+            {
+                Ok(events) if !events.is_empty() => st.buffer.extend(events),
+                Ok(_) => {
+                    if st.signal.changed().await.is_err() {
+                        return None;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream could not read the store; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 async fn get_stats(State(engine): State<Engine>) -> Json<crate::dispatch::EngineStats> {

@@ -159,6 +159,8 @@ struct Queued {
     received_ms: i64,
     score: f64,
     lane_waiting: usize,
+    /// Answered 202 and kept in the accept log until decided.
+    accepted: bool,
     /// Taken by the learner once the mutation is decided.
     scored: Option<Scored>,
     answer: oneshot::Sender<Reply>,
@@ -172,6 +174,9 @@ struct Lanes {
 struct Reservation {
     fingerprint: u64,
     waiters: Vec<oneshot::Sender<Reply>>,
+    /// For a mutation accepted asynchronously: its 202, which an async resend
+    /// gets while it waits.
+    queued: Option<Reply>,
 }
 
 struct CommitJob {
@@ -205,6 +210,8 @@ struct Inner {
     /// Outcomes learned online since the last retraining.
     outcomes_since_retrain: AtomicU64,
     retrain_wanted: Notify,
+    /// Bumped after every commit, so event streams know to look.
+    events: tokio::sync::watch::Sender<u64>,
 }
 
 /// A handle on the running dispatcher; clones share it.
@@ -270,6 +277,7 @@ impl Engine {
             drained: Notify::new(),
             outcomes_since_retrain: AtomicU64::new(0),
             retrain_wanted: Notify::new(),
+            events: tokio::sync::watch::Sender::new(0),
         });
         tokio::spawn(dispatch_loop(inner.clone()));
         tokio::spawn(committer(inner.clone(), commit_rx));
@@ -299,7 +307,7 @@ impl Engine {
         }
         let received_ms = inner.clock.now_ms();
         let id = mutation.id.clone();
-        let guard = match self.claim(&mutation).await {
+        let guard = match self.claim(&mutation, true).await {
             Claim::Answered(reply) => return reply,
             Claim::Waiting(rx) => return self.await_answer(rx, &id).await,
             Claim::Fresh(guard) => guard,
@@ -316,6 +324,127 @@ impl Engine {
         guard.hand_over();
         inner.wake.notify_one();
         self.await_answer(rx, &id).await
+    }
+
+    /// Accepts a mutation asynchronously: answers 202 once it is durably in the
+    /// accept log (and queued); its outcome comes later, by
+    /// `GET /v1/mutations/{id}`, a resend, or the client's event stream.
+    pub async fn accept(&self, mutation: Mutation) -> Reply {
+        if self.inner.closing.load(Ordering::SeqCst) {
+            return shutting_down();
+        }
+        self.accept_logged(mutation, true).await
+    }
+
+    /// `log`: write the accept-log entry first (a new request); recovery
+    /// re-queues entries that are already there.
+    async fn accept_logged(&self, mutation: Mutation, log: bool) -> Reply {
+        let inner = &self.inner;
+        let received_ms = inner.clock.now_ms();
+        let guard = match self.claim(&mutation, false).await {
+            Claim::Answered(reply) => return reply,
+            // A synchronous request for the same mutation is deciding it: it
+            // is as good as queued.
+            Claim::Waiting(_) => return queued_reply(&mutation.id, None),
+            Claim::Fresh(guard) => guard,
+        };
+        let doc = mutation.doc.clone();
+        let (client, id) = (mutation.client_name().to_owned(), mutation.id.clone());
+        let entry = crate::store::Accepted {
+            client: client.clone(),
+            id: id.clone(),
+            fingerprint: mutation.fingerprint,
+            mutation: mutation.to_json(),
+            score: 0.0,
+            at_ms: received_ms,
+        };
+        let (mut queued, rank, _) = self.prepare(mutation, received_ms);
+        queued.accepted = true;
+        let reply = queued_reply(&id, Some(queued.score));
+        if log {
+            let entry = crate::store::Accepted {
+                score: queued.score,
+                ..entry
+            };
+            if let Err(e) = inner.store.accept(&entry).await {
+                let refused = store_error_reply(&e);
+                guard.release(&refused);
+                return refused;
+            }
+        }
+        let admitted = lock(&inner.lanes).queue.admit(&doc, queued, rank);
+        if let Err(refusal) = admitted {
+            let refused = refusal_reply(refusal, &doc);
+            if log && let Err(e) = inner.store.unaccept(&client, &id).await {
+                // Left in the log, it is queued again at the next start: late, not lost.
+                warn!(id = %id, collection = %doc.collection, key = %doc.key, error = %e, "could not withdraw a refused accept");
+            }
+            guard.release(&refused);
+            return refused;
+        }
+        if let Some(reservation) = lock(&inner.reservations).get_mut(&(client, id)) {
+            reservation.queued = Some(reply.clone());
+        }
+        guard.hand_over();
+        inner.wake.notify_one();
+        reply
+    }
+
+    /// Queues again what the accept log holds: mutations answered 202 before
+    /// a crash or a shutdown that did not finish them. Returns how many.
+    pub async fn resume_accepted(&self) -> Result<usize, StoreError> {
+        let entries = self.inner.store.pending_accepted().await?;
+        let mut resumed = 0;
+        for entry in entries {
+            match Mutation::from_json(&entry.mutation, entry.fingerprint) {
+                Ok(mutation) => {
+                    let reply = self.accept_logged(mutation, false).await;
+                    if reply.status == 202 {
+                        resumed += 1;
+                    } else if reply.status >= 500 || reply.status == 429 {
+                        warn!(id = %entry.id, status = reply.status, "an accepted mutation could not be queued again; it stays in the log");
+                    }
+                }
+                Err(e) => {
+                    error!(id = %entry.id, error = %e, "an accept-log entry is unreadable; it stays in the log")
+                }
+            }
+        }
+        if resumed > 0 {
+            info!(
+                resumed,
+                "queued again the mutations accepted before the last stop"
+            );
+        }
+        Ok(resumed)
+    }
+
+    /// The 202 of a mutation still in the accept log, if it is there.
+    pub async fn queued_status(&self, client: &str, id: &str) -> Result<Option<Reply>, StoreError> {
+        Ok(self
+            .inner
+            .store
+            .accepted(client, id)
+            .await?
+            .map(|entry| queued_reply(id, Some(entry.score))))
+    }
+
+    /// Events of `client` after `after_seq` (see `Store::events_after`).
+    pub async fn events_after(
+        &self,
+        client: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.inner
+            .store
+            .events_after(client, after_seq, limit)
+            .await
+    }
+
+    /// A receiver that changes after every commit.
+    pub fn commit_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.events.subscribe()
     }
 
     /// Decides a client's outbox: every mutation is admitted, in order, or
@@ -342,7 +471,7 @@ impl Engine {
         let mut slots = Vec::with_capacity(mutations.len());
         for mutation in mutations {
             let id = mutation.id.clone();
-            slots.push(match self.claim(&mutation).await {
+            slots.push(match self.claim(&mutation, true).await {
                 Claim::Answered(reply) => Slot::Answered(reply),
                 Claim::Waiting(rx) => Slot::Waiting(rx, id),
                 Claim::Fresh(guard) => {
@@ -431,7 +560,7 @@ impl Engine {
     /// Reserves `(client, id)`: a resend of a mutation in flight waits for its
     /// answer; a resend of a decided one gets the stored answer; the same id
     /// with another body is refused; otherwise the caller holds the reservation.
-    async fn claim(&self, mutation: &Mutation) -> Claim<'_> {
+    async fn claim(&self, mutation: &Mutation, wait: bool) -> Claim<'_> {
         let inner = &self.inner;
         let reservation = (mutation.client_name().to_owned(), mutation.id.clone());
         let in_flight: Option<Result<oneshot::Receiver<Reply>, Reply>> = {
@@ -441,14 +570,19 @@ impl Engine {
                     Some(Err(reused_key(&mutation.id)))
                 }
                 Some(existing) => {
-                    let (tx, rx) = oneshot::channel();
-                    existing.waiters.push(tx);
-                    Some(Ok(rx))
+                    if let Some(queued) = existing.queued.as_ref().filter(|_| !wait) {
+                        Some(Err(queued.clone()))
+                    } else {
+                        let (tx, rx) = oneshot::channel();
+                        existing.waiters.push(tx);
+                        Some(Ok(rx))
+                    }
                 }
                 None => {
                     let fresh = Reservation {
                         fingerprint: mutation.fingerprint,
                         waiters: Vec::new(),
+                        queued: None,
                     };
                     reservations.insert(reservation.clone(), fresh);
                     None
@@ -457,6 +591,19 @@ impl Engine {
         };
         match in_flight {
             Some(Ok(rx)) => return Claim::Waiting(rx),
+            // An async resend of an accepted mutation: its outcome if it is
+            // already stored (the reservation outlives the commit by the
+            // history write), else its 202.
+            Some(Err(reply)) if reply.status == 202 => {
+                return match inner.store.reply(&reservation.0, &reservation.1).await {
+                    Ok(Some(stored)) => Claim::Answered(Reply {
+                        status: stored.status,
+                        body: stored.body,
+                        retry_after_s: None,
+                    }),
+                    _ => Claim::Answered(reply),
+                };
+            }
             Some(Err(reply)) => return Claim::Answered(reply),
             None => {}
         }
@@ -519,6 +666,7 @@ impl Engine {
             received_ms,
             score: scored.probability,
             lane_waiting,
+            accepted: false,
             scored: Some(scored),
             answer: tx,
         };
@@ -672,6 +820,16 @@ enum Claim<'a> {
     Answered(Reply),
     Waiting(oneshot::Receiver<Reply>),
     Fresh(ReservationGuard<'a>),
+}
+
+/// The 202 (and the queued-status 200 body) of an accepted mutation.
+fn queued_reply(id: &str, score: Option<f64>) -> Reply {
+    let body = serde_json::json!({ "id": id, "status": "queued", "score": score }).to_string();
+    Reply {
+        status: 202,
+        body,
+        retry_after_s: None,
+    }
 }
 
 fn shutting_down() -> Reply {
@@ -1012,6 +1170,7 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
             );
             stored.push(StoredReply {
                 client: m.client_name().to_owned(),
+                was_accepted: queued.accepted,
                 id: m.id.clone(),
                 fingerprint: m.fingerprint,
                 status: reply.status,
@@ -1110,6 +1269,9 @@ async fn committer(inner: Arc<Inner>, mut rx: mpsc::Receiver<CommitJob>) {
         let started = inner.clock.elapsed();
         let result = inner.store.commit(&commits).await;
         inner.observe_store(started, commits.len(), result.is_ok());
+        if result.is_ok() {
+            inner.events.send_modify(|n| *n = n.wrapping_add(1));
+        }
         match result {
             Ok(outcomes) => {
                 for (done, outcome) in waiters.into_iter().zip(outcomes) {

@@ -2,7 +2,7 @@
 //! same conformance suite as the SQL stores and backs the simulation; nothing
 //! survives the process.
 
-use super::{CommitOutcome, LaneCommit, Store, StoreError, StoredReply};
+use super::{Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, Store, StoreError, StoredReply};
 use crate::model::{DocKey, Document};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -16,7 +16,11 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct State {
     documents: HashMap<DocKey, Document>,
-    replies: HashMap<(String, String), StoredReply>,
+    /// Replies with their event numbers.
+    replies: HashMap<(String, String), (i64, StoredReply)>,
+    next_event: i64,
+    accepted: HashMap<(String, String), (u64, Accepted)>,
+    next_accept: u64,
     collections: HashMap<String, String>,
 }
 
@@ -70,10 +74,15 @@ impl Store for MemoryStore {
                 state.documents.insert(lane.doc.clone(), write.clone());
             }
             for reply in &lane.replies {
-                state
-                    .replies
-                    .entry((reply.client.clone(), reply.id.clone()))
-                    .or_insert_with(|| reply.clone());
+                let key = (reply.client.clone(), reply.id.clone());
+                if !state.replies.contains_key(&key) {
+                    state.next_event += 1;
+                    let seq = state.next_event;
+                    state.replies.insert(key.clone(), (seq, reply.clone()));
+                }
+                if reply.was_accepted {
+                    state.accepted.remove(&key);
+                }
             }
             outcomes.push(CommitOutcome::Committed);
         }
@@ -85,14 +94,69 @@ impl Store for MemoryStore {
             .state()
             .replies
             .get(&(client.to_owned(), id.to_owned()))
-            .cloned())
+            .map(|(_, reply)| reply.clone()))
     }
 
     async fn expire_replies(&self, before_ms: i64) -> Result<u64, StoreError> {
         let mut state = self.state();
         let before = state.replies.len();
-        state.replies.retain(|_, r| r.at_ms >= before_ms);
+        let kept_from = state.next_event - EVENTS_KEPT_MIN;
+        state
+            .replies
+            .retain(|_, (seq, r)| r.at_ms >= before_ms || *seq > kept_from);
         Ok((before - state.replies.len()) as u64)
+    }
+
+    async fn accept(&self, entry: &Accepted) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        let key = (entry.client.clone(), entry.id.clone());
+        if state.accepted.contains_key(&key) {
+            return Ok(false);
+        }
+        state.next_accept += 1;
+        let seq = state.next_accept;
+        state.accepted.insert(key, (seq, entry.clone()));
+        Ok(true)
+    }
+
+    async fn unaccept(&self, client: &str, id: &str) -> Result<(), StoreError> {
+        self.state()
+            .accepted
+            .remove(&(client.to_owned(), id.to_owned()));
+        Ok(())
+    }
+
+    async fn accepted(&self, client: &str, id: &str) -> Result<Option<Accepted>, StoreError> {
+        Ok(self
+            .state()
+            .accepted
+            .get(&(client.to_owned(), id.to_owned()))
+            .map(|(_, a)| a.clone()))
+    }
+
+    async fn pending_accepted(&self) -> Result<Vec<Accepted>, StoreError> {
+        let state = self.state();
+        let mut entries: Vec<&(u64, Accepted)> = state.accepted.values().collect();
+        entries.sort_by_key(|(seq, _)| *seq);
+        Ok(entries.into_iter().map(|(_, a)| a.clone()).collect())
+    }
+
+    async fn events_after(
+        &self,
+        client: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let state = self.state();
+        let mut events: Vec<(i64, String)> = state
+            .replies
+            .values()
+            .filter(|(seq, r)| r.client == client && *seq > after_seq)
+            .map(|(seq, r)| (*seq, r.body.clone()))
+            .collect();
+        events.sort_by_key(|(seq, _)| *seq);
+        events.truncate(limit as usize);
+        Ok(events)
     }
 
     async fn collections(&self) -> Result<Vec<(String, String)>, StoreError> {

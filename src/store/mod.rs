@@ -41,7 +41,27 @@ pub struct StoredReply {
     /// The response body, JSON text exactly as it was sent.
     pub body: String,
     pub at_ms: i64,
+    /// The mutation was accepted asynchronously: its entry in the accept log
+    /// goes in the same transaction as this reply.
+    pub was_accepted: bool,
 }
+
+/// A mutation answered 202: durably logged before the answer, removed in the
+/// transaction that stores its reply, replayed after a restart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Accepted {
+    pub client: String,
+    pub id: String,
+    pub fingerprint: u64,
+    /// The mutation as JSON (see `Mutation::to_json`).
+    pub mutation: String,
+    pub score: f64,
+    pub at_ms: i64,
+}
+
+/// Replies are kept for resends for the retention period, and in any case
+/// the newest this many, so that an event stream can resume across them.
+pub const EVENTS_KEPT_MIN: i64 = 10_000;
 
 /// The end state of one lane's coalesced batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -97,7 +117,24 @@ pub trait Store: Send + Sync + 'static {
     async fn commit(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError>;
     async fn reply(&self, client: &str, id: &str) -> Result<Option<StoredReply>, StoreError>;
     /// Forgets replies stored before `before_ms`; returns how many.
+    /// Forgets replies stored before `before_ms`, except the newest
+    /// `EVENTS_KEPT_MIN`; returns how many.
     async fn expire_replies(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Appends to the accept log; `false` when `(client, id)` is already there.
+    async fn accept(&self, entry: &Accepted) -> Result<bool, StoreError>;
+    /// Removes an entry whose mutation was refused after all (a full queue).
+    async fn unaccept(&self, client: &str, id: &str) -> Result<(), StoreError>;
+    async fn accepted(&self, client: &str, id: &str) -> Result<Option<Accepted>, StoreError>;
+    /// Every entry still in the accept log, oldest first: what a restart resumes.
+    async fn pending_accepted(&self) -> Result<Vec<Accepted>, StoreError>;
+    /// The client's answers stored after event `after_seq`, oldest first, with
+    /// their event numbers: the outcome stream.
+    async fn events_after(
+        &self,
+        client: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, StoreError>;
     /// Every configured collection: `(name, configuration JSON)`.
     async fn collections(&self) -> Result<Vec<(String, String)>, StoreError>;
     async fn put_collection(
@@ -129,6 +166,25 @@ fn decode_item(version: i64, item: Option<String>) -> Result<Document, StoreErro
     Ok(Document { version, item })
 }
 
+/// Decodes an accept-log row of either backend.
+fn accepted_from_row<R>(row: &R) -> Result<Accepted, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(Accepted {
+        client: row.try_get("client")?,
+        id: row.try_get("id")?,
+        fingerprint: from_sql(row.try_get("fingerprint")?),
+        mutation: row.try_get("mutation")?,
+        score: row.try_get("score")?,
+        at_ms: row.try_get("at_ms")?,
+    })
+}
+
 fn encode_item(doc: &Document) -> Option<String> {
     doc.item
         .as_ref()
@@ -149,7 +205,7 @@ fn from_sql(v: i64) -> u64 {
 /// same text in either dialect except for how an item is bound and selected
 /// (`$item_param`, `$item_select`), which PostgreSQL casts to and from `json`.
 macro_rules! sql_store {
-    ($ty:ty, item_param = $item_param:literal, item_select = $item_select:literal) => {
+    ($ty:ty, item_param = $item_param:literal, item_select = $item_select:literal, seq = $seq:literal, accept_seq = $accept_seq:literal) => {
         #[async_trait::async_trait]
         impl $crate::store::Store for $ty {
             async fn get(&self, doc: &$crate::model::DocKey) -> Result<$crate::model::Document, $crate::store::StoreError> {
@@ -225,6 +281,13 @@ macro_rules! sql_store {
                         .bind(reply.at_ms)
                         .execute(&mut *tx)
                         .await?;
+                        if reply.was_accepted {
+                            sqlx::query("DELETE FROM sluice_accepted WHERE client = $1 AND id = $2")
+                                .bind(&reply.client)
+                                .bind(&reply.id)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
                     }
                     outcomes.push($crate::store::CommitOutcome::Committed);
                 }
@@ -249,12 +312,74 @@ macro_rules! sql_store {
                     status: u16::try_from(status).map_err(|_| $crate::store::StoreError::Corrupt(format!("reply status {status}")))?,
                     body: sqlx::Row::try_get(&row, "body")?,
                     at_ms: sqlx::Row::try_get(&row, "at_ms")?,
+                    was_accepted: false,
                 }))
             }
 
             async fn expire_replies(&self, before_ms: i64) -> Result<u64, $crate::store::StoreError> {
-                let done = sqlx::query("DELETE FROM sluice_replies WHERE at_ms < $1").bind(before_ms).execute(&self.writer).await?;
+                let done = sqlx::query(concat!(
+                    "DELETE FROM sluice_replies WHERE at_ms < $1 AND ", $seq, " <= (SELECT COALESCE(MAX(", $seq, "), 0) FROM sluice_replies) - $2"
+                ))
+                .bind(before_ms)
+                .bind($crate::store::EVENTS_KEPT_MIN)
+                .execute(&self.writer)
+                .await?;
                 Ok(done.rows_affected())
+            }
+
+            async fn accept(&self, entry: &$crate::store::Accepted) -> Result<bool, $crate::store::StoreError> {
+                let done = sqlx::query(
+                    "INSERT INTO sluice_accepted (client, id, fingerprint, mutation, score, at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (client, id) DO NOTHING",
+                )
+                .bind(&entry.client)
+                .bind(&entry.id)
+                .bind($crate::store::to_sql(entry.fingerprint))
+                .bind(&entry.mutation)
+                .bind(entry.score)
+                .bind(entry.at_ms)
+                .execute(&self.writer)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn unaccept(&self, client: &str, id: &str) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("DELETE FROM sluice_accepted WHERE client = $1 AND id = $2")
+                    .bind(client)
+                    .bind(id)
+                    .execute(&self.writer)
+                    .await?;
+                Ok(())
+            }
+
+            async fn accepted(&self, client: &str, id: &str) -> Result<Option<$crate::store::Accepted>, $crate::store::StoreError> {
+                let row = sqlx::query("SELECT client, id, fingerprint, mutation, score, at_ms FROM sluice_accepted WHERE client = $1 AND id = $2")
+                    .bind(client)
+                    .bind(id)
+                    .fetch_optional(&self.reader)
+                    .await?;
+                row.map(|r| $crate::store::accepted_from_row(&r)).transpose()
+            }
+
+            async fn pending_accepted(&self) -> Result<Vec<$crate::store::Accepted>, $crate::store::StoreError> {
+                let rows = sqlx::query(concat!("SELECT client, id, fingerprint, mutation, score, at_ms FROM sluice_accepted ORDER BY ", $accept_seq))
+                    .fetch_all(&self.reader)
+                    .await?;
+                rows.iter().map($crate::store::accepted_from_row).collect()
+            }
+
+            async fn events_after(&self, client: &str, after_seq: i64, limit: u32) -> Result<Vec<(i64, String)>, $crate::store::StoreError> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ", $seq, " AS seq, body FROM sluice_replies WHERE client = $1 AND ", $seq, " > $2 ORDER BY ", $seq, " LIMIT $3"
+                ))
+                .bind(client)
+                .bind(after_seq)
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((sqlx::Row::try_get(r, "seq")?, sqlx::Row::try_get(r, "body")?)))
+                    .collect()
             }
 
             async fn collections(&self) -> Result<Vec<(String, String)>, $crate::store::StoreError> {

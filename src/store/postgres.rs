@@ -23,6 +23,7 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (collection, key)
     )",
     "CREATE TABLE IF NOT EXISTS sluice_replies (
+        seq BIGSERIAL,
         client TEXT NOT NULL,
         id TEXT NOT NULL,
         fingerprint BIGINT NOT NULL,
@@ -32,6 +33,17 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (client, id)
     )",
     "CREATE INDEX IF NOT EXISTS sluice_replies_at ON sluice_replies (at_ms)",
+    "CREATE INDEX IF NOT EXISTS sluice_replies_client ON sluice_replies (client, seq)",
+    "CREATE TABLE IF NOT EXISTS sluice_accepted (
+        seq BIGSERIAL,
+        client TEXT NOT NULL,
+        id TEXT NOT NULL,
+        fingerprint BIGINT NOT NULL,
+        mutation TEXT NOT NULL,
+        score DOUBLE PRECISION NOT NULL,
+        at_ms BIGINT NOT NULL,
+        PRIMARY KEY (client, id)
+    )",
     "CREATE TABLE IF NOT EXISTS sluice_collections (
         name TEXT PRIMARY KEY,
         config TEXT NOT NULL,
@@ -75,5 +87,7 @@ impl PostgresStore {
 sql_store!(
     PostgresStore,
     item_param = "$4::json",
-    item_select = "item::text AS item"
+    item_select = "item::text AS item",
+    seq = "seq",
+    accept_seq = "seq"
 );

@@ -37,6 +37,16 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (client, id)
     )",
     "CREATE INDEX IF NOT EXISTS sluice_replies_at ON sluice_replies (at_ms)",
+    "CREATE INDEX IF NOT EXISTS sluice_replies_client ON sluice_replies (client)",
+    "CREATE TABLE IF NOT EXISTS sluice_accepted (
+        client TEXT NOT NULL,
+        id TEXT NOT NULL,
+        fingerprint INTEGER NOT NULL,
+        mutation TEXT NOT NULL,
+        score REAL NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (client, id)
+    )",
     "CREATE TABLE IF NOT EXISTS sluice_collections (
         name TEXT PRIMARY KEY,
         config TEXT NOT NULL,
@@ -79,4 +89,10 @@ impl SqliteStore {
     }
 }
 
-sql_store!(SqliteStore, item_param = "$4", item_select = "item");
+sql_store!(
+    SqliteStore,
+    item_param = "$4",
+    item_select = "item",
+    seq = "rowid",
+    accept_seq = "rowid"
+);

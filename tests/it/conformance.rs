@@ -9,7 +9,8 @@ use sluice::history::{
 use sluice::model::{DocKey, Document, Resolution};
 use sluice::resolve::ConflictRecord;
 use sluice::store::{
-    CommitOutcome, LaneCommit, MemoryStore, PostgresStore, SqliteStore, Store, StoredReply,
+    Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, MemoryStore, PostgresStore, SqliteStore,
+    Store, StoredReply,
 };
 
 fn item(v: Value) -> Option<Map<String, Value>> {
@@ -19,6 +20,7 @@ fn item(v: Value) -> Option<Map<String, Value>> {
 fn reply(client: &str, id: &str, at_ms: i64) -> StoredReply {
     StoredReply {
         client: client.into(),
+        was_accepted: false,
         id: id.into(),
         fingerprint: u64::MAX - 7,
         status: 200,
@@ -180,8 +182,45 @@ async fn store_conformance(store: &dyn Store) {
         "fingerprints round-trip"
     );
 
-    // Expiry forgets old replies only.
-    assert_eq!(store.expire_replies(21).await.expect("expire"), 3);
+    // Events: a client's replies in commit order, numbered, resumable.
+    let c2_events = store.events_after("c2", 0, 10).await.expect("events");
+    assert_eq!(
+        c2_events
+            .iter()
+            .map(|(_, body)| body.as_str())
+            .collect::<Vec<_>>(),
+        [r#"{"id":"m3"}"#]
+    );
+    let all_c3 = store.events_after("c3", 0, 10).await.expect("events");
+    assert_eq!(all_c3.len(), 1);
+    assert_eq!(
+        store
+            .events_after("c3", all_c3[0].0, 10)
+            .await
+            .expect("events"),
+        []
+    );
+
+    // Expiry forgets old replies, but never the newest EVENTS_KEPT_MIN (an
+    // event stream may still resume across them).
+    assert_eq!(
+        store.expire_replies(21).await.expect("expire"),
+        0,
+        "all among the newest"
+    );
+    let filler: Vec<StoredReply> = (0..EVENTS_KEPT_MIN)
+        .map(|i| reply("bulk", &format!("b{i}"), 100))
+        .collect();
+    let outcomes = store
+        .commit(&[lane(&DocKey::new("c", "bulk"), 0, None, filler)])
+        .await
+        .expect("commit");
+    assert_eq!(outcomes, [CommitOutcome::Committed]);
+    assert_eq!(
+        store.expire_replies(21).await.expect("expire"),
+        3,
+        "m1 and the two at 20"
+    );
     assert_eq!(store.reply("c1", "m1").await.expect("reply"), None);
     assert!(
         store
@@ -190,6 +229,51 @@ async fn store_conformance(store: &dyn Store) {
             .expect("reply")
             .is_some()
     );
+    let bulk = store.events_after("bulk", 0, 3).await.expect("events");
+    assert_eq!(bulk.len(), 3);
+    assert!(
+        bulk.windows(2).all(|w| w[0].0 < w[1].0) && bulk[0].0 > all_c3[0].0,
+        "event numbers rise in commit order"
+    );
+
+    // The accept log: append once, read, list in order, and leave with the reply.
+    let entry = |id: &str| Accepted {
+        client: "async".into(),
+        id: id.into(),
+        fingerprint: u64::MAX - 1,
+        mutation: format!(r#"{{"id":"{id}"}}"#),
+        score: 0.25,
+        at_ms: 7,
+    };
+    assert!(store.accept(&entry("a1")).await.expect("accept"));
+    assert!(store.accept(&entry("a2")).await.expect("accept"));
+    assert!(
+        !store.accept(&entry("a1")).await.expect("accept"),
+        "a second append of one id is refused"
+    );
+    assert_eq!(
+        store.accepted("async", "a1").await.expect("read"),
+        Some(entry("a1"))
+    );
+    assert_eq!(
+        store.pending_accepted().await.expect("list"),
+        [entry("a1"), entry("a2")]
+    );
+    store.unaccept("async", "a2").await.expect("unaccept");
+    let decided = StoredReply {
+        was_accepted: true,
+        ..reply("async", "a1", 50)
+    };
+    store
+        .commit(&[lane(&DocKey::new("c", "async"), 0, None, vec![decided])])
+        .await
+        .expect("commit");
+    assert_eq!(
+        store.pending_accepted().await.expect("list"),
+        [],
+        "the reply's commit removes its entry"
+    );
+    assert!(store.reply("async", "a1").await.expect("reply").is_some());
 
     // Collections: upsert.
     store

@@ -1,14 +1,13 @@
 //! The dispatcher's own guarantees, driven directly (no HTTP), over the
 //! in-memory store wrapped to misbehave on cue.
 
-use async_trait::async_trait;
 use serde_json::{Value, json};
 use sluice::clock::{SharedClock, SystemClock};
 use sluice::dispatch::{Engine, EngineConfig};
 use sluice::history::MemoryHistory;
 use sluice::model::{DocKey, Document, Mutation, Op};
 use sluice::resolve::{Resolver, ScriptLimits};
-use sluice::store::{CommitOutcome, LaneCommit, MemoryStore, Store, StoreError, StoredReply};
+use sluice::store::{CommitOutcome, LaneCommit, MemoryStore, StoreError, StoredReply};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -37,8 +36,7 @@ impl Unruly {
     }
 }
 
-#[async_trait]
-impl Store for Unruly {
+crate::store_over_memory!(Unruly, {
     async fn get(&self, doc: &DocKey) -> Result<Document, StoreError> {
         self.inner.get(doc).await
     }
@@ -69,24 +67,7 @@ impl Store for Unruly {
         }
         self.inner.reply(client, id).await
     }
-
-    async fn expire_replies(&self, before_ms: i64) -> Result<u64, StoreError> {
-        self.inner.expire_replies(before_ms).await
-    }
-
-    async fn collections(&self) -> Result<Vec<(String, String)>, StoreError> {
-        self.inner.collections().await
-    }
-
-    async fn put_collection(
-        &self,
-        name: &str,
-        config_json: &str,
-        at_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.inner.put_collection(name, config_json, at_ms).await
-    }
-}
+});
 
 async fn engine(store: Arc<Unruly>) -> Engine {
     let clock: SharedClock = SystemClock::shared();

@@ -1,6 +1,7 @@
 //! The integration suite: real servers on ephemeral ports, real SQLite files
 //! and a real PostgreSQL (started by `scripts/test`).
 
+mod accepts;
 mod api;
 mod batch;
 mod concurrency;

@@ -15,7 +15,6 @@
 //! dispatch (a debug assertion in the dispatcher) and settles near the knee.
 //! A failing run names its seed.
 
-use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 use sluice::clock::{SharedClock, TokioClock};
 use sluice::dispatch::{Engine, EngineConfig};
@@ -63,8 +62,7 @@ impl SimStore {
     }
 }
 
-#[async_trait]
-impl Store for SimStore {
+crate::store_over_memory!(SimStore, {
     async fn get(&self, doc: &DocKey) -> Result<Document, StoreError> {
         self.operate(1).await;
         self.inner.get(doc).await
@@ -94,24 +92,7 @@ impl Store for SimStore {
         // Instant, so that mutations spawned in order are admitted in order.
         self.inner.reply(client, id).await
     }
-
-    async fn expire_replies(&self, before_ms: i64) -> Result<u64, StoreError> {
-        self.inner.expire_replies(before_ms).await
-    }
-
-    async fn collections(&self) -> Result<Vec<(String, String)>, StoreError> {
-        self.inner.collections().await
-    }
-
-    async fn put_collection(
-        &self,
-        name: &str,
-        config_json: &str,
-        at_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.inner.put_collection(name, config_json, at_ms).await
-    }
-}
+});
 
 fn append(client: usize, seq: usize, key: usize) -> Mutation {
     let mut value = Map::new();

@@ -153,3 +153,41 @@ pub fn error_code(body: &Value) -> &str {
         .as_str()
         .unwrap_or_else(|| panic!("error without a code: {body}"))
 }
+
+/// Implements `Store` for a test double that wraps a `MemoryStore` in its
+/// `inner` field: the methods given are its own, every other one goes
+/// straight to `inner`.
+#[macro_export]
+macro_rules! store_over_memory {
+    ($ty:ty, { $($own:tt)* }) => {
+        #[async_trait::async_trait]
+        impl sluice::store::Store for $ty {
+            $($own)*
+
+            async fn expire_replies(&self, before_ms: i64) -> Result<u64, sluice::store::StoreError> {
+                self.inner.expire_replies(before_ms).await
+            }
+            async fn collections(&self) -> Result<Vec<(String, String)>, sluice::store::StoreError> {
+                self.inner.collections().await
+            }
+            async fn put_collection(&self, name: &str, config_json: &str, at_ms: i64) -> Result<(), sluice::store::StoreError> {
+                self.inner.put_collection(name, config_json, at_ms).await
+            }
+            async fn accept(&self, entry: &sluice::store::Accepted) -> Result<bool, sluice::store::StoreError> {
+                self.inner.accept(entry).await
+            }
+            async fn unaccept(&self, client: &str, id: &str) -> Result<(), sluice::store::StoreError> {
+                self.inner.unaccept(client, id).await
+            }
+            async fn accepted(&self, client: &str, id: &str) -> Result<Option<sluice::store::Accepted>, sluice::store::StoreError> {
+                self.inner.accepted(client, id).await
+            }
+            async fn pending_accepted(&self) -> Result<Vec<sluice::store::Accepted>, sluice::store::StoreError> {
+                self.inner.pending_accepted().await
+            }
+            async fn events_after(&self, client: &str, after_seq: i64, limit: u32) -> Result<Vec<(i64, String)>, sluice::store::StoreError> {
+                self.inner.events_after(client, after_seq, limit).await
+            }
+        }
+    };
+}

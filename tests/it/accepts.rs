@@ -1,0 +1,398 @@
+//! Async accepts (`?wait=false`), the outcome event stream, and what survives
+//! a crash or a shutdown.
+
+use crate::support::{TestServer, error_code};
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SLOW: &str = "function resolve(ctx) { const end = Date.now() + 800; while (Date.now() < end) {} return {action: 'resolve', item: ctx.existing}; }";
+
+#[tokio::test]
+async fn an_async_accept_answers_202_then_the_outcome() {
+    let s = TestServer::with(|c| c.script.time_ms_max = 5_000).await;
+    s.put("/v1/collections/slow", json!({"handler": {"script": SLOW}}))
+        .await;
+    s.post(json!({"collection": "slow", "key": "k", "op": "put", "value": {}}))
+        .await;
+    s.post(json!({"collection": "slow", "key": "k", "op": "put", "value": {}}))
+        .await;
+    // A conflict runs the slow script and holds the key's lane.
+    let blocker = s.spawn_post(
+        json!({"collection": "slow", "key": "k", "op": "put", "value": {}, "base_version": 1}),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let body = json!({"id": "a1", "client": "phone", "collection": "slow", "key": "k", "op": "patch", "value": {"x": 1}});
+    let (status, accepted) = s
+        .post_raw("/v1/mutations?wait=false", body.to_string())
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(
+        (accepted["id"].clone(), accepted["status"].clone()),
+        (json!("a1"), json!("queued"))
+    );
+    assert!(accepted["score"].as_f64().is_some());
+    assert_eq!(
+        s.get("/v1/mutations/a1?client=phone").await,
+        (200, accepted.clone()),
+        "queued while it waits"
+    );
+    assert_eq!(
+        s.post_raw("/v1/mutations?wait=false", body.to_string())
+            .await,
+        (202, accepted.clone()),
+        "a resend gets the same 202"
+    );
+
+    assert_eq!(blocker.await.expect("task").0, 200);
+    let mut decided = Value::Null;
+    for _ in 0..100 {
+        decided = s.get("/v1/mutations/a1?client=phone").await.1;
+        if decided.get("outcome").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        (decided["outcome"].clone(), decided["version"].clone()),
+        (json!("applied"), json!(4)),
+        "{decided}"
+    );
+    assert_eq!(
+        s.post_raw("/v1/mutations?wait=false", body.to_string())
+            .await,
+        (200, decided.clone()),
+        "once decided, a resend gets the outcome"
+    );
+    assert_eq!(
+        s.post(body).await,
+        (200, decided),
+        "and so does a synchronous resend"
+    );
+    assert_eq!(
+        s.get("/v1/documents/slow/k").await.1["version"],
+        json!(4),
+        "applied once"
+    );
+
+    let (status, answer) = s.post_raw("/v1/mutations?wait=maybe", "{}").await;
+    assert_eq!((status, error_code(&answer)), (400, "invalid_request"));
+}
+
+/// Reads Server-Sent Events until `count` have arrived: (id, event, data).
+async fn read_events(response: &mut reqwest::Response, count: usize) -> Vec<(i64, String, Value)> {
+    let mut events = Vec::new();
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} events arrived: {text}",
+            events.len()
+        );
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .expect("an event in time")
+            .expect("stream");
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("stream still open")));
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let (mut id, mut name, mut data) = (None, String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            if let Some(id) = id {
+                events.push((id, name, serde_json::from_str(&data).expect("JSON data")));
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn the_event_stream_carries_a_clients_outcomes_and_resumes() {
+    let s = TestServer::embedded().await;
+    let mut stream = s
+        .http
+        .get(format!("{}/v1/events?client=ann", s.url))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(stream.status().as_u16(), 200);
+    assert!(
+        stream.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/event-stream")
+    );
+
+    s.post(json!({"id": "e1", "client": "ann", "collection": "c", "key": "k", "op": "put", "value": {"v": 1}})).await;
+    s.post(json!({"id": "x1", "client": "bob", "collection": "c", "key": "k", "op": "put", "value": {"v": 2}})).await;
+    let (status, _) = s.post(json!({"id": "e2", "client": "ann", "collection": "c", "key": "k", "op": "put", "value": {}, "base_version": 1})).await;
+    assert_eq!(status, 409);
+    let (status, _) = s.post_raw("/v1/mutations?wait=false", json!({"id": "e3", "client": "ann", "collection": "c", "key": "j", "op": "put", "value": {}}).to_string()).await;
+    assert_eq!(status, 202);
+
+    let events = read_events(&mut stream, 3).await;
+    let ids: Vec<&str> = events
+        .iter()
+        .map(|(_, _, d)| d["id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(ids, ["e1", "e2", "e3"], "only ann's outcomes, in order");
+    assert!(events.iter().all(|(_, name, _)| name == "outcome"));
+    assert!(
+        events.windows(2).all(|w| w[0].0 < w[1].0),
+        "event ids increase"
+    );
+    assert_eq!(
+        events[1].2["outcome"],
+        json!("rejected"),
+        "a rejection is an outcome event"
+    );
+    drop(stream);
+
+    // A dropped stream resumes after the last event it saw.
+    let mut resumed = s
+        .http
+        .get(format!("{}/v1/events?client=ann", s.url))
+        .header("Last-Event-ID", events[0].0.to_string())
+        .send()
+        .await
+        .expect("GET");
+    let again = read_events(&mut resumed, 2).await;
+    assert_eq!(again, events[1..].to_vec());
+}
+
+fn sluice_binary(data: &std::path::Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data)
+        .env_remove("SLUICE_TEST_POSTGRES_URL")
+        .env("SLUICE_SHUTDOWN_DEADLINE_MS", "20000")
+        .env("SLUICE_SCRIPT__TIME_MS_MAX", "5000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sluice")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+async fn wait_healthy(http: &reqwest::Client, url: &str) {
+    for _ in 0..200 {
+        if http
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("sluice did not come up at {url}");
+}
+
+async fn wait_drained(http: &reqwest::Client, url: &str) {
+    for _ in 0..400 {
+        let stats: Value = http
+            .get(format!("{url}/v1/stats"))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("JSON");
+        if stats["queue_depth"] == json!(0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the queue did not drain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_mutation_survives_a_kill_and_applies_once() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut server = sluice_binary(data.path(), port);
+    wait_healthy(&http, &url).await;
+    http.put(format!("{url}/v1/collections/burst"))
+        .json(&json!({"handler": "automerge"}))
+        .send()
+        .await
+        .expect("PUT");
+    for k in 0..4 {
+        http.post(format!("{url}/v1/mutations")).json(&json!({"collection": "burst", "key": format!("k{k}"), "op": "put", "value": {"items": []}})).send().await.expect("POST");
+    }
+    // A burst of async appends from several senders; kill -9 in the middle of it.
+    let mut senders = Vec::new();
+    for sender in 0..8 {
+        let (http, url) = (http.clone(), url.clone());
+        senders.push(tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            for i in 0..200 {
+                let id = format!("s{sender}-{i}");
+                let body = json!({"id": id, "client": "burst", "collection": "burst", "key": format!("k{}", i % 4),
+                                  "op": "patch", "value": {"items": [id]}, "base_version": 0});
+                match http.post(format!("{url}/v1/mutations?wait=false")).json(&body).send().await {
+                    Ok(r) if r.status().as_u16() == 202 => accepted.push(id),
+                    Ok(r) if r.status().as_u16() == 200 => accepted.push(id),
+                    _ => {}
+                }
+            }
+            accepted
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill().expect("kill -9");
+    server.wait().expect("reaped");
+    let mut accepted = Vec::new();
+    for sender in senders {
+        accepted.extend(sender.await.expect("sender"));
+    }
+    assert!(
+        accepted.len() > 20,
+        "the burst was under way when the server died: {}",
+        accepted.len()
+    );
+
+    let mut server = sluice_binary(data.path(), port);
+    wait_healthy(&http, &url).await;
+    wait_drained(&http, &url).await;
+    let mut seen = std::collections::HashMap::new();
+    for k in 0..4 {
+        let doc: Value = http
+            .get(format!("{url}/v1/documents/burst/k{k}"))
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON");
+        for element in doc["item"]["items"].as_array().expect("items") {
+            *seen
+                .entry(element.as_str().expect("text").to_owned())
+                .or_insert(0) += 1;
+        }
+    }
+    for id in &accepted {
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "{id} was accepted: it must be applied exactly once"
+        );
+    }
+    assert!(seen.values().all(|n| *n == 1), "nothing applied twice");
+    server.kill().expect("stop");
+    let _ = server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_refuses_new_mutations_drains_and_exits_zero() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut server = sluice_binary(data.path(), port);
+    wait_healthy(&http, &url).await;
+    http.put(format!("{url}/v1/collections/slow"))
+        .json(&json!({"handler": {"script": SLOW}}))
+        .send()
+        .await
+        .expect("PUT");
+    for _ in 0..2 {
+        http.post(format!("{url}/v1/mutations"))
+            .json(&json!({"collection": "slow", "key": "k", "op": "put", "value": {}}))
+            .send()
+            .await
+            .expect("POST");
+    }
+    // Queued behind a slow conflict: accepted, not yet decided.
+    let slow =
+        json!({"collection": "slow", "key": "k", "op": "put", "value": {}, "base_version": 1});
+    let in_flight = tokio::spawn({
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            http.post(format!("{url}/v1/mutations"))
+                .json(&slow)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let queued = json!({"id": "q1", "client": "c", "collection": "slow", "key": "k", "op": "patch", "value": {"q": 1}});
+    let status = http
+        .post(format!("{url}/v1/mutations?wait=false"))
+        .json(&queued)
+        .send()
+        .await
+        .expect("POST")
+        .status();
+    assert_eq!(status.as_u16(), 202);
+
+    let pid = server.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = http
+        .post(format!("{url}/v1/mutations"))
+        .json(&json!({"collection": "c", "key": "k", "op": "put", "value": {}}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(refused.status().as_u16(), 503);
+    let body: Value = refused.json().await.expect("JSON");
+    assert_eq!(error_code(&body), "shutting_down");
+    assert_eq!(
+        in_flight.await.expect("task").expect("answered"),
+        200,
+        "what was in flight is answered"
+    );
+    let exit = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success(), "exits 0 after draining: {exit:?}");
+
+    // Drained before exit: the queued mutation was decided, not left behind.
+    let mut server = sluice_binary(data.path(), port);
+    wait_healthy(&http, &url).await;
+    let decided: Value = http
+        .get(format!("{url}/v1/mutations/q1?client=c"))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(decided["outcome"], json!("applied"), "{decided}");
+    server.kill().expect("stop");
+    let _ = server.wait();
+}
