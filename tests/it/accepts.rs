@@ -396,3 +396,74 @@ async fn sigterm_refuses_new_mutations_drains_and_exits_zero() {
     server.kill().expect("stop");
     let _ = server.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_gets_fast_429s_and_no_timeouts() {
+    // A small queue, so the offered load is far above what it admits.
+    let s = TestServer::with(|c| {
+        c.queue.queue_len_max = 64;
+        c.queue.lane_len_max = 8;
+    })
+    .await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let mut senders = Vec::new();
+    for sender in 0..64 {
+        let (http, url) = (http.clone(), s.url.clone());
+        senders.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for i in 0..25 {
+                let body = json!({"collection": "hot", "key": format!("k{}", (sender + i) % 6), "op": "patch", "value": {"n": i}});
+                let started = Instant::now();
+                let answer = http.post(format!("{url}/v1/mutations")).json(&body).send().await;
+                let elapsed = started.elapsed();
+                match answer {
+                    Ok(r) => {
+                        let retry_after = r.headers().get("retry-after").is_some();
+                        seen.push((r.status().as_u16(), elapsed, retry_after));
+                    }
+                    Err(e) => panic!("a request failed instead of being answered: {e}"),
+                }
+            }
+            seen
+        }));
+    }
+    let mut answers = Vec::new();
+    for sender in senders {
+        answers.extend(sender.await.expect("sender"));
+    }
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|(status, ..)| *status == 429)
+        .collect();
+    let mut admitted: Vec<Duration> = answers
+        .iter()
+        .filter(|(status, ..)| *status == 200)
+        .map(|(_, t, _)| *t)
+        .collect();
+    assert_eq!(
+        refused.len() + admitted.len(),
+        answers.len(),
+        "every answer is 200 or 429"
+    );
+    assert!(!refused.is_empty(), "the overload was refused in part");
+    assert!(
+        refused.iter().all(|(_, _, retry_after)| *retry_after),
+        "429s say when to retry"
+    );
+    let slowest_refusal = refused.iter().map(|(_, t, _)| *t).max().unwrap_or_default();
+    assert!(
+        slowest_refusal < Duration::from_secs(2),
+        "a refusal is fast: {slowest_refusal:?}"
+    );
+    admitted.sort();
+    let p99 = admitted[admitted.len() * 99 / 100];
+    assert!(
+        p99 < Duration::from_secs(5),
+        "admitted mutations keep a bounded latency: p99 {p99:?}"
+    );
+    let stats = s.get("/v1/stats").await.1;
+    assert_eq!(stats["queue_depth"], json!(0));
+}
