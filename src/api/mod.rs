@@ -378,6 +378,8 @@ async fn get_conflicts(
 const EVENT_STREAMS_MAX: usize = 1_024;
 /// Events read from the store per query.
 const EVENTS_PAGE: u32 = 256;
+/// The shortest gap between two reads of the store by one stream.
+const EVENTS_POLL_MIN: std::time::Duration = std::time::Duration::from_millis(50);
 
 #[derive(Deserialize)]
 struct EventsQuery {
@@ -457,6 +459,8 @@ async fn get_events(
                     if st.signal.changed().await.is_err() {
                         return None;
                     }
+                    // Commits come in bursts: look once per burst, not per commit.
+                    tokio::time::sleep(EVENTS_POLL_MIN).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "event stream could not read the store; retrying");

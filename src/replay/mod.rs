@@ -204,13 +204,102 @@ async fn send(http: reqwest::Client, url: String, line: Line) -> Done {
     }
 }
 
+/// Which keys are busy and which lines wait behind them.
+#[derive(Default)]
+struct Schedule {
+    in_flight: usize,
+    busy: HashSet<String>,
+    pending: HashMap<String, VecDeque<Line>>,
+    pending_total: usize,
+}
+
+impl Schedule {
+    /// A line to send now, or `None` when its key is busy (then it waits).
+    fn offer(&mut self, line: Line) -> Option<Line> {
+        if self.busy.contains(&line.key) {
+            self.pending
+                .entry(line.key.clone())
+                .or_default()
+                .push_back(line);
+            self.pending_total += 1;
+            None
+        } else {
+            self.busy.insert(line.key.clone());
+            self.in_flight += 1;
+            Some(line)
+        }
+    }
+
+    /// The key's answer came: its next line, if one waits, goes now.
+    fn finish(&mut self, key: &str) -> Option<Line> {
+        match self.pending.get_mut(key).and_then(VecDeque::pop_front) {
+            Some(next) => {
+                self.pending_total -= 1;
+                Some(next)
+            }
+            None => {
+                self.in_flight -= 1;
+                self.pending.remove(key);
+                self.busy.remove(key);
+                None
+            }
+        }
+    }
+}
+
+/// What came back, accumulated.
+struct Tally {
+    pairs: Vec<(f64, bool)>,
+    latencies: Vec<f64>,
+    mutations: u64,
+    conflicts: u64,
+    errors: u64,
+    retries: u64,
+    labels: Option<HashMap<String, bool>>,
+    mismatches: u64,
+    unlabeled: u64,
+    out: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl Tally {
+    fn record(&mut self, done: &Done, bar: &ProgressBar) -> anyhow::Result<()> {
+        self.retries += u64::from(done.retries);
+        bar.inc(1);
+        let result = match &done.result {
+            Ok(result) => result,
+            Err(e) => {
+                self.errors += 1;
+                bar.println(format!("error: {e:#}"));
+                return Ok(());
+            }
+        };
+        self.mutations += 1;
+        self.conflicts += u64::from(result.conflict);
+        self.latencies.push(result.latency_ms);
+        if let Some(score) = result.score {
+            self.pairs.push((score, result.conflict));
+        }
+        if let Some(labels) = &self.labels {
+            match labels.get(&result.id) {
+                Some(expected) if *expected != result.conflict => self.mismatches += 1,
+                Some(_) => {}
+                None => self.unlabeled += 1,
+            }
+        }
+        if let Some(out) = self.out.as_mut() {
+            serde_json::to_writer(&mut *out, result)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+}
+
 /// Replays the trace against `options.url` and returns the summary.
 pub async fn replay(options: &ReplayOptions) -> anyhow::Result<Summary> {
     let total = open_trace(&options.trace)?
         .lines()
         .filter(|l| l.as_ref().is_ok_and(|t| !t.trim().is_empty()))
         .count();
-    let labels = options.labels.as_deref().map(load_labels).transpose()?;
     let bar = if options.progress {
         ProgressBar::new(total as u64)
     } else {
@@ -221,84 +310,39 @@ pub async fn replay(options: &ReplayOptions) -> anyhow::Result<Summary> {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    let mut out = match &options.out {
+    let out = match &options.out {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
         )),
         None => None,
     };
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(options.concurrency.max(1))
-        .build()?;
+    let mut tally = Tally {
+        pairs: Vec::with_capacity(total),
+        latencies: Vec::with_capacity(total),
+        mutations: 0,
+        conflicts: 0,
+        errors: 0,
+        retries: 0,
+        labels: options.labels.as_deref().map(load_labels).transpose()?,
+        mismatches: 0,
+        unlabeled: 0,
+        out,
+    };
     let concurrency = options.concurrency.max(1);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let mut pending: HashMap<String, VecDeque<Line>> = HashMap::new();
-    let mut pending_total = 0usize;
-    let mut busy: HashSet<String> = HashSet::new();
-    let mut configured: HashSet<String> = HashSet::new();
-    let mut in_flight = 0usize;
-    let mut pairs: Vec<(f64, bool)> = Vec::with_capacity(total);
-    let mut latencies: Vec<f64> = Vec::with_capacity(total);
-    let (mut mutations, mut conflicts, mut errors, mut retries) = (0u64, 0u64, 0u64, 0u64);
-    let (mut mismatches, mut unlabeled) = (0u64, 0u64);
-    let started = Instant::now();
-    let mut first_ts: Option<i64> = None;
-
     let spawn = |line: Line| {
         let (http, url, tx) = (http.clone(), options.url.clone(), done_tx.clone());
         tokio::spawn(async move {
             let _ = tx.send(send(http, url, line).await);
         });
     };
-
-    // Takes one answer in: records it, and starts the key's next line if any.
-    let mut complete = |done: Done,
-                        in_flight: &mut usize,
-                        pending: &mut HashMap<String, VecDeque<Line>>,
-                        pending_total: &mut usize,
-                        busy: &mut HashSet<String>|
-     -> anyhow::Result<()> {
-        *in_flight -= 1;
-        retries += u64::from(done.retries);
-        match done.result {
-            Ok(result) => {
-                mutations += 1;
-                conflicts += u64::from(result.conflict);
-                latencies.push(result.latency_ms);
-                if let Some(score) = result.score {
-                    pairs.push((score, result.conflict));
-                }
-                if let Some(labels) = &labels {
-                    match labels.get(&result.id) {
-                        Some(expected) if *expected != result.conflict => mismatches += 1,
-                        Some(_) => {}
-                        None => unlabeled += 1,
-                    }
-                }
-                if let Some(out) = out.as_mut() {
-                    serde_json::to_writer(&mut *out, &result)?;
-                    out.write_all(b"\n")?;
-                }
-            }
-            Err(e) => {
-                errors += 1;
-                bar.println(format!("error: {e:#}"));
-            }
-        }
-        bar.inc(1);
-        match pending.get_mut(&done.key).and_then(VecDeque::pop_front) {
-            Some(next) => {
-                *pending_total -= 1;
-                *in_flight += 1;
-                spawn(next);
-            }
-            None => {
-                pending.remove(&done.key);
-                busy.remove(&done.key);
-            }
-        }
-        Ok(())
-    };
+    let mut schedule = Schedule::default();
+    let mut configured: HashSet<String> = HashSet::new();
+    let started = Instant::now();
+    let mut first_ts: Option<i64> = None;
 
     for (number, text) in open_trace(&options.trace)?.lines().enumerate() {
         let text = text?;
@@ -318,71 +362,51 @@ pub async fn replay(options: &ReplayOptions) -> anyhow::Result<Summary> {
         {
             configure(&http, &options.url, &line.collection, handler).await?;
         }
-        while let Ok(done) = done_rx.try_recv() {
-            complete(
-                done,
-                &mut in_flight,
-                &mut pending,
-                &mut pending_total,
-                &mut busy,
-            )?;
-        }
-        if busy.contains(&line.key) {
-            pending.entry(line.key.clone()).or_default().push_back(line);
-            pending_total += 1;
-        } else {
-            while in_flight >= concurrency {
-                let done = done_rx.recv().await.context("replay workers stopped")?;
-                complete(
-                    done,
-                    &mut in_flight,
-                    &mut pending,
-                    &mut pending_total,
-                    &mut busy,
-                )?;
+        // Take in what has come back, then wait while the key limit or the
+        // read-ahead bound is reached.
+        loop {
+            let must_wait =
+                schedule.in_flight >= concurrency || schedule.pending_total > PENDING_LINES_MAX;
+            let done = if must_wait {
+                Some(done_rx.recv().await.context("replay workers stopped")?)
+            } else {
+                done_rx.try_recv().ok()
+            };
+            let Some(done) = done else { break };
+            tally.record(&done, &bar)?;
+            if let Some(next) = schedule.finish(&done.key) {
+                spawn(next);
             }
-            busy.insert(line.key.clone());
-            in_flight += 1;
+        }
+        if let Some(line) = schedule.offer(line) {
             spawn(line);
         }
-        while pending_total > PENDING_LINES_MAX {
-            let done = done_rx.recv().await.context("replay workers stopped")?;
-            complete(
-                done,
-                &mut in_flight,
-                &mut pending,
-                &mut pending_total,
-                &mut busy,
-            )?;
+    }
+    while schedule.in_flight > 0 {
+        let done = done_rx.recv().await.context("replay workers stopped")?;
+        tally.record(&done, &bar)?;
+        if let Some(next) = schedule.finish(&done.key) {
+            spawn(next);
         }
     }
-    while in_flight > 0 {
-        let done = done_rx.recv().await.context("replay workers stopped")?;
-        complete(
-            done,
-            &mut in_flight,
-            &mut pending,
-            &mut pending_total,
-            &mut busy,
-        )?;
-    }
-    if let Some(mut out) = out {
+    if let Some(mut out) = tally.out.take() {
         out.flush()?;
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let quality: QualityReport = summarize(&pairs);
-    latencies.sort_by(f64::total_cmp);
+    let quality: QualityReport = summarize(&tally.pairs);
+    tally.latencies.sort_by(f64::total_cmp);
+    let mutations = tally.mutations;
     Ok(Summary {
         mutations,
-        conflicts,
+        conflicts: tally.conflicts,
         conflict_rate: if mutations > 0 {
-            conflicts as f64 / mutations as f64
+            tally.conflicts as f64 / mutations as f64
         } else {
             0.0
         },
-        errors,
-        retries,
+        errors: tally.errors,
+        retries: tally.retries,
         auc: quality.auc,
         log_loss: quality.log_loss,
         brier: quality.brier,
@@ -394,10 +418,10 @@ pub async fn replay(options: &ReplayOptions) -> anyhow::Result<Summary> {
         } else {
             0.0
         },
-        latency_p50_ms: percentile(&latencies, 0.50),
-        latency_p99_ms: percentile(&latencies, 0.99),
-        label_mismatches: labels.as_ref().map(|_| mismatches),
-        unlabeled: labels.as_ref().map(|_| unlabeled),
+        latency_p50_ms: percentile(&tally.latencies, 0.50),
+        latency_p99_ms: percentile(&tally.latencies, 0.99),
+        label_mismatches: tally.labels.as_ref().map(|_| tally.mismatches),
+        unlabeled: tally.labels.as_ref().map(|_| tally.unlabeled),
     })
 }
 
