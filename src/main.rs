@@ -41,6 +41,10 @@ struct GenArgs {
     /// Also write {"id", "conflict"} labels here
     #[arg(long, value_name = "FILE")]
     labels: Option<PathBuf>,
+    /// Send the writers without a base here instead of into the trace: writes
+    /// that bypass Sluice, for a harness to apply to the store directly
+    #[arg(long, value_name = "FILE")]
+    bypass: Option<PathBuf>,
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     mutations: u64,
     /// Documents
@@ -260,22 +264,32 @@ fn generate(args: GenArgs) -> anyhow::Result<()> {
     };
     let mut trace = writer(&args.out)?;
     let mut labels = args.labels.as_deref().map(writer).transpose()?;
+    let mut bypass = args.bypass.as_deref().map(writer).transpose()?;
     let stats = sluice::generate::generate(
         &options,
         &mut trace,
         labels.as_mut().map(|w| w as &mut dyn Write),
+        bypass.as_mut().map(|w| w as &mut dyn Write),
     )?;
     trace.flush()?;
     drop(trace);
     if let Some(mut labels) = labels {
         labels.flush()?;
     }
+    if let Some(mut bypass) = bypass {
+        bypass.flush()?;
+    }
     println!(
-        "{} mutations, {} conflicts ({:.2}%) written to {}",
+        "{} mutations, {} conflicts ({:.2}%) written to {}{}",
         stats.mutations,
         stats.conflicts,
         100.0 * stats.conflicts as f64 / stats.mutations.max(1) as f64,
-        args.out.display()
+        args.out.display(),
+        if stats.bypassed > 0 {
+            format!(", {} bypassing writes beside it", stats.bypassed)
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

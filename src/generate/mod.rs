@@ -106,15 +106,25 @@ struct Client {
 /// What was generated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GenStats {
+    /// Lines of the trace.
     pub mutations: u64,
     pub conflicts: u64,
+    /// Writes sent to the bypass file instead of the trace.
+    pub bypassed: u64,
 }
 
 /// Writes the trace (and, if given, the labels) and returns what it holds.
+///
+/// With `bypass`, the writers without a base really bypass Sluice: their
+/// writes go to that file (same line format, no labels) instead of the
+/// trace, and whoever replays the trace must apply them to the store
+/// directly, interleaved by `ts_ms`, for the labels to hold. Without it they
+/// are unconditional writes in the trace.
 pub fn generate(
     options: &GenOptions,
     trace: &mut dyn Write,
     mut labels: Option<&mut dyn Write>,
+    mut bypass: Option<&mut dyn Write>,
 ) -> anyhow::Result<GenStats> {
     options.validate().map_err(anyhow::Error::msg)?;
     let mut rng = Rng::new(options.seed);
@@ -140,6 +150,7 @@ pub fn generate(
     let mut stats = GenStats {
         mutations: 0,
         conflicts: 0,
+        bypassed: 0,
     };
     for i in 0..options.mutations {
         // A daily rhythm: the rate swings between 10% and 100% of the peak.
@@ -184,6 +195,13 @@ pub fn generate(
         if let Some(b) = base {
             line["base_version"] = json!(b);
         }
+        if let (true, Some(bypass)) = (unconditional, bypass.as_deref_mut()) {
+            serde_json::to_writer(&mut *bypass, &line)?;
+            bypass.write_all(b"\n")?;
+            writes[k].push(now);
+            stats.bypassed += 1;
+            continue;
+        }
         serde_json::to_writer(&mut *trace, &line)?;
         trace.write_all(b"\n")?;
         if let Some(labels) = labels.as_deref_mut() {
@@ -206,7 +224,7 @@ mod tests {
 
     fn lines(options: &GenOptions) -> (Vec<serde_json::Value>, Vec<serde_json::Value>, GenStats) {
         let (mut trace, mut labels) = (Vec::new(), Vec::new());
-        let stats = generate(options, &mut trace, Some(&mut labels)).expect("generate");
+        let stats = generate(options, &mut trace, Some(&mut labels), None).expect("generate");
         let parse = |bytes: &[u8]| -> Vec<serde_json::Value> {
             String::from_utf8_lossy(bytes)
                 .lines()

@@ -25,7 +25,7 @@ async fn a_generated_trace_replays_with_exactly_its_labelled_conflicts() {
         let file = std::fs::File::create(&trace).expect("create");
         let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
         let mut label_file = std::fs::File::create(&labels).expect("create");
-        let stats = generate(&options, &mut gz, Some(&mut label_file)).expect("generate");
+        let stats = generate(&options, &mut gz, Some(&mut label_file), None).expect("generate");
         gz.finish().expect("finish gzip");
         assert!(stats.conflicts > 100, "{stats:?}");
     }
@@ -86,6 +86,7 @@ fn the_replay_command_runs_an_embedded_server_and_writes_its_summary() {
         },
         &mut file,
         None,
+        None,
     )
     .expect("generate");
     let out = dir.path().join("results.jsonl");
@@ -117,4 +118,83 @@ fn the_replay_command_runs_an_embedded_server_and_writes_its_summary() {
     .expect("JSON");
     assert_eq!(summary["mutations"], serde_json::json!(400));
     assert_eq!(summary["errors"], serde_json::json!(0));
+}
+
+/// With `--bypass`, the writers without a base go around Sluice: applied to
+/// the store directly, interleaved by event time, they make the labelled
+/// conflicts happen, and Sluice's compare-and-set notices every one.
+#[tokio::test]
+async fn bypassing_writes_cause_exactly_the_labelled_conflicts() {
+    use sluice::clock::{SharedClock, SystemClock};
+    use sluice::dispatch::{Engine, EngineConfig};
+    use sluice::history::MemoryHistory;
+    use sluice::model::{DocKey, Mutation};
+    use sluice::resolve::{Handler, Resolver, ScriptLimits};
+    use sluice::store::MemoryStore;
+    use std::sync::Arc;
+
+    let options = GenOptions {
+        mutations: 2_000,
+        keys: 30,
+        unconditional_fraction: 0.2,
+        ..GenOptions::default()
+    };
+    let (mut trace, mut labels, mut bypass) = (Vec::new(), Vec::new(), Vec::new());
+    let stats =
+        generate(&options, &mut trace, Some(&mut labels), Some(&mut bypass)).expect("generate");
+    assert!(stats.bypassed > 200, "{stats:?}");
+    let parse = |bytes: &[u8]| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(bytes)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect()
+    };
+    let (trace, labels, bypass) = (parse(&trace), parse(&labels), parse(&bypass));
+    assert_eq!(trace.len() as u64 + stats.bypassed, 2_000);
+    assert!(
+        trace.iter().all(|l| l.get("base_version").is_some()),
+        "the trace keeps only conditional writers"
+    );
+
+    let store = Arc::new(MemoryStore::new());
+    let clock: SharedClock = SystemClock::shared();
+    let config = EngineConfig {
+        default_handler: Handler::Automerge,
+        sample_host: false,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(
+        store.clone(),
+        Arc::new(MemoryHistory::new()),
+        Resolver::new(clock.clone(), ScriptLimits::default()),
+        clock,
+        config,
+    )
+    .await
+    .expect("engine");
+    let (mut t, mut b) = (0, 0);
+    let mut flags = Vec::new();
+    while t < trace.len() {
+        // Whatever bypassing write came first in event time lands first.
+        if b < bypass.len() && bypass[b]["ts_ms"].as_i64() <= trace[t]["ts_ms"].as_i64() {
+            let doc = DocKey::new("gen", bypass[b]["key"].as_str().expect("key"));
+            store.write_behind_sluice(&doc, bypass[b]["value"].as_object().cloned());
+            b += 1;
+            continue;
+        }
+        let line = &trace[t];
+        let mutation = Mutation::from_json(&line.to_string(), t as u64).expect("mutation");
+        let reply = engine.submit(mutation).await;
+        let body: serde_json::Value = serde_json::from_str(&reply.body).expect("JSON");
+        flags.push(!body["conflict"].is_null());
+        t += 1;
+    }
+    let expected: Vec<bool> = labels
+        .iter()
+        .map(|l| l["conflict"].as_bool().expect("flag"))
+        .collect();
+    assert_eq!(flags, expected);
+    assert!(
+        expected.iter().filter(|c| **c).count() as u64 == stats.conflicts && stats.conflicts > 50
+    );
 }
