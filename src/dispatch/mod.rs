@@ -123,21 +123,22 @@ pub struct EngineStats {
     pub memory: f64,
 }
 
-/// Host CPU and memory use, 0–1, sampled by a background task (or set by a
-/// test): the inputs of the load signal that come from outside.
+/// Host CPU and memory use, 0–1, sampled by a background task (zero when
+/// sampling is off, as in the simulation): the load signal's inputs from
+/// outside. The decisions themselves take them as plain numbers (`Signals`).
 #[derive(Default)]
-pub struct HostLoad {
+struct HostLoad {
     cpu: AtomicU64,
     memory: AtomicU64,
 }
 
 impl HostLoad {
-    pub fn set(&self, cpu: f64, memory: f64) {
+    fn set(&self, cpu: f64, memory: f64) {
         self.cpu.store(cpu.to_bits(), Ordering::Relaxed);
         self.memory.store(memory.to_bits(), Ordering::Relaxed);
     }
 
-    pub fn get(&self) -> (f64, f64) {
+    fn get(&self) -> (f64, f64) {
         (
             f64::from_bits(self.cpu.load(Ordering::Relaxed)),
             f64::from_bits(self.memory.load(Ordering::Relaxed)),
@@ -292,11 +293,6 @@ impl Engine {
 
     pub fn stats(&self) -> EngineStats {
         self.inner.stats()
-    }
-
-    /// The host-load inputs, for tests that drive them.
-    pub fn host_load(&self) -> &HostLoad {
-        &self.inner.host
     }
 
     /// Decides one mutation and returns what the client is told.

@@ -282,10 +282,6 @@ impl Predictor {
         }
     }
 
-    pub fn config(&self) -> &PredictorConfig {
-        &self.config
-    }
-
     /// The conflict probability of a mutation, from what is known now.
     pub fn score(&self, obs: &Observation<'_>) -> Scored {
         let key = xxh3_64(format!("{}\u{0}{}", obs.doc.collection, obs.doc.key).as_bytes());
