@@ -329,7 +329,19 @@ impl Engine {
         if self.inner.closing.load(Ordering::SeqCst) {
             return shutting_down();
         }
-        self.accept_logged(mutation, true).await
+        // On a task of its own: once the entry is in the log, the mutation
+        // must also reach the queue, even if the request goes away meanwhile
+        // (otherwise it would wait for the next start).
+        let engine = self.clone();
+        tokio::spawn(async move { engine.accept_logged(mutation, true).await })
+            .await
+            .unwrap_or_else(|e| {
+                Reply::error(
+                    500,
+                    "internal",
+                    format!("accepting the mutation failed: {e}"),
+                )
+            })
     }
 
     /// `log`: write the accept-log entry first (a new request); recovery
