@@ -198,3 +198,46 @@ async fn bypassing_writes_cause_exactly_the_labelled_conflicts() {
         expected.iter().filter(|c| **c).count() as u64 == stats.conflicts && stats.conflicts > 50
     );
 }
+
+/// `--speed X` paces by event time: two seconds of trace at 4× take at least
+/// half a second; at maximum speed they do not wait.
+#[tokio::test]
+async fn speed_paces_by_event_time() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let trace = dir.path().join("paced.jsonl");
+    let lines: Vec<String> = (0..5)
+        .map(|i| json_line(i, 1_700_000_000_000 + i * 500))
+        .collect();
+    std::fs::write(&trace, lines.join("\n")).expect("write");
+    let s = TestServer::embedded().await;
+    let options = |speed| ReplayOptions {
+        trace: trace.clone(),
+        url: s.url.clone(),
+        handler: None,
+        concurrency: 4,
+        speed,
+        out: None,
+        labels: None,
+        progress: false,
+    };
+    let paced = replay(&options(Some(4.0))).await.expect("replay");
+    assert_eq!(paced.mutations, 5);
+    assert!(
+        paced.seconds >= 0.45,
+        "2 s of events at 4× took only {} s",
+        paced.seconds
+    );
+    let fast = replay(&options(None)).await.expect("replay");
+    assert!(
+        fast.seconds < paced.seconds,
+        "{} vs {}",
+        fast.seconds,
+        paced.seconds
+    );
+}
+
+fn json_line(i: i64, ts_ms: i64) -> String {
+    serde_json::json!({"id": format!("p{i}"), "ts_ms": ts_ms, "client": "c", "collection": "paced", "key": format!("k{i}"),
+                       "op": "put", "value": {"i": i}})
+    .to_string()
+}
