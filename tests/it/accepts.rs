@@ -401,8 +401,8 @@ async fn sigterm_refuses_new_mutations_drains_and_exits_zero() {
 async fn overload_gets_fast_429s_and_no_timeouts() {
     // A small queue, so the offered load is far above what it admits.
     let s = TestServer::with(|c| {
-        c.queue.queue_len_max = 64;
-        c.queue.lane_len_max = 8;
+        c.queue.queue_len_max = 32;
+        c.queue.lane_len_max = 2;
     })
     .await;
     let http = reqwest::Client::builder()
