@@ -211,6 +211,54 @@ async fn wait_healthy(http: &reqwest::Client, url: &str) {
     panic!("sluice did not come up at {url}");
 }
 
+/// The real `sluice` binary on a data directory and a port of its own,
+/// killed when dropped.
+struct Binary {
+    data: tempfile::TempDir,
+    port: u16,
+    url: String,
+    http: reqwest::Client,
+    child: Option<Child>,
+}
+
+impl Binary {
+    async fn start() -> Binary {
+        let port = free_port();
+        let mut binary = Binary {
+            data: tempfile::tempdir().expect("temp dir"),
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            child: None,
+        };
+        binary.restart().await;
+        binary
+    }
+
+    /// Starts the binary again on the same data directory and port.
+    async fn restart(&mut self) {
+        self.child = Some(sluice_binary(self.data.path(), self.port));
+        wait_healthy(&self.http, &self.url).await;
+    }
+
+    /// `kill -9`, and reaps it.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reaped");
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 async fn wait_drained(http: &reqwest::Client, url: &str) {
     for _ in 0..400 {
         let stats: Value = http
@@ -231,12 +279,8 @@ async fn wait_drained(http: &reqwest::Client, url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_mutation_survives_a_kill_and_applies_once() {
-    let data = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let mut server = sluice_binary(data.path(), port);
-    wait_healthy(&http, &url).await;
+    let mut sluice = Binary::start().await;
+    let (http, url) = (sluice.http.clone(), sluice.url.clone());
     http.put(format!("{url}/v1/collections/burst"))
         .json(&json!({"handler": "automerge"}))
         .send()
@@ -265,8 +309,7 @@ async fn every_accepted_mutation_survives_a_kill_and_applies_once() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    server.kill().expect("kill -9");
-    server.wait().expect("reaped");
+    sluice.kill();
     let mut accepted = Vec::new();
     for sender in senders {
         accepted.extend(sender.await.expect("sender"));
@@ -277,8 +320,7 @@ async fn every_accepted_mutation_survives_a_kill_and_applies_once() {
         accepted.len()
     );
 
-    let mut server = sluice_binary(data.path(), port);
-    wait_healthy(&http, &url).await;
+    sluice.restart().await;
     wait_drained(&http, &url).await;
     let mut seen = std::collections::HashMap::new();
     for k in 0..4 {
@@ -304,18 +346,12 @@ async fn every_accepted_mutation_survives_a_kill_and_applies_once() {
         );
     }
     assert!(seen.values().all(|n| *n == 1), "nothing applied twice");
-    server.kill().expect("stop");
-    let _ = server.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_refuses_new_mutations_drains_and_exits_zero() {
-    let data = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let mut server = sluice_binary(data.path(), port);
-    wait_healthy(&http, &url).await;
+    let mut sluice = Binary::start().await;
+    let (http, url) = (sluice.http.clone(), sluice.url.clone());
     http.put(format!("{url}/v1/collections/slow"))
         .json(&json!({"handler": {"script": SLOW}}))
         .send()
@@ -352,6 +388,7 @@ async fn sigterm_refuses_new_mutations_drains_and_exits_zero() {
         .status();
     assert_eq!(status.as_u16(), 202);
 
+    let mut server = sluice.child.take().expect("running");
     let pid = server.id().to_string();
     assert!(
         Command::new("kill")
@@ -382,8 +419,7 @@ async fn sigterm_refuses_new_mutations_drains_and_exits_zero() {
     assert!(exit.success(), "exits 0 after draining: {exit:?}");
 
     // Drained before exit: the queued mutation was decided, not left behind.
-    let mut server = sluice_binary(data.path(), port);
-    wait_healthy(&http, &url).await;
+    sluice.restart().await;
     let decided: Value = http
         .get(format!("{url}/v1/mutations/q1?client=c"))
         .send()
@@ -393,8 +429,6 @@ async fn sigterm_refuses_new_mutations_drains_and_exits_zero() {
         .await
         .expect("JSON");
     assert_eq!(decided["outcome"], json!("applied"), "{decided}");
-    server.kill().expect("stop");
-    let _ = server.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
