@@ -11,17 +11,8 @@ const SLOW: &str = "function resolve(ctx) { const end = Date.now() + 800; while 
 #[tokio::test]
 async fn an_async_accept_answers_202_then_the_outcome() {
     let s = TestServer::with(|c| c.script.time_ms_max = 5_000).await;
-    s.put("/v1/collections/slow", json!({"handler": {"script": SLOW}}))
-        .await;
-    s.post(json!({"collection": "slow", "key": "k", "op": "put", "value": {}}))
-        .await;
-    s.post(json!({"collection": "slow", "key": "k", "op": "put", "value": {}}))
-        .await;
-    // A conflict runs the slow script and holds the key's lane.
-    let blocker = s.spawn_post(
-        json!({"collection": "slow", "key": "k", "op": "put", "value": {}, "base_version": 1}),
-    );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A conflict runs a slow script and holds the key's lane.
+    let blocker = s.hold_lane("slow", 800).await;
 
     let body = json!({"id": "a1", "client": "phone", "collection": "slow", "key": "k", "op": "patch", "value": {"x": 1}});
     let (status, accepted) = s
@@ -259,16 +250,20 @@ impl Drop for Binary {
     }
 }
 
+/// GETs `url` and reads its JSON body.
+async fn get_json(http: &reqwest::Client, url: String) -> Value {
+    http.get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON body")
+}
+
 async fn wait_drained(http: &reqwest::Client, url: &str) {
     for _ in 0..400 {
-        let stats: Value = http
-            .get(format!("{url}/v1/stats"))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("JSON");
+        let stats = get_json(http, format!("{url}/v1/stats")).await;
         if stats["queue_depth"] == json!(0) {
             return;
         }
@@ -324,14 +319,7 @@ async fn every_accepted_mutation_survives_a_kill_and_applies_once() {
     wait_drained(&http, &url).await;
     let mut seen = std::collections::HashMap::new();
     for k in 0..4 {
-        let doc: Value = http
-            .get(format!("{url}/v1/documents/burst/k{k}"))
-            .send()
-            .await
-            .expect("GET")
-            .json()
-            .await
-            .expect("JSON");
+        let doc = get_json(&http, format!("{url}/v1/documents/burst/k{k}")).await;
         for element in doc["item"]["items"].as_array().expect("items") {
             *seen
                 .entry(element.as_str().expect("text").to_owned())
@@ -420,14 +408,7 @@ async fn sigterm_refuses_new_mutations_drains_and_exits_zero() {
 
     // Drained before exit: the queued mutation was decided, not left behind.
     sluice.restart().await;
-    let decided: Value = http
-        .get(format!("{url}/v1/mutations/q1?client=c"))
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
+    let decided = get_json(&http, format!("{url}/v1/mutations/q1?client=c")).await;
     assert_eq!(decided["outcome"], json!("applied"), "{decided}");
 }
 

@@ -432,17 +432,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
     })
     .await;
     // A slow script holds the only worker, so later mutations of the key wait in its lane.
-    let slow = "function resolve(ctx) { const end = Date.now() + 1000; while (Date.now() < end) {} return {action: 'resolve', item: ctx.existing}; }";
-    s.put("/v1/collections/slow", json!({"handler": {"script": slow}}))
-        .await;
-    s.post(json!({"collection": "slow", "key": "k", "op": "put", "value": {}}))
-        .await;
-    s.post(json!({"collection": "slow", "key": "k", "op": "put", "value": {}}))
-        .await;
-    let blocker = s.spawn_post(
-        json!({"collection": "slow", "key": "k", "op": "put", "value": {}, "base_version": 1}),
-    );
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let blocker = s.hold_lane("slow", 1_000).await;
     let waiting =
         s.spawn_post(json!({"collection": "slow", "key": "k", "op": "patch", "value": {"a": 1}}));
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -473,17 +463,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
 async fn a_base_is_checked_when_applied_not_when_it_arrives() {
     // The client sends base 3 right behind its own queued mutation that will make version 3.
     let s = TestServer::with(|c| c.script.time_ms_max = 5_000).await;
-    let slow = "function resolve(ctx) { const end = Date.now() + 1000; while (Date.now() < end) {} return {action: 'resolve', item: {n: 1}}; }";
-    s.put("/v1/collections/q", json!({"handler": {"script": slow}}))
-        .await;
-    s.post(json!({"collection": "q", "key": "k", "op": "put", "value": {}}))
-        .await;
-    s.post(json!({"collection": "q", "key": "k", "op": "put", "value": {}}))
-        .await;
-    let first = s.spawn_post(
-        json!({"collection": "q", "key": "k", "op": "put", "value": {}, "base_version": 1}),
-    );
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let first = s.hold_lane("q", 1_000).await;
     assert_eq!(
         s.get("/v1/documents/q/k").await.1["version"],
         json!(2),

@@ -109,6 +109,35 @@ impl TestServer {
         tokio::spawn(exchange(request))
     }
 
+    /// Holds the lane of `collection/k` busy for about `hold_ms`: configures a
+    /// script that spins that long, writes versions 1 and 2, sends a
+    /// conflicting put (base 1) that runs the script, and returns its answer
+    /// to come once it is under way. The server's script time limit must
+    /// allow `hold_ms`.
+    pub async fn hold_lane(
+        &self,
+        collection: &str,
+        hold_ms: u64,
+    ) -> tokio::task::JoinHandle<(u16, Value)> {
+        let script = format!(
+            "function resolve(ctx) {{ const end = Date.now() + {hold_ms}; while (Date.now() < end) {{}} return {{action: 'resolve', item: ctx.existing}}; }}"
+        );
+        let (status, _) = self
+            .put(
+                &format!("/v1/collections/{collection}"),
+                serde_json::json!({"handler": {"script": script}}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        for _ in 0..2 {
+            let (status, _) = self.post(serde_json::json!({"collection": collection, "key": "k", "op": "put", "value": {}})).await;
+            assert_eq!(status, 200);
+        }
+        let blocker = self.spawn_post(serde_json::json!({"collection": collection, "key": "k", "op": "put", "value": {}, "base_version": 1}));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        blocker
+    }
+
     pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
         exchange(self.http.post(format!("{}{path}", self.url)).body(body)).await
     }
