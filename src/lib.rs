@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` for the life of a mutation and the code map.
 
 pub mod api;
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod dispatch;

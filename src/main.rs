@@ -31,6 +31,45 @@ upper-cased, `__` between a section and its key), then the --config file, then d
     /// Write a synthetic trace with known structure (Zipf-hot keys, offline
     /// clients, writers without a base, a daily rhythm) and its labels.
     Gen(GenArgs),
+    /// Sluice against direct PostgreSQL writes (optimistic and locking), side
+    /// by side in one run: BENCH.md, bench.json and SVG plots in --out.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// A PostgreSQL to run against (its tables are created as needed); without
+    /// it a temporary server is started and removed
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+    /// Every workload and setting, only shorter (about 3 minutes)
+    #[arg(long)]
+    quick: bool,
+    /// hot, overload, external or trace; repeat for several [default: all]
+    #[arg(long, value_name = "NAME")]
+    workload: Vec<String>,
+    /// Where bench.json, BENCH.md and the plots go
+    #[arg(long, value_name = "DIR", default_value = "bench-results")]
+    out: PathBuf,
+    /// The trace of the trace workload
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "../shared/traces/rails.trace.jsonl.gz"
+    )]
+    trace: PathBuf,
+    /// Hide the progress bar
+    #[arg(long)]
+    quiet: bool,
+    /// Length of each run in ms, overriding --quick's or the full run's
+    #[arg(long, value_name = "MS", hide = true)]
+    run_ms: Option<u64>,
+    /// Repetitions of each run, overriding --quick's or the full run's
+    #[arg(long, value_name = "N", hide = true)]
+    repetitions: Option<usize>,
+    /// Trace lines replayed, overriding --quick's or the full run's
+    #[arg(long, value_name = "N", hide = true)]
+    trace_lines: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -137,7 +176,49 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Replay(args) => replay(args),
         Command::Gen(args) => generate(args),
+        Command::Bench(args) => bench(args),
     }
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let mut workloads = Vec::new();
+    for name in &args.workload {
+        let workload = sluice::bench::Workload::parse(name).with_context(|| {
+            format!("unknown workload {name:?}: use hot, overload, external or trace")
+        })?;
+        workloads.push(workload);
+    }
+    if args.run_ms == Some(0) || args.repetitions == Some(0) || args.trace_lines == Some(0) {
+        anyhow::bail!("--run-ms, --repetitions and --trace-lines must be at least 1");
+    }
+    init_logs_at("text", "warn");
+    let options = sluice::bench::BenchOptions {
+        postgres: args.postgres,
+        quick: args.quick,
+        workloads,
+        out: args.out.clone(),
+        trace: args.trace,
+        exe: std::env::current_exe().context("finding the sluice binary")?,
+        progress: !args.quiet,
+        run_ms: args.run_ms,
+        repetitions: args.repetitions,
+        trace_lines: args.trace_lines,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let report = runtime.block_on(sluice::bench::run(options))?;
+    for goal in &report.goals {
+        println!(
+            "{:<4} {:<70} {}",
+            if goal.met { "met" } else { "MISS" },
+            goal.goal,
+            goal.measured
+        );
+    }
+    println!("results          {}", args.out.join("BENCH.md").display());
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -121,6 +121,11 @@ pub struct EngineStats {
     pub conflict_rate: f64,
     pub cpu: f64,
     pub memory: f64,
+    /// Mutations decided since the start (applied, merged or rejected).
+    pub mutations_decided: u64,
+    /// Lane commits the store refused because the version had moved (a
+    /// writer that bypassed Sluice): store writes wasted and done again.
+    pub commits_stale: u64,
 }
 
 /// Host CPU and memory use, 0–1, sampled by a background task (zero when
@@ -210,6 +215,8 @@ struct Inner {
     drained: Notify,
     /// Outcomes learned online since the last retraining.
     outcomes_since_retrain: AtomicU64,
+    mutations_decided: AtomicU64,
+    commits_stale: AtomicU64,
     retrain_wanted: Notify,
     /// Bumped after every commit, so event streams know to look.
     events: tokio::sync::watch::Sender<u64>,
@@ -277,6 +284,8 @@ impl Engine {
             closing: AtomicBool::new(false),
             drained: Notify::new(),
             outcomes_since_retrain: AtomicU64::new(0),
+            mutations_decided: AtomicU64::new(0),
+            commits_stale: AtomicU64::new(0),
             retrain_wanted: Notify::new(),
             events: tokio::sync::watch::Sender::new(0),
         });
@@ -664,18 +673,23 @@ impl Engine {
             event_ms: mutation.ts_ms.unwrap_or(received_ms),
             lane_waiting,
         };
-        let scored = lock(&inner.predictor).score(&observation);
+        let scored = inner
+            .config
+            .predictor
+            .enabled
+            .then(|| lock(&inner.predictor).score(&observation));
+        let probability = scored.as_ref().map_or(0.0, |s| s.probability);
         let admitted_at = inner.clock.elapsed();
-        let boost_us = inner.config.priority_boost_ms as f64 * 1000.0 * scored.probability;
+        let boost_us = inner.config.priority_boost_ms as f64 * 1000.0 * probability;
         let rank = i64::try_from(admitted_at.as_micros()).unwrap_or(i64::MAX) - boost_us as i64;
         let queued = Queued {
             mutation,
             admitted_at,
             received_ms,
-            score: scored.probability,
+            score: probability,
             lane_waiting,
             accepted: false,
-            scored: Some(scored),
+            scored,
             answer: tx,
         };
         (queued, rank, rx)
@@ -912,6 +926,8 @@ impl Inner {
             conflict_rate: control.conflict_rate,
             cpu,
             memory,
+            mutations_decided: self.mutations_decided.load(Ordering::Relaxed),
+            commits_stale: self.commits_stale.load(Ordering::Relaxed),
         }
     }
 
@@ -1234,8 +1250,14 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
             at_ms: decided_ms,
         };
         match inner.commit(commit).await {
-            Ok(CommitOutcome::Committed) => return Ok(decided),
+            Ok(CommitOutcome::Committed) => {
+                inner
+                    .mutations_decided
+                    .fetch_add(decided.mutations.len() as u64, Ordering::Relaxed);
+                return Ok(decided);
+            }
             Ok(CommitOutcome::Stale) => {
+                inner.commits_stale.fetch_add(1, Ordering::Relaxed);
                 debug!(collection = %doc.collection, key = %doc.key, attempt, "version moved under the batch; deciding again");
                 // Back off a little so a busy foreign writer can finish.
                 tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(6)) * 2)).await;
@@ -1340,6 +1362,9 @@ const RETRAIN_PAGE_ROWS: u32 = 10_000;
 /// atomically.
 async fn learning_loop(inner: Arc<Inner>) {
     let config = inner.config.predictor.clone();
+    if !config.enabled {
+        return;
+    }
     if config.retrain_on_start {
         retrain(&inner).await;
     }

@@ -72,13 +72,14 @@ impl GenOptions {
     }
 }
 
-/// Zipf over `0..n` by inverse CDF: exact, O(log n) per draw.
-struct Zipf {
+/// Zipf over `0..n` by inverse CDF: exact, O(log n) per draw; 0 is the most
+/// popular. The same distribution YCSB's generator approximates.
+pub struct Zipf {
     cdf: Vec<f64>,
 }
 
 impl Zipf {
-    fn new(n: u64, theta: f64) -> Self {
+    pub fn new(n: u64, theta: f64) -> Self {
         let mut cdf = Vec::with_capacity(n as usize);
         let mut total = 0.0;
         for i in 1..=n {
@@ -91,7 +92,7 @@ impl Zipf {
         Zipf { cdf }
     }
 
-    fn draw(&self, rng: &mut Rng) -> u64 {
+    pub fn draw(&self, rng: &mut Rng) -> u64 {
         let u = rng.unit();
         self.cdf.partition_point(|c| *c < u) as u64
     }

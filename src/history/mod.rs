@@ -207,10 +207,12 @@ pub(crate) fn conflict_filter(query: &ConflictQuery) -> (String, Vec<&str>) {
 /// The `History` implementation both SQL backends share: the statements are
 /// the same text in either dialect, only the connection types differ.
 macro_rules! sql_history {
-    ($ty:ty) => {
-        #[async_trait::async_trait]
-        impl $crate::history::History for $ty {
-            async fn record(&self, mutations: &[$crate::history::MutationRecord], conflicts: &[$crate::resolve::ConflictRecord]) -> Result<(), $crate::history::HistoryError> {
+    ($ty:ty, record = $record:ident) => {
+        impl $ty {
+            /// Row by row: cheap in process (SQLite); a network backend may
+            /// batch instead.
+            #[allow(dead_code)]
+            async fn record_rows(&self, mutations: &[$crate::history::MutationRecord], conflicts: &[$crate::resolve::ConflictRecord]) -> Result<(), $crate::history::HistoryError> {
                 let mut tx = self.writer.begin().await?;
                 for m in mutations {
                     sqlx::query(
@@ -262,6 +264,13 @@ macro_rules! sql_history {
                 }
                 tx.commit().await?;
                 Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::history::History for $ty {
+            async fn record(&self, mutations: &[$crate::history::MutationRecord], conflicts: &[$crate::resolve::ConflictRecord]) -> Result<(), $crate::history::HistoryError> {
+                self.$record(mutations, conflicts).await
             }
 
             async fn conflicts(&self, query: &$crate::history::ConflictQuery) -> Result<Vec<$crate::resolve::ConflictRecord>, $crate::history::HistoryError> {

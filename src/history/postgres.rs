@@ -2,7 +2,8 @@
 //! same Rust types as SQLite's (`BIGINT` for flags and versions, `TEXT` for
 //! JSON), which lets both backends share one implementation.
 
-use super::{HistoryError, sql_history};
+use super::{HistoryError, MutationRecord, sql_history, version_to_sql};
+use crate::resolve::ConflictRecord;
 use crate::store::connect_postgres;
 use sqlx::postgres::PgPool;
 
@@ -64,4 +65,88 @@ impl PostgresHistory {
     }
 }
 
-sql_history!(PostgresHistory);
+sql_history!(PostgresHistory, record = record_unnest);
+
+impl PostgresHistory {
+    /// One statement for the mutations and one for the conflicts, however
+    /// many: the history is written on every mutation's path.
+    async fn record_unnest(
+        &self,
+        mutations: &[MutationRecord],
+        conflicts: &[ConflictRecord],
+    ) -> Result<(), HistoryError> {
+        let mut tx = self.writer.begin().await?;
+        if !mutations.is_empty() {
+            let ms = mutations;
+            let text = |f: fn(&MutationRecord) -> &str| ms.iter().map(f).collect::<Vec<_>>();
+            let number = |f: fn(&MutationRecord) -> i64| ms.iter().map(f).collect::<Vec<_>>();
+            sqlx::query(
+                "INSERT INTO sluice_mutations (id, client, collection, key, op, fields, base_version, version_before,
+                     version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, queued_us, lane_waiting)
+                 SELECT id, client, collection, key, op, fields, base_version, version_before,
+                     version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, queued_us, lane_waiting
+                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::BIGINT[],
+                     $8::BIGINT[], $9::BIGINT[], $10::TEXT[], $11::BIGINT[], $12::DOUBLE PRECISION[], $13::BIGINT[],
+                     $14::BIGINT[], $15::BIGINT[], $16::BIGINT[], $17::BIGINT[])
+                   WITH ORDINALITY AS u(id, client, collection, key, op, fields, base_version, version_before,
+                     version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, queued_us, lane_waiting, n)
+                 ORDER BY n",
+            )
+            .bind(text(|m| &m.id))
+            .bind(text(|m| &m.client))
+            .bind(text(|m| &m.doc.collection))
+            .bind(text(|m| &m.doc.key))
+            .bind(text(|m| &m.op))
+            .bind(
+                ms.iter()
+                    .map(|m| serde_json::to_string(&m.fields).unwrap_or_else(|_| "[]".into()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(ms.iter().map(|m| m.base_version.map(version_to_sql)).collect::<Vec<_>>())
+            .bind(number(|m| version_to_sql(m.version_before)))
+            .bind(number(|m| version_to_sql(m.version_after)))
+            .bind(text(|m| &m.outcome))
+            .bind(number(|m| i64::from(m.conflict)))
+            .bind(ms.iter().map(|m| m.score).collect::<Vec<_>>())
+            .bind(ms.iter().map(|m| m.ts_ms).collect::<Vec<_>>())
+            .bind(number(|m| m.received_ms))
+            .bind(number(|m| m.decided_ms))
+            .bind(number(|m| version_to_sql(m.queued_us)))
+            .bind(number(|m| version_to_sql(m.lane_waiting)))
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !conflicts.is_empty() {
+            let cs = conflicts;
+            let text = |f: fn(&ConflictRecord) -> &str| cs.iter().map(f).collect::<Vec<_>>();
+            sqlx::query(
+                "INSERT INTO sluice_conflicts (mutation_id, client, collection, key, base_version, server_version,
+                     handler, resolution, reason, incoming, existing, result, at_ms)
+                 SELECT mutation_id, client, collection, key, base_version, server_version,
+                     handler, resolution, reason, incoming, existing, result, at_ms
+                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::TEXT[],
+                     $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::BIGINT[])
+                   WITH ORDINALITY AS u(mutation_id, client, collection, key, base_version, server_version,
+                     handler, resolution, reason, incoming, existing, result, at_ms, n)
+                 ORDER BY n",
+            )
+            .bind(text(|c| &c.mutation_id))
+            .bind(text(|c| &c.client))
+            .bind(text(|c| &c.doc.collection))
+            .bind(text(|c| &c.doc.key))
+            .bind(cs.iter().map(|c| version_to_sql(c.base_version)).collect::<Vec<_>>())
+            .bind(cs.iter().map(|c| version_to_sql(c.server_version)).collect::<Vec<_>>())
+            .bind(text(|c| &c.handler))
+            .bind(text(|c| c.resolution.as_str()))
+            .bind(text(|c| &c.reason))
+            .bind(cs.iter().map(|c| c.incoming.to_string()).collect::<Vec<_>>())
+            .bind(cs.iter().map(|c| c.existing.to_string()).collect::<Vec<_>>())
+            .bind(cs.iter().map(|c| c.result.to_string()).collect::<Vec<_>>())
+            .bind(cs.iter().map(|c| c.at_ms).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

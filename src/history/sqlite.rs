@@ -64,4 +64,4 @@ impl SqliteHistory {
     }
 }
 
-sql_history!(SqliteHistory);
+sql_history!(SqliteHistory, record = record_rows);

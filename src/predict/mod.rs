@@ -67,6 +67,9 @@ const FIELDS_MAX: usize = 8;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PredictorConfig {
+    /// Score mutations and learn from their outcomes. Off, every score is 0
+    /// (nothing is prioritized) and the learning loop does not run.
+    pub enabled: bool,
     /// Use Sluice's own knowledge of each key's current version (how far the
     /// base is behind it, how old the base is). Off, the model sees only what
     /// it would in a cluster where other writers bypass Sluice.
@@ -91,6 +94,7 @@ pub struct PredictorConfig {
 impl Default for PredictorConfig {
     fn default() -> Self {
         PredictorConfig {
+            enabled: true,
             use_version_cache: true,
             dim_log2: DIM_LOG2_DEFAULT,
             prior: PRIOR_DEFAULT,

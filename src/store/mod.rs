@@ -198,22 +198,12 @@ fn from_sql(v: i64) -> u64 {
 /// same text in either dialect except for how an item is bound and selected
 /// (`$item_param`, `$item_select`), which PostgreSQL casts to and from `json`.
 macro_rules! sql_store {
-    ($ty:ty, item_param = $item_param:literal, item_select = $item_select:literal, seq = $seq:literal, accept_seq = $accept_seq:literal) => {
-        #[async_trait::async_trait]
-        impl $crate::store::Store for $ty {
-            async fn get(&self, doc: &$crate::model::DocKey) -> Result<$crate::model::Document, $crate::store::StoreError> {
-                let row = sqlx::query(concat!("SELECT version, ", $item_select, " FROM sluice_documents WHERE collection = $1 AND key = $2"))
-                    .bind(&doc.collection)
-                    .bind(&doc.key)
-                    .fetch_optional(&self.reader)
-                    .await?;
-                match row {
-                    None => Ok($crate::model::Document::absent()),
-                    Some(row) => $crate::store::decode_item(sqlx::Row::try_get(&row, "version")?, sqlx::Row::try_get(&row, "item")?),
-                }
-            }
-
-            async fn commit(&self, batch: &[$crate::store::LaneCommit]) -> Result<Vec<$crate::store::CommitOutcome>, $crate::store::StoreError> {
+    ($ty:ty, item_param = $item_param:literal, item_select = $item_select:literal, seq = $seq:literal, accept_seq = $accept_seq:literal, commit = $commit:ident) => {
+        impl $ty {
+            /// The batch statement by statement: few round trips matter
+            /// little in process (SQLite); a network backend may do better.
+            #[allow(dead_code)]
+            async fn commit_rows(&self, batch: &[$crate::store::LaneCommit]) -> Result<Vec<$crate::store::CommitOutcome>, $crate::store::StoreError> {
                 let mut tx = self.writer.begin().await?;
                 let mut outcomes = Vec::with_capacity(batch.len());
                 for lane in batch {
@@ -287,6 +277,26 @@ macro_rules! sql_store {
                 tx.commit().await?;
                 Ok(outcomes)
             }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $ty {
+            async fn commit(&self, batch: &[$crate::store::LaneCommit]) -> Result<Vec<$crate::store::CommitOutcome>, $crate::store::StoreError> {
+                self.$commit(batch).await
+            }
+
+            async fn get(&self, doc: &$crate::model::DocKey) -> Result<$crate::model::Document, $crate::store::StoreError> {
+                let row = sqlx::query(concat!("SELECT version, ", $item_select, " FROM sluice_documents WHERE collection = $1 AND key = $2"))
+                    .bind(&doc.collection)
+                    .bind(&doc.key)
+                    .fetch_optional(&self.reader)
+                    .await?;
+                match row {
+                    None => Ok($crate::model::Document::absent()),
+                    Some(row) => $crate::store::decode_item(sqlx::Row::try_get(&row, "version")?, sqlx::Row::try_get(&row, "item")?),
+                }
+            }
+
 
             async fn reply(&self, client: &str, id: &str) -> Result<Option<$crate::store::StoredReply>, $crate::store::StoreError> {
                 let row = sqlx::query(

@@ -4,8 +4,13 @@
 //! Schema creation takes a transaction-scoped advisory lock, so several Sluice
 //! processes starting against one database do not race each other's DDL.
 
-use super::{StoreError, sql_store};
+use super::{
+    CommitOutcome, LaneCommit, StoreError, StoredReply, encode_item, from_sql, sql_store, to_sql,
+};
+use crate::model::{DocKey, Document};
+use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::collections::HashMap;
 
 /// Connections Sluice opens to PostgreSQL: reads of the lanes in flight plus
 /// the committer's one.
@@ -89,5 +94,209 @@ sql_store!(
     item_param = "$4::json",
     item_select = "item::text AS item",
     seq = "seq",
-    accept_seq = "seq"
+    accept_seq = "seq",
+    commit = commit_unnest
 );
+
+impl PostgresStore {
+    /// The batch in a fixed number of statements whatever its size: lock the
+    /// batch's rows in key order (two Sluice processes cannot deadlock) and
+    /// read their versions, then one statement each for updates, inserts,
+    /// replies and accept-log entries. Round trips, not rows, are what a
+    /// commit costs here.
+    async fn commit_unnest(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError> {
+        let mut keys: Vec<&DocKey> = batch.iter().map(|l| &l.doc).collect();
+        keys.sort();
+        keys.dedup();
+        if keys.len() != batch.len() {
+            // Two lanes of one document in one batch: their order matters, so
+            // they go statement by statement.
+            return self.commit_rows(batch).await;
+        }
+        let collections: Vec<&str> = batch.iter().map(|l| l.doc.collection.as_str()).collect();
+        let names: Vec<&str> = batch.iter().map(|l| l.doc.key.as_str()).collect();
+        let mut tx = self.writer.begin().await?;
+        let rows = sqlx::query(
+            "SELECT d.collection, d.key, d.version FROM sluice_documents d
+             JOIN UNNEST($1::TEXT[], $2::TEXT[]) AS u(collection, key)
+               ON d.collection = u.collection AND d.key = u.key
+             ORDER BY d.collection, d.key FOR UPDATE OF d",
+        )
+        .bind(&collections)
+        .bind(&names)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut current: HashMap<(String, String), i64> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            current.insert(
+                (row.try_get("collection")?, row.try_get("key")?),
+                row.try_get("version")?,
+            );
+        }
+        let version_now = |doc: &DocKey| {
+            current
+                .get(&(doc.collection.clone(), doc.key.clone()))
+                .copied()
+                .map_or(0, from_sql)
+        };
+        let mut outcomes: Vec<CommitOutcome> = batch
+            .iter()
+            .map(|lane| {
+                if version_now(&lane.doc) == lane.expected_version {
+                    CommitOutcome::Committed
+                } else {
+                    CommitOutcome::Stale
+                }
+            })
+            .collect();
+
+        // Rows that exist are locked and current: every update sticks.
+        let updates: Vec<(&LaneCommit, &Document)> = batch
+            .iter()
+            .zip(&outcomes)
+            .filter(|(lane, outcome)| {
+                **outcome == CommitOutcome::Committed && lane.expected_version > 0
+            })
+            .filter_map(|(lane, _)| lane.write.as_ref().map(|w| (lane, w)))
+            .collect();
+        if !updates.is_empty() {
+            sqlx::query(
+                "UPDATE sluice_documents d
+                 SET version = u.version, item = u.item::json, updated_ms = u.at_ms
+                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[])
+                   AS u(collection, key, version, item, at_ms)
+                 WHERE d.collection = u.collection AND d.key = u.key",
+            )
+            .bind(
+                updates
+                    .iter()
+                    .map(|(l, _)| l.doc.collection.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                updates
+                    .iter()
+                    .map(|(l, _)| l.doc.key.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                updates
+                    .iter()
+                    .map(|(_, w)| to_sql(w.version))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                updates
+                    .iter()
+                    .map(|(_, w)| encode_item(w))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(updates.iter().map(|(l, _)| l.at_ms).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Absent rows have nothing to lock: an insert can lose to a
+        // concurrent one, and then its lane is stale.
+        let inserts: Vec<(usize, &Document)> = batch
+            .iter()
+            .enumerate()
+            .filter(|(i, lane)| {
+                outcomes[*i] == CommitOutcome::Committed && lane.expected_version == 0
+            })
+            .filter_map(|(i, lane)| lane.write.as_ref().map(|w| (i, w)))
+            .collect();
+        if !inserts.is_empty() {
+            let inserted = sqlx::query(
+                "INSERT INTO sluice_documents (collection, key, version, item, updated_ms)
+                 SELECT u.collection, u.key, u.version, u.item::json, u.at_ms
+                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[])
+                   AS u(collection, key, version, item, at_ms)
+                 ON CONFLICT (collection, key) DO NOTHING
+                 RETURNING collection, key",
+            )
+            .bind(
+                inserts
+                    .iter()
+                    .map(|(i, _)| batch[*i].doc.collection.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                inserts
+                    .iter()
+                    .map(|(i, _)| batch[*i].doc.key.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                inserts
+                    .iter()
+                    .map(|(_, w)| to_sql(w.version))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                inserts
+                    .iter()
+                    .map(|(_, w)| encode_item(w))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                inserts
+                    .iter()
+                    .map(|(i, _)| batch[*i].at_ms)
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut won: Vec<(String, String)> = Vec::with_capacity(inserted.len());
+            for row in inserted {
+                won.push((row.try_get("collection")?, row.try_get("key")?));
+            }
+            for (i, _) in &inserts {
+                let doc = &batch[*i].doc;
+                if !won
+                    .iter()
+                    .any(|(c, k)| *c == doc.collection && *k == doc.key)
+                {
+                    outcomes[*i] = CommitOutcome::Stale;
+                }
+            }
+        }
+        let replies: Vec<&StoredReply> = batch
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| **outcome == CommitOutcome::Committed)
+            .flat_map(|(lane, _)| &lane.replies)
+            .collect();
+        if !replies.is_empty() {
+            // Ordered by the batch, so event numbers follow decision order.
+            sqlx::query(
+                "INSERT INTO sluice_replies (client, id, fingerprint, status, body, at_ms)
+                 SELECT client, id, fingerprint, status, body, at_ms
+                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::BIGINT[])
+                 WITH ORDINALITY AS u(client, id, fingerprint, status, body, at_ms, n)
+                 ORDER BY n
+                 ON CONFLICT (client, id) DO NOTHING",
+            )
+            .bind(replies.iter().map(|r| r.client.as_str()).collect::<Vec<_>>())
+            .bind(replies.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+            .bind(replies.iter().map(|r| to_sql(r.fingerprint)).collect::<Vec<_>>())
+            .bind(replies.iter().map(|r| i64::from(r.status)).collect::<Vec<_>>())
+            .bind(replies.iter().map(|r| r.body.as_str()).collect::<Vec<_>>())
+            .bind(replies.iter().map(|r| r.at_ms).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+            let accepted: Vec<&&StoredReply> = replies.iter().filter(|r| r.was_accepted).collect();
+            if !accepted.is_empty() {
+                sqlx::query(
+                    "DELETE FROM sluice_accepted a USING UNNEST($1::TEXT[], $2::TEXT[]) AS u(client, id)
+                     WHERE a.client = u.client AND a.id = u.id",
+                )
+                .bind(accepted.iter().map(|r| r.client.as_str()).collect::<Vec<_>>())
+                .bind(accepted.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+}

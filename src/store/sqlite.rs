@@ -97,5 +97,6 @@ sql_store!(
     item_param = "$4",
     item_select = "item",
     seq = "rowid",
-    accept_seq = "rowid"
+    accept_seq = "rowid",
+    commit = commit_rows
 );

@@ -4,6 +4,7 @@
 mod accepts;
 mod api;
 mod batch;
+mod bench;
 mod concurrency;
 mod conformance;
 mod engine;

@@ -1,0 +1,149 @@
+//! Sluice as the benchmark runs it: the same binary a user runs, as a child
+//! process (`sluice serve`), with its defaults except what a contender turns
+//! off, so its CPU time can be read apart from the load generator's.
+
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a Sluice contender turns off (everything on is the default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    pub prediction: bool,
+    pub priority: bool,
+    pub coalescing: bool,
+    pub group_commit: bool,
+}
+
+impl Features {
+    pub const ALL: Features = Features {
+        prediction: true,
+        priority: true,
+        coalescing: true,
+        group_commit: true,
+    };
+    pub const NONE: Features = Features {
+        prediction: false,
+        priority: false,
+        coalescing: false,
+        group_commit: false,
+    };
+
+    /// The `SLUICE_*` settings that turn the missing features off.
+    fn env(self) -> Vec<(&'static str, &'static str)> {
+        let mut env = Vec::new();
+        if !self.prediction {
+            env.push(("SLUICE_PREDICTOR__ENABLED", "false"));
+        }
+        if !self.priority {
+            env.push(("SLUICE_QUEUE__PRIORITY_BOOST_MS", "0"));
+        }
+        if !self.coalescing {
+            env.push(("SLUICE_QUEUE__BATCH_LEN_MAX", "1"));
+        }
+        if !self.group_commit {
+            env.push(("SLUICE_QUEUE__COMMIT_BATCH_MAX", "1"));
+        }
+        env
+    }
+}
+
+pub struct SluiceChild {
+    child: Child,
+    pub url: String,
+    data_dir: PathBuf,
+}
+
+impl SluiceChild {
+    /// Starts `exe serve` on PostgreSQL (`postgres` for store and history) and
+    /// waits until it answers `/healthz`. Its log goes to `log`.
+    pub async fn start(
+        exe: &Path,
+        postgres: &str,
+        features: Features,
+        log: &Path,
+    ) -> anyhow::Result<SluiceChild> {
+        let port = super::postgres::free_port()?;
+        let data_dir =
+            std::env::temp_dir().join(format!("sluice-bench-{}-{port}", std::process::id()));
+        let log_file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let mut command = Command::new(exe);
+        // The child runs on its defaults: nothing of the caller's SLUICE_*.
+        for (name, _) in std::env::vars() {
+            if name.starts_with("SLUICE_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--store")
+            .arg(postgres)
+            .arg("--history")
+            .arg(postgres)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .envs(features.env())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let mut sluice = SluiceChild {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            data_dir,
+        };
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = sluice.child.try_wait()? {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                bail!("sluice serve exited at start ({status}):\n{text}");
+            }
+            let health = http
+                .get(format!("{}/healthz", sluice.url))
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await;
+            if health.is_ok_and(|r| r.status().is_success()) {
+                return Ok(sluice);
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("sluice serve did not become healthy within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// User plus system CPU time the child has used, in microseconds.
+    pub fn cpu_us(&self) -> Option<u64> {
+        process_cpu_us(self.child.id())
+    }
+}
+
+/// From `/proc/PID/stat`: fields 14 and 15 (utime, stime) in clock ticks,
+/// which Linux reports in units of 1/100 s whatever the kernel's HZ.
+pub fn process_cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields resume after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * 10_000)
+}
+
+impl Drop for SluiceChild {
+    fn drop(&mut self) {
+        // SIGTERM would drain a queue the benchmark no longer waits for.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}

@@ -1,0 +1,1163 @@
+//! `sluice bench`: Sluice against what an application does without it
+//! (optimistic and pessimistic writes straight to PostgreSQL), side by side in
+//! one run against one database, with the same client code, the same number
+//! of client tasks and the same connection pool size.
+//!
+//! Every run gets a collection of its own (fresh documents, no state carried
+//! from the run before), contenders are interleaved and their order rotates
+//! with each repetition so that drift of the machine cancels, and every run
+//! ends with an accounting check: the intents the clients were told were
+//! applied are exactly the entries found in the database.
+
+mod child;
+mod intent;
+pub mod postgres;
+mod report;
+
+pub use child::{Features, process_cpu_us};
+pub use intent::{Contender, TraceLine};
+pub use report::{BenchReport, RunRecord};
+
+use crate::generate::Zipf;
+use crate::rng::SplitMix64;
+use anyhow::{Context, bail};
+use child::SluiceChild;
+use indicatif::{ProgressBar, ProgressStyle};
+use intent::{Append, Ended, Target};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// Documents of the `hot`, `overload` and `external` workloads.
+pub const DOCS: u64 = 10_000;
+/// Closed-loop client tasks of every contender.
+pub const CLIENTS: usize = 64;
+/// Connections of the direct contenders' pool, and of Sluice's own store
+/// pool (`store::postgres`): the same for everyone.
+pub const POOL_SIZE: u32 = 16;
+pub const THINK: Duration = Duration::from_millis(2);
+/// An intent answered later than this counts as a time-out: the user gave up.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const THETAS: [f64; 5] = [0.0, 0.6, 0.9, 0.99, 1.2];
+pub const LOADS: [f64; 3] = [0.5, 1.0, 2.0];
+/// Open-loop intents outstanding at once; an arrival beyond it is a client
+/// that gave up at once (a time-out).
+const OUTSTANDING_MAX: usize = 4_096;
+/// Writes per second of the `external` workload's writer that bypasses Sluice.
+const EXTERNAL_RATE: f64 = 200.0;
+/// Clients of the group-commit comparison: pgbench-style one-row commits.
+const COMMIT_CLIENTS: usize = 32;
+/// Mutations per `POST /v1/mutations:batch` in the group-commit comparison.
+const COMMIT_BATCH: usize = 100;
+
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Workload {
+    Hot,
+    Overload,
+    External,
+    Trace,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 4] = [
+        Workload::Hot,
+        Workload::Overload,
+        Workload::External,
+        Workload::Trace,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Hot => "hot",
+            Workload::Overload => "overload",
+            Workload::External => "external",
+            Workload::Trace => "trace",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == s)
+    }
+}
+
+pub struct BenchOptions {
+    /// A PostgreSQL to use; a temporary one is started without it.
+    pub postgres: Option<String>,
+    pub quick: bool,
+    /// The workloads to run; empty: all of them.
+    pub workloads: Vec<Workload>,
+    pub out: PathBuf,
+    pub trace: PathBuf,
+    /// The `sluice` binary to start (the running one).
+    pub exe: PathBuf,
+    pub progress: bool,
+    /// Overrides the length of each run and the repetitions (for tests of
+    /// the harness itself; the published numbers use the defaults).
+    pub run_ms: Option<u64>,
+    pub repetitions: Option<usize>,
+    pub trace_lines: Option<usize>,
+}
+
+/// How long and how often.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    run: Duration,
+    repetitions: usize,
+    trace_lines: usize,
+}
+
+impl Plan {
+    fn of(options: &BenchOptions) -> Plan {
+        let mut plan = if options.quick {
+            Plan {
+                run: Duration::from_millis(1_500),
+                repetitions: 1,
+                trace_lines: 8_000,
+            }
+        } else {
+            Plan {
+                run: Duration::from_secs(4),
+                repetitions: 3,
+                trace_lines: 40_000,
+            }
+        };
+        if let Some(ms) = options.run_ms {
+            plan.run = Duration::from_millis(ms);
+        }
+        if let Some(n) = options.repetitions {
+            plan.repetitions = n;
+        }
+        if let Some(n) = options.trace_lines {
+            plan.trace_lines = n;
+        }
+        plan
+    }
+}
+
+/// What a run does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Setting {
+    Hot(f64),
+    /// Sluice's capacity on uniform keys: the overload runs' reference.
+    Capacity,
+    Overload(f64),
+    External,
+    Trace,
+    /// pgbench-style: one-row updates, each its own transaction.
+    OneRowCommits,
+    /// Unconditional uniform-key writes through Sluice, one per request or
+    /// `COMMIT_BATCH` per request.
+    SluiceWrites {
+        batched: bool,
+    },
+}
+
+/// Who a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Subject {
+    Contender(Contender),
+    /// A Sluice with only some features on (`ABLATION[i]`).
+    Ablation(usize),
+}
+
+/// The features turned on one at a time, from the plain queue to everything.
+pub const ABLATION: [(&str, Features); 5] = [
+    ("fifo", Features::NONE),
+    (
+        "+prediction",
+        Features {
+            prediction: true,
+            ..Features::NONE
+        },
+    ),
+    (
+        "+priority",
+        Features {
+            prediction: true,
+            priority: true,
+            ..Features::NONE
+        },
+    ),
+    (
+        "+coalescing",
+        Features {
+            prediction: true,
+            priority: true,
+            coalescing: true,
+            group_commit: false,
+        },
+    ),
+    ("+group commit", Features::ALL),
+];
+
+/// The tally of one run, merged from its client tasks.
+#[derive(Debug, Default)]
+struct Tally {
+    applied: u64,
+    /// Applied within `CLIENT_TIMEOUT`: goodput.
+    in_time: u64,
+    conflicts: u64,
+    wasted: u64,
+    timeouts: u64,
+    rejected_429: u64,
+    /// Requests that reached Sluice (for CPU per mutation).
+    mutations: u64,
+    errors: u64,
+    first_error: Option<String>,
+    /// Per intent, 429s excepted: the admitted intents' latency.
+    latencies_us: Vec<u64>,
+}
+
+impl Tally {
+    fn add(&mut self, ended: Ended, latency: Duration) {
+        self.mutations += 1;
+        if let Some(e) = ended.error {
+            self.errors += 1;
+            self.first_error.get_or_insert(e);
+            return;
+        }
+        self.wasted += u64::from(ended.wasted);
+        if ended.rejected_429 {
+            self.rejected_429 += 1;
+            return;
+        }
+        let timed_out = latency > CLIENT_TIMEOUT;
+        self.timeouts += u64::from(timed_out);
+        self.conflicts += u64::from(ended.conflict);
+        if ended.applied {
+            self.applied += 1;
+            self.in_time += u64::from(!timed_out);
+        }
+        self.latencies_us
+            .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.applied += other.applied;
+        self.in_time += other.in_time;
+        self.conflicts += other.conflicts;
+        self.wasted += other.wasted;
+        self.timeouts += other.timeouts;
+        self.rejected_429 += other.rejected_429;
+        self.mutations += other.mutations;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.latencies_us.extend(other.latencies_us);
+    }
+}
+
+/// One run's figures, before the medians.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub workload: &'static str,
+    pub theta: Option<f64>,
+    pub load: Option<f64>,
+    pub contender: String,
+    pub goodput: f64,
+    pub applied: u64,
+    pub wasted_writes: u64,
+    pub client_conflicts: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub timeouts: u64,
+    pub rejected_429: u64,
+    pub cpu_us_per_mutation: Option<f64>,
+    /// Latency quantiles (ms) at 0%, 1%, … 100%, for the distribution plot.
+    pub quantiles_ms: Vec<f64>,
+}
+
+/// The `q` quantile of sorted microseconds, in milliseconds.
+fn quantile_ms(sorted_us: &[u64], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * (sorted_us.len() - 1) as f64).round() as usize;
+    sorted_us[rank.min(sorted_us.len() - 1)] as f64 / 1000.0
+}
+
+/// What the database holds of one run's collection.
+struct Found {
+    docs: i64,
+    entries: i64,
+    versions: i64,
+}
+
+struct Bench {
+    plan: Plan,
+    /// Accounting queries and document loading.
+    admin: PgPool,
+    /// The direct contenders' pool.
+    direct: PgPool,
+    http: reqwest::Client,
+    children: BTreeMap<Subject, SluiceChild>,
+    trace: Arc<Vec<TraceLine>>,
+    /// Collections are named `{prefix}-{n}`: unique across invocations on one
+    /// database, so nothing of an earlier run is in the way.
+    prefix: String,
+    runs: usize,
+    capacity: Option<f64>,
+    seed: u64,
+}
+
+pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
+    let plan = Plan::of(&options);
+    let workloads = if options.workloads.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        options.workloads.clone()
+    };
+    std::fs::create_dir_all(&options.out)
+        .with_context(|| format!("creating {}", options.out.display()))?;
+    let trace = if workloads.contains(&Workload::Trace) {
+        load_trace(&options.trace, plan.trace_lines)?
+    } else {
+        Vec::new()
+    };
+
+    let temp = match &options.postgres {
+        Some(_) => None,
+        None => Some(tokio::task::spawn_blocking(postgres::TempPostgres::start).await??),
+    };
+    let url = match (&options.postgres, &temp) {
+        (Some(url), _) => url.clone(),
+        (None, Some(pg)) => pg.url.clone(),
+        (None, None) => unreachable!("a temporary PostgreSQL was started"),
+    };
+    // Sluice's own schema: the direct contenders write the same table.
+    crate::store::PostgresStore::connect(&url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let admin = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await?;
+    let direct = PgPoolOptions::new()
+        .max_connections(POOL_SIZE)
+        .connect(&url)
+        .await?;
+    let postgres_version: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&admin)
+        .await?;
+
+    let jobs = schedule(&workloads, plan);
+    let mut children = BTreeMap::new();
+    let mut subjects: Vec<Subject> = jobs.iter().map(|(_, s)| *s).collect();
+    subjects.sort();
+    subjects.dedup();
+    for subject in subjects {
+        let features = match subject {
+            Subject::Contender(Contender::Sluice) => Features::ALL,
+            Subject::Contender(Contender::SluiceFifo) => Features::NONE,
+            Subject::Contender(_) => continue,
+            Subject::Ablation(i) => ABLATION[i].1,
+        };
+        let log = options.out.join(format!(
+            "sluice-{}.log",
+            subject_name(subject).replace(['+', ' '], "")
+        ));
+        let child = SluiceChild::start(&options.exe, &url, features, &log).await?;
+        children.insert(subject, child);
+    }
+    let mut bench = Bench {
+        plan,
+        admin,
+        direct,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(2 * CLIENTS)
+            .build()?,
+        children,
+        trace: Arc::new(trace),
+        prefix: format!("b{}", unix_ms()),
+        runs: 0,
+        capacity: None,
+        seed: 1,
+    };
+
+    let bar = if options.progress {
+        ProgressBar::new(jobs.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut samples = Vec::new();
+    let mut capacity_samples = Vec::new();
+    let mut commit_samples = Vec::new();
+    let mut ablation_samples = Vec::new();
+    for (setting, subject) in jobs {
+        bar.set_message(format!(
+            "{} {}",
+            setting_label(setting),
+            subject_name(subject)
+        ));
+        let sample = bench.run_one(setting, subject).await?;
+        match (setting, subject) {
+            (Setting::Capacity, _) => {
+                bench.capacity = Some(sample.goodput);
+                capacity_samples.push(sample);
+            }
+            (Setting::OneRowCommits | Setting::SluiceWrites { .. }, _) => {
+                commit_samples.push(sample)
+            }
+            (_, Subject::Ablation(_)) => ablation_samples.push(sample),
+            _ => samples.push(sample),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    drop(bench);
+    drop(temp);
+
+    let machine =
+        report::Machine::here(postgres_version, options.quick, plan.run, plan.repetitions);
+    let report = BenchReport::new(
+        machine,
+        &samples,
+        &capacity_samples,
+        &commit_samples,
+        &ablation_samples,
+    );
+    report.write(&options.out)?;
+    Ok(report)
+}
+
+fn load_trace(path: &std::path::Path, lines: usize) -> anyhow::Result<Vec<TraceLine>> {
+    let reader = crate::replay::open_trace(path).with_context(|| {
+        format!(
+            "the trace workload needs {} (pass --trace FILE, or leave the workload out)",
+            path.display()
+        )
+    })?;
+    let mut trace = Vec::new();
+    for (number, line) in reader.lines().enumerate() {
+        if trace.len() >= lines {
+            break;
+        }
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = TraceLine::parse(&line)
+            .map_err(|e| anyhow::anyhow!("{} line {}: {e}", path.display(), number + 1))?;
+        trace.push(parsed);
+    }
+    Ok(trace)
+}
+
+/// Every run in order: per repetition, per setting, the contenders in an
+/// order that rotates, so no contender always runs first or last.
+fn schedule(workloads: &[Workload], plan: Plan) -> Vec<(Setting, Subject)> {
+    let contenders: Vec<Subject> = Contender::ALL.into_iter().map(Subject::Contender).collect();
+    let mut settings = Vec::new();
+    for workload in workloads {
+        match workload {
+            Workload::Hot => settings.extend(THETAS.iter().map(|t| Setting::Hot(*t))),
+            Workload::Overload => {
+                settings.push(Setting::Capacity);
+                settings.extend(LOADS.iter().map(|l| Setting::Overload(*l)));
+            }
+            Workload::External => settings.push(Setting::External),
+            Workload::Trace => settings.push(Setting::Trace),
+        }
+    }
+    if workloads.contains(&Workload::Overload) {
+        settings.push(Setting::OneRowCommits);
+        settings.push(Setting::SluiceWrites { batched: false });
+        settings.push(Setting::SluiceWrites { batched: true });
+    }
+    let mut jobs = Vec::new();
+    let mut turn = 0;
+    for repetition in 0..plan.repetitions {
+        for setting in &settings {
+            let subjects: Vec<Subject> = match setting {
+                Setting::Capacity => {
+                    if repetition > 0 {
+                        continue;
+                    }
+                    vec![Subject::Contender(Contender::Sluice)]
+                }
+                Setting::OneRowCommits => vec![Subject::Contender(Contender::DirectOcc)],
+                Setting::SluiceWrites { .. } => vec![Subject::Contender(Contender::Sluice)],
+                _ => contenders.clone(),
+            };
+            let n = subjects.len();
+            for i in 0..n {
+                jobs.push((*setting, subjects[(i + turn) % n]));
+            }
+            turn += 1;
+            // The features one at a time, beside the contenders at θ = 0.99;
+            // the two ends are `sluice-fifo` and `sluice` themselves.
+            if *setting == Setting::Hot(0.99) {
+                for i in 1..ABLATION.len() - 1 {
+                    jobs.push((*setting, Subject::Ablation(i)));
+                }
+            }
+        }
+    }
+    jobs
+}
+
+fn subject_name(subject: Subject) -> String {
+    match subject {
+        Subject::Contender(c) => c.name().to_owned(),
+        Subject::Ablation(i) => format!("sluice-{}", ABLATION[i].0.trim_start_matches('+')),
+    }
+}
+
+fn setting_label(setting: Setting) -> String {
+    match setting {
+        Setting::Hot(t) => format!("hot θ={t}"),
+        Setting::Capacity => "capacity".into(),
+        Setting::Overload(l) => format!("overload {l}×"),
+        Setting::External => "external".into(),
+        Setting::Trace => "trace".into(),
+        Setting::OneRowCommits => "one-row commits".into(),
+        Setting::SluiceWrites { batched: false } => "sluice writes".into(),
+        Setting::SluiceWrites { batched: true } => "sluice batched writes".into(),
+    }
+}
+
+impl Bench {
+    fn target(&self, subject: Subject) -> anyhow::Result<Target> {
+        Ok(match subject {
+            Subject::Contender(Contender::DirectOcc) => Target::Direct {
+                pool: self.direct.clone(),
+                lock: false,
+            },
+            Subject::Contender(Contender::DirectLock) => Target::Direct {
+                pool: self.direct.clone(),
+                lock: true,
+            },
+            other => Target::Sluice {
+                http: self.http.clone(),
+                url: self
+                    .children
+                    .get(&other)
+                    .context("no Sluice was started for this contender")?
+                    .url
+                    .clone(),
+            },
+        })
+    }
+
+    async fn run_one(&mut self, setting: Setting, subject: Subject) -> anyhow::Result<Sample> {
+        self.runs += 1;
+        self.seed = self.seed.wrapping_add(0x9e37_79b9);
+        let collection: Arc<str> = format!("{}-{}", self.prefix, self.runs).into();
+        let target = self.target(subject)?;
+        let documents = !matches!(setting, Setting::Trace);
+        if documents {
+            self.load_documents(&collection).await?;
+        }
+        if let Target::Sluice { url, .. } = &target {
+            self.configure(url, &collection).await?;
+        }
+        let child = self.children.get(&subject);
+        let cpu_before = child.and_then(SluiceChild::cpu_us);
+        let stale_before = match &target {
+            Target::Sluice { url, .. } => Some(self.commits_stale(url).await?),
+            Target::Direct { .. } => None,
+        };
+        let run = self.plan.run;
+        let started = Instant::now();
+        let mut external_writes = 0;
+        let tally = match setting {
+            Setting::Hot(theta) => {
+                closed_loop(
+                    target.clone(),
+                    &collection,
+                    CLIENTS,
+                    theta,
+                    run,
+                    THINK,
+                    self.seed,
+                )
+                .await
+            }
+            Setting::Capacity => {
+                closed_loop(
+                    target.clone(),
+                    &collection,
+                    2 * CLIENTS,
+                    0.0,
+                    run,
+                    Duration::ZERO,
+                    self.seed,
+                )
+                .await
+            }
+            Setting::Overload(load) => {
+                let capacity = self
+                    .capacity
+                    .context("overload runs after the capacity run")?;
+                open_loop(
+                    target.clone(),
+                    &collection,
+                    load * capacity,
+                    run,
+                    THINK,
+                    self.seed,
+                )
+                .await
+            }
+            Setting::External => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let writes = Arc::new(AtomicU64::new(0));
+                let writer = tokio::spawn(external_writer(
+                    self.admin.clone(),
+                    collection.clone(),
+                    stop.clone(),
+                    writes.clone(),
+                ));
+                let tally = closed_loop(
+                    target.clone(),
+                    &collection,
+                    CLIENTS,
+                    0.99,
+                    run,
+                    THINK,
+                    self.seed,
+                )
+                .await;
+                stop.store(true, Ordering::Relaxed);
+                writer.await.context("external writer")??;
+                external_writes = writes.load(Ordering::Relaxed);
+                tally
+            }
+            Setting::Trace => trace_run(target.clone(), &collection, self.trace.clone()).await,
+            Setting::OneRowCommits => {
+                one_row_commits(self.direct.clone(), &collection, run, self.seed).await
+            }
+            Setting::SluiceWrites { batched } => {
+                sluice_writes(target.clone(), &collection, run, batched, self.seed).await
+            }
+        };
+        let elapsed = started.elapsed().max(Duration::from_millis(1));
+        let cpu_after = child.and_then(SluiceChild::cpu_us);
+        if let Some(e) = &tally.first_error {
+            bail!(
+                "{} {}: {} intents failed; the first: {e}",
+                setting_label(setting),
+                subject_name(subject),
+                tally.errors
+            );
+        }
+        let wasted = match (&target, stale_before) {
+            (Target::Sluice { url, .. }, Some(before)) => self.commits_stale(url).await? - before,
+            _ => tally.wasted,
+        };
+        self.check_accounting(setting, subject, &collection, &tally, external_writes)
+            .await?;
+        let mut latencies = tally.latencies_us;
+        latencies.sort_unstable();
+        let cpu_us_per_mutation = match (cpu_before, cpu_after) {
+            (Some(before), Some(after)) if tally.mutations > 0 => {
+                Some((after - before) as f64 / tally.mutations as f64)
+            }
+            _ => None,
+        };
+        let (workload, theta, load) = match setting {
+            Setting::Hot(t) => ("hot", Some(t), None),
+            Setting::Capacity => ("overload", None, None),
+            Setting::Overload(l) => ("overload", None, Some(l)),
+            Setting::External => ("external", Some(0.99), None),
+            Setting::Trace => ("trace", None, None),
+            Setting::OneRowCommits | Setting::SluiceWrites { .. } => ("commit", None, None),
+        };
+        let contender = match setting {
+            Setting::OneRowCommits => format!("direct one-row commits ({COMMIT_CLIENTS} clients)"),
+            Setting::SluiceWrites { batched: false } => "sluice, one mutation per request".into(),
+            Setting::SluiceWrites { batched: true } => {
+                format!("sluice, {COMMIT_BATCH} mutations per batch request")
+            }
+            _ => subject_name(subject),
+        };
+        Ok(Sample {
+            workload,
+            theta,
+            load,
+            contender,
+            goodput: tally.in_time as f64 / elapsed.as_secs_f64(),
+            applied: tally.applied,
+            wasted_writes: wasted,
+            client_conflicts: tally.conflicts,
+            p50_ms: quantile_ms(&latencies, 0.5),
+            p99_ms: quantile_ms(&latencies, 0.99),
+            p999_ms: quantile_ms(&latencies, 0.999),
+            timeouts: tally.timeouts,
+            rejected_429: tally.rejected_429,
+            cpu_us_per_mutation,
+            quantiles_ms: (0..=100)
+                .map(|i| quantile_ms(&latencies, f64::from(i) / 100.0))
+                .collect(),
+        })
+    }
+
+    /// `DOCS` documents at version 1, each `{"owner": null, "entries": []}`.
+    async fn load_documents(&self, collection: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO sluice_documents (collection, key, version, item, updated_ms)
+             SELECT $1, 'doc-' || g, 1, '{\"owner\": null, \"entries\": []}'::json, $2
+             FROM generate_series(0, $3 - 1) AS g",
+        )
+        .bind(collection)
+        .bind(unix_ms())
+        .bind(DOCS as i64)
+        .execute(&self.admin)
+        .await
+        .context("loading the documents")?;
+        Ok(())
+    }
+
+    /// Automerge, with `entries` a set: a stale append keeps every entry once.
+    async fn configure(&self, url: &str, collection: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .put(format!("{url}/v1/collections/{collection}"))
+            .json(&serde_json::json!({"handler": "automerge", "set_fields": ["entries"]}))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!(
+                "configuring {collection}: {} {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    async fn commits_stale(&self, url: &str) -> anyhow::Result<u64> {
+        let stats: serde_json::Value = self
+            .http
+            .get(format!("{url}/v1/stats"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        stats["commits_stale"]
+            .as_u64()
+            .context("GET /v1/stats has no commits_stale")
+    }
+
+    async fn found(&self, collection: &str) -> anyhow::Result<Found> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS docs,
+                    COALESCE(SUM(json_array_length(item->'entries')), 0)::BIGINT AS entries,
+                    COALESCE(SUM(version), 0)::BIGINT AS versions
+             FROM sluice_documents WHERE collection = $1",
+        )
+        .bind(collection)
+        .fetch_one(&self.admin)
+        .await?;
+        Ok(Found {
+            docs: sqlx::Row::try_get(&row, "docs")?,
+            entries: sqlx::Row::try_get(&row, "entries")?,
+            versions: sqlx::Row::try_get(&row, "versions")?,
+        })
+    }
+
+    /// Every intent reported applied is in the database exactly once, and
+    /// nothing else is: a lost or doubled update fails the benchmark.
+    async fn check_accounting(
+        &self,
+        setting: Setting,
+        subject: Subject,
+        collection: &str,
+        tally: &Tally,
+        external_writes: u64,
+    ) -> anyhow::Result<()> {
+        let found = self.found(collection).await?;
+        let applied = i64::try_from(tally.applied)?;
+        let problem = match setting {
+            Setting::Trace => accounting_problem("version increments", applied, found.versions),
+            Setting::OneRowCommits | Setting::SluiceWrites { .. } => {
+                accounting_problem("version increments", applied, found.versions - found.docs)
+            }
+            Setting::External => accounting_problem("list entries", applied, found.entries)
+                .or_else(|| {
+                    accounting_problem(
+                        "version increments (with the external writer's)",
+                        applied + i64::try_from(external_writes).unwrap_or(i64::MAX),
+                        found.versions - found.docs,
+                    )
+                }),
+            _ => accounting_problem("list entries", applied, found.entries).or_else(|| {
+                accounting_problem("version increments", applied, found.versions - found.docs)
+            }),
+        };
+        match problem {
+            Some(problem) => bail!(
+                "lost-update check failed for {} {} (collection {collection}): {problem}",
+                setting_label(setting),
+                subject_name(subject)
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `None` when the database holds exactly what the clients were told.
+pub fn accounting_problem(what: &str, reported: i64, found: i64) -> Option<String> {
+    (reported != found).then(|| {
+        format!(
+            "clients were told {reported} intents were applied, the database holds {found} {what} ({})",
+            if found < reported {
+                "updates were lost"
+            } else {
+                "updates were applied that nobody was told about, or twice"
+            }
+        )
+    })
+}
+
+/// `clients` tasks, each: pick a document (Zipf θ), read, think, write;
+/// again until the run's time is up.
+async fn closed_loop(
+    target: Target,
+    collection: &Arc<str>,
+    clients: usize,
+    theta: f64,
+    run: Duration,
+    think: Duration,
+    seed: u64,
+) -> Tally {
+    let zipf = Arc::new(Zipf::new(DOCS, theta));
+    let deadline = Instant::now() + run;
+    let mut tasks = JoinSet::new();
+    for c in 0..clients {
+        let (target, zipf, collection) = (target.clone(), zipf.clone(), collection.clone());
+        tasks.spawn(async move {
+            let mut rng = SplitMix64::new(seed ^ (c as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+            let client = format!("c{c}");
+            let mut tally = Tally::default();
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                seq += 1;
+                let key = format!("doc-{}", zipf.draw(&mut rng));
+                let entry = format!("{client}.{seq}");
+                let started = Instant::now();
+                let ended = target
+                    .append(&Append {
+                        collection: &collection,
+                        key: &key,
+                        client: &client,
+                        entry: &entry,
+                        think,
+                    })
+                    .await;
+                tally.add(ended, started.elapsed());
+            }
+            tally
+        });
+    }
+    join(tasks).await
+}
+
+async fn join(mut tasks: JoinSet<Tally>) -> Tally {
+    let mut total = Tally::default();
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(tally) => total.merge(tally),
+            Err(e) => {
+                total.errors += 1;
+                total.first_error.get_or_insert(format!("client task: {e}"));
+            }
+        }
+    }
+    total
+}
+
+/// Poisson arrivals at `rate` per second on uniform keys, each an intent of
+/// its own, whatever the answers do (an open loop: the load does not wait).
+async fn open_loop(
+    target: Target,
+    collection: &Arc<str>,
+    rate: f64,
+    run: Duration,
+    think: Duration,
+    seed: u64,
+) -> Tally {
+    let zipf = Arc::new(Zipf::new(DOCS, 0.0));
+    let mut rng = SplitMix64::new(seed);
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    let mut total = Tally::default();
+    let start = tokio::time::Instant::now();
+    let mut at = 0.0;
+    let mut n = 0u64;
+    loop {
+        at += rng.exponential(1.0 / rate.max(1.0));
+        if at >= run.as_secs_f64() {
+            break;
+        }
+        tokio::time::sleep_until(start + Duration::from_secs_f64(at)).await;
+        while let Some(done) = tasks.try_join_next() {
+            if let Ok(tally) = done {
+                total.merge(tally);
+            }
+        }
+        n += 1;
+        if outstanding.load(Ordering::Relaxed) >= OUTSTANDING_MAX {
+            total.timeouts += 1;
+            continue;
+        }
+        outstanding.fetch_add(1, Ordering::Relaxed);
+        let key = format!("doc-{}", zipf.draw(&mut rng));
+        let (target, collection, outstanding) =
+            (target.clone(), collection.clone(), outstanding.clone());
+        tasks.spawn(async move {
+            let client = format!("o{}", n % 1024);
+            let entry = format!("o{n}");
+            let started = Instant::now();
+            let ended = target
+                .append(&Append {
+                    collection: &collection,
+                    key: &key,
+                    client: &client,
+                    entry: &entry,
+                    think,
+                })
+                .await;
+            outstanding.fetch_sub(1, Ordering::Relaxed);
+            let mut tally = Tally::default();
+            tally.add(ended, started.elapsed());
+            tally
+        });
+    }
+    total.merge(join(tasks).await);
+    total
+}
+
+/// Writes the hottest 1% of the documents straight into PostgreSQL, around
+/// Sluice, `EXTERNAL_RATE` times a second, keeping their entries.
+async fn external_writer(
+    pool: PgPool,
+    collection: Arc<str>,
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let hottest = DOCS / 100;
+    let interval = Duration::from_secs_f64(1.0 / EXTERNAL_RATE);
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("doc-{}", n % hottest);
+        sqlx::query(
+            "UPDATE sluice_documents
+             SET version = version + 1,
+                 item = (item::jsonb || jsonb_build_object('external', $3::BIGINT))::json
+             WHERE collection = $1 AND key = $2",
+        )
+        .bind(&*collection)
+        .bind(&key)
+        .bind(n as i64)
+        .execute(&pool)
+        .await
+        .context("the external writer's update")?;
+        writes.fetch_add(1, Ordering::Relaxed);
+        n += 1;
+        tokio::time::sleep(interval).await;
+    }
+    Ok(())
+}
+
+/// The trace at full speed: `CLIENTS` workers, each trace client's mutations
+/// in order on one worker.
+async fn trace_run(target: Target, collection: &Arc<str>, trace: Arc<Vec<TraceLine>>) -> Tally {
+    let mut shares: Vec<Vec<usize>> = vec![Vec::new(); CLIENTS];
+    for (i, line) in trace.iter().enumerate() {
+        let h = xxhash_rust::xxh3::xxh3_64(line.client.as_bytes());
+        shares[(h % CLIENTS as u64) as usize].push(i);
+    }
+    let mut tasks = JoinSet::new();
+    for share in shares {
+        let (target, collection, trace) = (target.clone(), collection.clone(), trace.clone());
+        tasks.spawn(async move {
+            let mut tally = Tally::default();
+            for i in share {
+                let started = Instant::now();
+                let ended = target.trace(&collection, &trace[i]).await;
+                tally.add(ended, started.elapsed());
+            }
+            tally
+        });
+    }
+    join(tasks).await
+}
+
+/// pgbench-style: `COMMIT_CLIENTS` clients, each committing one-row updates
+/// of uniform keys, no read, no think.
+async fn one_row_commits(pool: PgPool, collection: &Arc<str>, run: Duration, seed: u64) -> Tally {
+    let deadline = Instant::now() + run;
+    let mut tasks = JoinSet::new();
+    for c in 0..COMMIT_CLIENTS {
+        let (pool, collection) = (pool.clone(), collection.clone());
+        tasks.spawn(async move {
+            let mut rng = SplitMix64::new(seed ^ c as u64);
+            let mut tally = Tally::default();
+            while Instant::now() < deadline {
+                let key = format!("doc-{}", rng.below(DOCS));
+                let started = Instant::now();
+                let done = sqlx::query(
+                    "UPDATE sluice_documents SET version = version + 1,
+                         item = json_build_object('owner', $3::TEXT, 'entries', item->'entries')
+                     WHERE collection = $1 AND key = $2",
+                )
+                .bind(&*collection)
+                .bind(&key)
+                .bind(format!("c{c}"))
+                .execute(&pool)
+                .await;
+                let ended = match done {
+                    Ok(r) => Ended {
+                        applied: r.rows_affected() == 1,
+                        ..Ended::default()
+                    },
+                    Err(e) => Ended {
+                        error: Some(e.to_string()),
+                        ..Ended::default()
+                    },
+                };
+                tally.add(ended, started.elapsed());
+            }
+            tally
+        });
+    }
+    join(tasks).await
+}
+
+/// Unconditional uniform-key writes through Sluice: what group commit is for.
+async fn sluice_writes(
+    target: Target,
+    collection: &Arc<str>,
+    run: Duration,
+    batched: bool,
+    seed: u64,
+) -> Tally {
+    let Target::Sluice { http, url } = target else {
+        return Tally {
+            errors: 1,
+            first_error: Some("sluice writes need a Sluice".into()),
+            ..Tally::default()
+        };
+    };
+    let deadline = Instant::now() + run;
+    let mut tasks = JoinSet::new();
+    let clients = if batched { COMMIT_CLIENTS } else { CLIENTS };
+    for c in 0..clients {
+        let (http, url, collection) = (http.clone(), url.clone(), collection.clone());
+        tasks.spawn(async move {
+            let mut rng = SplitMix64::new(seed ^ c as u64);
+            let mut tally = Tally::default();
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                let n = if batched { COMMIT_BATCH } else { 1 };
+                let mutations: Vec<serde_json::Value> = (0..n)
+                    .map(|_| {
+                        seq += 1;
+                        serde_json::json!({
+                            "id": format!("{collection}:w{c}.{seq}"),
+                            "client": format!("w{c}"),
+                            "collection": &*collection,
+                            "key": format!("doc-{}", rng.below(DOCS)),
+                            "op": "patch",
+                            "value": {"owner": format!("w{c}")},
+                        })
+                    })
+                    .collect();
+                let started = Instant::now();
+                let results = send_writes(&http, &url, mutations, batched).await;
+                let latency = started.elapsed();
+                match results {
+                    Ok(statuses) => {
+                        for status in statuses {
+                            let ended = match status {
+                                200 => Ended {
+                                    applied: true,
+                                    ..Ended::default()
+                                },
+                                429 => Ended {
+                                    rejected_429: true,
+                                    ..Ended::default()
+                                },
+                                other => Ended {
+                                    error: Some(format!("answer {other}")),
+                                    ..Ended::default()
+                                },
+                            };
+                            tally.add(ended, latency);
+                        }
+                    }
+                    Err(e) => tally.add(
+                        Ended {
+                            error: Some(e.to_string()),
+                            ..Ended::default()
+                        },
+                        latency,
+                    ),
+                }
+            }
+            tally
+        });
+    }
+    join(tasks).await
+}
+
+/// The status of each mutation sent.
+async fn send_writes(
+    http: &reqwest::Client,
+    url: &str,
+    mutations: Vec<serde_json::Value>,
+    batched: bool,
+) -> anyhow::Result<Vec<u16>> {
+    if !batched {
+        let mut statuses = Vec::new();
+        for m in mutations {
+            statuses.push(
+                http.post(format!("{url}/v1/mutations"))
+                    .json(&m)
+                    .send()
+                    .await?
+                    .status()
+                    .as_u16(),
+            );
+        }
+        return Ok(statuses);
+    }
+    let n = mutations.len();
+    let response = http
+        .post(format!("{url}/v1/mutations:batch"))
+        .json(&serde_json::json!({ "mutations": mutations }))
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Ok(vec![status; n]);
+    }
+    let body: serde_json::Value = response.json().await?;
+    let results = body["results"]
+        .as_array()
+        .context("a batch answer without results")?;
+    // Each result is the body a single mutation would get: an outcome is a
+    // 200 (a rejection would say so; unconditional writes have none).
+    Ok(results
+        .iter()
+        .map(|r| if r.get("outcome").is_some() { 200 } else { 500 })
+        .collect())
+}

@@ -1,0 +1,859 @@
+//! What `sluice bench` writes: `bench.json` (the contract other tools read),
+//! `BENCH.md` (tables and the goals as measured ratios) and SVG plots drawn
+//! here, so the benchmark needs no plotting crate or font.
+
+use super::{ABLATION, Sample};
+use anyhow::Context;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub os: String,
+    pub cpu: String,
+    pub postgres: String,
+    pub sluice: &'static str,
+    pub quick: bool,
+    pub run_seconds: f64,
+    pub repetitions: usize,
+    pub date_unix_ms: i64,
+}
+
+impl Machine {
+    pub fn here(postgres: String, quick: bool, run: Duration, repetitions: usize) -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|s| s.trim().to_owned())
+            })
+            .unwrap_or_default();
+        let memory = sysinfo::System::new().map_or(0, |mut system| {
+            system.refresh_memory();
+            system.total_memory()
+        });
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_gib: memory as f64 / (1u64 << 30) as f64,
+            os: sysinfo::System::long_os_version().unwrap_or_default(),
+            cpu,
+            postgres,
+            sluice: env!("CARGO_PKG_VERSION"),
+            quick,
+            run_seconds: run.as_secs_f64(),
+            repetitions,
+            date_unix_ms: super::unix_ms(),
+        }
+    }
+}
+
+/// One entry of `bench.json`'s `runs`: a workload, setting and contender,
+/// each figure the median over the repetitions.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRecord {
+    pub workload: String,
+    pub theta: Option<f64>,
+    pub load: Option<f64>,
+    pub contender: String,
+    pub goodput: f64,
+    pub applied: u64,
+    pub wasted_writes: u64,
+    pub client_conflicts: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub timeouts: u64,
+    pub rejected_429: u64,
+    pub cpu_us_per_mutation: Option<f64>,
+    #[serde(skip)]
+    quantiles_ms: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Goal {
+    pub goal: String,
+    pub measured: f64,
+    pub target: f64,
+    pub met: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub machine: Machine,
+    pub runs: Vec<RunRecord>,
+    /// Sluice's goodput on uniform keys, closed loop, no think time: what the
+    /// `overload` loads are multiples of.
+    pub capacity: Option<f64>,
+    /// Issue 4's comparison: group commit against one-row commits.
+    pub group_commit: Vec<RunRecord>,
+    /// `hot` at θ = 0.99, Sluice's features turned on one at a time.
+    pub ablation: Vec<RunRecord>,
+    pub goals: Vec<Goal>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+fn median_u64(values: impl Iterator<Item = u64>) -> u64 {
+    median(values.map(|v| v as f64).collect()).round() as u64
+}
+
+/// Groups samples by workload, setting and contender (first-seen order) and
+/// takes each figure's median.
+fn medians(samples: &[Sample]) -> Vec<RunRecord> {
+    let mut groups: Vec<Vec<&Sample>> = Vec::new();
+    for s in samples {
+        let same = |g: &Vec<&Sample>| {
+            let f = g[0];
+            f.workload == s.workload
+                && f.theta == s.theta
+                && f.load == s.load
+                && f.contender == s.contender
+        };
+        match groups.iter_mut().find(|g| same(g)) {
+            Some(g) => g.push(s),
+            None => groups.push(vec![s]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|g| {
+            let f = g[0];
+            let cpu: Vec<f64> = g.iter().filter_map(|s| s.cpu_us_per_mutation).collect();
+            RunRecord {
+                workload: f.workload.to_owned(),
+                theta: f.theta,
+                load: f.load,
+                contender: f.contender.clone(),
+                goodput: median(g.iter().map(|s| s.goodput).collect()),
+                applied: median_u64(g.iter().map(|s| s.applied)),
+                wasted_writes: median_u64(g.iter().map(|s| s.wasted_writes)),
+                client_conflicts: median_u64(g.iter().map(|s| s.client_conflicts)),
+                p50_ms: median(g.iter().map(|s| s.p50_ms).collect()),
+                p99_ms: median(g.iter().map(|s| s.p99_ms).collect()),
+                p999_ms: median(g.iter().map(|s| s.p999_ms).collect()),
+                timeouts: median_u64(g.iter().map(|s| s.timeouts)),
+                rejected_429: median_u64(g.iter().map(|s| s.rejected_429)),
+                cpu_us_per_mutation: (!cpu.is_empty()).then(|| median(cpu)),
+                quantiles_ms: (0..f.quantiles_ms.len())
+                    .map(|i| {
+                        median(
+                            g.iter()
+                                .filter_map(|s| s.quantiles_ms.get(i).copied())
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+impl BenchReport {
+    pub fn new(
+        machine: Machine,
+        samples: &[Sample],
+        capacity: &[Sample],
+        commits: &[Sample],
+        ablation: &[Sample],
+    ) -> BenchReport {
+        let runs = medians(samples);
+        let mut ablation_runs: Vec<RunRecord> = Vec::new();
+        // The ends of the ablation are the contenders themselves.
+        let at = |name: &str| {
+            runs.iter()
+                .find(|r| r.workload == "hot" && r.theta == Some(0.99) && r.contender == name)
+                .cloned()
+        };
+        if let Some(mut fifo) = at("sluice-fifo") {
+            fifo.contender = format!("sluice-{}", ABLATION[0].0);
+            ablation_runs.push(fifo);
+        }
+        ablation_runs.extend(medians(ablation));
+        if let Some(mut all) = at("sluice") {
+            all.contender = format!(
+                "sluice-{}",
+                ABLATION[ABLATION.len() - 1].0.trim_start_matches('+')
+            );
+            ablation_runs.push(all);
+        }
+        let capacity =
+            (!capacity.is_empty()).then(|| median(capacity.iter().map(|s| s.goodput).collect()));
+        let mut report = BenchReport {
+            machine,
+            runs,
+            capacity,
+            group_commit: medians(commits),
+            ablation: ablation_runs,
+            goals: Vec::new(),
+        };
+        report.goals = report.goals();
+        report
+    }
+
+    fn find(
+        &self,
+        workload: &str,
+        theta: Option<f64>,
+        load: Option<f64>,
+        contender: &str,
+    ) -> Option<&RunRecord> {
+        self.runs.iter().find(|r| {
+            r.workload == workload && r.theta == theta && r.load == load && r.contender == contender
+        })
+    }
+
+    /// The issue's goals, each as a ratio measured in this run.
+    fn goals(&self) -> Vec<Goal> {
+        let mut goals = Vec::new();
+        let mut goal = |goal: String, measured: f64, target: f64, at_most: bool| {
+            let met = if at_most {
+                measured <= target
+            } else {
+                measured >= target
+            };
+            goals.push(Goal {
+                goal,
+                measured: (measured * 1000.0).round() / 1000.0,
+                target,
+                met,
+            });
+        };
+        for theta in super::THETAS {
+            let t = Some(theta);
+            let (Some(s), Some(occ), Some(lock)) = (
+                self.find("hot", t, None, "sluice"),
+                self.find("hot", t, None, "direct-occ"),
+                self.find("hot", t, None, "direct-lock"),
+            ) else {
+                continue;
+            };
+            let best = occ.goodput.max(lock.goodput);
+            goal(
+                format!("hot θ={theta}: sluice goodput / the better direct contender's"),
+                s.goodput / best.max(f64::MIN_POSITIVE),
+                1.0,
+                false,
+            );
+            if theta == 0.99 {
+                goal(
+                    "hot θ=0.99: sluice goodput / direct-occ's".into(),
+                    s.goodput / occ.goodput.max(f64::MIN_POSITIVE),
+                    3.0,
+                    false,
+                );
+                goal(
+                    "hot θ=0.99: sluice p99 / direct-occ's".into(),
+                    s.p99_ms / occ.p99_ms.max(f64::MIN_POSITIVE),
+                    0.5,
+                    true,
+                );
+                goal(
+                    "hot θ=0.99: sluice wasted store writes / applied".into(),
+                    s.wasted_writes as f64 / s.applied.max(1) as f64,
+                    0.01,
+                    true,
+                );
+                if let Some(fifo) = self.find("hot", t, None, "sluice-fifo") {
+                    goal(
+                        "hot θ=0.99: sluice goodput / sluice-fifo's".into(),
+                        s.goodput / fifo.goodput.max(f64::MIN_POSITIVE),
+                        1.5,
+                        false,
+                    );
+                }
+            }
+            if theta == 0.0 {
+                goal(
+                    "hot θ=0: sluice goodput / direct-occ's (overhead ≤ 10%)".into(),
+                    s.goodput / occ.goodput.max(f64::MIN_POSITIVE),
+                    0.9,
+                    false,
+                );
+            }
+        }
+        let overload: Vec<&RunRecord> = self
+            .runs
+            .iter()
+            .filter(|r| r.workload == "overload" && r.contender == "sluice")
+            .collect();
+        let peak = overload
+            .iter()
+            .map(|r| r.goodput)
+            .chain(self.capacity)
+            .fold(0.0, f64::max);
+        let unloaded = overload.iter().find(|r| r.load == Some(0.5));
+        if let (Some(twice), Some(unloaded)) =
+            (overload.iter().find(|r| r.load == Some(2.0)), unloaded)
+        {
+            goal(
+                "overload 2×: sluice goodput / peak goodput".into(),
+                twice.goodput / peak.max(f64::MIN_POSITIVE),
+                0.9,
+                false,
+            );
+            goal(
+                "overload 2×: sluice admitted p99 / unloaded (0.5×) p99".into(),
+                twice.p99_ms / unloaded.p99_ms.max(f64::MIN_POSITIVE),
+                3.0,
+                true,
+            );
+            goal(
+                "overload 2×: sluice time-outs".into(),
+                twice.timeouts as f64,
+                0.0,
+                true,
+            );
+        }
+        let direct = self
+            .group_commit
+            .iter()
+            .find(|r| r.contender.starts_with("direct"));
+        if let Some(direct) = direct {
+            for r in self
+                .group_commit
+                .iter()
+                .filter(|r| r.contender.starts_with("sluice"))
+            {
+                goal(
+                    format!("group commit: {} / {}", r.contender, direct.contender),
+                    r.goodput / direct.goodput.max(f64::MIN_POSITIVE),
+                    3.0,
+                    false,
+                );
+            }
+        }
+        goals
+    }
+
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+        };
+        write("bench.json", &serde_json::to_vec_pretty(self)?)?;
+        write("BENCH.md", self.markdown().as_bytes())?;
+        let contenders = ["direct-occ", "direct-lock", "sluice-fifo", "sluice"];
+        let thetas: Vec<f64> = super::THETAS.to_vec();
+        let series = |figure: &dyn Fn(&RunRecord) -> f64| -> Vec<Series> {
+            contenders
+                .iter()
+                .map(|c| Series {
+                    name: (*c).to_owned(),
+                    points: thetas
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, t)| {
+                            self.find("hot", Some(*t), None, c)
+                                .map(|r| (i as f64, figure(r)))
+                        })
+                        .collect(),
+                })
+                .collect()
+        };
+        let ticks: Vec<(f64, String)> = thetas
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as f64, format!("{t}")))
+            .collect();
+        write(
+            "goodput-vs-skew.svg",
+            Plot {
+                title: "hot: goodput against key skew",
+                x_label: "Zipf θ",
+                y_label: "intents applied per second",
+                x_ticks: Some(ticks.clone()),
+                log_x: false,
+                log_y: false,
+                series: series(&|r| r.goodput),
+            }
+            .svg()
+            .as_bytes(),
+        )?;
+        write(
+            "p99-vs-skew.svg",
+            Plot {
+                title: "hot: p99 latency per intent against key skew",
+                x_label: "Zipf θ",
+                y_label: "p99 ms (log)",
+                x_ticks: Some(ticks),
+                log_x: false,
+                log_y: true,
+                series: series(&|r| r.p99_ms),
+            }
+            .svg()
+            .as_bytes(),
+        )?;
+        let cdf: Vec<Series> = contenders
+            .iter()
+            .filter_map(|c| self.find("hot", Some(0.99), None, c))
+            .map(|r| Series {
+                name: r.contender.clone(),
+                points: r
+                    .quantiles_ms
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ms)| (ms.max(0.01), i as f64 / 100.0))
+                    .collect(),
+            })
+            .collect();
+        write(
+            "latency-theta-0.99.svg",
+            Plot {
+                title: "hot θ=0.99: latency distribution per intent",
+                x_label: "ms (log)",
+                y_label: "share of intents at most",
+                x_ticks: None,
+                log_x: true,
+                log_y: false,
+                series: cdf,
+            }
+            .svg()
+            .as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        let mut md = String::new();
+        let _ = writeln!(md, "# sluice bench\n");
+        let _ = writeln!(
+            md,
+            "{} cores ({}), {:.0} GiB, {}; PostgreSQL {}; Sluice {}. {} run: {} s per run, {} repetition(s), contenders interleaved; each figure is the median over the repetitions. Reproduce with `sluice bench{}`.\n",
+            m.cores,
+            m.cpu,
+            m.memory_gib,
+            m.os,
+            m.postgres,
+            m.sluice,
+            if m.quick { "Quick" } else { "Full" },
+            m.run_seconds,
+            m.repetitions,
+            if m.quick { " --quick" } else { "" },
+        );
+        let _ = writeln!(
+            md,
+            "## Goals\n\n| goal | measured | target | met |\n|---|---:|---:|:---:|"
+        );
+        for g in &self.goals {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} {} | {} |",
+                g.goal,
+                g.measured,
+                if g.goal.contains("p99")
+                    || g.goal.contains("wasted")
+                    || g.goal.contains("time-outs")
+                {
+                    "≤"
+                } else {
+                    "≥"
+                },
+                g.target,
+                if g.met { "yes" } else { "**no**" }
+            );
+        }
+        for workload in ["hot", "overload", "external", "trace"] {
+            let rows: Vec<&RunRecord> = self
+                .runs
+                .iter()
+                .filter(|r| r.workload == workload)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let _ = writeln!(md, "\n## {workload}\n");
+            if workload == "overload"
+                && let Some(c) = self.capacity
+            {
+                let _ = writeln!(
+                    md,
+                    "Loads are multiples of Sluice's capacity on uniform keys, measured first: {c:.0} intents/s.\n"
+                );
+            }
+            table(&mut md, &rows);
+        }
+        if !self.group_commit.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n## Group commit\n\nUniform keys, no read and no think time: one-row UPDATE transactions straight to PostgreSQL against unconditional writes through Sluice.\n"
+            );
+            table(&mut md, &self.group_commit.iter().collect::<Vec<_>>());
+        }
+        if !self.ablation.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n## Each feature's share (hot, θ = 0.99)\n\nFrom the plain queue (`sluice-fifo`) to everything (`sluice`), one feature turned on at a time; the share is the step's goodput gain over the whole gain.\n\n| configuration | goodput | step | share of the gain | p99 ms |\n|---|---:|---:|---:|---:|"
+            );
+            let first = self.ablation.first().map_or(0.0, |r| r.goodput);
+            let last = self.ablation.last().map_or(0.0, |r| r.goodput);
+            let whole = last - first;
+            let mut previous = first;
+            for r in &self.ablation {
+                let step = r.goodput - previous;
+                let share = if whole.abs() > f64::EPSILON {
+                    format!("{:.0}%", 100.0 * step / whole)
+                } else {
+                    "–".into()
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.0} | {:+.0} | {} | {:.1} |",
+                    r.contender, r.goodput, step, share, r.p99_ms
+                );
+                previous = r.goodput;
+            }
+        }
+        let _ = writeln!(
+            md,
+            "\n## Plots\n\n![goodput](goodput-vs-skew.svg)\n![p99](p99-vs-skew.svg)\n![latency](latency-theta-0.99.svg)\n"
+        );
+        let _ = writeln!(md, "{}", NOTES);
+        md
+    }
+}
+
+/// What the numbers mean and what limits them, from profiling this build.
+const NOTES: &str = "## Reading the numbers\n\n\
+- *goodput*: client intents applied within the client time-out (2 s) per second of the run, each counted once however many retries it took. *wasted writes*: direct-occ's conditional updates that missed, direct-lock's aborted transactions, Sluice's lane commits that found the version moved. *client conflicts*: intents whose write found the document changed since the client's read (Sluice: answers that carry a `conflict`).\n\
+- Every run ends with a lost-update check: the list entries (and version increments) in the run's collection equal the intents reported applied, or the benchmark fails.\n\
+- Sluice, PostgreSQL and the load generator share the same cores; *cpu µs/mutation* is Sluice's own user+system time per request it answered, read from `/proc`.\n";
+
+fn table(md: &mut String, rows: &[&RunRecord]) {
+    let _ = writeln!(
+        md,
+        "| setting | contender | goodput/s | applied | wasted writes | client conflicts | p50 ms | p99 ms | p999 ms | time-outs | 429s | cpu µs/mutation |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in rows {
+        let setting = match (r.theta, r.load) {
+            (Some(t), _) => format!("θ={t}"),
+            (_, Some(l)) => format!("{l}× load"),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {setting} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
+            r.contender,
+            r.goodput,
+            r.applied,
+            r.wasted_writes,
+            r.client_conflicts,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.timeouts,
+            r.rejected_429,
+            r.cpu_us_per_mutation
+                .map_or("–".into(), |c| format!("{c:.0}")),
+        );
+    }
+}
+
+struct Series {
+    name: String,
+    points: Vec<(f64, f64)>,
+}
+
+struct Plot<'a> {
+    title: &'a str,
+    x_label: &'a str,
+    y_label: &'a str,
+    x_ticks: Option<Vec<(f64, String)>>,
+    log_x: bool,
+    log_y: bool,
+    series: Vec<Series>,
+}
+
+const COLORS: [&str; 6] = [
+    "#d62728", "#ff7f0e", "#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd",
+];
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+impl Plot<'_> {
+    /// A line chart with axes, ticks and a legend, as plain SVG text.
+    fn svg(&self) -> String {
+        let (w, h) = (720.0, 420.0);
+        let (left, right, top, bottom) = (80.0, 170.0, 40.0, 60.0);
+        let tx = |v: f64| if self.log_x { v.max(1e-9).log10() } else { v };
+        let ty = |v: f64| if self.log_y { v.max(1e-9).log10() } else { v };
+        let all: Vec<(f64, f64)> = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().copied())
+            .collect();
+        let (mut x0, mut x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
+            (a.min(tx(p.0)), b.max(tx(p.0)))
+        });
+        let (mut y0, mut y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
+            (a.min(ty(p.1)), b.max(ty(p.1)))
+        });
+        if all.is_empty() {
+            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        }
+        if !self.log_y {
+            y0 = y0.min(0.0);
+        }
+        if (x1 - x0).abs() < 1e-9 {
+            x1 = x0 + 1.0;
+        }
+        if (y1 - y0).abs() < 1e-9 {
+            y1 = y0 + 1.0;
+        }
+        y1 += (y1 - y0) * 0.05;
+        let px = |v: f64| left + (tx(v) - x0) / (x1 - x0) * (w - left - right);
+        let py = |v: f64| h - bottom - (ty(v) - y0) / (y1 - y0) * (h - top - bottom);
+        let mut svg = String::new();
+        let _ = write!(
+            svg,
+            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12"><rect width="{w}" height="{h}" fill="white"/><text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>"##,
+            (w - right + left) / 2.0,
+            escape(self.title)
+        );
+        let _ = write!(
+            svg,
+            r##"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>"##,
+            h - bottom,
+            w - right,
+            h - bottom,
+            h - bottom
+        );
+        let x_ticks: Vec<(f64, String)> = match &self.x_ticks {
+            Some(t) => t.clone(),
+            None => ticks(x0, x1, self.log_x),
+        };
+        for (v, label) in x_ticks {
+            let x = px(v);
+            let _ = write!(
+                svg,
+                r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="black"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
+                h - bottom,
+                h - bottom + 5.0,
+                h - bottom + 18.0,
+                escape(&label)
+            );
+        }
+        for (v, label) in ticks(y0, y1, self.log_y) {
+            let y = py(v);
+            let _ = write!(
+                svg,
+                r##"<line x1="{}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+                left,
+                w - right,
+                left - 6.0,
+                y + 4.0,
+                escape(&label)
+            );
+        }
+        let _ = write!(
+            svg,
+            r##"<text x="{}" y="{}" text-anchor="middle">{}</text><text transform="translate(18 {}) rotate(-90)" text-anchor="middle">{}</text>"##,
+            (w - right + left) / 2.0,
+            h - 18.0,
+            escape(self.x_label),
+            (h - bottom + top) / 2.0,
+            escape(self.y_label)
+        );
+        for (i, s) in self.series.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let points: Vec<String> = s
+                .points
+                .iter()
+                .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
+                .collect();
+            let _ = write!(
+                svg,
+                r##"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"##,
+                points.join(" ")
+            );
+            for (x, y) in &s.points {
+                let _ = write!(
+                    svg,
+                    r##"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"/>"##,
+                    px(*x),
+                    py(*y)
+                );
+            }
+            let ly = top + 20.0 + 20.0 * i as f64;
+            let _ = write!(
+                svg,
+                r##"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{}</text>"##,
+                w - right + 15.0,
+                w - right + 40.0,
+                w - right + 46.0,
+                ly + 4.0,
+                escape(&s.name)
+            );
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
+
+/// Tick positions (in data units) and labels over a transformed range.
+fn ticks(lo: f64, hi: f64, log: bool) -> Vec<(f64, String)> {
+    if log {
+        let (a, b) = (lo.floor() as i32, hi.ceil() as i32);
+        return (a..=b)
+            .map(|e| 10f64.powi(e))
+            .filter(|v| v.log10() >= lo - 1e-9 && v.log10() <= hi + 1e-9)
+            .map(|v| (v, format_number(v)))
+            .collect();
+    }
+    let span = hi - lo;
+    let raw = span / 5.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|s| span / s <= 6.0)
+        .unwrap_or(magnitude * 10.0);
+    let mut v = (lo / step).ceil() * step;
+    let mut out = Vec::new();
+    while v <= hi + step * 1e-9 {
+        out.push((v, format_number(v)));
+        v += step;
+    }
+    out
+}
+
+fn format_number(v: f64) -> String {
+    if v.abs() >= 1000.0 {
+        format!("{:.0}", v)
+    } else if v.abs() >= 1.0 || v == 0.0 {
+        format!("{}", (v * 100.0).round() / 100.0)
+    } else {
+        format!("{}", (v * 10000.0).round() / 10000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(contender: &str, theta: f64, goodput: f64, p99: f64) -> Sample {
+        Sample {
+            workload: "hot",
+            theta: Some(theta),
+            load: None,
+            contender: contender.into(),
+            goodput,
+            applied: goodput as u64,
+            wasted_writes: 0,
+            client_conflicts: 0,
+            p50_ms: p99 / 2.0,
+            p99_ms: p99,
+            p999_ms: p99 * 2.0,
+            timeouts: 0,
+            rejected_429: 0,
+            cpu_us_per_mutation: None,
+            quantiles_ms: vec![1.0, 2.0],
+        }
+    }
+
+    #[test]
+    fn figures_are_medians_over_repetitions_and_goals_are_ratios() {
+        let samples = vec![
+            sample("sluice", 0.99, 900.0, 10.0),
+            sample("direct-occ", 0.99, 100.0, 50.0),
+            sample("direct-lock", 0.99, 200.0, 40.0),
+            sample("sluice", 0.99, 1200.0, 30.0),
+            sample("direct-occ", 0.99, 300.0, 70.0),
+            sample("direct-lock", 0.99, 250.0, 20.0),
+            sample("sluice", 0.99, 1000.0, 20.0),
+            sample("direct-occ", 0.99, 200.0, 60.0),
+            sample("direct-lock", 0.99, 150.0, 30.0),
+        ];
+        let machine = Machine::here("15".into(), true, Duration::from_secs(1), 3);
+        let report = BenchReport::new(machine, &samples, &[], &[], &[]);
+        assert_eq!(report.runs.len(), 3, "one record per contender and setting");
+        let sluice = report
+            .find("hot", Some(0.99), None, "sluice")
+            .expect("sluice");
+        assert_eq!(sluice.goodput, 1000.0);
+        assert_eq!(sluice.p99_ms, 20.0);
+        let ratio = report
+            .goals
+            .iter()
+            .find(|g| g.goal == "hot θ=0.99: sluice goodput / direct-occ's")
+            .expect("the 3× goal");
+        assert_eq!(ratio.measured, 5.0);
+        assert!(ratio.met);
+        let p99 = report
+            .goals
+            .iter()
+            .find(|g| g.goal == "hot θ=0.99: sluice p99 / direct-occ's")
+            .expect("the p99 goal");
+        assert!((p99.measured - 20.0 / 60.0).abs() < 1e-3 && p99.met);
+        let json: serde_json::Value = serde_json::to_value(&report).expect("json");
+        let run = &json["runs"][0];
+        for field in [
+            "workload",
+            "theta",
+            "load",
+            "contender",
+            "goodput",
+            "applied",
+            "wasted_writes",
+            "client_conflicts",
+            "p50_ms",
+            "p99_ms",
+            "p999_ms",
+            "timeouts",
+            "rejected_429",
+            "cpu_us_per_mutation",
+        ] {
+            assert!(run.get(field).is_some(), "runs[] has {field}");
+        }
+        assert!(run.get("quantiles_ms").is_none());
+    }
+
+    #[test]
+    fn plots_are_svg_with_every_series() {
+        let plot = Plot {
+            title: "t <1>",
+            x_label: "x",
+            y_label: "y",
+            x_ticks: None,
+            log_x: true,
+            log_y: false,
+            series: vec![
+                Series {
+                    name: "a".into(),
+                    points: vec![(0.5, 0.0), (50.0, 1.0)],
+                },
+                Series {
+                    name: "b".into(),
+                    points: vec![(1.0, 0.5)],
+                },
+            ],
+        };
+        let svg = plot.svg();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains("t &lt;1&gt;"));
+        assert!(svg.contains(">10<"), "a decade tick on the log axis");
+        assert!(!svg.contains("NaN") && !svg.contains("inf"));
+    }
+}
