@@ -10,7 +10,7 @@
 use crate::dispatch::{
     COMMIT_BATCH_MAX_DEFAULT, DECIDE_TIMEOUT_MS_DEFAULT, EngineConfig,
     IDEMPOTENCY_RETENTION_HOURS_DEFAULT, LANES_IN_FLIGHT_MAX_DEFAULT, LATENCY_TARGET_MS_DEFAULT,
-    PRIORITY_BOOST_MS_DEFAULT,
+    PRIORITY_BOOST_MS_DEFAULT, QUEUE_WAIT_MAX_MS_DEFAULT,
 };
 use crate::predict::PredictorConfig;
 use crate::queue::QueueLimits;
@@ -73,6 +73,9 @@ pub struct QueueConfig {
     pub priority_boost_ms: u64,
     /// The store latency the adaptive concurrency limit aims under.
     pub latency_target_ms: f64,
+    /// Refuse a synchronous mutation (429) when the queue ahead of it would
+    /// keep it waiting longer than this; 0 turns the bound off.
+    pub queue_wait_max_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -111,6 +114,7 @@ impl Default for QueueConfig {
             decide_timeout_ms: DECIDE_TIMEOUT_MS_DEFAULT,
             priority_boost_ms: PRIORITY_BOOST_MS_DEFAULT,
             latency_target_ms: LATENCY_TARGET_MS_DEFAULT,
+            queue_wait_max_ms: QUEUE_WAIT_MAX_MS_DEFAULT,
         }
     }
 }
@@ -259,6 +263,7 @@ impl Config {
             idempotency_retention: Duration::from_secs(self.idempotency_retention_hours * 3600),
             priority_boost_ms: q.priority_boost_ms,
             latency_target_ms: q.latency_target_ms,
+            queue_wait_max_ms: q.queue_wait_max_ms,
             sample_host: true,
             predictor: self.predictor.clone(),
         }

@@ -45,6 +45,10 @@ pub const THINK: Duration = Duration::from_millis(2);
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const THETAS: [f64; 5] = [0.0, 0.6, 0.9, 0.99, 1.2];
 pub const LOADS: [f64; 3] = [0.5, 1.0, 2.0];
+/// A closed-loop client told 429 pauses this long before its next intent,
+/// as a client honouring `Retry-After` would (the header has whole seconds;
+/// clients that want their work done sooner come back sooner).
+const REFUSED_PAUSE: Duration = Duration::from_millis(100);
 /// Open-loop intents outstanding at once; an arrival beyond it is a client
 /// that gave up at once (a time-out).
 const OUTSTANDING_MAX: usize = 4_096;
@@ -52,8 +56,11 @@ const OUTSTANDING_MAX: usize = 4_096;
 const EXTERNAL_RATE: f64 = 200.0;
 /// Clients of the group-commit comparison: pgbench-style one-row commits.
 const COMMIT_CLIENTS: usize = 32;
-/// Mutations per `POST /v1/mutations:batch` in the group-commit comparison.
+/// Mutations per `POST /v1/mutations:batch` in the group-commit comparison,
+/// and clients sending them: 400 mutations in flight, about what the
+/// admission bound lets in at this machine's rate.
 const COMMIT_BATCH: usize = 100;
+const BATCH_CLIENTS: usize = 4;
 
 pub fn unix_ms() -> i64 {
     std::time::SystemTime::now()
@@ -684,7 +691,9 @@ impl Bench {
             Setting::OneRowCommits => format!("direct one-row commits ({COMMIT_CLIENTS} clients)"),
             Setting::SluiceWrites { batched: false } => "sluice, one mutation per request".into(),
             Setting::SluiceWrites { batched: true } => {
-                format!("sluice, {COMMIT_BATCH} mutations per batch request")
+                format!(
+                    "sluice, {BATCH_CLIENTS} clients sending {COMMIT_BATCH} mutations per batch request"
+                )
             }
             _ => subject_name(subject),
         };
@@ -862,7 +871,11 @@ async fn closed_loop(
                         think,
                     })
                     .await;
+                let refused = ended.rejected_429;
                 tally.add(ended, started.elapsed());
+                if refused {
+                    tokio::time::sleep(REFUSED_PAUSE).await;
+                }
             }
             tally
         });
@@ -1059,7 +1072,7 @@ async fn sluice_writes(
     };
     let deadline = Instant::now() + run;
     let mut tasks = JoinSet::new();
-    let clients = if batched { COMMIT_CLIENTS } else { CLIENTS };
+    let clients = if batched { BATCH_CLIENTS } else { CLIENTS };
     for c in 0..clients {
         let (http, url, collection) = (http.clone(), url.clone(), collection.clone());
         tasks.spawn(async move {
@@ -1084,6 +1097,9 @@ async fn sluice_writes(
                 let started = Instant::now();
                 let results = send_writes(&http, &url, mutations, batched).await;
                 let latency = started.elapsed();
+                if results.as_ref().is_ok_and(|r| r.contains(&429)) {
+                    tokio::time::sleep(REFUSED_PAUSE).await;
+                }
                 match results {
                     Ok(statuses) => {
                         for status in statuses {

@@ -20,6 +20,7 @@
 //! write it describes; one worker per key; in-flight lanes ≤ the limit.
 
 pub mod control;
+mod reads;
 pub mod reply;
 
 pub use control::{ControlState, Signals};
@@ -35,7 +36,7 @@ use crate::queue::{Queue, QueueLimits, Refusal};
 use crate::resolve::{CollectionConfig, ConflictRecord, Handler, Resolver, ScriptError, Step};
 use crate::store::{CommitOutcome, LaneCommit, SharedStore, StoreError, StoredReply};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -54,6 +55,9 @@ pub const IDEMPOTENCY_RETENTION_HOURS_DEFAULT: u64 = 48;
 /// The store latency the concurrency controller aims under: a commit (one
 /// fsync on SQLite, a round trip on PostgreSQL) takes a few milliseconds.
 pub const LATENCY_TARGET_MS_DEFAULT: f64 = 20.0;
+/// Past this much queueing a client is better told to come back than kept:
+/// the goodput stays the store's, and the admitted mutations stay fast.
+pub const QUEUE_WAIT_MAX_MS_DEFAULT: u64 = 20;
 /// How often the host's CPU and memory are sampled.
 const HOST_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 /// How much waiting a conflict probability of 1 is worth in the lane order:
@@ -79,6 +83,9 @@ pub struct EngineConfig {
     pub priority_boost_ms: u64,
     /// The store latency the controller aims under.
     pub latency_target_ms: f64,
+    /// A synchronous mutation is refused (429 `overloaded`) when those queued
+    /// ahead of it would keep it waiting longer than this; 0: never.
+    pub queue_wait_max_ms: u64,
     /// Sample the host's CPU and memory (off in tests that set them).
     pub sample_host: bool,
     pub predictor: PredictorConfig,
@@ -99,6 +106,7 @@ impl Default for EngineConfig {
             idempotency_retention: Duration::from_secs(IDEMPOTENCY_RETENTION_HOURS_DEFAULT * 3600),
             priority_boost_ms: PRIORITY_BOOST_MS_DEFAULT,
             latency_target_ms: LATENCY_TARGET_MS_DEFAULT,
+            queue_wait_max_ms: QUEUE_WAIT_MAX_MS_DEFAULT,
             sample_host: true,
             predictor: PredictorConfig::default(),
         }
@@ -126,6 +134,13 @@ pub struct EngineStats {
     /// Lane commits the store refused because the version had moved (a
     /// writer that bypassed Sluice): store writes wasted and done again.
     pub commits_stale: u64,
+    /// Synchronous mutations between arrival and answer.
+    pub in_system: usize,
+    /// Mutations decided per second, recently.
+    pub decided_per_s: f64,
+    /// Synchronous mutations let into the system at once, at most (the
+    /// door's adaptive limit).
+    pub admission_limit: usize,
 }
 
 /// Host CPU and memory use, 0–1, sampled by a background task (zero when
@@ -217,6 +232,10 @@ struct Inner {
     outcomes_since_retrain: AtomicU64,
     mutations_decided: AtomicU64,
     commits_stale: AtomicU64,
+    throughput: Mutex<Throughput>,
+    in_system: AtomicUsize,
+    door: Mutex<Door>,
+    reads: reads::Reads,
     retrain_wanted: Notify,
     /// Bumped after every commit, so event streams know to look.
     events: tokio::sync::watch::Sender<u64>,
@@ -257,6 +276,8 @@ impl Engine {
                 }
             }
         }
+        let queue_len_max = config.queue.queue_len_max;
+        let reads_store = store.clone();
         let (commit_tx, commit_rx) = mpsc::channel(PIPELINE_CHANNEL_LEN);
         let (history_tx, history_rx) = mpsc::channel(PIPELINE_CHANNEL_LEN);
         let inner = Arc::new(Inner {
@@ -286,6 +307,10 @@ impl Engine {
             outcomes_since_retrain: AtomicU64::new(0),
             mutations_decided: AtomicU64::new(0),
             commits_stale: AtomicU64::new(0),
+            throughput: Mutex::new(Throughput::default()),
+            in_system: AtomicUsize::new(0),
+            door: Mutex::new(Door::new(queue_len_max)),
+            reads: reads::Reads::start(reads_store),
             retrain_wanted: Notify::new(),
             events: tokio::sync::watch::Sender::new(0),
         });
@@ -310,6 +335,10 @@ impl Engine {
         if inner.closing.load(Ordering::SeqCst) {
             return shutting_down();
         }
+        let _in_system = match inner.enter(1) {
+            Ok(entered) => entered,
+            Err(wait_ms) => return overloaded_reply(wait_ms),
+        };
         let received_ms = inner.clock.now_ms();
         let id = mutation.id.clone();
         let guard = match self.claim(&mutation, true).await {
@@ -472,6 +501,7 @@ impl Engine {
         if inner.closing.load(Ordering::SeqCst) {
             return Err(shutting_down());
         }
+        let _in_system = inner.enter(mutations.len()).map_err(overloaded_reply)?;
         let received_ms = inner.clock.now_ms();
         enum Slot<'a> {
             Answered(Reply),
@@ -612,7 +642,7 @@ impl Engine {
             // already stored (the reservation outlives the commit by the
             // history write), else its 202.
             Some(Err(reply)) if reply.status == 202 => {
-                return match inner.store.reply(&reservation.0, &reservation.1).await {
+                return match inner.reads.reply(&reservation.0, &reservation.1).await {
                     Ok(Some(stored)) => Claim::Answered(Reply {
                         status: stored.status,
                         body: stored.body,
@@ -630,7 +660,7 @@ impl Engine {
         };
         // Under the reservation, a stored reply cannot appear behind our back:
         // only the holder of the reservation can store one.
-        match inner.store.reply(&reservation.0, &reservation.1).await {
+        match inner.reads.reply(&reservation.0, &reservation.1).await {
             Ok(Some(stored)) => {
                 let reply = if stored.fingerprint == mutation.fingerprint {
                     Reply {
@@ -728,7 +758,7 @@ impl Engine {
     }
 
     pub async fn document(&self, doc: &DocKey) -> Result<Document, StoreError> {
-        self.inner.store.get(doc).await
+        self.inner.reads.document(doc).await
     }
 
     pub async fn conflicts(
@@ -877,6 +907,16 @@ fn refusal_reply(refusal: Refusal, doc: &DocKey) -> Reply {
     }
 }
 
+fn overloaded_reply(wait_ms: u64) -> Reply {
+    Reply::error(
+        429,
+        "overloaded",
+        format!(
+            "Sluice is overloaded: even the quickest mutations stayed about {wait_ms} ms, over its bound; nothing was queued, retry after a moment"
+        ),
+    )
+}
+
 fn reused_key(id: &str) -> Reply {
     Reply::error(
         422,
@@ -893,7 +933,135 @@ fn store_error_reply(e: &StoreError) -> Reply {
     )
 }
 
+/// Synchronous mutations between arrival and answer; leaves on drop, and
+/// tells the door how long it stayed.
+struct InSystem<'a> {
+    inner: &'a Inner,
+    n: usize,
+    entered_at: Duration,
+}
+
+impl Drop for InSystem<'_> {
+    fn drop(&mut self) {
+        let inner = self.inner;
+        inner.in_system.fetch_sub(self.n, Ordering::SeqCst);
+        let now = inner.clock.elapsed();
+        let stayed_ms = now.saturating_sub(self.entered_at).as_secs_f64() * 1000.0;
+        let depth = inner.in_system.load(Ordering::SeqCst);
+        lock(&inner.door).observe(now, stayed_ms, depth, inner.config.queue_wait_max_ms as f64);
+    }
+}
+
+/// Admission at the door, CoDel's idea with an AIMD limit: when even the
+/// quickest mutation of a window stayed longer than `queue_wait_max_ms`,
+/// there is a standing queue, and the limit on mutations in the system comes
+/// down; while it is not so and the limit was what refused or bounded the
+/// window, it goes back up. Goodput stays the store's while the admitted keep
+/// their latency, and the refused get a fast 429 instead of a time-out.
+#[derive(Debug)]
+struct Door {
+    limit: f64,
+    window_start: Duration,
+    window_min_ms: f64,
+    window_max_depth: usize,
+    /// The minimum of the last full window, for the refusal's message.
+    last_min_ms: f64,
+    refused: bool,
+    limit_max: f64,
+}
+
+const DOOR_WINDOW: Duration = Duration::from_millis(100);
+/// The limit never goes below this: a handful of clients is never refused.
+const DOOR_LIMIT_MIN: usize = 64;
+
+impl Door {
+    fn new(limit_max: usize) -> Door {
+        Door {
+            limit: limit_max as f64,
+            window_start: Duration::ZERO,
+            window_min_ms: f64::MAX,
+            window_max_depth: 0,
+            last_min_ms: 0.0,
+            refused: false,
+            limit_max: limit_max as f64,
+        }
+    }
+
+    fn observe(&mut self, now: Duration, stayed_ms: f64, depth: usize, bound_ms: f64) {
+        self.window_min_ms = self.window_min_ms.min(stayed_ms);
+        self.window_max_depth = self.window_max_depth.max(depth + 1);
+        if now.saturating_sub(self.window_start) < DOOR_WINDOW {
+            return;
+        }
+        let floor = DOOR_LIMIT_MIN as f64;
+        if self.window_min_ms > bound_ms {
+            // Start from what was actually in the system, not from a limit
+            // far above it, so one window is enough to bite.
+            let from = self.limit.min(self.window_max_depth as f64);
+            self.limit = (from * 0.9).max(floor);
+        } else if self.refused || self.window_max_depth as f64 >= self.limit * 0.9 {
+            self.limit = (self.limit * 1.1 + 1.0).min(self.limit_max);
+        }
+        self.last_min_ms = self.window_min_ms;
+        self.window_start = now;
+        self.window_min_ms = f64::MAX;
+        self.window_max_depth = 0;
+        self.refused = false;
+    }
+}
+
+/// Mutations decided per millisecond, smoothed over windows of
+/// `THROUGHPUT_WINDOW` (for `/v1/stats`).
+#[derive(Debug, Default)]
+struct Throughput {
+    window_start: Duration,
+    count: usize,
+    per_ms: f64,
+}
+
+const THROUGHPUT_WINDOW: Duration = Duration::from_millis(100);
+
+impl Throughput {
+    fn on_decided(&mut self, now: Duration, n: usize) {
+        self.count += n;
+        let span = now.saturating_sub(self.window_start);
+        if span >= THROUGHPUT_WINDOW {
+            let rate = self.count as f64 / (span.as_secs_f64() * 1000.0);
+            self.per_ms = if self.per_ms == 0.0 {
+                rate
+            } else {
+                0.7 * self.per_ms + 0.3 * rate
+            };
+            self.window_start = now;
+            self.count = 0;
+        }
+    }
+}
+
 impl Inner {
+    /// Lets `n` synchronous mutations in, or refuses them (with the
+    /// recent time in the system) when the door's adaptive limit is reached.
+    /// The limit counts every mutation between arrival and answer, not only
+    /// the queued ones: under overload requests also pile up on the store's
+    /// connections (the resend check) before they reach the queue.
+    fn enter(&self, n: usize) -> Result<InSystem<'_>, u64> {
+        let depth = self.in_system.fetch_add(n, Ordering::SeqCst);
+        let entered = InSystem {
+            inner: self,
+            n,
+            entered_at: self.clock.elapsed(),
+        };
+        if self.config.queue_wait_max_ms == 0 {
+            return Ok(entered);
+        }
+        let mut door = lock(&self.door);
+        if depth + n > door.limit.max(n as f64) as usize && depth >= DOOR_LIMIT_MIN {
+            door.refused = true;
+            return Err(door.last_min_ms.round() as u64);
+        }
+        Ok(entered)
+    }
+
     fn stats(&self) -> EngineStats {
         let control = lock(&self.control).state();
         let (queue_depth, lanes, in_flight) = {
@@ -928,6 +1096,9 @@ impl Inner {
             memory,
             mutations_decided: self.mutations_decided.load(Ordering::Relaxed),
             commits_stale: self.commits_stale.load(Ordering::Relaxed),
+            in_system: self.in_system.load(Ordering::Relaxed),
+            decided_per_s: lock(&self.throughput).per_ms * 1000.0,
+            admission_limit: lock(&self.door).limit as usize,
         }
     }
 
@@ -1109,6 +1280,7 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
             );
         }
     }
+    lock(&inner.throughput).on_decided(inner.clock.elapsed(), settled);
     {
         let mut lanes = lock(&inner.lanes);
         lanes.queue.finish(&doc, settled);
@@ -1154,7 +1326,7 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
     let doc_label = format!("{}/{}", doc.collection, doc.key);
     for attempt in 0..=CAS_RETRIES_MAX {
         let read_started = inner.clock.elapsed();
-        let read = inner.store.get(doc).await;
+        let read = inner.reads.document(doc).await;
         inner.observe_store(read_started, 1, read.is_ok());
         let current = read.map_err(|e| store_error_reply(&e))?;
         let mut state = current.clone();
@@ -1474,5 +1646,66 @@ async fn expire_replies(inner: Arc<Inner>) {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "expiring stored replies failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Windows of `DOOR_WINDOW` one after another.
+    struct Windows {
+        door: Door,
+        next_ms: u64,
+    }
+
+    impl Windows {
+        /// One window: these stays (ms) at this depth, then its close.
+        fn window(&mut self, stays: &[f64], depth: usize) -> f64 {
+            let start = self.next_ms;
+            for stay in stays {
+                self.door
+                    .observe(Duration::from_millis(start + 1), *stay, depth, 20.0);
+            }
+            self.next_ms = start + 100;
+            let last = stays.iter().copied().fold(f64::MAX, f64::min);
+            self.door
+                .observe(Duration::from_millis(self.next_ms), last, depth, 20.0);
+            self.door.limit
+        }
+    }
+
+    #[test]
+    fn the_door_closes_on_a_standing_queue_and_reopens_when_it_drains() {
+        let mut w = Windows {
+            door: Door::new(10_000),
+            next_ms: 0,
+        };
+        // Quick answers, the limit far from used: nothing changes.
+        assert_eq!(w.window(&[3.0, 5.0, 40.0], 100), 10_000.0);
+        // Even the quickest stayed 30 ms: down to 90% of what was in the
+        // system, at once, however high the limit was.
+        let limit = w.window(&[30.0, 80.0], 499);
+        assert!((limit - 450.0).abs() < 1.0, "{limit}");
+        let limit = w.window(&[25.0], 399);
+        assert!((limit - 360.0).abs() < 1.0, "{limit}");
+        // Never below the floor.
+        for _ in 0..100 {
+            w.window(&[50.0], 10);
+        }
+        assert_eq!(w.door.limit, DOOR_LIMIT_MIN as f64);
+        // Drained, and used up to the limit: it grows back, 10% a window,
+        // up to the queue's bound and not beyond.
+        let before = w.door.limit;
+        let limit = w.window(&[2.0], DOOR_LIMIT_MIN);
+        assert!(limit > before * 1.09, "{limit}");
+        for _ in 0..200 {
+            let depth = w.door.limit as usize;
+            w.window(&[2.0], depth);
+        }
+        assert_eq!(w.door.limit, 10_000.0);
+        // Drained but far from used: it stays where it is.
+        w.door.limit = 1_000.0;
+        assert_eq!(w.window(&[2.0], 10), 1_000.0);
     }
 }

@@ -109,6 +109,30 @@ pub trait Store: Send + Sync + 'static {
     /// Commits a batch of lanes in one transaction; one outcome per lane, in order.
     async fn commit(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError>;
     async fn reply(&self, client: &str, id: &str) -> Result<Option<StoredReply>, StoreError>;
+    /// Whether `get_many` and `replies_many` take one round trip for many:
+    /// then the engine gathers concurrent point reads into batches.
+    fn batches_reads(&self) -> bool {
+        false
+    }
+    /// Several documents, in order: one round trip where the backend can.
+    async fn get_many(&self, docs: &[DocKey]) -> Result<Vec<Document>, StoreError> {
+        let mut found = Vec::with_capacity(docs.len());
+        for doc in docs {
+            found.push(self.get(doc).await?);
+        }
+        Ok(found)
+    }
+    /// Several stored replies by `(client, id)`, in order.
+    async fn replies_many(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<Option<StoredReply>>, StoreError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for (client, id) in keys {
+            found.push(self.reply(client, id).await?);
+        }
+        Ok(found)
+    }
     /// Forgets replies stored before `before_ms`; returns how many.
     /// Forgets replies stored before `before_ms`, except the newest
     /// `EVENTS_KEPT_MIN`; returns how many.
@@ -198,7 +222,7 @@ fn from_sql(v: i64) -> u64 {
 /// same text in either dialect except for how an item is bound and selected
 /// (`$item_param`, `$item_select`), which PostgreSQL casts to and from `json`.
 macro_rules! sql_store {
-    ($ty:ty, item_param = $item_param:literal, item_select = $item_select:literal, seq = $seq:literal, accept_seq = $accept_seq:literal, commit = $commit:ident) => {
+    ($ty:ty, item_param = $item_param:literal, item_select = $item_select:literal, seq = $seq:literal, accept_seq = $accept_seq:literal, commit = $commit:ident $(, extra = { $($extra:tt)* })?) => {
         impl $ty {
             /// The batch statement by statement: few round trips matter
             /// little in process (SQLite); a network backend may do better.
@@ -284,6 +308,8 @@ macro_rules! sql_store {
             async fn commit(&self, batch: &[$crate::store::LaneCommit]) -> Result<Vec<$crate::store::CommitOutcome>, $crate::store::StoreError> {
                 self.$commit(batch).await
             }
+
+            $($($extra)*)?
 
             async fn get(&self, doc: &$crate::model::DocKey) -> Result<$crate::model::Document, $crate::store::StoreError> {
                 let row = sqlx::query(concat!("SELECT version, ", $item_select, " FROM sluice_documents WHERE collection = $1 AND key = $2"))

@@ -5,7 +5,8 @@
 //! processes starting against one database do not race each other's DDL.
 
 use super::{
-    CommitOutcome, LaneCommit, StoreError, StoredReply, encode_item, from_sql, sql_store, to_sql,
+    CommitOutcome, LaneCommit, StoreError, StoredReply, decode_item, encode_item, from_sql,
+    sql_store, to_sql,
 };
 use crate::model::{DocKey, Document};
 use sqlx::Row;
@@ -95,10 +96,87 @@ sql_store!(
     item_select = "item::text AS item",
     seq = "seq",
     accept_seq = "seq",
-    commit = commit_unnest
+    commit = commit_unnest,
+    extra = {
+        fn batches_reads(&self) -> bool {
+            true
+        }
+
+        async fn get_many(&self, docs: &[DocKey]) -> Result<Vec<Document>, StoreError> {
+            self.get_unnest(docs).await
+        }
+
+        async fn replies_many(
+            &self,
+            keys: &[(String, String)],
+        ) -> Result<Vec<Option<StoredReply>>, StoreError> {
+            self.replies_unnest(keys).await
+        }
+    }
 );
 
 impl PostgresStore {
+    async fn get_unnest(&self, docs: &[DocKey]) -> Result<Vec<Document>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT u.n, d.version, d.item::text AS item
+             FROM UNNEST($1::TEXT[], $2::TEXT[]) WITH ORDINALITY AS u(collection, key, n)
+             JOIN sluice_documents d ON d.collection = u.collection AND d.key = u.key",
+        )
+        .bind(
+            docs.iter()
+                .map(|d| d.collection.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(docs.iter().map(|d| d.key.as_str()).collect::<Vec<_>>())
+        .fetch_all(&self.reader)
+        .await?;
+        let mut found = vec![Document::absent(); docs.len()];
+        for row in rows {
+            let n: i64 = row.try_get("n")?;
+            let slot = usize::try_from(n - 1)
+                .ok()
+                .and_then(|i| found.get_mut(i))
+                .ok_or_else(|| StoreError::Corrupt(format!("row number {n} out of range")))?;
+            *slot = decode_item(row.try_get("version")?, row.try_get("item")?)?;
+        }
+        Ok(found)
+    }
+
+    async fn replies_unnest(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<Option<StoredReply>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT u.n, r.fingerprint, r.status, r.body, r.at_ms
+             FROM UNNEST($1::TEXT[], $2::TEXT[]) WITH ORDINALITY AS u(client, id, n)
+             JOIN sluice_replies r ON r.client = u.client AND r.id = u.id",
+        )
+        .bind(keys.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|(_, i)| i.as_str()).collect::<Vec<_>>())
+        .fetch_all(&self.reader)
+        .await?;
+        let mut found: Vec<Option<StoredReply>> = vec![None; keys.len()];
+        for row in rows {
+            let n: i64 = row.try_get("n")?;
+            let i = usize::try_from(n - 1)
+                .ok()
+                .filter(|i| *i < keys.len())
+                .ok_or_else(|| StoreError::Corrupt(format!("row number {n} out of range")))?;
+            let status: i64 = row.try_get("status")?;
+            found[i] = Some(StoredReply {
+                client: keys[i].0.clone(),
+                id: keys[i].1.clone(),
+                fingerprint: from_sql(row.try_get("fingerprint")?),
+                status: u16::try_from(status)
+                    .map_err(|_| StoreError::Corrupt(format!("reply status {status}")))?,
+                body: row.try_get("body")?,
+                at_ms: row.try_get("at_ms")?,
+                was_accepted: false,
+            });
+        }
+        Ok(found)
+    }
+
     /// The batch in a fixed number of statements whatever its size: lock the
     /// batch's rows in key order (two Sluice processes cannot deadlock) and
     /// read their versions, then one statement each for updates, inserts,

@@ -68,6 +68,24 @@ async fn store_conformance(store: &dyn Store) {
     let keys: Vec<&String> = read.item.as_ref().expect("item").keys().collect();
     assert_eq!(keys, ["z", "a"], "field order is kept");
 
+    // Reads of several at once answer each in order, absent ones included.
+    let many = store
+        .get_many(&[b.clone(), a.clone(), b.clone()])
+        .await
+        .expect("get_many");
+    assert_eq!(many, [Document::absent(), v1.clone(), Document::absent()]);
+    let replies = store
+        .replies_many(&[
+            ("c1".to_owned(), "nope".to_owned()),
+            ("c1".to_owned(), "m1".to_owned()),
+        ])
+        .await
+        .expect("replies_many");
+    assert_eq!(replies[0], None);
+    let m1 = store.reply("c1", "m1").await.expect("reply");
+    assert!(m1.is_some());
+    assert_eq!(replies[1], m1);
+
     // A second create and a stale update are refused, with nothing of their lane kept.
     let again = store
         .commit(&[lane(

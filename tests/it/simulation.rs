@@ -144,6 +144,9 @@ async fn simulate(seed: u64, scenario: Scenario) -> Vec<usize> {
         // unloaded baseline (it grows while latency stays within a small
         // multiple of it), which is what finds a knee.
         latency_target_ms: 2.0,
+        // The door would shed the clients' load before it reaches the
+        // dispatcher; this scenario is about the dispatcher's limit.
+        queue_wait_max_ms: 0,
         ..EngineConfig::default()
     };
     let resolver = Resolver::new(clock.clone(), ScriptLimits::default());
