@@ -55,6 +55,14 @@ pub struct Signals {
 /// writes in flight against the limit, and the store's latency against twice
 /// its target. The maximum, not an average: one saturated resource is enough
 /// to make more dispatching useless.
+///
+/// The CPU counts in proportion to how far the store's latency has come
+/// towards its target: a busy CPU that the store does not feel (Sluice's own
+/// work, its clients') is no reason to hold writes back, and holding them
+/// back would not make that work smaller; `sluice bench` measured half the
+/// throughput when the CPU counted alone (eight lanes in flight, a hundred
+/// queued, the store answering in 3 ms). A co-located store that suffers
+/// from the CPU shows it in its latency, and then the CPU counts in full.
 pub fn load(s: &Signals) -> f64 {
     let clamp = |x: f64| {
         if x.is_finite() {
@@ -73,7 +81,12 @@ pub fn load(s: &Signals) -> f64 {
     } else {
         0.0
     };
-    [s.cpu, s.memory, in_flight, latency]
+    let felt = if s.latency_target_ms > 0.0 {
+        clamp(s.store_latency_ms / s.latency_target_ms)
+    } else {
+        1.0
+    };
+    [clamp(s.cpu) * felt, s.memory, in_flight, latency]
         .into_iter()
         .map(clamp)
         .fold(0.0, f64::max)
@@ -265,10 +278,21 @@ mod tests {
         assert_eq!(
             load(&Signals {
                 cpu: f64::NAN,
+                store_latency_ms: 20.0,
                 ..base
             }),
             1.0,
             "an unknown reading counts as saturated"
+        );
+        // A busy CPU counts as far as the store feels it.
+        let busy = Signals { cpu: 0.95, ..base };
+        assert_eq!(load(&busy), 0.3, "store at a fifth of its target");
+        assert_eq!(
+            load(&Signals {
+                store_latency_ms: 20.0,
+                ..busy
+            }),
+            0.95
         );
         assert_eq!(
             load(&Signals {

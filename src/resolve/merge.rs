@@ -67,11 +67,7 @@ fn merge_fields(
                 (Value::Array(s), Value::Array(i)) => {
                     let is_set = set_fields.is_some_and(|names| names.iter().any(|n| n == field));
                     if is_set {
-                        for element in i {
-                            if !s.contains(element) {
-                                s.push(element.clone());
-                            }
-                        }
+                        union_into(s, i);
                     } else {
                         s.extend(i.iter().cloned());
                     }
@@ -79,6 +75,31 @@ fn merge_fields(
                 // Scalars, mismatched types, and an incoming null: the server wins.
                 _ => {}
             },
+        }
+    }
+}
+
+/// Appends the elements of `incoming` not yet in `server`. A hot set grows
+/// to thousands of elements and every stale write sends it whole, so scalar
+/// elements are looked up by their JSON text (equal exactly when the values
+/// are) instead of by scanning; objects and arrays, whose equality ignores
+/// key order, are compared in full.
+fn union_into(server: &mut Vec<Value>, incoming: &[Value]) {
+    fn scalar_text(v: &Value) -> Option<String> {
+        match v {
+            Value::Object(_) | Value::Array(_) => None,
+            scalar => Some(scalar.to_string()),
+        }
+    }
+    let mut seen: std::collections::HashSet<String> =
+        server.iter().filter_map(scalar_text).collect();
+    for element in incoming {
+        let present = match scalar_text(element) {
+            Some(text) => !seen.insert(text),
+            None => server.contains(element),
+        };
+        if !present {
+            server.push(element.clone());
         }
     }
 }
