@@ -3,7 +3,7 @@
 
 pub mod wire;
 
-use crate::dispatch::{ConfigureError, Engine, Reply};
+use crate::dispatch::{ConfigureError, Engine, ReadError, Reply};
 use crate::history::{CONFLICTS_LIMIT_DEFAULT, CONFLICTS_LIMIT_MAX, ConflictQuery};
 use crate::model::{ANONYMOUS_CLIENT, DocKey};
 use crate::resolve::{CollectionConfig, ConflictRecord};
@@ -293,7 +293,12 @@ async fn get_document(
     let doc = engine
         .document(&DocKey::new(collection.clone(), key.clone()))
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(|e| match e {
+            ReadError::Overloaded { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", e.to_string())
+            }
+            ReadError::Store(e) => ApiError::unavailable(e),
+        })?;
     if doc.version == 0 {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

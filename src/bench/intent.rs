@@ -358,6 +358,13 @@ impl Target {
                         Ok(v) => v,
                         Err(e) => return Ended::failed(e),
                     },
+                    // Refused at the door: the intent ends as a write's 429 would.
+                    Ok(r) if r.status().as_u16() == 429 => {
+                        return Ended {
+                            rejected_429: true,
+                            ..Ended::default()
+                        };
+                    }
                     Ok(r) => return Ended::failed(format!("read answered {}", r.status())),
                     Err(e) => return Ended::failed(e),
                 };

@@ -136,7 +136,7 @@ impl Plan {
             Plan {
                 run: Duration::from_secs(4),
                 repetitions: 3,
-                trace_lines: 40_000,
+                trace_lines: 25_000,
             }
         };
         if let Some(ms) = options.run_ms {
@@ -601,7 +601,7 @@ impl Bench {
                 closed_loop(
                     target.clone(),
                     &collection,
-                    2 * CLIENTS,
+                    CLIENTS,
                     0.0,
                     run,
                     Duration::ZERO,

@@ -293,11 +293,10 @@ impl BenchReport {
             .iter()
             .filter(|r| r.workload == "overload" && r.contender == "sluice")
             .collect();
-        let peak = overload
-            .iter()
-            .map(|r| r.goodput)
-            .chain(self.capacity)
-            .fold(0.0, f64::max);
+        // The peak of the goodput-against-offered-load curve: the same
+        // open-loop intents at every load (the capacity run is a closed loop
+        // without think time, only the loads' yardstick).
+        let peak = overload.iter().map(|r| r.goodput).fold(0.0, f64::max);
         let unloaded = overload.iter().find(|r| r.load == Some(0.5));
         if let (Some(twice), Some(unloaded)) =
             (overload.iter().find(|r| r.load == Some(2.0)), unloaded)
