@@ -18,6 +18,9 @@ pub use child::{Features, process_cpu_us};
 pub use intent::{Contender, TraceLine};
 pub use report::{BenchReport, RunRecord};
 
+/// One run's figures, before the medians over repetitions.
+pub type Sample = RunRecord;
+
 use crate::generate::Zipf;
 use crate::rng::SplitMix64;
 use anyhow::{Context, bail};
@@ -264,27 +267,6 @@ impl Tally {
         }
         self.latencies_us.extend(other.latencies_us);
     }
-}
-
-/// One run's figures, before the medians.
-#[derive(Clone, Debug)]
-pub struct Sample {
-    pub workload: &'static str,
-    pub theta: Option<f64>,
-    pub load: Option<f64>,
-    pub contender: String,
-    pub goodput: f64,
-    pub applied: u64,
-    pub wasted_writes: u64,
-    pub client_conflicts: u64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub p999_ms: f64,
-    pub timeouts: u64,
-    pub rejected_429: u64,
-    pub cpu_us_per_mutation: Option<f64>,
-    /// Latency quantiles (ms) at 0%, 1%, … 100%, for the distribution plot.
-    pub quantiles_ms: Vec<f64>,
 }
 
 /// The `q` quantile of sorted microseconds, in milliseconds.
@@ -698,7 +680,7 @@ impl Bench {
             _ => subject_name(subject),
         };
         Ok(Sample {
-            workload,
+            workload: workload.to_owned(),
             theta,
             load,
             contender,

@@ -71,8 +71,9 @@ pub struct RunRecord {
     pub timeouts: u64,
     pub rejected_429: u64,
     pub cpu_us_per_mutation: Option<f64>,
+    /// Latency quantiles (ms) at 0%, 1%, … 100%, for the distribution plot.
     #[serde(skip)]
-    quantiles_ms: Vec<f64>,
+    pub quantiles_ms: Vec<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -114,8 +115,8 @@ fn median_u64(values: impl Iterator<Item = u64>) -> u64 {
     median(values.map(|v| v as f64).collect()).round() as u64
 }
 
-/// Groups samples by workload, setting and contender (first-seen order) and
-/// takes each figure's median.
+/// Groups samples (one `RunRecord` a run) by workload, setting and contender
+/// (first-seen order) and takes each figure's median.
 fn medians(samples: &[Sample]) -> Vec<RunRecord> {
     let mut groups: Vec<Vec<&Sample>> = Vec::new();
     for s in samples {
@@ -137,7 +138,7 @@ fn medians(samples: &[Sample]) -> Vec<RunRecord> {
             let f = g[0];
             let cpu: Vec<f64> = g.iter().filter_map(|s| s.cpu_us_per_mutation).collect();
             RunRecord {
-                workload: f.workload.to_owned(),
+                workload: f.workload.clone(),
                 theta: f.theta,
                 load: f.load,
                 contender: f.contender.clone(),
@@ -533,7 +534,7 @@ impl BenchReport {
 const NOTES: &str = "## Reading the numbers\n\n\
 - *goodput*: client intents applied within the client time-out (2 s) per second of the run, each counted once however many retries it took. *wasted writes*: direct-occ's conditional updates that missed, direct-lock's aborted transactions, Sluice's lane commits that found the version moved. *client conflicts*: intents whose write found the document changed since the client's read (Sluice: answers that carry a `conflict`).\n\
 - Every run ends with a lost-update check: the list entries (and version increments) in the run's collection equal the intents reported applied, or the benchmark fails.\n\
-- Sluice, PostgreSQL and the load generator share the same cores; *cpu µs/mutation* is Sluice's own user+system time per request it answered, read from `/proc`.\n\
+- Sluice, PostgreSQL and the load generator share the same cores; *cpu µs/mutation* is Sluice's own user+system time, read from `/proc`, per mutation sent (with the document read before it, where the intent has one).\n\
 - A closed-loop client told 429 pauses 100 ms before its next intent. The overload loads are multiples of the capacity run (Sluice, uniform keys, the same clients without think time); *peak* is the highest goodput of the goodput-against-load curve.\n\n\
 ## What limits Sluice here\n\n\
 - Profiled with `perf record -g` on the `sluice serve` child during `hot`: before PostgreSQL commits and history were batched, 42% of Sluice's CPU was the kernel's loopback TCP send path, one `send` (and a wake-up of the peer) per SQL statement and per HTTP answer. Commits now take a fixed number of statements per batch (`UNNEST`), the history too, and concurrent point reads share a round trip: Sluice's CPU per unconditional write fell from about 180 to about 90 µs.\n\
@@ -758,7 +759,7 @@ mod tests {
 
     fn sample(contender: &str, theta: f64, goodput: f64, p99: f64) -> Sample {
         Sample {
-            workload: "hot",
+            workload: "hot".into(),
             theta: Some(theta),
             load: None,
             contender: contender.into(),

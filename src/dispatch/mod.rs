@@ -1079,7 +1079,7 @@ impl Inner {
     /// its write, but their stays say nothing about the write queue.
     fn enter(&self, n: usize, timed: bool) -> Result<InSystem<'_>, u64> {
         let depth = self.in_system.fetch_add(n, Ordering::SeqCst);
-        let entered = InSystem {
+        let mut entered = InSystem {
             inner: self,
             n,
             entered_at: timed.then(|| self.clock.elapsed()),
@@ -1090,6 +1090,9 @@ impl Inner {
         let mut door = lock(&self.door);
         if depth + n > door.limit.max(n as f64) as usize && depth >= DOOR_LIMIT_MIN {
             door.refused = true;
+            // A refusal's instant stay must not pull the window's mean down:
+            // it only leaves the count.
+            entered.entered_at = None;
             return Err(door.last_mean_ms.round() as u64);
         }
         Ok(entered)

@@ -43,7 +43,11 @@ pub const QUALITY_WINDOW_DEFAULT: usize = 10_000;
 /// An hour between scheduled retrainings: the online model keeps learning in
 /// between, so retraining mostly refreshes it from a clean pass.
 pub const RETRAIN_INTERVAL_S_DEFAULT: u64 = 3_600;
-pub const RETRAIN_AFTER_OUTCOMES_DEFAULT: u64 = 100_000;
+/// As many new outcomes as the window holds: each row is then trained on
+/// about once more by retraining, on top of the online learning. A tenth of
+/// the window (the first choice) cost a full pass per 100,000 outcomes, and
+/// `sluice bench` found those passes among Sluice's hottest functions.
+pub const RETRAIN_AFTER_OUTCOMES_DEFAULT: u64 = 1_000_000;
 /// A million rows retrain in a few seconds (see the README).
 pub const RETRAIN_WINDOW_ROWS_DEFAULT: u64 = 1_000_000;
 /// Half-lives of the decaying counters, in event time.
