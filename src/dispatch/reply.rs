@@ -45,19 +45,24 @@ pub fn render(
             } else {
                 200
             };
-            let body = json!({
-                "id": id,
-                "outcome": outcome.as_str(),
-                "version": version,
-                "item": item.clone().map(Value::Object),
-                "conflict": conflict.as_ref().map(conflict_json),
-                "score": score,
-                "queued_ms": (queued_ms * 1000.0).round() / 1000.0,
-            });
-            Reply {
-                status,
-                body: body.to_string(),
-                retry_after_s: None,
+            // Serialized from borrows: a hot document's item can be large,
+            // and every mutation of a coalesced batch carries it.
+            let body = Decided {
+                id,
+                outcome: outcome.as_str(),
+                version: *version,
+                item: item.as_ref(),
+                conflict: conflict.as_ref().map(conflict_json),
+                score,
+                queued_ms: (queued_ms * 1000.0).round() / 1000.0,
+            };
+            match serde_json::to_string(&body) {
+                Ok(body) => Reply {
+                    status,
+                    body,
+                    retry_after_s: None,
+                },
+                Err(e) => Reply::error(500, "internal", format!("cannot render the answer: {e}")),
             }
         }
         Verdict::NotFound { version } => Reply::error(
@@ -73,6 +78,18 @@ pub fn render(
             ),
         ),
     }
+}
+
+/// The answer to a decided mutation, fields in wire order.
+#[derive(serde::Serialize)]
+struct Decided<'a> {
+    id: &'a str,
+    outcome: &'a str,
+    version: u64,
+    item: Option<&'a serde_json::Map<String, Value>>,
+    conflict: Option<Value>,
+    score: Option<f64>,
+    queued_ms: f64,
 }
 
 fn conflict_json(c: &ConflictInfo) -> Value {
