@@ -317,14 +317,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         Vec::new()
     };
 
-    let temp = match &options.postgres {
-        Some(_) => None,
-        None => Some(tokio::task::spawn_blocking(postgres::TempPostgres::start).await??),
-    };
-    let url = match (&options.postgres, &temp) {
-        (Some(url), _) => url.clone(),
-        (None, Some(pg)) => pg.url.clone(),
-        (None, None) => unreachable!("a temporary PostgreSQL was started"),
+    let (temp, url) = match &options.postgres {
+        Some(url) => (None, url.clone()),
+        None => {
+            let pg = tokio::task::spawn_blocking(postgres::TempPostgres::start).await??;
+            let url = pg.url.clone();
+            (Some(pg), url)
+        }
     };
     // Sluice's own schema: the direct contenders write the same table.
     crate::store::PostgresStore::connect(&url)

@@ -482,3 +482,89 @@ async fn overload_gets_fast_429s_and_no_timeouts() {
     let stats = s.get("/v1/stats").await.1;
     assert_eq!(stats["queue_depth"], json!(0));
 }
+
+/// The door: when mutations keep staying longer than `queue_wait_max_ms`,
+/// requests beyond its limit get a fast 429 `overloaded`, the admitted ones
+/// are decided, and nothing is half-applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_queue_closes_the_door_with_fast_429s() {
+    let s = TestServer::embedded().await;
+    // Every conflicting mutation takes 20 ms of script; 100 clients sending
+    // one after another keep a queue standing for seconds, well past the
+    // door's first windows.
+    let (status, body) = s
+        .put(
+            "/v1/collections/slow",
+            json!({"handler": {"script": "function resolve(ctx) { const end = Date.now() + 20; while (Date.now() < end) {} return {action: 'resolve', item: ctx.incoming}; }"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (clients, rounds) = (100, 4);
+    let puts: Vec<Value> = (0..clients * rounds)
+        .map(|k| json!({"collection": "slow", "key": format!("k{k}"), "op": "put", "value": {"n": 0}}))
+        .collect();
+    let (status, body) = s
+        .post_raw(
+            "/v1/mutations:batch",
+            json!({ "mutations": puts }).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    let mut senders = Vec::new();
+    for c in 0..clients {
+        let (http, url) = (http.clone(), s.url.clone());
+        senders.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for round in 0..rounds {
+                let k = c * rounds + round;
+                // Base 0 against version 1: a conflict, so the script runs.
+                let body = json!({"collection": "slow", "key": format!("k{k}"), "op": "put", "value": {"n": 1}, "base_version": 0});
+                let started = Instant::now();
+                let r = http
+                    .post(format!("{url}/v1/mutations"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("answered");
+                let status = r.status().as_u16();
+                let retry_after = r.headers().get("retry-after").is_some();
+                let body: Value = r.json().await.expect("JSON");
+                seen.push((k, status, body, retry_after, started.elapsed()));
+            }
+            seen
+        }));
+    }
+    let mut answers = Vec::new();
+    for sender in senders {
+        answers.extend(sender.await.expect("sender"));
+    }
+    // Read back once everything is answered: while the door is closed, a
+    // read would be refused too.
+    let mut refused = 0;
+    for (k, status, body, retry_after, elapsed) in &answers {
+        let (_, doc) = s.get(&format!("/v1/documents/slow/k{k}")).await;
+        match status {
+            200 => assert_eq!(doc["version"], json!(2), "k{k} decided once: {body}"),
+            // Scripts racing for two cores can hit their time limit: a
+            // rejection, decided, nothing written.
+            409 => assert_eq!(doc["version"], json!(1), "k{k} rejected: {body}"),
+            429 => {
+                refused += 1;
+                assert_eq!(body["error"]["code"], json!("overloaded"), "{body}");
+                assert!(retry_after, "a 429 says when to retry");
+                assert!(
+                    *elapsed < Duration::from_secs(2),
+                    "a refusal is fast: {elapsed:?}"
+                );
+                assert_eq!(doc["version"], json!(1), "k{k} refused: nothing applied");
+            }
+            other => panic!("k{k}: unexpected {other}: {body}"),
+        }
+    }
+    assert!(refused > 0, "a standing queue closed the door");
+    assert!(refused < answers.len(), "and the door let some in");
+}
