@@ -73,8 +73,9 @@ pub struct QueueConfig {
     pub priority_boost_ms: u64,
     /// The store latency the adaptive concurrency limit aims under.
     pub latency_target_ms: f64,
-    /// Refuse a synchronous mutation (429) when the queue ahead of it would
-    /// keep it waiting longer than this; 0 turns the bound off.
+    /// The door refuses requests over its adaptive limit (429) and lowers
+    /// the limit while mutations stay longer than this on average; 0 turns
+    /// the door off.
     pub queue_wait_max_ms: u64,
 }
 

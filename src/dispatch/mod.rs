@@ -83,8 +83,9 @@ pub struct EngineConfig {
     pub priority_boost_ms: u64,
     /// The store latency the controller aims under.
     pub latency_target_ms: f64,
-    /// A synchronous mutation is refused (429 `overloaded`) when those queued
-    /// ahead of it would keep it waiting longer than this; 0: never.
+    /// The door refuses requests over its adaptive limit (429 `overloaded`)
+    /// and lowers the limit while mutations stay longer than this on
+    /// average; 0: no door.
     pub queue_wait_max_ms: u64,
     /// Sample the host's CPU and memory (off in tests that set them).
     pub sample_host: bool,
@@ -144,12 +145,13 @@ pub struct EngineStats {
     /// Lane commits the store refused because the version had moved (a
     /// writer that bypassed Sluice): store writes wasted and done again.
     pub commits_stale: u64,
-    /// Synchronous mutations between arrival and answer.
+    /// Requests inside Sluice: synchronous mutations between arrival and
+    /// answer, and document reads.
     pub in_system: usize,
     /// Mutations decided per second, recently.
     pub decided_per_s: f64,
-    /// Synchronous mutations let into the system at once, at most (the
-    /// door's adaptive limit).
+    /// Requests let into the system at once, at most (the door's adaptive
+    /// limit).
     pub admission_limit: usize,
 }
 
@@ -950,8 +952,9 @@ fn store_error_reply(e: &StoreError) -> Reply {
     )
 }
 
-/// Synchronous mutations between arrival and answer; leaves on drop, and
-/// tells the door how long it stayed.
+/// A request inside Sluice (mutations between arrival and answer, or a
+/// document read); leaves the count on drop, and a mutation tells the door
+/// how long it stayed.
 struct InSystem<'a> {
     inner: &'a Inner,
     n: usize,
