@@ -30,12 +30,18 @@ impl SystemClock {
     }
 }
 
+/// The wall clock in epoch milliseconds, for code that has no `Clock` to
+/// ask (tools, not the engine).
+pub fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0)
+        wall_ms()
     }
 
     fn elapsed(&self) -> Duration {

@@ -137,7 +137,7 @@ async fn write_row(
         .bind(collection)
         .bind(key)
         .bind(text)
-        .bind(super::unix_ms())
+        .bind(crate::clock::wall_ms())
         .execute(executor)
         .await?
     } else {
@@ -149,7 +149,7 @@ async fn write_row(
         .bind(key)
         .bind(expected)
         .bind(text)
-        .bind(super::unix_ms())
+        .bind(crate::clock::wall_ms())
         .execute(executor)
         .await?
     };

@@ -21,7 +21,9 @@ pub use report::{BenchReport, RunRecord};
 /// One run's figures, before the medians over repetitions.
 pub type Sample = RunRecord;
 
+use crate::clock::wall_ms;
 use crate::generate::Zipf;
+use crate::replay::percentile;
 use crate::rng::SplitMix64;
 use anyhow::{Context, bail};
 use child::SluiceChild;
@@ -64,12 +66,6 @@ const COMMIT_CLIENTS: usize = 32;
 /// admission bound lets in at this machine's rate.
 const COMMIT_BATCH: usize = 100;
 const BATCH_CLIENTS: usize = 4;
-
-pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Workload {
@@ -269,15 +265,6 @@ impl Tally {
     }
 }
 
-/// The `q` quantile of sorted microseconds, in milliseconds.
-fn quantile_ms(sorted_us: &[u64], q: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return 0.0;
-    }
-    let rank = (q * (sorted_us.len() - 1) as f64).round() as usize;
-    sorted_us[rank.min(sorted_us.len() - 1)] as f64 / 1000.0
-}
-
 /// What the database holds of one run's collection.
 struct Found {
     docs: i64,
@@ -369,7 +356,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
             .build()?,
         children,
         trace: Arc::new(trace),
-        prefix: format!("b{}", unix_ms()),
+        prefix: format!("b{}", wall_ms()),
         runs: 0,
         capacity: None,
         seed: 1,
@@ -652,8 +639,12 @@ impl Bench {
         };
         self.check_accounting(setting, subject, &collection, &tally, external_writes)
             .await?;
-        let mut latencies = tally.latencies_us;
-        latencies.sort_unstable();
+        let mut latencies: Vec<f64> = tally
+            .latencies_us
+            .iter()
+            .map(|us| *us as f64 / 1000.0)
+            .collect();
+        latencies.sort_by(f64::total_cmp);
         let cpu_us_per_mutation = match (cpu_before, cpu_after) {
             (Some(before), Some(after)) if tally.mutations > 0 => {
                 Some((after - before) as f64 / tally.mutations as f64)
@@ -687,14 +678,14 @@ impl Bench {
             applied: tally.applied,
             wasted_writes: wasted,
             client_conflicts: tally.conflicts,
-            p50_ms: quantile_ms(&latencies, 0.5),
-            p99_ms: quantile_ms(&latencies, 0.99),
-            p999_ms: quantile_ms(&latencies, 0.999),
+            p50_ms: percentile(&latencies, 0.5),
+            p99_ms: percentile(&latencies, 0.99),
+            p999_ms: percentile(&latencies, 0.999),
             timeouts: tally.timeouts,
             rejected_429: tally.rejected_429,
             cpu_us_per_mutation,
             quantiles_ms: (0..=100)
-                .map(|i| quantile_ms(&latencies, f64::from(i) / 100.0))
+                .map(|i| percentile(&latencies, f64::from(i) / 100.0))
                 .collect(),
         })
     }
@@ -707,7 +698,7 @@ impl Bench {
              FROM generate_series(0, $3 - 1) AS g",
         )
         .bind(collection)
-        .bind(unix_ms())
+        .bind(wall_ms())
         .bind(DOCS as i64)
         .execute(&self.admin)
         .await
@@ -842,18 +833,10 @@ async fn closed_loop(
                 seq += 1;
                 let key = format!("doc-{}", zipf.draw(&mut rng));
                 let entry = format!("{client}.{seq}");
-                let started = Instant::now();
-                let ended = target
-                    .append(&Append {
-                        collection: &collection,
-                        key: &key,
-                        client: &client,
-                        entry: &entry,
-                        think,
-                    })
-                    .await;
+                let (ended, took) =
+                    timed_append(&target, &collection, &key, &client, &entry, think).await;
                 let refused = ended.rejected_429;
-                tally.add(ended, started.elapsed());
+                tally.add(ended, took);
                 if refused {
                     tokio::time::sleep(REFUSED_PAUSE).await;
                 }
@@ -862,6 +845,28 @@ async fn closed_loop(
         });
     }
     join(tasks).await
+}
+
+/// One `hot` intent and how long it took, retries and think time included.
+async fn timed_append(
+    target: &Target,
+    collection: &str,
+    key: &str,
+    client: &str,
+    entry: &str,
+    think: Duration,
+) -> (Ended, Duration) {
+    let started = Instant::now();
+    let ended = target
+        .append(&Append {
+            collection,
+            key,
+            client,
+            entry,
+            think,
+        })
+        .await;
+    (ended, started.elapsed())
 }
 
 async fn join(mut tasks: JoinSet<Tally>) -> Tally {
@@ -919,19 +924,11 @@ async fn open_loop(
         tasks.spawn(async move {
             let client = format!("o{}", n % 1024);
             let entry = format!("o{n}");
-            let started = Instant::now();
-            let ended = target
-                .append(&Append {
-                    collection: &collection,
-                    key: &key,
-                    client: &client,
-                    entry: &entry,
-                    think,
-                })
-                .await;
+            let (ended, took) =
+                timed_append(&target, &collection, &key, &client, &entry, think).await;
             outstanding.fetch_sub(1, Ordering::Relaxed);
             let mut tally = Tally::default();
-            tally.add(ended, started.elapsed());
+            tally.add(ended, took);
             tally
         });
     }

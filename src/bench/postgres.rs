@@ -73,7 +73,7 @@ impl TempPostgres {
         let root = std::env::temp_dir().join(format!(
             "sluice-bench-pg-{}-{}",
             std::process::id(),
-            super::unix_ms()
+            crate::clock::wall_ms()
         ));
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
         if is_root() {

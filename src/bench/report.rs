@@ -48,7 +48,7 @@ impl Machine {
             quick,
             run_seconds: run.as_secs_f64(),
             repetitions,
-            date_unix_ms: super::unix_ms(),
+            date_unix_ms: crate::clock::wall_ms(),
         }
     }
 }

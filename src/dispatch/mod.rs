@@ -148,8 +148,6 @@ pub struct EngineStats {
     /// Requests inside Sluice: synchronous mutations between arrival and
     /// answer, and document reads.
     pub in_system: usize,
-    /// Mutations decided per second, recently.
-    pub decided_per_s: f64,
     /// Requests let into the system at once, at most (the door's adaptive
     /// limit).
     pub admission_limit: usize,
@@ -244,7 +242,6 @@ struct Inner {
     outcomes_since_retrain: AtomicU64,
     mutations_decided: AtomicU64,
     commits_stale: AtomicU64,
-    throughput: Mutex<Throughput>,
     in_system: AtomicUsize,
     door: Mutex<Door>,
     reads: reads::Reads,
@@ -319,7 +316,6 @@ impl Engine {
             outcomes_since_retrain: AtomicU64::new(0),
             mutations_decided: AtomicU64::new(0),
             commits_stale: AtomicU64::new(0),
-            throughput: Mutex::new(Throughput::default()),
             in_system: AtomicUsize::new(0),
             door: Mutex::new(Door::new(queue_len_max)),
             reads: reads::Reads::start(reads_store),
@@ -1042,34 +1038,6 @@ impl Door {
     }
 }
 
-/// Mutations decided per millisecond, smoothed over windows of
-/// `THROUGHPUT_WINDOW` (for `/v1/stats`).
-#[derive(Debug, Default)]
-struct Throughput {
-    window_start: Duration,
-    count: usize,
-    per_ms: f64,
-}
-
-const THROUGHPUT_WINDOW: Duration = Duration::from_millis(100);
-
-impl Throughput {
-    fn on_decided(&mut self, now: Duration, n: usize) {
-        self.count += n;
-        let span = now.saturating_sub(self.window_start);
-        if span >= THROUGHPUT_WINDOW {
-            let rate = self.count as f64 / (span.as_secs_f64() * 1000.0);
-            self.per_ms = if self.per_ms == 0.0 {
-                rate
-            } else {
-                0.7 * self.per_ms + 0.3 * rate
-            };
-            self.window_start = now;
-            self.count = 0;
-        }
-    }
-}
-
 impl Inner {
     /// Lets `n` synchronous mutations in, or refuses them (with the
     /// recent time in the system) when the door's adaptive limit is reached.
@@ -1136,7 +1104,6 @@ impl Inner {
             mutations_decided: self.mutations_decided.load(Ordering::Relaxed),
             commits_stale: self.commits_stale.load(Ordering::Relaxed),
             in_system: self.in_system.load(Ordering::Relaxed),
-            decided_per_s: lock(&self.throughput).per_ms * 1000.0,
             admission_limit: lock(&self.door).limit as usize,
         }
     }
@@ -1319,7 +1286,6 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
             );
         }
     }
-    lock(&inner.throughput).on_decided(inner.clock.elapsed(), settled);
     {
         let mut lanes = lock(&inner.lanes);
         lanes.queue.finish(&doc, settled);

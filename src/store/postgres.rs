@@ -11,7 +11,7 @@ use super::{
 use crate::model::{DocKey, Document};
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 /// Connections Sluice opens to PostgreSQL: reads of the lanes in flight plus
 /// the committer's one.
@@ -115,6 +115,16 @@ sql_store!(
     }
 );
 
+/// The 0-based position in the request of a row numbered `n` by
+/// `UNNEST … WITH ORDINALITY`.
+fn ordinal(row: &sqlx::postgres::PgRow, len: usize) -> Result<usize, StoreError> {
+    let n: i64 = row.try_get("n")?;
+    usize::try_from(n - 1)
+        .ok()
+        .filter(|i| *i < len)
+        .ok_or_else(|| StoreError::Corrupt(format!("row number {n} out of range")))
+}
+
 impl PostgresStore {
     async fn get_unnest(&self, docs: &[DocKey]) -> Result<Vec<Document>, StoreError> {
         let rows = sqlx::query(
@@ -132,12 +142,8 @@ impl PostgresStore {
         .await?;
         let mut found = vec![Document::absent(); docs.len()];
         for row in rows {
-            let n: i64 = row.try_get("n")?;
-            let slot = usize::try_from(n - 1)
-                .ok()
-                .and_then(|i| found.get_mut(i))
-                .ok_or_else(|| StoreError::Corrupt(format!("row number {n} out of range")))?;
-            *slot = decode_item(row.try_get("version")?, row.try_get("item")?)?;
+            let i = ordinal(&row, docs.len())?;
+            found[i] = decode_item(row.try_get("version")?, row.try_get("item")?)?;
         }
         Ok(found)
     }
@@ -157,11 +163,7 @@ impl PostgresStore {
         .await?;
         let mut found: Vec<Option<StoredReply>> = vec![None; keys.len()];
         for row in rows {
-            let n: i64 = row.try_get("n")?;
-            let i = usize::try_from(n - 1)
-                .ok()
-                .filter(|i| *i < keys.len())
-                .ok_or_else(|| StoreError::Corrupt(format!("row number {n} out of range")))?;
+            let i = ordinal(&row, keys.len())?;
             let status: i64 = row.try_get("status")?;
             found[i] = Some(StoredReply {
                 client: keys[i].0.clone(),
@@ -195,8 +197,8 @@ impl PostgresStore {
         let names: Vec<&str> = batch.iter().map(|l| l.doc.key.as_str()).collect();
         let mut tx = self.writer.begin().await?;
         let rows = sqlx::query(
-            "SELECT d.collection, d.key, d.version FROM sluice_documents d
-             JOIN UNNEST($1::TEXT[], $2::TEXT[]) AS u(collection, key)
+            "SELECT u.n, d.version FROM sluice_documents d
+             JOIN UNNEST($1::TEXT[], $2::TEXT[]) WITH ORDINALITY AS u(collection, key, n)
                ON d.collection = u.collection AND d.key = u.key
              ORDER BY d.collection, d.key FOR UPDATE OF d",
         )
@@ -204,23 +206,16 @@ impl PostgresStore {
         .bind(&names)
         .fetch_all(&mut *tx)
         .await?;
-        let mut current: HashMap<(String, String), i64> = HashMap::with_capacity(rows.len());
+        // Each lane's current version, by its position in the batch (0: absent).
+        let mut current = vec![0u64; batch.len()];
         for row in rows {
-            current.insert(
-                (row.try_get("collection")?, row.try_get("key")?),
-                row.try_get("version")?,
-            );
+            current[ordinal(&row, batch.len())?] = from_sql(row.try_get("version")?);
         }
-        let version_now = |doc: &DocKey| {
-            current
-                .get(&(doc.collection.clone(), doc.key.clone()))
-                .copied()
-                .map_or(0, from_sql)
-        };
         let mut outcomes: Vec<CommitOutcome> = batch
             .iter()
-            .map(|lane| {
-                if version_now(&lane.doc) == lane.expected_version {
+            .zip(&current)
+            .map(|(lane, version)| {
+                if *version == lane.expected_version {
                     CommitOutcome::Committed
                 } else {
                     CommitOutcome::Stale
@@ -324,16 +319,15 @@ impl PostgresStore {
             )
             .fetch_all(&mut *tx)
             .await?;
-            let mut won: Vec<(String, String)> = Vec::with_capacity(inserted.len());
+            let mut won: HashSet<DocKey> = HashSet::with_capacity(inserted.len());
             for row in inserted {
-                won.push((row.try_get("collection")?, row.try_get("key")?));
+                won.insert(DocKey::new(
+                    row.try_get::<String, _>("collection")?,
+                    row.try_get::<String, _>("key")?,
+                ));
             }
             for (i, _) in &inserts {
-                let doc = &batch[*i].doc;
-                if !won
-                    .iter()
-                    .any(|(c, k)| *c == doc.collection && *k == doc.key)
-                {
+                if !won.contains(&batch[*i].doc) {
                     outcomes[*i] = CommitOutcome::Stale;
                 }
             }
