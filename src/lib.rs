@@ -17,3 +17,4 @@ pub mod resolve;
 pub mod rng;
 pub mod server;
 pub mod store;
+pub mod telemetry;

@@ -1,6 +1,8 @@
 //! HTTP API v1: routes, extraction and the mapping of every error to
 //! `{"error": {"code", "message"}}` with its status, in one place.
 
+pub mod dashboard;
+pub mod schema;
 pub mod wire;
 
 use crate::dispatch::{ConfigureError, Engine, ReadError, Reply};
@@ -12,12 +14,14 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::any::Any;
 use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 /// An error answer. Built only through [`ApiError::new`] so that every error
 /// has a code and a message.
@@ -105,25 +109,58 @@ fn reply_response(reply: Reply) -> Response {
     response
 }
 
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Sluice",
+        description = "A data proxy for versioned JSON documents: per-document lanes, compare-and-set writes, conflict resolution and a conflict history.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    tags(
+        (name = "mutations", description = "Send mutations and learn their outcomes"),
+        (name = "documents", description = "Read documents and configure collections"),
+        (name = "observe", description = "Conflicts, statistics, the model, metrics and the dashboard"),
+    )
+)]
+struct ApiDoc;
+
+/// Every route, each with its OpenAPI operation: the server and its
+/// description are built from this one list, so neither can lack a route the
+/// other has.
+fn routes() -> OpenApiRouter<Engine> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(dashboard::page))
+        .routes(routes!(healthz))
+        .routes(routes!(get_metrics))
+        .routes(routes!(get_openapi))
+        .routes(routes!(post_mutation))
+        .routes(routes!(post_batch).layer(DefaultBodyLimit::max(wire::BATCH_BODY_BYTES_MAX)))
+        .routes(routes!(get_mutation))
+        .routes(routes!(get_document))
+        .routes(routes!(get_collection, put_collection))
+        .routes(routes!(get_conflicts))
+        .routes(routes!(get_events))
+        .routes(routes!(get_model))
+        .routes(routes!(get_stats))
+        .routes(routes!(dashboard::get_dashboard))
+        .routes(routes!(dashboard::get_dashboard_events))
+}
+
+/// The OpenAPI 3.1 description of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut spec) = routes().split_for_parts();
+    // axum writes a catch-all segment `{*key}`; OpenAPI knows it as `{key}`.
+    let paths = std::mem::take(&mut spec.paths.paths);
+    spec.paths.paths = paths
+        .into_iter()
+        .map(|(path, item)| (path.replace("{*", "{"), item))
+        .collect();
+    spec
+}
+
 pub fn router(engine: Engine) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1/mutations", axum::routing::post(post_mutation))
-        .route(
-            "/v1/mutations:batch",
-            axum::routing::post(post_batch)
-                .layer(DefaultBodyLimit::max(wire::BATCH_BODY_BYTES_MAX)),
-        )
-        .route("/v1/mutations/{id}", get(get_mutation))
-        .route("/v1/documents/{collection}/{*key}", get(get_document))
-        .route(
-            "/v1/collections/{name}",
-            get(get_collection).put(put_collection),
-        )
-        .route("/v1/conflicts", get(get_conflicts))
-        .route("/v1/events", get(get_events))
-        .route("/v1/model", get(get_model))
-        .route("/v1/stats", get(get_stats))
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(wire::BODY_BYTES_MAX))
@@ -131,8 +168,41 @@ pub fn router(engine: Engine) -> Router {
         .with_state(engine)
 }
 
+/// Is the process up?
+#[utoipa::path(get, path = "/healthz", tag = "observe",
+    responses((status = 200, description = "The process serves HTTP", body = schema::Health)))]
 async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// The Prometheus text exposition: outcomes, conflicts, the queue, the
+/// dispatcher's limits and load, store latency, the model's quality.
+#[utoipa::path(get, path = "/metrics", tag = "observe",
+    responses((status = 200, description = "Prometheus text format 0.0.4",
+        content_type = "text/plain; version=0.0.4", body = String)))]
+async fn get_metrics(State(engine): State<Engine>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        engine.metrics(),
+    )
+        .into_response()
+}
+
+/// This description, as OpenAPI 3.1 JSON.
+#[utoipa::path(get, path = "/openapi.json", tag = "observe",
+    responses((status = 200, description = "The OpenAPI 3.1 description of every route",
+        content_type = "application/json", body = Object)))]
+async fn get_openapi() -> Response {
+    static SPEC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = SPEC.get_or_init(|| {
+        openapi()
+            .to_pretty_json()
+            .unwrap_or_else(|e| json!({ "error": e.to_string() }).to_string())
+    });
+    ([(header::CONTENT_TYPE, "application/json")], text.as_str()).into_response()
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
@@ -160,13 +230,32 @@ fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
     .into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct WaitQuery {
     /// `false`: answer 202 once the mutation is durably queued.
     wait: Option<bool>,
 }
 
+/// Sends one mutation and, by default, waits for its outcome. A resend with
+/// the same `(client, id)` gets the same answer and is never applied twice.
+#[utoipa::path(post, path = "/v1/mutations", tag = "mutations",
+    params(WaitQuery),
+    request_body(content = wire::MutationBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Applied, or merged by the collection's handler", body = schema::MutationResult),
+        (status = 202, description = "Durably queued (`?wait=false`); the outcome comes later", body = schema::Queued),
+        (status = 400, description = "Not a valid mutation", body = schema::ErrorBody),
+        (status = 404, description = "A delete of a document that does not exist", body = schema::ErrorBody),
+        (status = 409, description = "Rejected: it conflicted and the handler refused it", body = schema::MutationResult),
+        (status = 413, description = "The body is larger than 1 MiB", body = schema::ErrorBody),
+        (status = 422, description = "The id was already used by this client for another mutation", body = schema::ErrorBody),
+        (status = 429, description = "Overloaded, or the queue or the document's lane is full; nothing was queued",
+            body = schema::ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+        (status = 503, description = "The store is unavailable, Sluice is shutting down, or the decision timed out",
+            body = schema::ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+    ))]
 async fn post_mutation(
     State(engine): State<Engine>,
     query: Result<Query<WaitQuery>, QueryRejection>,
@@ -184,6 +273,18 @@ async fn post_mutation(
     Ok(reply_response(reply))
 }
 
+/// Decides a client's outbox of up to 1,000 mutations, in order: all are
+/// admitted or none (400 names the first bad index; 429 for the whole batch).
+#[utoipa::path(post, path = "/v1/mutations:batch", tag = "mutations",
+    request_body(content = wire::BatchBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One answer per mutation, in the same order", body = schema::BatchResult),
+        (status = 400, description = "A mutation is not valid (the message names its index), or the batch is empty or too long", body = schema::ErrorBody),
+        (status = 413, description = "The body is larger than 16 MiB", body = schema::ErrorBody),
+        (status = 429, description = "The batch does not fit; nothing of it was queued",
+            body = schema::ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+        (status = 503, description = "Sluice is shutting down", body = schema::ErrorBody),
+    ))]
 async fn post_batch(
     State(engine): State<Engine>,
     body: Result<Bytes, BytesRejection>,
@@ -241,11 +342,22 @@ async fn post_batch(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ClientQuery {
+    /// The client that sent the mutation (default: the anonymous client).
     client: Option<String>,
 }
 
+/// A mutation's outcome, or its queued status while it waits.
+#[utoipa::path(get, path = "/v1/mutations/{id}", tag = "mutations",
+    params(("id" = String, Path, description = "The mutation's id"), ClientQuery),
+    responses(
+        (status = 200, description = "Its answer: the outcome once decided (the body a resend gets), else `queued`",
+            body = schema::MutationStatus),
+        (status = 404, description = "No such mutation for this client", body = schema::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = schema::ErrorBody),
+    ))]
 async fn get_mutation(
     State(engine): State<Engine>,
     path: Result<Path<String>, PathRejection>,
@@ -283,6 +395,19 @@ async fn get_mutation(
     }
 }
 
+/// The document's current version and item.
+#[utoipa::path(get, path = "/v1/documents/{collection}/{*key}", tag = "documents",
+    params(
+        ("collection" = String, Path, description = "The collection"),
+        ("key" = String, Path, description = "The document's key; may contain `/`"),
+    ),
+    responses(
+        (status = 200, description = "The document", body = schema::DocumentBody),
+        (status = 400, description = "Not a valid collection or key", body = schema::ErrorBody),
+        (status = 404, description = "Never written", body = schema::ErrorBody),
+        (status = 429, description = "Overloaded", body = schema::ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+        (status = 503, description = "The store is unavailable", body = schema::ErrorBody),
+    ))]
 async fn get_document(
     State(engine): State<Engine>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -311,6 +436,13 @@ async fn get_document(
     ))
 }
 
+/// The collection's conflict handler (the default handler if never set).
+#[utoipa::path(get, path = "/v1/collections/{name}", tag = "documents",
+    params(("name" = String, Path, description = "The collection")),
+    responses(
+        (status = 200, description = "Its configuration", body = schema::CollectionBody),
+        (status = 400, description = "Not a valid collection name", body = schema::ErrorBody),
+    ))]
 async fn get_collection(
     State(engine): State<Engine>,
     path: Result<Path<String>, PathRejection>,
@@ -320,6 +452,16 @@ async fn get_collection(
     Ok(Json(engine.collection(&name)))
 }
 
+/// Sets the collection's conflict handler; a script must load and define `resolve`.
+#[utoipa::path(put, path = "/v1/collections/{name}", tag = "documents",
+    params(("name" = String, Path, description = "The collection")),
+    request_body(content = schema::CollectionBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stored; it decides the next conflicts", body = schema::CollectionBody),
+        (status = 400, description = "Not a valid configuration (the message says why)", body = schema::ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB", body = schema::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = schema::ErrorBody),
+    ))]
 async fn put_collection(
     State(engine): State<Engine>,
     path: Result<Path<String>, PathRejection>,
@@ -346,13 +488,25 @@ async fn put_collection(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ConflictsQuery {
+    /// Only this collection's conflicts.
     collection: Option<String>,
+    /// Only this document's (with `collection`).
     key: Option<String>,
+    /// At most this many, newest first (1 to 1,000; default 100).
     limit: Option<u32>,
 }
 
+/// The latest conflicts from the history database, newest first.
+#[utoipa::path(get, path = "/v1/conflicts", tag = "observe",
+    params(ConflictsQuery),
+    responses(
+        (status = 200, description = "Conflicts, newest first", body = schema::Conflicts),
+        (status = 400, description = "A bad query", body = schema::ErrorBody),
+        (status = 503, description = "The history database is unavailable", body = schema::ErrorBody),
+    ))]
 async fn get_conflicts(
     State(engine): State<Engine>,
     query: Result<Query<ConflictsQuery>, QueryRejection>,
@@ -386,14 +540,25 @@ const EVENTS_PAGE: u32 = 256;
 /// The shortest gap between two reads of the store by one stream.
 const EVENTS_POLL_MIN: std::time::Duration = std::time::Duration::from_millis(50);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
+    /// Whose outcomes to stream (default: the anonymous client).
     client: Option<String>,
 }
 
 /// `GET /v1/events?client=…`: the client's outcomes as Server-Sent Events,
 /// one `outcome` event per decided mutation, its id the event number;
 /// `Last-Event-ID` resumes after that number.
+#[utoipa::path(get, path = "/v1/events", tag = "mutations",
+    params(EventsQuery,
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `event: outcome`, `id:` increasing, `data:` the mutation's answer",
+            content_type = "text/event-stream", body = String),
+        (status = 400, description = "A bad Last-Event-ID", body = schema::ErrorBody),
+        (status = 503, description = "Too many streams are open", body = schema::ErrorBody),
+    ))]
 async fn get_events(
     State(engine): State<Engine>,
     query: Result<Query<EventsQuery>, QueryRejection>,
@@ -411,28 +576,20 @@ async fn get_events(
             .and_then(|t| t.trim().parse().ok())
             .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event number"))?,
     };
-    if OPEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= EVENT_STREAMS_MAX {
-        OPEN.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        return Err(ApiError::new(
+    let open = dashboard::StreamSlot::take(&OPEN, EVENT_STREAMS_MAX).ok_or_else(|| {
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_streams",
             "too many event streams are open",
-        ));
-    }
-    /// Decrements the open-stream count when the stream is dropped.
-    struct Open;
-    impl Drop for Open {
-        fn drop(&mut self) {
-            OPEN.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
+        )
+    })?;
     struct State {
         engine: Engine,
         client: String,
         last: i64,
         buffer: std::collections::VecDeque<(i64, String)>,
         signal: tokio::sync::watch::Receiver<u64>,
-        _open: Open,
+        _open: dashboard::StreamSlot,
     }
     let state = State {
         signal: engine.commit_signal(),
@@ -440,7 +597,7 @@ async fn get_events(
         client,
         last,
         buffer: Default::default(),
-        _open: Open,
+        _open: open,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {
@@ -479,10 +636,16 @@ async fn get_events(
         .into_response())
 }
 
+/// The dispatcher's state: load, threshold, limits, queue.
+#[utoipa::path(get, path = "/v1/stats", tag = "observe",
+    responses((status = 200, description = "A snapshot", body = crate::dispatch::EngineStats)))]
 async fn get_stats(State(engine): State<Engine>) -> Json<crate::dispatch::EngineStats> {
     Json(engine.stats())
 }
 
+/// The conflict predictor: its training and its quality.
+#[utoipa::path(get, path = "/v1/model", tag = "observe",
+    responses((status = 200, description = "The model's report", body = crate::predict::ModelReport)))]
 async fn get_model(State(engine): State<Engine>) -> Json<crate::predict::ModelReport> {
     Json(engine.model_report())
 }

@@ -14,17 +14,30 @@ pub const KEY_BYTES_MAX: usize = 512;
 
 /// `POST /v1/mutations` as sent. `deny_unknown_fields` turns a typo into a 400
 /// instead of a silently ignored field.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = MutationRequest)]
 pub struct MutationBody {
+    /// The idempotency key, unique per client (1 to 128 characters); generated when absent.
+    #[schema(max_length = 128, min_length = 1)]
     pub id: Option<String>,
+    /// 1 to 64 characters of `[A-Za-z0-9_.-]`.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub collection: String,
+    /// Any text but NUL, up to 512 bytes.
+    #[schema(min_length = 1)]
     pub key: String,
     pub op: Op,
+    /// The document (put) or a JSON merge patch (patch); absent or null for a delete.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub value: Option<Value>,
+    /// The version the client last saw; a mismatch is a conflict.
     pub base_version: Option<u64>,
+    /// Who sends it: ids are unique per client, events are streamed per client.
+    #[schema(max_length = 128, min_length = 1)]
     pub client: Option<String>,
+    /// When the client made the edit (ms since the epoch).
     pub ts_ms: Option<i64>,
 }
 
@@ -54,9 +67,12 @@ pub const BATCH_LEN_MAX: usize = 1_000;
 pub const BATCH_BODY_BYTES_MAX: usize = 16 * 1_048_576;
 
 /// `POST /v1/mutations:batch` as sent.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = BatchRequest)]
 pub struct BatchBody {
+    /// 1 to 1,000 mutations, decided in this order per document.
+    #[schema(value_type = Vec<MutationBody>, min_items = 1, max_items = 1000)]
     pub mutations: Vec<Value>,
 }
 

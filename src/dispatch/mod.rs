@@ -35,6 +35,7 @@ use crate::predict::{self, ModelReport, Observation, Predictor, PredictorConfig,
 use crate::queue::{Queue, QueueLimits, Refusal};
 use crate::resolve::{CollectionConfig, ConflictRecord, Handler, Resolver, ScriptError, Step};
 use crate::store::{CommitOutcome, LaneCommit, SharedStore, StoreError, StoredReply};
+use crate::telemetry::{Board, Gauges, SeriesPoint, Telemetry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -125,7 +126,7 @@ pub enum ReadError {
 }
 
 /// A snapshot for `/v1/stats` and the logs.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct EngineStats {
     pub load: f64,
     pub threshold: f64,
@@ -151,6 +152,27 @@ pub struct EngineStats {
     /// Requests let into the system at once, at most (the door's adaptive
     /// limit).
     pub admission_limit: usize,
+}
+
+/// `GET /v1/dashboard`: what the dashboard draws.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Dashboard {
+    #[serde(flatten)]
+    pub board: crate::telemetry::Snapshot,
+    pub stats: EngineStats,
+    pub model: ModelSummary,
+}
+
+/// The predictor's quality over its recent window.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ModelSummary {
+    pub model_version: u64,
+    pub learned: u64,
+    pub auc: Option<f64>,
+    pub log_loss: Option<f64>,
+    pub calibration_error: Option<f64>,
+    /// Predicted probability against the observed conflict rate, per bin.
+    pub calibration: Vec<crate::predict::quality::CalibrationBin>,
 }
 
 /// Host CPU and memory use, 0–1, sampled by a background task (zero when
@@ -248,6 +270,7 @@ struct Inner {
     retrain_wanted: Notify,
     /// Bumped after every commit, so event streams know to look.
     events: tokio::sync::watch::Sender<u64>,
+    telemetry: Arc<Telemetry>,
 }
 
 /// A handle on the running dispatcher; clones share it.
@@ -268,7 +291,7 @@ impl Engine {
     pub async fn start(
         store: SharedStore,
         history: SharedHistory,
-        resolver: Resolver,
+        mut resolver: Resolver,
         clock: SharedClock,
         config: EngineConfig,
     ) -> Result<Engine, StoreError> {
@@ -289,6 +312,8 @@ impl Engine {
         let reads_store = store.clone();
         let (commit_tx, commit_rx) = mpsc::channel(PIPELINE_CHANNEL_LEN);
         let (history_tx, history_rx) = mpsc::channel(PIPELINE_CHANNEL_LEN);
+        let telemetry = Arc::new(Telemetry::new());
+        resolver.observe(telemetry.clone());
         let inner = Arc::new(Inner {
             predictor: Mutex::new(Predictor::new(config.predictor.clone())),
             control: Mutex::new(Controller::new(ControlConfig {
@@ -321,13 +346,19 @@ impl Engine {
             reads: reads::Reads::start(reads_store),
             retrain_wanted: Notify::new(),
             events: tokio::sync::watch::Sender::new(0),
+            telemetry,
         });
         tokio::spawn(dispatch_loop(inner.clone()));
         tokio::spawn(committer(inner.clone(), commit_rx));
         if inner.config.sample_host {
             tokio::spawn(sample_host(inner.clone()));
         }
-        tokio::spawn(history_writer(inner.history.clone(), history_rx));
+        tokio::spawn(history_writer(
+            inner.history.clone(),
+            inner.telemetry.clone(),
+            history_rx,
+        ));
+        tokio::spawn(sample_board(inner.clone()));
         tokio::spawn(expire_replies(inner.clone()));
         tokio::spawn(learning_loop(inner.clone()));
         Ok(Engine { inner })
@@ -337,15 +368,61 @@ impl Engine {
         self.inner.stats()
     }
 
+    /// `GET /metrics`: the Prometheus text exposition.
+    pub fn metrics(&self) -> String {
+        let stats = self.inner.stats();
+        let report = self.model_report();
+        let gauges = Gauges {
+            queue_depth: stats.queue_depth as f64,
+            lanes: stats.lanes as f64,
+            in_flight: stats.in_flight as f64,
+            concurrency_limit: stats.concurrency_limit as f64,
+            load: stats.load,
+            threshold: stats.threshold,
+            admission_limit: stats.admission_limit as f64,
+            in_system: stats.in_system as f64,
+            commit_batch_max: stats.commit_batch_max as f64,
+            store_latency_seconds: stats.store_latency_ms / 1000.0,
+            conflict_rate: stats.conflict_rate,
+            model_auc: report.recent.auc,
+            model_log_loss: report.recent.log_loss,
+            model_calibration_error: report.recent.expected_calibration_error,
+            model_version: report.training.model_version as f64,
+        };
+        self.inner.telemetry.render(&gauges)
+    }
+
+    /// The dashboard's aggregates, leaving out series points up to
+    /// `series_after_ms` (what a stream already sent).
+    pub fn dashboard(&self, series_after_ms: i64) -> Dashboard {
+        let report = self.model_report();
+        Dashboard {
+            board: self
+                .inner
+                .telemetry
+                .board
+                .snapshot(self.inner.clock.now_ms(), series_after_ms),
+            stats: self.inner.stats(),
+            model: ModelSummary {
+                model_version: report.training.model_version,
+                learned: report.learned,
+                auc: report.recent.auc,
+                log_loss: report.recent.log_loss,
+                calibration_error: report.recent.expected_calibration_error,
+                calibration: report.recent.calibration,
+            },
+        }
+    }
+
     /// Decides one mutation and returns what the client is told.
     pub async fn submit(&self, mutation: Mutation) -> Reply {
         let inner = &self.inner;
         if inner.closing.load(Ordering::SeqCst) {
-            return shutting_down();
+            return inner.refuse(shutting_down(), 1);
         }
         let _in_system = match inner.enter(1, true) {
             Ok(entered) => entered,
-            Err(wait_ms) => return overloaded_reply(wait_ms),
+            Err(wait_ms) => return inner.refuse(overloaded_reply(wait_ms), 1),
         };
         let received_ms = inner.clock.now_ms();
         let id = mutation.id.clone();
@@ -358,7 +435,7 @@ impl Engine {
         let (queued, rank, rx) = self.prepare(mutation, received_ms);
         let admitted = lock(&inner.lanes).queue.admit(&doc, queued, rank);
         if let Err(refusal) = admitted {
-            let reply = refusal_reply(refusal, &doc);
+            let reply = inner.refuse(refusal_reply(refusal, &doc), 1);
             guard.release(&reply);
             return reply;
         }
@@ -373,7 +450,7 @@ impl Engine {
     /// `GET /v1/mutations/{id}`, a resend, or the client's event stream.
     pub async fn accept(&self, mutation: Mutation) -> Reply {
         if self.inner.closing.load(Ordering::SeqCst) {
-            return shutting_down();
+            return self.inner.refuse(shutting_down(), 1);
         }
         // On a task of its own: once the entry is in the log, the mutation
         // must also reach the queue, even if the request goes away meanwhile
@@ -421,14 +498,14 @@ impl Engine {
                 ..entry
             };
             if let Err(e) = inner.store.accept(&entry).await {
-                let refused = store_error_reply(&e);
+                let refused = inner.refuse(store_error_reply(&e), 1);
                 guard.release(&refused);
                 return refused;
             }
         }
         let admitted = lock(&inner.lanes).queue.admit(&doc, queued, rank);
         if let Err(refusal) = admitted {
-            let refused = refusal_reply(refusal, &doc);
+            let refused = inner.refuse(refusal_reply(refusal, &doc), 1);
             if log && let Err(e) = inner.store.unaccept(&client, &id).await {
                 // Left in the log, it is queued again at the next start: late, not lost.
                 warn!(id = %id, collection = %doc.collection, key = %doc.key, error = %e, "could not withdraw a refused accept");
@@ -441,6 +518,9 @@ impl Engine {
         }
         guard.hand_over();
         inner.wake.notify_one();
+        if log {
+            inner.telemetry.accepted();
+        }
         reply
     }
 
@@ -507,11 +587,11 @@ impl Engine {
     pub async fn submit_batch(&self, mutations: Vec<Mutation>) -> Result<Vec<Reply>, Reply> {
         let inner = &self.inner;
         if inner.closing.load(Ordering::SeqCst) {
-            return Err(shutting_down());
+            return Err(inner.refuse(shutting_down(), mutations.len()));
         }
         let _in_system = inner
             .enter(mutations.len(), true)
-            .map_err(overloaded_reply)?;
+            .map_err(|wait_ms| inner.refuse(overloaded_reply(wait_ms), mutations.len()))?;
         let received_ms = inner.clock.now_ms();
         enum Slot<'a> {
             Answered(Reply),
@@ -591,6 +671,7 @@ impl Engine {
                     "the batch would overfill a document's lane; nothing of it was queued, retry after a moment",
                 ),
             };
+            let reply = inner.refuse(reply, slots.len());
             for slot in slots {
                 if let Slot::Admit(guard, ..) = slot {
                     guard.release(&reply);
@@ -624,7 +705,7 @@ impl Engine {
             let mut reservations = lock(&inner.reservations);
             match reservations.get_mut(&reservation) {
                 Some(existing) if existing.fingerprint != mutation.fingerprint => {
-                    Some(Err(reused_key(&mutation.id)))
+                    Some(Err(inner.refuse(reused_key(&mutation.id), 1)))
                 }
                 Some(existing) => {
                     if let Some(queued) = existing.queued.as_ref().filter(|_| !wait) {
@@ -679,14 +760,14 @@ impl Engine {
                         retry_after_s: None,
                     }
                 } else {
-                    reused_key(&mutation.id)
+                    inner.refuse(reused_key(&mutation.id), 1)
                 };
                 guard.release(&reply);
                 Claim::Answered(reply)
             }
             Ok(None) => Claim::Fresh(guard),
             Err(e) => {
-                let reply = store_error_reply(&e);
+                let reply = inner.refuse(store_error_reply(&e), 1);
                 guard.release(&reply);
                 Claim::Answered(reply)
             }
@@ -743,14 +824,14 @@ impl Engine {
                 "internal",
                 "the mutation's worker stopped without an answer",
             ),
-            Err(_) => Reply::error(
+            Err(_) => self.inner.refuse_code(Reply::error(
                 503,
                 "decision_timeout",
                 format!(
                     "mutation {id} was not decided within {} ms; it stays queued: resend it with the same id to learn its outcome",
                     self.inner.config.decide_timeout.as_millis()
                 ),
-            ),
+            ), "decision_timeout", 1),
         }
     }
 
@@ -1069,6 +1150,20 @@ impl Inner {
         Ok(entered)
     }
 
+    /// Counts `n` mutations refused with `reply` (an error answer) and hands
+    /// it back.
+    fn refuse(&self, reply: Reply, n: usize) -> Reply {
+        let code = reply.error_code();
+        self.telemetry
+            .refused(code.as_deref().unwrap_or("other"), n);
+        reply
+    }
+
+    fn refuse_code(&self, reply: Reply, code: &str, n: usize) -> Reply {
+        self.telemetry.refused(code, n);
+        reply
+    }
+
     fn stats(&self) -> EngineStats {
         let control = lock(&self.control).state();
         let (queue_depth, lanes, in_flight) = {
@@ -1239,6 +1334,32 @@ async fn sample_host(inner: Arc<Inner>) {
     }
 }
 
+/// Closes a second of the dashboard's series every second, and folds the
+/// metrics' buffered samples into their buckets every few.
+async fn sample_board(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let upkeep_every = crate::telemetry::UPKEEP_EVERY.as_secs().max(1);
+    let mut seconds = 0u64;
+    loop {
+        tick.tick().await;
+        let stats = inner.stats();
+        inner.telemetry.board.tick(SeriesPoint {
+            at_ms: inner.clock.now_ms(),
+            queue_depth: stats.queue_depth as u64,
+            in_flight: stats.in_flight as u64,
+            concurrency_limit: stats.concurrency_limit as u64,
+            load: stats.load,
+            threshold: stats.threshold,
+            ..SeriesPoint::default()
+        });
+        seconds += 1;
+        if seconds.is_multiple_of(upkeep_every) {
+            inner.telemetry.upkeep();
+        }
+    }
+}
+
 /// What one batch ended as.
 struct Decided {
     replies: Vec<Reply>,
@@ -1248,6 +1369,12 @@ struct Decided {
 
 async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
     let settled = batch.len();
+    let now = inner.clock.elapsed();
+    inner.telemetry.dispatched(
+        settled,
+        batch.iter().map(|q| now.saturating_sub(q.admitted_at)),
+        batch.iter().map(|q| q.score),
+    );
     let decided = decide_lane(&inner, &doc, &batch).await;
     if let Ok(decided) = &decided {
         // The outcomes teach the predictor, each through its own score's token.
@@ -1311,7 +1438,7 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
             }
             decided.replies
         }
-        Err(reply) => vec![reply; settled],
+        Err(reply) => vec![inner.refuse(reply, settled); settled],
     };
     for (queued, reply) in batch.into_iter().zip(replies) {
         let reservation = (
@@ -1333,6 +1460,14 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
         let read_started = inner.clock.elapsed();
         let read = inner.reads.document(doc).await;
         inner.observe_store(read_started, 1, read.is_ok());
+        inner.telemetry.store_read(
+            inner
+                .clock
+                .elapsed()
+                .saturating_sub(read_started)
+                .as_secs_f64(),
+            read.is_ok(),
+        );
         let current = read.map_err(|e| store_error_reply(&e))?;
         let mut state = current.clone();
         let mut steps: Vec<Step> = Vec::with_capacity(batch.len());
@@ -1431,10 +1566,12 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
                 inner
                     .mutations_decided
                     .fetch_add(decided.mutations.len() as u64, Ordering::Relaxed);
+                observe_decided(inner, &config, &decided);
                 return Ok(decided);
             }
             Ok(CommitOutcome::Stale) => {
                 inner.commits_stale.fetch_add(1, Ordering::Relaxed);
+                inner.telemetry.commit_stale();
                 debug!(collection = %doc.collection, key = %doc.key, attempt, "version moved under the batch; deciding again");
                 // Back off a little so a busy foreign writer can finish.
                 tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(6)) * 2)).await;
@@ -1453,6 +1590,40 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
             "{doc_label} kept changing under Sluice (written by something else); nothing was applied, resend with the same id"
         ),
     ))
+}
+
+/// Counts a committed lane's outcomes and feeds the dashboard.
+fn observe_decided(inner: &Inner, config: &CollectionConfig, decided: &Decided) {
+    let telemetry = &inner.telemetry;
+    let handler = config.handler.name();
+    let mut conflicts = decided.conflicts.iter();
+    for record in &decided.mutations {
+        let conflict = if record.conflict {
+            conflicts.next()
+        } else {
+            None
+        };
+        telemetry.decided(
+            &record.outcome,
+            handler,
+            conflict.map(|c| (c.base_version, c.server_version, c.resolution.as_str())),
+        );
+        telemetry
+            .board
+            .touch(&record.doc, record.score.unwrap_or(0.0), record.conflict);
+        if let Some(c) = conflict {
+            telemetry.board.conflict(Board::view(c));
+        }
+        debug!(
+            id = %record.id,
+            collection = %record.doc.collection,
+            key = %record.doc.key,
+            outcome = %record.outcome,
+            version = record.version_after,
+            score = record.score.unwrap_or(0.0),
+            "mutation decided"
+        );
+    }
 }
 
 /// Group commit: whatever lanes are ready to commit go in one transaction,
@@ -1476,6 +1647,11 @@ async fn committer(inner: Arc<Inner>, mut rx: mpsc::Receiver<CommitJob>) {
         let started = inner.clock.elapsed();
         let result = inner.store.commit(&commits).await;
         inner.observe_store(started, commits.len(), result.is_ok());
+        inner.telemetry.store_commit(
+            inner.clock.elapsed().saturating_sub(started).as_secs_f64(),
+            commits.len(),
+            result.is_ok(),
+        );
         if result.is_ok() {
             inner.events.send_modify(|n| *n = n.wrapping_add(1));
         }
@@ -1494,7 +1670,11 @@ async fn committer(inner: Arc<Inner>, mut rx: mpsc::Receiver<CommitJob>) {
     }
 }
 
-async fn history_writer(history: SharedHistory, mut rx: mpsc::Receiver<HistoryJob>) {
+async fn history_writer(
+    history: SharedHistory,
+    telemetry: Arc<Telemetry>,
+    mut rx: mpsc::Receiver<HistoryJob>,
+) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < HISTORY_BATCH_MAX {
@@ -1521,6 +1701,7 @@ async fn history_writer(history: SharedHistory, mut rx: mpsc::Receiver<HistoryJo
                     delay *= 4;
                 }
                 Err(e) => {
+                    telemetry.history_failure();
                     error!(error = %e, records = mutations.len(), "history write failed; these records are lost")
                 }
             }
@@ -1576,6 +1757,7 @@ async fn retrain(inner: &Arc<Inner>) {
         *live = fresh;
     }
     inner.outcomes_since_retrain.store(0, Ordering::Relaxed);
+    inner.telemetry.retrained(training_ms / 1000.0);
     info!(
         rows,
         training_ms, "retrained the predictor from the history"

@@ -14,6 +14,15 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The `error.code` of an error answer; `None` for a decision.
+    pub fn error_code(&self) -> Option<String> {
+        if self.status < 400 {
+            return None;
+        }
+        let body: Value = serde_json::from_str(&self.body).ok()?;
+        body.get("error")?.get("code")?.as_str().map(str::to_owned)
+    }
+
     pub fn error(status: u16, code: &str, message: impl Into<String>) -> Reply {
         let body = json!({ "error": { "code": code, "message": message.into() } }).to_string();
         let retry_after_s = matches!(status, 429 | 503).then_some(1);

@@ -110,6 +110,8 @@ pub struct Resolver {
     clock: SharedClock,
     script_limits: ScriptLimits,
     http: reqwest::Client,
+    /// Counts handler runs; the engine sets it, a bare resolver counts nothing.
+    telemetry: Option<std::sync::Arc<crate::telemetry::Telemetry>>,
 }
 
 impl Resolver {
@@ -118,7 +120,13 @@ impl Resolver {
             clock,
             script_limits,
             http: reqwest::Client::new(),
+            telemetry: None,
         }
+    }
+
+    /// Counts this resolver's handler runs in `telemetry`.
+    pub fn observe(&mut self, telemetry: std::sync::Arc<crate::telemetry::Telemetry>) {
+        self.telemetry = Some(telemetry);
     }
 
     /// Checks that a script loads and defines `resolve` before it is accepted.
@@ -151,9 +159,11 @@ impl Resolver {
         config: &CollectionConfig,
     ) -> Step {
         let handler = &config.handler;
-        let answer = match handler {
-            Handler::Optimistic => HandlerAnswer::Reject(stale_reason(base, doc.version)),
-            Handler::Automerge => automerge_answer(doc, m, base, &config.set_fields),
+        let started = std::time::Instant::now();
+        // The run's result for the metrics, for custom handlers only.
+        let (answer, ran) = match handler {
+            Handler::Optimistic => (HandlerAnswer::Reject(stale_reason(base, doc.version)), None),
+            Handler::Automerge => (automerge_answer(doc, m, base, &config.set_fields), None),
             Handler::Script { source } => {
                 let call_ctx = resolve_context(doc, m, base);
                 let (source, limits, clock) =
@@ -163,18 +173,46 @@ impl Resolver {
                 })
                 .await;
                 match ran {
-                    Ok(Ok(answer)) => answer,
-                    Ok(Err(e)) => HandlerAnswer::Reject(e.to_string()),
-                    Err(e) => HandlerAnswer::Reject(format!("script engine failed: {e}")),
+                    Ok(Ok(answer)) => (answer, Some(None)),
+                    Ok(Err(e)) => {
+                        let result = match e {
+                            ScriptError::TimeLimit(_) => "timeout",
+                            _ => "error",
+                        };
+                        handler_failed(m, handler.name(), &e.to_string());
+                        (HandlerAnswer::Reject(e.to_string()), Some(Some(result)))
+                    }
+                    Err(e) => {
+                        let message = format!("script engine failed: {e}");
+                        handler_failed(m, handler.name(), &message);
+                        (HandlerAnswer::Reject(message), Some(Some("error")))
+                    }
                 }
             }
             Handler::Webhook { url, timeout_ms } => {
                 let call_ctx = resolve_context(doc, m, base);
-                webhook::call(&self.http, url, *timeout_ms, &call_ctx)
-                    .await
-                    .unwrap_or_else(HandlerAnswer::Reject)
+                match webhook::call(&self.http, url, *timeout_ms, &call_ctx).await {
+                    Ok(answer) => (answer, Some(None)),
+                    Err(e) => {
+                        let result = match e {
+                            webhook::WebhookError::TimedOut(_) => "timeout",
+                            webhook::WebhookError::Failed(_) => "error",
+                        };
+                        let message = e.message();
+                        handler_failed(m, handler.name(), &message);
+                        (HandlerAnswer::Reject(message), Some(Some(result)))
+                    }
+                }
             }
         };
+        if let (Some(failure), Some(telemetry)) = (ran, &self.telemetry) {
+            let result = failure.unwrap_or(match &answer {
+                HandlerAnswer::Resolve(_) => "resolved",
+                HandlerAnswer::Remove => "removed",
+                HandlerAnswer::Reject(_) => "rejected",
+            });
+            telemetry.handler_run(handler.name(), result, started.elapsed().as_secs_f64());
+        }
         let (outcome, resolution, after, reason) = match answer {
             HandlerAnswer::Resolve(item) => {
                 let reason = format!("resolved by the {} handler", handler.name());
@@ -318,6 +356,18 @@ fn automerge_answer(
     let server = doc.item.clone().unwrap_or_default();
     let incoming = m.value.clone().unwrap_or_default();
     HandlerAnswer::Resolve(merge::automerge(&server, &incoming, set_fields))
+}
+
+/// A custom handler gave no answer; the mutation is rejected with the reason.
+fn handler_failed(m: &Mutation, handler: &str, error: &str) {
+    tracing::warn!(
+        id = %m.id,
+        collection = %m.doc.collection,
+        key = %m.doc.key,
+        handler,
+        error,
+        "the conflict handler failed; the mutation is rejected"
+    );
 }
 
 fn stale_reason(base: u64, current: u64) -> String {

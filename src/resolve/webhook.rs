@@ -13,7 +13,7 @@ pub async fn call(
     url: &str,
     timeout_ms: u64,
     call_ctx: &Value,
-) -> Result<HandlerAnswer, String> {
+) -> Result<HandlerAnswer, WebhookError> {
     let exchange = async {
         let mut response = http
             .post(url)
@@ -43,10 +43,25 @@ pub async fn call(
         parse_answer(&value).map_err(|e| format!("webhook returned malformed output: {e}"))
     };
     match tokio::time::timeout(Duration::from_millis(timeout_ms), exchange).await {
-        Ok(answer) => answer,
-        Err(_) => Err(format!(
+        Ok(answer) => answer.map_err(WebhookError::Failed),
+        Err(_) => Err(WebhookError::TimedOut(format!(
             "webhook exceeded its time limit of {timeout_ms} ms"
-        )),
+        ))),
+    }
+}
+
+/// Why a webhook gave no answer; the message becomes the rejection's reason.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookError {
+    TimedOut(String),
+    Failed(String),
+}
+
+impl WebhookError {
+    pub fn message(self) -> String {
+        match self {
+            WebhookError::TimedOut(m) | WebhookError::Failed(m) => m,
+        }
     }
 }
 
