@@ -374,19 +374,23 @@ async fn get_mutation(
         )
             .into_response()
     };
-    if let Some(stored) = engine
-        .stored_reply(&client, &id)
-        .await
-        .map_err(ApiError::unavailable)?
-    {
-        return Ok(json(stored.body));
-    }
-    match engine
+    // The accept log first: a commit stores the answer and removes the entry
+    // in one transaction, so once the entry is gone the answer is there.
+    // (Asked the other way round, a commit between the two reads answered a
+    // queued mutation with 404.)
+    if let Some(queued) = engine
         .queued_status(&client, &id)
         .await
         .map_err(ApiError::unavailable)?
     {
-        Some(queued) => Ok(json(queued.body)),
+        return Ok(json(queued.body));
+    }
+    match engine
+        .stored_reply(&client, &id)
+        .await
+        .map_err(ApiError::unavailable)?
+    {
+        Some(stored) => Ok(json(stored.body)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -532,11 +532,12 @@ impl Engine {
         for entry in entries {
             match Mutation::from_json(&entry.mutation, entry.fingerprint) {
                 Ok(mutation) => {
+                    let doc = mutation.doc.clone();
                     let reply = self.accept_logged(mutation, false).await;
                     if reply.status == 202 {
                         resumed += 1;
                     } else if reply.status >= 500 || reply.status == 429 {
-                        warn!(id = %entry.id, status = reply.status, "an accepted mutation could not be queued again; it stays in the log");
+                        warn!(id = %entry.id, collection = %doc.collection, key = %doc.key, status = reply.status, "an accepted mutation could not be queued again; it stays in the log");
                     }
                 }
                 Err(e) => {
@@ -1572,17 +1573,17 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
             Ok(CommitOutcome::Stale) => {
                 inner.commits_stale.fetch_add(1, Ordering::Relaxed);
                 inner.telemetry.commit_stale();
-                debug!(collection = %doc.collection, key = %doc.key, attempt, "version moved under the batch; deciding again");
+                debug!(id = %lane_ids(batch), collection = %doc.collection, key = %doc.key, attempt, "version moved under the batch; deciding again");
                 // Back off a little so a busy foreign writer can finish.
                 tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(6)) * 2)).await;
             }
             Err(e) => {
-                warn!(collection = %doc.collection, key = %doc.key, error = %e, "store commit failed");
+                warn!(id = %lane_ids(batch), collection = %doc.collection, key = %doc.key, error = %e, "store commit failed");
                 return Err(store_error_reply(&e));
             }
         }
     }
-    warn!(collection = %doc.collection, key = %doc.key, "gave up after repeated compare-and-set misses");
+    warn!(id = %lane_ids(batch), collection = %doc.collection, key = %doc.key, "gave up after repeated compare-and-set misses");
     Err(Reply::error(
         503,
         "store_contention",
@@ -1590,6 +1591,12 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
             "{doc_label} kept changing under Sluice (written by something else); nothing was applied, resend with the same id"
         ),
     ))
+}
+
+/// The ids of a lane's mutations, for its log lines: `a,b,c`.
+fn lane_ids(batch: &[Queued]) -> String {
+    let ids: Vec<&str> = batch.iter().map(|q| q.mutation.id.as_str()).collect();
+    ids.join(",")
 }
 
 /// Counts a committed lane's outcomes and feeds the dashboard.

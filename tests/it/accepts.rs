@@ -1,7 +1,7 @@
 //! Async accepts (`?wait=false`), the outcome event stream, and what survives
 //! a crash or a shutdown.
 
-use crate::support::{TestServer, error_code};
+use crate::support::{TestServer, error_code, free_port, wait_healthy};
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -177,29 +177,6 @@ fn sluice_binary(data: &std::path::Path, port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("start sluice")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-async fn wait_healthy(http: &reqwest::Client, url: &str) {
-    for _ in 0..200 {
-        if http
-            .get(format!("{url}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("sluice did not come up at {url}");
 }
 
 /// The real `sluice` binary on a data directory and a port of its own,

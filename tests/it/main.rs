@@ -10,6 +10,7 @@ mod conformance;
 mod engine;
 mod handlers;
 mod laws;
+mod observe;
 mod predict;
 mod replay;
 mod simulation;

@@ -220,3 +220,28 @@ macro_rules! store_over_memory {
         }
     };
 }
+
+/// A port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Waits until `GET {url}/healthz` answers 200 (10 s at most).
+pub async fn wait_healthy(http: &reqwest::Client, url: &str) {
+    for _ in 0..200 {
+        if http
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("sluice did not come up at {url}");
+}
