@@ -127,7 +127,7 @@ async fn client(url: String, n: usize, seed: usize) -> Tally {
     let mut tally = Tally::default();
     let name = format!("c{seed}");
     for i in 0..n {
-        let (collection, handler) = if (i + seed) % 2 == 0 {
+        let (collection, handler) = if (i + seed).is_multiple_of(2) {
             ("opt", "optimistic")
         } else {
             ("auto", "automerge")
@@ -423,7 +423,7 @@ async fn json_logs_name_the_mutation_of_every_line_about_one() {
     let data = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args([
             "serve",
             "--listen",
