@@ -45,7 +45,8 @@ pub struct SeriesPoint {
 pub struct HotDocument {
     pub collection: String,
     pub key: String,
-    /// Decayed count of recent mutations (about the last 10 s).
+    /// Decayed count of recent mutations (about the last 10 s), a lower
+    /// bound: what the document surely had since it was last tracked.
     pub recent_mutations: f64,
     /// Share of those that conflicted.
     pub conflict_rate: f64,
@@ -92,6 +93,9 @@ pub struct Totals {
 #[derive(Debug, Default)]
 struct Hot {
     weight: f64,
+    /// The weight inherited from the entry it evicted: `weight - inherited`
+    /// is what this document surely had, and what the dashboard shows.
+    inherited: f64,
     conflicts: f64,
     score: f64,
 }
@@ -165,6 +169,7 @@ impl Board {
                     doc.clone(),
                     Hot {
                         weight,
+                        inherited: weight,
                         conflicts: 0.0,
                         score,
                     },
@@ -224,6 +229,7 @@ impl Board {
         state.series.push_back(point);
         state.hot.retain(|_, h| {
             h.weight *= HOT_DECAY;
+            h.inherited *= HOT_DECAY;
             h.conflicts *= HOT_DECAY;
             h.weight >= 0.01
         });
@@ -253,16 +259,19 @@ impl Board {
         let mut hot: Vec<HotDocument> = state
             .hot
             .iter()
-            .map(|(doc, h)| HotDocument {
-                collection: doc.collection.clone(),
-                key: doc.key.clone(),
-                recent_mutations: (h.weight * 10.0).round() / 10.0,
-                conflict_rate: if h.weight > 0.0 {
-                    (h.conflicts / h.weight).clamp(0.0, 1.0)
-                } else {
-                    0.0
-                },
-                score: h.score,
+            .map(|(doc, h)| {
+                let surely = (h.weight - h.inherited).max(0.0);
+                HotDocument {
+                    collection: doc.collection.clone(),
+                    key: doc.key.clone(),
+                    recent_mutations: (surely * 10.0).round() / 10.0,
+                    conflict_rate: if surely > 0.0 {
+                        (h.conflicts / surely).clamp(0.0, 1.0)
+                    } else {
+                        0.0
+                    },
+                    score: h.score,
+                }
             })
             .collect();
         hot.sort_by(|a, b| b.recent_mutations.total_cmp(&a.recent_mutations));
