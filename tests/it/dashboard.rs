@@ -29,16 +29,18 @@ impl Driver {
             .expect("start chromedriver");
         let url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
+        // From here the driver is reaped on drop, whatever happens.
+        let driver = Driver { child, url };
         for _ in 0..100 {
-            if let Ok(r) = http.get(format!("{url}/status")).send().await
+            if let Ok(r) = http.get(format!("{}/status", driver.url)).send().await
                 && let Ok(status) = r.json::<Value>().await
                 && status["value"]["ready"] == true
             {
-                return Driver { child, url };
+                return driver;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("chromedriver did not become ready at {url}");
+        panic!("chromedriver did not become ready at {}", driver.url);
     }
 }
 
@@ -60,7 +62,7 @@ fn workload(url: String, stop: Arc<AtomicBool>, seed: u64) -> tokio::task::JoinH
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let body = if x % 2 == 0 {
+            let body = if x.is_multiple_of(2) {
                 json!({"collection": "board", "key": format!("hot-{}", x % 5), "op": "patch",
                        "value": {"by": seed, "tags": [sent]}, "base_version": 1})
             } else {

@@ -185,10 +185,11 @@ fn check(
                 known.extend(props.keys().cloned());
             }
         }
-        if let Some(object) = value.as_object() {
-            if let Some(unknown) = object.keys().find(|k| !known.contains(*k)) {
-                return Err(format!("{at}: field {unknown:?} is not described"));
-            }
+        if let Some(unknown) = value
+            .as_object()
+            .and_then(|object| object.keys().find(|k| !known.contains(*k)))
+        {
+            return Err(format!("{at}: field {unknown:?} is not described"));
         }
         return Ok(());
     }
