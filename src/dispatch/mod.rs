@@ -30,7 +30,7 @@ use control::{ControlConfig, Controller};
 
 use crate::clock::SharedClock;
 use crate::history::{ConflictQuery, HistoryError, MutationRecord, SharedHistory};
-use crate::model::{DocKey, Document, Mutation, Outcome, Verdict};
+use crate::model::{DocKey, Document, Mutation, Verdict};
 use crate::predict::{self, ModelReport, Observation, Predictor, PredictorConfig, Scored};
 use crate::queue::{Queue, QueueLimits, Refusal};
 use crate::resolve::{CollectionConfig, ConflictRecord, Handler, Resolver, ScriptError, Step};
@@ -164,7 +164,7 @@ pub struct Dashboard {
 }
 
 /// The predictor's quality over its recent window.
-#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct ModelSummary {
     pub model_version: u64,
     pub learned: u64,
@@ -173,6 +173,19 @@ pub struct ModelSummary {
     pub calibration_error: Option<f64>,
     /// Predicted probability against the observed conflict rate, per bin.
     pub calibration: Vec<crate::predict::quality::CalibrationBin>,
+}
+
+impl ModelSummary {
+    fn of(report: ModelReport) -> ModelSummary {
+        ModelSummary {
+            model_version: report.training.model_version,
+            learned: report.learned,
+            auc: report.recent.auc,
+            log_loss: report.recent.log_loss,
+            calibration_error: report.recent.expected_calibration_error,
+            calibration: report.recent.calibration,
+        }
+    }
 }
 
 /// Host CPU and memory use, 0–1, sampled by a background task (zero when
@@ -271,6 +284,10 @@ struct Inner {
     /// Bumped after every commit, so event streams know to look.
     events: tokio::sync::watch::Sender<u64>,
     telemetry: Arc<Telemetry>,
+    /// The model's quality as of the last second, for dashboards: computing
+    /// it sorts the recent window under the predictor's lock, so it is done
+    /// once a second, not once per viewer.
+    model_summary: Mutex<ModelSummary>,
 }
 
 /// A handle on the running dispatcher; clones share it.
@@ -347,6 +364,7 @@ impl Engine {
             retrain_wanted: Notify::new(),
             events: tokio::sync::watch::Sender::new(0),
             telemetry,
+            model_summary: Mutex::new(ModelSummary::default()),
         });
         tokio::spawn(dispatch_loop(inner.clone()));
         tokio::spawn(committer(inner.clone(), commit_rx));
@@ -395,7 +413,6 @@ impl Engine {
     /// The dashboard's aggregates, leaving out series points up to
     /// `series_after_ms` (what a stream already sent).
     pub fn dashboard(&self, series_after_ms: i64) -> Dashboard {
-        let report = self.model_report();
         Dashboard {
             board: self
                 .inner
@@ -403,14 +420,7 @@ impl Engine {
                 .board
                 .snapshot(self.inner.clock.now_ms(), series_after_ms),
             stats: self.inner.stats(),
-            model: ModelSummary {
-                model_version: report.training.model_version,
-                learned: report.learned,
-                auc: report.recent.auc,
-                log_loss: report.recent.log_loss,
-                calibration_error: report.recent.expected_calibration_error,
-                calibration: report.recent.calibration,
-            },
+            model: lock(&self.inner.model_summary).clone(),
         }
     }
 
@@ -1345,6 +1355,8 @@ async fn sample_board(inner: Arc<Inner>) {
     loop {
         tick.tick().await;
         let stats = inner.stats();
+        let summary = ModelSummary::of(lock(&inner.predictor).report());
+        *lock(&inner.model_summary) = summary;
         inner.telemetry.board.tick(SeriesPoint {
             at_ms: inner.clock.now_ms(),
             queue_depth: stats.queue_depth as u64,
@@ -1541,15 +1553,6 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
             });
             if let Some(conflict) = step.conflict {
                 decided.conflicts.push(conflict);
-            }
-            if matches!(
-                step.verdict,
-                Verdict::Decided {
-                    outcome: Outcome::Rejected,
-                    ..
-                }
-            ) {
-                debug!(id = %m.id, collection = %doc.collection, key = %doc.key, "mutation rejected");
             }
             before = step.after.version;
             decided.replies.push(reply);

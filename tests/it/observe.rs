@@ -415,11 +415,18 @@ async fn script_handler_runs_and_time_outs_are_counted() {
     );
 }
 
-/// The real binary with `--log-format json` at debug level: every line is a
-/// JSON object, and every line about a mutation names its id, collection and
-/// key.
-#[tokio::test]
-async fn json_logs_name_the_mutation_of_every_line_about_one() {
+/// The mutations the log tests send: (id, collection, key). The second and
+/// the fourth conflict; the fourth's script handler throws.
+const LOGGED: [(&str, &str, &str, Option<u64>); 4] = [
+    ("log-0", "notes", "a/b", None),
+    ("log-1", "notes", "a/b", Some(0)),
+    ("log-2", "scripted", "x", None),
+    ("log-3", "scripted", "x", Some(0)),
+];
+
+/// Runs the real binary at debug level with `args`, sends [`LOGGED`], stops
+/// it with SIGTERM and returns what it logged.
+async fn logs_of(args: &[&str]) -> String {
     let data = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -428,11 +435,10 @@ async fn json_logs_name_the_mutation_of_every_line_about_one() {
             "serve",
             "--listen",
             &format!("127.0.0.1:{port}"),
-            "--log-format",
-            "json",
             "--data-dir",
         ])
         .arg(data.path())
+        .args(args)
         .env("RUST_LOG", "sluice=debug")
         .env("SLUICE_SCRIPT__TIME_MS_MAX", "50")
         .stdout(Stdio::null())
@@ -441,19 +447,6 @@ async fn json_logs_name_the_mutation_of_every_line_about_one() {
         .expect("start sluice");
     let http = reqwest::Client::new();
     wait_healthy(&http, &url).await;
-    let post = |body: Value| {
-        let http = http.clone();
-        let url = url.clone();
-        async move {
-            let r = http
-                .post(format!("{url}/v1/mutations"))
-                .json(&body)
-                .send()
-                .await
-                .expect("post");
-            r.status().as_u16()
-        }
-    };
     let put = http
         .put(format!("{url}/v1/collections/scripted"))
         .json(&json!({"handler": {"script": "function resolve() { throw new Error('nope'); }"}}))
@@ -461,20 +454,16 @@ async fn json_logs_name_the_mutation_of_every_line_about_one() {
         .await
         .expect("put");
     assert_eq!(put.status(), 200);
-    let mut sent = Vec::new();
-    for (i, (collection, key, base)) in [
-        ("notes", "a/b", None),
-        ("notes", "a/b", Some(0)),
-        ("scripted", "x", None),
-        ("scripted", "x", Some(0)),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let id = format!("log-{i}");
-        let status = post(json!({"id": id, "collection": collection, "key": key, "op": "put", "value": {"i": i}, "base_version": base})).await;
+    for (i, (id, collection, key, base)) in LOGGED.into_iter().enumerate() {
+        let status = http
+            .post(format!("{url}/v1/mutations"))
+            .json(&json!({"id": id, "collection": collection, "key": key, "op": "put", "value": {"i": i}, "base_version": base}))
+            .send()
+            .await
+            .expect("post")
+            .status()
+            .as_u16();
         assert!(matches!(status, 200 | 409), "{status}");
-        sent.push((id, collection, key));
     }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -484,7 +473,39 @@ async fn json_logs_name_the_mutation_of_every_line_about_one() {
         .expect("join")
         .expect("sluice exits");
     assert!(output.status.success(), "{:?}", output.status);
-    let text = String::from_utf8(output.stderr).expect("utf-8");
+    String::from_utf8(output.stderr).expect("utf-8")
+}
+
+/// By default the logs are for people: one line of text per event, with the
+/// mutation's fields as `name=value`.
+#[tokio::test]
+async fn text_logs_are_human_readable_and_name_the_mutation() {
+    let text = logs_of(&[]).await;
+    assert!(text.lines().count() >= LOGGED.len(), "{text}");
+    for line in text.lines() {
+        assert!(
+            serde_json::from_str::<Value>(line).is_err(),
+            "a JSON line in the text log: {line}"
+        );
+    }
+    for (id, collection, key, _) in LOGGED {
+        let line = text
+            .lines()
+            .find(|l| l.contains("mutation decided") && l.contains(&format!("id={id} ")))
+            .unwrap_or_else(|| panic!("no decided line for {id}:\n{text}"));
+        assert!(
+            line.contains(&format!("collection={collection}"))
+                && line.contains(&format!("key={key}")),
+            "{line}"
+        );
+    }
+}
+
+/// With `--log-format json`: every line is a JSON object, and every line
+/// about a mutation names its id, collection and key.
+#[tokio::test]
+async fn json_logs_name_the_mutation_of_every_line_about_one() {
+    let text = logs_of(&["--log-format", "json"]).await;
     let mut decided = HashMap::new();
     let mut handler_failed = 0;
     for line in text.lines() {
@@ -517,9 +538,9 @@ async fn json_logs_name_the_mutation_of_every_line_about_one() {
             assert_eq!(fields["id"], "log-3");
         }
     }
-    assert_eq!(decided.len(), sent.len(), "{text}");
-    for (id, collection, key) in sent {
-        assert_eq!(decided[&id], (collection.to_owned(), key.to_owned()));
+    assert_eq!(decided.len(), LOGGED.len(), "{text}");
+    for (id, collection, key, _) in LOGGED {
+        assert_eq!(decided[id], (collection.to_owned(), key.to_owned()));
     }
     assert_eq!(handler_failed, 1, "{text}");
 }

@@ -30,8 +30,8 @@ fn operations(spec: &Value) -> BTreeSet<(String, String)> {
 
 #[tokio::test]
 async fn the_description_is_valid_openapi_3_1() {
-    let validator = std::env::var("SLUICE_OPENAPI_VALIDATOR").expect(
-        "SLUICE_OPENAPI_VALIDATOR is not set: run the suite with ./scripts/test, which installs openapi-spec-validator",
+    let validator = std::env::var("SLUICE_TEST_OPENAPI_VALIDATOR").expect(
+        "SLUICE_TEST_OPENAPI_VALIDATOR is not set: run the suite with ./scripts/test, which installs openapi-spec-validator",
     );
     let s = TestServer::embedded().await;
     let spec = description(&s).await;
