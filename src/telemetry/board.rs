@@ -18,9 +18,9 @@ pub const HOT_TRACKED: usize = 256;
 /// Documents the dashboard shows.
 pub const HOT_SHOWN: usize = 10;
 /// Conflicts the dashboard shows, newest first.
-pub const CONFLICTS_SHOWN: usize = 20;
+pub const CONFLICTS_SHOWN: usize = 10;
 /// Longest JSON text shown for one value of a conflict; longer is cut.
-pub const VALUE_CHARS_SHOWN: usize = 2_000;
+pub const VALUE_CHARS_SHOWN: usize = 1_000;
 /// Every second, counts of the hot list decay by this factor, so "hot"
 /// means the last several seconds (half-life about 7 s).
 const HOT_DECAY: f64 = 0.9;

@@ -184,6 +184,14 @@ async fn the_dashboard_shows_live_throughput_and_conflicts_in_chromium() {
     );
     // Let a few more seconds draw, then keep a picture of it.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let cost = browser
+        .execute(
+            "return [document.body.dataset.renderMs, document.body.dataset.snapshotBytes]",
+            vec![],
+        )
+        .await
+        .expect("execute");
+    eprintln!("last snapshot: drawn in {} ms, {} bytes", cost[0], cost[1]);
     let png = browser.screenshot().await.expect("screenshot");
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
