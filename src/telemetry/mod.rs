@@ -159,7 +159,7 @@ const GAUGES: [(&str, &str); 15] = [
         "The largest group commit the controller allows now, in lanes.",
     ),
     (
-        "sluice_store_latency_seconds_recent",
+        "sluice_store_recent_latency_seconds",
         "The store's recent latency as the controller smooths it.",
     ),
     (
@@ -506,6 +506,66 @@ mod tests {
     fn sample(text: &str, series: &str) -> Option<f64> {
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    /// Prometheus' conventions: a `sluice_` prefix, snake case, `_total` on
+    /// counters and only on them, a base unit (`_seconds`) where there is one,
+    /// and label names from the closed sets.
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let t = Telemetry::new();
+        t.handler_run("webhook", "error", 0.1);
+        t.retrained(1.0);
+        let text = t.render(&Gauges::default());
+        let mut families = 0;
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let mut parts = line.split_whitespace().skip(2);
+            let (name, kind) = (parts.next().expect("name"), parts.next().expect("type"));
+            families += 1;
+            assert!(name.starts_with("sluice_"), "{name}");
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{name}"
+            );
+            assert_eq!(
+                kind == "counter",
+                name.ends_with("_total"),
+                "{name} is a {kind}"
+            );
+            assert!(
+                !name.contains("_ms") && !name.contains("millis"),
+                "{name}: use base units"
+            );
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP"
+            );
+        }
+        assert!(families >= 30, "{families} families");
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains('{'))
+        {
+            let labels = &line[line.find('{').expect("{") + 1..line.find('}').expect("}")];
+            for pair in labels.split(',') {
+                let name = pair.split('=').next().expect("label");
+                assert!(
+                    [
+                        "outcome",
+                        "handler",
+                        "reason",
+                        "resolution",
+                        "result",
+                        "op",
+                        "le",
+                        "version"
+                    ]
+                    .contains(&name),
+                    "unexpected label {name} in {line}"
+                );
+            }
+        }
     }
 
     #[test]
