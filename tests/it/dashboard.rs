@@ -99,6 +99,25 @@ async fn the_dashboard_shows_live_throughput_and_conflicts_in_chromium() {
         .map(|seed| workload(s.url.clone(), stop.clone(), seed))
         .collect();
 
+    let page = s
+        .http
+        .get(format!("{}/", s.url))
+        .send()
+        .await
+        .expect("GET /");
+    assert_eq!(page.status(), 200);
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(policy.contains("default-src 'none'"), "{policy}");
+    assert!(
+        page.text()
+            .await
+            .expect("html")
+            .contains("<title>Sluice</title>")
+    );
+
     let driver = Driver::start().await;
     let profile = tempfile::tempdir().expect("temp dir");
     let mut capabilities = serde_json::Map::new();
