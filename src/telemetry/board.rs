@@ -114,8 +114,50 @@ struct State {
     conflicts: VecDeque<ConflictView>,
 }
 
+/// Items of an array, characters of a string and levels shown before the
+/// rest is summarized: the view stays valid JSON, so the page can lay it out.
+const ARRAY_ITEMS_SHOWN: usize = 12;
+const STRING_CHARS_SHOWN: usize = 120;
+const DEPTH_SHOWN: usize = 6;
+
+fn shrink(value: &serde_json::Value, depth: usize) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        _ if depth >= DEPTH_SHOWN && (value.is_array() || value.is_object()) => {
+            Value::String("…".into())
+        }
+        Value::String(text) => match text.char_indices().nth(STRING_CHARS_SHOWN) {
+            Some((at, _)) => Value::String(format!("{}…", &text[..at])),
+            None => value.clone(),
+        },
+        Value::Array(items) => {
+            let mut shown: Vec<Value> = items
+                .iter()
+                .take(ARRAY_ITEMS_SHOWN)
+                .map(|v| shrink(v, depth + 1))
+                .collect();
+            if items.len() > ARRAY_ITEMS_SHOWN {
+                shown.push(Value::String(format!(
+                    "… {} more",
+                    items.len() - ARRAY_ITEMS_SHOWN
+                )));
+            }
+            Value::Array(shown)
+        }
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), shrink(v, depth + 1)))
+                .collect(),
+        ),
+        _ => value.clone(),
+    }
+}
+
+/// A value as the dashboard shows it: long arrays and strings summarized,
+/// and at most [`VALUE_CHARS_SHOWN`] characters in all (cut if it is still
+/// longer, as with very many fields).
 fn cut(value: &serde_json::Value) -> String {
-    let text = value.to_string();
+    let text = shrink(value, 0).to_string();
     match text.char_indices().nth(VALUE_CHARS_SHOWN) {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text,
@@ -338,7 +380,7 @@ mod tests {
             resolution: crate::model::Resolution::Merged,
             reason: "r".into(),
             incoming: serde_json::json!({ "big": "x".repeat(10_000) }),
-            existing: serde_json::json!({}),
+            existing: serde_json::json!({ "list": (0..100).collect::<Vec<u32>>() }),
             result: serde_json::json!({}),
             at_ms: 0,
         };
@@ -347,8 +389,26 @@ mod tests {
         }
         let snapshot = board.snapshot(0, 0);
         assert_eq!(snapshot.conflicts.len(), CONFLICTS_SHOWN);
+        // Long strings and arrays are summarized and the view stays JSON.
+        let incoming: serde_json::Value =
+            serde_json::from_str(&snapshot.conflicts[0].incoming).expect("valid JSON");
         assert_eq!(
-            snapshot.conflicts[0].incoming.chars().count(),
+            incoming["big"].as_str().map(|s| s.chars().count()),
+            Some(STRING_CHARS_SHOWN + 1)
+        );
+        let existing: serde_json::Value =
+            serde_json::from_str(&snapshot.conflicts[0].existing).expect("valid JSON");
+        assert_eq!(
+            existing["list"].as_array().map(Vec::len),
+            Some(ARRAY_ITEMS_SHOWN + 1)
+        );
+        assert_eq!(existing["list"][ARRAY_ITEMS_SHOWN], "… 88 more");
+        // Still too long after that (very many fields): cut.
+        let wide: serde_json::Map<String, serde_json::Value> = (0..500)
+            .map(|i| (format!("field{i}"), serde_json::json!(i)))
+            .collect();
+        assert_eq!(
+            cut(&serde_json::Value::Object(wide)).chars().count(),
             VALUE_CHARS_SHOWN + 1
         );
     }
