@@ -835,14 +835,17 @@ impl Engine {
                 "internal",
                 "the mutation's worker stopped without an answer",
             ),
-            Err(_) => self.inner.refuse_code(Reply::error(
-                503,
-                "decision_timeout",
-                format!(
-                    "mutation {id} was not decided within {} ms; it stays queued: resend it with the same id to learn its outcome",
-                    self.inner.config.decide_timeout.as_millis()
+            Err(_) => self.inner.refuse(
+                Reply::error(
+                    503,
+                    "decision_timeout",
+                    format!(
+                        "mutation {id} was not decided within {} ms; it stays queued: resend it with the same id to learn its outcome",
+                        self.inner.config.decide_timeout.as_millis()
+                    ),
                 ),
-            ), "decision_timeout", 1),
+                1,
+            ),
         }
     }
 
@@ -1170,11 +1173,6 @@ impl Inner {
         reply
     }
 
-    fn refuse_code(&self, reply: Reply, code: &str, n: usize) -> Reply {
-        self.telemetry.refused(code, n);
-        reply
-    }
-
     fn stats(&self) -> EngineStats {
         let control = lock(&self.control).state();
         let (queue_depth, lanes, in_flight) = {
@@ -1215,11 +1213,16 @@ impl Inner {
     }
 
     /// Feeds one store round trip (a read, or a commit of `batch` lanes) that
-    /// started at `started` to the concurrency controller.
-    fn observe_store(&self, started: Duration, batch: usize, ok: bool) {
-        let latency_ms = self.clock.elapsed().saturating_sub(started).as_secs_f64() * 1000.0;
+    /// started at `started` to the concurrency controller and the metrics.
+    fn observe_store(&self, started: Duration, commit: bool, batch: usize, ok: bool) {
+        let seconds = self.clock.elapsed().saturating_sub(started).as_secs_f64();
         let in_flight = lock(&self.lanes).in_flight;
-        lock(&self.control).on_store(latency_ms, batch, ok, in_flight);
+        lock(&self.control).on_store(seconds * 1000.0, batch, ok, in_flight);
+        if commit {
+            self.telemetry.store_commit(seconds, batch, ok);
+        } else {
+            self.telemetry.store_read(seconds, ok);
+        }
     }
 
     fn collection(&self, name: &str) -> CollectionConfig {
@@ -1472,15 +1475,7 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
     for attempt in 0..=CAS_RETRIES_MAX {
         let read_started = inner.clock.elapsed();
         let read = inner.reads.document(doc).await;
-        inner.observe_store(read_started, 1, read.is_ok());
-        inner.telemetry.store_read(
-            inner
-                .clock
-                .elapsed()
-                .saturating_sub(read_started)
-                .as_secs_f64(),
-            read.is_ok(),
-        );
+        inner.observe_store(read_started, false, 1, read.is_ok());
         let current = read.map_err(|e| store_error_reply(&e))?;
         let mut state = current.clone();
         let mut steps: Vec<Step> = Vec::with_capacity(batch.len());
@@ -1656,12 +1651,7 @@ async fn committer(inner: Arc<Inner>, mut rx: mpsc::Receiver<CommitJob>) {
             jobs.into_iter().map(|j| (j.commit, j.done)).unzip();
         let started = inner.clock.elapsed();
         let result = inner.store.commit(&commits).await;
-        inner.observe_store(started, commits.len(), result.is_ok());
-        inner.telemetry.store_commit(
-            inner.clock.elapsed().saturating_sub(started).as_secs_f64(),
-            commits.len(),
-            result.is_ok(),
-        );
+        inner.observe_store(started, true, commits.len(), result.is_ok());
         if result.is_ok() {
             inner.events.send_modify(|n| *n = n.wrapping_add(1));
         }

@@ -160,10 +160,15 @@ impl Resolver {
     ) -> Step {
         let handler = &config.handler;
         let started = std::time::Instant::now();
-        // The run's result for the metrics, for custom handlers only.
-        let (answer, ran) = match handler {
-            Handler::Optimistic => (HandlerAnswer::Reject(stale_reason(base, doc.version)), None),
-            Handler::Automerge => (automerge_answer(doc, m, base, &config.set_fields), None),
+        let (answer, run) = match handler {
+            Handler::Optimistic => (
+                HandlerAnswer::Reject(stale_reason(base, doc.version)),
+                Run::BuiltIn,
+            ),
+            Handler::Automerge => (
+                automerge_answer(doc, m, base, &config.set_fields),
+                Run::BuiltIn,
+            ),
             Handler::Script { source } => {
                 let call_ctx = resolve_context(doc, m, base);
                 let (source, limits, clock) =
@@ -173,26 +178,26 @@ impl Resolver {
                 })
                 .await;
                 match ran {
-                    Ok(Ok(answer)) => (answer, Some(None)),
+                    Ok(Ok(answer)) => (answer, Run::Answered),
                     Ok(Err(e)) => {
                         let result = match e {
                             ScriptError::TimeLimit(_) => "timeout",
                             _ => "error",
                         };
                         handler_failed(m, handler.name(), &e.to_string());
-                        (HandlerAnswer::Reject(e.to_string()), Some(Some(result)))
+                        (HandlerAnswer::Reject(e.to_string()), Run::Failed(result))
                     }
                     Err(e) => {
                         let message = format!("script engine failed: {e}");
                         handler_failed(m, handler.name(), &message);
-                        (HandlerAnswer::Reject(message), Some(Some("error")))
+                        (HandlerAnswer::Reject(message), Run::Failed("error"))
                     }
                 }
             }
             Handler::Webhook { url, timeout_ms } => {
                 let call_ctx = resolve_context(doc, m, base);
                 match webhook::call(&self.http, url, *timeout_ms, &call_ctx).await {
-                    Ok(answer) => (answer, Some(None)),
+                    Ok(answer) => (answer, Run::Answered),
                     Err(e) => {
                         let result = match e {
                             webhook::WebhookError::TimedOut(_) => "timeout",
@@ -200,17 +205,19 @@ impl Resolver {
                         };
                         let message = e.message();
                         handler_failed(m, handler.name(), &message);
-                        (HandlerAnswer::Reject(message), Some(Some(result)))
+                        (HandlerAnswer::Reject(message), Run::Failed(result))
                     }
                 }
             }
         };
-        if let (Some(failure), Some(telemetry)) = (ran, &self.telemetry) {
-            let result = failure.unwrap_or(match &answer {
-                HandlerAnswer::Resolve(_) => "resolved",
-                HandlerAnswer::Remove => "removed",
-                HandlerAnswer::Reject(_) => "rejected",
-            });
+        let result = match (run, &answer) {
+            (Run::BuiltIn, _) => None,
+            (Run::Failed(result), _) => Some(result),
+            (Run::Answered, HandlerAnswer::Resolve(_)) => Some("resolved"),
+            (Run::Answered, HandlerAnswer::Remove) => Some("removed"),
+            (Run::Answered, HandlerAnswer::Reject(_)) => Some("rejected"),
+        };
+        if let (Some(result), Some(telemetry)) = (result, &self.telemetry) {
             telemetry.handler_run(handler.name(), result, started.elapsed().as_secs_f64());
         }
         let (outcome, resolution, after, reason) = match answer {
@@ -356,6 +363,16 @@ fn automerge_answer(
     let server = doc.item.clone().unwrap_or_default();
     let incoming = m.value.clone().unwrap_or_default();
     HandlerAnswer::Resolve(merge::automerge(&server, &incoming, set_fields))
+}
+
+/// How a handler's run ended, for the metrics.
+enum Run {
+    /// Optimistic and automerge: decided in place, nothing ran.
+    BuiltIn,
+    /// A script or webhook answered.
+    Answered,
+    /// A script or webhook gave no answer: `timeout` or `error`.
+    Failed(&'static str),
 }
 
 /// A custom handler gave no answer; the mutation is rejected with the reason.

@@ -357,30 +357,47 @@ async fn metrics_agree_with_what_the_clients_saw() {
 }
 
 #[tokio::test]
-async fn script_handler_runs_and_time_outs_are_counted() {
+async fn handler_runs_errors_and_time_outs_are_counted() {
     let s = TestServer::with(|c| c.script.time_ms_max = 50).await;
+    // A webhook that accepts connections and never answers, and one where
+    // nothing listens.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_url = format!("http://{}/resolve", silent.local_addr().expect("addr"));
+    let closed_url = format!("http://127.0.0.1:{}/resolve", free_port());
     let cases = [
         (
             "fine",
-            "function resolve(ctx) { return {action: 'resolve', item: ctx.existing}; }",
-            "resolved",
+            json!({"script": "function resolve(ctx) { return {action: 'resolve', item: ctx.existing}; }"}),
+            ("script", "resolved"),
         ),
         (
             "slow",
-            "function resolve(ctx) { while (true) {} }",
-            "timeout",
+            json!({"script": "function resolve(ctx) { while (true) {} }"}),
+            ("script", "timeout"),
         ),
         (
             "broken",
-            "function resolve(ctx) { throw new Error('no'); }",
-            "error",
+            json!({"script": "function resolve(ctx) { throw new Error('no'); }"}),
+            ("script", "error"),
+        ),
+        (
+            "silent",
+            json!({"webhook": {"url": silent_url, "timeout_ms": 100}}),
+            ("webhook", "timeout"),
+        ),
+        (
+            "closed",
+            json!({"webhook": {"url": closed_url, "timeout_ms": 1000}}),
+            ("webhook", "error"),
         ),
     ];
-    for (collection, script, _) in cases {
+    for (collection, handler, _) in &cases {
         let (status, _) = s
             .put(
                 &format!("/v1/collections/{collection}"),
-                json!({"handler": {"script": script}}),
+                json!({ "handler": handler }),
             )
             .await;
         assert_eq!(status, 200);
@@ -394,28 +411,38 @@ async fn script_handler_runs_and_time_outs_are_counted() {
             .await;
     }
     let text = scrape(&s).await;
-    for (_, _, result) in cases {
+    for (_, _, (handler, result)) in &cases {
         assert_eq!(
             sample(
                 &text,
-                &format!("sluice_handler_runs_total{{handler=\"script\",result=\"{result}\"}}")
+                &format!("sluice_handler_runs_total{{handler=\"{handler}\",result=\"{result}\"}}")
             ),
             1.0,
-            "{result}"
+            "{handler} {result}"
         );
     }
+    assert_eq!(sum(&text, "sluice_handler_runs_total", &[]), 5.0);
     assert_eq!(
         sample(&text, "sluice_handler_seconds_count{handler=\"script\"}"),
         3.0
     );
     assert_eq!(
-        sum(
-            &text,
-            "sluice_conflicts_total",
-            &[("handler", "script"), ("resolution", "rejected")]
-        ),
+        sample(&text, "sluice_handler_seconds_count{handler=\"webhook\"}"),
         2.0
     );
+    // Every failed run rejected its mutation: two scripts, two webhooks.
+    for handler in ["script", "webhook"] {
+        assert_eq!(
+            sum(
+                &text,
+                "sluice_conflicts_total",
+                &[("handler", handler), ("resolution", "rejected")]
+            ),
+            2.0,
+            "{handler}"
+        );
+    }
+    drop(silent);
 }
 
 /// The mutations the log tests send: (id, collection, key). The second and
