@@ -111,7 +111,25 @@ struct State {
     series: VecDeque<SeriesPoint>,
     last_counts: [u64; 5],
     hot: HashMap<DocKey, Hot>,
+    /// The next entries to evict, coldest last: found a batch at a time, so
+    /// a stream of new documents does not scan the whole table per mutation.
+    coldest: Vec<DocKey>,
     conflicts: VecDeque<ConflictView>,
+}
+
+/// Eviction candidates chosen per scan of the hot table.
+const EVICT_BATCH: usize = 32;
+
+/// The `n` coldest keys of `hot`, coldest last.
+fn coldest(hot: &HashMap<DocKey, Hot>, n: usize) -> Vec<DocKey> {
+    let mut all: Vec<(f64, &DocKey)> = hot.iter().map(|(k, h)| (h.weight, k)).collect();
+    let n = n.min(all.len());
+    if n < all.len() {
+        all.select_nth_unstable_by(n, |a, b| a.0.total_cmp(&b.0));
+        all.truncate(n);
+    }
+    all.sort_by(|a, b| b.0.total_cmp(&a.0));
+    all.into_iter().map(|(_, k)| k.clone()).collect()
 }
 
 /// Items of an array, characters of a string and levels shown before the
@@ -199,24 +217,31 @@ impl Board {
         if state.hot.len() >= HOT_TRACKED {
             // Space-Saving: the newcomer replaces the coldest entry and
             // inherits its count, so a document's weight overestimates by at
-            // most the evicted weight and a hot one is never lost.
-            let coldest = state
-                .hot
-                .iter()
-                .min_by(|a, b| a.1.weight.total_cmp(&b.1.weight))
-                .map(|(k, h)| (k.clone(), h.weight));
-            if let Some((coldest, weight)) = coldest {
-                state.hot.remove(&coldest);
-                state.hot.insert(
-                    doc.clone(),
-                    Hot {
-                        weight,
-                        inherited: weight,
-                        conflicts: 0.0,
-                        score,
-                    },
-                );
-            }
+            // most the evicted weight and a hot one is never lost. The
+            // candidates were the coldest when chosen; one touched since has
+            // grown by a few mutations at most, which a dashboard can bear.
+            let state = &mut *state;
+            let evicted = loop {
+                if state.coldest.is_empty() {
+                    state.coldest = coldest(&state.hot, EVICT_BATCH);
+                }
+                let Some(key) = state.coldest.pop() else {
+                    break None;
+                };
+                if let Some(h) = state.hot.remove(&key) {
+                    break Some(h.weight);
+                }
+            };
+            let weight = evicted.unwrap_or(0.0);
+            state.hot.insert(
+                doc.clone(),
+                Hot {
+                    weight,
+                    inherited: weight,
+                    conflicts: 0.0,
+                    score,
+                },
+            );
         }
         let hot = state.hot.entry(doc.clone()).or_default();
         hot.weight += 1.0;
@@ -275,6 +300,7 @@ impl Board {
             h.conflicts *= HOT_DECAY;
             h.weight >= 0.01
         });
+        state.coldest.clear();
     }
 
     pub fn totals(&self) -> Totals {
