@@ -155,6 +155,33 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .into_iter()
         .map(|(path, item)| (path.replace("{*", "{"), item))
         .collect();
+    // Any route can fail inside Sluice: the panic guard answers 500 with the
+    // usual error body, and the description says so once for all.
+    let internal = utoipa::openapi::ResponseBuilder::new()
+        .description("Sluice failed inside; nothing was applied by this request")
+        .content(
+            "application/json",
+            utoipa::openapi::Content::new(Some(utoipa::openapi::Ref::from_schema_name(
+                "ErrorBody",
+            ))),
+        )
+        .build();
+    for item in spec.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            op.responses
+                .responses
+                .entry("500".to_owned())
+                .or_insert_with(|| internal.clone().into());
+        }
+    }
     spec
 }
 

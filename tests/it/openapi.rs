@@ -54,6 +54,11 @@ async fn the_description_is_valid_openapi_3_1() {
         let op = &spec["paths"][&path][method.to_lowercase()];
         let responses = op["responses"].as_object().expect("responses");
         assert!(responses.contains_key("200"), "{method} {path}");
+        assert!(responses.contains_key("500"), "{method} {path}");
+        // An operation that takes input says how it refuses bad input.
+        if op.get("requestBody").is_some() {
+            assert!(responses.contains_key("400"), "{method} {path}");
+        }
         assert!(
             op["summary"].is_string() || op["description"].is_string(),
             "{method} {path}"
