@@ -154,6 +154,9 @@ pub struct EngineStats {
     pub admission_limit: usize,
 }
 
+/// How old the dashboards' model summary may be.
+const MODEL_SUMMARY_EVERY: Duration = Duration::from_secs(1);
+
 /// `GET /v1/dashboard`: what the dashboard draws.
 #[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Dashboard {
@@ -284,10 +287,10 @@ struct Inner {
     /// Bumped after every commit, so event streams know to look.
     events: tokio::sync::watch::Sender<u64>,
     telemetry: Arc<Telemetry>,
-    /// The model's quality as of the last second, for dashboards: computing
-    /// it sorts the recent window under the predictor's lock, so it is done
-    /// once a second, not once per viewer.
-    model_summary: Mutex<ModelSummary>,
+    /// The model's quality for dashboards and when it was computed:
+    /// computing it sorts the recent window under the predictor's lock, so it
+    /// is done at most once a second, and only while someone looks.
+    model_summary: Mutex<Option<(Duration, ModelSummary)>>,
 }
 
 /// A handle on the running dispatcher; clones share it.
@@ -364,7 +367,7 @@ impl Engine {
             retrain_wanted: Notify::new(),
             events: tokio::sync::watch::Sender::new(0),
             telemetry,
-            model_summary: Mutex::new(ModelSummary::default()),
+            model_summary: Mutex::new(None),
         });
         tokio::spawn(dispatch_loop(inner.clone()));
         tokio::spawn(committer(inner.clone(), commit_rx));
@@ -420,7 +423,22 @@ impl Engine {
                 .board
                 .snapshot(self.inner.clock.now_ms(), series_after_ms),
             stats: self.inner.stats(),
-            model: lock(&self.inner.model_summary).clone(),
+            model: self.model_summary(),
+        }
+    }
+
+    /// The model's quality for dashboards, at most a second old: computed
+    /// when someone looks, once for every viewer.
+    fn model_summary(&self) -> ModelSummary {
+        let now = self.inner.clock.elapsed();
+        let mut cached = lock(&self.inner.model_summary);
+        match &*cached {
+            Some((at, summary)) if now.saturating_sub(*at) < MODEL_SUMMARY_EVERY => summary.clone(),
+            _ => {
+                let summary = ModelSummary::of(self.model_report());
+                *cached = Some((now, summary.clone()));
+                summary
+            }
         }
     }
 
@@ -1358,8 +1376,6 @@ async fn sample_board(inner: Arc<Inner>) {
     loop {
         tick.tick().await;
         let stats = inner.stats();
-        let summary = ModelSummary::of(lock(&inner.predictor).report());
-        *lock(&inner.model_summary) = summary;
         inner.telemetry.board.tick(SeriesPoint {
             at_ms: inner.clock.now_ms(),
             queue_depth: stats.queue_depth as u64,
