@@ -116,14 +116,18 @@ fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
     )
 }
 
-/// The position of `value` in `set`, or of the set's last entry.
+/// The position of `value` in `set`, or of the set's last entry, which only
+/// a set ending in `other` expects: the others are closed by the code.
 fn index_of(set: &[&str], value: &str) -> usize {
-    set.iter()
-        .position(|v| *v == value)
-        .unwrap_or(set.len().saturating_sub(1))
+    let position = set.iter().position(|v| *v == value);
+    debug_assert!(
+        position.is_some() || set.last() == Some(&"other"),
+        "invariant: {value:?} is one of {set:?}"
+    );
+    position.unwrap_or(set.len().saturating_sub(1))
 }
 
-/// Gauges in the order [`Telemetry::set_gauges`] fills them.
+/// Gauges in the order [`Telemetry::render`] sets them.
 const GAUGES: [(&str, &str); 15] = [
     (
         "sluice_queue_depth",
