@@ -767,6 +767,7 @@ impl Engine {
                         status: stored.status,
                         body: stored.body,
                         retry_after_s: None,
+                        code: None,
                     }),
                     _ => Claim::Answered(reply),
                 };
@@ -787,6 +788,7 @@ impl Engine {
                         status: stored.status,
                         body: stored.body,
                         retry_after_s: None,
+                        code: None,
                     }
                 } else {
                     inner.refuse(reused_key(&mutation.id), 1)
@@ -1009,6 +1011,7 @@ fn queued_reply(id: &str, score: Option<f64>) -> Reply {
         status: 202,
         body,
         retry_after_s: None,
+        code: None,
     }
 }
 
@@ -1185,9 +1188,7 @@ impl Inner {
     /// Counts `n` mutations refused with `reply` (an error answer) and hands
     /// it back.
     fn refuse(&self, reply: Reply, n: usize) -> Reply {
-        let code = reply.error_code();
-        self.telemetry
-            .refused(code.as_deref().unwrap_or("other"), n);
+        self.telemetry.refused(reply.code.unwrap_or("other"), n);
         reply
     }
 

@@ -11,25 +11,20 @@ pub struct Reply {
     pub body: String,
     /// Seconds, for the `Retry-After` header of 429 and 503 answers.
     pub retry_after_s: Option<u32>,
+    /// The `error.code` of an error made here (`None` for a decision, and
+    /// for an answer read back from the store): what the metrics count.
+    pub code: Option<&'static str>,
 }
 
 impl Reply {
-    /// The `error.code` of an error answer; `None` for a decision.
-    pub fn error_code(&self) -> Option<String> {
-        if self.status < 400 {
-            return None;
-        }
-        let body: Value = serde_json::from_str(&self.body).ok()?;
-        body.get("error")?.get("code")?.as_str().map(str::to_owned)
-    }
-
-    pub fn error(status: u16, code: &str, message: impl Into<String>) -> Reply {
+    pub fn error(status: u16, code: &'static str, message: impl Into<String>) -> Reply {
         let body = json!({ "error": { "code": code, "message": message.into() } }).to_string();
         let retry_after_s = matches!(status, 429 | 503).then_some(1);
         Reply {
             status,
             body,
             retry_after_s,
+            code: Some(code),
         }
     }
 }
@@ -70,6 +65,7 @@ pub fn render(
                     status,
                     body,
                     retry_after_s: None,
+                    code: None,
                 },
                 Err(e) => Reply::error(500, "internal", format!("cannot render the answer: {e}")),
             }
