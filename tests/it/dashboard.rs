@@ -4,6 +4,7 @@
 
 use crate::support::{TestServer, free_port};
 use serde_json::{Value, json};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +22,10 @@ impl Driver {
             "SLUICE_TEST_CHROMEDRIVER is not set: run the suite with ./scripts/test, which installs chromium and chromedriver",
         );
         let port = free_port();
+        // A process group of its own, so that dropping the driver also ends
+        // the Chromium it started, even if the test failed before closing it.
         let child = Command::new(binary)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -46,6 +50,10 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // `--` first: a negative number is a process group, not an option.
+        let _ = Command::new("/bin/kill")
+            .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
