@@ -214,39 +214,38 @@ impl Board {
             hot.score = score;
             return;
         }
+        // Space-Saving: when the table is full, the newcomer replaces the
+        // coldest entry and inherits its count, so a document's weight
+        // overestimates by at most the evicted weight and a hot document is
+        // never pushed out by a stream of cold ones. The candidates were the
+        // coldest when chosen; one that grew hot since may be evicted once and
+        // start counting again, which a dashboard can bear.
+        let state = &mut *state;
+        let mut inherited = 0.0;
         if state.hot.len() >= HOT_TRACKED {
-            // Space-Saving: the newcomer replaces the coldest entry and
-            // inherits its count, so a document's weight overestimates by at
-            // most the evicted weight and a hot one is never lost. The
-            // candidates were the coldest when chosen; one touched since has
-            // grown by a few mutations at most, which a dashboard can bear.
-            let state = &mut *state;
-            let evicted = loop {
+            loop {
                 if state.coldest.is_empty() {
                     state.coldest = coldest(&state.hot, EVICT_BATCH);
                 }
                 let Some(key) = state.coldest.pop() else {
-                    break None;
+                    break;
                 };
-                if let Some(h) = state.hot.remove(&key) {
-                    break Some(h.weight);
+                // Always there: the list is cleared when entries decay away.
+                if let Some(evicted) = state.hot.remove(&key) {
+                    inherited = evicted.weight;
+                    break;
                 }
-            };
-            let weight = evicted.unwrap_or(0.0);
-            state.hot.insert(
-                doc.clone(),
-                Hot {
-                    weight,
-                    inherited: weight,
-                    conflicts: 0.0,
-                    score,
-                },
-            );
+            }
         }
-        let hot = state.hot.entry(doc.clone()).or_default();
-        hot.weight += 1.0;
-        hot.conflicts += f64::from(u8::from(conflicted));
-        hot.score = score;
+        state.hot.insert(
+            doc.clone(),
+            Hot {
+                weight: inherited + 1.0,
+                inherited,
+                conflicts: f64::from(u8::from(conflicted)),
+                score,
+            },
+        );
     }
 
     pub fn conflict(&self, view: ConflictView) {
