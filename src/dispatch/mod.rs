@@ -278,7 +278,6 @@ struct Inner {
     drained: Notify,
     /// Outcomes learned online since the last retraining.
     outcomes_since_retrain: AtomicU64,
-    mutations_decided: AtomicU64,
     commits_stale: AtomicU64,
     in_system: AtomicUsize,
     door: Mutex<Door>,
@@ -359,7 +358,6 @@ impl Engine {
             closing: AtomicBool::new(false),
             drained: Notify::new(),
             outcomes_since_retrain: AtomicU64::new(0),
-            mutations_decided: AtomicU64::new(0),
             commits_stale: AtomicU64::new(0),
             in_system: AtomicUsize::new(0),
             door: Mutex::new(Door::new(queue_len_max)),
@@ -1224,7 +1222,7 @@ impl Inner {
             conflict_rate: control.conflict_rate,
             cpu,
             memory,
-            mutations_decided: self.mutations_decided.load(Ordering::Relaxed),
+            mutations_decided: self.telemetry.board.totals().decided(),
             commits_stale: self.commits_stale.load(Ordering::Relaxed),
             in_system: self.in_system.load(Ordering::Relaxed),
             admission_limit: lock(&self.door).limit as usize,
@@ -1579,9 +1577,6 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
         };
         match inner.commit(commit).await {
             Ok(CommitOutcome::Committed) => {
-                inner
-                    .mutations_decided
-                    .fetch_add(decided.mutations.len() as u64, Ordering::Relaxed);
                 observe_decided(inner, &config, &decided);
                 return Ok(decided);
             }

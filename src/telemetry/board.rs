@@ -182,6 +182,13 @@ fn cut(value: &serde_json::Value) -> String {
     }
 }
 
+impl Totals {
+    /// Mutations decided: everything but the refused.
+    pub fn decided(&self) -> u64 {
+        self.applied + self.merged + self.rejected + self.not_found
+    }
+}
+
 impl Board {
     pub fn new() -> Board {
         Board {

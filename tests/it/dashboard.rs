@@ -65,11 +65,9 @@ fn workload(url: String, stop: Arc<AtomicBool>, seed: u64) -> tokio::task::JoinH
     tokio::spawn(async move {
         let http = reqwest::Client::new();
         let mut sent = 0u64;
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut rng = sluice::rng::SplitMix64::new(seed);
         while !stop.load(Ordering::Relaxed) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = rng.next_u64();
             let body = if x.is_multiple_of(2) {
                 json!({"collection": "board", "key": format!("hot-{}", x % 5), "op": "patch",
                        "value": {"by": seed, "tags": [sent]}, "base_version": 1})
