@@ -87,3 +87,68 @@ async fn stale_appends_to_hot_keys_on_postgres() {
     .await;
     stale_appends_keep_every_element(s).await;
 }
+
+/// Sluice's tables start empty and grow under load; its lookups must stay
+/// index probes. (A plan cached while a table was empty once turned every
+/// resend check and document read into a scan of the whole table.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lookups_stay_index_probes_as_tables_grow() {
+    const WRITERS: usize = 8;
+    const WRITES: usize = 150;
+    let url = fresh_postgres_database().await;
+    let s = TestServer::with(|c| {
+        c.store = url.clone();
+        c.history = url.clone();
+    })
+    .await;
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (http, base) = (s.http.clone(), s.url.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..WRITES {
+                let body = json!({"id": format!("w{w}-{i}"), "client": format!("writer-{w}"), "collection": "grow",
+                                  "key": format!("k{}", (i * WRITERS + w) % 600), "op": "patch", "value": {"n": i}});
+                let response = http.post(format!("{base}/v1/mutations")).json(&body).send().await.expect("POST");
+                assert_eq!(response.status().as_u16(), 200);
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    s.stop().await;
+
+    // A backend reports its table statistics when it exits: end Sluice's
+    // sessions, then read what they did.
+    let admin = sqlx::PgPool::connect(&url).await.expect("connect");
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        .execute(&admin)
+        .await
+        .expect("terminate Sluice's sessions");
+    let mut scans = Vec::new();
+    for _ in 0..100 {
+        let others: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            .fetch_one(&admin)
+            .await
+            .expect("sessions");
+        scans = sqlx::query_as::<_, (String, i64, i64)>(
+            "SELECT relname::text, seq_tup_read, COALESCE(idx_scan, 0) FROM pg_stat_user_tables
+             WHERE relname IN ('sluice_documents', 'sluice_replies') ORDER BY relname",
+        )
+        .fetch_all(&admin)
+        .await
+        .expect("table statistics");
+        if others == 0 && scans.len() == 2 && scans.iter().all(|(_, _, index)| *index > 0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(scans.len(), 2, "{scans:?}");
+    for (table, seq_rows, index_scans) in &scans {
+        assert!(
+            *index_scans >= (WRITERS * WRITES) as i64,
+            "{table}: statistics not reported: {scans:?}"
+        );
+        assert_eq!(*seq_rows, 0, "{table}: rows read by sequential scans");
+    }
+}
