@@ -86,8 +86,18 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     config.validate()?;
     let clock: SharedClock = SystemClock::shared();
-    let store = open_store(&config.store_backend()?).await?;
-    let history = open_history(&config.history_backend()?).await?;
+    let (store_backend, history_backend) = (config.store_backend()?, config.history_backend()?);
+    let store = match (&store_backend, &history_backend) {
+        // One PostgreSQL database for both: the history is written in each
+        // commit's own transaction.
+        (Backend::Postgres(store_url), Backend::Postgres(history_url))
+            if store_url == history_url =>
+        {
+            Arc::new(PostgresStore::connect_with_history(store_url).await?)
+        }
+        _ => open_store(&store_backend).await?,
+    };
+    let history = open_history(&history_backend).await?;
     let resolver = Resolver::new(clock.clone(), config.script_limits());
     let engine = Engine::start(store, history, resolver, clock, config.engine_config()).await?;
     // Mutations answered 202 before the last stop are queued again before

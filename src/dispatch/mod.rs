@@ -34,7 +34,7 @@ use crate::model::{DocKey, Document, Mutation, Verdict};
 use crate::predict::{self, ModelReport, Observation, Predictor, PredictorConfig, Scored};
 use crate::queue::{Queue, QueueLimits, Refusal};
 use crate::resolve::{CollectionConfig, ConflictRecord, Handler, Resolver, ScriptError, Step};
-use crate::store::{CommitOutcome, LaneCommit, SharedStore, StoreError, StoredReply};
+use crate::store::{CommitOutcome, LaneCommit, LaneHistory, SharedStore, StoreError, StoredReply};
 use crate::telemetry::{Board, Gauges, SeriesPoint, Telemetry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -1456,7 +1456,8 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
 
     let replies = match decided {
         Ok(decided) => {
-            if !decided.mutations.is_empty() {
+            // A store that writes the history did so in the lane's commit.
+            if !decided.mutations.is_empty() && !inner.store.writes_history() {
                 let (done, recorded) = oneshot::channel();
                 let job = HistoryJob {
                     mutations: decided.mutations,
@@ -1574,6 +1575,14 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
             write,
             replies: stored,
             at_ms: decided_ms,
+            history: if inner.store.writes_history() {
+                LaneHistory {
+                    mutations: decided.mutations.clone(),
+                    conflicts: decided.conflicts.clone(),
+                }
+            } else {
+                LaneHistory::default()
+            },
         };
         match inner.commit(commit).await {
             Ok(CommitOutcome::Committed) => {

@@ -1,6 +1,6 @@
 //! Point reads, batched: the lanes' document reads, the API's document reads
 //! and the resend checks of new mutations go to the store several at a time
-//! (`Store::get_many`, `Store::replies_many`), so that under load a round
+//! (`Store::read_many`: one round trip on PostgreSQL), so that under load a round
 //! trip serves many requests, as group commit does for writes. At most
 //! `BATCHES_IN_FLIGHT` batches run at once; while they do, requests gather
 //! into the next, so an idle system pays one channel hop and a busy one
@@ -113,17 +113,16 @@ async fn run(store: SharedStore, jobs: Vec<ReadJob>) {
             }
         }
     }
-    let read_docs = async {
-        if !docs.is_empty() {
-            answer_all(store.get_many(&docs).await, doc_answers);
+    match store.read_many(&docs, &replies).await {
+        Ok((docs, replies)) => {
+            answer_all(Ok(docs), doc_answers);
+            answer_all(Ok(replies), reply_answers);
         }
-    };
-    let read_replies = async {
-        if !replies.is_empty() {
-            answer_all(store.replies_many(&replies).await, reply_answers);
+        Err(e) => {
+            answer_all::<Document>(Err(e.clone()), doc_answers);
+            answer_all::<Option<StoredReply>>(Err(e), reply_answers);
         }
-    };
-    tokio::join!(read_docs, read_replies);
+    }
 }
 
 /// One answer per request, in order; an error goes to each of them. A

@@ -13,6 +13,7 @@ mod sqlite;
 
 pub use memory::MemoryHistory;
 pub use postgres::PostgresHistory;
+pub(crate) use postgres::{SCHEMA as POSTGRES_SCHEMA, insert_records as insert_postgres_records};
 pub use sqlite::SqliteHistory;
 
 use crate::model::DocKey;

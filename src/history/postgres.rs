@@ -7,7 +7,7 @@ use crate::resolve::ConflictRecord;
 use crate::store::connect_postgres;
 use sqlx::postgres::PgPool;
 
-const SCHEMA: &[&str] = &[
+pub(crate) const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sluice_mutations (
         seq BIGSERIAL PRIMARY KEY,
         id TEXT NOT NULL,
@@ -68,19 +68,33 @@ impl PostgresHistory {
 sql_history!(PostgresHistory, record = record_unnest);
 
 impl PostgresHistory {
-    /// One statement for the mutations and one for the conflicts, however
-    /// many: the history is written on every mutation's path.
     async fn record_unnest(
         &self,
         mutations: &[MutationRecord],
         conflicts: &[ConflictRecord],
     ) -> Result<(), HistoryError> {
         let mut tx = self.writer.begin().await?;
-        if !mutations.is_empty() {
-            let ms = mutations;
-            let text = |f: fn(&MutationRecord) -> &str| ms.iter().map(f).collect::<Vec<_>>();
-            let number = |f: fn(&MutationRecord) -> i64| ms.iter().map(f).collect::<Vec<_>>();
-            sqlx::query(
+        insert_records(&mut tx, mutations, conflicts).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Inserts history records inside the caller's transaction: one statement for
+/// the mutations and one for the conflicts, however many (the history is
+/// written on every mutation's path). The store calls it too, when the
+/// history lives in its database, to write a batch's records in the batch's
+/// own transaction.
+pub(crate) async fn insert_records(
+    tx: &mut sqlx::PgConnection,
+    mutations: &[MutationRecord],
+    conflicts: &[ConflictRecord],
+) -> Result<(), sqlx::Error> {
+    if !mutations.is_empty() {
+        let ms = mutations;
+        let text = |f: fn(&MutationRecord) -> &str| ms.iter().map(f).collect::<Vec<_>>();
+        let number = |f: fn(&MutationRecord) -> i64| ms.iter().map(f).collect::<Vec<_>>();
+        sqlx::query(
                 "INSERT INTO sluice_mutations (id, client, collection, key, op, fields, base_version, version_before,
                      version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, queued_us, lane_waiting)
                  SELECT id, client, collection, key, op, fields, base_version, version_before,
@@ -115,11 +129,11 @@ impl PostgresHistory {
             .bind(number(|m| version_to_sql(m.lane_waiting)))
             .execute(&mut *tx)
             .await?;
-        }
-        if !conflicts.is_empty() {
-            let cs = conflicts;
-            let text = |f: fn(&ConflictRecord) -> &str| cs.iter().map(f).collect::<Vec<_>>();
-            sqlx::query(
+    }
+    if !conflicts.is_empty() {
+        let cs = conflicts;
+        let text = |f: fn(&ConflictRecord) -> &str| cs.iter().map(f).collect::<Vec<_>>();
+        sqlx::query(
                 "INSERT INTO sluice_conflicts (mutation_id, client, collection, key, base_version, server_version,
                      handler, resolution, reason, incoming, existing, result, at_ms)
                  SELECT mutation_id, client, collection, key, base_version, server_version,
@@ -145,8 +159,6 @@ impl PostgresHistory {
             .bind(cs.iter().map(|c| c.at_ms).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
+    Ok(())
 }

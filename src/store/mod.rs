@@ -26,7 +26,9 @@ pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+use crate::history::MutationRecord;
 use crate::model::{DocKey, Document};
+use crate::resolve::ConflictRecord;
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -74,6 +76,18 @@ pub struct LaneCommit {
     pub write: Option<Document>,
     pub replies: Vec<StoredReply>,
     pub at_ms: i64,
+    /// The lane's history records, for a store that writes the history in the
+    /// commit's own transaction (`Store::writes_history`); empty otherwise.
+    /// Like the replies, they are kept only if the lane commits.
+    pub history: LaneHistory,
+}
+
+/// What the history keeps of one lane: a record per mutation, and the
+/// conflicts in full.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LaneHistory {
+    pub mutations: Vec<MutationRecord>,
+    pub conflicts: Vec<ConflictRecord>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,31 +123,35 @@ pub trait Store: Send + Sync + 'static {
     /// Commits a batch of lanes in one transaction; one outcome per lane, in order.
     async fn commit(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError>;
     async fn reply(&self, client: &str, id: &str) -> Result<Option<StoredReply>, StoreError>;
-    /// Whether `get_many` and `replies_many` take one round trip for many:
-    /// then the engine gathers concurrent point reads into batches.
+    /// Whether `commit` writes each committed lane's `history` in its own
+    /// transaction (the history lives in the store's database): then the
+    /// engine does not write those records to the history again.
+    fn writes_history(&self) -> bool {
+        false
+    }
+    /// Whether `read_many` takes one round trip for many: then the engine
+    /// gathers concurrent point reads into batches.
     fn batches_reads(&self) -> bool {
         false
     }
-    /// Several documents, in order: one round trip where the backend can.
-    async fn get_many(&self, docs: &[DocKey]) -> Result<Vec<Document>, StoreError> {
-        let mut found = Vec::with_capacity(docs.len());
-        for doc in docs {
-            found.push(self.get(doc).await?);
-        }
-        Ok(found)
-    }
-    /// Several stored replies by `(client, id)`, in order.
-    async fn replies_many(
+    /// Several documents and several stored replies (by `(client, id)`),
+    /// each answered in order, absent ones included: one round trip where
+    /// the backend can.
+    async fn read_many(
         &self,
-        keys: &[(String, String)],
-    ) -> Result<Vec<Option<StoredReply>>, StoreError> {
-        let mut found = Vec::with_capacity(keys.len());
-        for (client, id) in keys {
-            found.push(self.reply(client, id).await?);
+        docs: &[DocKey],
+        replies: &[(String, String)],
+    ) -> Result<(Vec<Document>, Vec<Option<StoredReply>>), StoreError> {
+        let mut found_docs = Vec::with_capacity(docs.len());
+        for doc in docs {
+            found_docs.push(self.get(doc).await?);
         }
-        Ok(found)
+        let mut found_replies = Vec::with_capacity(replies.len());
+        for (client, id) in replies {
+            found_replies.push(self.reply(client, id).await?);
+        }
+        Ok((found_docs, found_replies))
     }
-    /// Forgets replies stored before `before_ms`; returns how many.
     /// Forgets replies stored before `before_ms`, except the newest
     /// `EVENTS_KEPT_MIN`; returns how many.
     async fn expire_replies(&self, before_ms: i64) -> Result<u64, StoreError>;

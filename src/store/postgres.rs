@@ -8,7 +8,9 @@ use super::{
     CommitOutcome, LaneCommit, StoreError, StoredReply, decode_item, encode_item, from_sql,
     sql_store, to_sql,
 };
+use crate::history::MutationRecord;
 use crate::model::{DocKey, Document};
+use crate::resolve::ConflictRecord;
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::collections::HashSet;
@@ -61,6 +63,9 @@ const SCHEMA: &[&str] = &[
 pub struct PostgresStore {
     reader: PgPool,
     writer: PgPool,
+    /// The history lives in this database: commits write it (see
+    /// `connect_with_history`).
+    history: bool,
 }
 
 /// Connects and creates `schema` under Sluice's advisory lock.
@@ -102,6 +107,25 @@ impl PostgresStore {
         Ok(PostgresStore {
             reader: pool.clone(),
             writer: pool,
+            history: false,
+        })
+    }
+
+    /// A store whose database also holds the history: each commit writes its
+    /// lanes' history records in the same transaction. A decided mutation's
+    /// record is then never missing (not even after a crash between the two
+    /// writes), and a batch costs one transaction, not two.
+    pub async fn connect_with_history(url: &str) -> Result<Self, StoreError> {
+        let schema: Vec<&'static str> = SCHEMA
+            .iter()
+            .chain(crate::history::POSTGRES_SCHEMA)
+            .copied()
+            .collect();
+        let pool = connect(url, &schema).await?;
+        Ok(PostgresStore {
+            reader: pool.clone(),
+            writer: pool,
+            history: true,
         })
     }
 }
@@ -118,15 +142,16 @@ sql_store!(
             true
         }
 
-        async fn get_many(&self, docs: &[DocKey]) -> Result<Vec<Document>, StoreError> {
-            self.get_unnest(docs).await
+        fn writes_history(&self) -> bool {
+            self.history
         }
 
-        async fn replies_many(
+        async fn read_many(
             &self,
-            keys: &[(String, String)],
-        ) -> Result<Vec<Option<StoredReply>>, StoreError> {
-            self.replies_unnest(keys).await
+            docs: &[DocKey],
+            replies: &[(String, String)],
+        ) -> Result<(Vec<Document>, Vec<Option<StoredReply>>), StoreError> {
+            self.read_unnest(docs, replies).await
         }
     }
 );
@@ -142,11 +167,23 @@ fn ordinal(row: &sqlx::postgres::PgRow, len: usize) -> Result<usize, StoreError>
 }
 
 impl PostgresStore {
-    async fn get_unnest(&self, docs: &[DocKey]) -> Result<Vec<Document>, StoreError> {
+    /// Documents and stored replies in one statement: a read batch is one
+    /// round trip whatever its mix. Rows say which request they answer by
+    /// `kind` (0 a document, 1 a reply) and their ordinal in its list.
+    async fn read_unnest(
+        &self,
+        docs: &[DocKey],
+        replies: &[(String, String)],
+    ) -> Result<(Vec<Document>, Vec<Option<StoredReply>>), StoreError> {
         let rows = sqlx::query(
-            "SELECT u.n, d.version, d.item::text AS item
+            "SELECT 0 AS kind, u.n, d.version, d.item::text AS item,
+                    NULL::BIGINT AS fingerprint, NULL::BIGINT AS status, NULL::TEXT AS body, NULL::BIGINT AS at_ms
              FROM UNNEST($1::TEXT[], $2::TEXT[]) WITH ORDINALITY AS u(collection, key, n)
-             JOIN sluice_documents d ON d.collection = u.collection AND d.key = u.key",
+             JOIN sluice_documents d ON d.collection = u.collection AND d.key = u.key
+             UNION ALL
+             SELECT 1, u.n, NULL, NULL, r.fingerprint, r.status, r.body, r.at_ms
+             FROM UNNEST($3::TEXT[], $4::TEXT[]) WITH ORDINALITY AS u(client, id, n)
+             JOIN sluice_replies r ON r.client = u.client AND r.id = u.id",
         )
         .bind(
             docs.iter()
@@ -154,36 +191,24 @@ impl PostgresStore {
                 .collect::<Vec<_>>(),
         )
         .bind(docs.iter().map(|d| d.key.as_str()).collect::<Vec<_>>())
+        .bind(replies.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>())
+        .bind(replies.iter().map(|(_, i)| i.as_str()).collect::<Vec<_>>())
         .fetch_all(&self.reader)
         .await?;
-        let mut found = vec![Document::absent(); docs.len()];
+        let mut found_docs = vec![Document::absent(); docs.len()];
+        let mut found_replies: Vec<Option<StoredReply>> = vec![None; replies.len()];
         for row in rows {
-            let i = ordinal(&row, docs.len())?;
-            found[i] = decode_item(row.try_get("version")?, row.try_get("item")?)?;
-        }
-        Ok(found)
-    }
-
-    async fn replies_unnest(
-        &self,
-        keys: &[(String, String)],
-    ) -> Result<Vec<Option<StoredReply>>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT u.n, r.fingerprint, r.status, r.body, r.at_ms
-             FROM UNNEST($1::TEXT[], $2::TEXT[]) WITH ORDINALITY AS u(client, id, n)
-             JOIN sluice_replies r ON r.client = u.client AND r.id = u.id",
-        )
-        .bind(keys.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>())
-        .bind(keys.iter().map(|(_, i)| i.as_str()).collect::<Vec<_>>())
-        .fetch_all(&self.reader)
-        .await?;
-        let mut found: Vec<Option<StoredReply>> = vec![None; keys.len()];
-        for row in rows {
-            let i = ordinal(&row, keys.len())?;
+            let kind: i32 = row.try_get("kind")?;
+            if kind == 0 {
+                let i = ordinal(&row, docs.len())?;
+                found_docs[i] = decode_item(row.try_get("version")?, row.try_get("item")?)?;
+                continue;
+            }
+            let i = ordinal(&row, replies.len())?;
             let status: i64 = row.try_get("status")?;
-            found[i] = Some(StoredReply {
-                client: keys[i].0.clone(),
-                id: keys[i].1.clone(),
+            found_replies[i] = Some(StoredReply {
+                client: replies[i].0.clone(),
+                id: replies[i].1.clone(),
                 fingerprint: from_sql(row.try_get("fingerprint")?),
                 status: u16::try_from(status)
                     .map_err(|_| StoreError::Corrupt(format!("reply status {status}")))?,
@@ -192,26 +217,59 @@ impl PostgresStore {
                 was_accepted: false,
             });
         }
-        Ok(found)
+        Ok((found_docs, found_replies))
     }
 
-    /// The batch in a fixed number of statements whatever its size: lock the
-    /// batch's rows in key order (two Sluice processes cannot deadlock) and
-    /// read their versions, then one statement each for updates, inserts,
-    /// replies and accept-log entries. Round trips, not rows, are what a
-    /// commit costs here.
+    /// The batch in one transaction: its lanes in a fixed number of
+    /// statements whatever their number (`commit_distinct`), then, when the
+    /// history lives here, the committed lanes' records. Two lanes of one
+    /// document (the engine never sends them; the order between them
+    /// matters) go in successive runs of distinct documents.
     async fn commit_unnest(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError> {
-        let mut keys: Vec<&DocKey> = batch.iter().map(|l| &l.doc).collect();
-        keys.sort();
-        keys.dedup();
-        if keys.len() != batch.len() {
-            // Two lanes of one document in one batch: their order matters, so
-            // they go statement by statement.
-            return self.commit_rows(batch).await;
+        let mut tx = self.writer.begin().await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut start = 0;
+        while start < batch.len() {
+            let mut seen: HashSet<&DocKey> = HashSet::new();
+            let end = start
+                + batch[start..]
+                    .iter()
+                    .take_while(|lane| seen.insert(&lane.doc))
+                    .count();
+            outcomes.extend(self.commit_distinct(&mut tx, &batch[start..end]).await?);
+            start = end;
         }
+        if self.history {
+            let committed = || {
+                batch
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(_, outcome)| **outcome == CommitOutcome::Committed)
+                    .map(|(lane, _)| &lane.history)
+            };
+            let mutations: Vec<MutationRecord> = committed()
+                .flat_map(|h| h.mutations.iter().cloned())
+                .collect();
+            let conflicts: Vec<ConflictRecord> = committed()
+                .flat_map(|h| h.conflicts.iter().cloned())
+                .collect();
+            crate::history::insert_postgres_records(&mut tx, &mutations, &conflicts).await?;
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Lanes of distinct documents: lock their rows in key order (two Sluice
+    /// processes cannot deadlock) and read their versions, then one
+    /// statement each for updates, inserts, replies and accept-log entries.
+    /// Round trips, not rows, are what a commit costs here.
+    async fn commit_distinct(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        batch: &[LaneCommit],
+    ) -> Result<Vec<CommitOutcome>, StoreError> {
         let collections: Vec<&str> = batch.iter().map(|l| l.doc.collection.as_str()).collect();
         let names: Vec<&str> = batch.iter().map(|l| l.doc.key.as_str()).collect();
-        let mut tx = self.writer.begin().await?;
         let rows = sqlx::query(
             "SELECT u.n, d.version FROM sluice_documents d
              JOIN UNNEST($1::TEXT[], $2::TEXT[]) WITH ORDINALITY AS u(collection, key, n)
@@ -384,7 +442,6 @@ impl PostgresStore {
                 .await?;
             }
         }
-        tx.commit().await?;
         Ok(outcomes)
     }
 }

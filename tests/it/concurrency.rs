@@ -10,7 +10,8 @@ const CLIENTS: usize = 32;
 const APPENDS_PER_CLIENT: usize = 100;
 const HOT_KEYS: usize = 5;
 
-async fn stale_appends_keep_every_element(s: TestServer) {
+/// Returns how many mutations were sent and how many were merged.
+async fn stale_appends_keep_every_element(s: &TestServer) -> (usize, usize) {
     let (status, _) = s
         .put("/v1/collections/hot", json!({"handler": "automerge"}))
         .await;
@@ -39,9 +40,11 @@ async fn stale_appends_keep_every_element(s: TestServer) {
         }));
     }
     let mut applied_per_key: HashMap<String, u64> = HashMap::new();
+    let mut merged = 0;
     for client in clients {
         for (key, outcome) in client.await.expect("client task") {
             assert!(outcome == "applied" || outcome == "merged", "{outcome}");
+            merged += usize::from(outcome == "merged");
             *applied_per_key.entry(key).or_default() += 1;
         }
     }
@@ -70,11 +73,12 @@ async fn stale_appends_keep_every_element(s: TestServer) {
         seen.values().all(|n| *n == 1),
         "no element is present twice"
     );
+    (HOT_KEYS + CLIENTS * APPENDS_PER_CLIENT, merged)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_appends_to_hot_keys_on_sqlite() {
-    stale_appends_keep_every_element(TestServer::embedded().await).await;
+    stale_appends_keep_every_element(&TestServer::embedded().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +89,30 @@ async fn stale_appends_to_hot_keys_on_postgres() {
         c.history = url.clone();
     })
     .await;
-    stale_appends_keep_every_element(s).await;
+    let (sent, merged) = stale_appends_keep_every_element(&s).await;
+    // Store and history share the database, so each commit wrote its lanes'
+    // history: every mutation exactly once, every conflict exactly once.
+    let db = sqlx::PgPool::connect(&url).await.expect("connect");
+    let count = |table: &'static str| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {table}"
+            )))
+            .fetch_one(&db)
+            .await
+            .expect("count")
+        }
+    };
+    assert_eq!(count("sluice_mutations").await, sent as i64);
+    assert_eq!(count("sluice_conflicts").await, merged as i64);
+    assert!(merged > 0, "stale bases were merged");
+    let (status, conflicts) = s.get("/v1/conflicts?collection=hot&limit=1000").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        conflicts["conflicts"].as_array().map(Vec::len),
+        Some(merged.min(1000))
+    );
 }
 
 /// Sluice's tables start empty and grow under load; its lookups must stay

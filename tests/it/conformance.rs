@@ -9,8 +9,8 @@ use sluice::history::{
 use sluice::model::{DocKey, Document, Resolution};
 use sluice::resolve::ConflictRecord;
 use sluice::store::{
-    Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, MemoryStore, PostgresStore, SqliteStore,
-    Store, StoredReply,
+    Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, LaneHistory, MemoryStore, PostgresStore,
+    SqliteStore, Store, StoredReply,
 };
 
 fn item(v: Value) -> Option<Map<String, Value>> {
@@ -41,6 +41,7 @@ fn lane(
         write,
         replies,
         at_ms: 1,
+        history: LaneHistory::default(),
     }
 }
 
@@ -69,18 +70,28 @@ async fn store_conformance(store: &dyn Store) {
     assert_eq!(keys, ["z", "a"], "field order is kept");
 
     // Reads of several at once answer each in order, absent ones included.
-    let many = store
-        .get_many(&[b.clone(), a.clone(), b.clone()])
+    let (many, replies) = store
+        .read_many(
+            &[b.clone(), a.clone(), b.clone()],
+            &[
+                ("c1".to_owned(), "nope".to_owned()),
+                ("c1".to_owned(), "m1".to_owned()),
+            ],
+        )
         .await
-        .expect("get_many");
+        .expect("read_many");
     assert_eq!(many, [Document::absent(), v1.clone(), Document::absent()]);
-    let replies = store
-        .replies_many(&[
-            ("c1".to_owned(), "nope".to_owned()),
-            ("c1".to_owned(), "m1".to_owned()),
-        ])
+    let (only_docs, none) = store
+        .read_many(std::slice::from_ref(&a), &[])
         .await
-        .expect("replies_many");
+        .expect("read_many");
+    assert_eq!((only_docs, none.len()), (vec![v1.clone()], 0));
+    let (no_docs, only_replies) = store
+        .read_many(&[], &[("c1".to_owned(), "m1".to_owned())])
+        .await
+        .expect("read_many");
+    assert_eq!(no_docs.len(), 0);
+    assert!(only_replies[0].is_some());
     assert_eq!(replies[0], None);
     let m1 = store.reply("c1", "m1").await.expect("reply");
     assert!(m1.is_some());
@@ -481,4 +492,84 @@ async fn sqlite_history_conforms() {
 async fn postgres_history_conforms() {
     let url = fresh_postgres_database().await;
     history_conformance(&PostgresHistory::connect(&url).await.expect("connect")).await;
+}
+
+/// With the history in the store's database, a commit writes its lanes'
+/// records in its own transaction: those of committed lanes, and only those.
+#[tokio::test]
+async fn postgres_store_writes_the_history_of_what_it_commits() {
+    let url = fresh_postgres_database().await;
+    let store = PostgresStore::connect_with_history(&url)
+        .await
+        .expect("connect");
+    assert!(store.writes_history());
+    store_conformance(&store).await;
+    let history = PostgresHistory::connect(&url).await.expect("connect");
+    let last = history.last_seq().await.expect("last seq");
+
+    let (a, b) = (DocKey::new("c", "h-a"), DocKey::new("c", "h-b"));
+    let v = |version: u64| Document {
+        version,
+        item: item(json!({"v": version})),
+    };
+    let with_history = |mut lane: LaneCommit, records: Vec<MutationRecord>, conflicts| {
+        lane.history = LaneHistory {
+            mutations: records,
+            conflicts,
+        };
+        lane
+    };
+    let outcomes = store
+        .commit(&[
+            with_history(
+                lane(&a, 0, Some(v(1)), vec![reply("cl", "h1", 10)]),
+                vec![mutation("h1", "h-a", Some(0), 0, 1, "merged")],
+                vec![conflict("h1", "h-a", Resolution::Merged)],
+            ),
+            // Stale: the document does not have version 5.
+            with_history(
+                lane(&b, 5, Some(v(6)), vec![reply("cl", "h2", 10)]),
+                vec![mutation("h2", "h-b", Some(4), 5, 6, "merged")],
+                vec![conflict("h2", "h-b", Resolution::Merged)],
+            ),
+            // Two lanes of one document in one batch commit in order.
+            with_history(
+                lane(&a, 1, Some(v(2)), vec![reply("cl", "h3", 10)]),
+                vec![mutation("h3", "h-a", None, 1, 2, "applied")],
+                vec![],
+            ),
+        ])
+        .await
+        .expect("commit");
+    assert_eq!(
+        outcomes,
+        [
+            CommitOutcome::Committed,
+            CommitOutcome::Stale,
+            CommitOutcome::Committed
+        ]
+    );
+    assert_eq!(store.get(&a).await.expect("get"), v(2));
+    let recorded: Vec<String> = history
+        .mutations(last, 100)
+        .await
+        .expect("mutations")
+        .into_iter()
+        .map(|(_, m)| m.id)
+        .collect();
+    assert_eq!(
+        recorded,
+        ["h1", "h3"],
+        "the committed lanes' records, in order"
+    );
+    let conflicts = history
+        .conflicts(&ConflictQuery {
+            collection: Some("c".into()),
+            key: None,
+            limit: 100,
+        })
+        .await
+        .expect("conflicts");
+    let ids: Vec<&str> = conflicts.iter().map(|c| c.mutation_id.as_str()).collect();
+    assert_eq!(ids, ["h1"], "the stale lane's conflict is not kept");
 }
