@@ -250,7 +250,9 @@ struct Reservation {
 
 struct CommitJob {
     commit: LaneCommit,
-    done: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+    /// The outcome, and the lane's history records handed back (they ride
+    /// with the commit for a store that writes them, and are not copied).
+    done: oneshot::Sender<(Result<CommitOutcome, StoreError>, LaneHistory)>,
 }
 
 struct HistoryJob {
@@ -1261,14 +1263,22 @@ impl Inner {
         }
     }
 
-    async fn commit(&self, commit: LaneCommit) -> Result<CommitOutcome, StoreError> {
+    /// Commits one lane through the group committer. The lane's history
+    /// records come back with the outcome, whatever it is; `None` if the
+    /// committer has stopped (with the records).
+    async fn commit(
+        &self,
+        commit: LaneCommit,
+    ) -> (Result<CommitOutcome, StoreError>, Option<LaneHistory>) {
+        let stopped = || StoreError::Unavailable("the committer has stopped".into());
         let (done, rx) = oneshot::channel();
-        self.commit_tx
-            .send(CommitJob { commit, done })
-            .await
-            .map_err(|_| StoreError::Unavailable("the committer has stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the committer has stopped".into()))?
+        if let Err(refused) = self.commit_tx.send(CommitJob { commit, done }).await {
+            return (Err(stopped()), Some(refused.0.commit.history));
+        }
+        match rx.await {
+            Ok((outcome, history)) => (outcome, Some(history)),
+            Err(_) => (Err(stopped()), None),
+        }
     }
 }
 
@@ -1493,19 +1503,26 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
         let read = inner.reads.document(doc).await;
         inner.observe_store(read_started, false, 1, read.is_ok());
         let current = read.map_err(|e| store_error_reply(&e))?;
-        let mut state = current.clone();
-        let mut steps: Vec<Step> = Vec::with_capacity(batch.len());
+        let current_version = current.version;
+        // Each mutation is decided against the state the previous one left;
+        // only the last state is written.
+        let mut state = current;
+        let mut steps = Vec::with_capacity(batch.len());
         for queued in batch {
-            let step = inner
+            let Step {
+                verdict,
+                after,
+                conflict,
+            } = inner
                 .resolver
                 .decide(&state, &queued.mutation, &config)
                 .await;
             debug_assert!(
-                step.after.version >= state.version,
+                after.version >= state.version,
                 "invariant: versions never go backwards"
             );
-            state = step.after.clone();
-            steps.push(step);
+            steps.push((verdict, after.version, conflict));
+            state = after;
         }
         let decided_ms = inner.clock.now_ms();
         let mut decided = Decided {
@@ -1514,20 +1531,14 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
             conflicts: Vec::new(),
         };
         let mut stored = Vec::with_capacity(batch.len());
-        let mut before = current.version;
-        for (queued, step) in batch.iter().zip(steps) {
+        let mut before = current_version;
+        for (queued, (verdict, version_after, conflict)) in batch.iter().zip(steps) {
             let m = &queued.mutation;
             let queued_ms = dispatched_at
                 .saturating_sub(queued.admitted_at)
                 .as_secs_f64()
                 * 1000.0;
-            let reply = reply::render(
-                &m.id,
-                &doc_label,
-                &step.verdict,
-                Some(queued.score),
-                queued_ms,
-            );
+            let reply = reply::render(&m.id, &doc_label, &verdict, Some(queued.score), queued_ms);
             stored.push(StoredReply {
                 client: m.client_name().to_owned(),
                 was_accepted: queued.accepted,
@@ -1537,7 +1548,7 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
                 body: reply.body.clone(),
                 at_ms: decided_ms,
             });
-            let outcome = match &step.verdict {
+            let outcome = match &verdict {
                 Verdict::Decided { outcome, .. } => outcome.as_str(),
                 Verdict::NotFound { .. } => "not_found",
             };
@@ -1549,9 +1560,9 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
                 fields: m.fields_touched(),
                 base_version: m.base_version,
                 version_before: before,
-                version_after: step.after.version,
+                version_after,
                 outcome: outcome.to_owned(),
-                conflict: step.conflict.is_some(),
+                conflict: conflict.is_some(),
                 score: Some(queued.score),
                 ts_ms: m.ts_ms,
                 received_ms: queued.received_ms,
@@ -1562,29 +1573,30 @@ async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<De
                 .unwrap_or(u64::MAX),
                 lane_waiting: queued.lane_waiting as u64,
             });
-            if let Some(conflict) = step.conflict {
+            if let Some(conflict) = conflict {
                 decided.conflicts.push(conflict);
             }
-            before = step.after.version;
+            before = version_after;
             decided.replies.push(reply);
         }
-        let write = (state.version != current.version).then_some(state);
+        let write = (state.version != current_version).then_some(state);
         let commit = LaneCommit {
             doc: doc.clone(),
-            expected_version: current.version,
+            expected_version: current_version,
             write,
             replies: stored,
             at_ms: decided_ms,
-            history: if inner.store.writes_history() {
-                LaneHistory {
-                    mutations: decided.mutations.clone(),
-                    conflicts: decided.conflicts.clone(),
-                }
-            } else {
-                LaneHistory::default()
+            history: LaneHistory {
+                mutations: std::mem::take(&mut decided.mutations),
+                conflicts: std::mem::take(&mut decided.conflicts),
             },
         };
-        match inner.commit(commit).await {
+        let (committed, history) = inner.commit(commit).await;
+        if let Some(history) = history {
+            decided.mutations = history.mutations;
+            decided.conflicts = history.conflicts;
+        }
+        match committed {
             Ok(CommitOutcome::Committed) => {
                 observe_decided(inner, &config, &decided);
                 return Ok(decided);
@@ -1676,15 +1688,16 @@ async fn committer(inner: Arc<Inner>, mut rx: mpsc::Receiver<CommitJob>) {
         if result.is_ok() {
             inner.events.send_modify(|n| *n = n.wrapping_add(1));
         }
+        let histories = commits.into_iter().map(|c| c.history);
         match result {
             Ok(outcomes) => {
-                for (done, outcome) in waiters.into_iter().zip(outcomes) {
-                    let _ = done.send(Ok(outcome));
+                for ((done, outcome), history) in waiters.into_iter().zip(outcomes).zip(histories) {
+                    let _ = done.send((Ok(outcome), history));
                 }
             }
             Err(e) => {
-                for done in waiters {
-                    let _ = done.send(Err(e.clone()));
+                for (done, history) in waiters.into_iter().zip(histories) {
+                    let _ = done.send((Err(e.clone()), history));
                 }
             }
         }

@@ -74,7 +74,9 @@ impl PostgresHistory {
         conflicts: &[ConflictRecord],
     ) -> Result<(), HistoryError> {
         let mut tx = self.writer.begin().await?;
-        insert_records(&mut tx, mutations, conflicts).await?;
+        let mutations: Vec<&MutationRecord> = mutations.iter().collect();
+        let conflicts: Vec<&ConflictRecord> = conflicts.iter().collect();
+        insert_records(&mut tx, &mutations, &conflicts).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -87,13 +89,13 @@ impl PostgresHistory {
 /// own transaction.
 pub(crate) async fn insert_records(
     tx: &mut sqlx::PgConnection,
-    mutations: &[MutationRecord],
-    conflicts: &[ConflictRecord],
+    mutations: &[&MutationRecord],
+    conflicts: &[&ConflictRecord],
 ) -> Result<(), sqlx::Error> {
     if !mutations.is_empty() {
         let ms = mutations;
-        let text = |f: fn(&MutationRecord) -> &str| ms.iter().map(f).collect::<Vec<_>>();
-        let number = |f: fn(&MutationRecord) -> i64| ms.iter().map(f).collect::<Vec<_>>();
+        let text = |f: fn(&MutationRecord) -> &str| ms.iter().map(|m| f(m)).collect::<Vec<_>>();
+        let number = |f: fn(&MutationRecord) -> i64| ms.iter().map(|m| f(m)).collect::<Vec<_>>();
         sqlx::query(
                 "INSERT INTO sluice_mutations (id, client, collection, key, op, fields, base_version, version_before,
                      version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, queued_us, lane_waiting)
@@ -132,7 +134,7 @@ pub(crate) async fn insert_records(
     }
     if !conflicts.is_empty() {
         let cs = conflicts;
-        let text = |f: fn(&ConflictRecord) -> &str| cs.iter().map(f).collect::<Vec<_>>();
+        let text = |f: fn(&ConflictRecord) -> &str| cs.iter().map(|c| f(c)).collect::<Vec<_>>();
         sqlx::query(
                 "INSERT INTO sluice_conflicts (mutation_id, client, collection, key, base_version, server_version,
                      handler, resolution, reason, incoming, existing, result, at_ms)

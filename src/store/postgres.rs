@@ -247,12 +247,10 @@ impl PostgresStore {
                     .filter(|(_, outcome)| **outcome == CommitOutcome::Committed)
                     .map(|(lane, _)| &lane.history)
             };
-            let mutations: Vec<MutationRecord> = committed()
-                .flat_map(|h| h.mutations.iter().cloned())
-                .collect();
-            let conflicts: Vec<ConflictRecord> = committed()
-                .flat_map(|h| h.conflicts.iter().cloned())
-                .collect();
+            let mutations: Vec<&MutationRecord> =
+                committed().flat_map(|h| h.mutations.iter()).collect();
+            let conflicts: Vec<&ConflictRecord> =
+                committed().flat_map(|h| h.conflicts.iter()).collect();
             crate::history::insert_postgres_records(&mut tx, &mutations, &conflicts).await?;
         }
         tx.commit().await?;
