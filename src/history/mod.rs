@@ -13,7 +13,9 @@ mod sqlite;
 
 pub use memory::MemoryHistory;
 pub use postgres::PostgresHistory;
-pub(crate) use postgres::{SCHEMA as POSTGRES_SCHEMA, insert_records as insert_postgres_records};
+pub(crate) use postgres::{
+    SCHEMA as POSTGRES_SCHEMA, bind_conflicts, bind_mutations, conflicts_insert, mutations_insert,
+};
 pub use sqlite::SqliteHistory;
 
 use crate::model::DocKey;

@@ -6,6 +6,7 @@ use super::{HistoryError, MutationRecord, sql_history, version_to_sql};
 use crate::resolve::ConflictRecord;
 use crate::store::connect_postgres;
 use sqlx::postgres::PgPool;
+use std::sync::LazyLock;
 
 pub(crate) const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sluice_mutations (
@@ -82,85 +83,182 @@ impl PostgresHistory {
     }
 }
 
+/// A statement being bound.
+pub(crate) type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+const MUTATION_COLUMNS: &str = "id, client, collection, key, op, fields, base_version, version_before, \
+     version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, queued_us, lane_waiting";
+const MUTATION_TYPES: &[&str] = &[
+    "TEXT",
+    "TEXT",
+    "TEXT",
+    "TEXT",
+    "TEXT",
+    "TEXT",
+    "BIGINT",
+    "BIGINT",
+    "BIGINT",
+    "TEXT",
+    "BIGINT",
+    "DOUBLE PRECISION",
+    "BIGINT",
+    "BIGINT",
+    "BIGINT",
+    "BIGINT",
+    "BIGINT",
+];
+const CONFLICT_COLUMNS: &str = "mutation_id, client, collection, key, base_version, server_version, \
+     handler, resolution, reason, incoming, existing, result, at_ms";
+const CONFLICT_TYPES: &[&str] = &[
+    "TEXT", "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "TEXT", "TEXT", "TEXT", "TEXT", "TEXT",
+    "TEXT", "BIGINT",
+];
+
+/// `INSERT INTO table … SELECT … FROM UNNEST(…)`: one statement for any
+/// number of rows, inserted in the arrays' order (so `seq` follows record
+/// order), parameters numbered from `first`. With `lane_filter`, a leading
+/// `BIGINT[]` array (`lane`) comes first and only rows whose lane passes the
+/// filter are inserted. Returns the SQL and the number of parameters used.
+fn unnest_insert(
+    table: &str,
+    columns: &str,
+    types: &[&str],
+    first: usize,
+    lane_filter: Option<&str>,
+) -> (String, usize) {
+    let leading = usize::from(lane_filter.is_some());
+    let arrays: Vec<String> = std::iter::repeat_n("BIGINT", leading)
+        .chain(types.iter().copied())
+        .enumerate()
+        .map(|(i, ty)| format!("${}::{ty}[]", first + i))
+        .collect();
+    let (lane, filter) = match lane_filter {
+        Some(filter) => ("lane, ", format!("WHERE {filter} ")),
+        None => ("", String::new()),
+    };
+    let sql = format!(
+        "INSERT INTO {table} ({columns}) SELECT {columns} FROM UNNEST({}) \
+         WITH ORDINALITY AS u({lane}{columns}, n) {filter}ORDER BY n",
+        arrays.join(", ")
+    );
+    (sql, arrays.len())
+}
+
+/// The insert of mutation records (see `unnest_insert`); bind with
+/// `bind_mutations`.
+pub(crate) fn mutations_insert(first: usize, lane_filter: Option<&str>) -> (String, usize) {
+    unnest_insert(
+        "sluice_mutations",
+        MUTATION_COLUMNS,
+        MUTATION_TYPES,
+        first,
+        lane_filter,
+    )
+}
+
+/// The insert of conflict records (see `unnest_insert`); bind with
+/// `bind_conflicts`.
+pub(crate) fn conflicts_insert(first: usize, lane_filter: Option<&str>) -> (String, usize) {
+    unnest_insert(
+        "sluice_conflicts",
+        CONFLICT_COLUMNS,
+        CONFLICT_TYPES,
+        first,
+        lane_filter,
+    )
+}
+
+/// Binds the columns of `mutations_insert`, in order.
+pub(crate) fn bind_mutations<'q>(q: PgQuery<'q>, ms: &[&'q MutationRecord]) -> PgQuery<'q> {
+    let text = |f: fn(&MutationRecord) -> &str| ms.iter().map(|m| f(m)).collect::<Vec<_>>();
+    let number = |f: fn(&MutationRecord) -> i64| ms.iter().map(|m| f(m)).collect::<Vec<_>>();
+    q.bind(text(|m| &m.id))
+        .bind(text(|m| &m.client))
+        .bind(text(|m| &m.doc.collection))
+        .bind(text(|m| &m.doc.key))
+        .bind(text(|m| &m.op))
+        .bind(
+            ms.iter()
+                .map(|m| serde_json::to_string(&m.fields).unwrap_or_else(|_| "[]".into()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            ms.iter()
+                .map(|m| m.base_version.map(version_to_sql))
+                .collect::<Vec<_>>(),
+        )
+        .bind(number(|m| version_to_sql(m.version_before)))
+        .bind(number(|m| version_to_sql(m.version_after)))
+        .bind(text(|m| &m.outcome))
+        .bind(number(|m| i64::from(m.conflict)))
+        .bind(ms.iter().map(|m| m.score).collect::<Vec<_>>())
+        .bind(ms.iter().map(|m| m.ts_ms).collect::<Vec<_>>())
+        .bind(number(|m| m.received_ms))
+        .bind(number(|m| m.decided_ms))
+        .bind(number(|m| version_to_sql(m.queued_us)))
+        .bind(number(|m| version_to_sql(m.lane_waiting)))
+}
+
+/// Binds the columns of `conflicts_insert`, in order.
+pub(crate) fn bind_conflicts<'q>(q: PgQuery<'q>, cs: &[&'q ConflictRecord]) -> PgQuery<'q> {
+    let text = |f: fn(&ConflictRecord) -> &str| cs.iter().map(|c| f(c)).collect::<Vec<_>>();
+    q.bind(text(|c| &c.mutation_id))
+        .bind(text(|c| &c.client))
+        .bind(text(|c| &c.doc.collection))
+        .bind(text(|c| &c.doc.key))
+        .bind(
+            cs.iter()
+                .map(|c| version_to_sql(c.base_version))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            cs.iter()
+                .map(|c| version_to_sql(c.server_version))
+                .collect::<Vec<_>>(),
+        )
+        .bind(text(|c| &c.handler))
+        .bind(text(|c| c.resolution.as_str()))
+        .bind(text(|c| &c.reason))
+        .bind(
+            cs.iter()
+                .map(|c| c.incoming.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            cs.iter()
+                .map(|c| c.existing.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(cs.iter().map(|c| c.result.to_string()).collect::<Vec<_>>())
+        .bind(cs.iter().map(|c| c.at_ms).collect::<Vec<_>>())
+}
+
+static MUTATIONS_INSERT: LazyLock<String> = LazyLock::new(|| mutations_insert(1, None).0);
+static CONFLICTS_INSERT: LazyLock<String> = LazyLock::new(|| conflicts_insert(1, None).0);
+
 /// Inserts history records inside the caller's transaction: one statement for
 /// the mutations and one for the conflicts, however many (the history is
-/// written on every mutation's path). The store calls it too, when the
-/// history lives in its database, to write a batch's records in the batch's
-/// own transaction.
-pub(crate) async fn insert_records(
+/// written on every mutation's path).
+async fn insert_records(
     tx: &mut sqlx::PgConnection,
     mutations: &[&MutationRecord],
     conflicts: &[&ConflictRecord],
 ) -> Result<(), sqlx::Error> {
     if !mutations.is_empty() {
-        let ms = mutations;
-        let text = |f: fn(&MutationRecord) -> &str| ms.iter().map(|m| f(m)).collect::<Vec<_>>();
-        let number = |f: fn(&MutationRecord) -> i64| ms.iter().map(|m| f(m)).collect::<Vec<_>>();
-        sqlx::query(
-                "INSERT INTO sluice_mutations (id, client, collection, key, op, fields, base_version, version_before,
-                     version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, queued_us, lane_waiting)
-                 SELECT id, client, collection, key, op, fields, base_version, version_before,
-                     version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, queued_us, lane_waiting
-                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::BIGINT[],
-                     $8::BIGINT[], $9::BIGINT[], $10::TEXT[], $11::BIGINT[], $12::DOUBLE PRECISION[], $13::BIGINT[],
-                     $14::BIGINT[], $15::BIGINT[], $16::BIGINT[], $17::BIGINT[])
-                   WITH ORDINALITY AS u(id, client, collection, key, op, fields, base_version, version_before,
-                     version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, queued_us, lane_waiting, n)
-                 ORDER BY n",
-            )
-            .bind(text(|m| &m.id))
-            .bind(text(|m| &m.client))
-            .bind(text(|m| &m.doc.collection))
-            .bind(text(|m| &m.doc.key))
-            .bind(text(|m| &m.op))
-            .bind(
-                ms.iter()
-                    .map(|m| serde_json::to_string(&m.fields).unwrap_or_else(|_| "[]".into()))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(ms.iter().map(|m| m.base_version.map(version_to_sql)).collect::<Vec<_>>())
-            .bind(number(|m| version_to_sql(m.version_before)))
-            .bind(number(|m| version_to_sql(m.version_after)))
-            .bind(text(|m| &m.outcome))
-            .bind(number(|m| i64::from(m.conflict)))
-            .bind(ms.iter().map(|m| m.score).collect::<Vec<_>>())
-            .bind(ms.iter().map(|m| m.ts_ms).collect::<Vec<_>>())
-            .bind(number(|m| m.received_ms))
-            .bind(number(|m| m.decided_ms))
-            .bind(number(|m| version_to_sql(m.queued_us)))
-            .bind(number(|m| version_to_sql(m.lane_waiting)))
-            .execute(&mut *tx)
-            .await?;
+        bind_mutations(
+            sqlx::query(sqlx::AssertSqlSafe(MUTATIONS_INSERT.as_str())),
+            mutations,
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     if !conflicts.is_empty() {
-        let cs = conflicts;
-        let text = |f: fn(&ConflictRecord) -> &str| cs.iter().map(|c| f(c)).collect::<Vec<_>>();
-        sqlx::query(
-                "INSERT INTO sluice_conflicts (mutation_id, client, collection, key, base_version, server_version,
-                     handler, resolution, reason, incoming, existing, result, at_ms)
-                 SELECT mutation_id, client, collection, key, base_version, server_version,
-                     handler, resolution, reason, incoming, existing, result, at_ms
-                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::TEXT[],
-                     $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::BIGINT[])
-                   WITH ORDINALITY AS u(mutation_id, client, collection, key, base_version, server_version,
-                     handler, resolution, reason, incoming, existing, result, at_ms, n)
-                 ORDER BY n",
-            )
-            .bind(text(|c| &c.mutation_id))
-            .bind(text(|c| &c.client))
-            .bind(text(|c| &c.doc.collection))
-            .bind(text(|c| &c.doc.key))
-            .bind(cs.iter().map(|c| version_to_sql(c.base_version)).collect::<Vec<_>>())
-            .bind(cs.iter().map(|c| version_to_sql(c.server_version)).collect::<Vec<_>>())
-            .bind(text(|c| &c.handler))
-            .bind(text(|c| c.resolution.as_str()))
-            .bind(text(|c| &c.reason))
-            .bind(cs.iter().map(|c| c.incoming.to_string()).collect::<Vec<_>>())
-            .bind(cs.iter().map(|c| c.existing.to_string()).collect::<Vec<_>>())
-            .bind(cs.iter().map(|c| c.result.to_string()).collect::<Vec<_>>())
-            .bind(cs.iter().map(|c| c.at_ms).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
+        bind_conflicts(
+            sqlx::query(sqlx::AssertSqlSafe(CONFLICTS_INSERT.as_str())),
+            conflicts,
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     Ok(())
 }

@@ -8,13 +8,12 @@ use super::{
     CommitOutcome, LaneCommit, StoreError, StoredReply, decode_item, encode_item, from_sql,
     sql_store, to_sql,
 };
-use crate::history::MutationRecord;
 use crate::model::{DocKey, Document};
-use crate::resolve::ConflictRecord;
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 /// Connections Sluice opens to PostgreSQL: reads of the lanes in flight plus
 /// the committer's one.
@@ -220,14 +219,12 @@ impl PostgresStore {
         Ok((found_docs, found_replies))
     }
 
-    /// The batch in one transaction: its lanes in a fixed number of
-    /// statements whatever their number (`commit_distinct`), then, when the
-    /// history lives here, the committed lanes' records. Two lanes of one
-    /// document (the engine never sends them; the order between them
-    /// matters) go in successive runs of distinct documents.
+    /// The batch in one statement, so in one round trip and its own
+    /// transaction (`commit_statement`). Two lanes of one document (the
+    /// engine never sends them; the order between them matters) go in
+    /// successive runs of distinct documents, inside one transaction.
     async fn commit_unnest(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut runs = Vec::new();
         let mut start = 0;
         while start < batch.len() {
             let mut seen: HashSet<&DocKey> = HashSet::new();
@@ -236,210 +233,224 @@ impl PostgresStore {
                     .iter()
                     .take_while(|lane| seen.insert(&lane.doc))
                     .count();
-            outcomes.extend(self.commit_distinct(&mut tx, &batch[start..end]).await?);
+            runs.push(&batch[start..end]);
             start = end;
         }
-        if self.history {
-            let committed = || {
-                batch
-                    .iter()
-                    .zip(&outcomes)
-                    .filter(|(_, outcome)| **outcome == CommitOutcome::Committed)
-                    .map(|(lane, _)| &lane.history)
-            };
-            let mutations: Vec<&MutationRecord> =
-                committed().flat_map(|h| h.mutations.iter()).collect();
-            let conflicts: Vec<&ConflictRecord> =
-                committed().flat_map(|h| h.conflicts.iter()).collect();
-            crate::history::insert_postgres_records(&mut tx, &mutations, &conflicts).await?;
+        if let [only] = runs.as_slice() {
+            let mut conn = self.writer.acquire().await?;
+            return self.commit_statement(&mut conn, only).await;
+        }
+        let mut tx = self.writer.begin().await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for run in runs {
+            outcomes.extend(self.commit_statement(&mut tx, run).await?);
         }
         tx.commit().await?;
         Ok(outcomes)
     }
 
-    /// Lanes of distinct documents: lock their rows in key order (two Sluice
-    /// processes cannot deadlock) and read their versions, then one
-    /// statement each for updates, inserts, replies and accept-log entries.
-    /// Round trips, not rows, are what a commit costs here.
-    async fn commit_distinct(
+    /// Lanes of distinct documents in one statement (see `COMMIT_SQL`):
+    /// their rows locked in key order (two Sluice processes cannot
+    /// deadlock), each lane committed only if its document still has the
+    /// expected version, and with it its replies, its accept-log deletions
+    /// and, when the history lives here, its history records. Round trips,
+    /// not rows, are what a commit costs here: this is one.
+    async fn commit_statement(
         &self,
-        tx: &mut sqlx::PgConnection,
+        conn: &mut sqlx::PgConnection,
         batch: &[LaneCommit],
     ) -> Result<Vec<CommitOutcome>, StoreError> {
-        let collections: Vec<&str> = batch.iter().map(|l| l.doc.collection.as_str()).collect();
-        let names: Vec<&str> = batch.iter().map(|l| l.doc.key.as_str()).collect();
-        let rows = sqlx::query(
-            "SELECT u.n, d.version FROM sluice_documents d
-             JOIN UNNEST($1::TEXT[], $2::TEXT[]) WITH ORDINALITY AS u(collection, key, n)
-               ON d.collection = u.collection AND d.key = u.key
-             ORDER BY d.collection, d.key FOR UPDATE OF d",
-        )
-        .bind(&collections)
-        .bind(&names)
-        .fetch_all(&mut *tx)
-        .await?;
-        // Each lane's current version, by its position in the batch (0: absent).
-        let mut current = vec![0u64; batch.len()];
-        for row in rows {
-            current[ordinal(&row, batch.len())?] = from_sql(row.try_get("version")?);
-        }
-        let mut outcomes: Vec<CommitOutcome> = batch
-            .iter()
-            .zip(&current)
-            .map(|(lane, version)| {
-                if *version == lane.expected_version {
-                    CommitOutcome::Committed
-                } else {
-                    CommitOutcome::Stale
-                }
-            })
-            .collect();
-
-        // Rows that exist are locked and current: every update sticks.
-        let updates: Vec<(&LaneCommit, &Document)> = batch
-            .iter()
-            .zip(&outcomes)
-            .filter(|(lane, outcome)| {
-                **outcome == CommitOutcome::Committed && lane.expected_version > 0
-            })
-            .filter_map(|(lane, _)| lane.write.as_ref().map(|w| (lane, w)))
-            .collect();
-        if !updates.is_empty() {
-            sqlx::query(
-                "UPDATE sluice_documents d
-                 SET version = u.version, item = u.item::json, updated_ms = u.at_ms
-                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[])
-                   AS u(collection, key, version, item, at_ms)
-                 WHERE d.collection = u.collection AND d.key = u.key",
-            )
-            .bind(
-                updates
-                    .iter()
-                    .map(|(l, _)| l.doc.collection.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                updates
-                    .iter()
-                    .map(|(l, _)| l.doc.key.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                updates
-                    .iter()
-                    .map(|(_, w)| to_sql(w.version))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                updates
-                    .iter()
-                    .map(|(_, w)| encode_item(w))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(updates.iter().map(|(l, _)| l.at_ms).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
-        // Absent rows have nothing to lock: an insert can lose to a
-        // concurrent one, and then its lane is stale.
-        let inserts: Vec<(usize, &Document)> = batch
+        // Lanes are numbered from 1 (`WITH ORDINALITY`); replies and records
+        // name their lane.
+        let lane_of = |i: usize| i64::try_from(i + 1).unwrap_or(i64::MAX);
+        let writes: Vec<Option<&Document>> = batch.iter().map(|l| l.write.as_ref()).collect();
+        let replies: Vec<(i64, &StoredReply)> = batch
             .iter()
             .enumerate()
-            .filter(|(i, lane)| {
-                outcomes[*i] == CommitOutcome::Committed && lane.expected_version == 0
-            })
-            .filter_map(|(i, lane)| lane.write.as_ref().map(|w| (i, w)))
+            .flat_map(|(i, lane)| lane.replies.iter().map(move |r| (lane_of(i), r)))
             .collect();
-        if !inserts.is_empty() {
-            let inserted = sqlx::query(
-                "INSERT INTO sluice_documents (collection, key, version, item, updated_ms)
-                 SELECT u.collection, u.key, u.version, u.item::json, u.at_ms
-                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[])
-                   AS u(collection, key, version, item, at_ms)
-                 ON CONFLICT (collection, key) DO NOTHING
-                 RETURNING collection, key",
-            )
+        let accepted: Vec<&(i64, &StoredReply)> =
+            replies.iter().filter(|(_, r)| r.was_accepted).collect();
+        let sql = if self.history {
+            COMMIT_WITH_HISTORY_SQL.as_str()
+        } else {
+            COMMIT_SQL.as_str()
+        };
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(
-                inserts
+                batch
                     .iter()
-                    .map(|(i, _)| batch[*i].doc.collection.as_str())
+                    .map(|l| l.doc.collection.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(batch.iter().map(|l| l.doc.key.as_str()).collect::<Vec<_>>())
+            .bind(
+                batch
+                    .iter()
+                    .map(|l| to_sql(l.expected_version))
                     .collect::<Vec<_>>(),
             )
             .bind(
-                inserts
+                writes
                     .iter()
-                    .map(|(i, _)| batch[*i].doc.key.as_str())
+                    .map(|w| w.map(|w| to_sql(w.version)))
                     .collect::<Vec<_>>(),
             )
             .bind(
-                inserts
+                writes
                     .iter()
-                    .map(|(_, w)| to_sql(w.version))
+                    .map(|w| w.and_then(encode_item))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(batch.iter().map(|l| l.at_ms).collect::<Vec<_>>())
+            .bind(replies.iter().map(|(lane, _)| *lane).collect::<Vec<_>>())
+            .bind(
+                replies
+                    .iter()
+                    .map(|(_, r)| r.client.as_str())
                     .collect::<Vec<_>>(),
             )
             .bind(
-                inserts
+                replies
                     .iter()
-                    .map(|(_, w)| encode_item(w))
+                    .map(|(_, r)| r.id.as_str())
                     .collect::<Vec<_>>(),
             )
             .bind(
-                inserts
+                replies
                     .iter()
-                    .map(|(i, _)| batch[*i].at_ms)
+                    .map(|(_, r)| to_sql(r.fingerprint))
                     .collect::<Vec<_>>(),
             )
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut won: HashSet<DocKey> = HashSet::with_capacity(inserted.len());
-            for row in inserted {
-                won.insert(DocKey::new(
-                    row.try_get::<String, _>("collection")?,
-                    row.try_get::<String, _>("key")?,
-                ));
-            }
-            for (i, _) in &inserts {
-                if !won.contains(&batch[*i].doc) {
-                    outcomes[*i] = CommitOutcome::Stale;
+            .bind(
+                replies
+                    .iter()
+                    .map(|(_, r)| i64::from(r.status))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                replies
+                    .iter()
+                    .map(|(_, r)| r.body.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(replies.iter().map(|(_, r)| r.at_ms).collect::<Vec<_>>())
+            .bind(accepted.iter().map(|(lane, _)| *lane).collect::<Vec<_>>())
+            .bind(
+                accepted
+                    .iter()
+                    .map(|(_, r)| r.client.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                accepted
+                    .iter()
+                    .map(|(_, r)| r.id.as_str())
+                    .collect::<Vec<_>>(),
+            );
+        let (mut mutation_lanes, mut mutations) = (Vec::new(), Vec::new());
+        let (mut conflict_lanes, mut conflicts) = (Vec::new(), Vec::new());
+        if self.history {
+            for (i, lane) in batch.iter().enumerate() {
+                for m in &lane.history.mutations {
+                    mutation_lanes.push(lane_of(i));
+                    mutations.push(m);
+                }
+                for c in &lane.history.conflicts {
+                    conflict_lanes.push(lane_of(i));
+                    conflicts.push(c);
                 }
             }
         }
-        let replies: Vec<&StoredReply> = batch
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, outcome)| **outcome == CommitOutcome::Committed)
-            .flat_map(|(lane, _)| &lane.replies)
-            .collect();
-        if !replies.is_empty() {
-            // Ordered by the batch, so event numbers follow decision order.
-            sqlx::query(
-                "INSERT INTO sluice_replies (client, id, fingerprint, status, body, at_ms)
-                 SELECT client, id, fingerprint, status, body, at_ms
-                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::BIGINT[])
-                 WITH ORDINALITY AS u(client, id, fingerprint, status, body, at_ms, n)
-                 ORDER BY n
-                 ON CONFLICT (client, id) DO NOTHING",
-            )
-            .bind(replies.iter().map(|r| r.client.as_str()).collect::<Vec<_>>())
-            .bind(replies.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-            .bind(replies.iter().map(|r| to_sql(r.fingerprint)).collect::<Vec<_>>())
-            .bind(replies.iter().map(|r| i64::from(r.status)).collect::<Vec<_>>())
-            .bind(replies.iter().map(|r| r.body.as_str()).collect::<Vec<_>>())
-            .bind(replies.iter().map(|r| r.at_ms).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-            let accepted: Vec<&&StoredReply> = replies.iter().filter(|r| r.was_accepted).collect();
-            if !accepted.is_empty() {
-                sqlx::query(
-                    "DELETE FROM sluice_accepted a USING UNNEST($1::TEXT[], $2::TEXT[]) AS u(client, id)
-                     WHERE a.client = u.client AND a.id = u.id",
-                )
-                .bind(accepted.iter().map(|r| r.client.as_str()).collect::<Vec<_>>())
-                .bind(accepted.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-                .execute(&mut *tx)
-                .await?;
-            }
+        let query = if self.history {
+            let query = crate::history::bind_mutations(query.bind(mutation_lanes), &mutations);
+            crate::history::bind_conflicts(query.bind(conflict_lanes), &conflicts)
+        } else {
+            query
+        };
+        let rows = query.fetch_all(&mut *conn).await?;
+        let mut outcomes = vec![CommitOutcome::Stale; batch.len()];
+        for row in rows {
+            outcomes[ordinal(&row, batch.len())?] = CommitOutcome::Committed;
         }
         Ok(outcomes)
     }
+}
+
+/// A batch's commit as one statement. `lane` lists the lanes (a NULL
+/// `version` for a lane that only rejects: its version is checked, nothing
+/// written). `locked` locks the rows that exist, in key order, and reads
+/// their current versions (a row changed since the statement's snapshot is
+/// read as it is now); `fit` keeps the lanes whose document has the expected
+/// version (0: absent). Updates of locked rows always stick; an insert can
+/// lose to a concurrent one (`ON CONFLICT DO NOTHING`), and then its lane is
+/// stale. `committed` is what stuck; replies, accept-log deletions and
+/// history records are kept for those lanes only, and the statement answers
+/// their numbers. Materialized CTEs run before the writes that read them, so
+/// every lock is taken, in order, before the first write.
+static COMMIT_SQL: LazyLock<String> = LazyLock::new(|| commit_sql(false));
+/// `COMMIT_SQL` that also inserts the committed lanes' history records.
+static COMMIT_WITH_HISTORY_SQL: LazyLock<String> = LazyLock::new(|| commit_sql(true));
+
+fn commit_sql(history: bool) -> String {
+    let filter = "u.lane IN (SELECT n FROM committed)";
+    let records = if history {
+        let (mutations, used) = crate::history::mutations_insert(17, Some(filter));
+        let (conflicts, _) = crate::history::conflicts_insert(17 + used, Some(filter));
+        format!(",\n         recorded AS ({mutations}),\n         conflicted AS ({conflicts})")
+    } else {
+        String::new()
+    };
+    format!(
+        "WITH lane AS MATERIALIZED (
+             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::BIGINT[])
+               WITH ORDINALITY AS l(collection, key, expected, version, item, at_ms, n)
+         ),
+         locked AS MATERIALIZED (
+             SELECT l.n, d.version FROM lane l
+             JOIN sluice_documents d ON d.collection = l.collection AND d.key = l.key
+             ORDER BY d.collection, d.key FOR UPDATE OF d
+         ),
+         fit AS MATERIALIZED (
+             SELECT l.* FROM lane l LEFT JOIN locked k ON k.n = l.n
+             WHERE COALESCE(k.version, 0) = l.expected
+         ),
+         updated AS (
+             UPDATE sluice_documents d
+             SET version = f.version, item = f.item::json, updated_ms = f.at_ms
+             FROM fit f
+             WHERE f.version IS NOT NULL AND f.expected > 0
+               AND d.collection = f.collection AND d.key = f.key
+             RETURNING f.n
+         ),
+         inserted AS (
+             INSERT INTO sluice_documents (collection, key, version, item, updated_ms)
+             SELECT f.collection, f.key, f.version, f.item::json, f.at_ms FROM fit f
+             WHERE f.version IS NOT NULL AND f.expected = 0
+             ON CONFLICT (collection, key) DO NOTHING
+             RETURNING collection, key
+         ),
+         committed AS MATERIALIZED (
+             SELECT n FROM updated
+             UNION ALL
+             SELECT f.n FROM fit f JOIN inserted i ON i.collection = f.collection AND i.key = f.key
+             UNION ALL
+             SELECT f.n FROM fit f WHERE f.version IS NULL
+         ),
+         replied AS (
+             INSERT INTO sluice_replies (client, id, fingerprint, status, body, at_ms)
+             SELECT client, id, fingerprint, status, body, at_ms
+             FROM UNNEST($7::BIGINT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::BIGINT[], $12::TEXT[], $13::BIGINT[])
+               WITH ORDINALITY AS u(lane, client, id, fingerprint, status, body, at_ms, n)
+             WHERE u.lane IN (SELECT n FROM committed)
+             ORDER BY n
+             ON CONFLICT (client, id) DO NOTHING
+         ),
+         unaccepted AS (
+             DELETE FROM sluice_accepted a
+             USING UNNEST($14::BIGINT[], $15::TEXT[], $16::TEXT[]) AS u(lane, client, id)
+             WHERE u.lane IN (SELECT n FROM committed) AND a.client = u.client AND a.id = u.id
+         ){records}
+         SELECT n FROM committed"
+    )
 }
