@@ -233,7 +233,14 @@ struct Queued {
     /// Taken by the learner once the mutation is decided.
     scored: Option<Scored>,
     answer: oneshot::Sender<Reply>,
+    /// The store's answer to "was this mutation decided before?", asked when
+    /// it was queued and awaited by its lane together with the document read
+    /// (`settle_resends`); `None` when it was asked before queueing.
+    resent: Option<ResendCheck>,
 }
+
+/// A stored reply looked up in the background.
+type ResendCheck = tokio::task::JoinHandle<Result<Option<StoredReply>, StoreError>>;
 
 struct Lanes {
     queue: Queue<Queued>,
@@ -454,13 +461,15 @@ impl Engine {
         };
         let received_ms = inner.clock.now_ms();
         let id = mutation.id.clone();
-        let guard = match self.claim(&mutation, true).await {
+        let guard = match self.claim(&mutation, true, false).await {
             Claim::Answered(reply) => return reply,
             Claim::Waiting(rx) => return self.await_answer(rx, &id).await,
             Claim::Fresh(guard) => guard,
         };
         let doc = mutation.doc.clone();
-        let (queued, rank, rx) = self.prepare(mutation, received_ms);
+        let check = self.check_resent(&mutation);
+        let (mut queued, rank, rx) = self.prepare(mutation, received_ms);
+        queued.resent = Some(check);
         let admitted = lock(&inner.lanes).queue.admit(&doc, queued, rank);
         if let Err(refusal) = admitted {
             let reply = inner.refuse(refusal_reply(refusal, &doc), 1);
@@ -500,7 +509,7 @@ impl Engine {
     async fn accept_logged(&self, mutation: Mutation, log: bool) -> Reply {
         let inner = &self.inner;
         let received_ms = inner.clock.now_ms();
-        let guard = match self.claim(&mutation, false).await {
+        let guard = match self.claim(&mutation, false, true).await {
             Claim::Answered(reply) => return reply,
             // A synchronous request for the same mutation is deciding it: it
             // is as good as queued.
@@ -637,12 +646,14 @@ impl Engine {
         let mut slots = Vec::with_capacity(mutations.len());
         for mutation in mutations {
             let id = mutation.id.clone();
-            slots.push(match self.claim(&mutation, true).await {
+            slots.push(match self.claim(&mutation, true, false).await {
                 Claim::Answered(reply) => Slot::Answered(reply),
                 Claim::Waiting(rx) => Slot::Waiting(rx, id),
                 Claim::Fresh(guard) => {
                     let doc = mutation.doc.clone();
-                    let (queued, rank, rx) = self.prepare(mutation, received_ms);
+                    let check = self.check_resent(&mutation);
+                    let (mut queued, rank, rx) = self.prepare(mutation, received_ms);
+                    queued.resent = Some(check);
                     Slot::Admit(guard, doc, Box::new(queued), rank, rx, id)
                 }
             });
@@ -727,7 +738,12 @@ impl Engine {
     /// Reserves `(client, id)`: a resend of a mutation in flight waits for its
     /// answer; a resend of a decided one gets the stored answer; the same id
     /// with another body is refused; otherwise the caller holds the reservation.
-    async fn claim(&self, mutation: &Mutation, wait: bool) -> Claim<'_> {
+    /// Without `check_store`, whether it was decided before (in another
+    /// process, or before a restart) is the caller's to ask (`check_resent`):
+    /// a synchronous mutation asks while it waits in its lane, so the lookup
+    /// and the document read share a round trip instead of following each
+    /// other.
+    async fn claim(&self, mutation: &Mutation, wait: bool, check_store: bool) -> Claim<'_> {
         let inner = &self.inner;
         let reservation = (mutation.client_name().to_owned(), mutation.id.clone());
         let in_flight: Option<Result<oneshot::Receiver<Reply>, Reply>> = {
@@ -779,6 +795,9 @@ impl Engine {
             inner,
             reservation: Some(reservation.clone()),
         };
+        if !check_store {
+            return Claim::Fresh(guard);
+        }
         // Under the reservation, a stored reply cannot appear behind our back:
         // only the holder of the reservation can store one.
         match inner.reads.reply(&reservation.0, &reservation.1).await {
@@ -803,6 +822,15 @@ impl Engine {
                 Claim::Answered(reply)
             }
         }
+    }
+
+    /// Starts looking up a stored reply of the mutation (a resend of one
+    /// decided before). Asked under the reservation, so no reply can appear
+    /// behind it: only the holder of the reservation stores one.
+    fn check_resent(&self, mutation: &Mutation) -> ResendCheck {
+        let reads = self.inner.reads.clone();
+        let (client, id) = (mutation.client_name().to_owned(), mutation.id.clone());
+        tokio::spawn(async move { reads.reply(&client, &id).await })
     }
 
     /// Scores the mutation (now, before anything about its outcome exists)
@@ -843,6 +871,7 @@ impl Engine {
             accepted: false,
             scored,
             answer: tx,
+            resent: None,
         };
         (queued, rank, rx)
     }
@@ -1408,15 +1437,25 @@ struct Decided {
     conflicts: Vec<ConflictRecord>,
 }
 
-async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
+async fn run_lane(inner: Arc<Inner>, doc: DocKey, batch: Vec<Queued>) {
+    // Every mutation taken from the queue, resends answered early included.
     let settled = batch.len();
+    let (mut batch, first_read) = settle_resends(&inner, &doc, batch).await;
     let now = inner.clock.elapsed();
     inner.telemetry.dispatched(
-        settled,
+        batch.len(),
         batch.iter().map(|q| now.saturating_sub(q.admitted_at)),
         batch.iter().map(|q| q.score),
     );
-    let decided = decide_lane(&inner, &doc, &batch).await;
+    let decided = if batch.is_empty() {
+        Ok(Decided {
+            replies: Vec::new(),
+            mutations: Vec::new(),
+            conflicts: Vec::new(),
+        })
+    } else {
+        decide_lane(&inner, &doc, &batch, first_read).await
+    };
     if let Ok(decided) = &decided {
         // The outcomes teach the predictor, each through its own score's token.
         let mut predictor = lock(&inner.predictor);
@@ -1434,14 +1473,14 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
         lock(&inner.control).on_outcomes(decided.mutations.len(), conflicts);
         let since = inner
             .outcomes_since_retrain
-            .fetch_add(settled as u64, Ordering::Relaxed)
-            + settled as u64;
+            .fetch_add(batch.len() as u64, Ordering::Relaxed)
+            + batch.len() as u64;
         if since >= inner.config.predictor.retrain_after_outcomes {
             inner.outcomes_since_retrain.store(0, Ordering::Relaxed);
             inner.retrain_wanted.notify_one();
         }
         let learned = predictor.learned();
-        if learned > 0 && learned % QUALITY_LOG_EVERY < settled as u64 {
+        if learned > 0 && learned % QUALITY_LOG_EVERY < batch.len() as u64 {
             let report = predictor.report();
             info!(
                 learned,
@@ -1480,7 +1519,7 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
             }
             decided.replies
         }
-        Err(reply) => vec![inner.refuse(reply, settled); settled],
+        Err(reply) => vec![inner.refuse(reply, batch.len()); batch.len()],
     };
     for (queued, reply) in batch.into_iter().zip(replies) {
         let reservation = (
@@ -1492,15 +1531,89 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
     }
 }
 
-/// Reads, decides every mutation of the batch in order, and commits; again
-/// from the read when a writer that bypassed Sluice moved the version.
-async fn decide_lane(inner: &Inner, doc: &DocKey, batch: &[Queued]) -> Result<Decided, Reply> {
+/// The document, read at the same time as the lane's resend checks are
+/// awaited (they share a read batch), and when it was asked for.
+type FirstRead = Option<(Duration, Result<Document, StoreError>)>;
+
+/// Answers the mutations of the lane that turn out to be resends of ones
+/// decided before, from their stored replies (422 if the body differs), and
+/// returns the others, with the document read while waiting for the checks.
+async fn settle_resends(
+    inner: &Inner,
+    doc: &DocKey,
+    mut batch: Vec<Queued>,
+) -> (Vec<Queued>, FirstRead) {
+    let checks: Vec<Option<ResendCheck>> = batch.iter_mut().map(|q| q.resent.take()).collect();
+    if checks.iter().all(Option::is_none) {
+        return (batch, None);
+    }
+    let read_started = inner.clock.elapsed();
+    let (read, found) = tokio::join!(inner.reads.document(doc), async {
+        let mut found = Vec::with_capacity(checks.len());
+        // A lookup that does not answer holds the lane no longer than a
+        // client waits for its answer.
+        let bound = inner.config.decide_timeout;
+        for check in checks {
+            found.push(match check {
+                None => Ok(None),
+                Some(mut check) => match tokio::time::timeout(bound, &mut check).await {
+                    Ok(done) => done.unwrap_or_else(|e| {
+                        Err(StoreError::Unavailable(format!(
+                            "looking up a stored reply failed: {e}"
+                        )))
+                    }),
+                    Err(_) => {
+                        check.abort();
+                        Err(StoreError::Unavailable(
+                            "looking up a stored reply took too long".into(),
+                        ))
+                    }
+                },
+            });
+        }
+        found
+    });
+    let mut fresh = Vec::with_capacity(batch.len());
+    for (queued, found) in batch.into_iter().zip(found) {
+        let m = &queued.mutation;
+        let reply = match found {
+            Ok(None) => {
+                fresh.push(queued);
+                continue;
+            }
+            Ok(Some(stored)) if stored.fingerprint == m.fingerprint => Reply {
+                status: stored.status,
+                body: stored.body,
+                retry_after_s: None,
+                code: None,
+            },
+            Ok(Some(_)) => inner.refuse(reused_key(&m.id), 1),
+            Err(e) => inner.refuse(store_error_reply(&e), 1),
+        };
+        let reservation = (m.client_name().to_owned(), m.id.clone());
+        inner.release(&reservation, &reply);
+        let _ = queued.answer.send(reply);
+    }
+    (fresh, Some((read_started, read)))
+}
+
+/// Reads (unless the lane's first read came with its resend checks),
+/// decides every mutation of the batch in order, and commits; again from
+/// the read when a writer that bypassed Sluice moved the version.
+async fn decide_lane(
+    inner: &Inner,
+    doc: &DocKey,
+    batch: &[Queued],
+    mut first_read: FirstRead,
+) -> Result<Decided, Reply> {
     let config = inner.collection(&doc.collection);
     let dispatched_at = inner.clock.elapsed();
     let doc_label = format!("{}/{}", doc.collection, doc.key);
     for attempt in 0..=CAS_RETRIES_MAX {
-        let read_started = inner.clock.elapsed();
-        let read = inner.reads.document(doc).await;
+        let (read_started, read) = match first_read.take() {
+            Some(first) => first,
+            None => (inner.clock.elapsed(), inner.reads.document(doc).await),
+        };
         inner.observe_store(read_started, false, 1, read.is_ok());
         let current = read.map_err(|e| store_error_reply(&e))?;
         let current_version = current.version;

@@ -99,24 +99,46 @@ fn body(reply: &sluice::dispatch::Reply) -> Value {
     serde_json::from_str(&reply.body).expect("JSON")
 }
 
+/// A synchronous mutation's resend check runs while it waits in its lane. A
+/// lookup that never answers holds neither the lane nor the id for longer
+/// than a client waits: the mutation is answered 503 ("resend with the same
+/// id"), and its resend, once the store answers again, is decided once.
 #[tokio::test]
-async fn a_request_abandoned_before_queueing_frees_its_id() {
+async fn a_stalled_resend_check_frees_its_lane_and_its_id() {
     let store = Arc::new(Unruly::default());
-    let engine = engine(store.clone()).await;
+    let clock: SharedClock = SystemClock::shared();
+    let engine = Engine::start(
+        store.clone(),
+        Arc::new(MemoryHistory::new()),
+        Resolver::new(clock.clone(), ScriptLimits::default()),
+        clock,
+        EngineConfig {
+            decide_timeout: Duration::from_millis(200),
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .expect("engine");
     store.stall_lookups.store(true, Ordering::SeqCst);
-    let abandoned =
-        tokio::time::timeout(Duration::from_millis(50), engine.submit(patch("m1", None))).await;
-    assert!(
-        abandoned.is_err(),
-        "the lookup stalls, so the request is dropped mid-way"
-    );
-    store.stall_lookups.store(false, Ordering::SeqCst);
-    let reply = tokio::time::timeout(Duration::from_secs(5), engine.submit(patch("m1", None)))
+    let stalled = tokio::time::timeout(Duration::from_secs(5), engine.submit(patch("m1", None)))
         .await
-        .expect("the resend is not stuck behind the dropped request");
+        .expect("a client never waits past its time-out");
+    assert_eq!(stalled.status, 503, "{}", stalled.body);
+    store.stall_lookups.store(false, Ordering::SeqCst);
+    let mut reply = stalled;
+    for _ in 0..20 {
+        reply = tokio::time::timeout(Duration::from_secs(5), engine.submit(patch("m1", None)))
+            .await
+            .expect("the resend is not stuck behind the stalled lookup");
+        if reply.status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         (reply.status, body(&reply)["version"].clone()),
-        (200, json!(1))
+        (200, json!(1)),
+        "decided once"
     );
     assert_eq!(engine.stats().queue_depth, 0);
 }
