@@ -8,7 +8,7 @@
 //! `queue.queue_len_max`. `SLUICE_TEST_*` is left to the test suite.
 
 use crate::dispatch::{
-    COMMIT_BATCH_MAX_DEFAULT, DECIDE_TIMEOUT_MS_DEFAULT, EngineConfig,
+    COMMIT_BATCH_MAX_DEFAULT, DECIDE_TIMEOUT_MS_DEFAULT, DOCUMENT_CACHE_MB_DEFAULT, EngineConfig,
     IDEMPOTENCY_RETENTION_HOURS_DEFAULT, LANES_IN_FLIGHT_MAX_DEFAULT, LATENCY_TARGET_MS_DEFAULT,
     PRIORITY_BOOST_MS_DEFAULT, QUEUE_WAIT_MAX_MS_DEFAULT,
 };
@@ -77,6 +77,10 @@ pub struct QueueConfig {
     /// the limit while mutations stay longer than this on average; 0 turns
     /// the door off.
     pub queue_wait_max_ms: u64,
+    /// Documents as Sluice last committed them, kept so the next lane of a
+    /// document starts without a store read (its commit still checks the
+    /// version); 0 turns the cache off.
+    pub document_cache_mb: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -116,6 +120,7 @@ impl Default for QueueConfig {
             priority_boost_ms: PRIORITY_BOOST_MS_DEFAULT,
             latency_target_ms: LATENCY_TARGET_MS_DEFAULT,
             queue_wait_max_ms: QUEUE_WAIT_MAX_MS_DEFAULT,
+            document_cache_mb: DOCUMENT_CACHE_MB_DEFAULT,
         }
     }
 }
@@ -265,6 +270,7 @@ impl Config {
             priority_boost_ms: q.priority_boost_ms,
             latency_target_ms: q.latency_target_ms,
             queue_wait_max_ms: q.queue_wait_max_ms,
+            document_cache_bytes: q.document_cache_mb.saturating_mul(1 << 20),
             sample_host: true,
             predictor: self.predictor.clone(),
         }

@@ -19,6 +19,7 @@
 //! Invariants: an answer is sent only after its reply is committed with the
 //! write it describes; one worker per key; in-flight lanes ≤ the limit.
 
+mod cache;
 pub mod control;
 mod reads;
 pub mod reply;
@@ -51,6 +52,8 @@ pub const LANES_IN_FLIGHT_MAX_DEFAULT: usize = 64;
 pub const COMMIT_BATCH_MAX_DEFAULT: usize = 256;
 /// How long a client's request waits for its mutation to be decided.
 pub const DECIDE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// The cache of committed documents, in MiB.
+pub const DOCUMENT_CACHE_MB_DEFAULT: usize = 64;
 /// How long stored replies are kept for resends; the contract promises 24 h.
 pub const IDEMPOTENCY_RETENTION_HOURS_DEFAULT: u64 = 48;
 /// The store latency the concurrency controller aims under: a commit (one
@@ -88,6 +91,9 @@ pub struct EngineConfig {
     /// and lowers the limit while mutations stay longer than this on
     /// average; 0: no door.
     pub queue_wait_max_ms: u64,
+    /// The budget of the cache of committed documents; 0: no cache, every
+    /// lane reads the store.
+    pub document_cache_bytes: usize,
     /// Sample the host's CPU and memory (off in tests that set them).
     pub sample_host: bool,
     pub predictor: PredictorConfig,
@@ -109,6 +115,7 @@ impl Default for EngineConfig {
             priority_boost_ms: PRIORITY_BOOST_MS_DEFAULT,
             latency_target_ms: LATENCY_TARGET_MS_DEFAULT,
             queue_wait_max_ms: QUEUE_WAIT_MAX_MS_DEFAULT,
+            document_cache_bytes: DOCUMENT_CACHE_MB_DEFAULT << 20,
             sample_host: true,
             predictor: PredictorConfig::default(),
         }
@@ -233,14 +240,7 @@ struct Queued {
     /// Taken by the learner once the mutation is decided.
     scored: Option<Scored>,
     answer: oneshot::Sender<Reply>,
-    /// The store's answer to "was this mutation decided before?", asked when
-    /// it was queued and awaited by its lane together with the document read
-    /// (`settle_resends`); `None` when it was asked before queueing.
-    resent: Option<ResendCheck>,
 }
-
-/// A stored reply looked up in the background.
-type ResendCheck = tokio::task::JoinHandle<Result<Option<StoredReply>, StoreError>>;
 
 struct Lanes {
     queue: Queue<Queued>,
@@ -257,9 +257,9 @@ struct Reservation {
 
 struct CommitJob {
     commit: LaneCommit,
-    /// The outcome, and the lane's history records handed back (they ride
-    /// with the commit for a store that writes them, and are not copied).
-    done: oneshot::Sender<(Result<CommitOutcome, StoreError>, LaneHistory)>,
+    /// The outcome, and the lane handed back: its end state and history
+    /// records ride with the commit and are not copied.
+    done: oneshot::Sender<(Result<CommitOutcome, StoreError>, LaneCommit)>,
 }
 
 struct HistoryJob {
@@ -291,6 +291,8 @@ struct Inner {
     in_system: AtomicUsize,
     door: Mutex<Door>,
     reads: reads::Reads,
+    /// What Sluice last committed, so lanes start without a store read.
+    cache: cache::DocCache,
     retrain_wanted: Notify,
     /// Bumped after every commit, so event streams know to look.
     events: tokio::sync::watch::Sender<u64>,
@@ -337,6 +339,7 @@ impl Engine {
             }
         }
         let queue_len_max = config.queue.queue_len_max;
+        let cache = cache::DocCache::new(config.document_cache_bytes);
         let reads_store = store.clone();
         let (commit_tx, commit_rx) = mpsc::channel(PIPELINE_CHANNEL_LEN);
         let (history_tx, history_rx) = mpsc::channel(PIPELINE_CHANNEL_LEN);
@@ -371,6 +374,7 @@ impl Engine {
             in_system: AtomicUsize::new(0),
             door: Mutex::new(Door::new(queue_len_max)),
             reads: reads::Reads::start(reads_store),
+            cache,
             retrain_wanted: Notify::new(),
             events: tokio::sync::watch::Sender::new(0),
             telemetry,
@@ -467,9 +471,7 @@ impl Engine {
             Claim::Fresh(guard) => guard,
         };
         let doc = mutation.doc.clone();
-        let check = self.check_resent(&mutation);
-        let (mut queued, rank, rx) = self.prepare(mutation, received_ms);
-        queued.resent = Some(check);
+        let (queued, rank, rx) = self.prepare(mutation, received_ms);
         let admitted = lock(&inner.lanes).queue.admit(&doc, queued, rank);
         if let Err(refusal) = admitted {
             let reply = inner.refuse(refusal_reply(refusal, &doc), 1);
@@ -651,9 +653,7 @@ impl Engine {
                 Claim::Waiting(rx) => Slot::Waiting(rx, id),
                 Claim::Fresh(guard) => {
                     let doc = mutation.doc.clone();
-                    let check = self.check_resent(&mutation);
-                    let (mut queued, rank, rx) = self.prepare(mutation, received_ms);
-                    queued.resent = Some(check);
+                    let (queued, rank, rx) = self.prepare(mutation, received_ms);
                     Slot::Admit(guard, doc, Box::new(queued), rank, rx, id)
                 }
             });
@@ -739,10 +739,10 @@ impl Engine {
     /// answer; a resend of a decided one gets the stored answer; the same id
     /// with another body is refused; otherwise the caller holds the reservation.
     /// Without `check_store`, whether it was decided before (in another
-    /// process, or before a restart) is the caller's to ask (`check_resent`):
-    /// a synchronous mutation asks while it waits in its lane, so the lookup
-    /// and the document read share a round trip instead of following each
-    /// other.
+    /// process, or before a restart) is found by its lane's commit, which
+    /// writes nothing for a lane with a mutation already answered
+    /// (`CommitOutcome::Resent`): a synchronous mutation costs no store read
+    /// before it is queued.
     async fn claim(&self, mutation: &Mutation, wait: bool, check_store: bool) -> Claim<'_> {
         let inner = &self.inner;
         let reservation = (mutation.client_name().to_owned(), mutation.id.clone());
@@ -824,15 +824,6 @@ impl Engine {
         }
     }
 
-    /// Starts looking up a stored reply of the mutation (a resend of one
-    /// decided before). Asked under the reservation, so no reply can appear
-    /// behind it: only the holder of the reservation stores one.
-    fn check_resent(&self, mutation: &Mutation) -> ResendCheck {
-        let reads = self.inner.reads.clone();
-        let (client, id) = (mutation.client_name().to_owned(), mutation.id.clone());
-        tokio::spawn(async move { reads.reply(&client, &id).await })
-    }
-
     /// Scores the mutation (now, before anything about its outcome exists)
     /// and wraps it for its lane, with its rank and the receiver of its answer.
     fn prepare(
@@ -871,7 +862,6 @@ impl Engine {
             accepted: false,
             scored,
             answer: tx,
-            resent: None,
         };
         (queued, rank, rx)
     }
@@ -1292,20 +1282,20 @@ impl Inner {
         }
     }
 
-    /// Commits one lane through the group committer. The lane's history
-    /// records come back with the outcome, whatever it is; `None` if the
-    /// committer has stopped (with the records).
+    /// Commits one lane through the group committer. The lane comes back
+    /// with the outcome, whatever it is; `None` if the committer stopped
+    /// with it.
     async fn commit(
         &self,
         commit: LaneCommit,
-    ) -> (Result<CommitOutcome, StoreError>, Option<LaneHistory>) {
+    ) -> (Result<CommitOutcome, StoreError>, Option<LaneCommit>) {
         let stopped = || StoreError::Unavailable("the committer has stopped".into());
         let (done, rx) = oneshot::channel();
         if let Err(refused) = self.commit_tx.send(CommitJob { commit, done }).await {
-            return (Err(stopped()), Some(refused.0.commit.history));
+            return (Err(stopped()), Some(refused.0.commit));
         }
         match rx.await {
-            Ok((outcome, history)) => (outcome, Some(history)),
+            Ok((outcome, lane)) => (outcome, Some(lane)),
             Err(_) => (Err(stopped()), None),
         }
     }
@@ -1431,31 +1421,55 @@ async fn sample_board(inner: Arc<Inner>) {
 }
 
 /// What one batch ended as.
+#[derive(Default)]
 struct Decided {
     replies: Vec<Reply>,
     mutations: Vec<MutationRecord>,
     conflicts: Vec<ConflictRecord>,
 }
 
-async fn run_lane(inner: Arc<Inner>, doc: DocKey, batch: Vec<Queued>) {
+/// Rounds of "the commit found resends; answer them and decide the rest"
+/// before a lane gives up: a stored reply cannot disappear between the
+/// commit that saw it and the lookup, short of expiring in that instant.
+const RESEND_ROUNDS_MAX: usize = 3;
+
+fn resend_loop() -> Reply {
+    Reply::error(
+        503,
+        "store_contention",
+        "the lane's commits kept finding stored replies its lookups did not; nothing was applied, resend with the same id",
+    )
+}
+
+async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
     // Every mutation taken from the queue, resends answered early included.
     let settled = batch.len();
-    let (mut batch, first_read) = settle_resends(&inner, &doc, batch).await;
-    let now = inner.clock.elapsed();
+    let dispatched_at = inner.clock.elapsed();
+    let mut decided = Err(resend_loop());
+    for _ in 0..RESEND_ROUNDS_MAX {
+        if batch.is_empty() {
+            decided = Ok(Decided::default());
+            break;
+        }
+        match decide_lane(&inner, &doc, &batch).await {
+            Ok(Some(done)) => {
+                decided = Ok(done);
+                break;
+            }
+            Ok(None) => batch = settle_resends(&inner, batch).await,
+            Err(reply) => {
+                decided = Err(reply);
+                break;
+            }
+        }
+    }
     inner.telemetry.dispatched(
         batch.len(),
-        batch.iter().map(|q| now.saturating_sub(q.admitted_at)),
+        batch
+            .iter()
+            .map(|q| dispatched_at.saturating_sub(q.admitted_at)),
         batch.iter().map(|q| q.score),
     );
-    let decided = if batch.is_empty() {
-        Ok(Decided {
-            replies: Vec::new(),
-            mutations: Vec::new(),
-            conflicts: Vec::new(),
-        })
-    } else {
-        decide_lane(&inner, &doc, &batch, first_read).await
-    };
     if let Ok(decided) = &decided {
         // The outcomes teach the predictor, each through its own score's token.
         let mut predictor = lock(&inner.predictor);
@@ -1531,48 +1545,21 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, batch: Vec<Queued>) {
     }
 }
 
-/// The document, read at the same time as the lane's resend checks are
-/// awaited (they share a read batch), and when it was asked for.
-type FirstRead = Option<(Duration, Result<Document, StoreError>)>;
-
-/// Answers the mutations of the lane that turn out to be resends of ones
-/// decided before, from their stored replies (422 if the body differs), and
-/// returns the others, with the document read while waiting for the checks.
-async fn settle_resends(
-    inner: &Inner,
-    doc: &DocKey,
-    mut batch: Vec<Queued>,
-) -> (Vec<Queued>, FirstRead) {
-    let checks: Vec<Option<ResendCheck>> = batch.iter_mut().map(|q| q.resent.take()).collect();
-    if checks.iter().all(Option::is_none) {
-        return (batch, None);
-    }
-    let read_started = inner.clock.elapsed();
-    let (read, found) = tokio::join!(inner.reads.document(doc), async {
-        let mut found = Vec::with_capacity(checks.len());
-        // A lookup that does not answer holds the lane no longer than a
-        // client waits for its answer.
-        let bound = inner.config.decide_timeout;
-        for check in checks {
-            found.push(match check {
-                None => Ok(None),
-                Some(mut check) => match tokio::time::timeout(bound, &mut check).await {
-                    Ok(done) => done.unwrap_or_else(|e| {
-                        Err(StoreError::Unavailable(format!(
-                            "looking up a stored reply failed: {e}"
-                        )))
-                    }),
-                    Err(_) => {
-                        check.abort();
-                        Err(StoreError::Unavailable(
-                            "looking up a stored reply took too long".into(),
-                        ))
-                    }
-                },
-            });
+/// Answers the mutations of the lane that were decided before (their commit
+/// found their replies stored) from those replies (422 if the body differs),
+/// and returns the others. Each lookup waits no longer than a client does.
+async fn settle_resends(inner: &Inner, batch: Vec<Queued>) -> Vec<Queued> {
+    let bound = inner.config.decide_timeout;
+    let lookups = batch.iter().map(|q| async move {
+        let m = &q.mutation;
+        match tokio::time::timeout(bound, inner.reads.reply(m.client_name(), &m.id)).await {
+            Ok(found) => found,
+            Err(_) => Err(StoreError::Unavailable(
+                "looking up a stored reply took too long".into(),
+            )),
         }
-        found
     });
+    let found = futures_util::future::join_all(lookups).await;
     let mut fresh = Vec::with_capacity(batch.len());
     for (queued, found) in batch.into_iter().zip(found) {
         let m = &queued.mutation;
@@ -1594,28 +1581,37 @@ async fn settle_resends(
         inner.release(&reservation, &reply);
         let _ = queued.answer.send(reply);
     }
-    (fresh, Some((read_started, read)))
+    fresh
 }
 
-/// Reads (unless the lane's first read came with its resend checks),
-/// decides every mutation of the batch in order, and commits; again from
-/// the read when a writer that bypassed Sluice moved the version.
+/// Reads the document (from the cache of what Sluice last committed, else
+/// the store), decides every mutation of the batch in order, and commits;
+/// again from a store read when a writer that bypassed Sluice moved the
+/// version. `None`: the commit found mutations of the batch decided before,
+/// and wrote nothing.
 async fn decide_lane(
     inner: &Inner,
     doc: &DocKey,
     batch: &[Queued],
-    mut first_read: FirstRead,
-) -> Result<Decided, Reply> {
+) -> Result<Option<Decided>, Reply> {
     let config = inner.collection(&doc.collection);
     let dispatched_at = inner.clock.elapsed();
     let doc_label = format!("{}/{}", doc.collection, doc.key);
     for attempt in 0..=CAS_RETRIES_MAX {
-        let (read_started, read) = match first_read.take() {
-            Some(first) => first,
-            None => (inner.clock.elapsed(), inner.reads.document(doc).await),
+        let cached = if attempt == 0 {
+            inner.cache.get(doc)
+        } else {
+            None
         };
-        inner.observe_store(read_started, false, 1, read.is_ok());
-        let current = read.map_err(|e| store_error_reply(&e))?;
+        let current = match cached {
+            Some(cached) => cached,
+            None => {
+                let read_started = inner.clock.elapsed();
+                let read = inner.reads.document(doc).await;
+                inner.observe_store(read_started, false, 1, read.is_ok());
+                read.map_err(|e| store_error_reply(&e))?
+            }
+        };
         let current_version = current.version;
         // Each mutation is decided against the state the previous one left;
         // only the last state is written.
@@ -1638,11 +1634,7 @@ async fn decide_lane(
             state = after;
         }
         let decided_ms = inner.clock.now_ms();
-        let mut decided = Decided {
-            replies: Vec::new(),
-            mutations: Vec::new(),
-            conflicts: Vec::new(),
-        };
+        let mut decided = Decided::default();
         let mut stored = Vec::with_capacity(batch.len());
         let mut before = current_version;
         for (queued, (verdict, version_after, conflict)) in batch.iter().zip(steps) {
@@ -1692,7 +1684,12 @@ async fn decide_lane(
             before = version_after;
             decided.replies.push(reply);
         }
-        let write = (state.version != current_version).then_some(state);
+        // A lane that wrote nothing leaves the document as it was read.
+        let (write, unchanged) = if state.version != current_version {
+            (Some(state), None)
+        } else {
+            (None, Some(state))
+        };
         let commit = LaneCommit {
             doc: doc.clone(),
             expected_version: current_version,
@@ -1704,17 +1701,30 @@ async fn decide_lane(
                 conflicts: std::mem::take(&mut decided.conflicts),
             },
         };
-        let (committed, history) = inner.commit(commit).await;
-        if let Some(history) = history {
-            decided.mutations = history.mutations;
-            decided.conflicts = history.conflicts;
+        let (committed, lane) = inner.commit(commit).await;
+        let mut written = None;
+        if let Some(lane) = lane {
+            decided.mutations = lane.history.mutations;
+            decided.conflicts = lane.history.conflicts;
+            written = lane.write;
         }
         match committed {
             Ok(CommitOutcome::Committed) => {
+                // The reply of the lane's last mutation carries the document
+                // as it now is: its length estimates the entry's size.
+                let size = decided.replies.last().map_or(0, |r| r.body.len());
+                if let Some(end) = written.or(unchanged) {
+                    inner.cache.put(doc, end, size);
+                }
                 observe_decided(inner, &config, &decided);
-                return Ok(decided);
+                return Ok(Some(decided));
+            }
+            Ok(CommitOutcome::Resent) => {
+                inner.cache.forget(doc);
+                return Ok(None);
             }
             Ok(CommitOutcome::Stale) => {
+                inner.cache.forget(doc);
                 inner.commits_stale.fetch_add(1, Ordering::Relaxed);
                 inner.telemetry.commit_stale();
                 debug!(id = %lane_ids(batch), collection = %doc.collection, key = %doc.key, attempt, "version moved under the batch; deciding again");
@@ -1722,6 +1732,7 @@ async fn decide_lane(
                 tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(6)) * 2)).await;
             }
             Err(e) => {
+                inner.cache.forget(doc);
                 warn!(id = %lane_ids(batch), collection = %doc.collection, key = %doc.key, error = %e, "store commit failed");
                 return Err(store_error_reply(&e));
             }
@@ -1801,16 +1812,15 @@ async fn committer(inner: Arc<Inner>, mut rx: mpsc::Receiver<CommitJob>) {
         if result.is_ok() {
             inner.events.send_modify(|n| *n = n.wrapping_add(1));
         }
-        let histories = commits.into_iter().map(|c| c.history);
         match result {
             Ok(outcomes) => {
-                for ((done, outcome), history) in waiters.into_iter().zip(outcomes).zip(histories) {
-                    let _ = done.send((Ok(outcome), history));
+                for ((done, outcome), lane) in waiters.into_iter().zip(outcomes).zip(commits) {
+                    let _ = done.send((Ok(outcome), lane));
                 }
             }
             Err(e) => {
-                for (done, history) in waiters.into_iter().zip(histories) {
-                    let _ = done.send((Err(e.clone()), history));
+                for (done, lane) in waiters.into_iter().zip(commits) {
+                    let _ = done.send((Err(e.clone()), lane));
                 }
             }
         }

@@ -61,6 +61,15 @@ impl Store for MemoryStore {
         let mut state = self.state();
         let mut outcomes = Vec::with_capacity(batch.len());
         for lane in batch {
+            let resent = lane.replies.iter().any(|r| {
+                state
+                    .replies
+                    .contains_key(&(r.client.clone(), r.id.clone()))
+            });
+            if resent {
+                outcomes.push(CommitOutcome::Resent);
+                continue;
+            }
             let current = state
                 .documents
                 .get(&lane.doc)

@@ -95,6 +95,11 @@ pub enum CommitOutcome {
     Committed,
     /// The document no longer had `expected_version`: someone else wrote it.
     Stale,
+    /// A reply of one of the lane's mutations is already stored: it was
+    /// decided before (a resend, after a restart or through another process).
+    /// Nothing of the lane was written; the engine answers the resends from
+    /// their stored replies and decides the rest again.
+    Resent,
 }
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -248,7 +253,20 @@ macro_rules! sql_store {
             async fn commit_rows(&self, batch: &[$crate::store::LaneCommit]) -> Result<Vec<$crate::store::CommitOutcome>, $crate::store::StoreError> {
                 let mut tx = self.writer.begin().await?;
                 let mut outcomes = Vec::with_capacity(batch.len());
-                for lane in batch {
+                'lanes: for lane in batch {
+                    for reply in &lane.replies {
+                        let stored: Option<i64> = sqlx::query_scalar(
+                            "SELECT 1 FROM sluice_replies WHERE client = $1 AND id = $2",
+                        )
+                        .bind(&reply.client)
+                        .bind(&reply.id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if stored.is_some() {
+                            outcomes.push($crate::store::CommitOutcome::Resent);
+                            continue 'lanes;
+                        }
+                    }
                     if let Some(write) = &lane.write {
                         let written = if lane.expected_version == 0 {
                             sqlx::query(

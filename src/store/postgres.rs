@@ -371,7 +371,12 @@ impl PostgresStore {
         let rows = query.fetch_all(&mut *conn).await?;
         let mut outcomes = vec![CommitOutcome::Stale; batch.len()];
         for row in rows {
-            outcomes[ordinal(&row, batch.len())?] = CommitOutcome::Committed;
+            let resent: i32 = row.try_get("resent")?;
+            outcomes[ordinal(&row, batch.len())?] = if resent == 1 {
+                CommitOutcome::Resent
+            } else {
+                CommitOutcome::Committed
+            };
         }
         Ok(outcomes)
     }
@@ -382,7 +387,9 @@ impl PostgresStore {
 /// written). `locked` locks the rows that exist, in key order, and reads
 /// their current versions (a row changed since the statement's snapshot is
 /// read as it is now); `fit` keeps the lanes whose document has the expected
-/// version (0: absent). Updates of locked rows always stick; an insert can
+/// version (0: absent) and none of whose mutations has a stored reply
+/// (`resent`: they were decided before; the statement answers those lanes
+/// too). Updates of locked rows always stick; an insert can
 /// lose to a concurrent one (`ON CONFLICT DO NOTHING`), and then its lane is
 /// stale. `committed` is what stuck; replies, accept-log deletions and
 /// history records are kept for those lanes only, and the statement answers
@@ -411,9 +418,13 @@ fn commit_sql(history: bool) -> String {
              JOIN sluice_documents d ON d.collection = l.collection AND d.key = l.key
              ORDER BY d.collection, d.key FOR UPDATE OF d
          ),
+         resent AS MATERIALIZED (
+             SELECT DISTINCT u.lane FROM UNNEST($7::BIGINT[], $8::TEXT[], $9::TEXT[]) AS u(lane, client, id)
+             JOIN sluice_replies r ON r.client = u.client AND r.id = u.id
+         ),
          fit AS MATERIALIZED (
              SELECT l.* FROM lane l LEFT JOIN locked k ON k.n = l.n
-             WHERE COALESCE(k.version, 0) = l.expected
+             WHERE COALESCE(k.version, 0) = l.expected AND l.n NOT IN (SELECT lane FROM resent)
          ),
          updated AS (
              UPDATE sluice_documents d
@@ -451,6 +462,8 @@ fn commit_sql(history: bool) -> String {
              USING UNNEST($14::BIGINT[], $15::TEXT[], $16::TEXT[]) AS u(lane, client, id)
              WHERE u.lane IN (SELECT n FROM committed) AND a.client = u.client AND a.id = u.id
          ){records}
-         SELECT n FROM committed"
+         SELECT n, 0 AS resent FROM committed
+         UNION ALL
+         SELECT lane, 1 FROM resent"
     )
 }

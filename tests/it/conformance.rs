@@ -95,6 +95,22 @@ async fn store_conformance(store: &dyn Store) {
     assert_eq!(replies[0], None);
     let m1 = store.reply("c1", "m1").await.expect("reply");
     assert!(m1.is_some());
+
+    // A lane with a mutation decided before (its reply is stored) writes
+    // nothing, whatever else it carries.
+    let resent = store
+        .commit(&[lane(
+            &b,
+            0,
+            Some(v1.clone()),
+            vec![reply("c1", "fresh", 10), reply("c1", "m1", 11)],
+        )])
+        .await
+        .expect("commit");
+    assert_eq!(resent, [CommitOutcome::Resent]);
+    assert_eq!(store.get(&b).await.expect("get"), Document::absent());
+    assert_eq!(store.reply("c1", "fresh").await.expect("reply"), None);
+    assert_eq!(store.reply("c1", "m1").await.expect("reply"), m1);
     assert_eq!(replies[1], m1);
 
     // A second create and a stale update are refused, with nothing of their lane kept.

@@ -99,12 +99,13 @@ fn body(reply: &sluice::dispatch::Reply) -> Value {
     serde_json::from_str(&reply.body).expect("JSON")
 }
 
-/// A synchronous mutation's resend check runs while it waits in its lane. A
+/// A resend of a decided mutation reaches its lane, whose commit finds its
+/// stored reply and writes nothing; the reply is looked up and answered. A
 /// lookup that never answers holds neither the lane nor the id for longer
-/// than a client waits: the mutation is answered 503 ("resend with the same
-/// id"), and its resend, once the store answers again, is decided once.
+/// than a client waits: the resend gets 503 ("resend with the same id"), and
+/// once the store answers again, the original answer, applied once.
 #[tokio::test]
-async fn a_stalled_resend_check_frees_its_lane_and_its_id() {
+async fn a_stalled_lookup_of_a_resend_frees_its_lane_and_its_id() {
     let store = Arc::new(Unruly::default());
     let clock: SharedClock = SystemClock::shared();
     let engine = Engine::start(
@@ -119,11 +120,21 @@ async fn a_stalled_resend_check_frees_its_lane_and_its_id() {
     )
     .await
     .expect("engine");
+    let original = engine.submit(patch("m1", None)).await;
+    assert_eq!(original.status, 200, "{}", original.body);
     store.stall_lookups.store(true, Ordering::SeqCst);
     let stalled = tokio::time::timeout(Duration::from_secs(5), engine.submit(patch("m1", None)))
         .await
         .expect("a client never waits past its time-out");
     assert_eq!(stalled.status, 503, "{}", stalled.body);
+    // The lane is free: another mutation of the document is decided.
+    let next = tokio::time::timeout(Duration::from_secs(5), engine.submit(patch("m2", None)))
+        .await
+        .expect("the lane is not held by the stalled lookup");
+    assert_eq!(
+        (next.status, body(&next)["version"].clone()),
+        (200, json!(2))
+    );
     store.stall_lookups.store(false, Ordering::SeqCst);
     let mut reply = stalled;
     for _ in 0..20 {
@@ -135,11 +146,7 @@ async fn a_stalled_resend_check_frees_its_lane_and_its_id() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        (reply.status, body(&reply)["version"].clone()),
-        (200, json!(1)),
-        "decided once"
-    );
+    assert_eq!(reply, original, "the original answer, applied once");
     assert_eq!(engine.stats().queue_depth, 0);
 }
 

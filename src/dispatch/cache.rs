@@ -1,0 +1,140 @@
+//! The documents as Sluice last committed them, so that the next lane of a
+//! document starts without a store read. A lane's commit checks the version
+//! in the store whatever the cache said: an entry made stale by a writer
+//! behind Sluice (or another Sluice process) costs one stale commit, after
+//! which the lane reads the store and the entry is replaced. Document reads
+//! of the API always go to the store.
+//!
+//! Bounded by an estimate of the documents' encoded size; over the budget,
+//! arbitrary entries go (the map's iteration order is seeded per process).
+
+use crate::model::{DocKey, Document};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+pub(super) struct DocCache {
+    budget: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    docs: HashMap<DocKey, (Document, usize)>,
+    bytes: usize,
+}
+
+impl DocCache {
+    pub(super) fn new(budget: usize) -> DocCache {
+        DocCache {
+            budget,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn get(&self, doc: &DocKey) -> Option<Document> {
+        if self.budget == 0 {
+            return None;
+        }
+        self.state().docs.get(doc).map(|(d, _)| d.clone())
+    }
+
+    /// Keeps `value` as the document's committed state; `size` estimates its
+    /// encoded length. An older version never replaces a newer one, and a
+    /// document too large for a quarter of the budget is not kept.
+    pub(super) fn put(&self, doc: &DocKey, value: Document, size: usize) {
+        let mut state = self.state();
+        if let Some((kept, _)) = state.docs.get(doc)
+            && kept.version > value.version
+        {
+            return;
+        }
+        if let Some((_, old)) = state.docs.remove(doc) {
+            state.bytes -= old;
+        }
+        if size > self.budget / 4 {
+            return;
+        }
+        state.bytes += size;
+        state.docs.insert(doc.clone(), (value, size));
+        if state.bytes > self.budget {
+            let target = self.budget / 10 * 9;
+            let victims: Vec<DocKey> = state
+                .docs
+                .iter()
+                .scan(state.bytes, |bytes, (key, (_, size))| {
+                    (*bytes > target).then(|| {
+                        *bytes -= size;
+                        key.clone()
+                    })
+                })
+                .collect();
+            for key in victims {
+                if let Some((_, size)) = state.docs.remove(&key) {
+                    state.bytes -= size;
+                }
+            }
+        }
+    }
+
+    pub(super) fn forget(&self, doc: &DocKey) {
+        let mut state = self.state();
+        if let Some((_, size)) = state.docs.remove(doc) {
+            state.bytes -= size;
+        }
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.state().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(version: u64) -> Document {
+        Document {
+            version,
+            item: json!({"v": version}).as_object().cloned(),
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_version_and_forgets_on_request() {
+        let cache = DocCache::new(1_000);
+        let k = DocKey::new("c", "k");
+        assert_eq!(cache.get(&k), None);
+        cache.put(&k, doc(2), 10);
+        cache.put(&k, doc(1), 10);
+        assert_eq!(cache.get(&k), Some(doc(2)), "an older version never wins");
+        cache.put(&k, doc(3), 20);
+        assert_eq!((cache.get(&k), cache.bytes()), (Some(doc(3)), 20));
+        cache.forget(&k);
+        assert_eq!((cache.get(&k), cache.bytes()), (None, 0));
+    }
+
+    #[test]
+    fn stays_within_its_budget() {
+        let cache = DocCache::new(1_000);
+        for i in 0..500 {
+            cache.put(&DocKey::new("c", format!("k{i}")), doc(1), 30);
+            assert!(cache.bytes() <= 1_000, "{} bytes", cache.bytes());
+        }
+        let kept = (0..500)
+            .filter(|i| cache.get(&DocKey::new("c", format!("k{i}"))).is_some())
+            .count();
+        assert!((20..=34).contains(&kept), "{kept} kept");
+        cache.put(&DocKey::new("c", "huge"), doc(1), 251);
+        assert_eq!(
+            cache.get(&DocKey::new("c", "huge")),
+            None,
+            "over a quarter of the budget"
+        );
+    }
+}
