@@ -5,12 +5,22 @@
 //! which the lane reads the store and the entry is replaced. Document reads
 //! of the API always go to the store.
 //!
+//! A document found stale is not cached again for its next `SHUN_LANES`
+//! lanes: something else writes it, and its lanes read the store rather than
+//! pay a stale commit each time.
+//!
 //! Bounded by an estimate of the documents' encoded size; over the budget,
 //! arbitrary entries go (the map's iteration order is seeded per process).
 
 use crate::model::{DocKey, Document};
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+/// Lanes of a document that read the store after one of its cached states
+/// turned out stale.
+const SHUN_LANES: u32 = 32;
+/// Documents remembered as written behind Sluice, at most.
+const SHUNNED_MAX: usize = 10_000;
 
 pub(super) struct DocCache {
     budget: usize,
@@ -21,6 +31,9 @@ pub(super) struct DocCache {
 struct State {
     docs: HashMap<DocKey, (Document, usize)>,
     bytes: usize,
+    /// Documents found stale, with the lanes left before they are cached
+    /// again.
+    shunned: HashMap<DocKey, u32>,
 }
 
 impl DocCache {
@@ -47,6 +60,13 @@ impl DocCache {
     /// document too large for a quarter of the budget is not kept.
     pub(super) fn put(&self, doc: &DocKey, value: Document, size: usize) {
         let mut state = self.state();
+        if let Some(left) = state.shunned.get_mut(doc) {
+            *left -= 1;
+            if *left == 0 {
+                state.shunned.remove(doc);
+            }
+            return;
+        }
         if let Some((kept, _)) = state.docs.get(doc)
             && kept.version > value.version
         {
@@ -85,6 +105,17 @@ impl DocCache {
         if let Some((_, size)) = state.docs.remove(doc) {
             state.bytes -= size;
         }
+    }
+
+    /// Forgets a document whose cached state was stale (written behind
+    /// Sluice), and keeps it out of the cache for its next lanes.
+    pub(super) fn stale(&self, doc: &DocKey) {
+        self.forget(doc);
+        let mut state = self.state();
+        if state.shunned.len() >= SHUNNED_MAX {
+            state.shunned.clear();
+        }
+        state.shunned.insert(doc.clone(), SHUN_LANES);
     }
 
     #[cfg(test)]
@@ -136,5 +167,20 @@ mod tests {
             None,
             "over a quarter of the budget"
         );
+    }
+
+    #[test]
+    fn a_document_found_stale_is_left_to_the_store_for_a_while() {
+        let cache = DocCache::new(1_000);
+        let k = DocKey::new("c", "k");
+        cache.put(&k, doc(1), 10);
+        cache.stale(&k);
+        assert_eq!(cache.get(&k), None);
+        for v in 2..2 + u64::from(SHUN_LANES) {
+            cache.put(&k, doc(v), 10);
+            assert_eq!(cache.get(&k), None, "lane {v} reads the store");
+        }
+        cache.put(&k, doc(100), 10);
+        assert_eq!(cache.get(&k), Some(doc(100)), "cached again");
     }
 }

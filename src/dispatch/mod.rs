@@ -1724,7 +1724,7 @@ async fn decide_lane(
                 return Ok(None);
             }
             Ok(CommitOutcome::Stale) => {
-                inner.cache.forget(doc);
+                inner.cache.stale(doc);
                 inner.commits_stale.fetch_add(1, Ordering::Relaxed);
                 inner.telemetry.commit_stale();
                 debug!(id = %lane_ids(batch), collection = %doc.collection, key = %doc.key, attempt, "version moved under the batch; deciding again");
