@@ -79,7 +79,8 @@ pub struct QueueConfig {
     pub queue_wait_max_ms: u64,
     /// Documents as Sluice last committed them, kept so the next lane of a
     /// document starts without a store read (its commit still checks the
-    /// version); 0 turns the cache off.
+    /// version); 0 turns the cache off. Counted in encoded size: parsed, in
+    /// memory, the documents take a few times that.
     pub document_cache_mb: usize,
 }
 
