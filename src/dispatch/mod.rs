@@ -73,6 +73,10 @@ const QUALITY_LOG_EVERY: u64 = 10_000;
 const CAS_RETRIES_MAX: u32 = 16;
 /// Requests queued for the committer and the history writer.
 const PIPELINE_CHANNEL_LEN: usize = 4_096;
+/// How often collection settings are read again from the store, so that
+/// several Sluice processes on one store converge on what any of them was
+/// told.
+const COLLECTIONS_REFRESH: Duration = Duration::from_secs(2);
 /// History batches written per transaction.
 const HISTORY_BATCH_MAX: usize = 512;
 
@@ -281,6 +285,9 @@ struct Inner {
     wake: Notify,
     reservations: Mutex<HashMap<(String, String), Reservation>>,
     collections: RwLock<HashMap<String, CollectionConfig>>,
+    /// Bumped by every local change of `collections`: a refresh read from
+    /// the store before the change must not undo it.
+    collections_changed: AtomicU64,
     commit_tx: mpsc::Sender<CommitJob>,
     history_tx: mpsc::Sender<HistoryJob>,
     closing: AtomicBool,
@@ -365,6 +372,7 @@ impl Engine {
             wake: Notify::new(),
             reservations: Mutex::new(HashMap::new()),
             collections: RwLock::new(collections),
+            collections_changed: AtomicU64::new(0),
             commit_tx,
             history_tx,
             closing: AtomicBool::new(false),
@@ -393,6 +401,7 @@ impl Engine {
         tokio::spawn(sample_board(inner.clone()));
         tokio::spawn(expire_replies(inner.clone()));
         tokio::spawn(learning_loop(inner.clone()));
+        tokio::spawn(refresh_collections(inner.clone()));
         Ok(Engine { inner })
     }
 
@@ -960,6 +969,9 @@ impl Engine {
             .write()
             .unwrap_or_else(|p| p.into_inner());
         collections.insert(name.to_owned(), config);
+        self.inner
+            .collections_changed
+            .fetch_add(1, Ordering::SeqCst);
         info!(collection = name, "collection configured");
         Ok(())
     }
@@ -1976,6 +1988,47 @@ pub async fn train_from_history(
     read?;
     let fresh = fresh?;
     Ok(Some(fresh))
+}
+
+/// Reads the collection settings again now and then: another Sluice process
+/// on the same store may have changed them. A setting that no longer parses
+/// is logged and the one in use kept.
+async fn refresh_collections(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(COLLECTIONS_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate, and the engine has just read them.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let before = inner.collections_changed.load(Ordering::SeqCst);
+        let listed = match inner.store.collections().await {
+            Ok(listed) => listed,
+            Err(e) => {
+                debug!(error = %e, "reading collection settings failed; trying again later");
+                continue;
+            }
+        };
+        let mut fresh = Vec::with_capacity(listed.len());
+        for (name, text) in listed {
+            match serde_json::from_str::<CollectionConfig>(&text) {
+                Ok(config) => fresh.push((name, config)),
+                Err(e) => {
+                    warn!(collection = %name, error = %e, "a stored collection setting does not parse; keeping the one in use")
+                }
+            }
+        }
+        let mut collections = inner.collections.write().unwrap_or_else(|p| p.into_inner());
+        // Changed here while the store was read: the list may predate it.
+        if inner.collections_changed.load(Ordering::SeqCst) != before {
+            continue;
+        }
+        for (name, config) in fresh {
+            if collections.get(&name) != Some(&config) {
+                info!(collection = %name, "collection setting changed in the store");
+                collections.insert(name, config);
+            }
+        }
+    }
 }
 
 async fn expire_replies(inner: Arc<Inner>) {

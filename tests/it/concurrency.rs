@@ -217,13 +217,25 @@ async fn two_servers_on_one_database_keep_every_element() {
             .await,
         );
     }
-    // Each server reads collection settings at start and on its own PUTs.
-    for server in &servers {
-        let (status, _) = server
-            .put("/v1/collections/hot", json!({"handler": "automerge"}))
-            .await;
+    // Configured through one server; the other reads it from the store.
+    let (status, _) = servers[0]
+        .put("/v1/collections/hot", json!({"handler": "automerge"}))
+        .await;
+    assert_eq!(status, 200);
+    let mut handler = String::new();
+    for _ in 0..100 {
+        let (status, config) = servers[1].get("/v1/collections/hot").await;
         assert_eq!(status, 200);
+        handler = config["handler"].as_str().unwrap_or_default().to_owned();
+        if handler == "automerge" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    assert_eq!(
+        handler, "automerge",
+        "the second server took the setting from the store"
+    );
     for k in 0..KEYS {
         let (status, _) = servers[0]
             .post(json!({"collection": "hot", "key": format!("k{k}"), "op": "put", "value": {"items": []}}))
