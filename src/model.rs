@@ -208,13 +208,14 @@ pub struct ConflictInfo {
     pub reason: Option<String>,
 }
 
-/// A decided mutation, before it is rendered for the wire.
+/// A decided mutation, before it is rendered for the wire. Its item is the
+/// document the mutation left (`Step::after`), not repeated here: a hot
+/// document can be large, and a coalesced batch decides many mutations of it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Verdict {
     Decided {
         outcome: Outcome,
         version: u64,
-        item: Option<Map<String, Value>>,
         conflict: Option<ConflictInfo>,
     },
     /// A delete of a document that does not exist (never written, or deleted).

@@ -1642,20 +1642,29 @@ async fn decide_lane(
                 after.version >= state.version,
                 "invariant: versions never go backwards"
             );
-            steps.push((verdict, after.version, conflict));
+            // Rendered now, from the document the mutation left (its answer
+            // carries it), before that document becomes the next one's.
+            let queued_ms = dispatched_at
+                .saturating_sub(queued.admitted_at)
+                .as_secs_f64()
+                * 1000.0;
+            let reply = reply::render(
+                &queued.mutation.id,
+                &doc_label,
+                &verdict,
+                after.item.as_ref(),
+                Some(queued.score),
+                queued_ms,
+            );
+            steps.push((reply, verdict, after.version, conflict));
             state = after;
         }
         let decided_ms = inner.clock.now_ms();
         let mut decided = Decided::default();
         let mut stored = Vec::with_capacity(batch.len());
         let mut before = current_version;
-        for (queued, (verdict, version_after, conflict)) in batch.iter().zip(steps) {
+        for (queued, (reply, verdict, version_after, conflict)) in batch.iter().zip(steps) {
             let m = &queued.mutation;
-            let queued_ms = dispatched_at
-                .saturating_sub(queued.admitted_at)
-                .as_secs_f64()
-                * 1000.0;
-            let reply = reply::render(&m.id, &doc_label, &verdict, Some(queued.score), queued_ms);
             stored.push(StoredReply {
                 client: m.client_name().to_owned(),
                 was_accepted: queued.accepted,

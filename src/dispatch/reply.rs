@@ -29,11 +29,13 @@ impl Reply {
     }
 }
 
-/// Renders a decided mutation as the `POST /v1/mutations` response.
+/// Renders a decided mutation as the `POST /v1/mutations` response; `item`
+/// is the document as the mutation left it (for a rejection, the server's).
 pub fn render(
     id: &str,
     doc_label: &str,
     verdict: &Verdict,
+    item: Option<&serde_json::Map<String, Value>>,
     score: Option<f64>,
     queued_ms: f64,
 ) -> Reply {
@@ -41,7 +43,6 @@ pub fn render(
         Verdict::Decided {
             outcome,
             version,
-            item,
             conflict,
         } => {
             let status = if *outcome == crate::model::Outcome::Rejected {
@@ -55,7 +56,7 @@ pub fn render(
                 id,
                 outcome: outcome.as_str(),
                 version: *version,
-                item: item.as_ref(),
+                item,
                 conflict: conflict.as_ref().map(conflict_json),
                 score,
                 queued_ms: (queued_ms * 1000.0).round() / 1000.0,

@@ -271,7 +271,6 @@ impl Resolver {
         let verdict = Verdict::Decided {
             outcome,
             version: after.version,
-            item: after.item.clone(),
             conflict: Some(ConflictInfo {
                 base_version: base,
                 server_version: doc.version,
@@ -315,7 +314,6 @@ fn apply(doc: &Document, m: &Mutation) -> Step {
             let verdict = Verdict::Decided {
                 outcome: Outcome::Applied,
                 version: after.version,
-                item: None,
                 conflict: None,
             };
             return Step {
@@ -332,7 +330,6 @@ fn apply(doc: &Document, m: &Mutation) -> Step {
     let verdict = Verdict::Decided {
         outcome: Outcome::Applied,
         version: after.version,
-        item: after.item.clone(),
         conflict: None,
     };
     Step {
