@@ -1,5 +1,6 @@
 //! Point reads, batched: the lanes' document reads, the API's document reads
-//! and the resend checks of new mutations go to the store several at a time
+//! and the lookups of stored replies (an async accept's resend check, a
+//! lane's resends found by its commit) go to the store several at a time
 //! (`Store::read_many`: one round trip on PostgreSQL), so that under load a round
 //! trip serves many requests, as group commit does for writes. At most
 //! `BATCHES_IN_FLIGHT` batches run at once; while they do, requests gather
