@@ -5,7 +5,8 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::dispatch::train_from_history;
-use sluice::history::{History, MutationRecord, SqliteHistory};
+use sluice::history::{History, SqliteHistory};
+use sluice::model::MutationRecord;
 use sluice::model::{DocKey, Op};
 use sluice::predict::{Observation, Outcome, Predictor, PredictorConfig};
 use std::hint::black_box;

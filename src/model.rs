@@ -221,3 +221,85 @@ pub enum Verdict {
     /// A delete of a document that does not exist (never written, or deleted).
     NotFound { version: u64 },
 }
+
+/// A conflict in full, as the history keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConflictRecord {
+    pub mutation_id: String,
+    pub client: String,
+    pub doc: DocKey,
+    pub base_version: u64,
+    pub server_version: u64,
+    pub handler: String,
+    pub resolution: Resolution,
+    pub reason: String,
+    pub incoming: Value,
+    pub existing: Value,
+    pub result: Value,
+    pub at_ms: i64,
+}
+
+/// One decided mutation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MutationRecord {
+    pub id: String,
+    pub client: String,
+    pub doc: DocKey,
+    pub op: String,
+    pub fields: Vec<String>,
+    pub base_version: Option<u64>,
+    pub version_before: u64,
+    pub version_after: u64,
+    /// `applied`, `merged`, `rejected`, or `not_found`.
+    pub outcome: String,
+    pub conflict: bool,
+    /// The conflict probability computed at enqueue; `None` until a predictor runs.
+    pub score: Option<f64>,
+    pub ts_ms: Option<i64>,
+    pub received_ms: i64,
+    pub decided_ms: i64,
+    pub queued_us: u64,
+    /// Mutations already waiting in the key's lane when this one arrived (a
+    /// predictor feature, kept so retraining sees what scoring saw).
+    pub lane_waiting: u64,
+}
+
+/// A decided mutation's answer, as stored for resends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub kind: DecisionKind,
+    /// The answer's JSON text, exactly as every later reader gets it.
+    pub body: String,
+}
+
+/// What a decision was, as far as the caller's protocol cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecisionKind {
+    /// Applied or merged: the mutation's effect is in the document.
+    Written,
+    /// It conflicted and the handler refused it; nothing was written.
+    Rejected,
+    /// A delete of a document that does not exist.
+    NotFound,
+}
+
+impl DecisionKind {
+    /// The number the store keeps for the kind. These are the HTTP statuses
+    /// earlier versions stored in the same column, so their rows read back.
+    pub fn stored_code(self) -> i64 {
+        match self {
+            DecisionKind::Written => 200,
+            DecisionKind::Rejected => 409,
+            DecisionKind::NotFound => 404,
+        }
+    }
+
+    pub fn from_stored_code(code: i64) -> Option<DecisionKind> {
+        match code {
+            200 => Some(DecisionKind::Written),
+            409 => Some(DecisionKind::Rejected),
+            404 => Some(DecisionKind::NotFound),
+            _ => None,
+        }
+    }
+}

@@ -1,14 +1,18 @@
 //! HTTP API v1: routes, extraction and the mapping of every error to
 //! `{"error": {"code", "message"}}` with its status, in one place.
 
+mod answer;
 pub mod dashboard;
 pub mod schema;
 pub mod wire;
 
-use crate::dispatch::{ConfigureError, Engine, ReadError, Reply};
+pub use answer::{Reply, reply};
+
+use crate::dispatch::{ConfigureError, Engine, ReadError};
 use crate::history::{CONFLICTS_LIMIT_DEFAULT, CONFLICTS_LIMIT_MAX, ConflictQuery};
+use crate::model::ConflictRecord;
 use crate::model::{ANONYMOUS_CLIENT, DocKey};
-use crate::resolve::{CollectionConfig, ConflictRecord};
+use crate::resolve::CollectionConfig;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -91,22 +95,6 @@ impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         ApiError::bad_request(format!("bad path: {}", r.body_text()))
     }
-}
-
-fn reply_response(reply: Reply) -> Response {
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        reply.body,
-    )
-        .into_response();
-    if let Some(seconds) = reply.retry_after_s {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    response
 }
 
 #[derive(OpenApi)]
@@ -292,12 +280,12 @@ async fn post_mutation(
     let body = body?;
     let mutation = wire::parse_mutation(&body, || uuid::Uuid::new_v4().simple().to_string())
         .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, "invalid_mutation", message))?;
-    let reply = if query.wait == Some(false) {
+    let answer = if query.wait == Some(false) {
         engine.accept(mutation).await
     } else {
         engine.submit(mutation).await
     };
-    Ok(reply_response(reply))
+    Ok(reply(answer).into_response())
 }
 
 /// Decides a client's outbox of up to 1,000 mutations, in order: all are
@@ -349,13 +337,13 @@ async fn post_batch(
         mutations.push(mutation);
     }
     match engine.submit_batch(mutations).await {
-        Ok(replies) => {
+        Ok(answers) => {
             let mut results = String::from("{\"results\":[");
-            for (i, reply) in replies.iter().enumerate() {
+            for (i, answer) in answers.into_iter().enumerate() {
                 if i > 0 {
                     results.push(',');
                 }
-                results.push_str(&reply.body);
+                results.push_str(&reply(answer).body);
             }
             results.push_str("]}");
             Ok((
@@ -365,7 +353,7 @@ async fn post_batch(
             )
                 .into_response())
         }
-        Err(refusal) => Ok(reply_response(refusal)),
+        Err(refusal) => Ok(reply(refusal).into_response()),
     }
 }
 
@@ -410,14 +398,14 @@ async fn get_mutation(
         .await
         .map_err(ApiError::unavailable)?
     {
-        return Ok(json(queued.body));
+        return Ok(json(answer::queued_body(&queued)));
     }
     match engine
         .stored_reply(&client, &id)
         .await
         .map_err(ApiError::unavailable)?
     {
-        Some(stored) => Ok(json(stored.body)),
+        Some(stored) => Ok(json(stored.decision.body)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -1,36 +1,99 @@
-//! What a client is told about a mutation: a status and a JSON body, rendered
-//! once when the mutation is decided and kept verbatim for idempotent resends.
+//! What the engine tells a client about a mutation, as typed results: a
+//! decision, a durable queueing, or a refusal with its reason. `api` alone
+//! turns them into statuses, headers and bodies.
+//!
+//! A decided mutation's answer is the one exception to "no wire format
+//! below the API": it is rendered once, when the mutation is decided, and
+//! kept verbatim in the store, so that a resend, `GET /v1/mutations/{id}`
+//! and the event stream all replay exactly what the first answer said.
 
-use crate::model::{ConflictInfo, Verdict};
+use crate::model::{ConflictInfo, Decision, DecisionKind, Outcome, Verdict};
 use serde_json::{Value, json};
 
+/// The engine's answer about one mutation.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Reply {
-    pub status: u16,
-    /// JSON text, exactly what goes on the wire.
-    pub body: String,
-    /// Seconds, for the `Retry-After` header of 429 and 503 answers.
-    pub retry_after_s: Option<u32>,
-    /// The `error.code` of an error made here (`None` for a decision, and
-    /// for an answer read back from the store): what the metrics count.
-    pub code: Option<&'static str>,
+pub enum Answer {
+    Decided(Decision),
+    /// Durably in the accept log and queued (`?wait=false`); the outcome
+    /// comes later.
+    Queued(Queued),
+    /// Not queued, or not decided in time: nothing was applied by this
+    /// attempt.
+    Refused(Refusal),
 }
 
-impl Reply {
-    pub fn error(status: u16, code: &'static str, message: impl Into<String>) -> Reply {
-        let body = json!({ "error": { "code": code, "message": message.into() } }).to_string();
-        let retry_after_s = matches!(status, 429 | 503).then_some(1);
-        Reply {
-            status,
-            body,
-            retry_after_s,
-            code: Some(code),
+impl From<Refusal> for Answer {
+    fn from(refusal: Refusal) -> Answer {
+        Answer::Refused(refusal)
+    }
+}
+
+/// A mutation accepted and not yet decided.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Queued {
+    pub id: String,
+    /// Its conflict score, when it was scored.
+    pub score: Option<f64>,
+}
+
+/// Why a mutation was not decided, and what to tell its client.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    pub reason: RefusalReason,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(reason: RefusalReason, message: impl Into<String>) -> Refusal {
+        Refusal {
+            reason,
+            message: message.into(),
         }
     }
 }
 
-/// Renders a decided mutation as the `POST /v1/mutations` response; `item`
-/// is the document as the mutation left it (for a rejection, the server's).
+/// Every reason the engine refuses a mutation. Each but
+/// `IdempotencyKeyReused` is worth a resend with the same id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The door's adaptive limit is reached.
+    Overloaded,
+    QueueFull,
+    LaneFull,
+    ShuttingDown,
+    StoreUnavailable,
+    /// The document kept changing under Sluice, or its commits kept finding
+    /// replies its lookups did not.
+    StoreContention,
+    DecisionTimeout,
+    /// The id was used by this client for a different mutation.
+    IdempotencyKeyReused,
+    /// The first request with this id went away before it was queued.
+    RequestAbandoned,
+    /// A broken invariant inside the engine.
+    Internal,
+}
+
+impl RefusalReason {
+    /// The stable code clients and the metrics see.
+    pub fn code(self) -> &'static str {
+        match self {
+            RefusalReason::Overloaded => "overloaded",
+            RefusalReason::QueueFull => "queue_full",
+            RefusalReason::LaneFull => "lane_full",
+            RefusalReason::ShuttingDown => "shutting_down",
+            RefusalReason::StoreUnavailable => "store_unavailable",
+            RefusalReason::StoreContention => "store_contention",
+            RefusalReason::DecisionTimeout => "decision_timeout",
+            RefusalReason::IdempotencyKeyReused => "idempotency_key_reused",
+            RefusalReason::RequestAbandoned => "request_abandoned",
+            RefusalReason::Internal => "internal",
+        }
+    }
+}
+
+/// Renders a decided mutation's answer; `item` is the document as the
+/// mutation left it (for a rejection, the server's).
 pub fn render(
     id: &str,
     doc_label: &str,
@@ -38,17 +101,17 @@ pub fn render(
     item: Option<&serde_json::Map<String, Value>>,
     score: Option<f64>,
     queued_ms: f64,
-) -> Reply {
+) -> Decision {
     match verdict {
         Verdict::Decided {
             outcome,
             version,
             conflict,
         } => {
-            let status = if *outcome == crate::model::Outcome::Rejected {
-                409
+            let kind = if *outcome == Outcome::Rejected {
+                DecisionKind::Rejected
             } else {
-                200
+                DecisionKind::Written
             };
             // Serialized from borrows: a hot document's item can be large,
             // and every mutation of a coalesced batch carries it.
@@ -61,28 +124,28 @@ pub fn render(
                 score,
                 queued_ms: (queued_ms * 1000.0).round() / 1000.0,
             };
-            match serde_json::to_string(&body) {
-                Ok(body) => Reply {
-                    status,
-                    body,
-                    retry_after_s: None,
-                    code: None,
-                },
-                Err(e) => Reply::error(500, "internal", format!("cannot render the answer: {e}")),
-            }
+            // Serializing borrowed JSON values and plain numbers cannot fail
+            // (serde_json writes a non-finite float as null).
+            let body = serde_json::to_string(&body).unwrap_or_else(|e| {
+                json!({ "id": id, "outcome": outcome.as_str(), "version": version, "error": e.to_string() })
+                    .to_string()
+            });
+            Decision { kind, body }
         }
-        Verdict::NotFound { version } => Reply::error(
-            404,
-            "not_found",
-            format!(
+        Verdict::NotFound { version } => {
+            let message = format!(
                 "cannot delete {doc_label}: {}",
                 if *version == 0 {
                     "it was never written".to_string()
                 } else {
                     format!("it is already deleted (version {version})")
                 }
-            ),
-        ),
+            );
+            Decision {
+                kind: DecisionKind::NotFound,
+                body: json!({ "error": { "code": "not_found", "message": message } }).to_string(),
+            }
+        }
     }
 }
 

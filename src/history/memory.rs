@@ -1,7 +1,7 @@
 //! In-memory history, for tests and the simulation.
 
 use super::{ConflictQuery, History, HistoryError, MutationRecord};
-use crate::resolve::ConflictRecord;
+use crate::model::ConflictRecord;
 use async_trait::async_trait;
 use std::sync::Mutex;
 

@@ -18,8 +18,7 @@ pub(crate) use postgres::{
 };
 pub use sqlite::SqliteHistory;
 
-use crate::model::DocKey;
-use crate::resolve::ConflictRecord;
+use crate::model::{ConflictRecord, DocKey, MutationRecord};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -27,31 +26,6 @@ use std::sync::Arc;
 pub const CONFLICTS_LIMIT_MAX: u32 = 1_000;
 /// Page size when the caller names none.
 pub const CONFLICTS_LIMIT_DEFAULT: u32 = 100;
-
-/// One decided mutation.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MutationRecord {
-    pub id: String,
-    pub client: String,
-    pub doc: DocKey,
-    pub op: String,
-    pub fields: Vec<String>,
-    pub base_version: Option<u64>,
-    pub version_before: u64,
-    pub version_after: u64,
-    /// `applied`, `merged`, `rejected`, or `not_found`.
-    pub outcome: String,
-    pub conflict: bool,
-    /// The conflict probability computed at enqueue; `None` until a predictor runs.
-    pub score: Option<f64>,
-    pub ts_ms: Option<i64>,
-    pub received_ms: i64,
-    pub decided_ms: i64,
-    pub queued_us: u64,
-    /// Mutations already waiting in the key's lane when this one arrived (a
-    /// predictor feature, kept so retraining sees what scoring saw).
-    pub lane_waiting: u64,
-}
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ConflictQuery {
@@ -181,14 +155,12 @@ where
     Ok((row.try_get("seq")?, record))
 }
 
-pub(crate) const MUTATION_COLUMNS: &str = "seq, id, client, collection, key, op, fields, base_version, version_before, \
-     version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, queued_us, lane_waiting";
 pub(crate) const CONFLICT_COLUMNS: &str = "mutation_id, client, collection, key, base_version, server_version, handler, \
      resolution, reason, incoming, existing, result, at_ms";
 
 /// `WHERE` clause and the values it binds, for a conflict query; both SQL
 /// dialects accept `$N` placeholders.
-pub(crate) fn conflict_filter(query: &ConflictQuery) -> (String, Vec<&str>) {
+fn conflict_filter(query: &ConflictQuery) -> (String, Vec<&str>) {
     let mut clauses = Vec::new();
     let mut values = Vec::new();
     if let Some(collection) = &query.collection {
@@ -207,101 +179,27 @@ pub(crate) fn conflict_filter(query: &ConflictQuery) -> (String, Vec<&str>) {
     (where_clause, values)
 }
 
-/// The `History` implementation both SQL backends share: the statements are
-/// the same text in either dialect, only the connection types differ.
-macro_rules! sql_history {
-    ($ty:ty, record = $record:ident) => {
-        impl $ty {
-            /// Row by row: cheap in process (SQLite); a network backend may
-            /// batch instead.
-            #[allow(dead_code)]
-            async fn record_rows(&self, mutations: &[$crate::history::MutationRecord], conflicts: &[$crate::resolve::ConflictRecord]) -> Result<(), $crate::history::HistoryError> {
-                let mut tx = self.writer.begin().await?;
-                for m in mutations {
-                    sqlx::query(
-                        "INSERT INTO sluice_mutations (id, client, collection, key, op, fields, base_version, version_before,
-                             version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, queued_us, lane_waiting)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-                    )
-                    .bind(&m.id)
-                    .bind(&m.client)
-                    .bind(&m.doc.collection)
-                    .bind(&m.doc.key)
-                    .bind(&m.op)
-                    .bind(serde_json::to_string(&m.fields).unwrap_or_else(|_| "[]".into()))
-                    .bind(m.base_version.map($crate::history::version_to_sql))
-                    .bind($crate::history::version_to_sql(m.version_before))
-                    .bind($crate::history::version_to_sql(m.version_after))
-                    .bind(&m.outcome)
-                    .bind(i64::from(m.conflict))
-                    .bind(m.score)
-                    .bind(m.ts_ms)
-                    .bind(m.received_ms)
-                    .bind(m.decided_ms)
-                    .bind($crate::history::version_to_sql(m.queued_us))
-                    .bind($crate::history::version_to_sql(m.lane_waiting))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                for c in conflicts {
-                    sqlx::query(
-                        "INSERT INTO sluice_conflicts (mutation_id, client, collection, key, base_version, server_version,
-                             handler, resolution, reason, incoming, existing, result, at_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                    )
-                    .bind(&c.mutation_id)
-                    .bind(&c.client)
-                    .bind(&c.doc.collection)
-                    .bind(&c.doc.key)
-                    .bind($crate::history::version_to_sql(c.base_version))
-                    .bind($crate::history::version_to_sql(c.server_version))
-                    .bind(&c.handler)
-                    .bind(c.resolution.as_str())
-                    .bind(&c.reason)
-                    .bind(c.incoming.to_string())
-                    .bind(c.existing.to_string())
-                    .bind(c.result.to_string())
-                    .bind(c.at_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-        }
-
-        #[async_trait::async_trait]
-        impl $crate::history::History for $ty {
-            async fn record(&self, mutations: &[$crate::history::MutationRecord], conflicts: &[$crate::resolve::ConflictRecord]) -> Result<(), $crate::history::HistoryError> {
-                self.$record(mutations, conflicts).await
-            }
-
-            async fn conflicts(&self, query: &$crate::history::ConflictQuery) -> Result<Vec<$crate::resolve::ConflictRecord>, $crate::history::HistoryError> {
-                let (where_clause, values) = $crate::history::conflict_filter(query);
-                let sql = format!(
-                    "SELECT {} FROM sluice_conflicts {where_clause} ORDER BY seq DESC LIMIT {}",
-                    $crate::history::CONFLICT_COLUMNS, query.limit
-                );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for v in values {
-                    q = q.bind(v);
-                }
-                q.fetch_all(&self.reader).await?.iter().map($crate::history::conflict_from_row).collect()
-            }
-
-            async fn mutations(&self, after_seq: i64, limit: u32) -> Result<Vec<(i64, $crate::history::MutationRecord)>, $crate::history::HistoryError> {
-                let sql = format!("SELECT {} FROM sluice_mutations WHERE seq > $1 ORDER BY seq LIMIT $2", $crate::history::MUTATION_COLUMNS);
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(after_seq).bind(i64::from(limit)).fetch_all(&self.reader).await?;
-                rows.iter().map($crate::history::mutation_from_row).collect()
-            }
-
-            async fn last_seq(&self) -> Result<i64, $crate::history::HistoryError> {
-                let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM sluice_mutations")
-                    .fetch_one(&self.reader)
-                    .await?;
-                Ok(seq.unwrap_or(0))
-            }
-        }
-    };
+/// Statements both SQL backends send, the same text in either dialect.
+pub(crate) mod sql {
+    pub const INSERT_MUTATION: &str = "INSERT INTO sluice_mutations (id, client, collection, key, op, fields, \
+         base_version, version_before, version_after, outcome, conflict, score, ts_ms, received_ms, \
+         decided_ms, queued_us, lane_waiting) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+    pub const INSERT_CONFLICT: &str = "INSERT INTO sluice_conflicts (mutation_id, client, collection, key, \
+         base_version, server_version, handler, resolution, reason, incoming, existing, result, at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+    pub const MUTATIONS_AFTER: &str = "SELECT seq, id, client, collection, key, op, fields, base_version, \
+         version_before, version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, \
+         queued_us, lane_waiting FROM sluice_mutations WHERE seq > $1 ORDER BY seq LIMIT $2";
+    pub const LAST_SEQ: &str = "SELECT MAX(seq) FROM sluice_mutations";
 }
-pub(crate) use sql_history;
+
+/// The conflicts query and the values it binds, in order.
+pub(crate) fn conflicts_select(query: &ConflictQuery) -> (String, Vec<&str>) {
+    let (where_clause, values) = conflict_filter(query);
+    let sql = format!(
+        "SELECT {CONFLICT_COLUMNS} FROM sluice_conflicts {where_clause} ORDER BY seq DESC LIMIT {}",
+        query.limit
+    );
+    (sql, values)
+}

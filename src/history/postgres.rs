@@ -2,8 +2,11 @@
 //! same Rust types as SQLite's (`BIGINT` for flags and versions, `TEXT` for
 //! JSON), which lets both backends share one implementation.
 
-use super::{HistoryError, MutationRecord, sql_history, version_to_sql};
-use crate::resolve::ConflictRecord;
+use super::{
+    ConflictQuery, History, HistoryError, conflict_from_row, conflicts_select, mutation_from_row,
+    sql, version_to_sql,
+};
+use crate::model::{ConflictRecord, MutationRecord};
 use crate::store::connect_postgres;
 use sqlx::postgres::PgPool;
 use std::sync::LazyLock;
@@ -66,10 +69,10 @@ impl PostgresHistory {
     }
 }
 
-sql_history!(PostgresHistory, record = record_unnest);
-
-impl PostgresHistory {
-    async fn record_unnest(
+#[async_trait::async_trait]
+impl History for PostgresHistory {
+    /// Two statements whatever the batch's size (see `insert_records`).
+    async fn record(
         &self,
         mutations: &[MutationRecord],
         conflicts: &[ConflictRecord],
@@ -80,6 +83,36 @@ impl PostgresHistory {
         insert_records(&mut tx, &mutations, &conflicts).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn conflicts(&self, query: &ConflictQuery) -> Result<Vec<ConflictRecord>, HistoryError> {
+        let (sql, values) = conflicts_select(query);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for v in values {
+            q = q.bind(v);
+        }
+        let rows = q.fetch_all(&self.reader).await?;
+        rows.iter().map(conflict_from_row).collect()
+    }
+
+    async fn mutations(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, MutationRecord)>, HistoryError> {
+        let rows = sqlx::query(sql::MUTATIONS_AFTER)
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(mutation_from_row).collect()
+    }
+
+    async fn last_seq(&self) -> Result<i64, HistoryError> {
+        let seq: Option<i64> = sqlx::query_scalar(sql::LAST_SEQ)
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(seq.unwrap_or(0))
     }
 }
 

@@ -1,7 +1,11 @@
 //! History in an embedded SQLite file (separate from the store's, so that
 //! history writes never queue behind document writes for SQLite's one lock).
 
-use super::{HistoryError, sql_history};
+use super::{
+    ConflictQuery, History, HistoryError, conflict_from_row, conflicts_select, mutation_from_row,
+    sql, version_to_sql,
+};
+use crate::model::{ConflictRecord, MutationRecord};
 use crate::store::open_sqlite_pools;
 use sqlx::sqlite::SqlitePool;
 use std::path::Path;
@@ -64,4 +68,86 @@ impl SqliteHistory {
     }
 }
 
-sql_history!(SqliteHistory, record = record_rows);
+#[async_trait::async_trait]
+impl History for SqliteHistory {
+    /// Row by row: statements cost little in process.
+    async fn record(
+        &self,
+        mutations: &[MutationRecord],
+        conflicts: &[ConflictRecord],
+    ) -> Result<(), HistoryError> {
+        let mut tx = self.writer.begin().await?;
+        for m in mutations {
+            sqlx::query(sql::INSERT_MUTATION)
+                .bind(&m.id)
+                .bind(&m.client)
+                .bind(&m.doc.collection)
+                .bind(&m.doc.key)
+                .bind(&m.op)
+                .bind(serde_json::to_string(&m.fields).unwrap_or_else(|_| "[]".into()))
+                .bind(m.base_version.map(version_to_sql))
+                .bind(version_to_sql(m.version_before))
+                .bind(version_to_sql(m.version_after))
+                .bind(&m.outcome)
+                .bind(i64::from(m.conflict))
+                .bind(m.score)
+                .bind(m.ts_ms)
+                .bind(m.received_ms)
+                .bind(m.decided_ms)
+                .bind(version_to_sql(m.queued_us))
+                .bind(version_to_sql(m.lane_waiting))
+                .execute(&mut *tx)
+                .await?;
+        }
+        for c in conflicts {
+            sqlx::query(sql::INSERT_CONFLICT)
+                .bind(&c.mutation_id)
+                .bind(&c.client)
+                .bind(&c.doc.collection)
+                .bind(&c.doc.key)
+                .bind(version_to_sql(c.base_version))
+                .bind(version_to_sql(c.server_version))
+                .bind(&c.handler)
+                .bind(c.resolution.as_str())
+                .bind(&c.reason)
+                .bind(c.incoming.to_string())
+                .bind(c.existing.to_string())
+                .bind(c.result.to_string())
+                .bind(c.at_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn conflicts(&self, query: &ConflictQuery) -> Result<Vec<ConflictRecord>, HistoryError> {
+        let (sql, values) = conflicts_select(query);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for v in values {
+            q = q.bind(v);
+        }
+        let rows = q.fetch_all(&self.reader).await?;
+        rows.iter().map(conflict_from_row).collect()
+    }
+
+    async fn mutations(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, MutationRecord)>, HistoryError> {
+        let rows = sqlx::query(sql::MUTATIONS_AFTER)
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(mutation_from_row).collect()
+    }
+
+    async fn last_seq(&self) -> Result<i64, HistoryError> {
+        let seq: Option<i64> = sqlx::query_scalar(sql::LAST_SEQ)
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(seq.unwrap_or(0))
+    }
+}

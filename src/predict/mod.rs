@@ -20,7 +20,7 @@ pub mod quality;
 pub use ftrl::{Ftrl, FtrlParams};
 pub use quality::{Quality, QualityReport};
 
-use crate::history::MutationRecord;
+use crate::model::MutationRecord;
 use crate::model::{DocKey, Op};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};

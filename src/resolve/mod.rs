@@ -19,7 +19,9 @@ pub use handler::{CollectionConfig, Handler, WEBHOOK_TIMEOUT_MS_MAX};
 pub use script::{ScriptError, ScriptLimits};
 
 use crate::clock::SharedClock;
-use crate::model::{ConflictInfo, DocKey, Document, Mutation, Op, Outcome, Resolution, Verdict};
+use crate::model::{
+    ConflictInfo, ConflictRecord, Document, Mutation, Op, Outcome, Resolution, Verdict,
+};
 use serde_json::{Map, Value, json};
 
 /// Deepest document a handler may return, the same bound the API puts on values.
@@ -78,23 +80,6 @@ fn kind_of(value: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
-}
-
-/// A conflict in full, as the history keeps it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ConflictRecord {
-    pub mutation_id: String,
-    pub client: String,
-    pub doc: DocKey,
-    pub base_version: u64,
-    pub server_version: u64,
-    pub handler: String,
-    pub resolution: Resolution,
-    pub reason: String,
-    pub incoming: Value,
-    pub existing: Value,
-    pub result: Value,
-    pub at_ms: i64,
 }
 
 /// One mutation decided against one document state.

@@ -161,7 +161,7 @@ impl Store for MemoryStore {
             .replies
             .values()
             .filter(|(seq, r)| r.client == client && *seq > after_seq)
-            .map(|(seq, r)| (*seq, r.body.clone()))
+            .map(|(seq, r)| (*seq, r.decision.body.clone()))
             .collect();
         events.sort_by_key(|(seq, _)| *seq);
         events.truncate(limit as usize);

@@ -26,9 +26,9 @@ pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-use crate::history::MutationRecord;
-use crate::model::{DocKey, Document};
-use crate::resolve::ConflictRecord;
+use crate::model::ConflictRecord;
+use crate::model::MutationRecord;
+use crate::model::{Decision, DecisionKind, DocKey, Document};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -39,9 +39,8 @@ pub struct StoredReply {
     pub client: String,
     pub id: String,
     pub fingerprint: u64,
-    pub status: u16,
-    /// The response body, JSON text exactly as it was sent.
-    pub body: String,
+    /// What the client was told, exactly as it was sent.
+    pub decision: Decision,
     pub at_ms: i64,
     /// The mutation was accepted asynchronously: its entry in the accept log
     /// goes in the same transaction as this reply.
@@ -241,137 +240,65 @@ fn from_sql(v: i64) -> u64 {
     u64::from_ne_bytes(v.to_ne_bytes())
 }
 
-/// The `Store` implementation both SQL backends share. The statements are the
-/// same text in either dialect except for how an item is bound and selected
-/// (`$item_param`, `$item_select`), which PostgreSQL casts to and from `json`.
-macro_rules! sql_store {
-    ($ty:ty, item_param = $item_param:literal, item_select = $item_select:literal, seq = $seq:literal, accept_seq = $accept_seq:literal, commit = $commit:ident $(, extra = { $($extra:tt)* })?) => {
-        #[async_trait::async_trait]
-        impl $crate::store::Store for $ty {
-            async fn commit(&self, batch: &[$crate::store::LaneCommit]) -> Result<Vec<$crate::store::CommitOutcome>, $crate::store::StoreError> {
-                self.$commit(batch).await
-            }
-
-            $($($extra)*)?
-
-            async fn get(&self, doc: &$crate::model::DocKey) -> Result<$crate::model::Document, $crate::store::StoreError> {
-                let row = sqlx::query(concat!("SELECT version, ", $item_select, " FROM sluice_documents WHERE collection = $1 AND key = $2"))
-                    .bind(&doc.collection)
-                    .bind(&doc.key)
-                    .fetch_optional(&self.reader)
-                    .await?;
-                match row {
-                    None => Ok($crate::model::Document::absent()),
-                    Some(row) => $crate::store::decode_item(sqlx::Row::try_get(&row, "version")?, sqlx::Row::try_get(&row, "item")?),
-                }
-            }
-
-
-            async fn reply(&self, client: &str, id: &str) -> Result<Option<$crate::store::StoredReply>, $crate::store::StoreError> {
-                let row = sqlx::query(
-                    "SELECT fingerprint, status, body, at_ms FROM sluice_replies WHERE client = $1 AND id = $2",
-                )
-                .bind(client)
-                .bind(id)
-                .fetch_optional(&self.reader)
-                .await?;
-                let Some(row) = row else { return Ok(None) };
-                let status: i64 = sqlx::Row::try_get(&row, "status")?;
-                Ok(Some($crate::store::StoredReply {
-                    client: client.to_owned(),
-                    id: id.to_owned(),
-                    fingerprint: $crate::store::from_sql(sqlx::Row::try_get(&row, "fingerprint")?),
-                    status: u16::try_from(status).map_err(|_| $crate::store::StoreError::Corrupt(format!("reply status {status}")))?,
-                    body: sqlx::Row::try_get(&row, "body")?,
-                    at_ms: sqlx::Row::try_get(&row, "at_ms")?,
-                    was_accepted: false,
-                }))
-            }
-
-            async fn expire_replies(&self, before_ms: i64) -> Result<u64, $crate::store::StoreError> {
-                let done = sqlx::query(concat!(
-                    "DELETE FROM sluice_replies WHERE at_ms < $1 AND ", $seq, " <= (SELECT COALESCE(MAX(", $seq, "), 0) FROM sluice_replies) - $2"
-                ))
-                .bind(before_ms)
-                .bind($crate::store::EVENTS_KEPT_MIN)
-                .execute(&self.writer)
-                .await?;
-                Ok(done.rows_affected())
-            }
-
-            async fn accept(&self, entry: &$crate::store::Accepted) -> Result<bool, $crate::store::StoreError> {
-                let done = sqlx::query(
-                    "INSERT INTO sluice_accepted (client, id, fingerprint, mutation, score, at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (client, id) DO NOTHING",
-                )
-                .bind(&entry.client)
-                .bind(&entry.id)
-                .bind($crate::store::to_sql(entry.fingerprint))
-                .bind(&entry.mutation)
-                .bind(entry.score)
-                .bind(entry.at_ms)
-                .execute(&self.writer)
-                .await?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn unaccept(&self, client: &str, id: &str) -> Result<(), $crate::store::StoreError> {
-                sqlx::query("DELETE FROM sluice_accepted WHERE client = $1 AND id = $2")
-                    .bind(client)
-                    .bind(id)
-                    .execute(&self.writer)
-                    .await?;
-                Ok(())
-            }
-
-            async fn accepted(&self, client: &str, id: &str) -> Result<Option<$crate::store::Accepted>, $crate::store::StoreError> {
-                let row = sqlx::query("SELECT client, id, fingerprint, mutation, score, at_ms FROM sluice_accepted WHERE client = $1 AND id = $2")
-                    .bind(client)
-                    .bind(id)
-                    .fetch_optional(&self.reader)
-                    .await?;
-                row.map(|r| $crate::store::accepted_from_row(&r)).transpose()
-            }
-
-            async fn pending_accepted(&self) -> Result<Vec<$crate::store::Accepted>, $crate::store::StoreError> {
-                let rows = sqlx::query(concat!("SELECT client, id, fingerprint, mutation, score, at_ms FROM sluice_accepted ORDER BY ", $accept_seq))
-                    .fetch_all(&self.reader)
-                    .await?;
-                rows.iter().map($crate::store::accepted_from_row).collect()
-            }
-
-            async fn events_after(&self, client: &str, after_seq: i64, limit: u32) -> Result<Vec<(i64, String)>, $crate::store::StoreError> {
-                let rows = sqlx::query(concat!(
-                    "SELECT ", $seq, " AS seq, body FROM sluice_replies WHERE client = $1 AND ", $seq, " > $2 ORDER BY ", $seq, " LIMIT $3"
-                ))
-                .bind(client)
-                .bind(after_seq)
-                .bind(i64::from(limit))
-                .fetch_all(&self.reader)
-                .await?;
-                rows.iter()
-                    .map(|r| Ok((sqlx::Row::try_get(r, "seq")?, sqlx::Row::try_get(r, "body")?)))
-                    .collect()
-            }
-
-            async fn collections(&self) -> Result<Vec<(String, String)>, $crate::store::StoreError> {
-                let rows = sqlx::query("SELECT name, config FROM sluice_collections ORDER BY name").fetch_all(&self.reader).await?;
-                rows.iter().map(|r| Ok((sqlx::Row::try_get(r, "name")?, sqlx::Row::try_get(r, "config")?))).collect()
-            }
-
-            async fn put_collection(&self, name: &str, config_json: &str, at_ms: i64) -> Result<(), $crate::store::StoreError> {
-                sqlx::query(
-                    "INSERT INTO sluice_collections (name, config, updated_ms) VALUES ($1, $2, $3)
-                     ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_ms = excluded.updated_ms",
-                )
-                .bind(name)
-                .bind(config_json)
-                .bind(at_ms)
-                .execute(&self.writer)
-                .await?;
-                Ok(())
-            }
-        }
-    };
+/// Statements both SQL backends send, the same text in either dialect
+/// (`$N` placeholders work on both); where the dialects differ (how an item
+/// is selected, the column that numbers rows) each backend has its own.
+pub(crate) mod sql {
+    pub const SELECT_REPLY: &str =
+        "SELECT fingerprint, status, body, at_ms FROM sluice_replies WHERE client = $1 AND id = $2";
+    pub const INSERT_ACCEPTED: &str = "INSERT INTO sluice_accepted (client, id, fingerprint, mutation, score, at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (client, id) DO NOTHING";
+    pub const DELETE_ACCEPTED: &str = "DELETE FROM sluice_accepted WHERE client = $1 AND id = $2";
+    pub const SELECT_ACCEPTED: &str = "SELECT client, id, fingerprint, mutation, score, at_ms \
+         FROM sluice_accepted WHERE client = $1 AND id = $2";
+    pub const SELECT_COLLECTIONS: &str =
+        "SELECT name, config FROM sluice_collections ORDER BY name";
+    pub const UPSERT_COLLECTION: &str = "INSERT INTO sluice_collections (name, config, updated_ms) \
+         VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_ms = excluded.updated_ms";
 }
-pub(crate) use sql_store;
+
+/// Decodes a `sql::SELECT_REPLY` row of either backend.
+fn reply_from_row<R>(row: &R, client: &str, id: &str) -> Result<StoredReply, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let code: i64 = row.try_get("status")?;
+    let kind = DecisionKind::from_stored_code(code)
+        .ok_or_else(|| StoreError::Corrupt(format!("reply kind {code}")))?;
+    Ok(StoredReply {
+        client: client.to_owned(),
+        id: id.to_owned(),
+        fingerprint: from_sql(row.try_get("fingerprint")?),
+        decision: Decision {
+            kind,
+            body: row.try_get("body")?,
+        },
+        at_ms: row.try_get("at_ms")?,
+        was_accepted: false,
+    })
+}
+
+/// Decodes a `(name, config)` row of either backend.
+fn collection_from_row<R>(row: &R) -> Result<(String, String), StoreError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok((row.try_get("name")?, row.try_get("config")?))
+}
+
+/// Decodes an event-stream row (`seq`, `body`) of either backend.
+fn event_from_row<R>(row: &R) -> Result<(i64, String), StoreError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok((row.try_get("seq")?, row.try_get("body")?))
+}

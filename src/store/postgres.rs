@@ -5,8 +5,9 @@
 //! processes starting against one database do not race each other's DDL.
 
 use super::{
-    CommitOutcome, LaneCommit, StoreError, StoredReply, decode_item, encode_item, from_sql,
-    sql_store, to_sql,
+    Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, Store, StoreError, StoredReply,
+    accepted_from_row, collection_from_row, decode_item, encode_item, event_from_row,
+    reply_from_row, sql, to_sql,
 };
 use crate::model::{DocKey, Document};
 use sqlx::Row;
@@ -20,6 +21,17 @@ use std::sync::LazyLock;
 const CONNECTIONS_MAX: u32 = 16;
 /// An arbitrary constant naming Sluice's schema lock.
 const SCHEMA_LOCK_ID: i64 = 0x511CE;
+
+/// PostgreSQL's statements where its dialect differs from SQLite's: items
+/// are `json`, read back as text; rows are numbered by `seq`.
+const SELECT_DOCUMENT: &str =
+    "SELECT version, item::text AS item FROM sluice_documents WHERE collection = $1 AND key = $2";
+const EXPIRE_REPLIES: &str = "DELETE FROM sluice_replies WHERE at_ms < $1 \
+     AND seq <= (SELECT COALESCE(MAX(seq), 0) FROM sluice_replies) - $2";
+const PENDING_ACCEPTED: &str = "SELECT client, id, fingerprint, mutation, score, at_ms \
+     FROM sluice_accepted ORDER BY seq";
+const EVENTS_AFTER: &str = "SELECT seq, body FROM sluice_replies \
+     WHERE client = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sluice_documents (
@@ -129,31 +141,133 @@ impl PostgresStore {
     }
 }
 
-sql_store!(
-    PostgresStore,
-    item_param = "$4::json",
-    item_select = "item::text AS item",
-    seq = "seq",
-    accept_seq = "seq",
-    commit = commit_unnest,
-    extra = {
-        fn batches_reads(&self) -> bool {
-            true
-        }
-
-        fn writes_history(&self) -> bool {
-            self.history
-        }
-
-        async fn read_many(
-            &self,
-            docs: &[DocKey],
-            replies: &[(String, String)],
-        ) -> Result<(Vec<Document>, Vec<Option<StoredReply>>), StoreError> {
-            self.read_unnest(docs, replies).await
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn get(&self, doc: &DocKey) -> Result<Document, StoreError> {
+        let row = sqlx::query(SELECT_DOCUMENT)
+            .bind(&doc.collection)
+            .bind(&doc.key)
+            .fetch_optional(&self.reader)
+            .await?;
+        match row {
+            None => Ok(Document::absent()),
+            Some(row) => decode_item(row.try_get("version")?, row.try_get("item")?),
         }
     }
-);
+
+    async fn commit(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError> {
+        self.commit_unnest(batch).await
+    }
+
+    fn writes_history(&self) -> bool {
+        self.history
+    }
+
+    fn batches_reads(&self) -> bool {
+        true
+    }
+
+    async fn read_many(
+        &self,
+        docs: &[DocKey],
+        replies: &[(String, String)],
+    ) -> Result<(Vec<Document>, Vec<Option<StoredReply>>), StoreError> {
+        self.read_unnest(docs, replies).await
+    }
+
+    async fn reply(&self, client: &str, id: &str) -> Result<Option<StoredReply>, StoreError> {
+        let row = sqlx::query(sql::SELECT_REPLY)
+            .bind(client)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|row| reply_from_row(&row, client, id)).transpose()
+    }
+
+    async fn expire_replies(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(EXPIRE_REPLIES)
+            .bind(before_ms)
+            .bind(EVENTS_KEPT_MIN)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn accept(&self, entry: &Accepted) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql::INSERT_ACCEPTED)
+            .bind(&entry.client)
+            .bind(&entry.id)
+            .bind(to_sql(entry.fingerprint))
+            .bind(&entry.mutation)
+            .bind(entry.score)
+            .bind(entry.at_ms)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn unaccept(&self, client: &str, id: &str) -> Result<(), StoreError> {
+        sqlx::query(sql::DELETE_ACCEPTED)
+            .bind(client)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn accepted(&self, client: &str, id: &str) -> Result<Option<Accepted>, StoreError> {
+        let row = sqlx::query(sql::SELECT_ACCEPTED)
+            .bind(client)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| accepted_from_row(&r)).transpose()
+    }
+
+    async fn pending_accepted(&self) -> Result<Vec<Accepted>, StoreError> {
+        let rows = sqlx::query(PENDING_ACCEPTED)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(accepted_from_row).collect()
+    }
+
+    async fn events_after(
+        &self,
+        client: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = sqlx::query(EVENTS_AFTER)
+            .bind(client)
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn collections(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(sql::SELECT_COLLECTIONS)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(collection_from_row).collect()
+    }
+
+    async fn put_collection(
+        &self,
+        name: &str,
+        config_json: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(sql::UPSERT_COLLECTION)
+            .bind(name)
+            .bind(config_json)
+            .bind(at_ms)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+}
 
 /// The 0-based position in the request of a row numbered `n` by
 /// `UNNEST … WITH ORDINALITY`.
@@ -204,17 +318,7 @@ impl PostgresStore {
                 continue;
             }
             let i = ordinal(&row, replies.len())?;
-            let status: i64 = row.try_get("status")?;
-            found_replies[i] = Some(StoredReply {
-                client: replies[i].0.clone(),
-                id: replies[i].1.clone(),
-                fingerprint: from_sql(row.try_get("fingerprint")?),
-                status: u16::try_from(status)
-                    .map_err(|_| StoreError::Corrupt(format!("reply status {status}")))?,
-                body: row.try_get("body")?,
-                at_ms: row.try_get("at_ms")?,
-                was_accepted: false,
-            });
+            found_replies[i] = Some(reply_from_row(&row, &replies[i].0, &replies[i].1)?);
         }
         Ok((found_docs, found_replies))
     }
@@ -325,13 +429,13 @@ impl PostgresStore {
             .bind(
                 replies
                     .iter()
-                    .map(|(_, r)| i64::from(r.status))
+                    .map(|(_, r)| r.decision.kind.stored_code())
                     .collect::<Vec<_>>(),
             )
             .bind(
                 replies
                     .iter()
-                    .map(|(_, r)| r.body.as_str())
+                    .map(|(_, r)| r.decision.body.as_str())
                     .collect::<Vec<_>>(),
             )
             .bind(replies.iter().map(|(_, r)| r.at_ms).collect::<Vec<_>>())
@@ -399,11 +503,16 @@ static COMMIT_SQL: LazyLock<String> = LazyLock::new(|| commit_sql(false));
 /// `COMMIT_SQL` that also inserts the committed lanes' history records.
 static COMMIT_WITH_HISTORY_SQL: LazyLock<String> = LazyLock::new(|| commit_sql(true));
 
+/// The parameters of `commit_sql`'s own part (`$1` to `$16`); the history
+/// records' arrays are numbered after them.
+const COMMIT_PARAMS: usize = 16;
+
 fn commit_sql(history: bool) -> String {
     let filter = "u.lane IN (SELECT n FROM committed)";
     let records = if history {
-        let (mutations, used) = crate::history::mutations_insert(17, Some(filter));
-        let (conflicts, _) = crate::history::conflicts_insert(17 + used, Some(filter));
+        let first = COMMIT_PARAMS + 1;
+        let (mutations, used) = crate::history::mutations_insert(first, Some(filter));
+        let (conflicts, _) = crate::history::conflicts_insert(first + used, Some(filter));
         format!(",\n         recorded AS ({mutations}),\n         conflicted AS ({conflicts})")
     } else {
         String::new()
@@ -466,4 +575,32 @@ fn commit_sql(history: bool) -> String {
          UNION ALL
          SELECT lane, 1 FROM resent"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The highest `$N` in a statement.
+    fn last_param(sql: &str) -> usize {
+        sql.split('$')
+            .skip(1)
+            .filter_map(|s| {
+                let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn the_history_arrays_are_numbered_after_the_commits_own() {
+        assert_eq!(last_param(&commit_sql(false)), COMMIT_PARAMS);
+        let (_, mutations) = crate::history::mutations_insert(1, Some("true"));
+        let (_, conflicts) = crate::history::conflicts_insert(1, Some("true"));
+        assert_eq!(
+            last_param(&commit_sql(true)),
+            COMMIT_PARAMS + mutations + conflicts
+        );
+    }
 }

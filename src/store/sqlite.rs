@@ -6,7 +6,13 @@
 //! never wait for the writer. `synchronous = FULL`: a committed transaction
 //! survives power loss, which is what "acknowledged" promises.
 
-use super::{StoreError, sql_store};
+use super::{
+    Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, Store, StoreError, StoredReply,
+    accepted_from_row, collection_from_row, decode_item, encode_item, event_from_row, from_sql,
+    reply_from_row, sql, to_sql,
+};
+use crate::model::{DocKey, Document};
+use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -17,6 +23,26 @@ use std::time::Duration;
 const READ_CONNECTIONS_MAX: u32 = 4;
 /// How long a statement waits for a lock held by another process on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SQLite's statements where its dialect differs from PostgreSQL's: rows
+/// are numbered by `rowid` (in commit order: the one writer inserts).
+const SELECT_DOCUMENT: &str =
+    "SELECT version, item FROM sluice_documents WHERE collection = $1 AND key = $2";
+const EXPIRE_REPLIES: &str = "DELETE FROM sluice_replies WHERE at_ms < $1 \
+     AND rowid <= (SELECT COALESCE(MAX(rowid), 0) FROM sluice_replies) - $2";
+const PENDING_ACCEPTED: &str = "SELECT client, id, fingerprint, mutation, score, at_ms \
+     FROM sluice_accepted ORDER BY rowid";
+const EVENTS_AFTER: &str = "SELECT rowid AS seq, body FROM sluice_replies \
+     WHERE client = $1 AND rowid > $2 ORDER BY rowid LIMIT $3";
+const SELECT_REPLIED: &str = "SELECT 1 FROM sluice_replies WHERE client = $1 AND id = $2";
+const INSERT_DOCUMENT: &str = "INSERT INTO sluice_documents (collection, key, version, item, updated_ms) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (collection, key) DO NOTHING";
+const UPDATE_DOCUMENT: &str = "UPDATE sluice_documents SET version = $3, item = $4, updated_ms = $5 \
+     WHERE collection = $1 AND key = $2 AND version = $6";
+const SELECT_VERSION: &str =
+    "SELECT version FROM sluice_documents WHERE collection = $1 AND key = $2";
+const INSERT_REPLY: &str = "INSERT INTO sluice_replies (client, id, fingerprint, status, body, at_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (client, id) DO NOTHING";
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sluice_documents (
@@ -92,104 +118,191 @@ impl SqliteStore {
     }
 }
 
-sql_store!(
-    SqliteStore,
-    item_param = "$4",
-    item_select = "item",
-    seq = "rowid",
-    accept_seq = "rowid",
-    commit = commit_rows
-);
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, doc: &DocKey) -> Result<Document, StoreError> {
+        let row = sqlx::query(SELECT_DOCUMENT)
+            .bind(&doc.collection)
+            .bind(&doc.key)
+            .fetch_optional(&self.reader)
+            .await?;
+        match row {
+            None => Ok(Document::absent()),
+            Some(row) => decode_item(row.try_get("version")?, row.try_get("item")?),
+        }
+    }
+
+    async fn commit(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError> {
+        self.commit_rows(batch).await
+    }
+
+    async fn reply(&self, client: &str, id: &str) -> Result<Option<StoredReply>, StoreError> {
+        let row = sqlx::query(sql::SELECT_REPLY)
+            .bind(client)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|row| reply_from_row(&row, client, id)).transpose()
+    }
+
+    async fn expire_replies(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(EXPIRE_REPLIES)
+            .bind(before_ms)
+            .bind(EVENTS_KEPT_MIN)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn accept(&self, entry: &Accepted) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql::INSERT_ACCEPTED)
+            .bind(&entry.client)
+            .bind(&entry.id)
+            .bind(to_sql(entry.fingerprint))
+            .bind(&entry.mutation)
+            .bind(entry.score)
+            .bind(entry.at_ms)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn unaccept(&self, client: &str, id: &str) -> Result<(), StoreError> {
+        sqlx::query(sql::DELETE_ACCEPTED)
+            .bind(client)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn accepted(&self, client: &str, id: &str) -> Result<Option<Accepted>, StoreError> {
+        let row = sqlx::query(sql::SELECT_ACCEPTED)
+            .bind(client)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| accepted_from_row(&r)).transpose()
+    }
+
+    async fn pending_accepted(&self) -> Result<Vec<Accepted>, StoreError> {
+        let rows = sqlx::query(PENDING_ACCEPTED)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(accepted_from_row).collect()
+    }
+
+    async fn events_after(
+        &self,
+        client: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = sqlx::query(EVENTS_AFTER)
+            .bind(client)
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn collections(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(sql::SELECT_COLLECTIONS)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(collection_from_row).collect()
+    }
+
+    async fn put_collection(
+        &self,
+        name: &str,
+        config_json: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(sql::UPSERT_COLLECTION)
+            .bind(name)
+            .bind(config_json)
+            .bind(at_ms)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+}
 
 impl SqliteStore {
     /// The batch statement by statement: round trips cost little in
     /// process (PostgreSQL commits a batch in one statement instead).
-    async fn commit_rows(
-        &self,
-        batch: &[crate::store::LaneCommit],
-    ) -> Result<Vec<crate::store::CommitOutcome>, crate::store::StoreError> {
+    async fn commit_rows(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError> {
         let mut tx = self.writer.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         'lanes: for lane in batch {
             for reply in &lane.replies {
-                let stored: Option<i64> = sqlx::query_scalar(
-                    "SELECT 1 FROM sluice_replies WHERE client = $1 AND id = $2",
-                )
-                .bind(&reply.client)
-                .bind(&reply.id)
-                .fetch_optional(&mut *tx)
-                .await?;
+                let stored: Option<i64> = sqlx::query_scalar(SELECT_REPLIED)
+                    .bind(&reply.client)
+                    .bind(&reply.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
                 if stored.is_some() {
-                    outcomes.push(crate::store::CommitOutcome::Resent);
+                    outcomes.push(CommitOutcome::Resent);
                     continue 'lanes;
                 }
             }
             if let Some(write) = &lane.write {
                 let written = if lane.expected_version == 0 {
-                    sqlx::query(
-                                "INSERT INTO sluice_documents (collection, key, version, item, updated_ms)
-                                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (collection, key) DO NOTHING",
-                            )
-                            .bind(&lane.doc.collection)
-                            .bind(&lane.doc.key)
-                            .bind(crate::store::to_sql(write.version))
-                            .bind(crate::store::encode_item(write))
-                            .bind(lane.at_ms)
-                            .execute(&mut *tx)
-                            .await?
+                    sqlx::query(INSERT_DOCUMENT)
+                        .bind(&lane.doc.collection)
+                        .bind(&lane.doc.key)
+                        .bind(to_sql(write.version))
+                        .bind(encode_item(write))
+                        .bind(lane.at_ms)
+                        .execute(&mut *tx)
+                        .await?
                 } else {
-                    sqlx::query(
-                        "UPDATE sluice_documents SET version = $3, item = $4, updated_ms = $5
-                                 WHERE collection = $1 AND key = $2 AND version = $6",
-                    )
-                    .bind(&lane.doc.collection)
-                    .bind(&lane.doc.key)
-                    .bind(crate::store::to_sql(write.version))
-                    .bind(crate::store::encode_item(write))
-                    .bind(lane.at_ms)
-                    .bind(crate::store::to_sql(lane.expected_version))
-                    .execute(&mut *tx)
-                    .await?
+                    sqlx::query(UPDATE_DOCUMENT)
+                        .bind(&lane.doc.collection)
+                        .bind(&lane.doc.key)
+                        .bind(to_sql(write.version))
+                        .bind(encode_item(write))
+                        .bind(lane.at_ms)
+                        .bind(to_sql(lane.expected_version))
+                        .execute(&mut *tx)
+                        .await?
                 };
                 if written.rows_affected() != 1 {
-                    outcomes.push(crate::store::CommitOutcome::Stale);
+                    outcomes.push(CommitOutcome::Stale);
                     continue;
                 }
             } else {
-                let version: Option<i64> = sqlx::query_scalar(
-                    "SELECT version FROM sluice_documents WHERE collection = $1 AND key = $2",
-                )
-                .bind(&lane.doc.collection)
-                .bind(&lane.doc.key)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if version.map_or(0, crate::store::from_sql) != lane.expected_version {
-                    outcomes.push(crate::store::CommitOutcome::Stale);
+                let version: Option<i64> = sqlx::query_scalar(SELECT_VERSION)
+                    .bind(&lane.doc.collection)
+                    .bind(&lane.doc.key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if version.map_or(0, from_sql) != lane.expected_version {
+                    outcomes.push(CommitOutcome::Stale);
                     continue;
                 }
             }
             for reply in &lane.replies {
-                sqlx::query(
-                    "INSERT INTO sluice_replies (client, id, fingerprint, status, body, at_ms)
-                             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (client, id) DO NOTHING",
-                )
-                .bind(&reply.client)
-                .bind(&reply.id)
-                .bind(crate::store::to_sql(reply.fingerprint))
-                .bind(i64::from(reply.status))
-                .bind(&reply.body)
-                .bind(reply.at_ms)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(INSERT_REPLY)
+                    .bind(&reply.client)
+                    .bind(&reply.id)
+                    .bind(to_sql(reply.fingerprint))
+                    .bind(reply.decision.kind.stored_code())
+                    .bind(&reply.decision.body)
+                    .bind(reply.at_ms)
+                    .execute(&mut *tx)
+                    .await?;
                 if reply.was_accepted {
-                    sqlx::query("DELETE FROM sluice_accepted WHERE client = $1 AND id = $2")
+                    sqlx::query(sql::DELETE_ACCEPTED)
                         .bind(&reply.client)
                         .bind(&reply.id)
                         .execute(&mut *tx)
                         .await?;
                 }
             }
-            outcomes.push(crate::store::CommitOutcome::Committed);
+            outcomes.push(CommitOutcome::Committed);
         }
         tx.commit().await?;
         Ok(outcomes)

@@ -264,7 +264,7 @@ impl Board {
     }
 
     /// Builds the view of a conflict from its record.
-    pub fn view(record: &crate::resolve::ConflictRecord) -> ConflictView {
+    pub fn view(record: &crate::model::ConflictRecord) -> ConflictView {
         ConflictView {
             at_ms: record.at_ms,
             mutation_id: record.mutation_id.clone(),
@@ -402,7 +402,7 @@ mod tests {
         assert_eq!(snapshot.series.len(), SERIES_POINTS);
         assert!(snapshot.series.iter().all(|p| p.applied == 2));
         assert_eq!(board.snapshot(0, 348_000).series.len(), 1);
-        let record = crate::resolve::ConflictRecord {
+        let record = crate::model::ConflictRecord {
             mutation_id: "m".into(),
             client: String::new(),
             doc: DocKey::new("c", "k"),

@@ -3,11 +3,9 @@
 
 use crate::support::fresh_postgres_database;
 use serde_json::{Map, Value, json};
-use sluice::history::{
-    ConflictQuery, History, MemoryHistory, MutationRecord, PostgresHistory, SqliteHistory,
-};
+use sluice::history::{ConflictQuery, History, MemoryHistory, PostgresHistory, SqliteHistory};
+use sluice::model::{ConflictRecord, Decision, DecisionKind, MutationRecord};
 use sluice::model::{DocKey, Document, Resolution};
-use sluice::resolve::ConflictRecord;
 use sluice::store::{
     Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, LaneHistory, MemoryStore, PostgresStore,
     SqliteStore, Store, StoredReply,
@@ -23,8 +21,10 @@ fn reply(client: &str, id: &str, at_ms: i64) -> StoredReply {
         was_accepted: false,
         id: id.into(),
         fingerprint: u64::MAX - 7,
-        status: 200,
-        body: format!("{{\"id\":\"{id}\"}}"),
+        decision: Decision {
+            kind: DecisionKind::Written,
+            body: format!("{{\"id\":\"{id}\"}}"),
+        },
         at_ms,
     }
 }

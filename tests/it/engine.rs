@@ -95,7 +95,7 @@ fn patch(id: &str, base_version: Option<u64>) -> Mutation {
     }
 }
 
-fn body(reply: &sluice::dispatch::Reply) -> Value {
+fn body(reply: &sluice::api::Reply) -> Value {
     serde_json::from_str(&reply.body).expect("JSON")
 }
 
@@ -120,17 +120,23 @@ async fn a_stalled_lookup_of_a_resend_frees_its_lane_and_its_id() {
     )
     .await
     .expect("engine");
-    let original = engine.submit(patch("m1", None)).await;
+    let original = crate::support::submit(&engine, patch("m1", None)).await;
     assert_eq!(original.status, 200, "{}", original.body);
     store.stall_lookups.store(true, Ordering::SeqCst);
-    let stalled = tokio::time::timeout(Duration::from_secs(5), engine.submit(patch("m1", None)))
-        .await
-        .expect("a client never waits past its time-out");
+    let stalled = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::support::submit(&engine, patch("m1", None)),
+    )
+    .await
+    .expect("a client never waits past its time-out");
     assert_eq!(stalled.status, 503, "{}", stalled.body);
     // The lane is free: another mutation of the document is decided.
-    let next = tokio::time::timeout(Duration::from_secs(5), engine.submit(patch("m2", None)))
-        .await
-        .expect("the lane is not held by the stalled lookup");
+    let next = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::support::submit(&engine, patch("m2", None)),
+    )
+    .await
+    .expect("the lane is not held by the stalled lookup");
     assert_eq!(
         (next.status, body(&next)["version"].clone()),
         (200, json!(2))
@@ -138,9 +144,12 @@ async fn a_stalled_lookup_of_a_resend_frees_its_lane_and_its_id() {
     store.stall_lookups.store(false, Ordering::SeqCst);
     let mut reply = stalled;
     for _ in 0..20 {
-        reply = tokio::time::timeout(Duration::from_secs(5), engine.submit(patch("m1", None)))
-            .await
-            .expect("the resend is not stuck behind the stalled lookup");
+        reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            crate::support::submit(&engine, patch("m1", None)),
+        )
+        .await
+        .expect("the resend is not stuck behind the stalled lookup");
         if reply.status != 503 {
             break;
         }
@@ -154,13 +163,13 @@ async fn a_stalled_lookup_of_a_resend_frees_its_lane_and_its_id() {
 async fn a_writer_behind_sluice_is_detected_and_the_batch_decided_again() {
     let store = Arc::new(Unruly::default());
     let engine = engine(store.clone()).await;
-    let first = engine.submit(patch("m1", Some(0))).await;
+    let first = crate::support::submit(&engine, patch("m1", Some(0))).await;
     assert_eq!(first.status, 200);
     // Two foreign writes land between Sluice's read and its compare-and-set.
     store
         .foreign_writes_before_commit
         .store(2, Ordering::SeqCst);
-    let reply = engine.submit(patch("m2", Some(1))).await;
+    let reply = crate::support::submit(&engine, patch("m2", Some(1))).await;
     let answer = body(&reply);
     // Decided again until the version holds still: against version 3, a stale base, rejected.
     assert_eq!(
@@ -181,16 +190,16 @@ async fn a_failed_commit_answers_503_and_a_resend_applies_once() {
     let store = Arc::new(Unruly::default());
     let engine = engine(store.clone()).await;
     store.fail_commits.store(true, Ordering::SeqCst);
-    let failed = engine.submit(patch("m1", None)).await;
+    let failed = crate::support::submit(&engine, patch("m1", None)).await;
     assert_eq!((failed.status, failed.retry_after_s), (503, Some(1)));
     assert_eq!(body(&failed)["error"]["code"], json!("store_unavailable"));
     store.fail_commits.store(false, Ordering::SeqCst);
-    let applied = engine.submit(patch("m1", None)).await;
+    let applied = crate::support::submit(&engine, patch("m1", None)).await;
     assert_eq!(
         (applied.status, body(&applied)["version"].clone()),
         (200, json!(1))
     );
-    let again = engine.submit(patch("m1", None)).await;
+    let again = crate::support::submit(&engine, patch("m1", None)).await;
     assert_eq!(again, applied);
     assert_eq!(
         engine
@@ -216,7 +225,7 @@ async fn scored_outcomes(
     for i in 0..n {
         let stale = stale_every.is_some_and(|k| i % k == 0) && version > 0;
         let base = if stale { version - 1 } else { version };
-        let reply = engine.submit(patch(&format!("p{i}"), Some(base))).await;
+        let reply = crate::support::submit(engine, patch(&format!("p{i}"), Some(base))).await;
         let answer = body(&reply);
         version = answer["version"].as_u64().expect("version");
         let score = answer["score"].as_f64().expect("score");

@@ -123,7 +123,7 @@ proptest! {
                     Action::Delete => mutation(i, Op::Delete, None, *base),
                 };
                 let engine = engine.clone();
-                pending.push(tokio::spawn(async move { engine.submit(m).await }));
+                pending.push(tokio::spawn(async move { crate::support::submit(&engine, m).await }));
             }
             let mut applied = 0u64;
             for reply in pending {

@@ -184,7 +184,7 @@ async fn bypassing_writes_cause_exactly_the_labelled_conflicts() {
         }
         let line = &trace[t];
         let mutation = Mutation::from_json(&line.to_string(), t as u64).expect("mutation");
-        let reply = engine.submit(mutation).await;
+        let reply = crate::support::submit(&engine, mutation).await;
         let body: serde_json::Value = serde_json::from_str(&reply.body).expect("JSON");
         flags.push(!body["conflict"].is_null());
         t += 1;

@@ -172,7 +172,7 @@ async fn simulate(seed: u64, scenario: Scenario) -> Vec<usize> {
             let mut waits = Vec::new();
             for (seq, key) in keys.into_iter().enumerate() {
                 loop {
-                    let reply = engine.submit(append(c, seq, key)).await;
+                    let reply = crate::support::submit(&engine, append(c, seq, key)).await;
                     let body: Value = serde_json::from_str(&reply.body).expect("JSON");
                     match reply.status {
                         200 => {

@@ -245,3 +245,12 @@ pub async fn wait_healthy(http: &reqwest::Client, url: &str) {
     }
     panic!("sluice did not come up at {url}");
 }
+
+/// Submits a mutation to an engine and renders the answer as the API sends
+/// it: what the engine-level tests assert on.
+pub async fn submit(
+    engine: &sluice::dispatch::Engine,
+    mutation: sluice::model::Mutation,
+) -> sluice::api::Reply {
+    sluice::api::reply(engine.submit(mutation).await)
+}

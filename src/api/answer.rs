@@ -1,0 +1,89 @@
+//! The engine's typed answers on the wire: every status a mutation's answer
+//! can have is chosen here, and nowhere else.
+
+use crate::dispatch::{Answer, QueuedAnswer, Refusal, RefusalReason};
+use crate::model::DecisionKind;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An answer as it goes out: status, JSON body, and for 429 and 503 the
+/// seconds of its `Retry-After`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub retry_after_s: Option<u32>,
+}
+
+/// The status of a decided mutation of this kind.
+pub fn decision_status(kind: DecisionKind) -> StatusCode {
+    match kind {
+        DecisionKind::Written => StatusCode::OK,
+        DecisionKind::Rejected => StatusCode::CONFLICT,
+        DecisionKind::NotFound => StatusCode::NOT_FOUND,
+    }
+}
+
+/// The status of a refusal for this reason.
+pub fn refusal_status(reason: RefusalReason) -> StatusCode {
+    match reason {
+        RefusalReason::Overloaded | RefusalReason::QueueFull | RefusalReason::LaneFull => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        RefusalReason::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+        RefusalReason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        RefusalReason::ShuttingDown
+        | RefusalReason::StoreUnavailable
+        | RefusalReason::StoreContention
+        | RefusalReason::DecisionTimeout
+        | RefusalReason::RequestAbandoned => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The body of a queued mutation: the 202, and `GET /v1/mutations/{id}`
+/// while it waits.
+pub fn queued_body(queued: &QueuedAnswer) -> String {
+    json!({ "id": queued.id, "status": "queued", "score": queued.score }).to_string()
+}
+
+pub fn refusal_body(refusal: &Refusal) -> String {
+    json!({ "error": { "code": refusal.reason.code(), "message": refusal.message } }).to_string()
+}
+
+/// How long a client told to come back should wait, for a status.
+fn retry_after(status: StatusCode) -> Option<u32> {
+    matches!(status.as_u16(), 429 | 503).then_some(1)
+}
+
+/// The engine's answer as it goes on the wire.
+pub fn reply(answer: Answer) -> Reply {
+    let (status, body) = match answer {
+        Answer::Decided(decision) => (decision_status(decision.kind), decision.body),
+        Answer::Queued(queued) => (StatusCode::ACCEPTED, queued_body(&queued)),
+        Answer::Refused(refusal) => (refusal_status(refusal.reason), refusal_body(&refusal)),
+    };
+    Reply {
+        status: status.as_u16(),
+        body,
+        retry_after_s: retry_after(status),
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            self.body,
+        )
+            .into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

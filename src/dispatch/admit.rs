@@ -1,0 +1,599 @@
+//! Admission: the door, reservations of `(client, id)` (a resend waits for
+//! or gets the original's answer), scoring, and synchronous, asynchronous and
+//! batch admission into the queue.
+
+use super::reply::{Answer, Queued as QueuedAnswer, Refusal, RefusalReason};
+use super::{Engine, Inner, Queued, Reservation, lock};
+use crate::model::{DocKey, Mutation};
+use crate::predict::Observation;
+use crate::queue::Refusal as Full;
+use crate::store::StoreError;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+impl Engine {
+    /// Decides one mutation and returns what the client is told.
+    pub async fn submit(&self, mutation: Mutation) -> Answer {
+        let inner = &self.inner;
+        if inner.closing.load(Ordering::SeqCst) {
+            return inner.refuse(shutting_down(), 1);
+        }
+        let _in_system = match inner.enter(1, true) {
+            Ok(entered) => entered,
+            Err(wait_ms) => return inner.refuse(overloaded(wait_ms), 1),
+        };
+        let received_ms = inner.clock.now_ms();
+        let id = mutation.id.clone();
+        let guard = match self.claim(&mutation, true, false).await {
+            Claim::Answered(reply) => return reply,
+            Claim::Waiting(rx) => return self.await_answer(rx, &id).await,
+            Claim::Fresh(guard) => guard,
+        };
+        let doc = mutation.doc.clone();
+        let (queued, rank, rx) = self.prepare(mutation, received_ms);
+        let admitted = lock(&inner.lanes).queue.admit(&doc, queued, rank);
+        if let Err(refusal) = admitted {
+            let reply = inner.refuse(full_refusal(refusal, &doc), 1);
+            guard.release(&reply);
+            return reply;
+        }
+        // From here the worker that decides the mutation releases the reservation.
+        guard.hand_over();
+        inner.wake.notify_one();
+        self.await_answer(rx, &id).await
+    }
+
+    /// Accepts a mutation asynchronously: answers 202 once it is durably in the
+    /// accept log (and queued); its outcome comes later, by
+    /// `GET /v1/mutations/{id}`, a resend, or the client's event stream.
+    pub async fn accept(&self, mutation: Mutation) -> Answer {
+        if self.inner.closing.load(Ordering::SeqCst) {
+            return self.inner.refuse(shutting_down(), 1);
+        }
+        // On a task of its own: once the entry is in the log, the mutation
+        // must also reach the queue, even if the request goes away meanwhile
+        // (otherwise it would wait for the next start).
+        let engine = self.clone();
+        tokio::spawn(async move { engine.accept_logged(mutation, true).await })
+            .await
+            .unwrap_or_else(|e| {
+                Answer::Refused(Refusal::new(
+                    RefusalReason::Internal,
+                    format!("accepting the mutation failed: {e}"),
+                ))
+            })
+    }
+
+    /// `log`: write the accept-log entry first (a new request); recovery
+    /// re-queues entries that are already there.
+    async fn accept_logged(&self, mutation: Mutation, log: bool) -> Answer {
+        let inner = &self.inner;
+        let received_ms = inner.clock.now_ms();
+        let guard = match self.claim(&mutation, false, true).await {
+            Claim::Answered(reply) => return reply,
+            // A synchronous request for the same mutation is deciding it: it
+            // is as good as queued.
+            Claim::Waiting(_) => return queued_answer(&mutation.id, None),
+            Claim::Fresh(guard) => guard,
+        };
+        let doc = mutation.doc.clone();
+        let (client, id) = (mutation.client_name().to_owned(), mutation.id.clone());
+        let entry = crate::store::Accepted {
+            client: client.clone(),
+            id: id.clone(),
+            fingerprint: mutation.fingerprint,
+            mutation: mutation.to_json(),
+            score: 0.0,
+            at_ms: received_ms,
+        };
+        let (mut queued, rank, _) = self.prepare(mutation, received_ms);
+        queued.accepted = true;
+        let reply = queued_answer(&id, Some(queued.score));
+        if log {
+            let entry = crate::store::Accepted {
+                score: queued.score,
+                ..entry
+            };
+            if let Err(e) = inner.store.accept(&entry).await {
+                let refused = inner.refuse(store_error_refusal(&e), 1);
+                guard.release(&refused);
+                return refused;
+            }
+        }
+        let admitted = lock(&inner.lanes).queue.admit(&doc, queued, rank);
+        if let Err(refusal) = admitted {
+            let refused = inner.refuse(full_refusal(refusal, &doc), 1);
+            if log && let Err(e) = inner.store.unaccept(&client, &id).await {
+                // Left in the log, it is queued again at the next start: late, not lost.
+                warn!(id = %id, collection = %doc.collection, key = %doc.key, error = %e, "could not withdraw a refused accept");
+            }
+            guard.release(&refused);
+            return refused;
+        }
+        if let Some(reservation) = lock(&inner.reservations).get_mut(&(client, id)) {
+            reservation.queued = Some(reply.clone());
+        }
+        guard.hand_over();
+        inner.wake.notify_one();
+        if log {
+            inner.telemetry.accepted();
+        }
+        reply
+    }
+
+    /// Queues again what the accept log holds: mutations answered 202 before
+    /// a crash or a shutdown that did not finish them. Returns how many.
+    pub async fn resume_accepted(&self) -> Result<usize, StoreError> {
+        let entries = self.inner.store.pending_accepted().await?;
+        let mut resumed = 0;
+        for entry in entries {
+            match Mutation::from_json(&entry.mutation, entry.fingerprint) {
+                Ok(mutation) => {
+                    let doc = mutation.doc.clone();
+                    let reply = self.accept_logged(mutation, false).await;
+                    match reply {
+                        Answer::Queued(_) => resumed += 1,
+                        // Decided meanwhile (a resend found its stored
+                        // answer): nothing to resume.
+                        Answer::Decided(_) => {}
+                        Answer::Refused(refusal) => {
+                            warn!(id = %entry.id, collection = %doc.collection, key = %doc.key, reason = refusal.reason.code(), "an accepted mutation could not be queued again; it stays in the log")
+                        }
+                    }
+                }
+                Err(e) => {
+                    error!(id = %entry.id, error = %e, "an accept-log entry is unreadable; it stays in the log")
+                }
+            }
+        }
+        if resumed > 0 {
+            info!(
+                resumed,
+                "queued again the mutations accepted before the last stop"
+            );
+        }
+        Ok(resumed)
+    }
+
+    /// The 202 of a mutation still in the accept log, if it is there.
+    pub async fn queued_status(
+        &self,
+        client: &str,
+        id: &str,
+    ) -> Result<Option<QueuedAnswer>, StoreError> {
+        Ok(self
+            .inner
+            .store
+            .accepted(client, id)
+            .await?
+            .map(|entry| QueuedAnswer {
+                id: id.to_owned(),
+                score: Some(entry.score),
+            }))
+    }
+
+    /// Events of `client` after `after_seq` (see `Store::events_after`).
+    pub async fn events_after(
+        &self,
+        client: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.inner
+            .store
+            .events_after(client, after_seq, limit)
+            .await
+    }
+
+    /// A receiver that changes after every commit.
+    pub fn commit_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.events.subscribe()
+    }
+
+    /// Decides a client's outbox: every mutation is admitted, in order, or
+    /// none is (`Err` with the 429 for the whole batch); then each gets the
+    /// answer it would have got alone, in the same order.
+    pub async fn submit_batch(&self, mutations: Vec<Mutation>) -> Result<Vec<Answer>, Answer> {
+        let inner = &self.inner;
+        if inner.closing.load(Ordering::SeqCst) {
+            return Err(inner.refuse(shutting_down(), mutations.len()));
+        }
+        let _in_system = inner
+            .enter(mutations.len(), true)
+            .map_err(|wait_ms| inner.refuse(overloaded(wait_ms), mutations.len()))?;
+        let received_ms = inner.clock.now_ms();
+        enum Slot<'a> {
+            Answered(Answer),
+            Waiting(oneshot::Receiver<Answer>, String),
+            Admit(
+                ReservationGuard<'a>,
+                DocKey,
+                Box<Queued>,
+                i64,
+                oneshot::Receiver<Answer>,
+                String,
+            ),
+        }
+        let mut slots = Vec::with_capacity(mutations.len());
+        for mutation in mutations {
+            let id = mutation.id.clone();
+            slots.push(match self.claim(&mutation, true, false).await {
+                Claim::Answered(reply) => Slot::Answered(reply),
+                Claim::Waiting(rx) => Slot::Waiting(rx, id),
+                Claim::Fresh(guard) => {
+                    let doc = mutation.doc.clone();
+                    let (queued, rank, rx) = self.prepare(mutation, received_ms);
+                    Slot::Admit(guard, doc, Box::new(queued), rank, rx, id)
+                }
+            });
+        }
+        let refused = {
+            let mut lanes = lock(&inner.lanes);
+            let mut per_lane: HashMap<&DocKey, usize> = HashMap::new();
+            for slot in &slots {
+                if let Slot::Admit(_, doc, ..) = slot {
+                    *per_lane.entry(doc).or_default() += 1;
+                }
+            }
+            let admits: usize = per_lane.values().sum();
+            let refusal = if !lanes.queue.has_room(admits) {
+                Some(Full::QueueFull)
+            } else {
+                per_lane
+                    .iter()
+                    .find(|(doc, n)| lanes.queue.lane_room(doc) < **n)
+                    .map(|_| Full::LaneFull)
+            };
+            match refusal {
+                Some(refusal) => Some(refusal),
+                None => {
+                    let mut admitted = Vec::with_capacity(slots.len());
+                    for slot in slots {
+                        admitted.push(match slot {
+                            Slot::Admit(guard, doc, queued, rank, rx, id) => {
+                                let fits = lanes.queue.admit(&doc, *queued, rank);
+                                debug_assert!(
+                                    fits.is_ok(),
+                                    "invariant: room was checked under the same lock"
+                                );
+                                guard.hand_over();
+                                Slot::Waiting(rx, id)
+                            }
+                            other => other,
+                        });
+                    }
+                    slots = admitted;
+                    None
+                }
+            }
+        };
+        if let Some(refusal) = refused {
+            let reply = match refusal {
+                Full::QueueFull => Refusal::new(
+                    RefusalReason::QueueFull,
+                    "the batch does not fit in the mutation queue; nothing of it was queued, retry after a moment",
+                ),
+                Full::LaneFull => Refusal::new(
+                    RefusalReason::LaneFull,
+                    "the batch would overfill a document's lane; nothing of it was queued, retry after a moment",
+                ),
+            };
+            let reply = inner.refuse(reply, slots.len());
+            for slot in slots {
+                if let Slot::Admit(guard, ..) = slot {
+                    guard.release(&reply);
+                }
+            }
+            return Err(reply);
+        }
+        inner.wake.notify_one();
+        let mut replies = Vec::with_capacity(slots.len());
+        for slot in slots {
+            replies.push(match slot {
+                Slot::Answered(reply) => reply,
+                Slot::Waiting(rx, id) => self.await_answer(rx, &id).await,
+                Slot::Admit(..) => Answer::Refused(Refusal::new(
+                    RefusalReason::Internal,
+                    "a batch mutation was neither queued nor refused",
+                )),
+            });
+        }
+        Ok(replies)
+    }
+
+    /// Reserves `(client, id)`: a resend of a mutation in flight waits for its
+    /// answer; a resend of a decided one gets the stored answer; the same id
+    /// with another body is refused; otherwise the caller holds the reservation.
+    /// Without `check_store`, whether it was decided before (in another
+    /// process, or before a restart) is found by its lane's commit, which
+    /// writes nothing for a lane with a mutation already answered
+    /// (`CommitOutcome::Resent`): a synchronous mutation costs no store read
+    /// before it is queued.
+    async fn claim(&self, mutation: &Mutation, wait: bool, check_store: bool) -> Claim<'_> {
+        let inner = &self.inner;
+        let reservation = (mutation.client_name().to_owned(), mutation.id.clone());
+        let in_flight: Option<Result<oneshot::Receiver<Answer>, Answer>> = {
+            let mut reservations = lock(&inner.reservations);
+            match reservations.get_mut(&reservation) {
+                Some(existing) if existing.fingerprint != mutation.fingerprint => {
+                    Some(Err(inner.refuse(reused_key(&mutation.id), 1)))
+                }
+                Some(existing) => {
+                    if let Some(queued) = existing.queued.as_ref().filter(|_| !wait) {
+                        Some(Err(queued.clone()))
+                    } else {
+                        let (tx, rx) = oneshot::channel();
+                        existing.waiters.push(tx);
+                        Some(Ok(rx))
+                    }
+                }
+                None => {
+                    let fresh = Reservation {
+                        fingerprint: mutation.fingerprint,
+                        waiters: Vec::new(),
+                        queued: None,
+                    };
+                    reservations.insert(reservation.clone(), fresh);
+                    None
+                }
+            }
+        };
+        match in_flight {
+            Some(Ok(rx)) => return Claim::Waiting(rx),
+            // An async resend of an accepted mutation: its outcome if it is
+            // already stored (the reservation outlives the commit by the
+            // history write), else its 202.
+            Some(Err(reply @ Answer::Queued(_))) => {
+                return match inner.reads.reply(&reservation.0, &reservation.1).await {
+                    Ok(Some(stored)) => Claim::Answered(Answer::Decided(stored.decision)),
+                    _ => Claim::Answered(reply),
+                };
+            }
+            Some(Err(reply)) => return Claim::Answered(reply),
+            None => {}
+        }
+        let guard = ReservationGuard {
+            inner,
+            reservation: Some(reservation.clone()),
+        };
+        if !check_store {
+            return Claim::Fresh(guard);
+        }
+        // Under the reservation, a stored reply cannot appear behind our back:
+        // only the holder of the reservation can store one.
+        match inner.reads.reply(&reservation.0, &reservation.1).await {
+            Ok(Some(stored)) => {
+                let reply = if stored.fingerprint == mutation.fingerprint {
+                    Answer::Decided(stored.decision)
+                } else {
+                    inner.refuse(reused_key(&mutation.id), 1)
+                };
+                guard.release(&reply);
+                Claim::Answered(reply)
+            }
+            Ok(None) => Claim::Fresh(guard),
+            Err(e) => {
+                let reply = inner.refuse(store_error_refusal(&e), 1);
+                guard.release(&reply);
+                Claim::Answered(reply)
+            }
+        }
+    }
+
+    /// Scores the mutation (now, before anything about its outcome exists)
+    /// and wraps it for its lane, with its rank and the receiver of its answer.
+    fn prepare(
+        &self,
+        mutation: Mutation,
+        received_ms: i64,
+    ) -> (Queued, i64, oneshot::Receiver<Answer>) {
+        let inner = &self.inner;
+        let (tx, rx) = oneshot::channel();
+        let lane_waiting = lock(&inner.lanes).queue.waiting_len(&mutation.doc);
+        let fields = mutation.fields_touched();
+        let observation = Observation {
+            doc: &mutation.doc,
+            op: mutation.op,
+            fields: &fields,
+            client: mutation.client_name(),
+            base_version: mutation.base_version,
+            event_ms: mutation.ts_ms.unwrap_or(received_ms),
+            lane_waiting,
+        };
+        let scored = inner
+            .config
+            .predictor
+            .enabled
+            .then(|| lock(&inner.predictor).score(&observation));
+        let probability = scored.as_ref().map_or(0.0, |s| s.probability);
+        let admitted_at = inner.clock.elapsed();
+        let boost_us = inner.config.priority_boost_ms as f64 * 1000.0 * probability;
+        let rank = i64::try_from(admitted_at.as_micros()).unwrap_or(i64::MAX) - boost_us as i64;
+        let queued = Queued {
+            mutation,
+            admitted_at,
+            received_ms,
+            score: probability,
+            lane_waiting,
+            accepted: false,
+            scored,
+            answer: tx,
+        };
+        (queued, rank, rx)
+    }
+
+    async fn await_answer(&self, rx: oneshot::Receiver<Answer>, id: &str) -> Answer {
+        match tokio::time::timeout(self.inner.config.decide_timeout, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Answer::Refused(Refusal::new(
+                RefusalReason::Internal,
+                "the mutation's worker stopped without an answer",
+            )),
+            Err(_) => self.inner.refuse(
+                Refusal::new(
+                    RefusalReason::DecisionTimeout,
+                    format!(
+                        "mutation {id} was not decided within {} ms; it stays queued: resend it with the same id to learn its outcome",
+                        self.inner.config.decide_timeout.as_millis()
+                    ),
+                ),
+                1,
+            ),
+        }
+    }
+}
+
+/// Holds a `(client, id)` reservation until the mutation is queued. If the
+/// request goes away first (the client disconnected during the stored-reply
+/// lookup), dropping the guard frees the id, so that a resend is not stuck
+/// behind a reservation nobody will release.
+struct ReservationGuard<'a> {
+    inner: &'a Inner,
+    reservation: Option<(String, String)>,
+}
+
+impl ReservationGuard<'_> {
+    fn release(mut self, reply: &Answer) {
+        if let Some(reservation) = self.reservation.take() {
+            self.inner.release(&reservation, reply);
+        }
+    }
+
+    fn hand_over(mut self) {
+        self.reservation = None;
+    }
+}
+
+impl Drop for ReservationGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            let reply = Answer::Refused(Refusal::new(
+                RefusalReason::RequestAbandoned,
+                "the first request with this id went away before its mutation was queued; nothing was applied, resend it",
+            ));
+            self.inner.release(&reservation, &reply);
+        }
+    }
+}
+
+/// The outcome of reserving a mutation's `(client, id)`.
+enum Claim<'a> {
+    Answered(Answer),
+    Waiting(oneshot::Receiver<Answer>),
+    Fresh(ReservationGuard<'a>),
+}
+
+fn queued_answer(id: &str, score: Option<f64>) -> Answer {
+    Answer::Queued(QueuedAnswer {
+        id: id.to_owned(),
+        score,
+    })
+}
+
+fn shutting_down() -> Refusal {
+    Refusal::new(
+        RefusalReason::ShuttingDown,
+        "Sluice is shutting down; send the mutation again shortly",
+    )
+}
+
+fn full_refusal(full: Full, doc: &DocKey) -> Refusal {
+    match full {
+        Full::QueueFull => Refusal::new(
+            RefusalReason::QueueFull,
+            "the mutation queue is full; retry after a moment",
+        ),
+        Full::LaneFull => Refusal::new(
+            RefusalReason::LaneFull,
+            format!("too many mutations are waiting for {doc}; retry after a moment"),
+        ),
+    }
+}
+
+fn overloaded(wait_ms: u64) -> Refusal {
+    Refusal::new(
+        RefusalReason::Overloaded,
+        format!(
+            "Sluice is overloaded: mutations stay about {wait_ms} ms, over its bound; nothing was queued, retry after a moment"
+        ),
+    )
+}
+
+pub(super) fn reused_key(id: &str) -> Refusal {
+    Refusal::new(
+        RefusalReason::IdempotencyKeyReused,
+        format!("id {id:?} was already used by this client for a different mutation"),
+    )
+}
+
+pub(super) fn store_error_refusal(e: &StoreError) -> Refusal {
+    Refusal::new(
+        RefusalReason::StoreUnavailable,
+        format!("{e}; nothing was applied by this attempt, resend with the same id"),
+    )
+}
+
+/// A request inside Sluice (mutations between arrival and answer, or a
+/// document read); leaves the count on drop, and a mutation tells the door
+/// how long it stayed.
+pub(super) struct InSystem<'a> {
+    inner: &'a Inner,
+    n: usize,
+    /// When a mutation entered; `None` for a read.
+    entered_at: Option<Duration>,
+}
+
+impl Drop for InSystem<'_> {
+    fn drop(&mut self) {
+        let inner = self.inner;
+        inner.in_system.fetch_sub(self.n, Ordering::SeqCst);
+        let Some(entered_at) = self.entered_at else {
+            return;
+        };
+        let now = inner.clock.elapsed();
+        let stayed_ms = now.saturating_sub(entered_at).as_secs_f64() * 1000.0;
+        let depth = inner.in_system.load(Ordering::SeqCst);
+        lock(&inner.door).observe(now, stayed_ms, depth, inner.config.queue_wait_max_ms as f64);
+    }
+}
+
+impl Inner {
+    /// Lets `n` synchronous mutations in, or refuses them (with the
+    /// recent time in the system) when the door's adaptive limit is reached.
+    /// The limit counts every mutation between arrival and answer, not only
+    /// the queued ones: under overload requests also pile up on the store's
+    /// connections (the resend check) before they reach the queue.
+    ///
+    /// Document reads pass the same door (`timed` false): they count toward
+    /// the limit, so an overloaded Sluice refuses a client's read as fast as
+    /// its write, but their stays say nothing about the write queue.
+    pub(super) fn enter(&self, n: usize, timed: bool) -> Result<InSystem<'_>, u64> {
+        let depth = self.in_system.fetch_add(n, Ordering::SeqCst);
+        let mut entered = InSystem {
+            inner: self,
+            n,
+            entered_at: timed.then(|| self.clock.elapsed()),
+        };
+        if self.config.queue_wait_max_ms == 0 {
+            return Ok(entered);
+        }
+        let admitted = lock(&self.door).admit(depth, n);
+        if let Err(stayed_ms) = admitted {
+            // A refusal's instant stay must not pull the window's mean down:
+            // it only leaves the count.
+            entered.entered_at = None;
+            return Err(stayed_ms);
+        }
+        Ok(entered)
+    }
+
+    /// Counts `n` mutations refused and hands the refusal back as their
+    /// answer.
+    pub(super) fn refuse(&self, refusal: Refusal, n: usize) -> Answer {
+        self.telemetry.refused(refusal.reason.code(), n);
+        Answer::Refused(refusal)
+    }
+}

@@ -1,0 +1,146 @@
+//! The engine's chores: sampling the host, closing the dashboard's seconds,
+//! reading collection settings again, expiring stored replies.
+
+use super::Inner;
+use crate::resolve::CollectionConfig;
+use crate::telemetry::SeriesPoint;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// How often the host's CPU and memory are sampled.
+const HOST_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
+/// How often collection settings are read again from the store, so that
+/// several Sluice processes on one store converge on what any of them was
+/// told.
+const COLLECTIONS_REFRESH: Duration = Duration::from_secs(2);
+
+/// Host CPU and memory use, 0–1, sampled by a background task (zero when
+/// sampling is off, as in the simulation): the load signal's inputs from
+/// outside. The decisions themselves take them as plain numbers (`Signals`).
+#[derive(Default)]
+pub(super) struct HostLoad {
+    cpu: AtomicU64,
+    memory: AtomicU64,
+}
+
+impl HostLoad {
+    pub(super) fn set(&self, cpu: f64, memory: f64) {
+        self.cpu.store(cpu.to_bits(), Ordering::Relaxed);
+        self.memory.store(memory.to_bits(), Ordering::Relaxed);
+    }
+
+    pub(super) fn get(&self) -> (f64, f64) {
+        (
+            f64::from_bits(self.cpu.load(Ordering::Relaxed)),
+            f64::from_bits(self.memory.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// Samples the host's CPU and memory into `HostLoad`.
+pub(super) async fn sample_host(inner: Arc<Inner>) {
+    let mut system = match sysinfo::System::new() {
+        Ok(system) => system,
+        Err(e) => {
+            warn!(error = %e, "cannot read host CPU and memory; the load signal will use the store and the queue only");
+            return;
+        }
+    };
+    loop {
+        system.refresh_cpu_usage();
+        system.refresh_memory();
+        let cpu = f64::from(system.global_cpu_usage()) / 100.0;
+        let total = system.total_memory();
+        let memory = if total == 0 {
+            0.0
+        } else {
+            system.used_memory() as f64 / total as f64
+        };
+        inner.host.set(cpu, memory);
+        tokio::time::sleep(HOST_SAMPLE_INTERVAL).await;
+    }
+}
+
+/// Closes a second of the dashboard's series every second, and folds the
+/// metrics' buffered samples into their buckets every few.
+pub(super) async fn sample_board(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let upkeep_every = crate::telemetry::UPKEEP_EVERY.as_secs().max(1);
+    let mut seconds = 0u64;
+    loop {
+        tick.tick().await;
+        let stats = inner.stats();
+        inner.telemetry.board.tick(SeriesPoint {
+            at_ms: inner.clock.now_ms(),
+            queue_depth: stats.queue_depth as u64,
+            in_flight: stats.in_flight as u64,
+            concurrency_limit: stats.concurrency_limit as u64,
+            load: stats.load,
+            threshold: stats.threshold,
+            ..SeriesPoint::default()
+        });
+        seconds += 1;
+        if seconds.is_multiple_of(upkeep_every) {
+            inner.telemetry.upkeep();
+        }
+    }
+}
+
+/// Reads the collection settings again now and then: another Sluice process
+/// on the same store may have changed them. A setting that no longer parses
+/// is logged and the one in use kept.
+pub(super) async fn refresh_collections(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(COLLECTIONS_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate, and the engine has just read them.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let before = inner.collections_changed.load(Ordering::SeqCst);
+        let listed = match inner.store.collections().await {
+            Ok(listed) => listed,
+            Err(e) => {
+                debug!(error = %e, "reading collection settings failed; trying again later");
+                continue;
+            }
+        };
+        let mut fresh = Vec::with_capacity(listed.len());
+        for (name, text) in listed {
+            match serde_json::from_str::<CollectionConfig>(&text) {
+                Ok(config) => fresh.push((name, config)),
+                Err(e) => {
+                    warn!(collection = %name, error = %e, "a stored collection setting does not parse; keeping the one in use")
+                }
+            }
+        }
+        let mut collections = inner.collections.write().unwrap_or_else(|p| p.into_inner());
+        // Changed here while the store was read: the list may predate it.
+        if inner.collections_changed.load(Ordering::SeqCst) != before {
+            continue;
+        }
+        for (name, config) in fresh {
+            if collections.get(&name) != Some(&config) {
+                info!(collection = %name, "collection setting changed in the store");
+                collections.insert(name, config);
+            }
+        }
+    }
+}
+
+pub(super) async fn expire_replies(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let retention_ms =
+            i64::try_from(inner.config.idempotency_retention.as_millis()).unwrap_or(i64::MAX);
+        let before = inner.clock.now_ms().saturating_sub(retention_ms);
+        match inner.store.expire_replies(before).await {
+            Ok(n) if n > 0 => info!(expired = n, "expired stored replies"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "expiring stored replies failed"),
+        }
+    }
+}

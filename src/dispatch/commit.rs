@@ -1,0 +1,128 @@
+//! The group committer (many lanes in one transaction, keys sorted) and the
+//! history writer (batched, retried).
+
+use super::{Inner, lock};
+use crate::history::SharedHistory;
+use crate::model::{ConflictRecord, MutationRecord};
+use crate::store::{CommitOutcome, LaneCommit, StoreError};
+use crate::telemetry::Telemetry;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, warn};
+
+/// History batches written per transaction.
+const HISTORY_BATCH_MAX: usize = 512;
+
+pub(super) struct CommitJob {
+    commit: LaneCommit,
+    /// The outcome, and the lane handed back: its end state and history
+    /// records ride with the commit and are not copied.
+    done: oneshot::Sender<(Result<CommitOutcome, StoreError>, LaneCommit)>,
+}
+
+pub(super) struct HistoryJob {
+    pub(super) mutations: Vec<MutationRecord>,
+    pub(super) conflicts: Vec<ConflictRecord>,
+    pub(super) done: oneshot::Sender<()>,
+}
+impl Inner {
+    /// Commits one lane through the group committer. The lane comes back
+    /// with the outcome, whatever it is; `None` if the committer stopped
+    /// with it.
+    pub(super) async fn commit(
+        &self,
+        commit: LaneCommit,
+    ) -> (Result<CommitOutcome, StoreError>, Option<LaneCommit>) {
+        let stopped = || StoreError::Unavailable("the committer has stopped".into());
+        let (done, rx) = oneshot::channel();
+        if let Err(refused) = self.commit_tx.send(CommitJob { commit, done }).await {
+            return (Err(stopped()), Some(refused.0.commit));
+        }
+        match rx.await {
+            Ok((outcome, lane)) => (outcome, Some(lane)),
+            Err(_) => (Err(stopped()), None),
+        }
+    }
+}
+
+/// Group commit: whatever lanes are ready to commit go in one transaction,
+/// keys sorted, up to the controller's batch size; each round trip's latency
+/// feeds the controller.
+pub(super) async fn committer(inner: Arc<Inner>, mut rx: mpsc::Receiver<CommitJob>) {
+    while let Some(first) = rx.recv().await {
+        let batch_max = lock(&inner.control).batch_max();
+        let mut jobs = vec![first];
+        while jobs.len() < batch_max {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        // Sorted keys: two Sluice processes committing overlapping batches take
+        // row locks in the same order and cannot deadlock.
+        jobs.sort_by(|a, b| a.commit.doc.cmp(&b.commit.doc));
+        let (commits, waiters): (Vec<LaneCommit>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.commit, j.done)).unzip();
+        let started = inner.clock.elapsed();
+        let result = inner.store.commit(&commits).await;
+        inner.observe_store(started, true, commits.len(), result.is_ok());
+        if result.is_ok() {
+            inner.events.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        match result {
+            Ok(outcomes) => {
+                for ((done, outcome), lane) in waiters.into_iter().zip(outcomes).zip(commits) {
+                    let _ = done.send((Ok(outcome), lane));
+                }
+            }
+            Err(e) => {
+                for (done, lane) in waiters.into_iter().zip(commits) {
+                    let _ = done.send((Err(e.clone()), lane));
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn history_writer(
+    history: SharedHistory,
+    telemetry: Arc<Telemetry>,
+    mut rx: mpsc::Receiver<HistoryJob>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < HISTORY_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let mutations: Vec<MutationRecord> = jobs
+            .iter()
+            .flat_map(|j| j.mutations.iter().cloned())
+            .collect();
+        let conflicts: Vec<ConflictRecord> = jobs
+            .iter()
+            .flat_map(|j| j.conflicts.iter().cloned())
+            .collect();
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=4 {
+            match history.record(&mutations, &conflicts).await {
+                Ok(()) => break,
+                Err(e) if attempt < 4 => {
+                    warn!(error = %e, attempt, "history write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                }
+                Err(e) => {
+                    telemetry.history_failure();
+                    error!(error = %e, records = mutations.len(), "history write failed; these records are lost")
+                }
+            }
+        }
+        for job in jobs {
+            let _ = job.done.send(());
+        }
+    }
+}

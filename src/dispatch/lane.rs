@@ -1,0 +1,463 @@
+//! A lane's life after the queue: the dispatch loop hands ready lanes to
+//! workers; a worker reads the document once, decides every taken mutation
+//! in order (coalescing), commits through the group committer, teaches the
+//! predictor, and answers.
+
+use super::admit::{reused_key, store_error_refusal};
+use super::reply::{self, Answer, Refusal, RefusalReason};
+use super::{HistoryJob, Inner, Queued, Signals, control, lock};
+use crate::model::MutationRecord;
+use crate::model::{ConflictRecord, Decision, DocKey, Verdict};
+use crate::predict;
+use crate::resolve::{CollectionConfig, Step};
+use crate::store::{CommitOutcome, LaneCommit, LaneHistory, StoreError, StoredReply};
+use crate::telemetry::Board;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+/// How often (in learned outcomes) the model's quality is logged.
+const QUALITY_LOG_EVERY: u64 = 10_000;
+/// Re-reads after compare-and-set misses before a batch gives up with 503.
+const CAS_RETRIES_MAX: u32 = 16;
+/// The dispatch loop: take the best-ranked ready lane while writes in flight
+/// are under the adaptive limit and the load is under the threshold; above
+/// the threshold, back off (exponential, jittered, capped) and look again.
+/// It sleeps on a notification when there is nothing to do: no busy-spin.
+pub(super) async fn dispatch_loop(inner: Arc<Inner>) {
+    // Jitter only needs to differ between processes, not to be unpredictable.
+    let mut jitter = crate::rng::SplitMix64::new(inner.clock.now_ms() as u64);
+    let mut backoffs = 0u32;
+    loop {
+        loop {
+            let (state, floor) = {
+                let control = lock(&inner.control);
+                (control.state(), control.in_flight_floor())
+            };
+            let limit = state.concurrency_limit;
+            let (cpu, memory) = inner.host.get();
+            let taken = {
+                let mut lanes = lock(&inner.lanes);
+                let signals = Signals {
+                    cpu,
+                    memory,
+                    in_flight: lanes.in_flight,
+                    limit,
+                    store_latency_ms: state.store_latency_ms,
+                    latency_target_ms: inner.config.latency_target_ms,
+                };
+                // Below the floor, dispatch whatever the load says: the load
+                // cannot fall by waiting on ourselves, and the queue must move.
+                let overloaded =
+                    lanes.in_flight >= floor && control::load(&signals) >= state.threshold;
+                if lanes.in_flight >= limit || lanes.queue.pending_len() == 0 {
+                    None
+                } else if overloaded {
+                    Some(None)
+                } else {
+                    let taken = lanes.queue.take_ready();
+                    if taken.is_some() {
+                        lanes.in_flight += 1;
+                        debug_assert!(
+                            lanes.in_flight <= limit,
+                            "invariant: in-flight ≤ limit at dispatch"
+                        );
+                    }
+                    taken.map(Some)
+                }
+            };
+            match taken {
+                None => break,
+                Some(None) => {
+                    let wait = control::backoff_ms(backoffs, jitter.unit());
+                    backoffs = backoffs.saturating_add(1);
+                    debug!(
+                        wait_ms = wait,
+                        backoffs, "load over the threshold; backing off"
+                    );
+                    tokio::time::sleep(Duration::from_secs_f64(wait / 1000.0)).await;
+                }
+                Some(Some((doc, batch))) => {
+                    backoffs = 0;
+                    tokio::spawn(run_lane(inner.clone(), doc, batch));
+                }
+            }
+        }
+        // `notify_one` keeps a permit when nobody waits, so a wake-up between
+        // the check above and this await is not lost.
+        inner.wake.notified().await;
+    }
+}
+
+/// What one batch ended as.
+#[derive(Default)]
+struct Decided {
+    replies: Vec<Decision>,
+    mutations: Vec<MutationRecord>,
+    conflicts: Vec<ConflictRecord>,
+}
+
+/// Rounds of "the commit found resends; answer them and decide the rest"
+/// before a lane gives up: a stored reply cannot disappear between the
+/// commit that saw it and the lookup, short of expiring in that instant.
+const RESEND_ROUNDS_MAX: usize = 3;
+
+fn resend_loop() -> Refusal {
+    Refusal::new(
+        RefusalReason::StoreContention,
+        "the lane's commits kept finding stored replies its lookups did not; nothing was applied, resend with the same id",
+    )
+}
+
+async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
+    // Every mutation taken from the queue, resends answered early included.
+    let settled = batch.len();
+    let dispatched_at = inner.clock.elapsed();
+    let mut decided = Err(resend_loop());
+    for _ in 0..RESEND_ROUNDS_MAX {
+        if batch.is_empty() {
+            decided = Ok(Decided::default());
+            break;
+        }
+        match decide_lane(&inner, &doc, &batch).await {
+            Ok(Some(done)) => {
+                decided = Ok(done);
+                break;
+            }
+            Ok(None) => batch = settle_resends(&inner, batch).await,
+            Err(reply) => {
+                decided = Err(reply);
+                break;
+            }
+        }
+    }
+    inner.telemetry.dispatched(
+        batch.len(),
+        batch
+            .iter()
+            .map(|q| dispatched_at.saturating_sub(q.admitted_at)),
+        batch.iter().map(|q| q.score),
+    );
+    if let Ok(decided) = &decided {
+        let conflicts = decided.mutations.iter().filter(|m| m.conflict).count();
+        lock(&inner.control).on_outcomes(decided.mutations.len(), conflicts);
+        // The outcomes teach the predictor, each through its own score's token.
+        let mut predictor = lock(&inner.predictor);
+        for (queued, record) in batch.iter_mut().zip(&decided.mutations) {
+            if let Some(scored) = queued.scored.take() {
+                let outcome = predict::Outcome {
+                    conflict: record.conflict,
+                    version_after: record.version_after,
+                    wrote: record.version_after > record.version_before,
+                };
+                predictor.learn(scored, outcome);
+            }
+        }
+        let since = inner
+            .outcomes_since_retrain
+            .fetch_add(batch.len() as u64, Ordering::Relaxed)
+            + batch.len() as u64;
+        if since >= inner.config.predictor.retrain_after_outcomes {
+            inner.outcomes_since_retrain.store(0, Ordering::Relaxed);
+            inner.retrain_wanted.notify_one();
+        }
+        let learned = predictor.learned();
+        if learned > 0 && learned % QUALITY_LOG_EVERY < batch.len() as u64 {
+            let report = predictor.report();
+            info!(
+                learned,
+                auc_all = ?report.all_time.auc,
+                auc_recent = ?report.recent.auc,
+                log_loss_recent = ?report.recent.log_loss,
+                ece_recent = ?report.recent.expected_calibration_error,
+                features = report.features,
+                "model quality"
+            );
+        }
+    }
+    {
+        let mut lanes = lock(&inner.lanes);
+        lanes.queue.finish(&doc, settled);
+        lanes.in_flight -= 1;
+        if lanes.queue.pending_len() == 0 {
+            inner.drained.notify_waiters();
+        }
+    }
+    inner.wake.notify_one();
+
+    let replies = match decided {
+        Ok(decided) => {
+            // A store that writes the history did so in the lane's commit.
+            if !decided.mutations.is_empty() && !inner.store.writes_history() {
+                let (done, recorded) = oneshot::channel();
+                let job = HistoryJob {
+                    mutations: decided.mutations,
+                    conflicts: decided.conflicts,
+                    done,
+                };
+                if inner.history_tx.send(job).await.is_ok() {
+                    let _ = recorded.await;
+                }
+            }
+            decided.replies.into_iter().map(Answer::Decided).collect()
+        }
+        Err(refusal) => vec![inner.refuse(refusal, batch.len()); batch.len()],
+    };
+    for (queued, reply) in batch.into_iter().zip(replies) {
+        let reservation = (
+            queued.mutation.client_name().to_owned(),
+            queued.mutation.id.clone(),
+        );
+        inner.release(&reservation, &reply);
+        let _ = queued.answer.send(reply);
+    }
+}
+
+/// Answers the mutations of the lane that were decided before (their commit
+/// found their replies stored) from those replies (422 if the body differs),
+/// and returns the others. Each lookup waits no longer than a client does.
+async fn settle_resends(inner: &Inner, batch: Vec<Queued>) -> Vec<Queued> {
+    let bound = inner.config.decide_timeout;
+    let lookups = batch.iter().map(|q| async move {
+        let m = &q.mutation;
+        match tokio::time::timeout(bound, inner.reads.reply(m.client_name(), &m.id)).await {
+            Ok(found) => found,
+            Err(_) => Err(StoreError::Unavailable(
+                "looking up a stored reply took too long".into(),
+            )),
+        }
+    });
+    let found = futures_util::future::join_all(lookups).await;
+    let mut fresh = Vec::with_capacity(batch.len());
+    for (queued, found) in batch.into_iter().zip(found) {
+        let m = &queued.mutation;
+        let reply = match found {
+            Ok(None) => {
+                fresh.push(queued);
+                continue;
+            }
+            Ok(Some(stored)) if stored.fingerprint == m.fingerprint => {
+                Answer::Decided(stored.decision)
+            }
+            Ok(Some(_)) => inner.refuse(reused_key(&m.id), 1),
+            Err(e) => inner.refuse(store_error_refusal(&e), 1),
+        };
+        let reservation = (m.client_name().to_owned(), m.id.clone());
+        inner.release(&reservation, &reply);
+        let _ = queued.answer.send(reply);
+    }
+    fresh
+}
+
+/// Reads the document (from the cache of what Sluice last committed, else
+/// the store), decides every mutation of the batch in order, and commits;
+/// again from a store read when a writer that bypassed Sluice moved the
+/// version. `None`: the commit found mutations of the batch decided before,
+/// and wrote nothing.
+async fn decide_lane(
+    inner: &Inner,
+    doc: &DocKey,
+    batch: &[Queued],
+) -> Result<Option<Decided>, Refusal> {
+    let config = inner.collection(&doc.collection);
+    let dispatched_at = inner.clock.elapsed();
+    let doc_label = format!("{}/{}", doc.collection, doc.key);
+    for attempt in 0..=CAS_RETRIES_MAX {
+        let cached = if attempt == 0 {
+            inner.cache.get(doc)
+        } else {
+            None
+        };
+        let current = match cached {
+            Some(cached) => cached,
+            None => {
+                let read_started = inner.clock.elapsed();
+                let read = inner.reads.document(doc).await;
+                inner.observe_store(read_started, false, 1, read.is_ok());
+                read.map_err(|e| store_error_refusal(&e))?
+            }
+        };
+        let current_version = current.version;
+        // Each mutation is decided against the state the previous one left;
+        // only the last state is written.
+        let mut state = current;
+        let mut steps = Vec::with_capacity(batch.len());
+        for queued in batch {
+            let Step {
+                verdict,
+                after,
+                conflict,
+            } = inner
+                .resolver
+                .decide(&state, &queued.mutation, &config)
+                .await;
+            debug_assert!(
+                after.version >= state.version,
+                "invariant: versions never go backwards"
+            );
+            // Rendered now, from the document the mutation left (its answer
+            // carries it), before that document becomes the next one's.
+            let queued_ms = dispatched_at
+                .saturating_sub(queued.admitted_at)
+                .as_secs_f64()
+                * 1000.0;
+            let reply = reply::render(
+                &queued.mutation.id,
+                &doc_label,
+                &verdict,
+                after.item.as_ref(),
+                Some(queued.score),
+                queued_ms,
+            );
+            steps.push((reply, verdict, after.version, conflict));
+            state = after;
+        }
+        let decided_ms = inner.clock.now_ms();
+        let mut decided = Decided::default();
+        let mut stored = Vec::with_capacity(batch.len());
+        let mut before = current_version;
+        for (queued, (reply, verdict, version_after, conflict)) in batch.iter().zip(steps) {
+            let m = &queued.mutation;
+            stored.push(StoredReply {
+                client: m.client_name().to_owned(),
+                was_accepted: queued.accepted,
+                id: m.id.clone(),
+                fingerprint: m.fingerprint,
+                decision: reply.clone(),
+                at_ms: decided_ms,
+            });
+            let outcome = match &verdict {
+                Verdict::Decided { outcome, .. } => outcome.as_str(),
+                Verdict::NotFound { .. } => "not_found",
+            };
+            decided.mutations.push(MutationRecord {
+                id: m.id.clone(),
+                client: m.client_name().to_owned(),
+                doc: doc.clone(),
+                op: m.op.as_str().to_owned(),
+                fields: m.fields_touched(),
+                base_version: m.base_version,
+                version_before: before,
+                version_after,
+                outcome: outcome.to_owned(),
+                conflict: conflict.is_some(),
+                score: Some(queued.score),
+                ts_ms: m.ts_ms,
+                received_ms: queued.received_ms,
+                decided_ms,
+                queued_us: u64::try_from(
+                    dispatched_at.saturating_sub(queued.admitted_at).as_micros(),
+                )
+                .unwrap_or(u64::MAX),
+                lane_waiting: queued.lane_waiting as u64,
+            });
+            if let Some(conflict) = conflict {
+                decided.conflicts.push(conflict);
+            }
+            before = version_after;
+            decided.replies.push(reply);
+        }
+        // A lane that wrote nothing leaves the document as it was read.
+        let (write, unchanged) = if state.version != current_version {
+            (Some(state), None)
+        } else {
+            (None, Some(state))
+        };
+        let commit = LaneCommit {
+            doc: doc.clone(),
+            expected_version: current_version,
+            write,
+            replies: stored,
+            at_ms: decided_ms,
+            history: LaneHistory {
+                mutations: std::mem::take(&mut decided.mutations),
+                conflicts: std::mem::take(&mut decided.conflicts),
+            },
+        };
+        let (committed, lane) = inner.commit(commit).await;
+        let mut written = None;
+        if let Some(lane) = lane {
+            decided.mutations = lane.history.mutations;
+            decided.conflicts = lane.history.conflicts;
+            written = lane.write;
+        }
+        match committed {
+            Ok(CommitOutcome::Committed) => {
+                // The reply of the lane's last mutation carries the document
+                // as it now is: its length estimates the entry's size.
+                let size = decided.replies.last().map_or(0, |r| r.body.len());
+                if let Some(end) = written.or(unchanged) {
+                    inner.cache.put(doc, end, size);
+                }
+                observe_decided(inner, &config, &decided);
+                return Ok(Some(decided));
+            }
+            Ok(CommitOutcome::Resent) => {
+                inner.cache.forget(doc);
+                return Ok(None);
+            }
+            Ok(CommitOutcome::Stale) => {
+                inner.cache.stale(doc);
+                inner.commits_stale.fetch_add(1, Ordering::Relaxed);
+                inner.telemetry.commit_stale();
+                debug!(id = %lane_ids(batch), collection = %doc.collection, key = %doc.key, attempt, "version moved under the batch; deciding again");
+                // Back off a little so a busy foreign writer can finish.
+                tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(6)) * 2)).await;
+            }
+            Err(e) => {
+                inner.cache.forget(doc);
+                warn!(id = %lane_ids(batch), collection = %doc.collection, key = %doc.key, error = %e, "store commit failed");
+                return Err(store_error_refusal(&e));
+            }
+        }
+    }
+    warn!(id = %lane_ids(batch), collection = %doc.collection, key = %doc.key, "gave up after repeated compare-and-set misses");
+    Err(Refusal::new(
+        RefusalReason::StoreContention,
+        format!(
+            "{doc_label} kept changing under Sluice (written by something else); nothing was applied, resend with the same id"
+        ),
+    ))
+}
+
+/// The ids of a lane's mutations, for its log lines: `a,b,c`.
+fn lane_ids(batch: &[Queued]) -> String {
+    let ids: Vec<&str> = batch.iter().map(|q| q.mutation.id.as_str()).collect();
+    ids.join(",")
+}
+
+/// Counts a committed lane's outcomes and feeds the dashboard.
+fn observe_decided(inner: &Inner, config: &CollectionConfig, decided: &Decided) {
+    let telemetry = &inner.telemetry;
+    let handler = config.handler.name();
+    let mut conflicts = decided.conflicts.iter();
+    for record in &decided.mutations {
+        let conflict = if record.conflict {
+            conflicts.next()
+        } else {
+            None
+        };
+        telemetry.decided(
+            &record.outcome,
+            handler,
+            conflict.map(|c| (c.base_version, c.server_version, c.resolution.as_str())),
+        );
+        telemetry
+            .board
+            .touch(&record.doc, record.score.unwrap_or(0.0), record.conflict);
+        if let Some(c) = conflict {
+            telemetry.board.conflict(Board::view(c));
+        }
+        debug!(
+            id = %record.id,
+            collection = %record.doc.collection,
+            key = %record.doc.key,
+            outcome = %record.outcome,
+            version = record.version_after,
+            score = record.score.unwrap_or(0.0),
+            "mutation decided"
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! What the operator surface reads: `/v1/stats`, `/metrics`, `/v1/model`
+//! and the dashboard's snapshot, assembled from the engine's state.
+
+use super::Signals;
+use super::{Engine, Inner, control, lock};
+use crate::predict::ModelReport;
+use crate::telemetry::Gauges;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+/// A snapshot for `/v1/stats` and the logs.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct EngineStats {
+    pub load: f64,
+    pub threshold: f64,
+    pub concurrency_limit: usize,
+    pub in_flight: usize,
+    /// Mutations accepted and not yet decided.
+    pub queue_depth: usize,
+    pub lanes: usize,
+    pub commit_batch_max: usize,
+    pub store_latency_ms: f64,
+    pub baseline_latency_ms: f64,
+    pub conflict_rate: f64,
+    pub cpu: f64,
+    pub memory: f64,
+    /// Mutations decided since the start (applied, merged or rejected).
+    pub mutations_decided: u64,
+    /// Lane commits the store refused because the version had moved (a
+    /// writer that bypassed Sluice): store writes wasted and done again.
+    pub commits_stale: u64,
+    /// Requests inside Sluice: synchronous mutations between arrival and
+    /// answer, and document reads.
+    pub in_system: usize,
+    /// Requests let into the system at once, at most (the door's adaptive
+    /// limit).
+    pub admission_limit: usize,
+}
+
+/// How old the dashboards' model summary may be.
+const MODEL_SUMMARY_EVERY: Duration = Duration::from_secs(1);
+
+/// `GET /v1/dashboard`: what the dashboard draws.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Dashboard {
+    #[serde(flatten)]
+    pub board: crate::telemetry::Snapshot,
+    pub stats: EngineStats,
+    pub model: ModelSummary,
+}
+
+/// The predictor's quality over its recent window.
+#[derive(Clone, Debug, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct ModelSummary {
+    pub model_version: u64,
+    pub learned: u64,
+    pub auc: Option<f64>,
+    pub log_loss: Option<f64>,
+    pub calibration_error: Option<f64>,
+    /// Predicted probability against the observed conflict rate, per bin.
+    pub calibration: Vec<crate::predict::quality::CalibrationBin>,
+}
+
+impl ModelSummary {
+    fn of(report: ModelReport) -> ModelSummary {
+        ModelSummary {
+            model_version: report.training.model_version,
+            learned: report.learned,
+            auc: report.recent.auc,
+            log_loss: report.recent.log_loss,
+            calibration_error: report.recent.expected_calibration_error,
+            calibration: report.recent.calibration,
+        }
+    }
+}
+impl Engine {
+    pub fn stats(&self) -> EngineStats {
+        self.inner.stats()
+    }
+
+    /// `GET /metrics`: the Prometheus text exposition.
+    pub fn metrics(&self) -> String {
+        let stats = self.inner.stats();
+        let report = self.model_report();
+        let gauges = Gauges {
+            queue_depth: stats.queue_depth as f64,
+            lanes: stats.lanes as f64,
+            in_flight: stats.in_flight as f64,
+            concurrency_limit: stats.concurrency_limit as f64,
+            load: stats.load,
+            threshold: stats.threshold,
+            admission_limit: stats.admission_limit as f64,
+            in_system: stats.in_system as f64,
+            commit_batch_max: stats.commit_batch_max as f64,
+            store_latency_seconds: stats.store_latency_ms / 1000.0,
+            conflict_rate: stats.conflict_rate,
+            model_auc: report.recent.auc,
+            model_log_loss: report.recent.log_loss,
+            model_calibration_error: report.recent.expected_calibration_error,
+            model_version: report.training.model_version as f64,
+        };
+        self.inner.telemetry.render(&gauges)
+    }
+
+    /// The dashboard's aggregates, leaving out series points up to
+    /// `series_after_ms` (what a stream already sent).
+    pub fn dashboard(&self, series_after_ms: i64) -> Dashboard {
+        Dashboard {
+            board: self
+                .inner
+                .telemetry
+                .board
+                .snapshot(self.inner.clock.now_ms(), series_after_ms),
+            stats: self.inner.stats(),
+            model: self.model_summary(),
+        }
+    }
+
+    /// The model's quality for dashboards, at most a second old: computed
+    /// when someone looks, once for every viewer.
+    fn model_summary(&self) -> ModelSummary {
+        let now = self.inner.clock.elapsed();
+        let mut cached = lock(&self.inner.model_summary);
+        match &*cached {
+            Some((at, summary)) if now.saturating_sub(*at) < MODEL_SUMMARY_EVERY => summary.clone(),
+            _ => {
+                let summary = ModelSummary::of(self.model_report());
+                *cached = Some((now, summary.clone()));
+                summary
+            }
+        }
+    }
+}
+
+impl Inner {
+    pub(super) fn stats(&self) -> EngineStats {
+        let control = lock(&self.control).state();
+        let (queue_depth, lanes, in_flight) = {
+            let lanes = lock(&self.lanes);
+            (
+                lanes.queue.pending_len(),
+                lanes.queue.lane_count(),
+                lanes.in_flight,
+            )
+        };
+        let (cpu, memory) = self.host.get();
+        let signals = Signals {
+            cpu,
+            memory,
+            in_flight,
+            limit: control.concurrency_limit,
+            store_latency_ms: control.store_latency_ms,
+            latency_target_ms: self.config.latency_target_ms,
+        };
+        EngineStats {
+            load: control::load(&signals),
+            threshold: control.threshold,
+            concurrency_limit: control.concurrency_limit,
+            in_flight,
+            queue_depth,
+            lanes,
+            commit_batch_max: control.commit_batch_max,
+            store_latency_ms: control.store_latency_ms,
+            baseline_latency_ms: control.baseline_latency_ms,
+            conflict_rate: control.conflict_rate,
+            cpu,
+            memory,
+            mutations_decided: self.telemetry.board.totals().decided(),
+            commits_stale: self.commits_stale.load(Ordering::Relaxed),
+            in_system: self.in_system.load(Ordering::Relaxed),
+            admission_limit: lock(&self.door).limit(),
+        }
+    }
+}
