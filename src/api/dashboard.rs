@@ -45,7 +45,7 @@ pub async fn page() -> Response {
 /// (per second), the hottest documents, the latest conflicts, the
 /// dispatcher's state and the model's calibration.
 #[utoipa::path(get, path = "/v1/dashboard", tag = "observe",
-    responses((status = 200, description = "A snapshot", body = Dashboard)))]
+    responses((status = 200, description = "A snapshot", body = super::schema::Dashboard)))]
 pub async fn get_dashboard(State(engine): State<Engine>) -> Json<Dashboard> {
     Json(engine.dashboard(0))
 }

@@ -657,14 +657,14 @@ async fn get_events(
 
 /// The dispatcher's state: load, threshold, limits, queue.
 #[utoipa::path(get, path = "/v1/stats", tag = "observe",
-    responses((status = 200, description = "A snapshot", body = crate::dispatch::EngineStats)))]
+    responses((status = 200, description = "A snapshot", body = schema::EngineStats)))]
 async fn get_stats(State(engine): State<Engine>) -> Json<crate::dispatch::EngineStats> {
     Json(engine.stats())
 }
 
 /// The conflict predictor: its training and its quality.
 #[utoipa::path(get, path = "/v1/model", tag = "observe",
-    responses((status = 200, description = "The model's report", body = crate::predict::ModelReport)))]
+    responses((status = 200, description = "The model's report", body = schema::ModelReport)))]
 async fn get_model(State(engine): State<Engine>) -> Json<crate::predict::ModelReport> {
     Json(engine.model_report())
 }

@@ -160,3 +160,163 @@ pub struct ConflictEntry {
 pub struct Health {
     pub status: String,
 }
+
+/// An operation's name.
+#[derive(ToSchema, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpName {
+    Put,
+    Patch,
+    Delete,
+}
+
+/// `GET /v1/stats`: the dispatcher's state now.
+#[derive(ToSchema, serde::Serialize)]
+pub struct EngineStats {
+    /// The load signal, 0–1, and the threshold above which dispatch backs off.
+    pub load: f64,
+    pub threshold: f64,
+    /// Lanes in flight at most (adaptive), and in flight now.
+    pub concurrency_limit: u64,
+    pub in_flight: u64,
+    /// Mutations accepted and not yet decided.
+    pub queue_depth: u64,
+    pub lanes: u64,
+    pub commit_batch_max: u64,
+    pub store_latency_ms: f64,
+    pub baseline_latency_ms: f64,
+    pub conflict_rate: f64,
+    pub cpu: f64,
+    pub memory: f64,
+    /// Mutations decided since the start (applied, merged or rejected).
+    pub mutations_decided: u64,
+    /// Lane commits the store refused because the version had moved (a
+    /// writer that bypassed Sluice): store writes wasted and done again.
+    pub commits_stale: u64,
+    /// Requests inside Sluice: synchronous mutations between arrival and
+    /// answer, and document reads.
+    pub in_system: u64,
+    /// Requests let into the system at once, at most (the door's adaptive limit).
+    pub admission_limit: u64,
+}
+
+/// Predicted probability against the observed conflict rate, in one bin.
+#[derive(ToSchema, serde::Serialize)]
+pub struct CalibrationBin {
+    pub lower: f64,
+    pub upper: f64,
+    pub count: u64,
+    pub mean_predicted: Option<f64>,
+    pub observed_rate: Option<f64>,
+}
+
+/// One summary of (prediction, outcome) pairs; figures are null until both
+/// classes have been seen.
+#[derive(ToSchema, serde::Serialize)]
+pub struct QualityReport {
+    pub count: u64,
+    pub positives: u64,
+    pub auc: Option<f64>,
+    pub log_loss: Option<f64>,
+    pub brier: Option<f64>,
+    pub expected_calibration_error: Option<f64>,
+    pub calibration: Vec<CalibrationBin>,
+}
+
+/// `GET /v1/model`: the predictor, where it came from and how good it is.
+#[derive(ToSchema, serde::Serialize)]
+pub struct ModelReport {
+    /// 0 for the model built online since start; +1 at every retraining swap.
+    pub model_version: u64,
+    pub trained_at_ms: Option<i64>,
+    pub trained_rows: u64,
+    pub training_ms: Option<f64>,
+    pub use_version_cache: bool,
+    pub learned: u64,
+    pub features: u64,
+    pub dimensions: u64,
+    pub keys_tracked: u64,
+    pub clients_tracked: u64,
+    pub all_time: QualityReport,
+    pub recent: QualityReport,
+}
+
+/// Outcome counts since the start.
+#[derive(ToSchema, serde::Serialize)]
+pub struct Totals {
+    pub applied: u64,
+    pub merged: u64,
+    pub rejected: u64,
+    pub not_found: u64,
+    pub refused: u64,
+}
+
+/// One second of the dashboard's series: rates per second over that second.
+#[derive(ToSchema, serde::Serialize)]
+pub struct SeriesPoint {
+    pub at_ms: i64,
+    pub applied: u64,
+    pub merged: u64,
+    pub rejected: u64,
+    pub not_found: u64,
+    pub refused: u64,
+    pub queue_depth: u64,
+    pub in_flight: u64,
+    pub concurrency_limit: u64,
+    pub load: f64,
+    pub threshold: f64,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+pub struct HotDocument {
+    pub collection: String,
+    pub key: String,
+    /// Decayed count of recent mutations (about the last 10 s), a lower
+    /// bound: what the document surely had since it was last tracked.
+    pub recent_mutations: f64,
+    /// Share of those that conflicted.
+    pub conflict_rate: f64,
+    /// The predicted conflict probability of its latest mutation.
+    pub score: f64,
+}
+
+/// A recent conflict, its values summarized.
+#[derive(ToSchema, serde::Serialize)]
+pub struct ConflictView {
+    pub at_ms: i64,
+    pub mutation_id: String,
+    pub collection: String,
+    pub key: String,
+    pub handler: String,
+    pub resolution: String,
+    pub reason: String,
+    pub base_version: u64,
+    pub server_version: u64,
+    /// JSON text, summarized and cut to 1,000 characters.
+    pub incoming: String,
+    pub existing: String,
+    pub result: String,
+}
+
+/// The predictor's quality over its recent window.
+#[derive(ToSchema, serde::Serialize)]
+pub struct ModelSummary {
+    pub model_version: u64,
+    pub learned: u64,
+    pub auc: Option<f64>,
+    pub log_loss: Option<f64>,
+    pub calibration_error: Option<f64>,
+    pub calibration: Vec<CalibrationBin>,
+}
+
+/// `GET /v1/dashboard`: what the dashboard draws.
+#[derive(ToSchema, serde::Serialize)]
+pub struct Dashboard {
+    pub at_ms: i64,
+    pub totals: Totals,
+    pub series: Vec<SeriesPoint>,
+    pub hot: Vec<HotDocument>,
+    pub conflicts: Vec<ConflictView>,
+    pub stats: EngineStats,
+    pub model: ModelSummary,
+}

@@ -27,6 +27,7 @@ pub struct MutationBody {
     /// Any text but NUL, up to 512 bytes.
     #[schema(min_length = 1)]
     pub key: String,
+    #[schema(value_type = super::schema::OpName)]
     pub op: Op,
     /// The document (put) or a JSON merge patch (patch); absent or null for a delete.
     #[serde(default)]

@@ -14,6 +14,8 @@
 
 use crate::model::{DocKey, Document};
 use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::BuildHasherDefault;
 use std::sync::Mutex;
 
 /// Lanes of a document that read the store after one of its cached states
@@ -27,13 +29,17 @@ pub(super) struct DocCache {
     state: Mutex<State>,
 }
 
+/// A map whose iteration order is the same in every run (SipHash with fixed
+/// keys): eviction walks it, and the simulation replays a seed bit for bit.
+type FixedMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+
 #[derive(Default)]
 struct State {
-    docs: HashMap<DocKey, (Document, usize)>,
+    docs: FixedMap<DocKey, (Document, usize)>,
     bytes: usize,
     /// Documents found stale, with the lanes left before they are cached
     /// again.
-    shunned: HashMap<DocKey, u32>,
+    shunned: FixedMap<DocKey, u32>,
 }
 
 impl DocCache {
@@ -98,6 +104,23 @@ impl DocCache {
                 }
             }
         }
+        debug_assert!(
+            state.bytes <= self.budget,
+            "invariant: the cache stays within its budget"
+        );
+    }
+
+    /// The cache's bound: what it holds never exceeds its budget.
+    pub(super) fn check(&self) -> Result<(), String> {
+        let state = self.state();
+        let counted: usize = state.docs.values().map(|(_, size)| size).sum();
+        if counted != state.bytes || state.bytes > self.budget {
+            return Err(format!(
+                "document cache holds {} bytes (counted {counted}) of a {} budget",
+                state.bytes, self.budget
+            ));
+        }
+        Ok(())
     }
 
     pub(super) fn forget(&self, doc: &DocKey) {

@@ -219,6 +219,31 @@ impl Controller {
             .clamp(THRESHOLD_MIN, THRESHOLD_MAX)
     }
 
+    /// The controller's invariants, checked by the simulation after every
+    /// event: the limit and the batch size within their bounds, in every
+    /// build (the accessors clamp, so this reads the raw state).
+    pub fn check(&self) -> Result<(), String> {
+        let max = self.config.limit_max.max(1) as f64;
+        if !(1.0..=max).contains(&self.limit) {
+            return Err(format!(
+                "concurrency limit {} outside [1, {max}]",
+                self.limit
+            ));
+        }
+        let batch = self.config.commit_batch_max.max(1) as f64;
+        if !(1.0..=batch).contains(&self.batch_max) {
+            return Err(format!(
+                "commit batch {} outside [1, {batch}]",
+                self.batch_max
+            ));
+        }
+        let threshold = self.threshold();
+        if !(THRESHOLD_MIN..=THRESHOLD_MAX).contains(&threshold) {
+            return Err(format!("threshold {threshold} outside its bounds"));
+        }
+        Ok(())
+    }
+
     pub fn state(&self) -> ControlState {
         ControlState {
             concurrency_limit: self.limit(),
@@ -280,6 +305,18 @@ impl Door {
     /// The current limit on requests inside at once.
     pub fn limit(&self) -> usize {
         self.limit as usize
+    }
+
+    /// The door's invariant: its limit between the floor and the maximum.
+    pub fn check(&self) -> Result<(), String> {
+        let floor = (DOOR_LIMIT_MIN as f64).min(self.limit_max);
+        if !(floor..=self.limit_max).contains(&self.limit) {
+            return Err(format!(
+                "door limit {} outside [{floor}, {}]",
+                self.limit, self.limit_max
+            ));
+        }
+        Ok(())
     }
 
     pub fn new(limit_max: usize) -> Door {

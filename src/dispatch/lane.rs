@@ -60,6 +60,9 @@ pub(super) async fn dispatch_loop(inner: Arc<Inner>) {
                     let taken = lanes.queue.take_ready();
                     if taken.is_some() {
                         lanes.in_flight += 1;
+                        if lanes.in_flight > limit {
+                            lanes.dispatched_past_limit += 1;
+                        }
                         debug_assert!(
                             lanes.in_flight <= limit,
                             "invariant: in-flight ≤ limit at dispatch"

@@ -164,6 +164,11 @@ struct Queued {
 struct Lanes {
     queue: Queue<Queued>,
     in_flight: usize,
+    /// Dispatches that found the lanes in flight past the concurrency limit:
+    /// impossible by construction, counted in every build so that
+    /// `Engine::check_invariants` can report it (a panic in the dispatch
+    /// loop's task would go unseen).
+    dispatched_past_limit: u64,
 }
 
 struct Reservation {
@@ -265,6 +270,7 @@ impl Engine {
             lanes: Mutex::new(Lanes {
                 queue: Queue::new(config.queue),
                 in_flight: 0,
+                dispatched_past_limit: 0,
             }),
             config,
             clock,

@@ -8,7 +8,7 @@ use crate::telemetry::Gauges;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 /// A snapshot for `/v1/stats` and the logs.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct EngineStats {
     pub load: f64,
     pub threshold: f64,
@@ -40,7 +40,7 @@ pub struct EngineStats {
 const MODEL_SUMMARY_EVERY: Duration = Duration::from_secs(1);
 
 /// `GET /v1/dashboard`: what the dashboard draws.
-#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Dashboard {
     #[serde(flatten)]
     pub board: crate::telemetry::Snapshot,
@@ -49,7 +49,7 @@ pub struct Dashboard {
 }
 
 /// The predictor's quality over its recent window.
-#[derive(Clone, Debug, Default, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ModelSummary {
     pub model_version: u64,
     pub learned: u64,
@@ -128,6 +128,40 @@ impl Engine {
                 summary
             }
         }
+    }
+}
+
+impl Engine {
+    /// Checks every invariant of the engine's state now, in every build;
+    /// `Err` names the first one broken. The simulation calls it after every
+    /// event (each store operation and each answer).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let inner = &self.inner;
+        {
+            let lanes = lock(&inner.lanes);
+            let lanes_in_flight = lanes.queue.check()?;
+            if lanes_in_flight != lanes.in_flight {
+                return Err(format!(
+                    "{} lanes counted in flight, {lanes_in_flight} in the queue",
+                    lanes.in_flight
+                ));
+            }
+            if lanes.in_flight > inner.config.lanes_in_flight_max {
+                return Err(format!(
+                    "{} lanes in flight > lanes_in_flight_max {}",
+                    lanes.in_flight, inner.config.lanes_in_flight_max
+                ));
+            }
+            if lanes.dispatched_past_limit > 0 {
+                return Err(format!(
+                    "{} dispatches took lanes in flight past the concurrency limit",
+                    lanes.dispatched_past_limit
+                ));
+            }
+        }
+        lock(&inner.control).check()?;
+        lock(&inner.door).check()?;
+        inner.cache.check()
     }
 }
 

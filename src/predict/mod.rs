@@ -247,7 +247,7 @@ pub struct Predictor {
 }
 
 /// Where the current model came from.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Training {
     /// 0 for the model built online since start; +1 at every retraining swap.
     pub model_version: u64,
@@ -257,7 +257,7 @@ pub struct Training {
 }
 
 /// `GET /v1/model`'s view of the predictor.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize)]
 pub struct ModelReport {
     #[serde(flatten)]
     pub training: Training,

@@ -17,7 +17,7 @@ pub const CALIBRATION_BINS: usize = 10;
 /// Probabilities are clipped to this distance from 0 and 1 for the log loss.
 const LOG_LOSS_EPSILON: f64 = 1e-7;
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct CalibrationBin {
     pub lower: f64,
     pub upper: f64,
@@ -27,7 +27,7 @@ pub struct CalibrationBin {
 }
 
 /// One summary of (prediction, outcome) pairs.
-#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct QualityReport {
     pub count: u64,
     pub positives: u64,

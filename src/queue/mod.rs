@@ -91,6 +91,42 @@ impl<T> Queue<T> {
         self.lanes.get(doc).map_or(0, |lane| lane.waiting.len())
     }
 
+    /// Checks the queue's invariants in O(lanes) and returns how many lanes
+    /// are in flight: the simulation calls it after every event.
+    pub fn check(&self) -> Result<usize, String> {
+        let (mut waiting, mut in_flight) = (0, 0);
+        for (doc, lane) in &self.lanes {
+            if lane.waiting.len() > self.limits.lane_len_max {
+                return Err(format!(
+                    "lane {doc} holds {} > lane_len_max {}",
+                    lane.waiting.len(),
+                    self.limits.lane_len_max
+                ));
+            }
+            waiting += lane.waiting.len();
+            if lane.in_flight {
+                in_flight += 1;
+                if lane.ready_entry.is_some() {
+                    return Err(format!("lane {doc} is in flight and ready"));
+                }
+            } else if lane.waiting.is_empty() {
+                return Err(format!("lane {doc} is idle and empty but kept"));
+            } else if lane.ready_entry.is_none() {
+                return Err(format!("lane {doc} has waiting items but is not ready"));
+            }
+        }
+        if self.pending_len > self.limits.queue_len_max {
+            return Err(format!(
+                "{} pending > queue_len_max {}",
+                self.pending_len, self.limits.queue_len_max
+            ));
+        }
+        if waiting > self.pending_len {
+            return Err(format!("{waiting} waiting > {} pending", self.pending_len));
+        }
+        Ok(in_flight)
+    }
+
     fn push_ready(&mut self, doc: &DocKey, rank: i64) {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -115,6 +151,10 @@ impl<T> Queue<T> {
         }
         lane.waiting.push_back((item, rank));
         self.pending_len += 1;
+        debug_assert!(
+            self.pending_len <= self.limits.queue_len_max,
+            "invariant: pending_len ≤ queue_len_max"
+        );
         let improves = match lane.ready_entry {
             _ if lane.in_flight => false,
             None => true,

@@ -144,7 +144,7 @@ impl Resolver {
         config: &CollectionConfig,
     ) -> Step {
         let handler = &config.handler;
-        let started = std::time::Instant::now();
+        let started = self.clock.elapsed();
         let (answer, run) = match handler {
             Handler::Optimistic => (
                 HandlerAnswer::Reject(stale_reason(base, doc.version)),
@@ -203,7 +203,11 @@ impl Resolver {
             (Run::Answered, HandlerAnswer::Reject(_)) => Some("rejected"),
         };
         if let (Some(result), Some(telemetry)) = (result, &self.telemetry) {
-            telemetry.handler_run(handler.name(), result, started.elapsed().as_secs_f64());
+            telemetry.handler_run(
+                handler.name(),
+                result,
+                self.clock.elapsed().saturating_sub(started).as_secs_f64(),
+            );
         }
         let (outcome, resolution, after, reason) = match answer {
             HandlerAnswer::Resolve(item) => {

@@ -26,7 +26,7 @@ pub const VALUE_CHARS_SHOWN: usize = 1_000;
 const HOT_DECAY: f64 = 0.9;
 
 /// One second of the series: rates are per second over that second.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct SeriesPoint {
     pub at_ms: i64,
     pub applied: u64,
@@ -41,7 +41,7 @@ pub struct SeriesPoint {
     pub threshold: f64,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct HotDocument {
     pub collection: String,
     pub key: String,
@@ -54,7 +54,7 @@ pub struct HotDocument {
     pub score: f64,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ConflictView {
     pub at_ms: i64,
     pub mutation_id: String,
@@ -72,7 +72,7 @@ pub struct ConflictView {
 }
 
 /// What the dashboard draws, as `GET /v1/dashboard` answers it.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Snapshot {
     pub at_ms: i64,
     pub totals: Totals,
@@ -81,7 +81,7 @@ pub struct Snapshot {
     pub conflicts: Vec<ConflictView>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Totals {
     pub applied: u64,
     pub merged: u64,

@@ -9,11 +9,22 @@
 //! writes. Clients append unique elements with stale bases (automerge), and
 //! resend with the same id after a 503 until acknowledged.
 //!
-//! Checked: every element lands exactly once; each client's elements keep
-//! their order; versions count the applied mutations; no mutation waits
-//! unboundedly; the concurrency limit never lets in-flight writes exceed it at
-//! dispatch (a debug assertion in the dispatcher) and settles near the knee.
-//! A failing run names its seed.
+//! Checked after every event (each store operation and each answer): the
+//! engine's own invariants (`Engine::check_invariants`: the queue's
+//! bookkeeping and bounds, in-flight lanes never past the concurrency limit
+//! at dispatch, the controller's and the door's bounds, the document
+//! cache's budget) and the store's (a commit batch's keys sorted and
+//! distinct, every write one version past what its lane expected). At the
+//! end: every element lands exactly once; each client's elements keep their
+//! order; versions count the applied mutations; no mutation waits
+//! unboundedly; the concurrency limit settles near the knee.
+//!
+//! Everything is seeded (the store's faults, the clients' keys, the
+//! engine's jitter through the clock), so a seed replays bit for bit: a
+//! test runs one twice and compares digests of the event logs. A failure
+//! prints its seed and the command that replays it. `SLUICE_SIM_SEEDS=N`
+//! runs the fault scenario under N fresh random seeds (the test script sets
+//! a budget); `SLUICE_SIM_SEED=S` replays seed S alone.
 
 use serde_json::{Map, Value, json};
 use sluice::clock::{SharedClock, TokioClock};
@@ -25,8 +36,11 @@ use sluice::rng::SplitMix64;
 use sluice::store::{CommitOutcome, LaneCommit, MemoryStore, Store, StoreError, StoredReply};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+/// A run that has not finished in this much simulated time is stuck.
+const SIMULATED_TIME_MAX: Duration = Duration::from_secs(3_600);
 
 /// One scenario's shape.
 #[derive(Clone, Copy)]
@@ -47,6 +61,52 @@ struct SimStore {
     rng: Mutex<SplitMix64>,
     error_percent: u64,
     knee: usize,
+    /// The engine, once started: its invariants are checked at every event.
+    engine: OnceLock<Engine>,
+    log: Mutex<EventLog>,
+    started: tokio::time::Instant,
+}
+
+/// What happened, in order: a digest of every event (so two runs of one
+/// seed can be compared) and the first broken invariant.
+#[derive(Default)]
+struct EventLog {
+    events: u64,
+    digest: u64,
+    broken: Option<String>,
+}
+
+impl SimStore {
+    /// One event: folded into the digest, then every invariant checked.
+    fn event(&self, what: String, broken_here: Option<String>) {
+        let engine_broken = self
+            .engine
+            .get()
+            .and_then(|engine| engine.check_invariants().err());
+        let mut log = self.log.lock().expect("log");
+        log.events += 1;
+        let line = format!("{} {:?} {what}", log.events, self.started.elapsed());
+        log.digest = xxhash_rust::xxh3::xxh3_64_with_seed(line.as_bytes(), log.digest);
+        if log.broken.is_none()
+            && let Some(broken) = broken_here.or(engine_broken)
+        {
+            log.broken = Some(format!("event {}: {what}: {broken}", log.events));
+        }
+    }
+}
+
+/// The store-side invariants of a commit batch.
+fn check_batch(batch: &[LaneCommit]) -> Option<String> {
+    if !batch.windows(2).all(|w| w[0].doc < w[1].doc) {
+        return Some("a commit batch's keys are not sorted and distinct".into());
+    }
+    batch.iter().find_map(|lane| match &lane.write {
+        Some(write) if write.version <= lane.expected_version => Some(format!(
+            "{} written at version {} over expected {}",
+            lane.doc, write.version, lane.expected_version
+        )),
+        _ => None,
+    })
 }
 
 impl SimStore {
@@ -67,11 +127,19 @@ impl SimStore {
 crate::store_over_memory!(SimStore, {
     async fn get(&self, doc: &DocKey) -> Result<Document, StoreError> {
         self.operate(1).await;
-        self.inner.get(doc).await
+        let read = self.inner.get(doc).await;
+        let version = read.as_ref().map(|d| d.version).ok();
+        self.event(format!("read {doc} {version:?}"), None);
+        read
     }
 
     async fn commit(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError> {
         self.operate(batch.len()).await;
+        let lanes: Vec<String> = batch
+            .iter()
+            .map(|l| format!("{}@{}", l.doc, l.expected_version))
+            .collect();
+        self.event(format!("commit {}", lanes.join(",")), check_batch(batch));
         if self.flip(self.error_percent) {
             return Err(StoreError::Unavailable("injected fault".into()));
         }
@@ -112,9 +180,32 @@ fn append(client: usize, seq: usize, key: usize) -> Mutation {
     }
 }
 
-/// Runs the clients to completion, checks the invariants, and returns the
-/// concurrency limits sampled every 5 ms.
-async fn simulate(seed: u64, scenario: Scenario) -> Vec<usize> {
+/// What one run left: the concurrency limits sampled every 5 ms, and the
+/// digest of its event log.
+struct Run {
+    limits: Vec<usize>,
+    digest: u64,
+}
+
+/// The one command that replays a seed of a simulation test.
+fn replay_hint(seed: u64) -> String {
+    format!("replay it with: SLUICE_SIM_SEED={seed} cargo nextest run simulation::")
+}
+
+/// Runs one seed, bounded in simulated time, and names the seed (with the
+/// command that replays it) if anything fails.
+async fn simulate(seed: u64, scenario: Scenario) -> Run {
+    match tokio::time::timeout(SIMULATED_TIME_MAX, simulate_unbounded(seed, scenario)).await {
+        Ok(run) => run,
+        Err(_) => panic!(
+            "seed {seed}: the run did not finish within {SIMULATED_TIME_MAX:?} of simulated time; {}",
+            replay_hint(seed)
+        ),
+    }
+}
+
+/// Runs the clients to completion and checks the invariants.
+async fn simulate_unbounded(seed: u64, scenario: Scenario) -> Run {
     let Scenario {
         keys: key_count,
         clients: client_count,
@@ -129,6 +220,9 @@ async fn simulate(seed: u64, scenario: Scenario) -> Vec<usize> {
         rng: Mutex::new(SplitMix64::new(seed)),
         error_percent,
         knee,
+        engine: OnceLock::new(),
+        log: Mutex::new(EventLog::default()),
+        started: tokio::time::Instant::now(),
     });
     for k in 0..key_count {
         let doc = DocKey::new("sim", format!("k{k}"));
@@ -158,6 +252,7 @@ async fn simulate(seed: u64, scenario: Scenario) -> Vec<usize> {
     let engine = Engine::start(store.clone(), history, resolver, clock, config)
         .await
         .expect("engine");
+    let _ = store.engine.set(engine.clone());
 
     // Clients: each appends to keys drawn at random, one mutation at a time
     // (so its appends to a key must land in order).
@@ -168,11 +263,13 @@ async fn simulate(seed: u64, scenario: Scenario) -> Vec<usize> {
             .map(|_| rng.below(key_count as u64) as usize)
             .collect();
         let engine = engine.clone();
+        let store = store.clone();
         clients.push(tokio::spawn(async move {
             let mut waits = Vec::new();
             for (seq, key) in keys.into_iter().enumerate() {
                 loop {
                     let reply = crate::support::submit(&engine, append(c, seq, key)).await;
+                    store.event(format!("answer c{c}-{seq} {}", reply.status), None);
                     let body: Value = serde_json::from_str(&reply.body).expect("JSON");
                     match reply.status {
                         200 => {
@@ -215,6 +312,17 @@ async fn simulate(seed: u64, scenario: Scenario) -> Vec<usize> {
     }
     let _ = stop_watching.send(());
     let limits = watcher.await.expect("watcher");
+    let (events, digest, broken) = {
+        let log = store.log.lock().expect("log");
+        (log.events, log.digest, log.broken.clone())
+    };
+    assert!(events > 0, "seed {seed}: events were logged");
+    if let Some(broken) = broken {
+        panic!(
+            "seed {seed}: an invariant broke at {broken}; {}",
+            replay_hint(seed)
+        );
+    }
     let stats = engine.stats();
     assert_eq!(
         (stats.queue_depth, stats.in_flight),
@@ -267,7 +375,7 @@ async fn simulate(seed: u64, scenario: Scenario) -> Vec<usize> {
         longest_wait < 10_000.0,
         "seed {seed}: a mutation waited {longest_wait} ms in its lane"
     );
-    limits
+    Run { limits, digest }
 }
 
 /// Demand far beyond the knee and no faults: the limit comes down from its
@@ -291,7 +399,7 @@ async fn the_concurrency_limit_follows_the_knee() {
             // elsewhere).
             document_cache_bytes: 0,
         };
-        let limits = simulate(seed, scenario).await;
+        let limits = simulate(seed, scenario).await.limits;
         assert!(limits.len() > 20, "seed {seed}: the run was sampled");
         // The middle of the run: past the start, before the clients thin out.
         let middle = &limits[limits.len() / 4..limits.len() * 3 / 4];
@@ -308,23 +416,63 @@ async fn the_concurrency_limit_follows_the_knee() {
     );
 }
 
+/// The fault scenario: commit faults and a writer behind Sluice's back.
+fn faults(document_cache_bytes: usize) -> Scenario {
+    Scenario {
+        keys: 24,
+        clients: 48,
+        appends_per_client: 40,
+        error_percent: 3,
+        knee: 16,
+        document_cache_bytes,
+    }
+}
+
 /// Commit faults and a writer behind Sluice's back: every invariant holds,
 /// with lanes that read the store and with lanes that start from the cache
 /// of committed documents (which the writer behind Sluice makes stale).
+/// Fixed seeds, one of them replayable alone with `SLUICE_SIM_SEED`.
 #[tokio::test(start_paused = true)]
 async fn the_dispatcher_keeps_its_invariants_under_faults() {
-    for (seed, document_cache_bytes) in [(1, 0), (2, 0), (3, 1 << 20), (4, 1 << 20)] {
-        simulate(
-            seed,
-            Scenario {
-                keys: 24,
-                clients: 48,
-                appends_per_client: 40,
-                error_percent: 3,
-                knee: 16,
-                document_cache_bytes,
-            },
-        )
-        .await;
+    let seeds = match std::env::var("SLUICE_SIM_SEED") {
+        Ok(seed) => vec![seed.parse().expect("SLUICE_SIM_SEED is a number")],
+        Err(_) => vec![1u64, 2, 3, 4],
+    };
+    for seed in seeds {
+        // Even seeds read the store, odd ones start lanes from the cache.
+        let cache = if seed.is_multiple_of(2) { 0 } else { 1 << 20 };
+        simulate(seed, faults(cache)).await;
     }
+}
+
+/// `SLUICE_SIM_SEEDS=N`: the fault scenario under N fresh random seeds,
+/// each printed before it runs (none without the variable).
+#[tokio::test(start_paused = true)]
+async fn random_seeds_keep_the_invariants() {
+    let n: u64 = std::env::var("SLUICE_SIM_SEEDS")
+        .ok()
+        .map(|n| n.parse().expect("SLUICE_SIM_SEEDS is a number"))
+        .unwrap_or(0);
+    let entropy = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id());
+    let mut seeds = SplitMix64::new(entropy);
+    for _ in 0..n {
+        let seed = seeds.below(1 << 48);
+        println!("simulation seed {seed}");
+        let cache = if seed.is_multiple_of(2) { 0 } else { 1 << 20 };
+        simulate(seed, faults(cache)).await;
+    }
+}
+
+/// A seed replays bit for bit: the same events in the same order at the
+/// same simulated times (the document cache's eviction walks a map with a
+/// fixed hasher, the engine's jitter is seeded by the clock).
+#[tokio::test(start_paused = true)]
+async fn a_seed_replays_the_same_run() {
+    let first = simulate(7, faults(1 << 20)).await;
+    let second = simulate(7, faults(1 << 20)).await;
+    assert_eq!(first.digest, second.digest, "seed 7 ran two different ways");
+    assert_eq!(first.limits, second.limits);
 }

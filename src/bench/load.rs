@@ -1,0 +1,422 @@
+//! The load the bench puts on the contenders: closed loops of read-think-
+//! write intents, open-loop Poisson arrivals, a writer behind Sluice's back,
+//! trace replay, and unconditional writes (one-row commits, Sluice single
+//! and batched), each tallied per client task and merged.
+
+use super::intent::{Append, Ended, Target};
+use super::*;
+
+/// The tally of one run, merged from its client tasks.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    pub(super) applied: u64,
+    /// Applied within `CLIENT_TIMEOUT`: goodput.
+    pub(super) in_time: u64,
+    pub(super) conflicts: u64,
+    pub(super) wasted: u64,
+    pub(super) timeouts: u64,
+    pub(super) rejected_429: u64,
+    /// Requests that reached Sluice (for CPU per mutation).
+    pub(super) mutations: u64,
+    pub(super) errors: u64,
+    pub(super) first_error: Option<String>,
+    /// Per intent, 429s excepted: the admitted intents' latency.
+    pub(super) latencies_us: Vec<u64>,
+}
+
+impl Tally {
+    pub(super) fn add(&mut self, ended: Ended, latency: Duration) {
+        self.mutations += 1;
+        if let Some(e) = ended.error {
+            self.errors += 1;
+            self.first_error.get_or_insert(e);
+            return;
+        }
+        self.wasted += u64::from(ended.wasted);
+        if ended.rejected_429 {
+            self.rejected_429 += 1;
+            return;
+        }
+        let timed_out = latency > CLIENT_TIMEOUT;
+        self.timeouts += u64::from(timed_out);
+        self.conflicts += u64::from(ended.conflict);
+        if ended.applied {
+            self.applied += 1;
+            self.in_time += u64::from(!timed_out);
+        }
+        self.latencies_us
+            .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    pub(super) fn merge(&mut self, other: Tally) {
+        self.applied += other.applied;
+        self.in_time += other.in_time;
+        self.conflicts += other.conflicts;
+        self.wasted += other.wasted;
+        self.timeouts += other.timeouts;
+        self.rejected_429 += other.rejected_429;
+        self.mutations += other.mutations;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.latencies_us.extend(other.latencies_us);
+    }
+}
+
+/// `clients` tasks, each: pick a document (Zipf θ), read, think, write;
+/// again until the run's time is up.
+pub(super) async fn closed_loop(
+    target: Target,
+    collection: &Arc<str>,
+    clients: usize,
+    theta: f64,
+    run: Duration,
+    think: Duration,
+    seed: u64,
+) -> Tally {
+    let zipf = Arc::new(Zipf::new(DOCS, theta));
+    let deadline = Instant::now() + run;
+    let mut tasks = JoinSet::new();
+    for c in 0..clients {
+        let (target, zipf, collection) = (target.clone(), zipf.clone(), collection.clone());
+        tasks.spawn(async move {
+            let mut rng = SplitMix64::new(seed ^ (c as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+            let client = format!("c{c}");
+            let mut tally = Tally::default();
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                seq += 1;
+                let key = format!("doc-{}", zipf.draw(&mut rng));
+                let entry = format!("{client}.{seq}");
+                let (ended, took) =
+                    timed_append(&target, &collection, &key, &client, &entry, think).await;
+                let refused = ended.rejected_429;
+                tally.add(ended, took);
+                if refused {
+                    tokio::time::sleep(REFUSED_PAUSE).await;
+                }
+            }
+            tally
+        });
+    }
+    join(tasks).await
+}
+
+/// One `hot` intent and how long it took, retries and think time included.
+pub(super) async fn timed_append(
+    target: &Target,
+    collection: &str,
+    key: &str,
+    client: &str,
+    entry: &str,
+    think: Duration,
+) -> (Ended, Duration) {
+    let started = Instant::now();
+    let ended = target
+        .append(&Append {
+            collection,
+            key,
+            client,
+            entry,
+            think,
+        })
+        .await;
+    (ended, started.elapsed())
+}
+
+pub(super) async fn join(mut tasks: JoinSet<Tally>) -> Tally {
+    let mut total = Tally::default();
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(tally) => total.merge(tally),
+            Err(e) => {
+                total.errors += 1;
+                total.first_error.get_or_insert(format!("client task: {e}"));
+            }
+        }
+    }
+    total
+}
+
+/// Poisson arrivals at `rate` per second on uniform keys, each an intent of
+/// its own, whatever the answers do (an open loop: the load does not wait).
+pub(super) async fn open_loop(
+    target: Target,
+    collection: &Arc<str>,
+    rate: f64,
+    run: Duration,
+    think: Duration,
+    seed: u64,
+) -> Tally {
+    let zipf = Arc::new(Zipf::new(DOCS, 0.0));
+    let mut rng = SplitMix64::new(seed);
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    let mut total = Tally::default();
+    let start = tokio::time::Instant::now();
+    let mut at = 0.0;
+    let mut n = 0u64;
+    loop {
+        at += rng.exponential(1.0 / rate.max(1.0));
+        if at >= run.as_secs_f64() {
+            break;
+        }
+        tokio::time::sleep_until(start + Duration::from_secs_f64(at)).await;
+        while let Some(done) = tasks.try_join_next() {
+            if let Ok(tally) = done {
+                total.merge(tally);
+            }
+        }
+        n += 1;
+        if outstanding.load(Ordering::Relaxed) >= OUTSTANDING_MAX {
+            total.timeouts += 1;
+            continue;
+        }
+        outstanding.fetch_add(1, Ordering::Relaxed);
+        let key = format!("doc-{}", zipf.draw(&mut rng));
+        let (target, collection, outstanding) =
+            (target.clone(), collection.clone(), outstanding.clone());
+        tasks.spawn(async move {
+            let client = format!("o{}", n % 1024);
+            let entry = format!("o{n}");
+            let (ended, took) =
+                timed_append(&target, &collection, &key, &client, &entry, think).await;
+            outstanding.fetch_sub(1, Ordering::Relaxed);
+            let mut tally = Tally::default();
+            tally.add(ended, took);
+            tally
+        });
+    }
+    total.merge(join(tasks).await);
+    total
+}
+
+/// Writes the hottest 1% of the documents straight into PostgreSQL, around
+/// Sluice, `EXTERNAL_RATE` times a second, keeping their entries.
+pub(super) async fn external_writer(
+    pool: PgPool,
+    collection: Arc<str>,
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let hottest = DOCS / 100;
+    let interval = Duration::from_secs_f64(1.0 / EXTERNAL_RATE);
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("doc-{}", n % hottest);
+        sqlx::query(
+            "UPDATE sluice_documents
+             SET version = version + 1,
+                 item = (item::jsonb || jsonb_build_object('external', $3::BIGINT))::json
+             WHERE collection = $1 AND key = $2",
+        )
+        .bind(&*collection)
+        .bind(&key)
+        .bind(n as i64)
+        .execute(&pool)
+        .await
+        .context("the external writer's update")?;
+        writes.fetch_add(1, Ordering::Relaxed);
+        n += 1;
+        tokio::time::sleep(interval).await;
+    }
+    Ok(())
+}
+
+/// The trace at full speed: `CLIENTS` workers, each trace client's mutations
+/// in order on one worker.
+pub(super) async fn trace_run(
+    target: Target,
+    collection: &Arc<str>,
+    trace: Arc<Vec<TraceLine>>,
+) -> Tally {
+    let mut shares: Vec<Vec<usize>> = vec![Vec::new(); CLIENTS];
+    for (i, line) in trace.iter().enumerate() {
+        let h = xxhash_rust::xxh3::xxh3_64(line.client.as_bytes());
+        shares[(h % CLIENTS as u64) as usize].push(i);
+    }
+    let mut tasks = JoinSet::new();
+    for share in shares {
+        let (target, collection, trace) = (target.clone(), collection.clone(), trace.clone());
+        tasks.spawn(async move {
+            let mut tally = Tally::default();
+            for i in share {
+                let started = Instant::now();
+                let ended = target.trace(&collection, &trace[i]).await;
+                tally.add(ended, started.elapsed());
+            }
+            tally
+        });
+    }
+    join(tasks).await
+}
+
+/// pgbench-style: `COMMIT_CLIENTS` clients, each committing one-row updates
+/// of uniform keys, no read, no think.
+pub(super) async fn one_row_commits(
+    pool: PgPool,
+    collection: &Arc<str>,
+    run: Duration,
+    seed: u64,
+) -> Tally {
+    let deadline = Instant::now() + run;
+    let mut tasks = JoinSet::new();
+    for c in 0..COMMIT_CLIENTS {
+        let (pool, collection) = (pool.clone(), collection.clone());
+        tasks.spawn(async move {
+            let mut rng = SplitMix64::new(seed ^ c as u64);
+            let mut tally = Tally::default();
+            while Instant::now() < deadline {
+                let key = format!("doc-{}", rng.below(DOCS));
+                let started = Instant::now();
+                let done = sqlx::query(
+                    "UPDATE sluice_documents SET version = version + 1,
+                         item = json_build_object('owner', $3::TEXT, 'entries', item->'entries')
+                     WHERE collection = $1 AND key = $2",
+                )
+                .bind(&*collection)
+                .bind(&key)
+                .bind(format!("c{c}"))
+                .execute(&pool)
+                .await;
+                let ended = match done {
+                    Ok(r) => Ended {
+                        applied: r.rows_affected() == 1,
+                        ..Ended::default()
+                    },
+                    Err(e) => Ended {
+                        error: Some(e.to_string()),
+                        ..Ended::default()
+                    },
+                };
+                tally.add(ended, started.elapsed());
+            }
+            tally
+        });
+    }
+    join(tasks).await
+}
+
+/// Unconditional uniform-key writes through Sluice: what group commit is for.
+pub(super) async fn sluice_writes(
+    target: Target,
+    collection: &Arc<str>,
+    run: Duration,
+    batched: bool,
+    seed: u64,
+) -> Tally {
+    let Target::Sluice { http, url } = target else {
+        return Tally {
+            errors: 1,
+            first_error: Some("sluice writes need a Sluice".into()),
+            ..Tally::default()
+        };
+    };
+    let deadline = Instant::now() + run;
+    let mut tasks = JoinSet::new();
+    let clients = if batched { BATCH_CLIENTS } else { CLIENTS };
+    for c in 0..clients {
+        let (http, url, collection) = (http.clone(), url.clone(), collection.clone());
+        tasks.spawn(async move {
+            let mut rng = SplitMix64::new(seed ^ c as u64);
+            let mut tally = Tally::default();
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                let n = if batched { COMMIT_BATCH } else { 1 };
+                let mutations: Vec<serde_json::Value> = (0..n)
+                    .map(|_| {
+                        seq += 1;
+                        serde_json::json!({
+                            "id": format!("{collection}:w{c}.{seq}"),
+                            "client": format!("w{c}"),
+                            "collection": &*collection,
+                            "key": format!("doc-{}", rng.below(DOCS)),
+                            "op": "patch",
+                            "value": {"owner": format!("w{c}")},
+                        })
+                    })
+                    .collect();
+                let started = Instant::now();
+                let results = send_writes(&http, &url, mutations, batched).await;
+                let latency = started.elapsed();
+                if results.as_ref().is_ok_and(|r| r.contains(&429)) {
+                    tokio::time::sleep(REFUSED_PAUSE).await;
+                }
+                match results {
+                    Ok(statuses) => {
+                        for status in statuses {
+                            let ended = match status {
+                                200 => Ended {
+                                    applied: true,
+                                    ..Ended::default()
+                                },
+                                429 => Ended {
+                                    rejected_429: true,
+                                    ..Ended::default()
+                                },
+                                other => Ended {
+                                    error: Some(format!("answer {other}")),
+                                    ..Ended::default()
+                                },
+                            };
+                            tally.add(ended, latency);
+                        }
+                    }
+                    Err(e) => tally.add(
+                        Ended {
+                            error: Some(e.to_string()),
+                            ..Ended::default()
+                        },
+                        latency,
+                    ),
+                }
+            }
+            tally
+        });
+    }
+    join(tasks).await
+}
+
+/// The status of each mutation sent.
+pub(super) async fn send_writes(
+    http: &reqwest::Client,
+    url: &str,
+    mutations: Vec<serde_json::Value>,
+    batched: bool,
+) -> anyhow::Result<Vec<u16>> {
+    if !batched {
+        let mut statuses = Vec::new();
+        for m in mutations {
+            statuses.push(
+                http.post(format!("{url}/v1/mutations"))
+                    .json(&m)
+                    .send()
+                    .await?
+                    .status()
+                    .as_u16(),
+            );
+        }
+        return Ok(statuses);
+    }
+    let n = mutations.len();
+    let response = http
+        .post(format!("{url}/v1/mutations:batch"))
+        .json(&serde_json::json!({ "mutations": mutations }))
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Ok(vec![status; n]);
+    }
+    let body: serde_json::Value = response.json().await?;
+    let results = body["results"]
+        .as_array()
+        .context("a batch answer without results")?;
+    // Each result is the body a single mutation would get: an outcome is a
+    // 200 (a rejection would say so; unconditional writes have none).
+    Ok(results
+        .iter()
+        .map(|r| if r.get("outcome").is_some() { 200 } else { 500 })
+        .collect())
+}
