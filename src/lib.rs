@@ -6,6 +6,7 @@ pub mod api;
 pub mod bench;
 pub mod clock;
 pub mod config;
+mod db;
 pub mod dispatch;
 pub mod generate;
 pub mod history;

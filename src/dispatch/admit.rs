@@ -2,7 +2,10 @@
 //! or gets the original's answer), scoring, and synchronous, asynchronous and
 //! batch admission into the queue.
 
-use super::reply::{Answer, Queued as QueuedAnswer, Refusal, RefusalReason};
+use super::reply::{
+    Answer, Queued as QueuedAnswer, Refusal, RefusalReason, full_refusal, overloaded, reused_key,
+    shutting_down, store_error_refusal,
+};
 use super::{Engine, Inner, Queued, Reservation, lock};
 use crate::model::{DocKey, Mutation};
 use crate::predict::Observation;
@@ -491,49 +494,6 @@ fn queued_answer(id: &str, score: Option<f64>) -> Answer {
         id: id.to_owned(),
         score,
     })
-}
-
-fn shutting_down() -> Refusal {
-    Refusal::new(
-        RefusalReason::ShuttingDown,
-        "Sluice is shutting down; send the mutation again shortly",
-    )
-}
-
-fn full_refusal(full: Full, doc: &DocKey) -> Refusal {
-    match full {
-        Full::QueueFull => Refusal::new(
-            RefusalReason::QueueFull,
-            "the mutation queue is full; retry after a moment",
-        ),
-        Full::LaneFull => Refusal::new(
-            RefusalReason::LaneFull,
-            format!("too many mutations are waiting for {doc}; retry after a moment"),
-        ),
-    }
-}
-
-fn overloaded(wait_ms: u64) -> Refusal {
-    Refusal::new(
-        RefusalReason::Overloaded,
-        format!(
-            "Sluice is overloaded: mutations stay about {wait_ms} ms, over its bound; nothing was queued, retry after a moment"
-        ),
-    )
-}
-
-pub(super) fn reused_key(id: &str) -> Refusal {
-    Refusal::new(
-        RefusalReason::IdempotencyKeyReused,
-        format!("id {id:?} was already used by this client for a different mutation"),
-    )
-}
-
-pub(super) fn store_error_refusal(e: &StoreError) -> Refusal {
-    Refusal::new(
-        RefusalReason::StoreUnavailable,
-        format!("{e}; nothing was applied by this attempt, resend with the same id"),
-    )
 }
 
 /// A request inside Sluice (mutations between arrival and answer, or a

@@ -3,8 +3,7 @@
 //! in order (coalescing), commits through the group committer, teaches the
 //! predictor, and answers.
 
-use super::admit::{reused_key, store_error_refusal};
-use super::reply::{self, Answer, Refusal, RefusalReason};
+use super::reply::{self, Answer, Refusal, RefusalReason, reused_key, store_error_refusal};
 use super::{HistoryJob, Inner, Queued, Signals, control, lock};
 use crate::model::MutationRecord;
 use crate::model::{ConflictRecord, Decision, DocKey, Verdict};

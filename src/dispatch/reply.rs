@@ -7,7 +7,9 @@
 //! kept verbatim in the store, so that a resend, `GET /v1/mutations/{id}`
 //! and the event stream all replay exactly what the first answer said.
 
-use crate::model::{ConflictInfo, Decision, DecisionKind, Outcome, Verdict};
+use crate::model::{ConflictInfo, Decision, DecisionKind, DocKey, Outcome, Verdict};
+use crate::queue::Refusal as Full;
+use crate::store::StoreError;
 use serde_json::{Value, json};
 
 /// The engine's answer about one mutation.
@@ -90,6 +92,51 @@ impl RefusalReason {
             RefusalReason::Internal => "internal",
         }
     }
+}
+
+// The engine's refusals, one constructor each.
+
+pub(super) fn shutting_down() -> Refusal {
+    Refusal::new(
+        RefusalReason::ShuttingDown,
+        "Sluice is shutting down; send the mutation again shortly",
+    )
+}
+
+pub(super) fn full_refusal(full: Full, doc: &DocKey) -> Refusal {
+    match full {
+        Full::QueueFull => Refusal::new(
+            RefusalReason::QueueFull,
+            "the mutation queue is full; retry after a moment",
+        ),
+        Full::LaneFull => Refusal::new(
+            RefusalReason::LaneFull,
+            format!("too many mutations are waiting for {doc}; retry after a moment"),
+        ),
+    }
+}
+
+pub(super) fn overloaded(wait_ms: u64) -> Refusal {
+    Refusal::new(
+        RefusalReason::Overloaded,
+        format!(
+            "Sluice is overloaded: mutations stay about {wait_ms} ms, over its bound; nothing was queued, retry after a moment"
+        ),
+    )
+}
+
+pub(super) fn reused_key(id: &str) -> Refusal {
+    Refusal::new(
+        RefusalReason::IdempotencyKeyReused,
+        format!("id {id:?} was already used by this client for a different mutation"),
+    )
+}
+
+pub(super) fn store_error_refusal(e: &StoreError) -> Refusal {
+    Refusal::new(
+        RefusalReason::StoreUnavailable,
+        format!("{e}; nothing was applied by this attempt, resend with the same id"),
+    )
 }
 
 /// Renders a decided mutation's answer; `item` is the document as the

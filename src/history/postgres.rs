@@ -7,7 +7,6 @@ use super::{
     sql, version_to_sql,
 };
 use crate::model::{ConflictRecord, MutationRecord};
-use crate::store::connect_postgres;
 use sqlx::postgres::PgPool;
 use std::sync::LazyLock;
 
@@ -61,7 +60,7 @@ pub struct PostgresHistory {
 
 impl PostgresHistory {
     pub async fn connect(url: &str) -> Result<Self, HistoryError> {
-        let pool = connect_postgres(url, SCHEMA).await?;
+        let pool = crate::db::connect_postgres(url, SCHEMA).await?;
         Ok(PostgresHistory {
             reader: pool.clone(),
             writer: pool,

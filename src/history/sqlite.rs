@@ -6,7 +6,6 @@ use super::{
     sql, version_to_sql,
 };
 use crate::model::{ConflictRecord, MutationRecord};
-use crate::store::open_sqlite_pools;
 use sqlx::sqlite::SqlitePool;
 use std::path::Path;
 
@@ -60,7 +59,7 @@ pub struct SqliteHistory {
 
 impl SqliteHistory {
     pub async fn open(path: &Path) -> Result<Self, HistoryError> {
-        let (reader, writer) = open_sqlite_pools(path).await?;
+        let (reader, writer) = crate::db::open_sqlite(path).await?;
         for statement in SCHEMA {
             sqlx::query(*statement).execute(&writer).await?;
         }

@@ -18,8 +18,6 @@
 
 mod memory;
 mod postgres;
-pub(crate) use postgres::connect as connect_postgres;
-pub(crate) use sqlite::open_pools as open_sqlite_pools;
 mod sqlite;
 
 pub use memory::MemoryStore;

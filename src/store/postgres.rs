@@ -11,16 +11,9 @@ use super::{
 };
 use crate::model::{DocKey, Document};
 use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use std::collections::HashSet;
-use std::str::FromStr;
 use std::sync::LazyLock;
-
-/// Connections Sluice opens to PostgreSQL: reads of the lanes in flight plus
-/// the committer's one.
-const CONNECTIONS_MAX: u32 = 16;
-/// An arbitrary constant naming Sluice's schema lock.
-const SCHEMA_LOCK_ID: i64 = 0x511CE;
 
 /// PostgreSQL's statements where its dialect differs from SQLite's: items
 /// are `json`, read back as text; rows are numbered by `seq`.
@@ -79,42 +72,9 @@ pub struct PostgresStore {
     history: bool,
 }
 
-/// Connects and creates `schema` under Sluice's advisory lock.
-///
-/// Every statement Sluice sends to its own tables is a key lookup, an index
-/// range or an insert, so its sessions plan with sequential scans disabled
-/// (`enable_seqscan = off` only adds a penalty: a query with no index path
-/// still runs) and keep the generic plan of each prepared statement
-/// (`plan_cache_mode = force_generic_plan`). The tables start empty and grow
-/// under load: a plan made while a table was empty preferred a sequential
-/// scan and stayed cached for the connection's life, and then every lookup
-/// read the whole table — 8.4 of every 10 seconds of PostgreSQL's time went to
-/// the resend check alone. Planning every execution instead (custom plans)
-/// fixed that but cost a third of PostgreSQL's time in planning.
-pub(crate) async fn connect(url: &str, schema: &[&'static str]) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?.options([
-        ("enable_seqscan", "off"),
-        ("plan_cache_mode", "force_generic_plan"),
-    ]);
-    let pool = PgPoolOptions::new()
-        .max_connections(CONNECTIONS_MAX)
-        .connect_with(options)
-        .await?;
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(SCHEMA_LOCK_ID)
-        .execute(&mut *tx)
-        .await?;
-    for statement in schema {
-        sqlx::query(*statement).execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    Ok(pool)
-}
-
 impl PostgresStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let pool = connect(url, SCHEMA).await?;
+        let pool = crate::db::connect_postgres(url, SCHEMA).await?;
         Ok(PostgresStore {
             reader: pool.clone(),
             writer: pool,
@@ -132,7 +92,7 @@ impl PostgresStore {
             .chain(crate::history::POSTGRES_SCHEMA)
             .copied()
             .collect();
-        let pool = connect(url, &schema).await?;
+        let pool = crate::db::connect_postgres(url, &schema).await?;
         Ok(PostgresStore {
             reader: pool.clone(),
             writer: pool,

@@ -13,16 +13,8 @@ use super::{
 };
 use crate::model::{DocKey, Document};
 use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::SqlitePool;
 use std::path::Path;
-use std::time::Duration;
-
-/// Readers in the pool; reads are short point lookups.
-const READ_CONNECTIONS_MAX: u32 = 4;
-/// How long a statement waits for a lock held by another process on the file.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// SQLite's statements where its dialect differs from PostgreSQL's: rows
 /// are numbered by `rowid` (in commit order: the one writer inserts).
@@ -88,29 +80,9 @@ pub struct SqliteStore {
     writer: SqlitePool,
 }
 
-/// Opens (creating when missing) a SQLite database for one of Sluice's files.
-pub(crate) async fn open_pools(path: &Path) -> Result<(SqlitePool, SqlitePool), sqlx::Error> {
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(BUSY_TIMEOUT)
-        .foreign_keys(false);
-    let writer = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options.clone())
-        .await?;
-    let reader = SqlitePoolOptions::new()
-        .max_connections(READ_CONNECTIONS_MAX)
-        .connect_with(options)
-        .await?;
-    Ok((reader, writer))
-}
-
 impl SqliteStore {
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let (reader, writer) = open_pools(path).await?;
+        let (reader, writer) = crate::db::open_sqlite(path).await?;
         for statement in SCHEMA {
             sqlx::query(*statement).execute(&writer).await?;
         }
