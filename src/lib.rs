@@ -19,3 +19,4 @@ pub mod rng;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tool;

@@ -214,7 +214,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let report = runtime.block_on(sluice::bench::run(options))?;
+    let report = runtime
+        .block_on(sluice::bench::run(options))
+        .map_err(tool_error)?;
     for goal in &report.goals {
         println!(
             "{:<4} {:<70} {}",
@@ -316,7 +318,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             let _ = running.served.await;
             let _ = std::fs::remove_dir_all(&data_dir);
         }
-        let summary = summary?;
+        let summary = summary.map_err(tool_error)?;
         print!("{}", summary.render());
         if let Some(model) = &model {
             println!(
@@ -357,7 +359,8 @@ fn generate(args: GenArgs) -> anyhow::Result<()> {
         &mut trace,
         labels.as_mut().map(|w| w as &mut dyn Write),
         bypass.as_mut().map(|w| w as &mut dyn Write),
-    )?;
+    )
+    .map_err(tool_error)?;
     trace.flush()?;
     drop(trace);
     if let Some(mut labels) = labels {
@@ -435,4 +438,9 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+/// A tool's error as the binary reports it.
+fn tool_error(e: sluice::tool::ToolError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
 }

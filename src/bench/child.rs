@@ -2,7 +2,7 @@
 //! process (`sluice serve`), with its defaults except what a contender turns
 //! off, so its CPU time can be read apart from the load generator's.
 
-use anyhow::{Context, bail};
+use crate::tool::{Context, ToolResult, bail};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -63,7 +63,7 @@ impl SluiceChild {
         postgres: &str,
         features: Features,
         log: &Path,
-    ) -> anyhow::Result<SluiceChild> {
+    ) -> ToolResult<SluiceChild> {
         let port = super::postgres::free_port()?;
         let data_dir =
             std::env::temp_dir().join(format!("sluice-bench-{}-{port}", std::process::id()));

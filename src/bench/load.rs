@@ -199,7 +199,7 @@ pub(super) async fn external_writer(
     collection: Arc<str>,
     stop: Arc<AtomicBool>,
     writes: Arc<AtomicU64>,
-) -> anyhow::Result<()> {
+) -> ToolResult<()> {
     let hottest = DOCS / 100;
     let interval = Duration::from_secs_f64(1.0 / EXTERNAL_RATE);
     let mut n = 0u64;
@@ -384,7 +384,7 @@ pub(super) async fn send_writes(
     url: &str,
     mutations: Vec<serde_json::Value>,
     batched: bool,
-) -> anyhow::Result<Vec<u16>> {
+) -> ToolResult<Vec<u16>> {
     if !batched {
         let mut statuses = Vec::new();
         for m in mutations {

@@ -26,7 +26,7 @@ use crate::clock::wall_ms;
 use crate::generate::Zipf;
 use crate::replay::percentile;
 use crate::rng::SplitMix64;
-use anyhow::{Context, bail};
+use crate::tool::{Context, ToolResult, bail};
 use child::SluiceChild;
 use indicatif::{ProgressBar, ProgressStyle};
 use intent::Target;
@@ -235,7 +235,7 @@ struct Bench {
     seed: u64,
 }
 
-pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
+pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
     let plan = Plan::of(&options);
     let workloads = if options.workloads.is_empty() {
         Workload::ALL.to_vec()
@@ -358,7 +358,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     Ok(report)
 }
 
-fn load_trace(path: &std::path::Path, lines: usize) -> anyhow::Result<Vec<TraceLine>> {
+fn load_trace(path: &std::path::Path, lines: usize) -> ToolResult<Vec<TraceLine>> {
     let reader = crate::replay::open_trace(path).with_context(|| {
         format!(
             "the trace workload needs {} (pass --trace FILE, or leave the workload out)",
@@ -374,8 +374,9 @@ fn load_trace(path: &std::path::Path, lines: usize) -> anyhow::Result<Vec<TraceL
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = TraceLine::parse(&line)
-            .map_err(|e| anyhow::anyhow!("{} line {}: {e}", path.display(), number + 1))?;
+        let parsed = TraceLine::parse(&line).map_err(|e| {
+            crate::tool::ToolError::new(format!("{} line {}: {e}", path.display(), number + 1))
+        })?;
         trace.push(parsed);
     }
     Ok(trace)
@@ -455,7 +456,7 @@ fn setting_label(setting: Setting) -> String {
 }
 
 impl Bench {
-    fn target(&self, subject: Subject) -> anyhow::Result<Target> {
+    fn target(&self, subject: Subject) -> ToolResult<Target> {
         Ok(match subject {
             Subject::Contender(Contender::DirectOcc) => Target::Direct {
                 pool: self.direct.clone(),
@@ -477,7 +478,7 @@ impl Bench {
         })
     }
 
-    async fn run_one(&mut self, setting: Setting, subject: Subject) -> anyhow::Result<Sample> {
+    async fn run_one(&mut self, setting: Setting, subject: Subject) -> ToolResult<Sample> {
         self.runs += 1;
         self.seed = self.seed.wrapping_add(0x9e37_79b9);
         let collection: Arc<str> = format!("{}-{}", self.prefix, self.runs).into();
@@ -637,7 +638,7 @@ impl Bench {
     }
 
     /// `DOCS` documents at version 1, each `{"owner": null, "entries": []}`.
-    async fn load_documents(&self, collection: &str) -> anyhow::Result<()> {
+    async fn load_documents(&self, collection: &str) -> ToolResult<()> {
         sqlx::query(
             "INSERT INTO sluice_documents (collection, key, version, item, updated_ms)
              SELECT $1, 'doc-' || g, 1, '{\"owner\": null, \"entries\": []}'::json, $2
@@ -653,7 +654,7 @@ impl Bench {
     }
 
     /// Automerge, with `entries` a set: a stale append keeps every entry once.
-    async fn configure(&self, url: &str, collection: &str) -> anyhow::Result<()> {
+    async fn configure(&self, url: &str, collection: &str) -> ToolResult<()> {
         let response = self
             .http
             .put(format!("{url}/v1/collections/{collection}"))
@@ -670,7 +671,7 @@ impl Bench {
         Ok(())
     }
 
-    async fn commits_stale(&self, url: &str) -> anyhow::Result<u64> {
+    async fn commits_stale(&self, url: &str) -> ToolResult<u64> {
         let stats: serde_json::Value = self
             .http
             .get(format!("{url}/v1/stats"))
@@ -683,7 +684,7 @@ impl Bench {
             .context("GET /v1/stats has no commits_stale")
     }
 
-    async fn found(&self, collection: &str) -> anyhow::Result<Found> {
+    async fn found(&self, collection: &str) -> ToolResult<Found> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS docs,
                     COALESCE(SUM(json_array_length(item->'entries')), 0)::BIGINT AS entries,
@@ -709,7 +710,7 @@ impl Bench {
         collection: &str,
         tally: &Tally,
         external_writes: u64,
-    ) -> anyhow::Result<()> {
+    ) -> ToolResult<()> {
         let found = self.found(collection).await?;
         let applied = i64::try_from(tally.applied)?;
         let problem = match setting {

@@ -3,7 +3,7 @@
 //! on: the benchmark measures commits as users would pay for them), stopped
 //! and removed on drop.
 
-use anyhow::{Context, bail};
+use crate::tool::{Context, ToolResult, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -14,7 +14,7 @@ pub struct TempPostgres {
 }
 
 /// The newest installed server's `bin` directory (Debian's layout).
-fn server_bin() -> anyhow::Result<PathBuf> {
+fn server_bin() -> ToolResult<PathBuf> {
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .context("PostgreSQL is not installed (no /usr/lib/postgresql); install it or pass --postgres URL")?
         .filter_map(Result::ok)
@@ -48,7 +48,7 @@ fn command(program: &Path) -> Command {
     }
 }
 
-fn run(mut c: Command, what: &str, log: &Path) -> anyhow::Result<()> {
+fn run(mut c: Command, what: &str, log: &Path) -> ToolResult<()> {
     let status = c
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -62,13 +62,13 @@ fn run(mut c: Command, what: &str, log: &Path) -> anyhow::Result<()> {
 }
 
 /// A port nobody listens on right now.
-pub fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> ToolResult<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }
 
 impl TempPostgres {
-    pub fn start() -> anyhow::Result<TempPostgres> {
+    pub fn start() -> ToolResult<TempPostgres> {
         let bin = server_bin()?;
         let root = std::env::temp_dir().join(format!(
             "sluice-bench-pg-{}-{}",

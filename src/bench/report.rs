@@ -3,7 +3,7 @@
 //! here, so the benchmark needs no plotting crate or font.
 
 use super::{ABLATION, Sample};
-use anyhow::Context;
+use crate::tool::{Context, ToolResult};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -342,7 +342,7 @@ impl BenchReport {
         goals
     }
 
-    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+    pub fn write(&self, dir: &Path) -> ToolResult<()> {
         let write = |name: &str, bytes: &[u8]| {
             let path = dir.join(name);
             std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))

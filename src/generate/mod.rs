@@ -126,8 +126,8 @@ pub fn generate(
     trace: &mut dyn Write,
     mut labels: Option<&mut dyn Write>,
     mut bypass: Option<&mut dyn Write>,
-) -> anyhow::Result<GenStats> {
-    options.validate().map_err(anyhow::Error::msg)?;
+) -> crate::tool::ToolResult<GenStats> {
+    options.validate().map_err(crate::tool::ToolError::new)?;
     let mut rng = Rng::new(options.seed);
     let zipf = Zipf::new(options.keys, options.zipf);
     // A random permutation, so the hottest keys are not all in one directory.

@@ -9,7 +9,7 @@
 //! `Retry-After`, so a replay loses nothing.
 
 use crate::predict::quality::{QualityReport, summarize};
-use anyhow::{Context, bail};
+use crate::tool::{Context, ToolResult, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -81,12 +81,12 @@ struct Line {
 
 struct Done {
     key: String,
-    result: anyhow::Result<ResultLine>,
+    result: ToolResult<ResultLine>,
     retries: u32,
 }
 
 /// Opens a trace, plain or gzipped (told apart by the gzip magic number).
-pub fn open_trace(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
+pub fn open_trace(path: &Path) -> ToolResult<Box<dyn BufRead + Send>> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut magic = [0u8; 2];
@@ -102,7 +102,7 @@ pub fn open_trace(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
     }
 }
 
-fn parse_line(text: &str, number: usize) -> anyhow::Result<Line> {
+fn parse_line(text: &str, number: usize) -> ToolResult<Line> {
     let value: Value =
         serde_json::from_str(text).with_context(|| format!("trace line {number} is not JSON"))?;
     let field = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_owned);
@@ -117,7 +117,7 @@ fn parse_line(text: &str, number: usize) -> anyhow::Result<Line> {
     })
 }
 
-fn load_labels(path: &Path) -> anyhow::Result<HashMap<String, bool>> {
+fn load_labels(path: &Path) -> ToolResult<HashMap<String, bool>> {
     let mut labels = HashMap::new();
     for (i, line) in open_trace(path)?.lines().enumerate() {
         let line = line?;
@@ -165,7 +165,7 @@ async fn send(http: reqwest::Client, url: String, line: Line) -> Done {
             tokio::time::sleep(Duration::from_millis((wait * 1000).min(5_000))).await;
             continue;
         }
-        let body: anyhow::Result<Value> = response.json().await.map_err(Into::into);
+        let body: ToolResult<Value> = response.json().await.map_err(Into::into);
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let result = body.and_then(|b| {
             if let Some(outcome) = b["outcome"].as_str() {
@@ -262,7 +262,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn record(&mut self, done: &Done, bar: &ProgressBar) -> anyhow::Result<()> {
+    fn record(&mut self, done: &Done, bar: &ProgressBar) -> ToolResult<()> {
         self.retries += u64::from(done.retries);
         bar.inc(1);
         let result = match &done.result {
@@ -295,7 +295,7 @@ impl Tally {
 }
 
 /// Replays the trace against `options.url` and returns the summary.
-pub async fn replay(options: &ReplayOptions) -> anyhow::Result<Summary> {
+pub async fn replay(options: &ReplayOptions) -> ToolResult<Summary> {
     let total = open_trace(&options.trace)?
         .lines()
         .filter(|l| l.as_ref().is_ok_and(|t| !t.trim().is_empty()))
@@ -430,7 +430,7 @@ async fn configure(
     url: &str,
     collection: &str,
     handler: &str,
-) -> anyhow::Result<()> {
+) -> ToolResult<()> {
     let handler: Value = serde_json::from_str(handler).unwrap_or_else(|_| json!(handler));
     let response = http
         .put(format!("{url}/v1/collections/{collection}"))
