@@ -5,7 +5,8 @@
 //!
 //! Environment names map onto the tree with `__` between levels:
 //! `SLUICE_LISTEN=…` sets `listen`, `SLUICE_QUEUE__QUEUE_LEN_MAX=…` sets
-//! `queue.queue_len_max`. `SLUICE_TEST_*` is left to the test suite.
+//! `queue.queue_len_max`. `SLUICE_TEST_*` and `SLUICE_SIM_*` (the
+//! simulation's seeds) are left to the test suite.
 
 use crate::dispatch::{
     COMMIT_BATCH_MAX_DEFAULT, DECIDE_TIMEOUT_MS_DEFAULT, DOCUMENT_CACHE_MB_DEFAULT, EngineConfig,
@@ -180,7 +181,7 @@ impl Config {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            if rest.starts_with("TEST_") || rest.is_empty() {
+            if rest.starts_with("TEST_") || rest.starts_with("SIM_") || rest.is_empty() {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
@@ -358,6 +359,7 @@ mod tests {
                 "SLUICE_TEST_POSTGRES_URL".to_string(),
                 "postgres://ignored".to_string(),
             ),
+            ("SLUICE_SIM_SEEDS".to_string(), "16".to_string()),
             ("HOME".to_string(), "/root".to_string()),
         ];
         let config = Config::load(Some(&file), vars).expect("loads");
