@@ -42,6 +42,10 @@ pub struct MutationResult {
     pub item: Option<Value>,
     /// Present when the mutation conflicted.
     pub conflict: Option<ConflictSummary>,
+    /// Present when the mutation's base was stale only because of its own
+    /// client's later writes (`chain_own_writes`): the base it was sent with.
+    #[schema(required = false)]
+    pub chained_from: Option<u64>,
     /// The predicted conflict probability, scored before the outcome existed.
     pub score: Option<f64>,
     /// Time spent queued, in milliseconds.
@@ -126,6 +130,20 @@ pub struct CollectionBody {
     pub handler: HandlerConfig,
     /// Fields automerge treats as sets (union instead of last writer wins).
     pub set_fields: Option<Vec<String>>,
+    /// A mutation whose base is stale only because of its own client's
+    /// later writes applies as if based on the current version, and its
+    /// answer carries `chained_from` (default false).
+    pub chain_own_writes: Option<bool>,
+    /// What becomes of a conflict whose script or webhook failed: rejected
+    /// (default), or kept in the quarantine to be retried or discarded.
+    pub on_handler_failure: Option<OnHandlerFailure>,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnHandlerFailure {
+    Reject,
+    Quarantine,
 }
 
 #[derive(ToSchema, serde::Serialize)]

@@ -12,10 +12,8 @@
 //! Bounded by an estimate of the documents' encoded size; over the budget,
 //! arbitrary entries go (the map's iteration order is seeded per process).
 
+use super::FixedMap;
 use crate::model::{DocKey, Document};
-use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::BuildHasherDefault;
 use std::sync::Mutex;
 
 /// Lanes of a document that read the store after one of its cached states
@@ -28,10 +26,6 @@ pub(super) struct DocCache {
     budget: usize,
     state: Mutex<State>,
 }
-
-/// A map whose iteration order is the same in every run (SipHash with fixed
-/// keys): eviction walks it, and the simulation replays a seed bit for bit.
-type FixedMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
 
 #[derive(Default)]
 struct State {

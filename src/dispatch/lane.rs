@@ -4,9 +4,9 @@
 //! predictor, and answers.
 
 use super::reply::{self, Answer, Refusal, RefusalReason, reused_key, store_error_refusal};
-use super::{HistoryJob, Inner, Queued, Signals, control, lock};
+use super::{HistoryJob, Inner, Queued, Signals, chain, control, lock};
 use crate::model::MutationRecord;
-use crate::model::{ConflictRecord, Decision, DocKey, Verdict};
+use crate::model::{ConflictRecord, Decision, DocKey, Mutation, Verdict};
 use crate::predict;
 use crate::resolve::{CollectionConfig, Step};
 use crate::store::{CommitOutcome, LaneCommit, LaneHistory, StoreError, StoredReply};
@@ -286,15 +286,41 @@ async fn decide_lane(
         // only the last state is written.
         let mut state = current;
         let mut steps = Vec::with_capacity(batch.len());
+        // The versions this lane's mutations wrote, and by whom.
+        let mut in_lane: Vec<(u64, String)> = Vec::new();
         for queued in batch {
+            let m = &queued.mutation;
+            let chained_from = match m.base_version {
+                Some(base) if config.chain_own_writes && base < state.version => {
+                    chain::only_own_writes(
+                        inner,
+                        doc,
+                        base,
+                        state.version,
+                        m.client_name(),
+                        &in_lane,
+                    )
+                    .await
+                    .then_some(base)
+                }
+                _ => None,
+            };
+            // Chained: decided as if based on the current version.
+            let rebased = chained_from.map(|_| Mutation {
+                base_version: Some(state.version),
+                ..m.clone()
+            });
             let Step {
                 verdict,
                 after,
                 conflict,
             } = inner
                 .resolver
-                .decide(&state, &queued.mutation, &config)
+                .decide(&state, rebased.as_ref().unwrap_or(m), &config)
                 .await;
+            if after.version > state.version {
+                in_lane.push((after.version, m.client_name().to_owned()));
+            }
             debug_assert!(
                 after.version >= state.version,
                 "invariant: versions never go backwards"
@@ -312,6 +338,7 @@ async fn decide_lane(
                 after.item.as_ref(),
                 Some(queued.score),
                 queued_ms,
+                chained_from,
             );
             steps.push((reply, verdict, after.version, conflict));
             state = after;
@@ -387,6 +414,13 @@ async fn decide_lane(
         }
         match committed {
             Ok(CommitOutcome::Committed) => {
+                for record in &decided.mutations {
+                    if record.version_after > record.version_before {
+                        inner
+                            .writers
+                            .record(doc, record.version_after, &record.client);
+                    }
+                }
                 // The reply of the lane's last mutation carries the document
                 // as it now is: its length estimates the entry's size.
                 let size = decided.replies.last().map_or(0, |r| r.body.len());

@@ -27,6 +27,7 @@
 
 mod admit;
 mod cache;
+mod chain;
 mod chores;
 mod commit;
 pub mod control;
@@ -207,6 +208,8 @@ struct Inner {
     reads: reads::Reads,
     /// What Sluice last committed, so lanes start without a store read.
     cache: cache::DocCache,
+    /// Who wrote documents' recent versions, for own-write chaining.
+    writers: chain::RecentWriters,
     retrain_wanted: Notify,
     /// Bumped after every commit, so event streams know to look.
     events: tokio::sync::watch::Sender<u64>,
@@ -222,6 +225,12 @@ struct Inner {
 pub struct Engine {
     inner: Arc<Inner>,
 }
+
+/// A map whose iteration order is the same in every run (SipHash with fixed
+/// keys): the engine's maps that are walked use it, so that the simulation
+/// replays a seed bit for bit.
+type FixedMap<K, V> =
+    HashMap<K, V, std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section leaves its state consistent before anything can
@@ -291,6 +300,7 @@ impl Engine {
             door: Mutex::new(Door::new(queue_len_max)),
             reads: reads::Reads::start(reads_store),
             cache,
+            writers: chain::RecentWriters::default(),
             retrain_wanted: Notify::new(),
             events: tokio::sync::watch::Sender::new(0),
             telemetry,

@@ -148,6 +148,7 @@ pub fn render(
     item: Option<&serde_json::Map<String, Value>>,
     score: Option<f64>,
     queued_ms: f64,
+    chained_from: Option<u64>,
 ) -> Decision {
     match verdict {
         Verdict::Decided {
@@ -168,6 +169,7 @@ pub fn render(
                 version: *version,
                 item,
                 conflict: conflict.as_ref().map(conflict_json),
+                chained_from,
                 score,
                 queued_ms: (queued_ms * 1000.0).round() / 1000.0,
             };
@@ -204,6 +206,10 @@ struct Decided<'a> {
     version: u64,
     item: Option<&'a serde_json::Map<String, Value>>,
     conflict: Option<Value>,
+    /// The base it was sent with, when it chained onto its client's own
+    /// later writes; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chained_from: Option<u64>,
     score: Option<f64>,
     queued_ms: f64,
 }

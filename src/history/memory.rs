@@ -1,7 +1,7 @@
 //! In-memory history, for tests and the simulation.
 
 use super::{ConflictQuery, History, HistoryError, MutationRecord};
-use crate::model::ConflictRecord;
+use crate::model::{ConflictRecord, DocKey};
 use async_trait::async_trait;
 use std::sync::Mutex;
 
@@ -44,6 +44,26 @@ impl History for MemoryHistory {
             .filter(|c| query.key.as_ref().is_none_or(|key| *key == c.doc.key))
             .take(query.limit as usize)
             .cloned()
+            .collect())
+    }
+
+    async fn writers(
+        &self,
+        doc: &DocKey,
+        after_version: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, String)>, HistoryError> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(state
+            .0
+            .iter()
+            .filter(|m| {
+                m.doc == *doc
+                    && m.version_after > after_version
+                    && m.version_after > m.version_before
+            })
+            .take(limit as usize)
+            .map(|m| (m.version_after, m.client.clone()))
             .collect())
     }
 

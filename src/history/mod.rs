@@ -71,6 +71,15 @@ pub trait History: Send + Sync + 'static {
     ) -> Result<Vec<(i64, MutationRecord)>, HistoryError>;
     /// The sequence number of the newest mutation record, 0 when there is none.
     async fn last_seq(&self) -> Result<i64, HistoryError>;
+    /// Who wrote the document's versions after `after_version`: `(version,
+    /// client)` of the recorded mutations that wrote, oldest first, at most
+    /// `limit`. A version written behind Sluice has no record.
+    async fn writers(
+        &self,
+        doc: &DocKey,
+        after_version: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, String)>, HistoryError>;
 }
 
 pub type SharedHistory = Arc<dyn History>;
@@ -117,6 +126,20 @@ where
         result: parse_json(row.try_get("result")?)?,
         at_ms: row.try_get("at_ms")?,
     })
+}
+
+/// Decodes a `sql::WRITERS` row of either backend.
+pub(crate) fn writer_from_row<R>(row: &R) -> Result<(u64, String), HistoryError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok((
+        non_negative(row.try_get("version_after")?, "version_after")?,
+        row.try_get("client")?,
+    ))
 }
 
 pub(crate) fn mutation_from_row<R>(row: &R) -> Result<(i64, MutationRecord), HistoryError>
@@ -192,6 +215,9 @@ pub(crate) mod sql {
          version_before, version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, \
          queued_us, lane_waiting FROM sluice_mutations WHERE seq > $1 ORDER BY seq LIMIT $2";
     pub const LAST_SEQ: &str = "SELECT MAX(seq) FROM sluice_mutations";
+    pub const WRITERS: &str = "SELECT version_after, client FROM sluice_mutations \
+         WHERE collection = $1 AND key = $2 AND version_after > $3 AND version_after > version_before \
+         ORDER BY seq LIMIT $4";
 }
 
 /// The conflicts query and the values it binds, in order.

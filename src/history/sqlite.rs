@@ -3,9 +3,9 @@
 
 use super::{
     ConflictQuery, History, HistoryError, conflict_from_row, conflicts_select, mutation_from_row,
-    sql, version_to_sql,
+    sql, version_to_sql, writer_from_row,
 };
-use crate::model::{ConflictRecord, MutationRecord};
+use crate::model::{ConflictRecord, DocKey, MutationRecord};
 use sqlx::sqlite::SqlitePool;
 use std::path::Path;
 
@@ -148,5 +148,21 @@ impl History for SqliteHistory {
             .fetch_one(&self.reader)
             .await?;
         Ok(seq.unwrap_or(0))
+    }
+
+    async fn writers(
+        &self,
+        doc: &DocKey,
+        after_version: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, String)>, HistoryError> {
+        let rows = sqlx::query(sql::WRITERS)
+            .bind(&doc.collection)
+            .bind(&doc.key)
+            .bind(version_to_sql(after_version))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(writer_from_row).collect()
     }
 }

@@ -105,6 +105,21 @@ impl<'de> Deserialize<'de> for Handler {
     }
 }
 
+/// What becomes of a conflicting mutation whose custom handler failed
+/// (threw, ran out of time or memory, or a webhook that could not be
+/// reached or answered nonsense): the data did not decide it, the handler
+/// did not run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnHandlerFailure {
+    /// Rejected with the failure as its reason, as any rejection.
+    #[default]
+    Reject,
+    /// Kept aside with its reason, to be retried or discarded; the lane
+    /// goes on without it.
+    Quarantine,
+}
+
 /// What a collection is configured with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,6 +127,26 @@ pub struct CollectionConfig {
     pub handler: Handler,
     #[serde(default)]
     pub set_fields: Vec<String>,
+    /// A mutation whose base is stale only because of its own client's
+    /// earlier writes applies as if based on the current version. Off by
+    /// default, so that plain version semantics (and replayed traces) stay
+    /// exact.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub chain_own_writes: bool,
+    #[serde(default, skip_serializing_if = "OnHandlerFailure::is_reject")]
+    pub on_handler_failure: OnHandlerFailure,
+}
+
+// Settings left at their defaults are left out of a configuration's JSON,
+// so that it reads back as it was written.
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl OnHandlerFailure {
+    fn is_reject(&self) -> bool {
+        *self == OnHandlerFailure::Reject
+    }
 }
 
 impl CollectionConfig {
@@ -119,6 +154,8 @@ impl CollectionConfig {
         CollectionConfig {
             handler,
             set_fields: Vec::new(),
+            chain_own_writes: false,
+            on_handler_failure: OnHandlerFailure::Reject,
         }
     }
 

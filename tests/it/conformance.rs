@@ -452,6 +452,23 @@ async fn history_conformance(history: &dyn History) {
     let rest = history.mutations(all[1].0, 10).await.expect("mutations");
     assert_eq!(rest.into_iter().map(|(_, m)| m).collect::<Vec<_>>(), [m3]);
 
+    // Who wrote a document's versions: records that wrote, oldest first.
+    let a = DocKey::new("c", "a");
+    let writers = |doc: DocKey, after: u64, limit: u32| async move {
+        history.writers(&doc, after, limit).await.expect("writers")
+    };
+    assert_eq!(
+        writers(a.clone(), 0, 10).await,
+        [(1, "cl".to_string()), (2, "cl".to_string())]
+    );
+    assert_eq!(writers(a.clone(), 1, 10).await, [(2, "cl".to_string())]);
+    assert_eq!(writers(a, 0, 1).await, [(1, "cl".to_string())]);
+    assert_eq!(
+        writers(DocKey::new("c", "b"), 0, 10).await,
+        [],
+        "a rejection wrote no version"
+    );
+
     let newest_first = history
         .conflicts(&ConflictQuery {
             limit: 10,

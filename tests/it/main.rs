@@ -5,6 +5,7 @@ mod accepts;
 mod api;
 mod batch;
 mod bench;
+mod chaining;
 mod concurrency;
 mod conformance;
 mod dashboard;
