@@ -11,7 +11,7 @@
 use crate::dispatch::{
     COMMIT_BATCH_MAX_DEFAULT, DECIDE_TIMEOUT_MS_DEFAULT, DOCUMENT_CACHE_MB_DEFAULT, EngineConfig,
     IDEMPOTENCY_RETENTION_HOURS_DEFAULT, LANES_IN_FLIGHT_MAX_DEFAULT, LATENCY_TARGET_MS_DEFAULT,
-    PRIORITY_BOOST_MS_DEFAULT, QUEUE_WAIT_MAX_MS_DEFAULT,
+    PRIORITY_BOOST_MS_DEFAULT, QUARANTINE_LEN_MAX_DEFAULT, QUEUE_WAIT_MAX_MS_DEFAULT,
 };
 use crate::predict::PredictorConfig;
 use crate::queue::QueueLimits;
@@ -83,6 +83,9 @@ pub struct QueueConfig {
     /// version); 0 turns the cache off. Counted in encoded size: parsed, in
     /// memory, the documents take a few times that.
     pub document_cache_mb: usize,
+    /// Mutations whose handler failed kept for an operator at most
+    /// (collections with `on_handler_failure: quarantine`).
+    pub quarantine_len_max: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,6 +126,7 @@ impl Default for QueueConfig {
             latency_target_ms: LATENCY_TARGET_MS_DEFAULT,
             queue_wait_max_ms: QUEUE_WAIT_MAX_MS_DEFAULT,
             document_cache_mb: DOCUMENT_CACHE_MB_DEFAULT,
+            quarantine_len_max: QUARANTINE_LEN_MAX_DEFAULT,
         }
     }
 }
@@ -229,6 +233,9 @@ impl Config {
         if self.script.memory_bytes_max < 1024 * 1024 {
             return invalid("script.memory_bytes_max must be at least 1048576 (1 MiB)".into());
         }
+        if q.quarantine_len_max > 1_000_000 {
+            return invalid("queue.quarantine_len_max must be at most 1000000".into());
+        }
         if !(q.latency_target_ms > 0.0 && q.latency_target_ms.is_finite()) {
             return invalid("queue.latency_target_ms must be a positive number".into());
         }
@@ -273,6 +280,7 @@ impl Config {
             latency_target_ms: q.latency_target_ms,
             queue_wait_max_ms: q.queue_wait_max_ms,
             document_cache_bytes: q.document_cache_mb.saturating_mul(1 << 20),
+            quarantine_len_max: q.quarantine_len_max,
             sample_host: true,
             predictor: self.predictor.clone(),
         }

@@ -37,7 +37,8 @@ pub fn refusal_status(reason: RefusalReason) -> StatusCode {
         | RefusalReason::StoreUnavailable
         | RefusalReason::StoreContention
         | RefusalReason::DecisionTimeout
-        | RefusalReason::RequestAbandoned => StatusCode::SERVICE_UNAVAILABLE,
+        | RefusalReason::RequestAbandoned
+        | RefusalReason::QuarantineFull => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -45,6 +46,12 @@ pub fn refusal_status(reason: RefusalReason) -> StatusCode {
 /// while it waits.
 pub fn queued_body(queued: &QueuedAnswer) -> String {
     json!({ "id": queued.id, "status": "queued", "score": queued.score }).to_string()
+}
+
+/// The body of a quarantined mutation: its 202, a resend's, and
+/// `GET /v1/mutations/{id}`'s while it stays there.
+pub fn quarantined_body(id: &str, reason: &str) -> String {
+    json!({ "id": id, "status": "quarantined", "reason": reason }).to_string()
 }
 
 pub fn refusal_body(refusal: &Refusal) -> String {
@@ -61,6 +68,9 @@ pub fn reply(answer: Answer) -> Reply {
     let (status, body) = match answer {
         Answer::Decided(decision) => (decision_status(decision.kind), decision.body),
         Answer::Queued(queued) => (StatusCode::ACCEPTED, queued_body(&queued)),
+        Answer::Quarantined { id, reason } => {
+            (StatusCode::ACCEPTED, quarantined_body(&id, &reason))
+        }
         Answer::Refused(refusal) => (refusal_status(refusal.reason), refusal_body(&refusal)),
     };
     Reply {

@@ -3,6 +3,7 @@
 
 mod answer;
 pub mod dashboard;
+mod quarantine;
 pub mod schema;
 pub mod wire;
 
@@ -108,7 +109,11 @@ impl From<PathRejection> for ApiError {
         (name = "mutations", description = "Send mutations and learn their outcomes"),
         (name = "documents", description = "Read documents and configure collections"),
         (name = "observe", description = "Conflicts, statistics, the model, metrics and the dashboard"),
-    )
+    ),
+    // Served by one route that matches the last segment whole (`{id}:retry`),
+    // since the router has no parameter with a suffix; described as the two
+    // operations they are.
+    paths(quarantine::retry_quarantined, quarantine::discard_quarantined)
 )]
 struct ApiDoc;
 
@@ -121,12 +126,13 @@ fn routes() -> OpenApiRouter<Engine> {
         .routes(routes!(healthz))
         .routes(routes!(get_metrics))
         .routes(routes!(get_openapi))
-        .routes(routes!(post_mutation))
+        .routes(routes!(post_mutation, quarantine::list_mutations))
         .routes(routes!(post_batch).layer(DefaultBodyLimit::max(wire::BATCH_BODY_BYTES_MAX)))
         .routes(routes!(get_mutation))
         .routes(routes!(get_document))
         .routes(routes!(get_collection, put_collection))
         .routes(routes!(get_conflicts))
+        .routes(routes!(quarantine::get_quarantine))
         .routes(routes!(get_events))
         .routes(routes!(get_model))
         .routes(routes!(get_stats))
@@ -176,6 +182,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(engine: Engine) -> Router {
     let (router, _) = routes().split_for_parts();
     router
+        .route(
+            "/v1/quarantine/{client}/{action}",
+            axum::routing::post(quarantine::post_quarantine_action),
+        )
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(wire::BODY_BYTES_MAX))
@@ -260,7 +270,7 @@ struct WaitQuery {
     request_body(content = wire::MutationBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Applied, or merged by the collection's handler", body = schema::MutationResult),
-        (status = 202, description = "Durably queued (`?wait=false`); the outcome comes later", body = schema::Queued),
+        (status = 202, description = "Durably queued (`?wait=false`), or quarantined because the collection's handler failed (`on_handler_failure: quarantine`); the outcome comes later", body = schema::NotYetDecided),
         (status = 400, description = "Not a valid mutation", body = schema::ErrorBody),
         (status = 404, description = "A delete of a document that does not exist", body = schema::ErrorBody),
         (status = 409, description = "Rejected: it conflicted and the handler refused it", body = schema::MutationResult),
@@ -406,11 +416,14 @@ async fn get_mutation(
         .map_err(ApiError::unavailable)?
     {
         Some(stored) => Ok(json(stored.decision.body)),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no mutation {id:?} for client {client:?}"),
-        )),
+        None => match engine.quarantined_reason(&client, &id) {
+            Some(reason) => Ok(json(answer::quarantined_body(&id, &reason))),
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no mutation {id:?} for client {client:?}"),
+            )),
+        },
     }
 }
 

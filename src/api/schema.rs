@@ -74,6 +74,77 @@ pub struct Queued {
     pub score: Option<f64>,
 }
 
+/// A mutation kept in the quarantine because its collection's script or
+/// webhook failed (`on_handler_failure: quarantine`).
+#[derive(ToSchema, serde::Serialize)]
+pub struct QuarantinedStatus {
+    pub id: String,
+    pub status: QuarantinedTag,
+    /// How the handler failed.
+    pub reason: String,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuarantinedTag {
+    Quarantined,
+}
+
+/// A 202: durably queued, or quarantined.
+#[derive(ToSchema, serde::Serialize)]
+#[serde(untagged)]
+pub enum NotYetDecided {
+    Queued(Queued),
+    Quarantined(QuarantinedStatus),
+}
+
+/// `GET /v1/quarantine`.
+#[derive(ToSchema, serde::Serialize)]
+pub struct QuarantineList {
+    pub quarantined: Vec<QuarantineEntry>,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+pub struct QuarantineEntry {
+    pub client: String,
+    pub id: String,
+    pub collection: String,
+    pub key: String,
+    /// How the handler failed (the latest attempt's).
+    pub reason: String,
+    pub score: f64,
+    /// When it was (last) quarantined, ms since the epoch.
+    pub quarantined_at_ms: i64,
+    /// Since when, in milliseconds.
+    pub waited_ms: i64,
+    /// The mutation as it was sent.
+    #[schema(value_type = Object)]
+    pub mutation: Value,
+}
+
+/// `GET /v1/mutations?client=…&status=…`.
+#[derive(ToSchema, serde::Serialize)]
+pub struct PendingList {
+    pub mutations: Vec<PendingEntry>,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+pub struct PendingEntry {
+    pub id: String,
+    pub collection: String,
+    pub key: String,
+    /// `queued` or `quarantined`.
+    pub status: String,
+    /// The predicted conflict probability.
+    pub score: f64,
+    /// How long it has waited, in milliseconds (since it arrived; for a
+    /// quarantined one, since it was quarantined).
+    pub waited_ms: i64,
+    /// Why it is quarantined (quarantined ones only).
+    #[schema(required = false)]
+    pub reason: Option<String>,
+}
+
 /// One answer per mutation, in the batch's order, each as a single mutation
 /// would get it.
 #[derive(ToSchema, serde::Serialize)]
@@ -85,6 +156,7 @@ pub struct BatchResult {
 #[serde(untagged)]
 pub enum BatchItemResult {
     Decided(MutationResult),
+    Quarantined(QuarantinedStatus),
     Failed(ErrorBody),
 }
 
@@ -95,6 +167,7 @@ pub enum BatchItemResult {
 pub enum MutationStatus {
     Decided(MutationResult),
     Queued(Queued),
+    Quarantined(QuarantinedStatus),
     Failed(ErrorBody),
 }
 
@@ -216,6 +289,8 @@ pub struct EngineStats {
     pub in_system: u64,
     /// Requests let into the system at once, at most (the door's adaptive limit).
     pub admission_limit: u64,
+    /// Mutations kept in the quarantine.
+    pub quarantined: u64,
 }
 
 /// Predicted probability against the observed conflict rate, in one bin.

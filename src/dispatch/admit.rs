@@ -2,11 +2,12 @@
 //! or gets the original's answer), scoring, and synchronous, asynchronous and
 //! batch admission into the queue.
 
+use super::quarantine::{QuarantineAction, quarantined_answer};
 use super::reply::{
     Answer, Queued as QueuedAnswer, Refusal, RefusalReason, full_refusal, overloaded, reused_key,
     shutting_down, store_error_refusal,
 };
-use super::{Engine, Inner, Queued, Reservation, lock};
+use super::{Engine, Inner, Pending, Queued, Reservation, lock};
 use crate::model::{DocKey, Mutation};
 use crate::predict::Observation;
 use crate::queue::Refusal as Full;
@@ -20,6 +21,20 @@ use tracing::{error, info, warn};
 impl Engine {
     /// Decides one mutation and returns what the client is told.
     pub async fn submit(&self, mutation: Mutation) -> Answer {
+        self.submit_as(mutation, None).await
+    }
+
+    /// Decides a quarantined mutation again, or discards it, through its
+    /// lane (see `act_on_quarantined`).
+    pub(super) async fn submit_quarantined(
+        &self,
+        mutation: Mutation,
+        action: QuarantineAction,
+    ) -> Answer {
+        self.submit_as(mutation, Some(action)).await
+    }
+
+    async fn submit_as(&self, mutation: Mutation, origin: Option<QuarantineAction>) -> Answer {
         let inner = &self.inner;
         if inner.closing.load(Ordering::SeqCst) {
             return inner.refuse(shutting_down(), 1);
@@ -30,13 +45,13 @@ impl Engine {
         };
         let received_ms = inner.clock.now_ms();
         let id = mutation.id.clone();
-        let guard = match self.claim(&mutation, true, false).await {
+        let guard = match self.claim(&mutation, true, false, origin).await {
             Claim::Answered(reply) => return reply,
             Claim::Waiting(rx) => return self.await_answer(rx, &id).await,
             Claim::Fresh(guard) => guard,
         };
         let doc = mutation.doc.clone();
-        let (queued, rank, rx) = self.prepare(mutation, received_ms);
+        let (queued, rank, rx) = self.prepare(mutation, received_ms, origin);
         let admitted = lock(&inner.lanes).queue.admit(&doc, queued, rank);
         if let Err(refusal) = admitted {
             let reply = inner.refuse(full_refusal(refusal, &doc), 1);
@@ -75,7 +90,7 @@ impl Engine {
     async fn accept_logged(&self, mutation: Mutation, log: bool) -> Answer {
         let inner = &self.inner;
         let received_ms = inner.clock.now_ms();
-        let guard = match self.claim(&mutation, false, true).await {
+        let guard = match self.claim(&mutation, false, true, None).await {
             Claim::Answered(reply) => return reply,
             // A synchronous request for the same mutation is deciding it: it
             // is as good as queued.
@@ -92,7 +107,7 @@ impl Engine {
             score: 0.0,
             at_ms: received_ms,
         };
-        let (mut queued, rank, _) = self.prepare(mutation, received_ms);
+        let (mut queued, rank, _) = self.prepare(mutation, received_ms, None);
         queued.accepted = true;
         let reply = queued_answer(&id, Some(queued.score));
         if log {
@@ -139,9 +154,8 @@ impl Engine {
                     let reply = self.accept_logged(mutation, false).await;
                     match reply {
                         Answer::Queued(_) => resumed += 1,
-                        // Decided meanwhile (a resend found its stored
-                        // answer): nothing to resume.
-                        Answer::Decided(_) => {}
+                        // Decided or quarantined meanwhile: nothing to resume.
+                        Answer::Decided(_) | Answer::Quarantined { .. } => {}
                         Answer::Refused(refusal) => {
                             warn!(id = %entry.id, collection = %doc.collection, key = %doc.key, reason = refusal.reason.code(), "an accepted mutation could not be queued again; it stays in the log")
                         }
@@ -223,12 +237,12 @@ impl Engine {
         let mut slots = Vec::with_capacity(mutations.len());
         for mutation in mutations {
             let id = mutation.id.clone();
-            slots.push(match self.claim(&mutation, true, false).await {
+            slots.push(match self.claim(&mutation, true, false, None).await {
                 Claim::Answered(reply) => Slot::Answered(reply),
                 Claim::Waiting(rx) => Slot::Waiting(rx, id),
                 Claim::Fresh(guard) => {
                     let doc = mutation.doc.clone();
-                    let (queued, rank, rx) = self.prepare(mutation, received_ms);
+                    let (queued, rank, rx) = self.prepare(mutation, received_ms, None);
                     Slot::Admit(guard, doc, Box::new(queued), rank, rx, id)
                 }
             });
@@ -314,10 +328,26 @@ impl Engine {
     /// process, or before a restart) is found by its lane's commit, which
     /// writes nothing for a lane with a mutation already answered
     /// (`CommitOutcome::Resent`): a synchronous mutation costs no store read
-    /// before it is queued.
-    async fn claim(&self, mutation: &Mutation, wait: bool, check_store: bool) -> Claim<'_> {
+    /// before it is queued. A quarantined mutation answers as such, unless
+    /// this is an operator's action on it (`origin`).
+    async fn claim(
+        &self,
+        mutation: &Mutation,
+        wait: bool,
+        check_store: bool,
+        origin: Option<QuarantineAction>,
+    ) -> Claim<'_> {
         let inner = &self.inner;
         let reservation = (mutation.client_name().to_owned(), mutation.id.clone());
+        if origin.is_none()
+            && let Some(kept) = inner.quarantine.get(&reservation.0, &reservation.1)
+        {
+            return Claim::Answered(if kept.fingerprint == mutation.fingerprint {
+                quarantined_answer(&mutation.id, &kept.reason)
+            } else {
+                inner.refuse(reused_key(&mutation.id), 1)
+            });
+        }
         let in_flight: Option<Result<oneshot::Receiver<Answer>, Answer>> = {
             let mut reservations = lock(&inner.reservations);
             match reservations.get_mut(&reservation) {
@@ -338,6 +368,7 @@ impl Engine {
                         fingerprint: mutation.fingerprint,
                         waiters: Vec::new(),
                         queued: None,
+                        pending: None,
                     };
                     reservations.insert(reservation.clone(), fresh);
                     None
@@ -386,12 +417,26 @@ impl Engine {
         }
     }
 
+    /// The client's mutations queued or being decided now, oldest first, at
+    /// most `limit`: what a client shows as "not yet saved".
+    pub fn pending(&self, client: &str, limit: usize) -> Vec<Pending> {
+        let mut pending: Vec<Pending> = lock(&self.inner.reservations)
+            .iter()
+            .filter(|((owner, _), _)| owner == client)
+            .filter_map(|(_, reservation)| reservation.pending.clone())
+            .collect();
+        pending.sort_by(|a, b| (a.received_ms, &a.id).cmp(&(b.received_ms, &b.id)));
+        pending.truncate(limit);
+        pending
+    }
+
     /// Scores the mutation (now, before anything about its outcome exists)
     /// and wraps it for its lane, with its rank and the receiver of its answer.
     fn prepare(
         &self,
         mutation: Mutation,
         received_ms: i64,
+        origin: Option<QuarantineAction>,
     ) -> (Queued, i64, oneshot::Receiver<Answer>) {
         let inner = &self.inner;
         let (tx, rx) = oneshot::channel();
@@ -415,6 +460,15 @@ impl Engine {
         let admitted_at = inner.clock.elapsed();
         let boost_us = inner.config.priority_boost_ms as f64 * 1000.0 * probability;
         let rank = i64::try_from(admitted_at.as_micros()).unwrap_or(i64::MAX) - boost_us as i64;
+        let key = (mutation.client_name().to_owned(), mutation.id.clone());
+        if let Some(reservation) = lock(&inner.reservations).get_mut(&key) {
+            reservation.pending = Some(Pending {
+                id: mutation.id.clone(),
+                doc: mutation.doc.clone(),
+                score: probability,
+                received_ms,
+            });
+        }
         let queued = Queued {
             mutation,
             admitted_at,
@@ -422,6 +476,7 @@ impl Engine {
             score: probability,
             lane_waiting,
             accepted: false,
+            from_quarantine: origin,
             scored,
             answer: tx,
         };

@@ -3,13 +3,14 @@
 //! in order (coalescing), commits through the group committer, teaches the
 //! predictor, and answers.
 
+use super::quarantine::{QuarantineAction, quarantine_full, quarantined_answer};
 use super::reply::{self, Answer, Refusal, RefusalReason, reused_key, store_error_refusal};
 use super::{HistoryJob, Inner, Queued, Signals, chain, control, lock};
 use crate::model::MutationRecord;
-use crate::model::{ConflictRecord, Decision, DocKey, Mutation, Verdict};
+use crate::model::{ConflictRecord, Decision, DocKey, Document, Mutation, Verdict};
 use crate::predict;
-use crate::resolve::{CollectionConfig, Step};
-use crate::store::{CommitOutcome, LaneCommit, LaneHistory, StoreError, StoredReply};
+use crate::resolve::{CollectionConfig, OnHandlerFailure, Step};
+use crate::store::{CommitOutcome, LaneCommit, LaneHistory, Quarantined, StoreError, StoredReply};
 use crate::telemetry::Board;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -96,9 +97,278 @@ pub(super) async fn dispatch_loop(inner: Arc<Inner>) {
 /// What one batch ended as.
 #[derive(Default)]
 struct Decided {
-    replies: Vec<Decision>,
+    /// One answer per mutation of the batch, in order.
+    answers: Vec<Answer>,
+    /// The history's records of the decided mutations, in order, and the
+    /// batch positions they belong to.
     mutations: Vec<MutationRecord>,
     conflicts: Vec<ConflictRecord>,
+    decided_at: Vec<usize>,
+    /// Mutations kept in the quarantine, and how many of them took a new slot.
+    kept: usize,
+    new_slots: usize,
+    /// The length of the last decided answer: it carries the document.
+    last_body_len: usize,
+    /// The document as read, when the lane wrote nothing.
+    unchanged: Option<Document>,
+}
+
+/// What became of one mutation of a lane.
+enum Settled {
+    Decided(Box<DecidedStep>),
+    /// Kept in the quarantine with this reason; `slot`: in a new slot.
+    Kept {
+        reason: String,
+        slot: bool,
+    },
+    Refused(Refusal),
+}
+
+struct DecidedStep {
+    reply: Decision,
+    verdict: Verdict,
+    version_after: u64,
+    conflict: Option<ConflictRecord>,
+}
+
+/// A batch folded over its document: each mutation's fate, and the state
+/// the last one left.
+struct Folded {
+    settled: Vec<Settled>,
+    end: Document,
+}
+
+/// Decides every mutation of the batch in order, each against the state
+/// the previous one left: chaining own writes, quarantining what a failed
+/// handler could not decide, discarding what an operator discards.
+async fn fold(
+    inner: &Inner,
+    config: &CollectionConfig,
+    doc: &DocKey,
+    current: Document,
+    batch: &[Queued],
+    dispatched_at: Duration,
+) -> Folded {
+    let doc_label = format!("{}/{}", doc.collection, doc.key);
+    let mut state = current;
+    let mut settled = Vec::with_capacity(batch.len());
+    // The versions this lane's mutations wrote, and by whom.
+    let mut in_lane: Vec<(u64, String)> = Vec::new();
+    for queued in batch {
+        let m = &queued.mutation;
+        let mut chained_from = None;
+        let step = if queued.from_quarantine == Some(QuarantineAction::Discard) {
+            inner.resolver.discard(&state, m, config)
+        } else {
+            chained_from = match m.base_version {
+                Some(base) if config.chain_own_writes && base < state.version => {
+                    chain::only_own_writes(
+                        inner,
+                        doc,
+                        base,
+                        state.version,
+                        m.client_name(),
+                        &in_lane,
+                    )
+                    .await
+                    .then_some(base)
+                }
+                _ => None,
+            };
+            // Chained: decided as if based on the current version.
+            let rebased = chained_from.map(|_| Mutation {
+                base_version: Some(state.version),
+                ..m.clone()
+            });
+            inner
+                .resolver
+                .decide(&state, rebased.as_ref().unwrap_or(m), config)
+                .await
+        };
+        let Step {
+            mut verdict,
+            after,
+            conflict,
+            handler_failed,
+        } = step;
+        debug_assert!(
+            after.version >= state.version,
+            "invariant: versions never go backwards"
+        );
+        if handler_failed && config.on_handler_failure == OnHandlerFailure::Quarantine {
+            let reason = match &verdict {
+                Verdict::Decided {
+                    conflict: Some(c), ..
+                } => c.reason.clone().unwrap_or_default(),
+                _ => String::new(),
+            };
+            // A failed handler wrote nothing: the state stays as it was.
+            if queued.from_quarantine.is_some() {
+                settled.push(Settled::Kept {
+                    reason,
+                    slot: false,
+                });
+                continue;
+            }
+            if inner.quarantine.reserve() {
+                settled.push(Settled::Kept { reason, slot: true });
+                continue;
+            }
+            if !queued.accepted {
+                settled.push(Settled::Refused(quarantine_full(&reason)));
+                continue;
+            }
+            // Accepted asynchronously, nobody waits to resend it: rejected
+            // as without a quarantine.
+            if let Verdict::Decided {
+                conflict: Some(c), ..
+            } = &mut verdict
+            {
+                c.reason = Some(format!("{reason} (the quarantine is full)"));
+            }
+        }
+        if after.version > state.version {
+            in_lane.push((after.version, m.client_name().to_owned()));
+        }
+        // Rendered now, from the document the mutation left (its answer
+        // carries it), before that document becomes the next one's.
+        let queued_ms = dispatched_at
+            .saturating_sub(queued.admitted_at)
+            .as_secs_f64()
+            * 1000.0;
+        let reply = reply::render(
+            &m.id,
+            &doc_label,
+            &verdict,
+            after.item.as_ref(),
+            Some(queued.score),
+            queued_ms,
+            chained_from,
+        );
+        settled.push(Settled::Decided(Box::new(DecidedStep {
+            reply,
+            verdict,
+            version_after: after.version,
+            conflict,
+        })));
+        state = after;
+    }
+    Folded {
+        settled,
+        end: state,
+    }
+}
+
+/// The lane's commit (its end state, replies, quarantine entries and
+/// history records) and the answers it will give once it commits.
+fn lane_commit(
+    doc: &DocKey,
+    current_version: u64,
+    folded: Folded,
+    batch: &[Queued],
+    decided_ms: i64,
+    dispatched_at: Duration,
+) -> (LaneCommit, Decided) {
+    let mut decided = Decided::default();
+    let mut stored = Vec::with_capacity(batch.len());
+    let mut quarantine = Vec::new();
+    let mut before = current_version;
+    for (i, (queued, settled)) in batch.iter().zip(folded.settled).enumerate() {
+        let m = &queued.mutation;
+        let (reply, verdict, version_after, conflict) = match settled {
+            Settled::Decided(step) => {
+                let DecidedStep {
+                    reply,
+                    verdict,
+                    version_after,
+                    conflict,
+                } = *step;
+                (reply, verdict, version_after, conflict)
+            }
+            Settled::Kept { reason, slot } => {
+                decided.kept += 1;
+                decided.new_slots += usize::from(slot);
+                decided.answers.push(quarantined_answer(&m.id, &reason));
+                quarantine.push(Quarantined {
+                    client: m.client_name().to_owned(),
+                    id: m.id.clone(),
+                    fingerprint: m.fingerprint,
+                    doc: doc.clone(),
+                    mutation: m.to_json(),
+                    reason,
+                    score: queued.score,
+                    at_ms: decided_ms,
+                    was_accepted: queued.accepted,
+                });
+                continue;
+            }
+            Settled::Refused(refusal) => {
+                decided.answers.push(Answer::Refused(refusal));
+                continue;
+            }
+        };
+        stored.push(StoredReply {
+            client: m.client_name().to_owned(),
+            was_accepted: queued.accepted,
+            was_quarantined: queued.from_quarantine.is_some(),
+            id: m.id.clone(),
+            fingerprint: m.fingerprint,
+            decision: reply.clone(),
+            at_ms: decided_ms,
+        });
+        let outcome = match &verdict {
+            Verdict::Decided { outcome, .. } => outcome.as_str(),
+            Verdict::NotFound { .. } => "not_found",
+        };
+        decided.mutations.push(MutationRecord {
+            id: m.id.clone(),
+            client: m.client_name().to_owned(),
+            doc: doc.clone(),
+            op: m.op.as_str().to_owned(),
+            fields: m.fields_touched(),
+            base_version: m.base_version,
+            version_before: before,
+            version_after,
+            outcome: outcome.to_owned(),
+            conflict: conflict.is_some(),
+            score: Some(queued.score),
+            ts_ms: m.ts_ms,
+            received_ms: queued.received_ms,
+            decided_ms,
+            queued_us: u64::try_from(dispatched_at.saturating_sub(queued.admitted_at).as_micros())
+                .unwrap_or(u64::MAX),
+            lane_waiting: queued.lane_waiting as u64,
+        });
+        decided.decided_at.push(i);
+        if let Some(conflict) = conflict {
+            decided.conflicts.push(conflict);
+        }
+        before = version_after;
+        decided.last_body_len = reply.body.len();
+        decided.answers.push(Answer::Decided(reply));
+    }
+    // A lane that wrote nothing leaves the document as it was read (and
+    // still checks its version).
+    let end = folded.end;
+    let (write, unchanged) = if end.version != current_version {
+        (Some(end), None)
+    } else {
+        (None, Some(end))
+    };
+    let commit = LaneCommit {
+        doc: doc.clone(),
+        expected_version: current_version,
+        write,
+        replies: stored,
+        quarantine,
+        at_ms: decided_ms,
+        history: LaneHistory {
+            mutations: std::mem::take(&mut decided.mutations),
+            conflicts: std::mem::take(&mut decided.conflicts),
+        },
+    };
+    decided.unchanged = unchanged;
+    (commit, decided)
 }
 
 /// Rounds of "the commit found resends; answer them and decide the rest"
@@ -147,8 +417,8 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
         lock(&inner.control).on_outcomes(decided.mutations.len(), conflicts);
         // The outcomes teach the predictor, each through its own score's token.
         let mut predictor = lock(&inner.predictor);
-        for (queued, record) in batch.iter_mut().zip(&decided.mutations) {
-            if let Some(scored) = queued.scored.take() {
+        for (&i, record) in decided.decided_at.iter().zip(&decided.mutations) {
+            if let Some(scored) = batch[i].scored.take() {
                 let outcome = predict::Outcome {
                     conflict: record.conflict,
                     version_after: record.version_after,
@@ -203,7 +473,14 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
                     let _ = recorded.await;
                 }
             }
-            decided.replies.into_iter().map(Answer::Decided).collect()
+            decided
+                .answers
+                .into_iter()
+                .map(|answer| match answer {
+                    Answer::Refused(refusal) => inner.refuse(refusal, 1),
+                    other => other,
+                })
+                .collect()
         }
         Err(refusal) => vec![inner.refuse(refusal, batch.len()); batch.len()],
     };
@@ -282,138 +559,41 @@ async fn decide_lane(
             }
         };
         let current_version = current.version;
-        // Each mutation is decided against the state the previous one left;
-        // only the last state is written.
-        let mut state = current;
-        let mut steps = Vec::with_capacity(batch.len());
-        // The versions this lane's mutations wrote, and by whom.
-        let mut in_lane: Vec<(u64, String)> = Vec::new();
-        for queued in batch {
-            let m = &queued.mutation;
-            let chained_from = match m.base_version {
-                Some(base) if config.chain_own_writes && base < state.version => {
-                    chain::only_own_writes(
-                        inner,
-                        doc,
-                        base,
-                        state.version,
-                        m.client_name(),
-                        &in_lane,
-                    )
-                    .await
-                    .then_some(base)
-                }
-                _ => None,
-            };
-            // Chained: decided as if based on the current version.
-            let rebased = chained_from.map(|_| Mutation {
-                base_version: Some(state.version),
-                ..m.clone()
-            });
-            let Step {
-                verdict,
-                after,
-                conflict,
-            } = inner
-                .resolver
-                .decide(&state, rebased.as_ref().unwrap_or(m), &config)
-                .await;
-            if after.version > state.version {
-                in_lane.push((after.version, m.client_name().to_owned()));
-            }
-            debug_assert!(
-                after.version >= state.version,
-                "invariant: versions never go backwards"
-            );
-            // Rendered now, from the document the mutation left (its answer
-            // carries it), before that document becomes the next one's.
-            let queued_ms = dispatched_at
-                .saturating_sub(queued.admitted_at)
-                .as_secs_f64()
-                * 1000.0;
-            let reply = reply::render(
-                &queued.mutation.id,
-                &doc_label,
-                &verdict,
-                after.item.as_ref(),
-                Some(queued.score),
-                queued_ms,
-                chained_from,
-            );
-            steps.push((reply, verdict, after.version, conflict));
-            state = after;
-        }
         let decided_ms = inner.clock.now_ms();
-        let mut decided = Decided::default();
-        let mut stored = Vec::with_capacity(batch.len());
-        let mut before = current_version;
-        for (queued, (reply, verdict, version_after, conflict)) in batch.iter().zip(steps) {
-            let m = &queued.mutation;
-            stored.push(StoredReply {
-                client: m.client_name().to_owned(),
-                was_accepted: queued.accepted,
-                id: m.id.clone(),
-                fingerprint: m.fingerprint,
-                decision: reply.clone(),
-                at_ms: decided_ms,
-            });
-            let outcome = match &verdict {
-                Verdict::Decided { outcome, .. } => outcome.as_str(),
-                Verdict::NotFound { .. } => "not_found",
-            };
-            decided.mutations.push(MutationRecord {
-                id: m.id.clone(),
-                client: m.client_name().to_owned(),
-                doc: doc.clone(),
-                op: m.op.as_str().to_owned(),
-                fields: m.fields_touched(),
-                base_version: m.base_version,
-                version_before: before,
-                version_after,
-                outcome: outcome.to_owned(),
-                conflict: conflict.is_some(),
-                score: Some(queued.score),
-                ts_ms: m.ts_ms,
-                received_ms: queued.received_ms,
-                decided_ms,
-                queued_us: u64::try_from(
-                    dispatched_at.saturating_sub(queued.admitted_at).as_micros(),
-                )
-                .unwrap_or(u64::MAX),
-                lane_waiting: queued.lane_waiting as u64,
-            });
-            if let Some(conflict) = conflict {
-                decided.conflicts.push(conflict);
-            }
-            before = version_after;
-            decided.replies.push(reply);
-        }
-        // A lane that wrote nothing leaves the document as it was read.
-        let (write, unchanged) = if state.version != current_version {
-            (Some(state), None)
-        } else {
-            (None, Some(state))
-        };
-        let commit = LaneCommit {
-            doc: doc.clone(),
-            expected_version: current_version,
-            write,
-            replies: stored,
-            at_ms: decided_ms,
-            history: LaneHistory {
-                mutations: std::mem::take(&mut decided.mutations),
-                conflicts: std::mem::take(&mut decided.conflicts),
-            },
-        };
+        let folded = fold(inner, &config, doc, current, batch, dispatched_at).await;
+        let (commit, mut decided) = lane_commit(
+            doc,
+            current_version,
+            folded,
+            batch,
+            decided_ms,
+            dispatched_at,
+        );
+        // Slots this attempt took in the quarantine: entries if it commits,
+        // given back if it does not.
+        let new_slots = decided.new_slots;
         let (committed, lane) = inner.commit(commit).await;
         let mut written = None;
+        let mut kept = Vec::new();
+        let mut released = Vec::new();
         if let Some(lane) = lane {
             decided.mutations = lane.history.mutations;
             decided.conflicts = lane.history.conflicts;
             written = lane.write;
+            kept = lane.quarantine;
+            released = lane
+                .replies
+                .into_iter()
+                .filter(|r| r.was_quarantined)
+                .map(|r| (r.client, r.id))
+                .collect();
+        }
+        if !matches!(committed, Ok(CommitOutcome::Committed)) {
+            inner.quarantine.unreserve(new_slots);
         }
         match committed {
             Ok(CommitOutcome::Committed) => {
+                inner.quarantine.committed(&kept, new_slots, &released);
                 for record in &decided.mutations {
                     if record.version_after > record.version_before {
                         inner
@@ -421,13 +601,16 @@ async fn decide_lane(
                             .record(doc, record.version_after, &record.client);
                     }
                 }
-                // The reply of the lane's last mutation carries the document
-                // as it now is: its length estimates the entry's size.
-                let size = decided.replies.last().map_or(0, |r| r.body.len());
-                if let Some(end) = written.or(unchanged) {
+                // The reply of the lane's last decided mutation carries the
+                // document as it now is: its length estimates the entry's size.
+                let size = decided.last_body_len;
+                if let Some(end) = written.or(decided.unchanged.take()) {
                     inner.cache.put(doc, end, size);
                 }
                 observe_decided(inner, &config, &decided);
+                if decided.kept > 0 {
+                    inner.telemetry.quarantined(decided.kept);
+                }
                 return Ok(Some(decided));
             }
             Ok(CommitOutcome::Resent) => {

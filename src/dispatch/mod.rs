@@ -33,12 +33,14 @@ mod commit;
 pub mod control;
 mod lane;
 mod learn;
+mod quarantine;
 mod reads;
 pub mod reply;
 mod stats;
 
 pub use control::{ControlState, Signals};
 pub use learn::train_from_history;
+pub use quarantine::{QuarantineAction, QuarantineError};
 pub use reply::{Answer, Queued as QueuedAnswer, Refusal, RefusalReason};
 pub use stats::{Dashboard, EngineStats, ModelSummary};
 
@@ -69,6 +71,10 @@ pub const LANES_IN_FLIGHT_MAX_DEFAULT: usize = 64;
 pub const COMMIT_BATCH_MAX_DEFAULT: usize = 256;
 /// How long a client's request waits for its mutation to be decided.
 pub const DECIDE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Quarantined mutations kept at most: each is a whole mutation (up to a
+/// body's 1 MiB) waiting for an operator; thousands is already a backlog
+/// nobody reads.
+pub const QUARANTINE_LEN_MAX_DEFAULT: usize = 1_000;
 /// The cache of committed documents, in MiB.
 pub const DOCUMENT_CACHE_MB_DEFAULT: usize = 64;
 /// How long stored replies are kept for resends; the contract promises 24 h.
@@ -103,6 +109,10 @@ pub struct EngineConfig {
     /// The budget of the cache of committed documents; 0: no cache, every
     /// lane reads the store.
     pub document_cache_bytes: usize,
+    /// Mutations the quarantine keeps at most; past it a failed handler's
+    /// mutation is refused (503 `quarantine_full`), or rejected when it was
+    /// accepted asynchronously and nobody waits to resend it.
+    pub quarantine_len_max: usize,
     /// Sample the host's CPU and memory (off in tests that set them).
     pub sample_host: bool,
     pub predictor: PredictorConfig,
@@ -125,6 +135,7 @@ impl Default for EngineConfig {
             latency_target_ms: LATENCY_TARGET_MS_DEFAULT,
             queue_wait_max_ms: QUEUE_WAIT_MAX_MS_DEFAULT,
             document_cache_bytes: DOCUMENT_CACHE_MB_DEFAULT << 20,
+            quarantine_len_max: QUARANTINE_LEN_MAX_DEFAULT,
             sample_host: true,
             predictor: PredictorConfig::default(),
         }
@@ -157,6 +168,9 @@ struct Queued {
     lane_waiting: usize,
     /// Answered 202 and kept in the accept log until decided.
     accepted: bool,
+    /// An operator's retry or discard of a quarantined mutation: its final
+    /// reply removes the entry.
+    from_quarantine: Option<QuarantineAction>,
     /// Taken by the learner once the mutation is decided.
     scored: Option<Scored>,
     answer: oneshot::Sender<Answer>,
@@ -178,6 +192,19 @@ struct Reservation {
     /// For a mutation accepted asynchronously: its 202, which an async resend
     /// gets while it waits.
     queued: Option<Answer>,
+    /// Set once the mutation is scored and queued: what a client's pending
+    /// list shows.
+    pending: Option<Pending>,
+}
+
+/// A queued mutation as its client's pending list shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pending {
+    pub id: String,
+    pub doc: DocKey,
+    pub score: f64,
+    /// When it arrived, ms since the epoch.
+    pub received_ms: i64,
 }
 
 struct Inner {
@@ -210,6 +237,7 @@ struct Inner {
     cache: cache::DocCache,
     /// Who wrote documents' recent versions, for own-write chaining.
     writers: chain::RecentWriters,
+    quarantine: quarantine::QuarantineIndex,
     retrain_wanted: Notify,
     /// Bumped after every commit, so event streams know to look.
     events: tokio::sync::watch::Sender<u64>,
@@ -262,6 +290,13 @@ impl Engine {
             }
         }
         let queue_len_max = config.queue.queue_len_max;
+        let kept = store
+            .quarantine_list(&crate::store::QuarantineQuery {
+                limit: u32::try_from(config.quarantine_len_max).unwrap_or(u32::MAX),
+                ..Default::default()
+            })
+            .await?;
+        let quarantine = quarantine::QuarantineIndex::new(config.quarantine_len_max, kept);
         let cache = cache::DocCache::new(config.document_cache_bytes);
         let reads_store = store.clone();
         let (commit_tx, commit_rx) = mpsc::channel(PIPELINE_CHANNEL_LEN);
@@ -301,6 +336,7 @@ impl Engine {
             reads: reads::Reads::start(reads_store),
             cache,
             writers: chain::RecentWriters::default(),
+            quarantine,
             retrain_wanted: Notify::new(),
             events: tokio::sync::watch::Sender::new(0),
             telemetry,
@@ -350,6 +386,11 @@ impl Engine {
         query: &ConflictQuery,
     ) -> Result<Vec<ConflictRecord>, HistoryError> {
         self.inner.history.conflicts(query).await
+    }
+
+    /// Wall time now, ms since the epoch, by the engine's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
     }
 
     /// The collection's configuration, or the default handler's when it has none.

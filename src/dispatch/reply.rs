@@ -19,6 +19,12 @@ pub enum Answer {
     /// Durably in the accept log and queued (`?wait=false`); the outcome
     /// comes later.
     Queued(Queued),
+    /// Its collection's handler failed and it is kept in the quarantine
+    /// (`on_handler_failure: quarantine`) until retried or discarded.
+    Quarantined {
+        id: String,
+        reason: String,
+    },
     /// Not queued, or not decided in time: nothing was applied by this
     /// attempt.
     Refused(Refusal),
@@ -72,6 +78,8 @@ pub enum RefusalReason {
     IdempotencyKeyReused,
     /// The first request with this id went away before it was queued.
     RequestAbandoned,
+    /// A handler failed and the quarantine has no room.
+    QuarantineFull,
     /// A broken invariant inside the engine.
     Internal,
 }
@@ -89,6 +97,7 @@ impl RefusalReason {
             RefusalReason::DecisionTimeout => "decision_timeout",
             RefusalReason::IdempotencyKeyReused => "idempotency_key_reused",
             RefusalReason::RequestAbandoned => "request_abandoned",
+            RefusalReason::QuarantineFull => "quarantine_full",
             RefusalReason::Internal => "internal",
         }
     }

@@ -34,6 +34,8 @@ pub struct EngineStats {
     /// Requests let into the system at once, at most (the door's adaptive
     /// limit).
     pub admission_limit: usize,
+    /// Mutations kept in the quarantine.
+    pub quarantined: usize,
 }
 
 /// How old the dashboards' model summary may be.
@@ -90,6 +92,7 @@ impl Engine {
             threshold: stats.threshold,
             admission_limit: stats.admission_limit as f64,
             in_system: stats.in_system as f64,
+            quarantined: stats.quarantined as f64,
             commit_batch_max: stats.commit_batch_max as f64,
             store_latency_seconds: stats.store_latency_ms / 1000.0,
             conflict_rate: stats.conflict_rate,
@@ -161,6 +164,7 @@ impl Engine {
         }
         lock(&inner.control).check()?;
         lock(&inner.door).check()?;
+        inner.quarantine.check()?;
         inner.cache.check()
     }
 }
@@ -202,6 +206,7 @@ impl Inner {
             commits_stale: self.commits_stale.load(Ordering::Relaxed),
             in_system: self.in_system.load(Ordering::Relaxed),
             admission_limit: lock(&self.door).limit(),
+            quarantined: self.quarantine.len(),
         }
     }
 }

@@ -15,7 +15,7 @@ pub mod merge;
 pub mod script;
 mod webhook;
 
-pub use handler::{CollectionConfig, Handler, WEBHOOK_TIMEOUT_MS_MAX};
+pub use handler::{CollectionConfig, Handler, OnHandlerFailure, WEBHOOK_TIMEOUT_MS_MAX};
 pub use script::{ScriptError, ScriptLimits};
 
 use crate::clock::SharedClock;
@@ -89,6 +89,10 @@ pub struct Step {
     /// The document after the mutation; equal to the input when nothing was written.
     pub after: Document,
     pub conflict: Option<ConflictRecord>,
+    /// The rejection is the custom handler's failure (it threw, timed out,
+    /// ran out of memory, could not be reached, answered nonsense), not a
+    /// decision about the data.
+    pub handler_failed: bool,
 }
 
 pub struct Resolver {
@@ -133,6 +137,44 @@ impl Resolver {
                 self.settle_conflict(doc, mutation, base, config).await
             }
             _ => apply(doc, mutation),
+        }
+    }
+
+    /// An operator's discard of a quarantined mutation: rejected with
+    /// reason `discarded`, against the document as it is, without running
+    /// the handler.
+    pub fn discard(&self, doc: &Document, m: &Mutation, config: &CollectionConfig) -> Step {
+        let reason = "discarded".to_owned();
+        let base = m.base_version.unwrap_or(doc.version);
+        let handler = config.handler.name().to_owned();
+        let record = ConflictRecord {
+            mutation_id: m.id.clone(),
+            client: m.client_name().to_owned(),
+            doc: m.doc.clone(),
+            base_version: base,
+            server_version: doc.version,
+            handler: handler.clone(),
+            resolution: Resolution::Rejected,
+            reason: reason.clone(),
+            incoming: m.value.clone().map(Value::Object).unwrap_or(Value::Null),
+            existing: doc.item_value(),
+            result: Value::Null,
+            at_ms: self.clock.now_ms(),
+        };
+        Step {
+            verdict: Verdict::Decided {
+                outcome: Outcome::Rejected,
+                version: doc.version,
+                conflict: Some(ConflictInfo {
+                    base_version: base,
+                    server_version: doc.version,
+                    handler,
+                    reason: Some(reason),
+                }),
+            },
+            after: doc.clone(),
+            conflict: Some(record),
+            handler_failed: false,
         }
     }
 
@@ -195,6 +237,7 @@ impl Resolver {
                 }
             }
         };
+        let handler_failed = matches!(run, Run::Failed(_));
         let result = match (run, &answer) {
             (Run::BuiltIn, _) => None,
             (Run::Failed(result), _) => Some(result),
@@ -271,6 +314,7 @@ impl Resolver {
             verdict,
             after,
             conflict: Some(record),
+            handler_failed,
         }
     }
 }
@@ -293,6 +337,7 @@ fn apply(doc: &Document, m: &Mutation) -> Step {
                 },
                 after: doc.clone(),
                 conflict: None,
+                handler_failed: false,
             };
         }
         Op::Delete => {
@@ -309,6 +354,7 @@ fn apply(doc: &Document, m: &Mutation) -> Step {
                 verdict,
                 after,
                 conflict: None,
+                handler_failed: false,
             };
         }
     };
@@ -325,6 +371,7 @@ fn apply(doc: &Document, m: &Mutation) -> Step {
         verdict,
         after,
         conflict: None,
+        handler_failed: false,
     }
 }
 

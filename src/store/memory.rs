@@ -2,7 +2,10 @@
 //! same conformance suite as the SQL stores and backs the simulation; nothing
 //! survives the process.
 
-use super::{Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, Store, StoreError, StoredReply};
+use super::{
+    Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, QuarantineQuery, Quarantined, Store,
+    StoreError, StoredReply,
+};
 use crate::model::{DocKey, Document};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -22,6 +25,7 @@ struct State {
     accepted: HashMap<(String, String), (u64, Accepted)>,
     next_accept: u64,
     collections: HashMap<String, String>,
+    quarantine: HashMap<(String, String), Quarantined>,
 }
 
 impl MemoryStore {
@@ -61,11 +65,10 @@ impl Store for MemoryStore {
         let mut state = self.state();
         let mut outcomes = Vec::with_capacity(batch.len());
         for lane in batch {
-            let resent = lane.replies.iter().any(|r| {
-                state
-                    .replies
-                    .contains_key(&(r.client.clone(), r.id.clone()))
-            });
+            let ids = lane.replies.iter().map(|r| (&r.client, &r.id));
+            let mut ids = ids.chain(lane.quarantine.iter().map(|q| (&q.client, &q.id)));
+            let resent =
+                ids.any(|(client, id)| state.replies.contains_key(&(client.clone(), id.clone())));
             if resent {
                 outcomes.push(CommitOutcome::Resent);
                 continue;
@@ -92,6 +95,22 @@ impl Store for MemoryStore {
                 if reply.was_accepted {
                     state.accepted.remove(&key);
                 }
+                if reply.was_quarantined {
+                    state.quarantine.remove(&key);
+                }
+            }
+            for kept in &lane.quarantine {
+                let key = (kept.client.clone(), kept.id.clone());
+                if kept.was_accepted {
+                    state.accepted.remove(&key);
+                }
+                let entry = state.quarantine.entry(key).or_insert_with(|| Quarantined {
+                    was_accepted: false,
+                    ..kept.clone()
+                });
+                entry.reason.clone_from(&kept.reason);
+                entry.score = kept.score;
+                entry.at_ms = kept.at_ms;
             }
             outcomes.push(CommitOutcome::Committed);
         }
@@ -187,5 +206,37 @@ impl Store for MemoryStore {
             .collections
             .insert(name.to_owned(), config_json.to_owned());
         Ok(())
+    }
+
+    async fn quarantined(&self, client: &str, id: &str) -> Result<Option<Quarantined>, StoreError> {
+        let key = (client.to_owned(), id.to_owned());
+        Ok(self.state().quarantine.get(&key).cloned())
+    }
+
+    async fn quarantine_list(
+        &self,
+        query: &QuarantineQuery,
+    ) -> Result<Vec<Quarantined>, StoreError> {
+        let state = self.state();
+        let mut found: Vec<Quarantined> = state
+            .quarantine
+            .values()
+            .filter(|q| {
+                query
+                    .collection
+                    .as_ref()
+                    .is_none_or(|c| *c == q.doc.collection)
+            })
+            .filter(|q| query.client.as_ref().is_none_or(|c| *c == q.client))
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| (a.at_ms, &a.client, &a.id).cmp(&(b.at_ms, &b.client, &b.id)));
+        found.truncate(query.limit as usize);
+        if !query.with_mutations {
+            for q in &mut found {
+                q.mutation.clear();
+            }
+        }
+        Ok(found)
     }
 }

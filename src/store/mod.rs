@@ -43,6 +43,41 @@ pub struct StoredReply {
     /// The mutation was accepted asynchronously: its entry in the accept log
     /// goes in the same transaction as this reply.
     pub was_accepted: bool,
+    /// The mutation was quarantined: its quarantine entry goes in the same
+    /// transaction as this reply.
+    pub was_quarantined: bool,
+}
+
+/// A mutation kept aside because its collection's custom handler failed
+/// (`on_handler_failure: quarantine`): written by the commit that kept it
+/// (again, with a new reason, by one that kept it again), removed by the
+/// commit that stores its final reply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quarantined {
+    pub client: String,
+    pub id: String,
+    pub fingerprint: u64,
+    pub doc: DocKey,
+    /// The mutation as JSON (see `Mutation::to_json`); empty when a listing
+    /// asked without it.
+    pub mutation: String,
+    pub reason: String,
+    pub score: f64,
+    pub at_ms: i64,
+    /// It was accepted asynchronously: its accept-log entry goes in the same
+    /// transaction.
+    pub was_accepted: bool,
+}
+
+/// Which quarantined mutations to list, oldest first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QuarantineQuery {
+    pub collection: Option<String>,
+    pub client: Option<String>,
+    pub limit: u32,
+    /// With each mutation's JSON (a listing for people), or without (what a
+    /// start loads into its index).
+    pub with_mutations: bool,
 }
 
 /// A mutation answered 202: durably logged before the answer, removed in the
@@ -72,6 +107,9 @@ pub struct LaneCommit {
     /// version is still checked).
     pub write: Option<Document>,
     pub replies: Vec<StoredReply>,
+    /// Mutations the lane keeps in the quarantine; like the replies, kept
+    /// only if the lane commits.
+    pub quarantine: Vec<Quarantined>,
     pub at_ms: i64,
     /// The lane's history records, for a store that writes the history in the
     /// commit's own transaction (`Store::writes_history`); empty otherwise.
@@ -92,8 +130,8 @@ pub enum CommitOutcome {
     Committed,
     /// The document no longer had `expected_version`: someone else wrote it.
     Stale,
-    /// A reply of one of the lane's mutations is already stored: it was
-    /// decided before (a resend, after a restart or through another process).
+    /// A reply of one of the lane's mutations (replies and quarantine
+    /// entries alike) is already stored: it was decided before (a resend, after a restart or through another process).
     /// Nothing of the lane was written; the engine answers the resends from
     /// their stored replies and decides the rest again.
     Resent,
@@ -180,6 +218,12 @@ pub trait Store: Send + Sync + 'static {
         config_json: &str,
         at_ms: i64,
     ) -> Result<(), StoreError>;
+    async fn quarantined(&self, client: &str, id: &str) -> Result<Option<Quarantined>, StoreError>;
+    /// Quarantined mutations matching the query, oldest first.
+    async fn quarantine_list(
+        &self,
+        query: &QuarantineQuery,
+    ) -> Result<Vec<Quarantined>, StoreError>;
 }
 
 pub type SharedStore = Arc<dyn Store>;
@@ -249,6 +293,14 @@ pub(crate) mod sql {
     pub const DELETE_ACCEPTED: &str = "DELETE FROM sluice_accepted WHERE client = $1 AND id = $2";
     pub const SELECT_ACCEPTED: &str = "SELECT client, id, fingerprint, mutation, score, at_ms \
          FROM sluice_accepted WHERE client = $1 AND id = $2";
+    pub const SELECT_QUARANTINED: &str = "SELECT client, id, fingerprint, collection, key, mutation, \
+         reason, score, at_ms FROM sluice_quarantine WHERE client = $1 AND id = $2";
+    pub const UPSERT_QUARANTINED: &str = "INSERT INTO sluice_quarantine (client, id, fingerprint, \
+         collection, key, mutation, reason, score, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (client, id) DO UPDATE SET reason = excluded.reason, score = excluded.score, \
+         at_ms = excluded.at_ms";
+    pub const DELETE_QUARANTINED: &str =
+        "DELETE FROM sluice_quarantine WHERE client = $1 AND id = $2";
     pub const SELECT_COLLECTIONS: &str =
         "SELECT name, config FROM sluice_collections ORDER BY name";
     pub const UPSERT_COLLECTION: &str = "INSERT INTO sluice_collections (name, config, updated_ms) \
@@ -275,6 +327,63 @@ where
             kind,
             body: row.try_get("body")?,
         },
+        at_ms: row.try_get("at_ms")?,
+        was_accepted: false,
+        was_quarantined: false,
+    })
+}
+
+/// The quarantine listing's statement and the values it binds, for either
+/// dialect (`$N` placeholders; the limit is a number, not a value).
+fn quarantine_select(query: &QuarantineQuery) -> (String, Vec<&str>) {
+    let mut clauses = Vec::new();
+    let mut values = Vec::new();
+    if let Some(collection) = &query.collection {
+        values.push(collection.as_str());
+        clauses.push(format!("collection = ${}", values.len()));
+    }
+    if let Some(client) = &query.client {
+        values.push(client.as_str());
+        clauses.push(format!("client = ${}", values.len()));
+    }
+    let filter = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    let mutation = if query.with_mutations {
+        "mutation"
+    } else {
+        "'' AS mutation"
+    };
+    let sql = format!(
+        "SELECT client, id, fingerprint, collection, key, {mutation}, reason, score, at_ms \
+         FROM sluice_quarantine {filter} ORDER BY at_ms, client, id LIMIT {}",
+        query.limit
+    );
+    (sql, values)
+}
+
+/// Decodes a quarantine row of either backend.
+fn quarantined_from_row<R>(row: &R) -> Result<Quarantined, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(Quarantined {
+        client: row.try_get("client")?,
+        id: row.try_get("id")?,
+        fingerprint: from_sql(row.try_get("fingerprint")?),
+        doc: DocKey::new(
+            row.try_get::<String, _>("collection")?,
+            row.try_get::<String, _>("key")?,
+        ),
+        mutation: row.try_get("mutation")?,
+        reason: row.try_get("reason")?,
+        score: row.try_get("score")?,
         at_ms: row.try_get("at_ms")?,
         was_accepted: false,
     })

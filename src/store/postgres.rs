@@ -5,9 +5,9 @@
 //! processes starting against one database do not race each other's DDL.
 
 use super::{
-    Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, Store, StoreError, StoredReply,
-    accepted_from_row, collection_from_row, decode_item, encode_item, event_from_row,
-    reply_from_row, sql, to_sql,
+    Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, QuarantineQuery, Quarantined, Store,
+    StoreError, StoredReply, accepted_from_row, collection_from_row, decode_item, encode_item,
+    event_from_row, quarantine_select, quarantined_from_row, reply_from_row, sql, to_sql,
 };
 use crate::model::{DocKey, Document};
 use sqlx::Row;
@@ -57,6 +57,19 @@ const SCHEMA: &[&str] = &[
         at_ms BIGINT NOT NULL,
         PRIMARY KEY (client, id)
     )",
+    "CREATE TABLE IF NOT EXISTS sluice_quarantine (
+        client TEXT NOT NULL,
+        id TEXT NOT NULL,
+        fingerprint BIGINT NOT NULL,
+        collection TEXT NOT NULL,
+        key TEXT NOT NULL,
+        mutation TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        score DOUBLE PRECISION NOT NULL,
+        at_ms BIGINT NOT NULL,
+        PRIMARY KEY (client, id)
+    )",
+    "CREATE INDEX IF NOT EXISTS sluice_quarantine_at ON sluice_quarantine (at_ms)",
     "CREATE TABLE IF NOT EXISTS sluice_collections (
         name TEXT PRIMARY KEY,
         config TEXT NOT NULL,
@@ -227,6 +240,28 @@ impl Store for PostgresStore {
             .await?;
         Ok(())
     }
+
+    async fn quarantined(&self, client: &str, id: &str) -> Result<Option<Quarantined>, StoreError> {
+        let row = sqlx::query(sql::SELECT_QUARANTINED)
+            .bind(client)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| quarantined_from_row(&r)).transpose()
+    }
+
+    async fn quarantine_list(
+        &self,
+        query: &QuarantineQuery,
+    ) -> Result<Vec<Quarantined>, StoreError> {
+        let (statement, values) = quarantine_select(query);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(statement));
+        for value in values {
+            q = q.bind(value);
+        }
+        let rows = q.fetch_all(&self.reader).await?;
+        rows.iter().map(quarantined_from_row).collect()
+    }
 }
 
 /// The 0-based position in the request of a row numbered `n` by
@@ -333,8 +368,25 @@ impl PostgresStore {
             .enumerate()
             .flat_map(|(i, lane)| lane.replies.iter().map(move |r| (lane_of(i), r)))
             .collect();
-        let accepted: Vec<&(i64, &StoredReply)> =
-            replies.iter().filter(|(_, r)| r.was_accepted).collect();
+        let kept: Vec<(i64, &Quarantined)> = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(i, lane)| lane.quarantine.iter().map(move |q| (lane_of(i), q)))
+            .collect();
+        // Accept-log entries leave with their final reply, or with their
+        // mutation into the quarantine.
+        let accepted: Vec<(i64, &str, &str)> = replies
+            .iter()
+            .filter(|(_, r)| r.was_accepted)
+            .map(|(lane, r)| (*lane, r.client.as_str(), r.id.as_str()))
+            .chain(
+                kept.iter()
+                    .filter(|(_, q)| q.was_accepted)
+                    .map(|(lane, q)| (*lane, q.client.as_str(), q.id.as_str())),
+            )
+            .collect();
+        let released: Vec<&(i64, &StoredReply)> =
+            replies.iter().filter(|(_, r)| r.was_quarantined).collect();
         let sql = if self.history {
             COMMIT_WITH_HISTORY_SQL.as_str()
         } else {
@@ -399,15 +451,52 @@ impl PostgresStore {
                     .collect::<Vec<_>>(),
             )
             .bind(replies.iter().map(|(_, r)| r.at_ms).collect::<Vec<_>>())
-            .bind(accepted.iter().map(|(lane, _)| *lane).collect::<Vec<_>>())
+            .bind(accepted.iter().map(|a| a.0).collect::<Vec<_>>())
+            .bind(accepted.iter().map(|a| a.1).collect::<Vec<_>>())
+            .bind(accepted.iter().map(|a| a.2).collect::<Vec<_>>())
+            .bind(kept.iter().map(|(lane, _)| *lane).collect::<Vec<_>>())
             .bind(
-                accepted
+                kept.iter()
+                    .map(|(_, q)| q.client.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(kept.iter().map(|(_, q)| q.id.as_str()).collect::<Vec<_>>())
+            .bind(
+                kept.iter()
+                    .map(|(_, q)| to_sql(q.fingerprint))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                kept.iter()
+                    .map(|(_, q)| q.doc.collection.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                kept.iter()
+                    .map(|(_, q)| q.doc.key.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                kept.iter()
+                    .map(|(_, q)| q.mutation.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                kept.iter()
+                    .map(|(_, q)| q.reason.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(kept.iter().map(|(_, q)| q.score).collect::<Vec<_>>())
+            .bind(kept.iter().map(|(_, q)| q.at_ms).collect::<Vec<_>>())
+            .bind(released.iter().map(|(lane, _)| *lane).collect::<Vec<_>>())
+            .bind(
+                released
                     .iter()
                     .map(|(_, r)| r.client.as_str())
                     .collect::<Vec<_>>(),
             )
             .bind(
-                accepted
+                released
                     .iter()
                     .map(|(_, r)| r.id.as_str())
                     .collect::<Vec<_>>(),
@@ -463,9 +552,9 @@ static COMMIT_SQL: LazyLock<String> = LazyLock::new(|| commit_sql(false));
 /// `COMMIT_SQL` that also inserts the committed lanes' history records.
 static COMMIT_WITH_HISTORY_SQL: LazyLock<String> = LazyLock::new(|| commit_sql(true));
 
-/// The parameters of `commit_sql`'s own part (`$1` to `$16`); the history
+/// The parameters of `commit_sql`'s own part (`$1` to `$29`); the history
 /// records' arrays are numbered after them.
-const COMMIT_PARAMS: usize = 16;
+const COMMIT_PARAMS: usize = 29;
 
 fn commit_sql(history: bool) -> String {
     let filter = "u.lane IN (SELECT n FROM committed)";
@@ -488,8 +577,11 @@ fn commit_sql(history: bool) -> String {
              ORDER BY d.collection, d.key FOR UPDATE OF d
          ),
          resent AS MATERIALIZED (
-             SELECT DISTINCT u.lane FROM UNNEST($7::BIGINT[], $8::TEXT[], $9::TEXT[]) AS u(lane, client, id)
+             SELECT u.lane FROM UNNEST($7::BIGINT[], $8::TEXT[], $9::TEXT[]) AS u(lane, client, id)
              JOIN sluice_replies r ON r.client = u.client AND r.id = u.id
+             UNION
+             SELECT q.lane FROM UNNEST($17::BIGINT[], $18::TEXT[], $19::TEXT[]) AS q(lane, client, id)
+             JOIN sluice_replies r ON r.client = q.client AND r.id = q.id
          ),
          fit AS MATERIALIZED (
              SELECT l.* FROM lane l LEFT JOIN locked k ON k.n = l.n
@@ -530,6 +622,21 @@ fn commit_sql(history: bool) -> String {
              DELETE FROM sluice_accepted a
              USING UNNEST($14::BIGINT[], $15::TEXT[], $16::TEXT[]) AS u(lane, client, id)
              WHERE u.lane IN (SELECT n FROM committed) AND a.client = u.client AND a.id = u.id
+         ),
+         kept AS (
+             INSERT INTO sluice_quarantine (client, id, fingerprint, collection, key, mutation, reason, score, at_ms)
+             SELECT client, id, fingerprint, collection, key, mutation, reason, score, at_ms
+             FROM UNNEST($17::BIGINT[], $18::TEXT[], $19::TEXT[], $20::BIGINT[], $21::TEXT[], $22::TEXT[],
+                         $23::TEXT[], $24::TEXT[], $25::DOUBLE PRECISION[], $26::BIGINT[])
+               AS q(lane, client, id, fingerprint, collection, key, mutation, reason, score, at_ms)
+             WHERE q.lane IN (SELECT n FROM committed)
+             ON CONFLICT (client, id) DO UPDATE
+               SET reason = excluded.reason, score = excluded.score, at_ms = excluded.at_ms
+         ),
+         released AS (
+             DELETE FROM sluice_quarantine s
+             USING UNNEST($27::BIGINT[], $28::TEXT[], $29::TEXT[]) AS u(lane, client, id)
+             WHERE u.lane IN (SELECT n FROM committed) AND s.client = u.client AND s.id = u.id
          ){records}
          SELECT n, 0 AS resent FROM committed
          UNION ALL

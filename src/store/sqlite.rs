@@ -7,9 +7,9 @@
 //! survives power loss, which is what "acknowledged" promises.
 
 use super::{
-    Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, Store, StoreError, StoredReply,
-    accepted_from_row, collection_from_row, decode_item, encode_item, event_from_row, from_sql,
-    reply_from_row, sql, to_sql,
+    Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, QuarantineQuery, Quarantined, Store,
+    StoreError, StoredReply, accepted_from_row, collection_from_row, decode_item, encode_item,
+    event_from_row, from_sql, quarantine_select, quarantined_from_row, reply_from_row, sql, to_sql,
 };
 use crate::model::{DocKey, Document};
 use sqlx::Row;
@@ -68,6 +68,19 @@ const SCHEMA: &[&str] = &[
         at_ms INTEGER NOT NULL,
         PRIMARY KEY (client, id)
     )",
+    "CREATE TABLE IF NOT EXISTS sluice_quarantine (
+        client TEXT NOT NULL,
+        id TEXT NOT NULL,
+        fingerprint INTEGER NOT NULL,
+        collection TEXT NOT NULL,
+        key TEXT NOT NULL,
+        mutation TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        score REAL NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (client, id)
+    )",
+    "CREATE INDEX IF NOT EXISTS sluice_quarantine_at ON sluice_quarantine (at_ms)",
     "CREATE TABLE IF NOT EXISTS sluice_collections (
         name TEXT PRIMARY KEY,
         config TEXT NOT NULL,
@@ -200,6 +213,28 @@ impl Store for SqliteStore {
             .await?;
         Ok(())
     }
+
+    async fn quarantined(&self, client: &str, id: &str) -> Result<Option<Quarantined>, StoreError> {
+        let row = sqlx::query(sql::SELECT_QUARANTINED)
+            .bind(client)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| quarantined_from_row(&r)).transpose()
+    }
+
+    async fn quarantine_list(
+        &self,
+        query: &QuarantineQuery,
+    ) -> Result<Vec<Quarantined>, StoreError> {
+        let (statement, values) = quarantine_select(query);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(statement));
+        for value in values {
+            q = q.bind(value);
+        }
+        let rows = q.fetch_all(&self.reader).await?;
+        rows.iter().map(quarantined_from_row).collect()
+    }
 }
 
 impl SqliteStore {
@@ -209,10 +244,12 @@ impl SqliteStore {
         let mut tx = self.writer.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         'lanes: for lane in batch {
-            for reply in &lane.replies {
+            let ids = lane.replies.iter().map(|r| (&r.client, &r.id));
+            let ids = ids.chain(lane.quarantine.iter().map(|q| (&q.client, &q.id)));
+            for (client, id) in ids {
                 let stored: Option<i64> = sqlx::query_scalar(SELECT_REPLIED)
-                    .bind(&reply.client)
-                    .bind(&reply.id)
+                    .bind(client)
+                    .bind(id)
                     .fetch_optional(&mut *tx)
                     .await?;
                 if stored.is_some() {
@@ -270,6 +307,34 @@ impl SqliteStore {
                     sqlx::query(sql::DELETE_ACCEPTED)
                         .bind(&reply.client)
                         .bind(&reply.id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if reply.was_quarantined {
+                    sqlx::query(sql::DELETE_QUARANTINED)
+                        .bind(&reply.client)
+                        .bind(&reply.id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            for kept in &lane.quarantine {
+                sqlx::query(sql::UPSERT_QUARANTINED)
+                    .bind(&kept.client)
+                    .bind(&kept.id)
+                    .bind(to_sql(kept.fingerprint))
+                    .bind(&kept.doc.collection)
+                    .bind(&kept.doc.key)
+                    .bind(&kept.mutation)
+                    .bind(&kept.reason)
+                    .bind(kept.score)
+                    .bind(kept.at_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                if kept.was_accepted {
+                    sqlx::query(sql::DELETE_ACCEPTED)
+                        .bind(&kept.client)
+                        .bind(&kept.id)
                         .execute(&mut *tx)
                         .await?;
                 }

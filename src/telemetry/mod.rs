@@ -23,7 +23,7 @@ pub const HANDLERS: [&str; 4] = ["optimistic", "automerge", "script", "webhook"]
 pub const OUTCOMES: [&str; 4] = ["applied", "merged", "rejected", "not_found"];
 /// Error codes a mutation can be refused or failed with; anything else is
 /// counted as `other` so that the label set stays closed.
-pub const REFUSALS: [&str; 9] = [
+pub const REFUSALS: [&str; 10] = [
     "overloaded",
     "queue_full",
     "lane_full",
@@ -32,6 +32,7 @@ pub const REFUSALS: [&str; 9] = [
     "store_contention",
     "decision_timeout",
     "idempotency_key_reused",
+    "quarantine_full",
     "other",
 ];
 /// Why a mutation conflicted: its `base_version` was behind the document's
@@ -71,6 +72,7 @@ pub struct Gauges {
     pub threshold: f64,
     pub admission_limit: f64,
     pub in_system: f64,
+    pub quarantined: f64,
     pub commit_batch_max: f64,
     pub store_latency_seconds: f64,
     pub conflict_rate: f64,
@@ -90,6 +92,7 @@ pub struct Telemetry {
     handler_runs: Vec<Counter>,
     handler_seconds: [Histogram; 2],
     accepted: Counter,
+    quarantined: Counter,
     dispatches: Counter,
     dispatched: Counter,
     commits_stale: Counter,
@@ -128,7 +131,7 @@ fn index_of(set: &[&str], value: &str) -> usize {
 }
 
 /// Gauges in the order [`Telemetry::render`] sets them.
-const GAUGES: [(&str, &str); 15] = [
+const GAUGES: [(&str, &str); 16] = [
     (
         "sluice_queue_depth",
         "Mutations accepted and not yet decided.",
@@ -157,6 +160,10 @@ const GAUGES: [(&str, &str); 15] = [
     (
         "sluice_in_system_requests",
         "Synchronous mutations and document reads inside Sluice now.",
+    ),
+    (
+        "sluice_quarantined_mutations",
+        "Mutations kept in the quarantine after their handler failed.",
     ),
     (
         "sluice_commit_batch_max",
@@ -226,6 +233,10 @@ impl Telemetry {
         describe_counter(
             "sluice_mutations_accepted_total",
             "Mutations answered 202 (durably queued, decided later).",
+        );
+        describe_counter(
+            "sluice_mutations_quarantined_total",
+            "Mutations kept in the quarantine because their handler failed (again, for a failed retry).",
         );
         describe_counter(
             "sluice_conflicts_total",
@@ -363,6 +374,7 @@ impl Telemetry {
                 histogram("sluice_handler_seconds", &[("handler", "webhook")]),
             ],
             accepted: counter("sluice_mutations_accepted_total", &[]),
+            quarantined: counter("sluice_mutations_quarantined_total", &[]),
             dispatches: counter("sluice_lane_dispatches_total", &[]),
             dispatched: counter("sluice_mutations_dispatched_total", &[]),
             commits_stale: counter("sluice_commits_stale_total", &[]),
@@ -410,6 +422,11 @@ impl Telemetry {
 
     pub fn accepted(&self) {
         self.accepted.increment(1);
+    }
+
+    /// `n` mutations kept in the quarantine (again, for a failed retry).
+    pub fn quarantined(&self, n: usize) {
+        self.quarantined.increment(n as u64);
     }
 
     /// A lane of `mutations` dispatched after they waited the given times.
@@ -481,6 +498,7 @@ impl Telemetry {
             gauges.threshold,
             gauges.admission_limit,
             gauges.in_system,
+            gauges.quarantined,
             gauges.commit_batch_max,
             gauges.store_latency_seconds,
             gauges.conflict_rate,

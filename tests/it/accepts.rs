@@ -72,7 +72,10 @@ async fn an_async_accept_answers_202_then_the_outcome() {
 }
 
 /// Reads Server-Sent Events until `count` have arrived: (id, event, data).
-async fn read_events(response: &mut reqwest::Response, count: usize) -> Vec<(i64, String, Value)> {
+pub(crate) async fn read_events(
+    response: &mut reqwest::Response,
+    count: usize,
+) -> Vec<(i64, String, Value)> {
     let mut events = Vec::new();
     let mut text = String::new();
     let deadline = Instant::now() + Duration::from_secs(10);

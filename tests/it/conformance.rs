@@ -8,7 +8,7 @@ use sluice::model::{ConflictRecord, Decision, DecisionKind, MutationRecord};
 use sluice::model::{DocKey, Document, Resolution};
 use sluice::store::{
     Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, LaneHistory, MemoryStore, PostgresStore,
-    SqliteStore, Store, StoredReply,
+    QuarantineQuery, Quarantined, SqliteStore, Store, StoredReply,
 };
 
 fn item(v: Value) -> Option<Map<String, Value>> {
@@ -19,6 +19,7 @@ fn reply(client: &str, id: &str, at_ms: i64) -> StoredReply {
     StoredReply {
         client: client.into(),
         was_accepted: false,
+        was_quarantined: false,
         id: id.into(),
         fingerprint: u64::MAX - 7,
         decision: Decision {
@@ -40,8 +41,23 @@ fn lane(
         expected_version: expected,
         write,
         replies,
+        quarantine: Vec::new(),
         at_ms: 1,
         history: LaneHistory::default(),
+    }
+}
+
+fn kept(client: &str, id: &str, key: &str, at_ms: i64, reason: &str) -> Quarantined {
+    Quarantined {
+        client: client.into(),
+        id: id.into(),
+        fingerprint: u64::MAX - 3,
+        doc: DocKey::new("q", key),
+        mutation: format!(r#"{{"id":"{id}"}}"#),
+        reason: reason.into(),
+        score: 0.5,
+        at_ms,
+        was_accepted: false,
     }
 }
 
@@ -319,6 +335,122 @@ async fn store_conformance(store: &dyn Store) {
         "the reply's commit removes its entry"
     );
     assert!(store.reply("async", "a1").await.expect("reply").is_some());
+
+    // The quarantine: entries go in and out with their lane's commit.
+    let q = DocKey::new("q", "k1");
+    let quarantining = |expected, entries: Vec<Quarantined>, replies| LaneCommit {
+        quarantine: entries,
+        ..lane(&q, expected, None, replies)
+    };
+    assert!(
+        store
+            .accept(&Accepted {
+                client: "ann".into(),
+                ..entry("q1")
+            })
+            .await
+            .expect("accept")
+    );
+    let accepted_q1 = Quarantined {
+        was_accepted: true,
+        ..kept("ann", "q1", "k1", 10, "the script threw")
+    };
+    let outcomes = store
+        .commit(&[
+            quarantining(
+                0,
+                vec![accepted_q1, kept("bob", "q2", "k1", 11, "timed out")],
+                vec![],
+            ),
+            LaneCommit {
+                quarantine: vec![kept("ann", "stale", "k2", 12, "x")],
+                ..lane(&DocKey::new("q", "k2"), 5, None, vec![])
+            },
+        ])
+        .await
+        .expect("commit");
+    assert_eq!(outcomes, [CommitOutcome::Committed, CommitOutcome::Stale]);
+    assert_eq!(
+        store.quarantined("ann", "q1").await.expect("read"),
+        Some(kept("ann", "q1", "k1", 10, "the script threw")),
+        "an entry round-trips"
+    );
+    assert_eq!(
+        store.accepted("ann", "q1").await.expect("read"),
+        None,
+        "its accept-log entry left with it"
+    );
+    assert_eq!(
+        store.quarantined("ann", "stale").await.expect("read"),
+        None,
+        "a stale lane keeps nothing"
+    );
+    let list = |collection: Option<&str>, client: Option<&str>, with_mutations| {
+        let query = QuarantineQuery {
+            collection: collection.map(Into::into),
+            client: client.map(Into::into),
+            limit: 10,
+            with_mutations,
+        };
+        async move { store.quarantine_list(&query).await.expect("list") }
+    };
+    let ids = |entries: Vec<Quarantined>| entries.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(list(None, None, true).await),
+        ["q1", "q2"],
+        "oldest first"
+    );
+    assert_eq!(ids(list(None, Some("bob"), true).await), ["q2"]);
+    assert_eq!(
+        ids(list(Some("other"), None, true).await),
+        Vec::<String>::new()
+    );
+    assert!(
+        list(None, None, false)
+            .await
+            .iter()
+            .all(|e| e.mutation.is_empty())
+    );
+    // Kept again: the reason is the new one.
+    store
+        .commit(&[quarantining(
+            0,
+            vec![kept("bob", "q2", "k1", 20, "unreachable")],
+            vec![],
+        )])
+        .await
+        .expect("commit");
+    assert_eq!(
+        store
+            .quarantined("bob", "q2")
+            .await
+            .expect("read")
+            .expect("kept")
+            .reason,
+        "unreachable"
+    );
+    // Its final reply removes it, in the same commit.
+    let final_reply = StoredReply {
+        was_quarantined: true,
+        ..reply("ann", "q1", 30)
+    };
+    store
+        .commit(&[quarantining(0, vec![], vec![final_reply])])
+        .await
+        .expect("commit");
+    assert_eq!(store.quarantined("ann", "q1").await.expect("read"), None);
+    assert!(store.reply("ann", "q1").await.expect("reply").is_some());
+    // A lane that would keep a mutation already answered wrote nothing.
+    let outcomes = store
+        .commit(&[quarantining(
+            0,
+            vec![kept("ann", "q1", "k1", 40, "again")],
+            vec![],
+        )])
+        .await
+        .expect("commit");
+    assert_eq!(outcomes, [CommitOutcome::Resent]);
+    assert_eq!(store.quarantined("ann", "q1").await.expect("read"), None);
 
     // Collections: upsert.
     store

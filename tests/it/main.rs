@@ -15,6 +15,7 @@ mod laws;
 mod observe;
 mod openapi;
 mod predict;
+mod quarantine;
 mod replay;
 mod simulation;
 mod support;

@@ -217,6 +217,12 @@ macro_rules! store_over_memory {
             async fn events_after(&self, client: &str, after_seq: i64, limit: u32) -> Result<Vec<(i64, String)>, sluice::store::StoreError> {
                 self.inner.events_after(client, after_seq, limit).await
             }
+            async fn quarantined(&self, client: &str, id: &str) -> Result<Option<sluice::store::Quarantined>, sluice::store::StoreError> {
+                self.inner.quarantined(client, id).await
+            }
+            async fn quarantine_list(&self, query: &sluice::store::QuarantineQuery) -> Result<Vec<sluice::store::Quarantined>, sluice::store::StoreError> {
+                self.inner.quarantine_list(query).await
+            }
         }
     };
 }

@@ -1,0 +1,216 @@
+//! The quarantine's routes and a client's pending list: what is kept aside
+//! because a handler failed, what an operator does with it, and what a
+//! client has not seen decided yet.
+
+use super::{ApiError, reply, schema};
+use crate::dispatch::{Engine, QuarantineAction, QuarantineError};
+use crate::model::ANONYMOUS_CLIENT;
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Largest page of a listing, and the page when none is asked for.
+pub const LIST_LIMIT_MAX: u32 = 1_000;
+pub const LIST_LIMIT_DEFAULT: u32 = 100;
+
+fn limit(asked: Option<u32>) -> Result<u32, ApiError> {
+    match asked.unwrap_or(LIST_LIMIT_DEFAULT) {
+        n @ 1..=LIST_LIMIT_MAX => Ok(n),
+        _ => Err(ApiError::bad_request(format!(
+            "limit must be from 1 to {LIST_LIMIT_MAX}"
+        ))),
+    }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct QuarantineQuery {
+    /// Only this collection's.
+    collection: Option<String>,
+    /// Only this client's.
+    client: Option<String>,
+    /// At most this many, oldest first (1 to 1,000; default 100).
+    limit: Option<u32>,
+}
+
+/// Mutations kept aside because their collection's script or webhook
+/// failed (`on_handler_failure: quarantine`), oldest first.
+#[utoipa::path(get, path = "/v1/quarantine", tag = "mutations",
+    params(QuarantineQuery),
+    responses(
+        (status = 200, description = "Quarantined mutations, oldest first", body = schema::QuarantineList),
+        (status = 400, description = "A bad query", body = schema::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = schema::ErrorBody),
+    ))]
+pub(super) async fn get_quarantine(
+    State(engine): State<Engine>,
+    query: Result<Query<QuarantineQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query?;
+    let limit = limit(q.limit)?;
+    let kept = engine
+        .quarantine_list(
+            q.collection.filter(|c| !c.is_empty()),
+            q.client.filter(|c| !c.is_empty()),
+            limit,
+        )
+        .await
+        .map_err(ApiError::unavailable)?;
+    let now_ms = engine.now_ms();
+    let entries: Vec<Value> = kept
+        .into_iter()
+        .map(|e| {
+            let mutation: Value = serde_json::from_str(&e.mutation).unwrap_or(Value::Null);
+            json!({
+                "client": e.client,
+                "id": e.id,
+                "collection": e.doc.collection,
+                "key": e.doc.key,
+                "reason": e.reason,
+                "score": e.score,
+                "quarantined_at_ms": e.at_ms,
+                "waited_ms": now_ms.saturating_sub(e.at_ms).max(0),
+                "mutation": mutation,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "quarantined": entries })))
+}
+
+/// What `POST /v1/quarantine/{client}/{id}:retry` and `…:discard` share: the
+/// router matches the last segment whole (`{id}:retry`), the description
+/// names the two operations.
+pub(super) async fn post_quarantine_action(
+    State(engine): State<Engine>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((client, last)) = path?;
+    let (id, action) = match last.rsplit_once(':') {
+        Some((id, "retry")) => (id, QuarantineAction::Retry),
+        Some((id, "discard")) => (id, QuarantineAction::Discard),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                "POST /v1/quarantine/{client}/{id}:retry or …:discard",
+            ));
+        }
+    };
+    match engine.act_on_quarantined(&client, id, action).await {
+        Ok(answer) => Ok(reply(answer).into_response()),
+        Err(e @ QuarantineError::NotFound { .. }) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            e.to_string(),
+        )),
+        Err(QuarantineError::Store(e)) => Err(ApiError::unavailable(e)),
+    }
+}
+
+/// Decides a quarantined mutation again, against the document as it is now,
+/// through its lane; answers as its client would be answered (quarantined
+/// again if the handler fails again). Its final answer also reaches its
+/// client's event stream.
+#[utoipa::path(post, path = "/v1/quarantine/{client}/{id}:retry", tag = "mutations",
+    params(("client" = String, Path, description = "The mutation's client"),
+           ("id" = String, Path, description = "The mutation's id")),
+    responses(
+        (status = 200, description = "Applied, or merged by the collection's handler", body = schema::MutationResult),
+        (status = 202, description = "The handler failed again: still quarantined", body = schema::QuarantinedStatus),
+        (status = 404, description = "No such quarantined mutation", body = schema::ErrorBody),
+        (status = 409, description = "Rejected by the handler", body = schema::MutationResult),
+        (status = 503, description = "The store is unavailable, or the decision timed out",
+            body = schema::ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+    ))]
+#[allow(dead_code)]
+pub(super) async fn retry_quarantined() {}
+
+/// Rejects a quarantined mutation with reason `discarded`, without running
+/// its handler; its client learns it through its event stream and
+/// `GET /v1/mutations/{id}`.
+#[utoipa::path(post, path = "/v1/quarantine/{client}/{id}:discard", tag = "mutations",
+    params(("client" = String, Path, description = "The mutation's client"),
+           ("id" = String, Path, description = "The mutation's id")),
+    responses(
+        (status = 409, description = "Rejected with reason `discarded`: the mutation's answer", body = schema::MutationResult),
+        (status = 404, description = "No such quarantined mutation", body = schema::ErrorBody),
+        (status = 503, description = "The store is unavailable, or the decision timed out",
+            body = schema::ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
+    ))]
+#[allow(dead_code)]
+pub(super) async fn discard_quarantined() {}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct PendingQuery {
+    /// Whose mutations (default: the anonymous client).
+    client: Option<String>,
+    /// `queued` (accepted, not yet decided) or `quarantined`.
+    status: String,
+    /// At most this many, oldest first (1 to 1,000; default 100).
+    limit: Option<u32>,
+}
+
+/// A client's mutations not yet decided: queued (in its lane, or being
+/// decided now) or quarantined, oldest first, each with its score and how
+/// long it has waited.
+#[utoipa::path(get, path = "/v1/mutations", tag = "mutations",
+    params(PendingQuery),
+    responses(
+        (status = 200, description = "The client's pending mutations, oldest first", body = schema::PendingList),
+        (status = 400, description = "A bad query (status must be queued or quarantined)", body = schema::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = schema::ErrorBody),
+    ))]
+pub(super) async fn list_mutations(
+    State(engine): State<Engine>,
+    query: Result<Query<PendingQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query?;
+    let limit = limit(q.limit)?;
+    let client = q.client.unwrap_or_else(|| ANONYMOUS_CLIENT.to_owned());
+    let now_ms = engine.now_ms();
+    let waited = |since_ms: i64| now_ms.saturating_sub(since_ms).max(0);
+    let mutations: Vec<Value> = match q.status.as_str() {
+        "queued" => engine
+            .pending(&client, limit as usize)
+            .into_iter()
+            .map(|p| {
+                json!({
+                    "id": p.id,
+                    "collection": p.doc.collection,
+                    "key": p.doc.key,
+                    "status": "queued",
+                    "score": p.score,
+                    "waited_ms": waited(p.received_ms),
+                })
+            })
+            .collect(),
+        "quarantined" => engine
+            .quarantine_list(None, Some(client), limit)
+            .await
+            .map_err(ApiError::unavailable)?
+            .into_iter()
+            .map(|e| {
+                json!({
+                    "id": e.id,
+                    "collection": e.doc.collection,
+                    "key": e.doc.key,
+                    "status": "quarantined",
+                    "score": e.score,
+                    "waited_ms": waited(e.at_ms),
+                    "reason": e.reason,
+                })
+            })
+            .collect(),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "status must be \"queued\" or \"quarantined\", got {other:?}"
+            )));
+        }
+    };
+    Ok(Json(json!({ "mutations": mutations })))
+}
