@@ -3,7 +3,7 @@
 //! client has not seen decided yet.
 
 use super::{ApiError, reply, schema};
-use crate::dispatch::{Engine, QuarantineAction, QuarantineError};
+use crate::dispatch::{Answer, Engine, QuarantineAction, QuarantineError};
 use crate::model::ANONYMOUS_CLIENT;
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -101,6 +101,13 @@ pub(super) async fn post_quarantine_action(
         }
     };
     match engine.act_on_quarantined(&client, id, action).await {
+        // The operator's discard succeeded: 200, with the rejection its
+        // client gets.
+        Ok(Answer::Decided(decision)) if action == QuarantineAction::Discard => {
+            let mut discarded = reply(Answer::Decided(decision));
+            discarded.status = StatusCode::OK.as_u16();
+            Ok(discarded.into_response())
+        }
         Ok(answer) => Ok(reply(answer).into_response()),
         Err(e @ QuarantineError::NotFound { .. }) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -131,12 +138,12 @@ pub(super) async fn retry_quarantined() {}
 
 /// Rejects a quarantined mutation with reason `discarded`, without running
 /// its handler; its client learns it through its event stream and
-/// `GET /v1/mutations/{id}`.
+/// `GET /v1/mutations/{id}` (a resend gets 409).
 #[utoipa::path(post, path = "/v1/quarantine/{client}/{id}:discard", tag = "mutations",
     params(("client" = String, Path, description = "The mutation's client"),
            ("id" = String, Path, description = "The mutation's id")),
     responses(
-        (status = 409, description = "Rejected with reason `discarded`: the mutation's answer", body = schema::MutationResult),
+        (status = 200, description = "Discarded: the mutation's answer (rejected, reason `discarded`), as its client gets it with 409", body = schema::MutationResult),
         (status = 404, description = "No such quarantined mutation", body = schema::ErrorBody),
         (status = 503, description = "The store is unavailable, or the decision timed out",
             body = schema::ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),

@@ -3,6 +3,7 @@
 //! another client's write in between, a version nobody recorded — takes the
 //! conflict path. What a client wrote is remembered across a restart.
 
+use crate::openapi::{conforms, description};
 use crate::support::TestServer;
 use serde_json::{Value, json};
 
@@ -53,6 +54,13 @@ async fn two_quick_edits_with_one_base_both_apply() {
         second["item"]["title"],
         json!("two"),
         "the second edit landed"
+    );
+    conforms(
+        &description(&s).await,
+        "post",
+        "/v1/mutations",
+        200,
+        &second,
     );
 
     // The same edits on a collection without chaining: a conflict, and

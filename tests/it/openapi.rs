@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
 
-async fn description(s: &TestServer) -> Value {
+pub(crate) async fn description(s: &TestServer) -> Value {
     let (status, spec) = s.get("/openapi.json").await;
     assert_eq!(status, 200);
     spec
@@ -256,7 +256,7 @@ fn check(
 }
 
 /// Checks an answer against the schema the description gives for its status.
-fn conforms(spec: &Value, method: &str, path: &str, status: u16, body: &Value) {
+pub(crate) fn conforms(spec: &Value, method: &str, path: &str, status: u16, body: &Value) {
     let response = &spec["paths"][path][method]["responses"][status.to_string()];
     assert!(
         !response.is_null(),

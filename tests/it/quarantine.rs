@@ -6,6 +6,7 @@
 //! Also a client's pending list.
 
 use crate::accepts::read_events;
+use crate::openapi::{conforms, description};
 use crate::support::{TestServer, error_code};
 use axum::Json;
 use axum::routing::post;
@@ -127,6 +128,26 @@ async fn a_failed_webhook_quarantines_and_a_retry_after_it_recovers_merges() {
     healthy.store(true, Ordering::SeqCst);
     let (status, merged) = s.post_raw("/v1/quarantine/ann/m1:retry", "").await;
     assert_eq!(status, 200, "{merged}");
+    // Every answer above as the description says.
+    let spec = description(&s).await;
+    conforms(&spec, "post", "/v1/mutations", 202, &answer);
+    conforms(&spec, "get", "/v1/mutations/{id}", 200, &looked_up);
+    conforms(&spec, "get", "/v1/quarantine", 200, &listed);
+    conforms(&spec, "get", "/v1/mutations", 200, &pending);
+    conforms(
+        &spec,
+        "post",
+        "/v1/quarantine/{client}/{id}:retry",
+        202,
+        &again,
+    );
+    conforms(
+        &spec,
+        "post",
+        "/v1/quarantine/{client}/{id}:retry",
+        200,
+        &merged,
+    );
     assert_eq!(merged["outcome"], json!("merged"));
     assert_eq!(merged["item"], json!({"v": 3, "note": "hi"}));
     assert_eq!(merged["version"], json!(4));
@@ -162,11 +183,27 @@ async fn a_discard_rejects_with_reason_discarded() {
     let (status, _) = s.post(conflicting("m1", json!({"note": "hi"}))).await;
     assert_eq!(status, 202);
     let (status, discarded) = s.post_raw("/v1/quarantine/ann/m1:discard", "").await;
-    assert_eq!(status, 409, "{discarded}");
+    assert_eq!(status, 200, "the discard succeeded: {discarded}");
+    let spec = description(&s).await;
+    conforms(
+        &spec,
+        "post",
+        "/v1/quarantine/{client}/{id}:discard",
+        200,
+        &discarded,
+    );
     assert_eq!(discarded["outcome"], json!("rejected"));
     assert_eq!(discarded["conflict"]["reason"], json!("discarded"));
     assert_eq!(discarded["version"], json!(2));
-    assert_eq!(s.get("/v1/mutations/m1?client=ann").await, (200, discarded));
+    assert_eq!(
+        s.get("/v1/mutations/m1?client=ann").await,
+        (200, discarded.clone())
+    );
+    assert_eq!(
+        s.post(conflicting("m1", json!({"note": "hi"}))).await,
+        (409, discarded),
+        "a resend gets the rejection"
+    );
     let (status, _) = s.post_raw("/v1/quarantine/ann/m1:discard", "").await;
     assert_eq!(status, 404);
     let (_, conflicts) = s.get("/v1/conflicts?collection=q").await;
@@ -302,6 +339,13 @@ async fn a_clients_pending_list_shows_what_waits() {
     }
     let (status, pending) = s.get("/v1/mutations?client=ann&status=queued").await;
     assert_eq!(status, 200);
+    conforms(
+        &description(&s).await,
+        "get",
+        "/v1/mutations",
+        200,
+        &pending,
+    );
     let listed = pending["mutations"].as_array().expect("list");
     let ids: Vec<&str> = listed.iter().filter_map(|m| m["id"].as_str()).collect();
     assert_eq!(ids, ["p1", "p2", "p3"], "oldest first: {pending}");
