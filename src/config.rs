@@ -9,9 +9,10 @@
 //! simulation's seeds) are left to the test suite.
 
 use crate::dispatch::{
-    COMMIT_BATCH_MAX_DEFAULT, DECIDE_TIMEOUT_MS_DEFAULT, DOCUMENT_CACHE_MB_DEFAULT, EngineConfig,
-    IDEMPOTENCY_RETENTION_HOURS_DEFAULT, LANES_IN_FLIGHT_MAX_DEFAULT, LATENCY_TARGET_MS_DEFAULT,
-    PRIORITY_BOOST_MS_DEFAULT, QUARANTINE_LEN_MAX_DEFAULT, QUEUE_WAIT_MAX_MS_DEFAULT,
+    COMMIT_BATCH_MAX_DEFAULT, DECIDE_TIMEOUT_MS_DEFAULT, DOCUMENT_BYTES_MAX_DEFAULT,
+    DOCUMENT_CACHE_MB_DEFAULT, EngineConfig, IDEMPOTENCY_RETENTION_HOURS_DEFAULT,
+    LANES_IN_FLIGHT_MAX_DEFAULT, LATENCY_TARGET_MS_DEFAULT, PRIORITY_BOOST_MS_DEFAULT,
+    QUARANTINE_LEN_MAX_DEFAULT, QUEUE_WAIT_MAX_MS_DEFAULT,
 };
 use crate::predict::PredictorConfig;
 use crate::queue::QueueLimits;
@@ -58,6 +59,10 @@ pub struct Config {
     pub idempotency_retention_hours: u64,
     /// How long SIGTERM waits for queued mutations before exiting.
     pub shutdown_deadline_ms: u64,
+    /// The largest document, in encoded JSON bytes: a mutation whose result
+    /// would be larger is refused (413 `document_too_large`), or rejected
+    /// when a conflict handler produced it.
+    pub document_bytes_max: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -109,6 +114,7 @@ impl Default for Config {
             predictor: PredictorConfig::default(),
             idempotency_retention_hours: IDEMPOTENCY_RETENTION_HOURS_DEFAULT,
             shutdown_deadline_ms: SHUTDOWN_DEADLINE_MS_DEFAULT,
+            document_bytes_max: DOCUMENT_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -233,6 +239,9 @@ impl Config {
         if self.script.memory_bytes_max < 1024 * 1024 {
             return invalid("script.memory_bytes_max must be at least 1048576 (1 MiB)".into());
         }
+        if self.document_bytes_max < 1024 || self.document_bytes_max > 64 << 20 {
+            return invalid("document_bytes_max must be from 1024 to 67108864 (64 MiB)".into());
+        }
         if q.quarantine_len_max > 1_000_000 {
             return invalid("queue.quarantine_len_max must be at most 1000000".into());
         }
@@ -281,6 +290,7 @@ impl Config {
             queue_wait_max_ms: q.queue_wait_max_ms,
             document_cache_bytes: q.document_cache_mb.saturating_mul(1 << 20),
             quarantine_len_max: q.quarantine_len_max,
+            document_bytes_max: self.document_bytes_max,
             sample_host: true,
             predictor: self.predictor.clone(),
         }

@@ -407,14 +407,16 @@ fn init_logs_at(format: &str, default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     // Colours only for a terminal: in a file or a pipe they are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi);
     if format == "json" {
-        let _ = builder.json().try_init();
+        // JSON escapes control characters itself.
+        let _ = builder.json().with_writer(std::io::stderr).try_init();
     } else {
-        let _ = builder.try_init();
+        let writer = move || sluice::telemetry::logs::Escaping::new(std::io::stderr(), ansi);
+        let _ = builder.with_writer(writer).try_init();
     }
 }
 

@@ -32,6 +32,7 @@ pub fn refusal_status(reason: RefusalReason) -> StatusCode {
             StatusCode::TOO_MANY_REQUESTS
         }
         RefusalReason::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+        RefusalReason::DocumentTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         RefusalReason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         RefusalReason::ShuttingDown
         | RefusalReason::StoreUnavailable

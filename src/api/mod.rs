@@ -3,6 +3,7 @@
 
 mod answer;
 pub mod dashboard;
+mod exact;
 mod quarantine;
 pub mod schema;
 pub mod wire;
@@ -274,7 +275,7 @@ struct WaitQuery {
         (status = 400, description = "Not a valid mutation", body = schema::ErrorBody),
         (status = 404, description = "A delete of a document that does not exist", body = schema::ErrorBody),
         (status = 409, description = "Rejected: it conflicted and the handler refused it", body = schema::MutationResult),
-        (status = 413, description = "The body is larger than 1 MiB", body = schema::ErrorBody),
+        (status = 413, description = "The body is larger than 1 MiB (`payload_too_large`), or the mutation would leave a document over `document_bytes_max` (`document_too_large`); nothing was applied", body = schema::ErrorBody),
         (status = 422, description = "The id was already used by this client for another mutation", body = schema::ErrorBody),
         (status = 429, description = "Overloaded, or the queue or the document's lane is full; nothing was queued",
             body = schema::ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
@@ -329,6 +330,7 @@ async fn post_batch(
     };
     let invalid =
         |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_mutation", message);
+    exact::check(&body).map_err(invalid)?;
     let batch: wire::BatchBody = serde_json::from_slice(&body)
         .map_err(|e| invalid(format!("the body is not a valid batch: {e}")))?;
     if batch.mutations.is_empty() || batch.mutations.len() > wire::BATCH_LEN_MAX {
@@ -502,6 +504,8 @@ async fn put_collection(
     let Path(name) = path?;
     wire::validate_collection(&name).map_err(ApiError::bad_request)?;
     let body = body?;
+    exact::check(&body)
+        .map_err(|problem| ApiError::new(StatusCode::BAD_REQUEST, "invalid_collection", problem))?;
     let config: CollectionConfig = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -48,6 +48,7 @@ pub fn parse_mutation(
     body: &[u8],
     generated_id: impl FnOnce() -> String,
 ) -> Result<Mutation, String> {
+    super::exact::check(body)?;
     let parsed: MutationBody = serde_json::from_slice(body).map_err(describe_json_error)?;
     validate(parsed, generated_id)
 }

@@ -4,10 +4,15 @@
 //! predictor, and answers.
 
 use super::quarantine::{QuarantineAction, quarantine_full, quarantined_answer};
-use super::reply::{self, Answer, Refusal, RefusalReason, reused_key, store_error_refusal};
+use super::reply::{
+    self, Answer, Refusal, RefusalReason, document_too_large, reused_key, store_error_refusal,
+};
 use super::{HistoryJob, Inner, Queued, Signals, chain, control, lock};
 use crate::model::MutationRecord;
-use crate::model::{ConflictRecord, Decision, DocKey, Document, Mutation, Verdict};
+use crate::model::{
+    ConflictInfo, ConflictRecord, Decision, DocKey, Document, Mutation, Outcome, Resolution,
+    Verdict,
+};
 use crate::predict;
 use crate::resolve::{CollectionConfig, OnHandlerFailure, Step};
 use crate::store::{CommitOutcome, LaneCommit, LaneHistory, Quarantined, StoreError, StoredReply};
@@ -227,24 +232,62 @@ async fn fold(
                 c.reason = Some(format!("{reason} (the quarantine is full)"));
             }
         }
-        if after.version > state.version {
-            in_lane.push((after.version, m.client_name().to_owned()));
-        }
         // Rendered now, from the document the mutation left (its answer
         // carries it), before that document becomes the next one's.
         let queued_ms = dispatched_at
             .saturating_sub(queued.admitted_at)
             .as_secs_f64()
             * 1000.0;
-        let reply = reply::render(
-            &m.id,
-            &doc_label,
-            &verdict,
-            after.item.as_ref(),
-            Some(queued.score),
-            queued_ms,
-            chained_from,
-        );
+        let render =
+            |verdict: &Verdict, item: Option<&serde_json::Map<String, serde_json::Value>>| {
+                reply::render(
+                    &m.id,
+                    &doc_label,
+                    verdict,
+                    item,
+                    Some(queued.score),
+                    queued_ms,
+                    chained_from,
+                )
+            };
+        let mut reply = render(&verdict, after.item.as_ref());
+        let mut after = after;
+        let mut conflict = conflict;
+        // The answer carries the document, so it is no shorter: only a long
+        // answer needs the document measured.
+        let max = inner.config.document_bytes_max;
+        if after.version > state.version && reply.body.len() > max {
+            let bytes = after.item.as_ref().map_or(0, encoded_len);
+            if bytes > max {
+                let Some(record) = conflict.as_mut() else {
+                    settled.push(Settled::Refused(document_too_large(doc, bytes, max)));
+                    continue;
+                };
+                // A handler made it: rejected, as any handler's refusal.
+                let reason = format!(
+                    "the {} handler's result would be {bytes} bytes of JSON, over the {max}-byte bound",
+                    record.handler
+                );
+                record.resolution = Resolution::Rejected;
+                record.reason.clone_from(&reason);
+                record.result = serde_json::Value::Null;
+                verdict = Verdict::Decided {
+                    outcome: Outcome::Rejected,
+                    version: state.version,
+                    conflict: Some(ConflictInfo {
+                        base_version: record.base_version,
+                        server_version: record.server_version,
+                        handler: record.handler.clone(),
+                        reason: Some(reason),
+                    }),
+                };
+                after = state.clone();
+                reply = render(&verdict, after.item.as_ref());
+            }
+        }
+        if after.version > state.version {
+            in_lane.push((after.version, m.client_name().to_owned()));
+        }
         settled.push(Settled::Decided(Box::new(DecidedStep {
             reply,
             verdict,
@@ -257,6 +300,24 @@ async fn fold(
         settled,
         end: state,
     }
+}
+
+/// The length of a document's JSON, counted without building it.
+fn encoded_len(item: &serde_json::Map<String, serde_json::Value>) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, item);
+    count.0
 }
 
 /// The lane's commit (its end state, replies, quarantine entries and

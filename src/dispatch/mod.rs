@@ -75,6 +75,10 @@ pub const DECIDE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// body's 1 MiB) waiting for an operator; thousands is already a backlog
 /// nobody reads.
 pub const QUARANTINE_LEN_MAX_DEFAULT: usize = 1_000;
+/// The largest document, in encoded JSON: as large as a request body, so a
+/// document can always be read back, put again, and answered in one reply
+/// a client can hold.
+pub const DOCUMENT_BYTES_MAX_DEFAULT: usize = 1 << 20;
 /// The cache of committed documents, in MiB.
 pub const DOCUMENT_CACHE_MB_DEFAULT: usize = 64;
 /// How long stored replies are kept for resends; the contract promises 24 h.
@@ -113,6 +117,8 @@ pub struct EngineConfig {
     /// mutation is refused (503 `quarantine_full`), or rejected when it was
     /// accepted asynchronously and nobody waits to resend it.
     pub quarantine_len_max: usize,
+    /// The largest document a mutation may leave, in encoded JSON bytes.
+    pub document_bytes_max: usize,
     /// Sample the host's CPU and memory (off in tests that set them).
     pub sample_host: bool,
     pub predictor: PredictorConfig,
@@ -136,6 +142,7 @@ impl Default for EngineConfig {
             queue_wait_max_ms: QUEUE_WAIT_MAX_MS_DEFAULT,
             document_cache_bytes: DOCUMENT_CACHE_MB_DEFAULT << 20,
             quarantine_len_max: QUARANTINE_LEN_MAX_DEFAULT,
+            document_bytes_max: DOCUMENT_BYTES_MAX_DEFAULT,
             sample_host: true,
             predictor: PredictorConfig::default(),
         }

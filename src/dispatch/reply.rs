@@ -80,6 +80,8 @@ pub enum RefusalReason {
     RequestAbandoned,
     /// A handler failed and the quarantine has no room.
     QuarantineFull,
+    /// The mutation would leave a document over `document_bytes_max`.
+    DocumentTooLarge,
     /// A broken invariant inside the engine.
     Internal,
 }
@@ -98,12 +100,22 @@ impl RefusalReason {
             RefusalReason::IdempotencyKeyReused => "idempotency_key_reused",
             RefusalReason::RequestAbandoned => "request_abandoned",
             RefusalReason::QuarantineFull => "quarantine_full",
+            RefusalReason::DocumentTooLarge => "document_too_large",
             RefusalReason::Internal => "internal",
         }
     }
 }
 
 // The engine's refusals, one constructor each.
+
+pub(super) fn document_too_large(doc: &DocKey, bytes: usize, max: usize) -> Refusal {
+    Refusal::new(
+        RefusalReason::DocumentTooLarge,
+        format!(
+            "the mutation would make {doc} {bytes} bytes of JSON, over the {max}-byte bound; nothing was applied"
+        ),
+    )
+}
 
 pub(super) fn shutting_down() -> Refusal {
     Refusal::new(

@@ -8,6 +8,7 @@
 //! is bounded whatever the traffic.
 
 pub mod board;
+pub mod logs;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
@@ -23,7 +24,7 @@ pub const HANDLERS: [&str; 4] = ["optimistic", "automerge", "script", "webhook"]
 pub const OUTCOMES: [&str; 4] = ["applied", "merged", "rejected", "not_found"];
 /// Error codes a mutation can be refused or failed with; anything else is
 /// counted as `other` so that the label set stays closed.
-pub const REFUSALS: [&str; 10] = [
+pub const REFUSALS: [&str; 11] = [
     "overloaded",
     "queue_full",
     "lane_full",
@@ -33,6 +34,7 @@ pub const REFUSALS: [&str; 10] = [
     "decision_timeout",
     "idempotency_key_reused",
     "quarantine_full",
+    "document_too_large",
     "other",
 ];
 /// Why a mutation conflicted: its `base_version` was behind the document's

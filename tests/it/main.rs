@@ -11,6 +11,7 @@ mod conformance;
 mod dashboard;
 mod engine;
 mod handlers;
+mod hostile;
 mod laws;
 mod observe;
 mod openapi;

@@ -457,6 +457,11 @@ const LOGGED: [(&str, &str, &str, Option<u64>); 4] = [
 /// Runs the real binary at debug level with `args`, sends [`LOGGED`], stops
 /// it with SIGTERM and returns what it logged.
 async fn logs_of(args: &[&str]) -> String {
+    logs_of_with(args, &[]).await
+}
+
+/// `logs_of`, sending `extra` mutations after [`LOGGED`].
+async fn logs_of_with(args: &[&str], extra: &[Value]) -> String {
     let data = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -495,6 +500,15 @@ async fn logs_of(args: &[&str]) -> String {
             .as_u16();
         assert!(matches!(status, 200 | 409), "{status}");
     }
+    for mutation in extra {
+        let response = http
+            .post(format!("{url}/v1/mutations"))
+            .json(mutation)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status().as_u16(), 200);
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -529,6 +543,34 @@ async fn text_logs_are_human_readable_and_name_the_mutation() {
             "{line}"
         );
     }
+}
+
+/// A key holding a newline cannot forge a line of the text log: control
+/// characters inside a line are escaped.
+#[tokio::test]
+async fn a_key_with_a_newline_cannot_forge_a_log_line() {
+    let hostile = "k\nINFO sluice: forged line\r\x1b[31m";
+    let text = logs_of_with(
+        &[],
+        &[json!({"id": "forger", "collection": "notes", "key": hostile, "op": "put", "value": {}})],
+    )
+    .await;
+    assert!(
+        !text.lines().any(|l| l.starts_with("INFO sluice: forged")),
+        "a forged line: {text}"
+    );
+    assert!(
+        !text.contains('\r') && !text.contains('\x1b'),
+        "raw control characters: {text:?}"
+    );
+    let decided = text
+        .lines()
+        .find(|l| l.contains("mutation decided") && l.contains("id=forger "))
+        .unwrap_or_else(|| panic!("no decided line for the forger:\n{text}"));
+    assert!(
+        decided.contains("key=k\\nINFO sluice: forged line\\r\\x1b[31m"),
+        "{decided}"
+    );
 }
 
 /// With `--log-format json`: every line is a JSON object, and every line

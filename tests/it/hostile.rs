@@ -1,0 +1,139 @@
+//! Hostile and careless input: bounds that hold, and values kept exactly
+//! or refused. Each test here failed before its bound existed.
+
+use crate::support::{TestServer, error_code};
+use serde_json::{Value, json};
+
+/// Patches that only add fields grew one document without bound (12 MB in
+/// 20 requests); a script's result bypassed every cap.
+#[tokio::test]
+async fn a_document_never_grows_past_its_bound() {
+    let s = TestServer::with(|c| c.document_bytes_max = 4_096).await;
+    let (status, _) = s
+        .post(json!({"collection": "c", "key": "k", "op": "put", "value": {"seed": 1}}))
+        .await;
+    assert_eq!(status, 200);
+    let filler = "x".repeat(1_000);
+    let mut refused = None;
+    for i in 0..10 {
+        let (status, body) = s
+            .post(json!({"collection": "c", "key": "k", "op": "patch", "value": {format!("f{i}"): filler}}))
+            .await;
+        if status != 200 {
+            refused = Some((i, status, body));
+            break;
+        }
+    }
+    let (i, status, body) = refused.expect("a patch past the bound is refused");
+    assert_eq!(
+        (status, error_code(&body)),
+        (413, "document_too_large"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("4096")),
+        "{body}"
+    );
+    let (_, doc) = s.get("/v1/documents/c/k").await;
+    assert_eq!(
+        doc["version"],
+        json!(1 + i),
+        "nothing of the refused patch was written"
+    );
+    assert!(serde_json::to_string(&doc["item"]).expect("json").len() <= 4_096);
+    // The lane goes on: a small write still applies.
+    let (status, _) = s
+        .post(json!({"collection": "c", "key": "k", "op": "patch", "value": {"small": 1}}))
+        .await;
+    assert_eq!(status, 200);
+
+    // A script's result is bounded too: rejected with the reason.
+    s.put(
+        "/v1/collections/big",
+        json!({"handler": {"script": "function resolve(ctx) { return {action: 'resolve', item: {s: 'x'.repeat(8000)}}; }"}}),
+    )
+    .await;
+    for v in [1, 2] {
+        s.post(json!({"collection": "big", "key": "k", "op": "put", "value": {"v": v}}))
+            .await;
+    }
+    let (status, body) = s
+        .post(json!({"collection": "big", "key": "k", "op": "put", "value": {}, "base_version": 1}))
+        .await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (409, &json!("rejected")),
+        "{body}"
+    );
+    let reason = body["conflict"]["reason"].as_str().expect("reason");
+    assert!(reason.contains("over the 4096-byte bound"), "{reason}");
+    assert_eq!(
+        body["item"],
+        json!({"v": 2}),
+        "the server's item, unchanged"
+    );
+    let (_, doc) = s.get("/v1/documents/big/k").await;
+    assert_eq!(doc["version"], json!(2));
+}
+
+/// An integer beyond 64 bits was silently stored as a float, `-0` as
+/// `-0.0`, and a key given twice inside a value kept its last value.
+#[tokio::test]
+async fn numbers_are_kept_exactly_or_refused() {
+    let s = TestServer::embedded().await;
+    let refused = [
+        (
+            r#"{"collection":"c","key":"k","op":"put","value":{"n":18446744073709551616}}"#,
+            "value.n",
+        ),
+        (
+            r#"{"collection":"c","key":"k","op":"put","value":{"a":[0,-0]}}"#,
+            "value.a[1]",
+        ),
+        (
+            r#"{"collection":"c","key":"k","op":"put","value":{"x":{"d":1,"d":2}}}"#,
+            "value.x.d",
+        ),
+    ];
+    for (body, path) in refused {
+        let (status, answer) = s.post_raw("/v1/mutations", body.to_owned()).await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (400, "invalid_mutation"),
+            "{body}: {answer}"
+        );
+        let message = answer["error"]["message"].as_str().expect("message");
+        assert!(message.starts_with(path), "{body}: {message}");
+    }
+    let batch = r#"{"mutations":[{"collection":"c","key":"k","op":"put","value":{}},{"collection":"c","key":"k","op":"put","value":{"n":-9223372036854775809}}]}"#;
+    let (status, answer) = s.post_raw("/v1/mutations:batch", batch.to_owned()).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("mutations[1].value.n"))
+    );
+    let (_, doc) = s.get("/v1/documents/c/k").await;
+    assert_eq!(doc["version"], Value::Null, "nothing was written: {doc}");
+
+    // What fits is kept as sent.
+    let exact = r#"{"collection":"c","key":"k","op":"put","value":{"max":18446744073709551615,"min":-9223372036854775808,"f":0.1}}"#;
+    let (status, _) = s.post_raw("/v1/mutations", exact.to_owned()).await;
+    assert_eq!(status, 200);
+    let text = s
+        .http
+        .get(format!("{}/v1/documents/c/k", s.url))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains(r#""max":18446744073709551615"#)
+            && text.contains(r#""min":-9223372036854775808"#),
+        "{text}"
+    );
+}
