@@ -16,7 +16,7 @@ use crate::dispatch::{
 };
 use crate::predict::PredictorConfig;
 use crate::queue::QueueLimits;
-use crate::resolve::{Handler, ScriptLimits};
+use crate::resolve::{Handler, ScriptLimits, WebhookPolicy};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -63,6 +63,9 @@ pub struct Config {
     /// would be larger is refused (413 `document_too_large`), or rejected
     /// when a conflict handler produced it.
     pub document_bytes_max: usize,
+    /// Addresses or ranges webhooks may call although they are loopback,
+    /// link-local, private or unspecified (`["127.0.0.1", "10.0.0.0/8"]`).
+    pub webhook_allow: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -115,6 +118,7 @@ impl Default for Config {
             idempotency_retention_hours: IDEMPOTENCY_RETENTION_HOURS_DEFAULT,
             shutdown_deadline_ms: SHUTDOWN_DEADLINE_MS_DEFAULT,
             document_bytes_max: DOCUMENT_BYTES_MAX_DEFAULT,
+            webhook_allow: Vec::new(),
         }
     }
 }
@@ -239,6 +243,9 @@ impl Config {
         if self.script.memory_bytes_max < 1024 * 1024 {
             return invalid("script.memory_bytes_max must be at least 1048576 (1 MiB)".into());
         }
+        if let Err(e) = WebhookPolicy::new(&self.webhook_allow) {
+            return invalid(e);
+        }
         if self.document_bytes_max < 1024 || self.document_bytes_max > 64 << 20 {
             return invalid("document_bytes_max must be from 1024 to 67108864 (64 MiB)".into());
         }
@@ -296,6 +303,11 @@ impl Config {
         }
     }
 
+    pub fn webhook_policy(&self) -> WebhookPolicy {
+        // Validated before anything starts; an invalid list allows nothing.
+        WebhookPolicy::new(&self.webhook_allow).unwrap_or_default()
+    }
+
     pub fn script_limits(&self) -> ScriptLimits {
         ScriptLimits {
             time_ms_max: self.script.time_ms_max,
@@ -323,6 +335,13 @@ fn backend(spec: &str, data_dir: &Path, file: &str, what: &str) -> Result<Backen
 /// An environment value as TOML would read it: integers, floats and booleans
 /// by their text, anything else as a string.
 fn env_value(text: &str) -> toml::Value {
+    // A list is written as TOML: SLUICE_WEBHOOK_ALLOW='["127.0.0.1"]'.
+    if text.trim_start().starts_with('[')
+        && let Ok(mut parsed) = format!("v = {text}").parse::<toml::Table>()
+        && let Some(list) = parsed.remove("v")
+    {
+        return list;
+    }
     if let Ok(i) = text.parse::<i64>() {
         toml::Value::Integer(i)
     } else if let Ok(b) = text.parse::<bool>() {
@@ -388,6 +407,22 @@ mod tests {
         );
         assert_eq!(config.default_handler, Handler::Automerge);
         config.validate().expect("valid");
+    }
+
+    #[test]
+    fn a_list_comes_from_the_environment_as_toml() {
+        let vars = [(
+            "SLUICE_WEBHOOK_ALLOW".to_string(),
+            r#"["127.0.0.1", "10.0.0.0/8"]"#.to_string(),
+        )];
+        let config = Config::load(None, vars).expect("loads");
+        assert_eq!(config.webhook_allow, ["127.0.0.1", "10.0.0.0/8"]);
+        config.validate().expect("valid");
+        let bad = Config {
+            webhook_allow: vec!["everywhere".into()],
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
     }
 
     #[test]

@@ -98,7 +98,8 @@ pub async fn start(
         _ => open_store(&store_backend).await?,
     };
     let history = open_history(&history_backend).await?;
-    let resolver = Resolver::new(clock.clone(), config.script_limits());
+    let resolver = Resolver::new(clock.clone(), config.script_limits())
+        .with_webhook_policy(config.webhook_policy());
     let engine = Engine::start(store, history, resolver, clock, config.engine_config()).await?;
     // Mutations answered 202 before the last stop are queued again before
     // anything new is accepted.

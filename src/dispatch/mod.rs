@@ -412,6 +412,12 @@ impl Engine {
         config: CollectionConfig,
     ) -> Result<(), ConfigureError> {
         config.validate().map_err(ConfigureError::Invalid)?;
+        if let Handler::Webhook { url, .. } = &config.handler {
+            self.inner
+                .resolver
+                .check_webhook(url)
+                .map_err(ConfigureError::Invalid)?;
+        }
         if let Handler::Script { source } = &config.handler {
             match self.inner.resolver.check_script(source).await {
                 Ok(()) => {}

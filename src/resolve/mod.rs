@@ -17,6 +17,7 @@ mod webhook;
 
 pub use handler::{CollectionConfig, Handler, OnHandlerFailure, WEBHOOK_TIMEOUT_MS_MAX};
 pub use script::{ScriptError, ScriptLimits};
+pub use webhook::WebhookPolicy;
 
 use crate::clock::SharedClock;
 use crate::model::{
@@ -99,18 +100,34 @@ pub struct Resolver {
     clock: SharedClock,
     script_limits: ScriptLimits,
     http: reqwest::Client,
+    webhook_policy: WebhookPolicy,
     /// Counts handler runs; the engine sets it, a bare resolver counts nothing.
     telemetry: Option<std::sync::Arc<crate::telemetry::Telemetry>>,
 }
 
 impl Resolver {
     pub fn new(clock: SharedClock, script_limits: ScriptLimits) -> Self {
+        let webhook_policy = WebhookPolicy::default();
         Resolver {
             clock,
             script_limits,
-            http: reqwest::Client::new(),
+            http: webhook::client(&webhook_policy),
+            webhook_policy,
             telemetry: None,
         }
+    }
+
+    /// Webhooks may reach what `policy` allows (by default, no loopback,
+    /// link-local, private or unspecified address).
+    pub fn with_webhook_policy(mut self, policy: WebhookPolicy) -> Self {
+        self.http = webhook::client(&policy);
+        self.webhook_policy = policy;
+        self
+    }
+
+    /// Whether a webhook URL follows the rules (see `WebhookPolicy`).
+    pub fn check_webhook(&self, url: &str) -> Result<(), String> {
+        self.webhook_policy.check_url(url).map(|_| ())
     }
 
     /// Counts this resolver's handler runs in `telemetry`.
@@ -223,7 +240,13 @@ impl Resolver {
             }
             Handler::Webhook { url, timeout_ms } => {
                 let call_ctx = resolve_context(doc, m, base);
-                match webhook::call(&self.http, url, *timeout_ms, &call_ctx).await {
+                // Checked again at every call: the rules may have changed
+                // since the collection was configured.
+                let called = match self.webhook_policy.check_url(url) {
+                    Ok(_) => webhook::call(&self.http, url, *timeout_ms, &call_ctx).await,
+                    Err(why) => Err(webhook::WebhookError::Failed(why)),
+                };
+                match called {
                     Ok(answer) => (answer, Run::Answered),
                     Err(e) => {
                         let result = match e {

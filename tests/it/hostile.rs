@@ -137,3 +137,138 @@ async fn numbers_are_kept_exactly_or_refused() {
         "{text}"
     );
 }
+
+/// Webhooks reached anywhere: cloud metadata, the host's loopback in any
+/// spelling, credentials in the URL (readable back), and redirects were
+/// followed. Now refused at `PUT` (400 naming the rule), checked again at
+/// every call, and never redirected.
+#[tokio::test]
+async fn webhooks_reach_only_what_they_may() {
+    let s = TestServer::with(|c| c.webhook_allow.clear()).await;
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:8080/resolve",
+        "http://2130706433/resolve",
+        "http://0.0.0.0/resolve",
+        "http:///x",
+        "http://user:pass@hooks.example.com/resolve",
+        "http://127.0.0.1:9/resolve",
+        "http://localhost:9/resolve",
+    ] {
+        let (status, body) = s
+            .put(
+                "/v1/collections/w",
+                json!({"handler": {"webhook": {"url": url}}}),
+            )
+            .await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (400, "invalid_collection"),
+            "{url}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("webhook")),
+            "{body}"
+        );
+    }
+    let (status, _) = s
+        .put(
+            "/v1/collections/w",
+            json!({"handler": {"webhook": {"url": "https://hooks.example.com/resolve"}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "a public host is fine");
+}
+
+#[tokio::test]
+async fn a_webhook_redirect_is_not_followed_and_the_rules_hold_at_call_time() {
+    // A service that answers every call with a 307 to a second one, which
+    // counts what reaches it.
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let target = {
+        let reached = reached.clone();
+        serve(axum::Router::new().route(
+            "/steal",
+            axum::routing::post(move || {
+                reached.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async { axum::Json(json!({"action": "resolve", "item": {"stolen": true}})) }
+            }),
+        ))
+        .await
+    };
+    let redirector = serve(axum::Router::new().route(
+        "/resolve",
+        axum::routing::post(move || {
+            let location = format!("{target}/steal");
+            async move {
+                (
+                    axum::http::StatusCode::TEMPORARY_REDIRECT,
+                    [("location", location)],
+                    "",
+                )
+            }
+        }),
+    ))
+    .await;
+    let s = TestServer::embedded().await;
+    let (status, _) = s
+        .put(
+            "/v1/collections/w",
+            json!({"handler": {"webhook": {"url": format!("{redirector}/resolve")}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for v in [1, 2] {
+        s.post(json!({"collection": "w", "key": "k", "op": "put", "value": {"v": v}}))
+            .await;
+    }
+    let (status, body) = s
+        .post(json!({"collection": "w", "key": "k", "op": "put", "value": {}, "base_version": 1}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["conflict"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("307")),
+        "{body}"
+    );
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the redirect was not followed"
+    );
+
+    // The same stored setting on a server that no longer allows the
+    // loopback: refused at call time, nothing sent.
+    let data = s.stop().await;
+    let config = sluice::config::Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data.path().to_path_buf(),
+        ..Default::default()
+    };
+    let s = TestServer::start_in(config, data).await;
+    let (status, body) = s
+        .post(json!({"collection": "w", "key": "k", "op": "put", "value": {}, "base_version": 1}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["conflict"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("webhook_allow")),
+        "{body}"
+    );
+}
+
+/// Serves `app` on a loopback port; returns its base URL.
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}

@@ -266,6 +266,7 @@ async fn quarantined_mutations_survive_a_restart() {
     let config = sluice::config::Config {
         listen: "127.0.0.1:0".into(),
         data_dir: data.path().to_path_buf(),
+        webhook_allow: vec!["127.0.0.1".into()],
         ..Default::default()
     };
     let s = TestServer::start_in(config, data).await;

@@ -57,6 +57,8 @@ impl TestServer {
         let mut config = Config {
             listen: "127.0.0.1:0".into(),
             data_dir: data.path().to_path_buf(),
+            // The tests' function services listen on the loopback.
+            webhook_allow: vec!["127.0.0.1".into()],
             ..Config::default()
         };
         adjust(&mut config);
