@@ -194,11 +194,12 @@ pub fn router(engine: Engine) -> Router {
         .with_state(engine)
 }
 
-/// Is the process up?
+/// Is the process up? 200 while it serves mutations (so load balancers
+/// keep routing), with what is degraded meanwhile.
 #[utoipa::path(get, path = "/healthz", tag = "observe",
-    responses((status = 200, description = "The process serves HTTP", body = schema::Health)))]
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+    responses((status = 200, description = "The process serves HTTP; `degraded` lists what is wrong meanwhile (empty when nothing is)", body = schema::Health)))]
+async fn healthz(State(engine): State<Engine>) -> Json<Value> {
+    Json(json!({ "status": "ok", "degraded": engine.degraded() }))
 }
 
 /// The Prometheus text exposition: outcomes, conflicts, the queue, the

@@ -250,6 +250,8 @@ pub struct ConflictEntry {
 #[derive(ToSchema, serde::Serialize)]
 pub struct Health {
     pub status: String,
+    /// What is wrong while Sluice still serves (the history gone or failing).
+    pub degraded: Vec<String>,
 }
 
 /// An operation's name.

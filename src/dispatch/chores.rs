@@ -7,7 +7,7 @@ use crate::telemetry::SeriesPoint;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// How often the host's CPU and memory are sampled.
 const HOST_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
@@ -126,6 +126,31 @@ pub(super) async fn refresh_collections(inner: Arc<Inner>) {
                 info!(collection = %name, "collection setting changed in the store");
                 collections.insert(name, config);
             }
+        }
+    }
+}
+
+/// How often the history is checked for being what it opened.
+const HISTORY_WATCH: Duration = Duration::from_secs(5);
+
+/// Says, once, when the history stops being what Sluice opened (a file
+/// deleted or replaced under it), and when it is again.
+pub(super) async fn watch_history(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(HISTORY_WATCH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_healthy = true;
+    loop {
+        tick.tick().await;
+        match inner.history.health() {
+            Err(e) if was_healthy => {
+                error!(error = %e, "the history is degraded: conflicts and the model's training data are being lost; restart Sluice on a history it can keep");
+                was_healthy = false;
+            }
+            Ok(()) if !was_healthy => {
+                info!("the history is healthy again");
+                was_healthy = true;
+            }
+            _ => {}
         }
     }
 }

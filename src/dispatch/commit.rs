@@ -2,10 +2,8 @@
 //! history writer (batched, retried).
 
 use super::{Inner, lock};
-use crate::history::SharedHistory;
 use crate::model::{ConflictRecord, MutationRecord};
 use crate::store::{CommitOutcome, LaneCommit, StoreError};
-use crate::telemetry::Telemetry;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -85,11 +83,9 @@ pub(super) async fn committer(inner: Arc<Inner>, mut rx: mpsc::Receiver<CommitJo
     }
 }
 
-pub(super) async fn history_writer(
-    history: SharedHistory,
-    telemetry: Arc<Telemetry>,
-    mut rx: mpsc::Receiver<HistoryJob>,
-) {
+pub(super) async fn history_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<HistoryJob>) {
+    let history = &inner.history;
+    let telemetry = &inner.telemetry;
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < HISTORY_BATCH_MAX {
@@ -109,7 +105,10 @@ pub(super) async fn history_writer(
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=4 {
             match history.record(&mutations, &conflicts).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    *lock(&inner.history_failure) = None;
+                    break;
+                }
                 Err(e) if attempt < 4 => {
                     warn!(error = %e, attempt, "history write failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -117,6 +116,9 @@ pub(super) async fn history_writer(
                 }
                 Err(e) => {
                     telemetry.history_failure();
+                    *lock(&inner.history_failure) = Some(format!(
+                        "a history write failed after retries ({e}); its records are lost"
+                    ));
                     error!(error = %e, records = mutations.len(), "history write failed; these records are lost")
                 }
             }

@@ -245,6 +245,9 @@ struct Inner {
     /// Who wrote documents' recent versions, for own-write chaining.
     writers: chain::RecentWriters,
     quarantine: quarantine::QuarantineIndex,
+    /// The last history write that failed after its retries, until one
+    /// succeeds again.
+    history_failure: Mutex<Option<String>>,
     retrain_wanted: Notify,
     /// Bumped after every commit, so event streams know to look.
     events: tokio::sync::watch::Sender<u64>,
@@ -344,6 +347,7 @@ impl Engine {
             cache,
             writers: chain::RecentWriters::default(),
             quarantine,
+            history_failure: Mutex::new(None),
             retrain_wanted: Notify::new(),
             events: tokio::sync::watch::Sender::new(0),
             telemetry,
@@ -354,11 +358,8 @@ impl Engine {
         if inner.config.sample_host {
             tokio::spawn(chores::sample_host(inner.clone()));
         }
-        tokio::spawn(commit::history_writer(
-            inner.history.clone(),
-            inner.telemetry.clone(),
-            history_rx,
-        ));
+        tokio::spawn(commit::history_writer(inner.clone(), history_rx));
+        tokio::spawn(chores::watch_history(inner.clone()));
         tokio::spawn(chores::sample_board(inner.clone()));
         tokio::spawn(chores::expire_replies(inner.clone()));
         tokio::spawn(learn::learning_loop(inner.clone()));
@@ -393,6 +394,19 @@ impl Engine {
         query: &ConflictQuery,
     ) -> Result<Vec<ConflictRecord>, HistoryError> {
         self.inner.history.conflicts(query).await
+    }
+
+    /// What is wrong while Sluice still serves: the history no longer the
+    /// file it opened, or its writes failing. Empty when all is well.
+    pub fn degraded(&self) -> Vec<String> {
+        let mut degraded = Vec::new();
+        if let Err(e) = self.inner.history.health() {
+            degraded.push(e);
+        }
+        if let Some(failure) = lock(&self.inner.history_failure).clone() {
+            degraded.push(failure);
+        }
+        degraded
     }
 
     /// Wall time now, ms since the epoch, by the engine's clock.

@@ -93,6 +93,7 @@ impl Engine {
             admission_limit: stats.admission_limit as f64,
             in_system: stats.in_system as f64,
             quarantined: stats.quarantined as f64,
+            history_degraded: if self.degraded().is_empty() { 0.0 } else { 1.0 },
             commit_batch_max: stats.commit_batch_max as f64,
             store_latency_seconds: stats.store_latency_ms / 1000.0,
             conflict_rate: stats.conflict_rate,

@@ -71,6 +71,11 @@ pub trait History: Send + Sync + 'static {
     ) -> Result<Vec<(i64, MutationRecord)>, HistoryError>;
     /// The sequence number of the newest mutation record, 0 when there is none.
     async fn last_seq(&self) -> Result<i64, HistoryError>;
+    /// Whether the history is still what it opened, cheaply (no IO beyond a
+    /// file's metadata): `Err` says what is wrong.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Who wrote the document's versions after `after_version`: `(version,
     /// client)` of the recorded mutations that wrote, oldest first, at most
     /// `limit`. A version written behind Sluice has no record.

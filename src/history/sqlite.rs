@@ -7,7 +7,7 @@ use super::{
 };
 use crate::model::{ConflictRecord, DocKey, MutationRecord};
 use sqlx::sqlite::SqlitePool;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sluice_mutations (
@@ -55,6 +55,16 @@ const SCHEMA: &[&str] = &[
 pub struct SqliteHistory {
     reader: SqlitePool,
     writer: SqlitePool,
+    /// The file opened, and its identity then: a file deleted or replaced
+    /// while open takes every later record with it (SQLite keeps writing
+    /// the unlinked one).
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+}
+
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl SqliteHistory {
@@ -63,12 +73,31 @@ impl SqliteHistory {
         for statement in SCHEMA {
             sqlx::query(*statement).execute(&writer).await?;
         }
-        Ok(SqliteHistory { reader, writer })
+        Ok(SqliteHistory {
+            reader,
+            writer,
+            path: path.to_path_buf(),
+            identity: identity(path),
+        })
     }
 }
 
 #[async_trait::async_trait]
 impl History for SqliteHistory {
+    fn health(&self) -> Result<(), String> {
+        match identity(&self.path) {
+            None => Err(format!(
+                "the history file {} is gone (deleted while open): records go to the deleted file and are lost",
+                self.path.display()
+            )),
+            Some(now) if Some(now) != self.identity => Err(format!(
+                "the history file {} was replaced while open: records go to the old file",
+                self.path.display()
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Row by row: statements cost little in process.
     async fn record(
         &self,

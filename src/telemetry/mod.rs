@@ -75,6 +75,7 @@ pub struct Gauges {
     pub admission_limit: f64,
     pub in_system: f64,
     pub quarantined: f64,
+    pub history_degraded: f64,
     pub commit_batch_max: f64,
     pub store_latency_seconds: f64,
     pub conflict_rate: f64,
@@ -133,7 +134,7 @@ fn index_of(set: &[&str], value: &str) -> usize {
 }
 
 /// Gauges in the order [`Telemetry::render`] sets them.
-const GAUGES: [(&str, &str); 16] = [
+const GAUGES: [(&str, &str); 17] = [
     (
         "sluice_queue_depth",
         "Mutations accepted and not yet decided.",
@@ -166,6 +167,10 @@ const GAUGES: [(&str, &str); 16] = [
     (
         "sluice_quarantined_mutations",
         "Mutations kept in the quarantine after their handler failed.",
+    ),
+    (
+        "sluice_history_degraded",
+        "1 while the history is not what Sluice opened or its writes fail (see /healthz).",
     ),
     (
         "sluice_commit_batch_max",
@@ -501,6 +506,7 @@ impl Telemetry {
             gauges.admission_limit,
             gauges.in_system,
             gauges.quarantined,
+            gauges.history_degraded,
             gauges.commit_batch_max,
             gauges.store_latency_seconds,
             gauges.conflict_rate,

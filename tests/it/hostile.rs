@@ -272,3 +272,44 @@ async fn serve(app: axum::Router) -> String {
     });
     url
 }
+
+/// Deleting `history.db` while serving raised no error, no log line, no
+/// metric: writes went to the unlinked file and, after a restart, the
+/// conflicts and the model were gone.
+#[tokio::test]
+async fn a_history_deleted_under_sluice_is_reported() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let config = sluice::config::Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data.path().to_path_buf(),
+        ..Default::default()
+    };
+    let history = data.path().join("history.db");
+    let s = TestServer::start_in(config, data).await;
+    let (status, health) = s.get("/healthz").await;
+    assert_eq!((status, &health["degraded"]), (200, &json!([])), "{health}");
+    std::fs::remove_file(&history).expect("delete history.db");
+    let (status, health) = s.get("/healthz").await;
+    assert_eq!(status, 200, "still serving, so load balancers keep routing");
+    let degraded = health["degraded"].as_array().expect("list");
+    assert!(
+        degraded.iter().any(|d| d
+            .as_str()
+            .is_some_and(|d| d.contains("history.db") && d.contains("deleted"))),
+        "{health}"
+    );
+    let (status, _) = s
+        .post(json!({"collection": "c", "key": "k", "op": "put", "value": {}}))
+        .await;
+    assert_eq!(status, 200, "mutations are still served");
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("sluice_history_degraded 1"), "{metrics}");
+}
