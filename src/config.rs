@@ -66,6 +66,10 @@ pub struct Config {
     /// Addresses or ranges webhooks may call although they are loopback,
     /// link-local, private or unspecified (`["127.0.0.1", "10.0.0.0/8"]`).
     pub webhook_allow: Vec<String>,
+    /// Web origins besides Sluice's own that may send requests that change
+    /// something (`["https://app.example.com"]`); none by default, so a page
+    /// elsewhere can neither write nor configure.
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -119,6 +123,7 @@ impl Default for Config {
             shutdown_deadline_ms: SHUTDOWN_DEADLINE_MS_DEFAULT,
             document_bytes_max: DOCUMENT_BYTES_MAX_DEFAULT,
             webhook_allow: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }

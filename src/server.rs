@@ -116,7 +116,10 @@ pub async fn start(
         source,
     })?;
     info!(%addr, store = %config.store, history = %config.history, "sluice is listening");
-    let app = api::router(engine.clone());
+    let app = api::router_for(
+        engine.clone(),
+        api::guard::Origins::new(&config.cors_origins),
+    );
     let drain_engine = engine.clone();
     let deadline = Duration::from_millis(config.shutdown_deadline_ms);
     let served = tokio::spawn(async move {

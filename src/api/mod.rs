@@ -4,6 +4,7 @@
 mod answer;
 pub mod dashboard;
 mod exact;
+pub mod guard;
 mod quarantine;
 pub mod schema;
 pub mod wire;
@@ -181,6 +182,12 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 pub fn router(engine: Engine) -> Router {
+    router_for(engine, guard::Origins::default())
+}
+
+/// The router, allowing cross-site requests from `origins` besides the
+/// server's own.
+pub fn router_for(engine: Engine, origins: guard::Origins) -> Router {
     let (router, _) = routes().split_for_parts();
     router
         .route(
@@ -190,6 +197,7 @@ pub fn router(engine: Engine) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(wire::BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(origins, guard::guard))
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(engine)
 }
@@ -277,6 +285,7 @@ struct WaitQuery {
         (status = 404, description = "A delete of a document that does not exist", body = schema::ErrorBody),
         (status = 409, description = "Rejected: it conflicted and the handler refused it", body = schema::MutationResult),
         (status = 413, description = "The body is larger than 1 MiB (`payload_too_large`), or the mutation would leave a document over `document_bytes_max` (`document_too_large`); nothing was applied", body = schema::ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json`", body = schema::ErrorBody),
         (status = 422, description = "The id was already used by this client for another mutation", body = schema::ErrorBody),
         (status = 429, description = "Overloaded, or the queue or the document's lane is full; nothing was queued",
             body = schema::ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
@@ -308,6 +317,7 @@ async fn post_mutation(
         (status = 200, description = "One answer per mutation, in the same order", body = schema::BatchResult),
         (status = 400, description = "A mutation is not valid (the message names its index), or the batch is empty or too long", body = schema::ErrorBody),
         (status = 413, description = "The body is larger than 16 MiB", body = schema::ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json`", body = schema::ErrorBody),
         (status = 429, description = "The batch does not fit; nothing of it was queued",
             body = schema::ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
         (status = 503, description = "Sluice is shutting down", body = schema::ErrorBody),
@@ -495,6 +505,7 @@ async fn get_collection(
         (status = 200, description = "Stored; it decides the next conflicts", body = schema::CollectionBody),
         (status = 400, description = "Not a valid configuration (the message says why)", body = schema::ErrorBody),
         (status = 413, description = "The body is larger than 1 MiB", body = schema::ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json`", body = schema::ErrorBody),
         (status = 503, description = "The store is unavailable", body = schema::ErrorBody),
     ))]
 async fn put_collection(

@@ -88,6 +88,7 @@ async fn validation_and_admission_are_all_or_nothing() {
     let response = s
         .http
         .post(format!("{}/v1/mutations:batch", s.url))
+        .header("content-type", "application/json")
         .body(json!({"mutations": outbox("b", 5)}).to_string())
         .send()
         .await

@@ -313,3 +313,114 @@ async fn a_history_deleted_under_sluice_is_reported() {
         .expect("text");
     assert!(metrics.contains("sluice_history_degraded 1"), "{metrics}");
 }
+
+/// `POST /v1/mutations` with `Content-Type: text/plain` from a foreign
+/// `Origin` was applied: any web page a user opened could write through a
+/// Sluice on their machine.
+#[tokio::test]
+async fn a_page_elsewhere_can_neither_write_nor_configure() {
+    let s = TestServer::with(|c| c.cors_origins = vec!["https://app.example.com".into()]).await;
+    let mutation = r#"{"collection":"c","key":"k","op":"put","value":{"x":1}}"#;
+    let send =
+        |method: reqwest::Method, path: &str, content_type: Option<&str>, origin: Option<&str>| {
+            let mut request = s
+                .http
+                .request(method, format!("{}{path}", s.url))
+                .body(mutation);
+            if let Some(content_type) = content_type {
+                request = request.header("content-type", content_type);
+            }
+            if let Some(origin) = origin {
+                request = request.header("origin", origin);
+            }
+            request.send()
+        };
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let response = send(reqwest::Method::POST, "/v1/mutations", content_type, None)
+            .await
+            .expect("post");
+        assert_eq!(response.status().as_u16(), 415, "{content_type:?}");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(error_code(&body), "unsupported_media_type");
+    }
+    let response = send(
+        reqwest::Method::PUT,
+        "/v1/collections/c",
+        Some("text/plain"),
+        None,
+    )
+    .await
+    .expect("put");
+    assert_eq!(response.status().as_u16(), 415);
+    for path in ["/v1/mutations", "/v1/mutations:batch"] {
+        let response = send(
+            reqwest::Method::POST,
+            path,
+            Some("application/json"),
+            Some("https://evil.example"),
+        )
+        .await
+        .expect("post");
+        assert_eq!(response.status().as_u16(), 403, "{path}");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(error_code(&body), "origin_not_allowed");
+    }
+    let (_, doc) = s.get("/v1/documents/c/k").await;
+    assert_eq!(doc["version"], Value::Null, "nothing was written: {doc}");
+
+    // The server's own origin (the dashboard) and a listed one pass.
+    let own = s.url.clone();
+    let response = send(
+        reqwest::Method::POST,
+        "/v1/mutations",
+        Some("application/json; charset=utf-8"),
+        Some(&own),
+    )
+    .await
+    .expect("post");
+    assert_eq!(response.status().as_u16(), 200);
+    let response = send(
+        reqwest::Method::POST,
+        "/v1/mutations",
+        Some("application/json"),
+        Some("https://app.example.com"),
+    )
+    .await
+    .expect("post");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.as_bytes()),
+        Some(&b"https://app.example.com"[..])
+    );
+    let preflight = send(
+        reqwest::Method::OPTIONS,
+        "/v1/mutations",
+        None,
+        Some("https://app.example.com"),
+    )
+    .await
+    .expect("options");
+    assert_eq!(preflight.status().as_u16(), 204);
+    assert!(
+        preflight
+            .headers()
+            .contains_key("access-control-allow-methods")
+    );
+    // A foreign page's read has no effect and gets no CORS answer to read it by.
+    let read = s
+        .http
+        .get(format!("{}/v1/documents/c/k", s.url))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(read.status().as_u16(), 200);
+    assert!(!read.headers().contains_key("access-control-allow-origin"));
+}

@@ -141,7 +141,13 @@ impl TestServer {
     }
 
     pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        exchange(self.http.post(format!("{}{path}", self.url)).body(body)).await
+        exchange(
+            self.http
+                .post(format!("{}{path}", self.url))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
