@@ -545,13 +545,20 @@ struct ConflictsQuery {
     key: Option<String>,
     /// At most this many, newest first (1 to 1,000; default 100).
     limit: Option<u32>,
+    /// Only conflicts older than this cursor: the `next` of the page before.
+    before: Option<i64>,
 }
+
+/// What one page of conflicts holds at most, in bytes of their values (one
+/// conflict always comes): each holds whole documents, so the count alone
+/// let a page of 1,000 reach gigabytes.
+const CONFLICTS_PAGE_BYTES_MAX: usize = 4 << 20;
 
 /// The latest conflicts from the history database, newest first.
 #[utoipa::path(get, path = "/v1/conflicts", tag = "observe",
     params(ConflictsQuery),
     responses(
-        (status = 200, description = "Conflicts, newest first", body = schema::Conflicts),
+        (status = 200, description = "Conflicts, newest first, at most `limit` and about 4 MiB of values; `next`, present when older conflicts remain, is the cursor of the page after", body = schema::Conflicts),
         (status = 400, description = "A bad query", body = schema::ErrorBody),
         (status = 503, description = "The history database is unavailable", body = schema::ErrorBody),
     ))]
@@ -570,14 +577,27 @@ async fn get_conflicts(
         collection: q.collection.filter(|c| !c.is_empty()),
         key: q.key.filter(|k| !k.is_empty()),
         limit,
+        before_seq: q.before,
+        bytes_max: Some(CONFLICTS_PAGE_BYTES_MAX),
     };
-    let conflicts = engine
+    let page = engine
         .conflicts(&query)
         .await
         .map_err(ApiError::unavailable)?;
-    Ok(Json(
-        json!({ "conflicts": conflicts.iter().map(conflict_json).collect::<Vec<_>>() }),
-    ))
+    let next = page
+        .more
+        .then(|| page.conflicts.last().map(|(seq, _)| *seq))
+        .flatten();
+    let conflicts: Vec<Value> = page
+        .conflicts
+        .iter()
+        .map(|(_, c)| conflict_json(c))
+        .collect();
+    // `next` only when there is a page after: the last page reads as before.
+    Ok(Json(match next {
+        Some(next) => json!({ "conflicts": conflicts, "next": next }),
+        None => json!({ "conflicts": conflicts }),
+    }))
 }
 
 /// Streams open at once; each holds a connection and polls the store when

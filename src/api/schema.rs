@@ -222,6 +222,9 @@ pub enum OnHandlerFailure {
 #[derive(ToSchema, serde::Serialize)]
 pub struct Conflicts {
     pub conflicts: Vec<ConflictEntry>,
+    /// Present when older conflicts remain: pass it as `before`.
+    #[schema(required = false)]
+    pub next: Option<i64>,
 }
 
 /// One conflict from the history database.

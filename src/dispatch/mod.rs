@@ -49,8 +49,8 @@ use commit::{CommitJob, HistoryJob};
 use control::{ControlConfig, Controller, Door};
 
 use crate::clock::SharedClock;
-use crate::history::{ConflictQuery, HistoryError, SharedHistory};
-use crate::model::{ConflictRecord, DocKey, Document, Mutation};
+use crate::history::{ConflictPage, ConflictQuery, HistoryError, SharedHistory};
+use crate::model::{DocKey, Document, Mutation};
 use crate::predict::{ModelReport, Predictor, PredictorConfig, Scored};
 use crate::queue::{Queue, QueueLimits};
 use crate::resolve::{CollectionConfig, Handler, Resolver, ScriptError};
@@ -389,11 +389,8 @@ impl Engine {
         Ok(self.inner.reads.document(doc).await?)
     }
 
-    pub async fn conflicts(
-        &self,
-        query: &ConflictQuery,
-    ) -> Result<Vec<ConflictRecord>, HistoryError> {
-        self.inner.history.conflicts(query).await
+    pub async fn conflicts(&self, query: &ConflictQuery) -> Result<ConflictPage, HistoryError> {
+        self.inner.history.conflicts_page(query).await
     }
 
     /// What is wrong while Sluice still serves: the history no longer the

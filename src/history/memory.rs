@@ -1,6 +1,6 @@
 //! In-memory history, for tests and the simulation.
 
-use super::{ConflictQuery, History, HistoryError, MutationRecord};
+use super::{ConflictPage, ConflictQuery, History, HistoryError, MutationRecord};
 use crate::model::{ConflictRecord, DocKey};
 use async_trait::async_trait;
 use std::sync::Mutex;
@@ -29,22 +29,24 @@ impl History for MemoryHistory {
         Ok(())
     }
 
-    async fn conflicts(&self, query: &ConflictQuery) -> Result<Vec<ConflictRecord>, HistoryError> {
+    async fn conflicts_page(&self, query: &ConflictQuery) -> Result<ConflictPage, HistoryError> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(state
-            .1
-            .iter()
-            .rev()
-            .filter(|c| {
-                query
+        let mut page = ConflictPage::default();
+        let mut used = 0;
+        let newest_first = state.1.iter().enumerate().rev();
+        for (i, c) in newest_first {
+            let seq = i64::try_from(i + 1).unwrap_or(i64::MAX);
+            let wanted = query.before_seq.is_none_or(|before| seq < before)
+                && query
                     .collection
                     .as_ref()
                     .is_none_or(|col| *col == c.doc.collection)
-            })
-            .filter(|c| query.key.as_ref().is_none_or(|key| *key == c.doc.key))
-            .take(query.limit as usize)
-            .cloned()
-            .collect())
+                && query.key.as_ref().is_none_or(|key| *key == c.doc.key);
+            if wanted && !page.push(query, &mut used, seq, c.clone(), super::values_len(c)) {
+                break;
+            }
+        }
+        Ok(page)
     }
 
     async fn writers(

@@ -32,6 +32,52 @@ pub struct ConflictQuery {
     pub collection: Option<String>,
     pub key: Option<String>,
     pub limit: u32,
+    /// Only conflicts older than this sequence number (a page's cursor).
+    pub before_seq: Option<i64>,
+    /// Stop once the conflicts read hold this many bytes of JSON values
+    /// (one conflict always comes): a conflict holds whole documents, so a
+    /// count alone does not bound a page.
+    pub bytes_max: Option<usize>,
+}
+
+/// One page of conflicts, newest first, with their sequence numbers, and
+/// whether older ones remain.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConflictPage {
+    pub conflicts: Vec<(i64, ConflictRecord)>,
+    pub more: bool,
+}
+
+impl ConflictPage {
+    /// Takes rows (newest first, up to `limit + 1`) while they fit the
+    /// query's budget.
+    fn push(
+        &mut self,
+        query: &ConflictQuery,
+        used: &mut usize,
+        seq: i64,
+        record: ConflictRecord,
+        bytes: usize,
+    ) -> bool {
+        let full = self.conflicts.len() >= query.limit as usize
+            || (!self.conflicts.is_empty()
+                && query.bytes_max.is_some_and(|max| *used + bytes > max));
+        if full {
+            self.more = true;
+            return false;
+        }
+        *used += bytes;
+        self.conflicts.push((seq, record));
+        true
+    }
+}
+
+/// The bytes a conflict's values take, the part that can be large.
+fn values_len(record: &ConflictRecord) -> usize {
+    [&record.incoming, &record.existing, &record.result]
+        .iter()
+        .map(|v| serde_json::to_string(v).map_or(0, |t| t.len()))
+        .sum()
 }
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -61,7 +107,13 @@ pub trait History: Send + Sync + 'static {
         conflicts: &[ConflictRecord],
     ) -> Result<(), HistoryError>;
     /// Conflicts matching the query, newest first.
-    async fn conflicts(&self, query: &ConflictQuery) -> Result<Vec<ConflictRecord>, HistoryError>;
+    async fn conflicts(&self, query: &ConflictQuery) -> Result<Vec<ConflictRecord>, HistoryError> {
+        let page = self.conflicts_page(query).await?;
+        Ok(page.conflicts.into_iter().map(|(_, c)| c).collect())
+    }
+    /// A page of conflicts matching the query, newest first, read no
+    /// further than the query's count and byte budget allow.
+    async fn conflicts_page(&self, query: &ConflictQuery) -> Result<ConflictPage, HistoryError>;
     /// Mutation records after sequence number `after_seq`, oldest first, with
     /// their sequence numbers: the learner's cursor.
     async fn mutations(
@@ -199,6 +251,10 @@ fn conflict_filter(query: &ConflictQuery) -> (String, Vec<&str>) {
         values.push(key.as_str());
         clauses.push(format!("key = ${}", values.len()));
     }
+    if let Some(before) = query.before_seq {
+        // A number, not text: written into the statement.
+        clauses.push(format!("seq < {before}"));
+    }
     let where_clause = if clauses.is_empty() {
         String::new()
     } else {
@@ -229,8 +285,34 @@ pub(crate) mod sql {
 pub(crate) fn conflicts_select(query: &ConflictQuery) -> (String, Vec<&str>) {
     let (where_clause, values) = conflict_filter(query);
     let sql = format!(
-        "SELECT {CONFLICT_COLUMNS} FROM sluice_conflicts {where_clause} ORDER BY seq DESC LIMIT {}",
-        query.limit
+        "SELECT seq, {CONFLICT_COLUMNS} FROM sluice_conflicts {where_clause} ORDER BY seq DESC LIMIT {}",
+        u64::from(query.limit) + 1
     );
     (sql, values)
+}
+
+/// Reads a conflicts statement's rows one at a time into a page, so that a
+/// page never holds (or reads) more than its budget and one row.
+pub(crate) async fn collect_page<'a, R>(
+    mut rows: futures_util::stream::BoxStream<'a, Result<R, sqlx::Error>>,
+    query: &ConflictQuery,
+) -> Result<ConflictPage, HistoryError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    use futures_util::TryStreamExt;
+    let mut page = ConflictPage::default();
+    let mut used = 0;
+    while let Some(row) = rows.try_next().await? {
+        let seq: i64 = row.try_get("seq")?;
+        let record = conflict_from_row(&row)?;
+        let bytes = values_len(&record);
+        if !page.push(query, &mut used, seq, record, bytes) {
+            break;
+        }
+    }
+    Ok(page)
 }

@@ -2,8 +2,8 @@
 //! history writes never queue behind document writes for SQLite's one lock).
 
 use super::{
-    ConflictQuery, History, HistoryError, conflict_from_row, conflicts_select, mutation_from_row,
-    sql, version_to_sql, writer_from_row,
+    ConflictPage, ConflictQuery, History, HistoryError, collect_page, conflicts_select,
+    mutation_from_row, sql, version_to_sql, writer_from_row,
 };
 use crate::model::{ConflictRecord, DocKey, MutationRecord};
 use sqlx::sqlite::SqlitePool;
@@ -149,14 +149,13 @@ impl History for SqliteHistory {
         Ok(())
     }
 
-    async fn conflicts(&self, query: &ConflictQuery) -> Result<Vec<ConflictRecord>, HistoryError> {
+    async fn conflicts_page(&self, query: &ConflictQuery) -> Result<ConflictPage, HistoryError> {
         let (sql, values) = conflicts_select(query);
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for v in values {
             q = q.bind(v);
         }
-        let rows = q.fetch_all(&self.reader).await?;
-        rows.iter().map(conflict_from_row).collect()
+        collect_page(q.fetch(&self.reader), query).await
     }
 
     async fn mutations(

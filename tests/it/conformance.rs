@@ -623,6 +623,7 @@ async fn history_conformance(history: &dyn History) {
             collection: Some("c".into()),
             key: Some("a".into()),
             limit: 1,
+            ..Default::default()
         })
         .await
         .expect("conflicts");
@@ -632,9 +633,41 @@ async fn history_conformance(history: &dyn History) {
             collection: Some("d".into()),
             key: None,
             limit: 10,
+            ..Default::default()
         })
         .await;
     assert_eq!(elsewhere.expect("conflicts"), []);
+
+    // Pages: by count, by bytes (one always comes), from a cursor.
+    let page = |limit, before_seq, bytes_max| {
+        let query = ConflictQuery {
+            limit,
+            before_seq,
+            bytes_max,
+            ..Default::default()
+        };
+        async move { history.conflicts_page(&query).await.expect("page") }
+    };
+    let ids = |p: &sluice::history::ConflictPage| {
+        p.conflicts
+            .iter()
+            .map(|(_, c)| c.mutation_id.clone())
+            .collect::<Vec<_>>()
+    };
+    let first = page(2, None, None).await;
+    assert_eq!(
+        (ids(&first), first.more),
+        (vec!["m4".to_string(), "m3".into()], true)
+    );
+    let cursor = first.conflicts.last().map(|(seq, _)| *seq);
+    let rest = page(2, cursor, None).await;
+    assert_eq!((ids(&rest), rest.more), (vec!["m2".to_string()], false));
+    let tight = page(10, None, Some(1)).await;
+    assert_eq!(
+        (tight.conflicts.len(), tight.more),
+        (1, true),
+        "one conflict always comes"
+    );
 }
 
 #[tokio::test]
@@ -732,6 +765,7 @@ async fn postgres_store_writes_the_history_of_what_it_commits() {
             collection: Some("c".into()),
             key: None,
             limit: 100,
+            ..Default::default()
         })
         .await
         .expect("conflicts");
