@@ -120,13 +120,7 @@ async fn chaining_survives_a_restart() {
     let s = chaining_server().await;
     let (status, _) = s.post(patch("r1", "ann", 1, json!({"title": "one"}))).await;
     assert_eq!(status, 200);
-    let data = s.stop().await;
-    let config = sluice::config::Config {
-        listen: "127.0.0.1:0".into(),
-        data_dir: data.path().to_path_buf(),
-        ..Default::default()
-    };
-    let s = TestServer::start_in(config, data).await;
+    let s = s.restart(|_| {}).await;
     let (status, answer) = s.post(patch("r2", "ann", 1, json!({"body": "two"}))).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["chained_from"], json!(1));

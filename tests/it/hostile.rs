@@ -242,13 +242,7 @@ async fn a_webhook_redirect_is_not_followed_and_the_rules_hold_at_call_time() {
 
     // The same stored setting on a server that no longer allows the
     // loopback: refused at call time, nothing sent.
-    let data = s.stop().await;
-    let config = sluice::config::Config {
-        listen: "127.0.0.1:0".into(),
-        data_dir: data.path().to_path_buf(),
-        ..Default::default()
-    };
-    let s = TestServer::start_in(config, data).await;
+    let s = s.restart(|_| {}).await;
     let (status, body) = s
         .post(json!({"collection": "w", "key": "k", "op": "put", "value": {}, "base_version": 1}))
         .await;
@@ -302,15 +296,7 @@ async fn a_history_deleted_under_sluice_is_reported() {
         .post(json!({"collection": "c", "key": "k", "op": "put", "value": {}}))
         .await;
     assert_eq!(status, 200, "mutations are still served");
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.metrics().await;
     assert!(metrics.contains("sluice_history_degraded 1"), "{metrics}");
 }
 

@@ -240,15 +240,7 @@ async fn a_full_quarantine_refuses_with_503() {
     );
     let (_, stats) = s.get("/v1/stats").await;
     assert_eq!(stats["quarantined"], json!(1));
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("sluice_quarantined_mutations 1"),
         "{metrics}"
@@ -262,14 +254,9 @@ async fn quarantined_mutations_survive_a_restart() {
     let (s, healthy) = quarantining(|_| {}).await;
     let (status, kept) = s.post(conflicting("m1", json!({"note": "hi"}))).await;
     assert_eq!(status, 202);
-    let data = s.stop().await;
-    let config = sluice::config::Config {
-        listen: "127.0.0.1:0".into(),
-        data_dir: data.path().to_path_buf(),
-        webhook_allow: vec!["127.0.0.1".into()],
-        ..Default::default()
-    };
-    let s = TestServer::start_in(config, data).await;
+    let s = s
+        .restart(|c| c.webhook_allow = vec!["127.0.0.1".into()])
+        .await;
     assert_eq!(
         s.get("/v1/mutations/m1?client=ann").await,
         (200, kept.clone())

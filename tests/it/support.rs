@@ -92,6 +92,31 @@ impl TestServer {
         std::mem::replace(&mut self._data, data)
     }
 
+    /// Stops the server and starts another on the same data directory, from
+    /// the defaults adjusted by `adjust`, on an ephemeral port.
+    pub async fn restart(self, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let data = self.stop().await;
+        let mut config = Config {
+            listen: "127.0.0.1:0".into(),
+            data_dir: data.path().to_path_buf(),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        TestServer::start_in(config, data).await
+    }
+
+    /// `GET /metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     pub async fn post(&self, body: Value) -> (u16, Value) {
         exchange(
             self.http
