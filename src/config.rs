@@ -70,6 +70,9 @@ pub struct Config {
     /// something (`["https://app.example.com"]`); none by default, so a page
     /// elsewhere can neither write nor configure.
     pub cors_origins: Vec<String>,
+    /// Bytes of request bodies read, parsed and decided at once; a request
+    /// that finds no room within 2 s gets 503 `bodies_in_flight_full`.
+    pub body_bytes_in_flight_max: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -124,6 +127,7 @@ impl Default for Config {
             document_bytes_max: DOCUMENT_BYTES_MAX_DEFAULT,
             webhook_allow: Vec::new(),
             cors_origins: Vec::new(),
+            body_bytes_in_flight_max: crate::api::guard::BODY_BYTES_IN_FLIGHT_MAX_DEFAULT,
         }
     }
 }
@@ -250,6 +254,9 @@ impl Config {
         }
         if let Err(e) = WebhookPolicy::new(&self.webhook_allow) {
             return invalid(e);
+        }
+        if self.body_bytes_in_flight_max < 1 << 20 {
+            return invalid("body_bytes_in_flight_max must be at least 1048576 (one body)".into());
         }
         if self.document_bytes_max < 1024 || self.document_bytes_max > 64 << 20 {
             return invalid("document_bytes_max must be from 1024 to 67108864 (64 MiB)".into());

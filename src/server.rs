@@ -118,7 +118,7 @@ pub async fn start(
     info!(%addr, store = %config.store, history = %config.history, "sluice is listening");
     let app = api::router_for(
         engine.clone(),
-        api::guard::Origins::new(&config.cors_origins),
+        api::guard::Origins::new(&config.cors_origins, config.body_bytes_in_flight_max),
     );
     let drain_engine = engine.clone();
     let deadline = Duration::from_millis(config.shutdown_deadline_ms);
