@@ -95,8 +95,8 @@ pub struct QueueConfig {
     pub queue_wait_max_ms: u64,
     /// Documents as Sluice last committed them, kept so the next lane of a
     /// document starts without a store read (its commit still checks the
-    /// version); 0 turns the cache off. Counted in encoded size: parsed, in
-    /// memory, the documents take a few times that.
+    /// version); 0 turns the cache off. Counted by an estimate of the parsed
+    /// documents' memory.
     pub document_cache_mb: usize,
     /// Mutations whose handler failed kept for an operator at most
     /// (collections with `on_handler_failure: quarantine`).

@@ -7,7 +7,7 @@ use super::quarantine::{QuarantineAction, quarantine_full, quarantined_answer};
 use super::reply::{
     self, Answer, Refusal, RefusalReason, document_too_large, reused_key, store_error_refusal,
 };
-use super::{HistoryJob, Inner, Queued, Signals, chain, control, lock};
+use super::{HistoryJob, Inner, Queued, Signals, cache, chain, control, lock};
 use crate::model::MutationRecord;
 use crate::model::{
     ConflictInfo, ConflictRecord, Decision, DocKey, Document, Mutation, Outcome, Resolution,
@@ -112,8 +112,6 @@ struct Decided {
     /// Mutations kept in the quarantine, and how many of them took a new slot.
     kept: usize,
     new_slots: usize,
-    /// The length of the last decided answer: it carries the document.
-    last_body_len: usize,
     /// The document as read, when the lane wrote nothing.
     unchanged: Option<Document>,
 }
@@ -405,7 +403,6 @@ fn lane_commit(
             decided.conflicts.push(conflict);
         }
         before = version_after;
-        decided.last_body_len = reply.body.len();
         decided.answers.push(Answer::Decided(reply));
     }
     // A lane that wrote nothing leaves the document as it was read (and
@@ -663,8 +660,12 @@ async fn decide_lane(
                     }
                 }
                 // The reply of the lane's last decided mutation carries the
-                // document as it now is: its length estimates the entry's size.
-                let size = decided.last_body_len;
+                // document as it now is: it estimates the entry's memory.
+                let last_body = decided.answers.iter().rev().find_map(|a| match a {
+                    Answer::Decided(d) => Some(d.body.as_str()),
+                    _ => None,
+                });
+                let size = last_body.map_or(0, cache::memory_estimate);
                 if let Some(end) = written.or(decided.unchanged.take()) {
                     inner.cache.put(doc, end, size);
                 }
