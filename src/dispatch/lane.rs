@@ -283,7 +283,7 @@ async fn fold(
                 reply = render(&verdict, after.item.as_ref());
             }
         }
-        if after.version > state.version {
+        if config.chain_own_writes && after.version > state.version {
             in_lane.push((after.version, m.client_name().to_owned()));
         }
         settled.push(Settled::Decided(Box::new(DecidedStep {

@@ -11,15 +11,17 @@
 //! - `stats.rs`: what `/v1/stats`, `/v1/model`, `/metrics` and the dashboard
 //!   read;
 //! - `control.rs`: every adaptive decision, pure (no IO, no clock);
+//! - `chain.rs`: own-write chaining; `quarantine.rs`: the quarantine;
 //! - `reads.rs`, `cache.rs`, `reply.rs`: point reads, the document cache, the
-//!   rendering of a decided mutation's answer.
+//!   typed answers and the rendering of a decided mutation's answer.
 //!
 //! Invariants: an answer is sent only after its reply is committed with the
 //! write it describes; one worker per key; in-flight lanes ≤ the limit.
 //!
 //! Lock order. The engine's state sits behind few `std::sync` locks
 //! (`lanes`, `control`, `door`, `predictor`, `reservations`, `collections`,
-//! `model_summary`); nothing awaits while holding one, and a thread holds at
+//! `model_summary`, and the leaves inside `cache`, `writers`, `quarantine`
+//! and `history_failure`); nothing awaits while holding one, and a thread holds at
 //! most one at a time, with one exception: `model_summary` → `predictor`
 //! (the dashboards' cached summary is computed from the predictor's report
 //! under its own lock, so that viewers compute it once). Any new nesting must
