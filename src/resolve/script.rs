@@ -9,8 +9,11 @@
 
 use super::{HandlerAnswer, parse_answer};
 use crate::clock::SharedClock;
+use rquickjs::allocator::{Allocator, RustAllocator};
 use rquickjs::{Context, Ctx, Function, Runtime, Value as JsValue};
 use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Default time limit of one script call.
@@ -89,19 +92,31 @@ fn with_sandbox<T>(
     clock: &SharedClock,
     body: impl for<'js> FnOnce(&Ctx<'js>, Function<'js>) -> rquickjs::Result<T>,
 ) -> Result<T, ScriptError> {
-    let runtime = Runtime::new().map_err(|e| ScriptError::Engine(e.to_string()))?;
-    runtime.set_memory_limit(limits.memory_bytes_max);
-    runtime.set_max_stack_size(SCRIPT_STACK_BYTES_MAX);
     let deadline = clock.elapsed() + Duration::from_millis(limits.time_ms_max);
+    let refused = Arc::new(AtomicBool::new(false));
+    let allocator = DeadlineAllocator {
+        clock: clock.clone(),
+        deadline,
+        in_use: 0,
+        limit: limits.memory_bytes_max,
+        refused: refused.clone(),
+    };
+    let runtime =
+        Runtime::new_with_alloc(allocator).map_err(|e| ScriptError::Engine(e.to_string()))?;
+    runtime.set_max_stack_size(SCRIPT_STACK_BYTES_MAX);
     let handler_clock = clock.clone();
     runtime.set_interrupt_handler(Some(Box::new(move || handler_clock.elapsed() >= deadline)));
     let context = Context::full(&runtime).map_err(|e| ScriptError::Engine(e.to_string()))?;
     let timed_out = || clock.elapsed() >= deadline;
+    // An allocation was refused: a null thrown by the engine is its
+    // out-of-memory, not the script's own `throw null`.
+    let memory_full = || refused.load(Ordering::Relaxed);
+    let fail = |ctx: &Ctx<'_>, e| classify(ctx, e, limits, timed_out(), memory_full());
 
     context.with(|ctx| {
         let loaded = ctx.eval::<(), _>(source.as_bytes().to_vec());
         if let Err(e) = loaded {
-            return Err(classify(&ctx, e, limits, timed_out()));
+            return Err(fail(&ctx, e));
         }
         let resolve = match ctx.globals().get::<_, JsValue>("resolve") {
             Ok(v) if v.is_function() => match v.into_function() {
@@ -109,10 +124,110 @@ fn with_sandbox<T>(
                 None => return Err(ScriptError::NoResolve),
             },
             Ok(_) => return Err(ScriptError::NoResolve),
-            Err(e) => return Err(classify(&ctx, e, limits, timed_out())),
+            Err(e) => return Err(fail(&ctx, e)),
         };
-        body(&ctx, resolve).map_err(|e| classify(&ctx, e, limits, timed_out()))
+        body(&ctx, resolve).map_err(|e| fail(&ctx, e))
     })
+}
+
+/// QuickJS's allocator: it enforces the script's memory limit (and says
+/// when it refused, which tells the engine's out-of-memory from a script's
+/// own `throw null`), and refuses every allocation once the time is up. QuickJS asks its interrupt handler only every ten thousand or so
+/// branches, and a script that catches its own out-of-memory errors in a
+/// loop (each turn allocating megabytes) passed that many turns only after
+/// seconds; now, past the deadline, nothing it tries can allocate, the
+/// errors it throws cannot be caught into anything new, and the next check
+/// ends it.
+struct DeadlineAllocator {
+    clock: SharedClock,
+    deadline: Duration,
+    /// Bytes allocated and not yet freed, and the most there may be.
+    in_use: usize,
+    limit: usize,
+    refused: Arc<AtomicBool>,
+}
+
+impl DeadlineAllocator {
+    /// Whether `more` bytes may be allocated now.
+    fn admits(&self, more: usize) -> bool {
+        if self.clock.elapsed() >= self.deadline {
+            return false;
+        }
+        if self.in_use.saturating_add(more) > self.limit {
+            self.refused.store(true, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Counts a block that was given out.
+    fn given(&mut self, ptr: *mut u8) -> *mut u8 {
+        if !ptr.is_null() {
+            // SAFETY: a block `RustAllocator` just gave out.
+            self.in_use += unsafe { RustAllocator::usable_size(ptr) };
+        }
+        ptr
+    }
+
+    /// Counts a block about to be freed.
+    fn taken(&mut self, ptr: *mut u8) {
+        if !ptr.is_null() {
+            // SAFETY: a live block of `RustAllocator`'s.
+            let size = unsafe { RustAllocator::usable_size(ptr) };
+            self.in_use = self.in_use.saturating_sub(size);
+        }
+    }
+}
+
+// SAFETY: every call is passed to `RustAllocator` unchanged, or answered
+// with a null pointer, which QuickJS handles as an allocation failure (a
+// failed `realloc` leaves the old block valid, as it must).
+unsafe impl Allocator for DeadlineAllocator {
+    fn alloc(&mut self, size: usize) -> *mut u8 {
+        if !self.admits(size) {
+            return std::ptr::null_mut();
+        }
+        let ptr = RustAllocator.alloc(size);
+        self.given(ptr)
+    }
+
+    fn calloc(&mut self, count: usize, size: usize) -> *mut u8 {
+        if !self.admits(count.saturating_mul(size)) {
+            return std::ptr::null_mut();
+        }
+        let ptr = RustAllocator.calloc(count, size);
+        self.given(ptr)
+    }
+
+    unsafe fn dealloc(&mut self, ptr: *mut u8) {
+        self.taken(ptr);
+        // SAFETY: `ptr` came from `RustAllocator` through this allocator.
+        unsafe { RustAllocator.dealloc(ptr) }
+    }
+
+    unsafe fn realloc(&mut self, ptr: *mut u8, new_size: usize) -> *mut u8 {
+        let old = if ptr.is_null() {
+            0
+        } else {
+            // SAFETY: a live block of `RustAllocator`'s.
+            unsafe { RustAllocator::usable_size(ptr) }
+        };
+        if !self.admits(new_size.saturating_sub(old)) {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: as for `dealloc`.
+        let moved = unsafe { RustAllocator.realloc(ptr, new_size) };
+        if !moved.is_null() {
+            self.in_use = self.in_use.saturating_sub(old);
+            self.given(moved);
+        }
+        moved
+    }
+
+    unsafe fn usable_size(ptr: *mut u8) -> usize {
+        // SAFETY: as for `dealloc`.
+        unsafe { RustAllocator::usable_size(ptr) }
+    }
 }
 
 /// Turns an engine error into the reason a person reads. An interrupt surfaces
@@ -123,9 +238,10 @@ fn classify(
     error: rquickjs::Error,
     limits: ScriptLimits,
     timed_out: bool,
+    memory_full: bool,
 ) -> ScriptError {
     let message = match error {
-        rquickjs::Error::Exception => describe_exception(ctx),
+        rquickjs::Error::Exception => describe_exception(ctx, memory_full),
         other => other.to_string(),
     };
     if timed_out || message.contains("interrupted") {
@@ -137,7 +253,7 @@ fn classify(
     }
 }
 
-fn describe_exception(ctx: &Ctx<'_>) -> String {
+fn describe_exception(ctx: &Ctx<'_>, memory_full: bool) -> String {
     let caught = ctx.catch();
     if let Some(exception) = caught.as_exception() {
         let message = exception.message().unwrap_or_default();
@@ -147,8 +263,19 @@ fn describe_exception(ctx: &Ctx<'_>) -> String {
         return message;
     }
     if caught.is_null() || caught.is_undefined() {
-        // QuickJS throws null when it could not even allocate the error object.
-        return "out of memory".into();
+        // QuickJS throws null when it could not even allocate the error
+        // object; with the heap not full, the script threw it.
+        if memory_full {
+            return "out of memory".into();
+        }
+        return format!(
+            "the script threw {}",
+            if caught.is_null() {
+                "null"
+            } else {
+                "undefined"
+            }
+        );
     }
     ctx.json_stringify(caught)
         .ok()
@@ -258,6 +385,43 @@ mod limit_tests {
             "took {:?}",
             started.elapsed()
         );
+    }
+
+    /// A script that catches its own out-of-memory errors in a loop ran 2.8
+    /// to 4.4 s against a 50 ms limit: QuickJS asked its interrupt handler
+    /// only every few thousand turns.
+    #[test]
+    fn a_script_catching_its_out_of_memory_errors_ends_at_its_deadline() {
+        let limits = ScriptLimits {
+            time_ms_max: 50,
+            ..ScriptLimits::default()
+        };
+        let hostile = "function resolve(ctx){var a=[];for(;;){try{a.push(new Array(100000).fill(1))}catch(e){a=[]}}}";
+        let started = Instant::now();
+        let result = run(hostile, &json!({}), limits, &SystemClock::shared());
+        let took = started.elapsed();
+        assert_eq!(result, Err(ScriptError::TimeLimit(50)));
+        assert!(took.as_millis() < 1_000, "took {took:?}");
+        let quiet = "function resolve(ctx){for(;;){try{new Array(1e6).fill(1)}catch(e){}}}";
+        let started = Instant::now();
+        let result = run(quiet, &json!({}), limits, &SystemClock::shared());
+        assert_eq!(result, Err(ScriptError::TimeLimit(50)));
+        assert!(
+            started.elapsed().as_millis() < 1_000,
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_thrown_null_is_not_an_out_of_memory() {
+        for (thrown, said) in [("null", "threw null"), ("undefined", "threw undefined")] {
+            let source = format!("function resolve() {{ throw {thrown}; }}");
+            assert!(
+                matches!(run(&source, &json!({}), ScriptLimits::default(), &SystemClock::shared()), Err(ScriptError::Threw(m)) if m.contains(said)),
+                "{thrown}"
+            );
+        }
     }
 
     #[test]
