@@ -494,7 +494,7 @@ async fn get_collection(
 ) -> Result<Json<CollectionConfig>, ApiError> {
     let Path(name) = path?;
     wire::validate_collection(&name).map_err(ApiError::bad_request)?;
-    Ok(Json(engine.collection(&name)))
+    Ok(Json(engine.collection(&name).redacted()))
 }
 
 /// Sets the collection's conflict handler; a script must load and define `resolve`.
@@ -526,7 +526,7 @@ async fn put_collection(
         )
     })?;
     match engine.configure_collection(&name, config.clone()).await {
-        Ok(()) => Ok(Json(config)),
+        Ok(()) => Ok(Json(config.redacted())),
         Err(ConfigureError::Invalid(message)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_collection",

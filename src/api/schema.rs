@@ -196,6 +196,10 @@ pub struct WebhookConfig {
     pub url: String,
     #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
+    /// Headers sent with every call (for the function service to
+    /// authenticate Sluice); their values read back as `<redacted>`.
+    #[schema(required = false)]
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(ToSchema, serde::Serialize)]

@@ -18,9 +18,22 @@ pub const SET_FIELDS_LEN_MAX: usize = 256;
 pub enum Handler {
     Optimistic,
     Automerge,
-    Script { source: String },
-    Webhook { url: String, timeout_ms: u64 },
+    Script {
+        source: String,
+    },
+    Webhook {
+        url: String,
+        timeout_ms: u64,
+        /// Sent with every call, for the function service to authenticate
+        /// Sluice (credentials never go in the URL); never shown by `GET`.
+        headers: Vec<(String, String)>,
+    },
 }
+
+/// Headers a webhook may carry, at most.
+pub const WEBHOOK_HEADERS_LEN_MAX: usize = 16;
+/// What `GET /v1/collections/{name}` shows instead of a header's value.
+pub const REDACTED: &str = "<redacted>";
 
 impl Handler {
     /// The name that responses and the conflict history give the handler.
@@ -38,8 +51,23 @@ impl Handler {
             Handler::Optimistic => json!("optimistic"),
             Handler::Automerge => json!("automerge"),
             Handler::Script { source } => json!({ "script": source }),
-            Handler::Webhook { url, timeout_ms } => {
+            Handler::Webhook {
+                url,
+                timeout_ms,
+                headers,
+            } if headers.is_empty() => {
                 json!({ "webhook": { "url": url, "timeout_ms": timeout_ms } })
+            }
+            Handler::Webhook {
+                url,
+                timeout_ms,
+                headers,
+            } => {
+                let headers: serde_json::Map<String, Value> = headers
+                    .iter()
+                    .map(|(name, value)| (name.clone(), json!(value)))
+                    .collect();
+                json!({ "webhook": { "url": url, "timeout_ms": timeout_ms, "headers": headers } })
             }
         }
     }
@@ -64,7 +92,10 @@ impl Handler {
                 let Value::Object(hook) = &map["webhook"] else {
                     return Err("handler.webhook must be an object {\"url\", \"timeout_ms\"}".into());
                 };
-                if let Some(unknown) = hook.keys().find(|k| *k != "url" && *k != "timeout_ms") {
+                if let Some(unknown) = hook
+                    .keys()
+                    .find(|k| !matches!(k.as_str(), "url" | "timeout_ms" | "headers"))
+                {
                     return Err(format!("unknown field handler.webhook.{unknown}"));
                 }
                 let url = match hook.get("url") {
@@ -85,10 +116,75 @@ impl Handler {
                         }
                     },
                 };
-                Ok(Handler::Webhook { url, timeout_ms })
+                let headers = match hook.get("headers") {
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(Value::Object(map)) => webhook_headers(map)?,
+                    Some(_) => return Err("handler.webhook.headers must be an object of header names to values".into()),
+                };
+                Ok(Handler::Webhook {
+                    url,
+                    timeout_ms,
+                    headers,
+                })
             }
             _ => Err("handler must be \"optimistic\", \"automerge\", {\"script\": \"…\"} or {\"webhook\": {\"url\": \"…\"}}".into()),
         }
+    }
+}
+
+/// Validates a webhook's headers: names and values HTTP allows, not the ones
+/// the call sets itself, at most `WEBHOOK_HEADERS_LEN_MAX`.
+fn webhook_headers(map: &serde_json::Map<String, Value>) -> Result<Vec<(String, String)>, String> {
+    if map.len() > WEBHOOK_HEADERS_LEN_MAX {
+        return Err(format!(
+            "handler.webhook.headers holds more than {WEBHOOK_HEADERS_LEN_MAX} headers"
+        ));
+    }
+    let mut headers = Vec::with_capacity(map.len());
+    for (name, value) in map {
+        let Value::String(value) = value else {
+            return Err(format!("handler.webhook.headers.{name} must be a string"));
+        };
+        let lower = name.to_ascii_lowercase();
+        if matches!(
+            lower.as_str(),
+            "host" | "content-type" | "content-length" | "transfer-encoding" | "connection"
+        ) {
+            return Err(format!(
+                "handler.webhook.headers.{name} is set by Sluice itself"
+            ));
+        }
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(format!(
+                "handler.webhook.headers: {name:?} is not a header name"
+            ));
+        }
+        if value == REDACTED {
+            return Err(format!(
+                "handler.webhook.headers.{name} is {REDACTED:?}, what GET shows: send the header's value"
+            ));
+        }
+        if value.len() > 4096 || reqwest::header::HeaderValue::from_str(value).is_err() {
+            return Err(format!(
+                "handler.webhook.headers.{name} must be a header value of at most 4096 bytes"
+            ));
+        }
+        headers.push((name.clone(), value.clone()));
+    }
+    Ok(headers)
+}
+
+impl CollectionConfig {
+    /// The configuration as `GET` shows it: a webhook's header values
+    /// replaced by `REDACTED`.
+    pub fn redacted(&self) -> CollectionConfig {
+        let mut shown = self.clone();
+        if let Handler::Webhook { headers, .. } = &mut shown.handler {
+            for (_, value) in headers.iter_mut() {
+                *value = REDACTED.to_owned();
+            }
+        }
+        shown
     }
 }
 
@@ -191,6 +287,12 @@ mod tests {
             Handler::Webhook {
                 url: "http://127.0.0.1:9/x".into(),
                 timeout_ms: 250,
+                headers: Vec::new(),
+            },
+            Handler::Webhook {
+                url: "http://127.0.0.1:9/x".into(),
+                timeout_ms: 250,
+                headers: vec![("Authorization".into(), "Bearer s3cret".into())],
             },
         ] {
             assert_eq!(Handler::from_json(&handler.to_json()), Ok(handler.clone()));
@@ -219,7 +321,8 @@ mod tests {
             Handler::from_json(&json!({"webhook": {"url": "http://x"}})),
             Ok(Handler::Webhook {
                 url: "http://x".into(),
-                timeout_ms: WEBHOOK_TIMEOUT_MS_DEFAULT
+                timeout_ms: WEBHOOK_TIMEOUT_MS_DEFAULT,
+                headers: Vec::new(),
             })
         );
     }

@@ -238,12 +238,16 @@ impl Resolver {
                     }
                 }
             }
-            Handler::Webhook { url, timeout_ms } => {
+            Handler::Webhook {
+                url,
+                timeout_ms,
+                headers,
+            } => {
                 let call_ctx = resolve_context(doc, m, base);
                 // Checked again at every call: the rules may have changed
                 // since the collection was configured.
                 let called = match self.webhook_policy.check_url(url) {
-                    Ok(_) => webhook::call(&self.http, url, *timeout_ms, &call_ctx).await,
+                    Ok(_) => webhook::call(&self.http, url, *timeout_ms, headers, &call_ctx).await,
                     Err(why) => Err(webhook::WebhookError::Failed(why)),
                 };
                 match called {

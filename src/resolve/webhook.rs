@@ -13,12 +13,15 @@ pub async fn call(
     http: &reqwest::Client,
     url: &str,
     timeout_ms: u64,
+    headers: &[(String, String)],
     call_ctx: &Value,
 ) -> Result<HandlerAnswer, WebhookError> {
     let exchange = async {
-        let mut response = http
-            .post(url)
-            .json(call_ctx)
+        let mut request = http.post(url).json(call_ctx);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let mut response = request
             .send()
             .await
             .map_err(|e| format!("webhook request failed: {}", without_url(&e)))?;

@@ -500,3 +500,62 @@ async fn large_bodies_in_flight_are_bounded() {
     let (status, _) = s.post(big("other")).await;
     assert_eq!(status, 200, "room again once the first was decided");
 }
+
+/// Credentials in a webhook URL are refused; a header setting carries them
+/// instead, sent with every call and never shown by `GET`.
+#[tokio::test]
+async fn a_webhook_authenticates_by_a_header_nobody_reads_back() {
+    let service = serve(axum::Router::new().route(
+        "/resolve",
+        axum::routing::post(|headers: axum::http::HeaderMap| async move {
+            if headers.get("authorization").map(|v| v.as_bytes()) != Some(b"Bearer s3cret") {
+                return (axum::http::StatusCode::UNAUTHORIZED, axum::Json(json!({})));
+            }
+            (
+                axum::http::StatusCode::OK,
+                axum::Json(json!({"action": "resolve", "item": {"by": "service"}})),
+            )
+        }),
+    ))
+    .await;
+    let s = TestServer::embedded().await;
+    let hook = |headers: Value| json!({"handler": {"webhook": {"url": format!("{service}/resolve"), "headers": headers}}});
+    let (status, shown) = s
+        .put(
+            "/v1/collections/w",
+            hook(json!({"Authorization": "Bearer s3cret"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(
+        shown["handler"]["webhook"]["headers"],
+        json!({"Authorization": "<redacted>"})
+    );
+    let (_, read) = s.get("/v1/collections/w").await;
+    assert!(!read.to_string().contains("s3cret"), "{read}");
+    for v in [1, 2] {
+        s.post(json!({"collection": "w", "key": "k", "op": "put", "value": {"v": v}}))
+            .await;
+    }
+    let (status, merged) = s
+        .post(json!({"collection": "w", "key": "k", "op": "put", "value": {}, "base_version": 1}))
+        .await;
+    assert_eq!(
+        (status, &merged["item"]),
+        (200, &json!({"by": "service"})),
+        "{merged}"
+    );
+    for bad in [
+        json!({"Authorization": "<redacted>"}),
+        json!({"Host": "x"}),
+        json!({"bad name": "x"}),
+        json!({"A": 1}),
+    ] {
+        let (status, body) = s.put("/v1/collections/w", hook(bad.clone())).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (400, "invalid_collection"),
+            "{bad}: {body}"
+        );
+    }
+}
