@@ -34,6 +34,14 @@ pub const LANE_LEN_MAX_DEFAULT: usize = 1_000;
 pub const BATCH_LEN_MAX_DEFAULT: usize = 256;
 /// How long SIGTERM waits for queued mutations to drain.
 pub const SHUTDOWN_DEADLINE_MS_DEFAULT: u64 = 30_000;
+/// Connections at once: well under the usual 1,024 file descriptors a
+/// process may open, with room for the store's and the history's.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 768;
+/// Idle connections live this long: over the 30 s a request may wait for
+/// its decision.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+/// Time to send a request (its headers and a 1 MiB body at 100 KB/s).
+pub const REQUEST_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 const ENV_PREFIX: &str = "SLUICE_";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,6 +81,15 @@ pub struct Config {
     /// Bytes of request bodies read, parsed and decided at once; a request
     /// that finds no room within 2 s gets 503 `bodies_in_flight_full`.
     pub body_bytes_in_flight_max: usize,
+    /// Connections open at once; past it a new one is closed at once.
+    pub connections_max: usize,
+    /// A connection with no traffic either way this long is closed (an idle
+    /// keep-alive, a stream whose client stopped reading). Above
+    /// `queue.decide_timeout_ms`, so a request waiting for its decision is
+    /// never cut.
+    pub idle_timeout_ms: u64,
+    /// A request must have arrived this long after its first byte.
+    pub request_read_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -128,6 +145,9 @@ impl Default for Config {
             webhook_allow: Vec::new(),
             cors_origins: Vec::new(),
             body_bytes_in_flight_max: crate::api::guard::BODY_BYTES_IN_FLIGHT_MAX_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
+            request_read_timeout_ms: REQUEST_READ_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -254,6 +274,17 @@ impl Config {
         }
         if let Err(e) = WebhookPolicy::new(&self.webhook_allow) {
             return invalid(e);
+        }
+        if self.connections_max == 0 || self.request_read_timeout_ms == 0 {
+            return invalid(
+                "connections_max and request_read_timeout_ms must be at least 1".into(),
+            );
+        }
+        if self.idle_timeout_ms <= q.decide_timeout_ms {
+            return invalid(format!(
+                "idle_timeout_ms ({}) must be longer than queue.decide_timeout_ms ({}), or waiting requests would be cut",
+                self.idle_timeout_ms, q.decide_timeout_ms
+            ));
         }
         if self.body_bytes_in_flight_max < 1 << 20 {
             return invalid("body_bytes_in_flight_max must be at least 1048576 (one body)".into());

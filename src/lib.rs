@@ -6,6 +6,7 @@ pub mod api;
 pub mod bench;
 pub mod clock;
 pub mod config;
+pub mod connections;
 mod db;
 pub mod dispatch;
 pub mod generate;

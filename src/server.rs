@@ -131,7 +131,12 @@ pub async fn start(
                 tracing::warn!(left, "shutdown deadline passed with mutations still queued");
             }
         };
-        axum::serve(listener, app)
+        let limits = crate::connections::Limits {
+            connections_max: config.connections_max,
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            request_read_timeout: Duration::from_millis(config.request_read_timeout_ms),
+        };
+        axum::serve(crate::connections::Bounded::new(listener, limits), app)
             .with_graceful_shutdown(graceful)
             .await
     });

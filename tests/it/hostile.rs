@@ -559,3 +559,97 @@ async fn a_webhook_authenticates_by_a_header_nobody_reads_back() {
         );
     }
 }
+
+/// Connections never timed out: one sending its headers a byte a second
+/// stayed open past 90 s, idle keep-alive connections too, and with a low
+/// file-descriptor limit idle sockets made every new client time out.
+#[tokio::test]
+async fn connections_are_bounded_in_number_and_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::with(|c| {
+        c.connections_max = 4;
+        c.idle_timeout_ms = 31_000;
+        c.request_read_timeout_ms = 500;
+    })
+    .await;
+    let addr = s.running.addr;
+    // Closed by the server: reads end (EOF or reset) within `within`.
+    async fn closed_within(
+        stream: &mut tokio::net::TcpStream,
+        within: std::time::Duration,
+    ) -> bool {
+        let mut buf = [0u8; 1024];
+        let read = async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(within, read).await.is_ok()
+    }
+
+    // Slowloris: a byte every 150 ms is cut off soon after 500 ms.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let started = std::time::Instant::now();
+    for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa" {
+        if slow.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        if started.elapsed() > std::time::Duration::from_secs(5) {
+            break;
+        }
+    }
+    assert!(
+        closed_within(&mut slow, std::time::Duration::from_secs(2)).await,
+        "a request dribbled a byte at a time stayed open"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A cap: four idle connections hold every slot; a fifth is closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut fifth = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = fifth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(
+        closed_within(&mut fifth, std::time::Duration::from_secs(2)).await,
+        "a connection past the cap was served or left hanging"
+    );
+    // One slot comes back when an idle connection closes.
+    idle.pop();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (status, _) = s.get("/healthz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let s = TestServer::with(|c| {
+        c.queue.decide_timeout_ms = 500;
+        c.idle_timeout_ms = 1_000;
+    })
+    .await;
+    let mut idle = tokio::net::TcpStream::connect(s.running.addr)
+        .await
+        .expect("connect");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), idle.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "closed too early"
+    );
+}

@@ -1,0 +1,205 @@
+//! Connections bounded in number and in time, whatever the peer does.
+//!
+//! - At most `connections_max` are open: past it a new connection is closed
+//!   at once, instead of every client timing out once the process runs out
+//!   of file descriptors (accept errors are backed off by axum).
+//! - A connection with no traffic either way for `idle_timeout_ms` is closed:
+//!   an idle keep-alive connection, and a stream whose client stopped
+//!   reading (its writes make no progress).
+//! - A request must arrive within `request_read_timeout_ms` of its first
+//!   byte: a client dribbling its headers a byte a second (slowloris) is cut
+//!   off. The clock restarts with every answer Sluice writes.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
+
+/// The bounds, from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub connections_max: usize,
+    pub idle_timeout: Duration,
+    pub request_read_timeout: Duration,
+}
+
+/// A listener that hands out bounded connections.
+pub struct Bounded {
+    listener: TcpListener,
+    limits: Limits,
+    open: Arc<Semaphore>,
+}
+
+impl Bounded {
+    pub fn new(listener: TcpListener, limits: Limits) -> Bounded {
+        let open = Arc::new(Semaphore::new(limits.connections_max.max(1)));
+        Bounded {
+            listener,
+            limits,
+            open,
+        }
+    }
+}
+
+impl axum::serve::Listener for Bounded {
+    type Io = Guarded;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+            match self.open.clone().try_acquire_owned() {
+                Ok(permit) => return (Guarded::new(stream, permit, self.limits), addr),
+                // Full: closed at once (dropped), so the client learns it now.
+                Err(_) => {
+                    tracing::debug!(%addr, "connection refused: too many open");
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection under the bounds; it gives its slot back when dropped.
+pub struct Guarded {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    limits: Limits,
+    /// Fires after `idle_timeout` without traffic.
+    idle: Pin<Box<Sleep>>,
+    /// Armed by the first byte of a request, disarmed by the answer.
+    request: Option<Pin<Box<Sleep>>>,
+}
+
+impl Guarded {
+    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, limits: Limits) -> Guarded {
+        Guarded {
+            stream,
+            _slot: slot,
+            limits,
+            idle: Box::pin(tokio::time::sleep(limits.idle_timeout)),
+            request: None,
+        }
+    }
+
+    fn traffic(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.limits.idle_timeout;
+        self.idle.as_mut().reset(deadline);
+    }
+
+    /// An error once the connection has been idle too long.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.idle
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+            .then(|| io::Error::new(io::ErrorKind::TimedOut, "idle connection"))
+    }
+
+    /// An error when a request is still arriving past its time. Asked only
+    /// when bytes arrive: a request that has arrived and waits for its
+    /// decision is not being read too slowly.
+    fn request_expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        let request = self.request.as_mut()?;
+        request
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+            .then(|| io::Error::new(io::ErrorKind::TimedOut, "request read too slowly"))
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.traffic();
+                    if self.request.is_none() {
+                        let timeout = self.limits.request_read_timeout;
+                        self.request = Some(Box::pin(tokio::time::sleep(timeout)));
+                    } else if let Some(e) = self.request_expired(cx) {
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match self.idle_expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.stream).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.traffic();
+                    // An answer is being written: the request arrived.
+                    self.request = None;
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => match self.idle_expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.stream).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.traffic();
+                    self.request = None;
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => match self.idle_expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
