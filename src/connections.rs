@@ -96,6 +96,30 @@ impl Guarded {
         self.idle.as_mut().reset(deadline);
     }
 
+    /// Accounts for a write: progress is traffic, and an answer being
+    /// written means its request has arrived; a stalled write still ends
+    /// when the connection has been idle too long.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.traffic();
+                    self.request = None;
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => match self.idle_expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+
     /// An error once the connection has been idle too long.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
         self.idle
@@ -153,21 +177,8 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.traffic();
-                    // An answer is being written: the request arrived.
-                    self.request = None;
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => match self.idle_expired(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-            other => other,
-        }
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.wrote(cx, written)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -183,20 +194,8 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    self.traffic();
-                    self.request = None;
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => match self.idle_expired(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-            other => other,
-        }
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.wrote(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
