@@ -77,3 +77,27 @@ pub(crate) async fn connect_postgres(
     tx.commit().await?;
     Ok(pool)
 }
+
+/// A `WHERE` clause of equalities for the columns given a value, numbered
+/// `$1`… in order (both dialects take `$N`), with `extra` conditions that
+/// bind nothing; and the values to bind.
+pub(crate) fn where_equal<'a>(
+    columns: &[(&str, Option<&'a str>)],
+    extra: &[String],
+) -> (String, Vec<&'a str>) {
+    let mut clauses = Vec::new();
+    let mut values = Vec::new();
+    for (column, value) in columns {
+        if let Some(value) = value {
+            values.push(*value);
+            clauses.push(format!("{column} = ${}", values.len()));
+        }
+    }
+    clauses.extend(extra.iter().cloned());
+    let clause = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    (clause, values)
+}

@@ -241,26 +241,19 @@ pub(crate) const CONFLICT_COLUMNS: &str = "mutation_id, client, collection, key,
 /// `WHERE` clause and the values it binds, for a conflict query; both SQL
 /// dialects accept `$N` placeholders.
 fn conflict_filter(query: &ConflictQuery) -> (String, Vec<&str>) {
-    let mut clauses = Vec::new();
-    let mut values = Vec::new();
-    if let Some(collection) = &query.collection {
-        values.push(collection.as_str());
-        clauses.push(format!("collection = ${}", values.len()));
-    }
-    if let Some(key) = &query.key {
-        values.push(key.as_str());
-        clauses.push(format!("key = ${}", values.len()));
-    }
-    if let Some(before) = query.before_seq {
-        // A number, not text: written into the statement.
-        clauses.push(format!("seq < {before}"));
-    }
-    let where_clause = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
-    };
-    (where_clause, values)
+    // The cursor is a number, not text: written into the statement.
+    let before: Vec<String> = query
+        .before_seq
+        .map(|b| format!("seq < {b}"))
+        .into_iter()
+        .collect();
+    crate::db::where_equal(
+        &[
+            ("collection", query.collection.as_deref()),
+            ("key", query.key.as_deref()),
+        ],
+        &before,
+    )
 }
 
 /// Statements both SQL backends send, the same text in either dialect.

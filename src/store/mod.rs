@@ -336,21 +336,13 @@ where
 /// The quarantine listing's statement and the values it binds, for either
 /// dialect (`$N` placeholders; the limit is a number, not a value).
 fn quarantine_select(query: &QuarantineQuery) -> (String, Vec<&str>) {
-    let mut clauses = Vec::new();
-    let mut values = Vec::new();
-    if let Some(collection) = &query.collection {
-        values.push(collection.as_str());
-        clauses.push(format!("collection = ${}", values.len()));
-    }
-    if let Some(client) = &query.client {
-        values.push(client.as_str());
-        clauses.push(format!("client = ${}", values.len()));
-    }
-    let filter = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
-    };
+    let (filter, values) = crate::db::where_equal(
+        &[
+            ("collection", query.collection.as_deref()),
+            ("client", query.client.as_deref()),
+        ],
+        &[],
+    );
     let mutation = if query.with_mutations {
         "mutation"
     } else {
