@@ -125,6 +125,10 @@ pub struct QueueConfig {
 pub struct ScriptConfig {
     pub time_ms_max: u64,
     pub memory_bytes_max: usize,
+    /// Threads that run scripts, at a lower priority than the engine's; 0:
+    /// half the cores, at least one. A conflict that needs a script while
+    /// all are busy waits in its own lane.
+    pub threads: usize,
 }
 
 impl Default for Config {
@@ -176,6 +180,7 @@ impl Default for ScriptConfig {
         ScriptConfig {
             time_ms_max: limits.time_ms_max,
             memory_bytes_max: limits.memory_bytes_max,
+            threads: 0,
         }
     }
 }
@@ -269,6 +274,9 @@ impl Config {
         if self.script.time_ms_max == 0 || self.script.time_ms_max > 60_000 {
             return invalid("script.time_ms_max must be from 1 to 60000".into());
         }
+        if self.script.threads > 256 {
+            return invalid("script.threads must be at most 256 (0: half the cores)".into());
+        }
         if self.script.memory_bytes_max < 1024 * 1024 {
             return invalid("script.memory_bytes_max must be at least 1048576 (1 MiB)".into());
         }
@@ -355,6 +363,14 @@ impl Config {
         ScriptLimits {
             time_ms_max: self.script.time_ms_max,
             memory_bytes_max: self.script.memory_bytes_max,
+        }
+    }
+
+    /// The script threads to start: as configured, or half the cores.
+    pub fn script_threads(&self) -> usize {
+        match self.script.threads {
+            0 => crate::resolve::script_threads_default(),
+            n => n,
         }
     }
 }

@@ -99,6 +99,7 @@ pub async fn start(
     };
     let history = open_history(&history_backend).await?;
     let resolver = Resolver::new(clock.clone(), config.script_limits())
+        .with_script_threads(config.script_threads())
         .with_webhook_policy(config.webhook_policy());
     let engine = Engine::start(store, history, resolver, clock, config.engine_config()).await?;
     // Mutations answered 202 before the last stop are queued again before

@@ -8,17 +8,17 @@ use super::reply::{
     self, Answer, Refusal, RefusalReason, document_too_large, reused_key, store_error_refusal,
 };
 use super::{HistoryJob, Inner, Queued, Signals, cache, chain, control, lock};
-use crate::model::MutationRecord;
 use crate::model::{
     ConflictInfo, ConflictRecord, Decision, DocKey, Document, Mutation, Outcome, Resolution,
     Verdict,
 };
+use crate::model::{MutationRecord, encoded_len};
 use crate::predict;
 use crate::resolve::{CollectionConfig, OnHandlerFailure, Step};
 use crate::store::{CommitOutcome, LaneCommit, LaneHistory, Quarantined, StoreError, StoredReply};
 use crate::telemetry::Board;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
@@ -151,6 +151,7 @@ async fn fold(
     current: Document,
     batch: &[Queued],
     dispatched_at: Duration,
+    parked: &AtomicBool,
 ) -> Folded {
     let doc_label = format!("{}/{}", doc.collection, doc.key);
     let mut state = current;
@@ -183,10 +184,11 @@ async fn fold(
                 base_version: Some(state.version),
                 ..m.clone()
             });
-            inner
-                .resolver
-                .decide(&state, rebased.as_ref().unwrap_or(m), config)
-                .await
+            let m = rebased.as_ref().unwrap_or(m);
+            if config.handler.is_custom() && m.base_version.is_some_and(|b| b != state.version) {
+                park(inner, parked);
+            }
+            inner.resolver.decide(&state, m, config).await
         };
         let Step {
             mut verdict,
@@ -298,24 +300,6 @@ async fn fold(
         settled,
         end: state,
     }
-}
-
-/// The length of a document's JSON, counted without building it.
-fn encoded_len(item: &serde_json::Map<String, serde_json::Value>) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Writing to a counter cannot fail.
-    let _ = serde_json::to_writer(&mut count, item);
-    count.0
 }
 
 /// The lane's commit (its end state, replies, quarantine entries and
@@ -441,17 +425,40 @@ fn resend_loop() -> Refusal {
     )
 }
 
+/// A lane about to wait on a custom handler gives its in-flight slot back:
+/// a script thread or a webhook is no store work, and six slow scripts must
+/// not hold the concurrency limit (or keep the load gate shut) against every
+/// other collection. It keeps its place in the queue: its own document's
+/// mutations still wait for it. Parked lanes are bounded by
+/// `lanes_in_flight_max` too; past that a lane waits holding its slot.
+fn park(inner: &Inner, parked: &AtomicBool) {
+    if parked.load(Ordering::Relaxed) {
+        return;
+    }
+    {
+        let mut lanes = lock(&inner.lanes);
+        if lanes.parked >= inner.config.lanes_in_flight_max {
+            return;
+        }
+        lanes.in_flight -= 1;
+        lanes.parked += 1;
+    }
+    parked.store(true, Ordering::Relaxed);
+    inner.wake.notify_one();
+}
+
 async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
     // Every mutation taken from the queue, resends answered early included.
     let settled = batch.len();
     let dispatched_at = inner.clock.elapsed();
+    let parked = AtomicBool::new(false);
     let mut decided = Err(resend_loop());
     for _ in 0..RESEND_ROUNDS_MAX {
         if batch.is_empty() {
             decided = Ok(Decided::default());
             break;
         }
-        match decide_lane(&inner, &doc, &batch).await {
+        match decide_lane(&inner, &doc, &batch, &parked).await {
             Ok(Some(done)) => {
                 decided = Ok(done);
                 break;
@@ -510,7 +517,11 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
     {
         let mut lanes = lock(&inner.lanes);
         lanes.queue.finish(&doc, settled);
-        lanes.in_flight -= 1;
+        if parked.load(Ordering::Relaxed) {
+            lanes.parked -= 1;
+        } else {
+            lanes.in_flight -= 1;
+        }
         if lanes.queue.pending_len() == 0 {
             inner.drained.notify_waiters();
         }
@@ -597,6 +608,7 @@ async fn decide_lane(
     inner: &Inner,
     doc: &DocKey,
     batch: &[Queued],
+    parked: &AtomicBool,
 ) -> Result<Option<Decided>, Refusal> {
     let config = inner.collection(&doc.collection);
     let dispatched_at = inner.clock.elapsed();
@@ -618,7 +630,7 @@ async fn decide_lane(
         };
         let current_version = current.version;
         let decided_ms = inner.clock.now_ms();
-        let folded = fold(inner, &config, doc, current, batch, dispatched_at).await;
+        let folded = fold(inner, &config, doc, current, batch, dispatched_at, parked).await;
         let (commit, mut decided) = lane_commit(
             doc,
             current_version,

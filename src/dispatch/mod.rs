@@ -187,7 +187,12 @@ struct Queued {
 
 struct Lanes {
     queue: Queue<Queued>,
+    /// Lanes taken from the queue and not finished, less the parked ones:
+    /// what the concurrency limit and the load gate count.
     in_flight: usize,
+    /// Lanes that gave their in-flight slot back to wait on a custom
+    /// handler (at most `lanes_in_flight_max`; see `lane::park`).
+    parked: usize,
     /// Dispatches that found the lanes in flight past the concurrency limit:
     /// impossible by construction, counted in every build so that
     /// `Engine::check_invariants` can report it (a panic in the dispatch
@@ -315,6 +320,7 @@ impl Engine {
         let (history_tx, history_rx) = mpsc::channel(PIPELINE_CHANNEL_LEN);
         let telemetry = Arc::new(Telemetry::new());
         resolver.observe(telemetry.clone());
+        resolver.bound_documents(config.document_bytes_max);
         let inner = Arc::new(Inner {
             predictor: Mutex::new(Predictor::new(config.predictor.clone())),
             control: Mutex::new(Controller::new(ControlConfig {
@@ -326,6 +332,7 @@ impl Engine {
             lanes: Mutex::new(Lanes {
                 queue: Queue::new(config.queue),
                 in_flight: 0,
+                parked: 0,
                 dispatched_past_limit: 0,
             }),
             config,

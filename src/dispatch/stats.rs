@@ -144,10 +144,16 @@ impl Engine {
         {
             let lanes = lock(&inner.lanes);
             let lanes_in_flight = lanes.queue.check()?;
-            if lanes_in_flight != lanes.in_flight {
+            if lanes_in_flight != lanes.in_flight + lanes.parked {
                 return Err(format!(
-                    "{} lanes counted in flight, {lanes_in_flight} in the queue",
-                    lanes.in_flight
+                    "{} lanes counted in flight and {} parked, {lanes_in_flight} in the queue",
+                    lanes.in_flight, lanes.parked
+                ));
+            }
+            if lanes.parked > inner.config.lanes_in_flight_max {
+                return Err(format!(
+                    "{} lanes parked > lanes_in_flight_max {}",
+                    lanes.parked, inner.config.lanes_in_flight_max
                 ));
             }
             if lanes.in_flight > inner.config.lanes_in_flight_max {

@@ -46,6 +46,12 @@ impl Handler {
         }
     }
 
+    /// Custom logic: a conflict waits on something outside the engine (a
+    /// script thread, a webhook) to be decided.
+    pub fn is_custom(&self) -> bool {
+        matches!(self, Handler::Script { .. } | Handler::Webhook { .. })
+    }
+
     pub fn to_json(&self) -> Value {
         match self {
             Handler::Optimistic => json!("optimistic"),

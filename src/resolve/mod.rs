@@ -12,10 +12,12 @@
 
 mod handler;
 pub mod merge;
+mod pool;
 pub mod script;
 mod webhook;
 
 pub use handler::{CollectionConfig, Handler, OnHandlerFailure, WEBHOOK_TIMEOUT_MS_MAX};
+pub use pool::threads_default as script_threads_default;
 pub use script::{ScriptError, ScriptLimits};
 pub use webhook::WebhookPolicy;
 
@@ -99,10 +101,13 @@ pub struct Step {
 pub struct Resolver {
     clock: SharedClock,
     script_limits: ScriptLimits,
+    scripts: pool::ScriptPool,
     http: reqwest::Client,
     webhook_policy: WebhookPolicy,
     /// Counts handler runs; the engine sets it, a bare resolver counts nothing.
     telemetry: Option<std::sync::Arc<crate::telemetry::Telemetry>>,
+    /// The largest document a handler may make; the engine sets it.
+    document_bytes_max: usize,
 }
 
 impl Resolver {
@@ -111,9 +116,11 @@ impl Resolver {
         Resolver {
             clock,
             script_limits,
+            scripts: pool::ScriptPool::new(pool::threads_default()),
             http: webhook::client(&webhook_policy),
             webhook_policy,
             telemetry: None,
+            document_bytes_max: usize::MAX,
         }
     }
 
@@ -125,9 +132,22 @@ impl Resolver {
         self
     }
 
+    /// Scripts run on `threads` threads of their own (at least one).
+    pub fn with_script_threads(mut self, threads: usize) -> Self {
+        self.scripts = pool::ScriptPool::new(threads);
+        self
+    }
+
     /// Whether a webhook URL follows the rules (see `WebhookPolicy`).
     pub fn check_webhook(&self, url: &str) -> Result<(), String> {
         self.webhook_policy.check_url(url).map(|_| ())
+    }
+
+    /// A handler's result over `max` bytes of JSON is its rejection. A
+    /// script's is measured on its own thread, so the engine never handles
+    /// the megabytes a script may return.
+    pub fn bound_documents(&mut self, max: usize) {
+        self.document_bytes_max = max;
     }
 
     /// Counts this resolver's handler runs in `telemetry`.
@@ -138,9 +158,13 @@ impl Resolver {
     /// Checks that a script loads and defines `resolve` before it is accepted.
     pub async fn check_script(&self, source: &str) -> Result<(), ScriptError> {
         let (source, limits, clock) = (source.to_owned(), self.script_limits, self.clock.clone());
-        tokio::task::spawn_blocking(move || script::check(&source, limits, &clock))
-            .await
-            .unwrap_or_else(|e| Err(ScriptError::Engine(e.to_string())))
+        let (ran, _) = self
+            .scripts
+            .run(limits.time_ms_max, move || {
+                script::check(&source, limits, &clock).map(|()| None)
+            })
+            .await;
+        ran.map(|_| ())
     }
 
     pub async fn decide(
@@ -204,6 +228,7 @@ impl Resolver {
     ) -> Step {
         let handler = &config.handler;
         let started = self.clock.elapsed();
+        let mut run_time = None;
         let (answer, run) = match handler {
             Handler::Optimistic => (
                 HandlerAnswer::Reject(stale_reason(base, doc.version)),
@@ -217,24 +242,30 @@ impl Resolver {
                 let call_ctx = resolve_context(doc, m, base);
                 let (source, limits, clock) =
                     (source.clone(), self.script_limits, self.clock.clone());
-                let ran = tokio::task::spawn_blocking(move || {
-                    script::run(&source, &call_ctx, limits, &clock)
-                })
-                .await;
+                let max = self.document_bytes_max;
+                let (ran, took) = self
+                    .scripts
+                    .run(limits.time_ms_max, move || {
+                        script::run(&source, &call_ctx, limits, &clock)
+                            .map(|answer| Some(bounded(answer, "script", max)))
+                    })
+                    .await;
+                // The run's own time: waiting for a script thread is not the script's.
+                run_time = Some(took);
                 match ran {
-                    Ok(Ok(answer)) => (answer, Run::Answered),
-                    Ok(Err(e)) => {
+                    Ok(Some(answer)) => (answer, Run::Answered),
+                    Ok(None) => {
+                        let e = ScriptError::Malformed("resolve gave no answer".into());
+                        handler_failed(m, handler.name(), &e.to_string());
+                        (HandlerAnswer::Reject(e.to_string()), Run::Failed("error"))
+                    }
+                    Err(e) => {
                         let result = match e {
                             ScriptError::TimeLimit(_) => "timeout",
                             _ => "error",
                         };
                         handler_failed(m, handler.name(), &e.to_string());
                         (HandlerAnswer::Reject(e.to_string()), Run::Failed(result))
-                    }
-                    Err(e) => {
-                        let message = format!("script engine failed: {e}");
-                        handler_failed(m, handler.name(), &message);
-                        (HandlerAnswer::Reject(message), Run::Failed("error"))
                     }
                 }
             }
@@ -251,7 +282,10 @@ impl Resolver {
                     Err(why) => Err(webhook::WebhookError::Failed(why)),
                 };
                 match called {
-                    Ok(answer) => (answer, Run::Answered),
+                    Ok(answer) => (
+                        bounded(answer, "webhook", self.document_bytes_max),
+                        Run::Answered,
+                    ),
                     Err(e) => {
                         let result = match e {
                             webhook::WebhookError::TimedOut(_) => "timeout",
@@ -273,11 +307,8 @@ impl Resolver {
             (Run::Answered, HandlerAnswer::Reject(_)) => Some("rejected"),
         };
         if let (Some(result), Some(telemetry)) = (result, &self.telemetry) {
-            telemetry.handler_run(
-                handler.name(),
-                result,
-                self.clock.elapsed().saturating_sub(started).as_secs_f64(),
-            );
+            let took = run_time.unwrap_or_else(|| self.clock.elapsed().saturating_sub(started));
+            telemetry.handler_run(handler.name(), result, took.as_secs_f64());
         }
         let (outcome, resolution, after, reason) = match answer {
             HandlerAnswer::Resolve(item) => {
@@ -423,6 +454,22 @@ fn automerge_answer(
     let server = doc.item.clone().unwrap_or_default();
     let incoming = m.value.clone().unwrap_or_default();
     HandlerAnswer::Resolve(merge::automerge(&server, &incoming, set_fields))
+}
+
+/// A resolution larger than a document may be is the handler's rejection.
+fn bounded(answer: HandlerAnswer, handler: &str, max: usize) -> HandlerAnswer {
+    match answer {
+        HandlerAnswer::Resolve(item) => {
+            let bytes = crate::model::encoded_len(&item);
+            if bytes > max {
+                return HandlerAnswer::Reject(format!(
+                    "the {handler} handler's result would be {bytes} bytes of JSON, over the {max}-byte bound"
+                ));
+            }
+            HandlerAnswer::Resolve(item)
+        }
+        other => other,
+    }
 }
 
 /// How a handler's run ended, for the metrics.

@@ -5,7 +5,8 @@
 //! loader and none of quickjs-libc's `std`/`os` objects, so a script can reach
 //! neither files nor the network. Time is bounded by an interrupt handler that
 //! checks a deadline, memory by QuickJS's own allocator limit, stack depth by
-//! its stack limit. Scripts are CPU work: callers run them on a blocking thread.
+//! its stack limit. Scripts are CPU work: the resolver runs them on its script
+//! threads (`pool`).
 
 use super::{HandlerAnswer, parse_answer};
 use crate::clock::SharedClock;
@@ -105,7 +106,14 @@ fn with_sandbox<T>(
         Runtime::new_with_alloc(allocator).map_err(|e| ScriptError::Engine(e.to_string()))?;
     runtime.set_max_stack_size(SCRIPT_STACK_BYTES_MAX);
     let handler_clock = clock.clone();
-    runtime.set_interrupt_handler(Some(Box::new(move || handler_clock.elapsed() >= deadline)));
+    let out_of_memory = refused.clone();
+    // Out of memory ends the script, as it ends a V8 isolate: a script that
+    // caught its out-of-memory errors in a loop churned through its whole
+    // heap hundreds of times a second, and the page faults and unmaps of
+    // that churn slowed every other thread of the process.
+    runtime.set_interrupt_handler(Some(Box::new(move || {
+        out_of_memory.load(Ordering::Relaxed) || handler_clock.elapsed() >= deadline
+    })));
     let context = Context::full(&runtime).map_err(|e| ScriptError::Engine(e.to_string()))?;
     let timed_out = || clock.elapsed() >= deadline;
     // An allocation was refused: a null thrown by the engine is its
@@ -244,7 +252,9 @@ fn classify(
         rquickjs::Error::Exception => describe_exception(ctx, memory_full),
         other => other.to_string(),
     };
-    if timed_out || message.contains("interrupted") {
+    if memory_full {
+        ScriptError::MemoryLimit(limits.memory_bytes_max)
+    } else if timed_out || message.contains("interrupted") {
         ScriptError::TimeLimit(limits.time_ms_max)
     } else if message.contains("out of memory") || message.contains("Allocation") {
         ScriptError::MemoryLimit(limits.memory_bytes_max)
@@ -389,9 +399,9 @@ mod limit_tests {
 
     /// A script that catches its own out-of-memory errors in a loop ran 2.8
     /// to 4.4 s against a 50 ms limit: QuickJS asked its interrupt handler
-    /// only every few thousand turns.
+    /// only every few thousand turns. Running out of memory now ends it.
     #[test]
-    fn a_script_catching_its_out_of_memory_errors_ends_at_its_deadline() {
+    fn a_script_catching_its_out_of_memory_errors_is_ended() {
         let limits = ScriptLimits {
             time_ms_max: 50,
             ..ScriptLimits::default()
@@ -400,12 +410,22 @@ mod limit_tests {
         let started = Instant::now();
         let result = run(hostile, &json!({}), limits, &SystemClock::shared());
         let took = started.elapsed();
-        assert_eq!(result, Err(ScriptError::TimeLimit(50)));
+        assert_eq!(
+            result,
+            Err(ScriptError::MemoryLimit(limits.memory_bytes_max))
+        );
         assert!(took.as_millis() < 1_000, "took {took:?}");
+        // Never holding much at once: cut off by the clock, however it allocates.
         let quiet = "function resolve(ctx){for(;;){try{new Array(1e6).fill(1)}catch(e){}}}";
         let started = Instant::now();
         let result = run(quiet, &json!({}), limits, &SystemClock::shared());
-        assert_eq!(result, Err(ScriptError::TimeLimit(50)));
+        assert!(
+            matches!(
+                result,
+                Err(ScriptError::TimeLimit(50) | ScriptError::MemoryLimit(_))
+            ),
+            "{result:?}"
+        );
         assert!(
             started.elapsed().as_millis() < 1_000,
             "took {:?}",

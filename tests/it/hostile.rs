@@ -653,3 +653,59 @@ async fn an_idle_connection_is_closed() {
         "closed too early"
     );
 }
+
+/// A stream whose client stopped reading held its connection and its slot
+/// forever (64 dashboards so held shut the dashboard out). Once the
+/// buffers are full its writes make no progress, so it is idle, and
+/// closed. (The dashboard's stream is the same connection underneath; its
+/// second-by-second snapshots take minutes to fill loopback's buffers.)
+#[tokio::test]
+async fn a_stream_whose_client_stopped_reading_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::with(|c| {
+        c.queue.decide_timeout_ms = 500;
+        c.idle_timeout_ms = 1_500;
+    })
+    .await;
+    // Small buffers, so a client that does not read stalls the server's writes soon.
+    let open = |path: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4_096).expect("rcvbuf");
+        let mut stream = socket.connect(s.running.addr).await.expect("connect");
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        stream
+    };
+    let mut events = open("/v1/events?client=reader").await;
+    // Outcomes for the event stream, far more than the buffers hold.
+    let filler = "x".repeat(2_000);
+    for i in 0..300 {
+        let (status, _) = s
+            .post(json!({"collection": "c", "key": format!("k{i}"), "op": "put", "client": "reader", "value": {"f": filler}}))
+            .await;
+        assert_eq!(status, 200);
+    }
+    // The client has not read a byte. Past the idle time-out its stream is
+    // closed: reading now drains what was buffered, then ends.
+    tokio::time::sleep(std::time::Duration::from_millis(4_000)).await;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut read = 0usize;
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match events.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read += n,
+            }
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "the event stream is still open after its client stopped reading ({read} bytes read since)"
+    );
+    assert!(read > 0, "the event stream sent nothing at all");
+    let (status, _) = s.get("/healthz").await;
+    assert_eq!(status, 200);
+}

@@ -12,6 +12,7 @@ mod dashboard;
 mod engine;
 mod handlers;
 mod hostile;
+mod isolation;
 mod laws;
 mod observe;
 mod openapi;
