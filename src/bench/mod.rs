@@ -358,6 +358,11 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
     Ok(report)
 }
 
+/// Reads one line of a trace as the `trace` workload does.
+pub fn parse_trace_line(text: &str) -> Result<(), String> {
+    TraceLine::parse(text).map(|_| ())
+}
+
 fn load_trace(path: &std::path::Path, lines: usize) -> ToolResult<Vec<TraceLine>> {
     let reader = crate::replay::open_trace(path).with_context(|| {
         format!(

@@ -87,12 +87,16 @@ struct Done {
 
 /// Opens a trace, plain or gzipped (told apart by the gzip magic number).
 pub fn open_trace(path: &Path) -> ToolResult<Box<dyn BufRead + Send>> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    trace_reader(file)
+}
+
+/// Reads a trace from any source, plain or gzipped.
+pub fn trace_reader(mut source: impl Read + Send + 'static) -> ToolResult<Box<dyn BufRead + Send>> {
     let mut magic = [0u8; 2];
-    let n = file.read(&mut magic)?;
+    let n = source.read(&mut magic)?;
     let head = std::io::Cursor::new(magic[..n].to_vec());
-    let reader = head.chain(file);
+    let reader = head.chain(source);
     if n == 2 && magic == [0x1f, 0x8b] {
         Ok(Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(
             reader,
@@ -100,6 +104,23 @@ pub fn open_trace(path: &Path) -> ToolResult<Box<dyn BufRead + Send>> {
     } else {
         Ok(Box::new(BufReader::new(reader)))
     }
+}
+
+/// Reads every line of a trace as `replay` and `bench` do, and says how
+/// many mutations it holds, or the first reason it cannot be replayed.
+pub fn check_trace(reader: impl BufRead) -> ToolResult<usize> {
+    let mut count = 0;
+    for (number, text) in reader.lines().enumerate() {
+        let text = text?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        parse_line(&text, number + 1)?;
+        crate::bench::parse_trace_line(&text)
+            .map_err(|e| crate::tool::ToolError::new(format!("line {}: {e}", number + 1)))?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 fn parse_line(text: &str, number: usize) -> ToolResult<Line> {
