@@ -28,6 +28,54 @@ fn operations(spec: &Value) -> BTreeSet<(String, String)> {
     ops
 }
 
+/// schemathesis (which `scripts/test` installs) against a fresh server:
+/// requests valid under the description, the server accepting every one
+/// (`positive_data_acceptance`), answering no 5xx, and only with described
+/// statuses, content types and bodies. It found `limit` described from 0
+/// while the server wants 1 to 1,000, collections without their pattern,
+/// a put without its value, an empty script, `3.0` refused where the
+/// description says `integer`, and event streams described as strings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_nothing_the_description_and_the_server_disagree_on() {
+    let schemathesis = std::env::var("SLUICE_TEST_SCHEMATHESIS").expect(
+        "SLUICE_TEST_SCHEMATHESIS is not set: run the suite with ./scripts/test, which installs schemathesis",
+    );
+    let s = TestServer::embedded().await;
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/schemathesis.toml");
+    let reports = tempfile::tempdir().expect("temp dir");
+    let url = format!("{}/openapi.json", s.url);
+    let mut command = std::process::Command::new(&schemathesis);
+    command
+        .args(["--config-file", config, "run", &url])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,positive_data_acceptance",
+            "--seed",
+            "1",
+            "--max-examples",
+            "30",
+            "--workers",
+            "1",
+            "--no-color",
+            "--generation-database",
+            "none",
+            "--report-dir",
+        ])
+        .arg(reports.path());
+    let run = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("task")
+        .expect("run schemathesis");
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "schemathesis found failures:\n{out}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(out.contains(" passed"), "{out}");
+    assert!(!out.contains("failures"), "{out}");
+}
+
 #[tokio::test]
 async fn the_description_is_valid_openapi_3_1() {
     let validator = std::env::var("SLUICE_TEST_OPENAPI_VALIDATOR").expect(
