@@ -1,8 +1,9 @@
 //! Connections bounded in number and in time, whatever the peer does.
 //!
-//! - At most `connections_max` are open: past it a new connection is closed
-//!   at once, instead of every client timing out once the process runs out
-//!   of file descriptors (accept errors are backed off by axum).
+//! - At most `connections_max` are open (lowered to what the file-descriptor
+//!   limit leaves): past it a new connection is closed at once, instead of
+//!   every client timing out once the process runs out of file descriptors
+//!   (accept errors, `EMFILE` included, are backed off by axum: a second).
 //! - A connection with no traffic either way for `idle_timeout_ms` is closed:
 //!   an idle keep-alive connection, and a stream whose client stopped
 //!   reading (its writes make no progress).
@@ -27,6 +28,49 @@ pub struct Limits {
     pub connections_max: usize,
     pub idle_timeout: Duration,
     pub request_read_timeout: Duration,
+}
+
+/// File descriptors kept for everything but client connections: the
+/// stores' pools, the data files, the script threads, logs.
+pub const DESCRIPTORS_RESERVED: usize = 128;
+
+/// `connections_max`, lowered to what the process's file-descriptor limit
+/// leaves (less `DESCRIPTORS_RESERVED`): past the limit `accept` fails with
+/// `EMFILE` and every new client waits through back-offs (under `ulimit -n
+/// 256`, 363 idle sockets made every new client time out), where a
+/// connection over the cap is closed at once and the others are served.
+pub fn within_descriptors(connections_max: usize) -> usize {
+    let Some(limit) = descriptor_limit() else {
+        return connections_max;
+    };
+    let room = limit.saturating_sub(DESCRIPTORS_RESERVED).max(1);
+    if room < connections_max {
+        tracing::warn!(
+            connections_max,
+            descriptor_limit = limit,
+            connections = room,
+            "connections_max is more than the file-descriptor limit leaves; lowered"
+        );
+        return room;
+    }
+    connections_max
+}
+
+/// The soft limit on open file descriptors, if there is one.
+fn descriptor_limit() -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `getrlimit` writes the struct it is given, nothing else.
+        let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        if got == 0 && limit.rlim_cur != libc::RLIM_INFINITY {
+            return usize::try_from(limit.rlim_cur).ok();
+        }
+    }
+    None
 }
 
 /// A listener that hands out bounded connections.

@@ -133,7 +133,7 @@ pub async fn start(
             }
         };
         let limits = crate::connections::Limits {
-            connections_max: config.connections_max,
+            connections_max: crate::connections::within_descriptors(config.connections_max),
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
             request_read_timeout: Duration::from_millis(config.request_read_timeout_ms),
         };

@@ -709,3 +709,69 @@ async fn a_stream_whose_client_stopped_reading_is_closed() {
     let (status, _) = s.get("/healthz").await;
     assert_eq!(status, 200);
 }
+
+/// Under `ulimit -n 256`, 363 idle sockets made every new client time out
+/// (`accept error: Too many open files` in a loop). The cap now stays
+/// within the file-descriptor limit: past it a new connection is closed at
+/// once instead of hanging, and clients are served again as soon as a slot
+/// frees. The real binary, started under `ulimit -n 256`.
+#[tokio::test]
+async fn connections_stay_within_the_file_descriptor_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let data = tempfile::tempdir().expect("temp dir");
+    let port = crate::support::free_port();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" serve --listen \"$1\" --data-dir \"$2\"")
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(data.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sluice");
+    let url = format!("http://127.0.0.1:{port}");
+    crate::support::wait_healthy(&reqwest::Client::new(), &url).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    // Ask for /healthz on a new connection: the answer's first bytes, or
+    // nothing if it was closed; `None` if it hung.
+    async fn probe(addr: std::net::SocketAddr) -> Option<Vec<u8>> {
+        let mut client = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let _ = client
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            client.read_to_end(&mut answer),
+        )
+        .await
+        .ok()
+        .map(|_| answer)
+    }
+    // More idle connections than 256 descriptors can hold.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let full = probe(addr).await;
+    assert!(
+        full.as_ref()
+            .is_some_and(|a| !a.starts_with(b"HTTP/1.1 200")),
+        "with every slot taken, a new connection should be closed at once: {full:?}"
+    );
+    idle.clear();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let freed = probe(addr).await.unwrap_or_default();
+    assert!(
+        freed.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&freed)
+    );
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("wait");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("lowered"), "{log}");
+    assert!(!log.contains("Too many open files"), "{log}");
+}
