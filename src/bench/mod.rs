@@ -11,6 +11,7 @@
 
 mod child;
 mod intent;
+pub mod link;
 mod load;
 pub mod postgres;
 mod report;
