@@ -135,6 +135,11 @@ fn work_on(queue: &Mutex<Receiver<Job>>) {
             queue.recv()
         };
         let Ok(job) = job else { return };
+        // Its caller stopped waiting before a thread was free to start it
+        // (a starved thread): nobody wants the answer.
+        if job.reply.is_closed() {
+            continue;
+        }
         let started = Instant::now();
         let ran = catch_unwind(AssertUnwindSafe(job.work)).unwrap_or_else(|_| {
             Err(ScriptError::Engine(
