@@ -161,10 +161,10 @@ impl Resolver {
         let (ran, _) = self
             .scripts
             .run(limits.time_ms_max, move || {
-                script::check(&source, limits, &clock).map(|()| None)
+                script::check(&source, limits, &clock)
             })
             .await;
-        ran.map(|_| ())
+        ran
     }
 
     pub async fn decide(
@@ -247,18 +247,13 @@ impl Resolver {
                     .scripts
                     .run(limits.time_ms_max, move || {
                         script::run(&source, &call_ctx, limits, &clock)
-                            .map(|answer| Some(bounded(answer, "script", max)))
+                            .map(|answer| bounded(answer, "script", max))
                     })
                     .await;
                 // The run's own time: waiting for a script thread is not the script's.
                 run_time = Some(took);
                 match ran {
-                    Ok(Some(answer)) => (answer, Run::Answered),
-                    Ok(None) => {
-                        let e = ScriptError::Malformed("resolve gave no answer".into());
-                        handler_failed(m, handler.name(), &e.to_string());
-                        (HandlerAnswer::Reject(e.to_string()), Run::Failed("error"))
-                    }
+                    Ok(answer) => (answer, Run::Answered),
                     Err(e) => {
                         let result = match e {
                             ScriptError::TimeLimit(_) => "timeout",

@@ -15,21 +15,17 @@
 //! thread (a thread cannot be killed) and its slot until it returns, so the
 //! pool shrinks instead of growing.
 
-use super::{HandlerAnswer, ScriptError};
+use super::ScriptError;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-/// What a run gives: an answer (`None` for a load check) or why not.
-pub type Ran = Result<Option<HandlerAnswer>, ScriptError>;
-
-type Work = Box<dyn FnOnce() -> Ran + Send>;
-
 struct Job {
-    work: Work,
-    reply: oneshot::Sender<(Ran, Duration)>,
+    /// Runs the script and sends its result (with its own duration) to the
+    /// caller, unless the caller stopped waiting before it began.
+    work: Box<dyn FnOnce() + Send>,
     /// Held until the run returns, however long the caller waited.
     _slot: OwnedSemaphorePermit,
 }
@@ -64,11 +60,11 @@ impl ScriptPool {
     /// script's own limit: past twice that, the run is abandoned and
     /// answered as over its time limit. The duration is the run's own,
     /// without the wait for a thread.
-    pub async fn run(
+    pub async fn run<T: Send + 'static>(
         &self,
         time_ms_max: u64,
-        work: impl FnOnce() -> Ran + Send + 'static,
-    ) -> (Ran, Duration) {
+        work: impl FnOnce() -> Result<T, ScriptError> + Send + 'static,
+    ) -> (Result<T, ScriptError>, Duration) {
         let jobs = match self.jobs.get_or_init(|| start(self.threads)) {
             Ok(jobs) => jobs,
             Err(e) => return (Err(ScriptError::Engine(e.clone())), Duration::ZERO),
@@ -81,8 +77,20 @@ impl ScriptPool {
         };
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            work: Box::new(work),
-            reply,
+            work: Box::new(move || {
+                // Its caller stopped waiting before a thread was free to
+                // start it (a starved thread): nobody wants the answer.
+                if reply.is_closed() {
+                    return;
+                }
+                let started = Instant::now();
+                let ran = catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|_| {
+                    Err(ScriptError::Engine(
+                        "the script engine panicked; the run is lost".into(),
+                    ))
+                });
+                let _ = reply.send((ran, started.elapsed()));
+            }),
             _slot: slot,
         };
         match jobs.try_send(job) {
@@ -137,18 +145,7 @@ fn work_on(queue: &Mutex<Receiver<Job>>) {
             queue.recv()
         };
         let Ok(job) = job else { return };
-        // Its caller stopped waiting before a thread was free to start it
-        // (a starved thread): nobody wants the answer.
-        if job.reply.is_closed() {
-            continue;
-        }
-        let started = Instant::now();
-        let ran = catch_unwind(AssertUnwindSafe(job.work)).unwrap_or_else(|_| {
-            Err(ScriptError::Engine(
-                "the script engine panicked; the run is lost".into(),
-            ))
-        });
-        let _ = job.reply.send((ran, started.elapsed()));
+        (job.work)();
     }
 }
 
@@ -170,14 +167,14 @@ mod tests {
                     most.fetch_max(now, SeqCst);
                     std::thread::sleep(Duration::from_millis(30));
                     running.fetch_sub(1, SeqCst);
-                    Ok(Some(HandlerAnswer::Remove))
+                    Ok(7)
                 })
                 .await
             })
         });
         for run in futures_util::future::join_all(runs).await {
             let (ran, took) = run.expect("task");
-            assert_eq!(ran, Ok(Some(HandlerAnswer::Remove)));
+            assert_eq!(ran, Ok(7));
             assert!(took >= Duration::from_millis(30), "{took:?}");
         }
         assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 2);
@@ -191,14 +188,14 @@ mod tests {
         let (ran, _) = pool
             .run(20, move || {
                 let _ = held.recv();
-                Ok(None)
+                Ok(())
             })
             .await;
         assert_eq!(ran, Err(ScriptError::TimeLimit(20)));
         assert!(started.elapsed() < Duration::from_millis(1_000));
         // Its slot is still taken: the next run waits until it returns.
         assert_eq!(pool.slots.available_permits(), 0);
-        let next = pool.run(1_000, || Ok(None));
+        let next = pool.run(1_000, || Ok(()));
         tokio::pin!(next);
         assert!(
             tokio::time::timeout(Duration::from_millis(50), &mut next)
@@ -206,14 +203,16 @@ mod tests {
                 .is_err()
         );
         let _ = release.send(());
-        assert_eq!(next.await.0, Ok(None));
+        assert_eq!(next.await.0, Ok(()));
     }
 
     #[tokio::test]
     async fn a_panicking_run_is_an_engine_error_and_the_thread_lives_on() {
         let pool = ScriptPool::new(1);
-        let (ran, _) = pool.run(1_000, || panic!("boom")).await;
+        let (ran, _) = pool
+            .run(1_000, || -> Result<(), _> { panic!("boom") })
+            .await;
         assert!(matches!(ran, Err(ScriptError::Engine(_))), "{ran:?}");
-        assert_eq!(pool.run(1_000, || Ok(None)).await.0, Ok(None));
+        assert_eq!(pool.run(1_000, || Ok(())).await.0, Ok(()));
     }
 }
