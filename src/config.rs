@@ -125,7 +125,7 @@ pub struct QueueConfig {
 pub struct ScriptConfig {
     pub time_ms_max: u64,
     pub memory_bytes_max: usize,
-    /// Threads that run scripts, besides the engine's; 0:
+    /// Threads that run scripts, at a lower priority than the engine's; 0:
     /// half the cores, at least one. A conflict that needs a script while
     /// all are busy waits in its own lane.
     pub threads: usize,
