@@ -23,6 +23,8 @@ pub const SCRIPT_TIME_MS_DEFAULT: u64 = 50;
 pub const SCRIPT_MEMORY_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
 /// QuickJS's own stack limit; deep recursion throws instead of crashing the thread.
 const SCRIPT_STACK_BYTES_MAX: usize = 512 * 1024;
+/// The least wall time a configuration-time check gives a script to load.
+const SCRIPT_CHECK_TIME_MS_MIN: u64 = 2_000;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ScriptLimits {
@@ -59,6 +61,15 @@ pub enum ScriptError {
 /// Loads `source` and checks that it defines `resolve`, under the same limits
 /// as a call: what `PUT /v1/collections` runs before accepting a script.
 pub fn check(source: &str, limits: ScriptLimits, clock: &SharedClock) -> Result<(), ScriptError> {
+    // The check measures wall time once, on a machine that may be busy: a
+    // valid script refused because the check was descheduled for 50 ms
+    // would fail its configuration at random (seen beside a starting
+    // browser). It refuses what cannot load at all; a load that needs more
+    // than a run's limit fails its runs, which quarantine their mutations.
+    let limits = ScriptLimits {
+        time_ms_max: limits.time_ms_max.max(SCRIPT_CHECK_TIME_MS_MIN),
+        ..limits
+    };
     with_sandbox(source, limits, clock, |_ctx, _resolve| Ok(()))
 }
 
@@ -469,8 +480,18 @@ mod limit_tests {
             ..ScriptLimits::default()
         };
         assert_eq!(
-            check("while (true) {}", limits, &SystemClock::shared()),
+            run(
+                "while (true) {}",
+                &json!({}),
+                limits,
+                &SystemClock::shared()
+            ),
             Err(ScriptError::TimeLimit(20))
+        );
+        // A configuration check allows a busy machine more time, not forever.
+        assert_eq!(
+            check("while (true) {}", limits, &SystemClock::shared()),
+            Err(ScriptError::TimeLimit(SCRIPT_CHECK_TIME_MS_MIN))
         );
     }
 }

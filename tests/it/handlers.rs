@@ -83,10 +83,10 @@ async fn a_script_can_resolve_reject_or_remove() {
             if (ctx.op === "delete") return {action: "remove"};
             return {action: "reject", reason: "mode " + (ctx.incoming && ctx.incoming.mode) + " is not mergeable"};
         }"#;
-    let (status, _) = s
+    let (status, body) = s
         .put("/v1/collections/js", json!({"handler": {"script": script}}))
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{body}");
     two_versions(&s, "js", json!({"n": 1}), json!({"n": 10})).await;
 
     let (status, body) = s.post(json!({"client": "ann", "collection": "js", "key": "k", "op": "patch", "value": {"mode": "sum", "n": 5}, "base_version": 1})).await;
