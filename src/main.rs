@@ -64,6 +64,12 @@ struct BenchArgs {
         default_value = "../shared/traces/rails.trace.jsonl.gz"
     )]
     trace: PathBuf,
+    /// Round trips of the simulated network link between the clients and
+    /// the service they talk to, in ms, comma-separated; every workload runs
+    /// at each (0: loopback) [default: 0,1, and 5 for hot θ=0.99 in the full
+    /// run]
+    #[arg(long = "rtt-ms", value_name = "MS", value_delimiter = ',')]
+    rtt_ms: Vec<f64>,
     /// Hide the progress bar
     #[arg(long)]
     quiet: bool,
@@ -197,6 +203,13 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if args.run_ms == Some(0) || args.repetitions == Some(0) || args.trace_lines == Some(0) {
         anyhow::bail!("--run-ms, --repetitions and --trace-lines must be at least 1");
     }
+    if let Some(bad) = args
+        .rtt_ms
+        .iter()
+        .find(|r| !r.is_finite() || **r < 0.0 || **r > 1_000.0)
+    {
+        anyhow::bail!("--rtt-ms {bad}: a round trip is between 0 and 1000 ms");
+    }
     init_logs_at("text", "warn");
     let options = sluice::bench::BenchOptions {
         postgres: args.postgres,
@@ -209,6 +222,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         run_ms: args.run_ms,
         repetitions: args.repetitions,
         trace_lines: args.trace_lines,
+        rtts_ms: (!args.rtt_ms.is_empty()).then(|| args.rtt_ms.clone()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -130,13 +130,26 @@ impl SluiceChild {
 /// From `/proc/PID/stat`: fields 14 and 15 (utime, stime) in clock ticks,
 /// which Linux reports in units of 1/100 s whatever the kernel's HZ.
 pub fn process_cpu_us(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_us(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// Fields 14 and 15 of a `stat` file of `/proc` (a process's or a thread's).
+pub fn stat_cpu_us(path: &Path) -> Option<u64> {
+    stat_fields(path, &[11, 12])
+}
+
+/// The sum of some clock-tick fields of a `stat` file, counted from field
+/// 3 (the state) as 0, in microseconds.
+pub fn stat_fields(path: &Path, fields: &[usize]) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name (field 2) may hold spaces; fields resume after its ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) * 10_000)
+    let all: Vec<&str> = rest.split_whitespace().collect();
+    let mut ticks = 0u64;
+    for i in fields {
+        ticks += all.get(*i)?.parse::<u64>().ok()?;
+    }
+    Some(ticks * 10_000)
 }
 
 impl Drop for SluiceChild {

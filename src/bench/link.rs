@@ -14,6 +14,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,11 +27,116 @@ use tokio::sync::mpsc as tokio_mpsc;
 const WAKE_EARLY: Duration = Duration::from_micros(90);
 /// The most one read takes from a socket.
 const CHUNK_BYTES: usize = 64 * 1024;
+/// The relay's threads are named so, and their CPU is read by that name.
+const THREAD_PREFIX: &str = "sluice-link";
 
-/// A running relay: connect to `addr` to reach the target through the link.
+/// The relays of one bench: one runtime thread and one delay thread for
+/// every link, and one round trip for all of them, changed between runs.
+/// The relay's threads are its own, so its CPU is read apart from the load
+/// generator's ([`relay_cpu_us`]).
+pub struct Relay {
+    runtime: Option<tokio::runtime::Runtime>,
+    half_us: Arc<AtomicU64>,
+    delay: mpsc::Sender<Held>,
+}
+
+impl Relay {
+    pub fn new(rtt: Duration) -> io::Result<Relay> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(format!("{THREAD_PREFIX}-io"))
+            .enable_io()
+            .build()?;
+        let (delay, rx) = mpsc::channel::<Held>();
+        std::thread::Builder::new()
+            .name(format!("{THREAD_PREFIX}-hold"))
+            .spawn(move || hold(&rx))?;
+        let relay = Relay {
+            runtime: Some(runtime),
+            half_us: Arc::new(AtomicU64::new(0)),
+            delay,
+        };
+        relay.set_rtt(rtt);
+        Ok(relay)
+    }
+
+    /// Every link's round trip from now on (bytes already held keep theirs).
+    pub fn set_rtt(&self, rtt: Duration) {
+        let half = u64::try_from((rtt / 2).as_micros()).unwrap_or(u64::MAX);
+        self.half_us.store(half, Ordering::Relaxed);
+    }
+
+    pub fn rtt(&self) -> Duration {
+        Duration::from_micros(self.half_us.load(Ordering::Relaxed) * 2)
+    }
+
+    /// A link to `target`: connect to the returned address to reach it.
+    pub fn link(&self, target: SocketAddr) -> io::Result<Link> {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| io::Error::other("relay stopped"))?;
+        let listener = {
+            let _entered = runtime.enter();
+            let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            std_listener.set_nonblocking(true)?;
+            TcpListener::from_std(std_listener)?
+        };
+        let addr = listener.local_addr()?;
+        let (half_us, delay) = (self.half_us.clone(), self.delay.clone());
+        let accept = runtime.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (half_us, delay) = (half_us.clone(), delay.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::spawn(pump(
+                        client_read,
+                        server_write,
+                        half_us.clone(),
+                        delay.clone(),
+                    ));
+                    tokio::spawn(pump(server_read, client_write, half_us, delay));
+                });
+            }
+        });
+        Ok(Link { addr, accept })
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Dropped inside the bench's own runtime, where blocking is not allowed.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// User plus system CPU time of every relay thread of this process, in
+/// microseconds (from `/proc/self/task/*/stat`).
+pub fn relay_cpu_us() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let path = task.path();
+        let named = std::fs::read_to_string(path.join("comm"))
+            .is_ok_and(|name| name.starts_with(THREAD_PREFIX));
+        if named {
+            total += super::child::stat_cpu_us(&path.join("stat")).unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
+/// A relay's listening end: connect to `addr` to reach the target through
+/// the link.
 pub struct Link {
     pub addr: SocketAddr,
-    pub rtt: Duration,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -66,45 +173,13 @@ impl Ord for Held {
     }
 }
 
-/// Starts a relay to `target` with round trip `rtt` (zero: forwarded at once).
-pub async fn start(target: SocketAddr, rtt: Duration) -> io::Result<Link> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let delay = if rtt.is_zero() {
-        None
-    } else {
-        let (tx, rx) = mpsc::channel::<Held>();
-        std::thread::Builder::new()
-            .name("sluice-bench-link".into())
-            .spawn(move || hold(&rx))?;
-        Some(tx)
-    };
-    let half = rtt / 2;
-    let accept = tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let delay = delay.clone();
-            tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(target).await else {
-                    return;
-                };
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                let (client_read, client_write) = client.into_split();
-                let (server_read, server_write) = server.into_split();
-                tokio::spawn(pump(client_read, server_write, half, delay.clone()));
-                tokio::spawn(pump(server_read, client_write, half, delay));
-            });
-        }
-    });
-    Ok(Link { addr, rtt, accept })
-}
-
-/// One direction: read, hold for `half` (on the delay thread), write.
+/// One direction: read, hold for half the round trip (on the delay
+/// thread), write.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    half: Duration,
-    delay: Option<mpsc::Sender<Held>>,
+    half_us: Arc<AtomicU64>,
+    delay: mpsc::Sender<Held>,
 ) {
     let (due_tx, mut due_rx) = tokio_mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(async move {
@@ -116,6 +191,7 @@ async fn pump(
         let _ = to.shutdown().await;
     });
     let mut seq = 0u64;
+    let mut last_due = Instant::now();
     let mut buf = vec![0u8; CHUNK_BYTES];
     loop {
         let n = match from.read(&mut buf).await {
@@ -123,24 +199,25 @@ async fn pump(
             Ok(n) => n,
         };
         let bytes = buf[..n].to_vec();
-        match &delay {
-            None => {
-                if due_tx.send(bytes).is_err() {
-                    break;
-                }
+        let half = Duration::from_micros(half_us.load(Ordering::Relaxed));
+        if half.is_zero() && seq == 0 {
+            if due_tx.send(bytes).is_err() {
+                break;
             }
-            Some(delay) => {
-                seq += 1;
-                let held = Held {
-                    due: Instant::now() + half,
-                    seq,
-                    bytes,
-                    to: due_tx.clone(),
-                };
-                if delay.send(held).is_err() {
-                    break;
-                }
-            }
+            continue;
+        }
+        seq += 1;
+        // Never before the bytes read earlier, even if the round trip was
+        // shortened in between: a direction keeps its order.
+        last_due = last_due.max(Instant::now() + half);
+        let held = Held {
+            due: last_due,
+            seq,
+            bytes,
+            to: due_tx.clone(),
+        };
+        if delay.send(held).is_err() {
+            break;
         }
     }
     // The writer ends once everything held for it is forwarded.
@@ -187,7 +264,7 @@ fn hold(incoming: &mpsc::Receiver<Held>) {
 
 /// A link's round trip as a client sees it: the median and 99th
 /// percentile of `pings` one-byte ping-pongs through it to an echo server.
-pub async fn measure(rtt: Duration, pings: usize) -> io::Result<(Duration, Duration)> {
+pub async fn measure(relay: &Relay, pings: usize) -> io::Result<(Duration, Duration)> {
     let echo = TcpListener::bind("127.0.0.1:0").await?;
     let target = echo.local_addr()?;
     let server = tokio::spawn(async move {
@@ -201,7 +278,7 @@ pub async fn measure(rtt: Duration, pings: usize) -> io::Result<(Duration, Durat
             }
         }
     });
-    let link = start(target, rtt).await?;
+    let link = relay.link(target)?;
     let mut client = TcpStream::connect(link.addr).await?;
     client.set_nodelay(true)?;
     let mut took = Vec::with_capacity(pings);
@@ -225,14 +302,20 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_round_trip_through_the_link_takes_its_time() {
         let rtt = Duration::from_millis(2);
-        let (median, _) = measure(rtt, 100).await.expect("measure");
+        let relay = Relay::new(rtt).expect("relay");
+        let (median, _) = measure(&relay, 100).await.expect("measure");
         // Loose on the slow side: the machine's load is not the relay's.
         assert!(
             median >= rtt.mul_f64(0.8) && median <= rtt * 5,
             "median {median:?} for a {rtt:?} link"
         );
-        let (loopback, _) = measure(Duration::ZERO, 100).await.expect("measure");
-        assert!(loopback < rtt / 2, "loopback took {loopback:?}");
+        relay.set_rtt(Duration::ZERO);
+        let (loopback, _) = measure(&relay, 100).await.expect("measure");
+        assert!(loopback < rtt / 2, "a zero round trip took {loopback:?}");
+        assert!(
+            relay_cpu_us().is_some_and(|us| us > 0),
+            "the relay's threads are found and have run"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,7 +327,16 @@ mod tests {
             let (mut r, mut w) = stream.into_split();
             let _ = tokio::io::copy(&mut r, &mut w).await;
         });
-        let link = start(target, Duration::from_millis(1)).await.expect("link");
+        let relay = Relay::new(Duration::from_millis(1)).expect("relay");
+        let link = relay.link(target).expect("link");
+        // Shortened while bytes are held: they still arrive in order.
+        let shorten = {
+            let half = relay.half_us.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                half.store(0, Ordering::Relaxed);
+            })
+        };
         let client = TcpStream::connect(link.addr).await.expect("connect");
         let (mut r, mut w) = client.into_split();
         let sent: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -258,6 +350,7 @@ mod tests {
         let mut got = Vec::new();
         r.read_to_end(&mut got).await.expect("read");
         writer.await.expect("writer");
+        shorten.await.expect("shorten");
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "bytes reordered or changed");
     }

@@ -54,7 +54,14 @@ pub const THINK: Duration = Duration::from_millis(2);
 /// An intent answered later than this counts as a time-out: the user gave up.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const THETAS: [f64; 5] = [0.0, 0.6, 0.9, 0.99, 1.2];
-pub const LOADS: [f64; 3] = [0.5, 1.0, 2.0];
+pub const LOADS: [f64; 4] = [0.5, 1.0, 2.0, 4.0];
+/// The link's round trips every workload runs at (ms): loopback, and about
+/// what a client pays across availability zones.
+pub const RTTS_MS: [f64; 2] = [0.0, 1.0];
+/// A far link, for `hot` at θ = 0.99 in the full run.
+pub const FAR_RTT_MS: f64 = 5.0;
+/// Ping-pongs through the link that measure its round trip.
+pub const LINK_PINGS: usize = 400;
 /// A closed-loop client told 429 pauses this long before its next intent,
 /// as a client honouring `Retry-After` would (the header has whole seconds;
 /// clients that want their work done sooner come back sooner).
@@ -118,14 +125,21 @@ pub struct BenchOptions {
     pub run_ms: Option<u64>,
     pub repetitions: Option<usize>,
     pub trace_lines: Option<usize>,
+    /// The link's round trips in ms, overriding the plan's (each workload
+    /// runs at each of them; 0 is loopback, no link).
+    pub rtts_ms: Option<Vec<f64>>,
 }
 
 /// How long and how often.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Plan {
     run: Duration,
     repetitions: usize,
     trace_lines: usize,
+    /// Every workload runs at each of these round trips (ms).
+    rtts_ms: Vec<f64>,
+    /// `hot` at θ = 0.99 runs at this one too.
+    far_rtt_ms: Option<f64>,
 }
 
 impl Plan {
@@ -135,12 +149,16 @@ impl Plan {
                 run: Duration::from_millis(1_500),
                 repetitions: 1,
                 trace_lines: 8_000,
+                rtts_ms: RTTS_MS.to_vec(),
+                far_rtt_ms: None,
             }
         } else {
             Plan {
                 run: Duration::from_secs(4),
                 repetitions: 3,
                 trace_lines: 25_000,
+                rtts_ms: RTTS_MS.to_vec(),
+                far_rtt_ms: Some(FAR_RTT_MS),
             }
         };
         if let Some(ms) = options.run_ms {
@@ -151,6 +169,10 @@ impl Plan {
         }
         if let Some(n) = options.trace_lines {
             plan.trace_lines = n;
+        }
+        if let Some(rtts) = &options.rtts_ms {
+            plan.rtts_ms = rtts.clone();
+            plan.far_rtt_ms = None;
         }
         plan
     }
@@ -180,6 +202,17 @@ enum Subject {
     Contender(Contender),
     /// A Sluice with only some features on (`ABLATION[i]`).
     Ablation(usize),
+    /// `sluice` deployed as its own tier: the link between it and
+    /// PostgreSQL too.
+    OwnTier,
+}
+
+/// One run: what, who, and over which link.
+#[derive(Clone, Copy, Debug)]
+struct Job {
+    setting: Setting,
+    subject: Subject,
+    rtt_ms: f64,
 }
 
 /// The features turned on one at a time, from the plain queue to everything.
@@ -227,13 +260,30 @@ struct Bench {
     direct: PgPool,
     http: reqwest::Client,
     children: BTreeMap<Subject, SluiceChild>,
+    /// The links, the direct contenders' pool through it, and a link to
+    /// each Sluice child (by the child's subject).
+    relay: link::Relay,
+    linked_direct: PgPool,
+    sluice_links: BTreeMap<Subject, link::Link>,
+    _postgres_link: link::Link,
+    /// PostgreSQL's postmaster, when the server runs on this machine.
+    postmaster: Option<u32>,
     trace: Arc<Vec<TraceLine>>,
     /// Collections are named `{prefix}-{n}`: unique across invocations on one
     /// database, so nothing of an earlier run is in the way.
     prefix: String,
     runs: usize,
-    capacity: Option<f64>,
+    /// Sluice's capacity at each round trip (µs), measured first.
+    capacity: BTreeMap<u64, f64>,
     seed: u64,
+}
+
+fn rtt_key(rtt_ms: f64) -> u64 {
+    (rtt_ms * 1000.0).round() as u64
+}
+
+fn rtt_duration(rtt_ms: f64) -> Duration {
+    Duration::from_secs_f64(rtt_ms.max(0.0) / 1000.0)
 }
 
 pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
@@ -274,38 +324,92 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
     let postgres_version: String = sqlx::query_scalar("SHOW server_version")
         .fetch_one(&admin)
         .await?;
+    let postmaster = postgres::postmaster_pid(&admin).await;
 
-    let jobs = schedule(&workloads, plan);
+    // The link: bytes to PostgreSQL (for the direct contenders and pgbench)
+    // and to each Sluice go through the relay when a run's round trip is
+    // not zero.
+    let relay = link::Relay::new(Duration::ZERO)?;
+    let pg_options: sqlx::postgres::PgConnectOptions = url.parse().context("the PostgreSQL URL")?;
+    let pg_addr = tokio::net::lookup_host((pg_options.get_host(), pg_options.get_port()))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .context("the link needs PostgreSQL over TCP (a host and a port in its URL)")?;
+    let postgres_link = relay.link(pg_addr)?;
+    let linked_direct = PgPoolOptions::new()
+        .max_connections(POOL_SIZE)
+        .connect_with(
+            pg_options
+                .clone()
+                .host("127.0.0.1")
+                .port(postgres_link.addr.port()),
+        )
+        .await?;
+    let mut linked_url = reqwest::Url::parse(&url).context("the PostgreSQL URL")?;
+    let rewritten = linked_url.set_host(Some("127.0.0.1")).is_ok()
+        && linked_url.set_port(Some(postgres_link.addr.port())).is_ok();
+    if !rewritten {
+        bail!("cannot rewrite the PostgreSQL URL {url} to go through the link");
+    }
+    let mut link_rtts: Vec<(f64, Duration, Duration)> = Vec::new();
+    for rtt_ms in plan.rtts_ms.iter().chain(plan.far_rtt_ms.iter()) {
+        if *rtt_ms > 0.0 {
+            relay.set_rtt(rtt_duration(*rtt_ms));
+            let (median, p99) = link::measure(&relay, LINK_PINGS).await?;
+            link_rtts.push((*rtt_ms, median, p99));
+        }
+    }
+    relay.set_rtt(Duration::ZERO);
+
+    let jobs = schedule(&workloads, &plan);
     let mut children = BTreeMap::new();
-    let mut subjects: Vec<Subject> = jobs.iter().map(|(_, s)| *s).collect();
+    let mut sluice_links = BTreeMap::new();
+    let mut subjects: Vec<Subject> = jobs.iter().map(|j| j.subject).collect();
     subjects.sort();
     subjects.dedup();
     for subject in subjects {
         let features = match subject {
-            Subject::Contender(Contender::Sluice) => Features::ALL,
+            Subject::Contender(Contender::Sluice) | Subject::OwnTier => Features::ALL,
             Subject::Contender(Contender::SluiceFifo) => Features::NONE,
             Subject::Contender(_) => continue,
             Subject::Ablation(i) => ABLATION[i].1,
         };
-        let log = options.out.join(format!(
-            "sluice-{}.log",
-            subject_name(subject).replace(['+', ' '], "")
-        ));
-        let child = SluiceChild::start(&options.exe, &url, features, &log).await?;
+        let name = match subject {
+            Subject::OwnTier => "sluice-own-tier".to_owned(),
+            _ => subject_name(subject).replace(['+', ' '], ""),
+        };
+        let log = options.out.join(format!("sluice-{name}.log"));
+        let store = match subject {
+            Subject::OwnTier => linked_url.as_str(),
+            _ => url.as_str(),
+        };
+        let child = SluiceChild::start(&options.exe, store, features, &log).await?;
+        let addr: std::net::SocketAddr = child
+            .url
+            .trim_start_matches("http://")
+            .parse()
+            .context("the Sluice child's address")?;
+        sluice_links.insert(subject, relay.link(addr)?);
         children.insert(subject, child);
     }
     let mut bench = Bench {
-        plan,
+        plan: plan.clone(),
         admin,
         direct,
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(2 * CLIENTS)
             .build()?,
         children,
+        relay,
+        linked_direct,
+        sluice_links,
+        _postgres_link: postgres_link,
+        postmaster,
         trace: Arc::new(trace),
         prefix: format!("b{}", wall_ms()),
         runs: 0,
-        capacity: None,
+        capacity: BTreeMap::new(),
         seed: 1,
     };
 
@@ -322,16 +426,21 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
     let mut capacity_samples = Vec::new();
     let mut commit_samples = Vec::new();
     let mut ablation_samples = Vec::new();
-    for (setting, subject) in jobs {
+    for job in jobs {
+        let Job {
+            setting,
+            subject,
+            rtt_ms,
+        } = job;
         bar.set_message(format!(
-            "{} {}",
+            "{} {} R={rtt_ms} ms",
             setting_label(setting),
             subject_name(subject)
         ));
-        let sample = bench.run_one(setting, subject).await?;
+        let sample = bench.run_one(job).await?;
         match (setting, subject) {
             (Setting::Capacity, _) => {
-                bench.capacity = Some(sample.goodput);
+                bench.capacity.insert(rtt_key(rtt_ms), sample.goodput);
                 capacity_samples.push(sample);
             }
             (Setting::OneRowCommits | Setting::SluiceWrites { .. }, _) => {
@@ -348,8 +457,17 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
 
     let machine =
         report::Machine::here(postgres_version, options.quick, plan.run, plan.repetitions);
+    let links = link_rtts
+        .into_iter()
+        .map(|(rtt_ms, median, p99)| report::LinkRecord {
+            rtt_ms,
+            median_ms: median.as_secs_f64() * 1000.0,
+            p99_ms: p99.as_secs_f64() * 1000.0,
+        })
+        .collect();
     let report = BenchReport::new(
         machine,
+        links,
         &samples,
         &capacity_samples,
         &commit_samples,
@@ -388,9 +506,10 @@ fn load_trace(path: &std::path::Path, lines: usize) -> ToolResult<Vec<TraceLine>
     Ok(trace)
 }
 
-/// Every run in order: per repetition, per setting, the contenders in an
-/// order that rotates, so no contender always runs first or last.
-fn schedule(workloads: &[Workload], plan: Plan) -> Vec<(Setting, Subject)> {
+/// Every run in order: per repetition, per round trip, per setting, the
+/// contenders in an order that rotates, so no contender always runs first
+/// or last.
+fn schedule(workloads: &[Workload], plan: &Plan) -> Vec<Job> {
     let contenders: Vec<Subject> = Contender::ALL.into_iter().map(Subject::Contender).collect();
     let mut settings = Vec::new();
     for workload in workloads {
@@ -412,30 +531,56 @@ fn schedule(workloads: &[Workload], plan: Plan) -> Vec<(Setting, Subject)> {
     let mut jobs = Vec::new();
     let mut turn = 0;
     for repetition in 0..plan.repetitions {
-        for setting in &settings {
-            let subjects: Vec<Subject> = match setting {
-                Setting::Capacity => {
-                    if repetition > 0 {
-                        continue;
+        for &rtt_ms in &plan.rtts_ms {
+            for setting in &settings {
+                let subjects: Vec<Subject> = match setting {
+                    Setting::Capacity => {
+                        if repetition > 0 {
+                            continue;
+                        }
+                        vec![Subject::Contender(Contender::Sluice)]
                     }
-                    vec![Subject::Contender(Contender::Sluice)]
+                    Setting::OneRowCommits => vec![Subject::Contender(Contender::DirectOcc)],
+                    Setting::SluiceWrites { .. } => vec![Subject::Contender(Contender::Sluice)],
+                    _ => contenders.clone(),
+                };
+                let mut subjects = subjects;
+                // The features one at a time, beside the contenders at
+                // θ = 0.99 (the two ends are `sluice-fifo` and `sluice`
+                // themselves), and Sluice as its own tier where there is a
+                // link to put between it and PostgreSQL.
+                if *setting == Setting::Hot(0.99) {
+                    subjects.extend((1..ABLATION.len() - 1).map(Subject::Ablation));
+                    if rtt_ms > 0.0 {
+                        subjects.push(Subject::OwnTier);
+                    }
                 }
-                Setting::OneRowCommits => vec![Subject::Contender(Contender::DirectOcc)],
-                Setting::SluiceWrites { .. } => vec![Subject::Contender(Contender::Sluice)],
-                _ => contenders.clone(),
-            };
+                let n = subjects.len();
+                for i in 0..n {
+                    jobs.push(Job {
+                        setting: *setting,
+                        subject: subjects[(i + turn) % n],
+                        rtt_ms,
+                    });
+                }
+                turn += 1;
+            }
+        }
+        if let Some(rtt_ms) = plan
+            .far_rtt_ms
+            .filter(|_| workloads.contains(&Workload::Hot))
+        {
+            let mut subjects = contenders.clone();
+            subjects.push(Subject::OwnTier);
             let n = subjects.len();
             for i in 0..n {
-                jobs.push((*setting, subjects[(i + turn) % n]));
+                jobs.push(Job {
+                    setting: Setting::Hot(0.99),
+                    subject: subjects[(i + turn) % n],
+                    rtt_ms,
+                });
             }
             turn += 1;
-            // The features one at a time, beside the contenders at θ = 0.99;
-            // the two ends are `sluice-fifo` and `sluice` themselves.
-            if *setting == Setting::Hot(0.99) {
-                for i in 1..ABLATION.len() - 1 {
-                    jobs.push((*setting, Subject::Ablation(i)));
-                }
-            }
         }
     }
     jobs
@@ -445,6 +590,7 @@ fn subject_name(subject: Subject) -> String {
     match subject {
         Subject::Contender(c) => c.name().to_owned(),
         Subject::Ablation(i) => format!("sluice-{}", ABLATION[i].0.trim_start_matches('+')),
+        Subject::OwnTier => Contender::Sluice.name().to_owned(),
     }
 }
 
@@ -462,33 +608,68 @@ fn setting_label(setting: Setting) -> String {
 }
 
 impl Bench {
-    fn target(&self, subject: Subject) -> ToolResult<Target> {
+    /// Who the clients talk to, through the link when it has a round trip.
+    fn target(&self, subject: Subject, rtt_ms: f64) -> ToolResult<Target> {
+        let linked = rtt_ms > 0.0;
+        let pool = if linked {
+            &self.linked_direct
+        } else {
+            &self.direct
+        };
         Ok(match subject {
             Subject::Contender(Contender::DirectOcc) => Target::Direct {
-                pool: self.direct.clone(),
+                pool: pool.clone(),
                 lock: false,
             },
             Subject::Contender(Contender::DirectLock) => Target::Direct {
-                pool: self.direct.clone(),
+                pool: pool.clone(),
                 lock: true,
             },
-            other => Target::Sluice {
-                http: self.http.clone(),
-                url: self
-                    .children
-                    .get(&other)
-                    .context("no Sluice was started for this contender")?
-                    .url
-                    .clone(),
-            },
+            other => {
+                let url = if linked {
+                    let link = self
+                        .sluice_links
+                        .get(&other)
+                        .context("no link was made to this contender")?;
+                    format!("http://{}", link.addr)
+                } else {
+                    self.children
+                        .get(&other)
+                        .context("no Sluice was started for this contender")?
+                        .url
+                        .clone()
+                };
+                Target::Sluice {
+                    http: self.http.clone(),
+                    url,
+                }
+            }
         })
     }
 
-    async fn run_one(&mut self, setting: Setting, subject: Subject) -> ToolResult<Sample> {
+    /// CPU of each part of the machine so far (µs): Sluice (the run's
+    /// child), PostgreSQL, the load generator (this process but its relay
+    /// threads) and the relay.
+    fn cpu(&self, subject: Subject) -> [Option<u64>; 4] {
+        let sluice = self.children.get(&subject).and_then(SluiceChild::cpu_us);
+        let postgres = self.postmaster.and_then(postgres::server_cpu_us);
+        let relay = link::relay_cpu_us();
+        let client =
+            process_cpu_us(std::process::id()).map(|all| all.saturating_sub(relay.unwrap_or(0)));
+        [sluice, postgres, client, relay]
+    }
+
+    async fn run_one(&mut self, job: Job) -> ToolResult<Sample> {
+        let Job {
+            setting,
+            subject,
+            rtt_ms,
+        } = job;
         self.runs += 1;
         self.seed = self.seed.wrapping_add(0x9e37_79b9);
         let collection: Arc<str> = format!("{}-{}", self.prefix, self.runs).into();
-        let target = self.target(subject)?;
+        self.relay.set_rtt(rtt_duration(rtt_ms));
+        let target = self.target(subject, rtt_ms)?;
         let documents = !matches!(setting, Setting::Trace);
         if documents {
             self.load_documents(&collection).await?;
@@ -496,8 +677,7 @@ impl Bench {
         if let Target::Sluice { url, .. } = &target {
             self.configure(url, &collection).await?;
         }
-        let child = self.children.get(&subject);
-        let cpu_before = child.and_then(SluiceChild::cpu_us);
+        let cpu_before = self.cpu(subject);
         let stale_before = match &target {
             Target::Sluice { url, .. } => Some(self.commits_stale(url).await?),
             Target::Direct { .. } => None,
@@ -531,8 +711,9 @@ impl Bench {
                 .await
             }
             Setting::Overload(load) => {
-                let capacity = self
+                let capacity = *self
                     .capacity
+                    .get(&rtt_key(rtt_ms))
                     .context("overload runs after the capacity run")?;
                 open_loop(
                     target.clone(),
@@ -570,14 +751,18 @@ impl Bench {
             }
             Setting::Trace => trace_run(target.clone(), &collection, self.trace.clone()).await,
             Setting::OneRowCommits => {
-                one_row_commits(self.direct.clone(), &collection, run, self.seed).await
+                let pool = match &target {
+                    Target::Direct { pool, .. } => pool.clone(),
+                    Target::Sluice { .. } => self.direct.clone(),
+                };
+                one_row_commits(pool, &collection, run, self.seed).await
             }
             Setting::SluiceWrites { batched } => {
                 sluice_writes(target.clone(), &collection, run, batched, self.seed).await
             }
         };
         let elapsed = started.elapsed().max(Duration::from_millis(1));
-        let cpu_after = child.and_then(SluiceChild::cpu_us);
+        let cpu_after = self.cpu(subject);
         if let Some(e) = &tally.first_error {
             bail!(
                 "{} {}: {} intents failed; the first: {e}",
@@ -598,11 +783,24 @@ impl Bench {
             .map(|us| *us as f64 / 1000.0)
             .collect();
         latencies.sort_by(f64::total_cmp);
-        let cpu_us_per_mutation = match (cpu_before, cpu_after) {
-            (Some(before), Some(after)) if tally.mutations > 0 => {
-                Some((after - before) as f64 / tally.mutations as f64)
+        let per = |i: usize, n: u64| match (cpu_before[i], cpu_after[i]) {
+            (Some(before), Some(after)) if n > 0 => {
+                Some(after.saturating_sub(before) as f64 / n as f64)
             }
             _ => None,
+        };
+        let cpu_us_per_mutation = per(0, tally.mutations);
+        let relay_ran = rtt_ms > 0.0;
+        let cpu_us_per_intent = report::CpuPerIntent {
+            sluice: per(0, tally.applied),
+            postgres: per(1, tally.applied),
+            client: per(2, tally.applied),
+            relay: per(3, tally.applied).filter(|_| relay_ran),
+        };
+        let placement = match subject {
+            Subject::OwnTier => Some("own-tier".to_owned()),
+            Subject::Contender(c) if !c.is_sluice() => None,
+            _ => Some("next-to-store".to_owned()),
         };
         let (workload, theta, load) = match setting {
             Setting::Hot(t) => ("hot", Some(t), None),
@@ -637,6 +835,9 @@ impl Bench {
             timeouts: tally.timeouts,
             rejected_429: tally.rejected_429,
             cpu_us_per_mutation,
+            rtt_ms,
+            placement,
+            cpu_us_per_intent,
             quantiles_ms: (0..=100)
                 .map(|i| percentile(&latencies, f64::from(i) / 100.0))
                 .collect(),

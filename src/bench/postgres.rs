@@ -131,3 +131,47 @@ impl Drop for TempPostgres {
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
+
+/// The postmaster of the server behind `pool`, when that server runs on
+/// this machine: the parent of the backend serving this connection.
+pub async fn postmaster_pid(pool: &sqlx::PgPool) -> Option<u32> {
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(pool)
+        .await
+        .ok()?;
+    let stat = Path::new("/proc").join(backend.to_string());
+    let comm = std::fs::read_to_string(stat.join("comm")).ok()?;
+    if !comm.starts_with("postgres") {
+        return None;
+    }
+    let parent = super::child::stat_fields(&stat.join("stat"), &[1])? / 10_000;
+    let parent = u32::try_from(parent).ok()?;
+    let parent_comm = std::fs::read_to_string(format!("/proc/{parent}/comm")).ok()?;
+    parent_comm.starts_with("postgres").then_some(parent)
+}
+
+/// User plus system CPU of a PostgreSQL server, in microseconds: the
+/// postmaster's own, its children's that have exited (its `cutime` and
+/// `cstime`) and its live children's (backends, the WAL writer, …).
+pub fn server_cpu_us(postmaster: u32) -> Option<u64> {
+    let mut total = super::child::stat_fields(
+        Path::new(&format!("/proc/{postmaster}/stat")),
+        &[11, 12, 13, 14],
+    )?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let stat = entry.path().join("stat");
+        let is_child = super::child::stat_fields(&stat, &[1])
+            .is_some_and(|ppid| ppid / 10_000 == u64::from(postmaster));
+        if is_child {
+            total += super::child::stat_cpu_us(&stat).unwrap_or(0);
+        }
+    }
+    Some(total)
+}

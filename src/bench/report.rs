@@ -71,9 +71,44 @@ pub struct RunRecord {
     pub timeouts: u64,
     pub rejected_429: u64,
     pub cpu_us_per_mutation: Option<f64>,
+    /// The link's round trip between the clients and the service they
+    /// talk to (0: loopback, no link).
+    pub rtt_ms: f64,
+    /// Where a Sluice contender sits: `next-to-store` (loopback to
+    /// PostgreSQL) or `own-tier` (the link between it and PostgreSQL too);
+    /// `None` for the direct contenders.
+    pub placement: Option<String>,
+    pub cpu_us_per_intent: CpuPerIntent,
     /// Latency quantiles (ms) at 0%, 1%, … 100%, for the distribution plot.
     #[serde(skip)]
     pub quantiles_ms: Vec<f64>,
+}
+
+/// User+system CPU of each part of the machine per applied intent (µs);
+/// `None` where that part takes no part (Sluice for a direct contender,
+/// the relay on loopback) or cannot be read (a PostgreSQL elsewhere).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct CpuPerIntent {
+    pub sluice: Option<f64>,
+    pub postgres: Option<f64>,
+    pub client: Option<f64>,
+    pub relay: Option<f64>,
+}
+
+/// The link's round trip as measured by ping-pongs through it, idle.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinkRecord {
+    pub rtt_ms: f64,
+    pub median_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Sluice's capacity at one round trip: what that link's overload loads
+/// are multiples of.
+#[derive(Clone, Debug, Serialize)]
+pub struct CapacityRecord {
+    pub rtt_ms: f64,
+    pub goodput: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -88,9 +123,13 @@ pub struct Goal {
 pub struct BenchReport {
     pub machine: Machine,
     pub runs: Vec<RunRecord>,
-    /// Sluice's goodput on uniform keys, closed loop, no think time: what the
-    /// `overload` loads are multiples of.
+    /// Sluice's goodput on uniform keys, closed loop, no think time, at the
+    /// first round trip: what its `overload` loads are multiples of.
     pub capacity: Option<f64>,
+    /// The same at every round trip.
+    pub capacities: Vec<CapacityRecord>,
+    /// The link at each round trip of the run, measured.
+    pub links: Vec<LinkRecord>,
     /// Issue 4's comparison: group commit against one-row commits.
     pub group_commit: Vec<RunRecord>,
     /// `hot` at θ = 0.99, Sluice's features turned on one at a time.
@@ -126,6 +165,8 @@ fn medians(samples: &[Sample]) -> Vec<RunRecord> {
                 && f.theta == s.theta
                 && f.load == s.load
                 && f.contender == s.contender
+                && f.rtt_ms == s.rtt_ms
+                && f.placement == s.placement
         };
         match groups.iter_mut().find(|g| same(g)) {
             Some(g) => g.push(s),
@@ -152,6 +193,23 @@ fn medians(samples: &[Sample]) -> Vec<RunRecord> {
                 timeouts: median_u64(g.iter().map(|s| s.timeouts)),
                 rejected_429: median_u64(g.iter().map(|s| s.rejected_429)),
                 cpu_us_per_mutation: (!cpu.is_empty()).then(|| median(cpu)),
+                rtt_ms: f.rtt_ms,
+                placement: f.placement.clone(),
+                cpu_us_per_intent: {
+                    let part = |pick: fn(&CpuPerIntent) -> Option<f64>| {
+                        let values: Vec<f64> = g
+                            .iter()
+                            .filter_map(|s| pick(&s.cpu_us_per_intent))
+                            .collect();
+                        (!values.is_empty()).then(|| median(values))
+                    };
+                    CpuPerIntent {
+                        sluice: part(|c| c.sluice),
+                        postgres: part(|c| c.postgres),
+                        client: part(|c| c.client),
+                        relay: part(|c| c.relay),
+                    }
+                },
                 quantiles_ms: (0..f.quantiles_ms.len())
                     .map(|i| {
                         median(
@@ -169,6 +227,7 @@ fn medians(samples: &[Sample]) -> Vec<RunRecord> {
 impl BenchReport {
     pub fn new(
         machine: Machine,
+        links: Vec<LinkRecord>,
         samples: &[Sample],
         capacity: &[Sample],
         commits: &[Sample],
@@ -176,30 +235,48 @@ impl BenchReport {
     ) -> BenchReport {
         let runs = medians(samples);
         let mut ablation_runs: Vec<RunRecord> = Vec::new();
-        // The ends of the ablation are the contenders themselves.
-        let at = |name: &str| {
-            runs.iter()
-                .find(|r| r.workload == "hot" && r.theta == Some(0.99) && r.contender == name)
-                .cloned()
-        };
-        if let Some(mut fifo) = at("sluice-fifo") {
-            fifo.contender = format!("sluice-{}", ABLATION[0].0);
-            ablation_runs.push(fifo);
+        let mut rtts: Vec<f64> = ablation.iter().map(|s| s.rtt_ms).collect();
+        rtts.dedup();
+        let steps = medians(ablation);
+        for rtt in rtts {
+            // The ends of the ablation are the contenders themselves.
+            let at = |name: &str| {
+                runs.iter()
+                    .find(|r| {
+                        r.workload == "hot"
+                            && r.theta == Some(0.99)
+                            && r.contender == name
+                            && r.rtt_ms == rtt
+                            && r.placement.as_deref() != Some("own-tier")
+                    })
+                    .cloned()
+            };
+            if let Some(mut fifo) = at("sluice-fifo") {
+                fifo.contender = format!("sluice-{}", ABLATION[0].0);
+                ablation_runs.push(fifo);
+            }
+            ablation_runs.extend(steps.iter().filter(|r| r.rtt_ms == rtt).cloned());
+            if let Some(mut all) = at("sluice") {
+                all.contender = format!(
+                    "sluice-{}",
+                    ABLATION[ABLATION.len() - 1].0.trim_start_matches('+')
+                );
+                ablation_runs.push(all);
+            }
         }
-        ablation_runs.extend(medians(ablation));
-        if let Some(mut all) = at("sluice") {
-            all.contender = format!(
-                "sluice-{}",
-                ABLATION[ABLATION.len() - 1].0.trim_start_matches('+')
-            );
-            ablation_runs.push(all);
-        }
-        let capacity =
-            (!capacity.is_empty()).then(|| median(capacity.iter().map(|s| s.goodput).collect()));
+        let capacities: Vec<CapacityRecord> = medians(capacity)
+            .into_iter()
+            .map(|r| CapacityRecord {
+                rtt_ms: r.rtt_ms,
+                goodput: r.goodput,
+            })
+            .collect();
         let mut report = BenchReport {
             machine,
             runs,
-            capacity,
+            capacity: capacities.first().map(|c| c.goodput),
+            capacities,
+            links,
             group_commit: medians(commits),
             ablation: ablation_runs,
             goals: Vec::new(),
@@ -208,19 +285,38 @@ impl BenchReport {
         report
     }
 
+    /// The round trips of this run's records, in the order they ran.
+    fn rtts(&self) -> Vec<f64> {
+        let mut rtts: Vec<f64> = Vec::new();
+        for r in self.runs.iter().chain(&self.group_commit) {
+            if !rtts.contains(&r.rtt_ms) {
+                rtts.push(r.rtt_ms);
+            }
+        }
+        rtts
+    }
+
+    /// A record of this run: Sluice next to its store where it is Sluice.
     fn find(
         &self,
         workload: &str,
         theta: Option<f64>,
         load: Option<f64>,
         contender: &str,
+        rtt_ms: f64,
     ) -> Option<&RunRecord> {
         self.runs.iter().find(|r| {
-            r.workload == workload && r.theta == theta && r.load == load && r.contender == contender
+            r.workload == workload
+                && r.theta == theta
+                && r.load == load
+                && r.contender == contender
+                && r.rtt_ms == rtt_ms
+                && r.placement.as_deref() != Some("own-tier")
         })
     }
 
-    /// The issue's goals, each as a ratio measured in this run.
+    /// The goals, each as a ratio measured in this run, at each round trip
+    /// it has (`R=…` in the goal's name).
     fn goals(&self) -> Vec<Goal> {
         let mut goals = Vec::new();
         let mut goal = |goal: String, measured: f64, target: f64, at_most: bool| {
@@ -236,107 +332,176 @@ impl BenchReport {
                 met,
             });
         };
-        for theta in super::THETAS {
-            let t = Some(theta);
-            let (Some(s), Some(occ), Some(lock)) = (
-                self.find("hot", t, None, "sluice"),
-                self.find("hot", t, None, "direct-occ"),
-                self.find("hot", t, None, "direct-lock"),
-            ) else {
-                continue;
-            };
-            let best = occ.goodput.max(lock.goodput);
+        let ratio = |a: f64, b: f64| a / b.max(f64::MIN_POSITIVE);
+        for l in &self.links {
             goal(
-                format!("hot θ={theta}: sluice goodput / the better direct contender's"),
-                s.goodput / best.max(f64::MIN_POSITIVE),
-                1.0,
-                false,
+                format!(
+                    "R={} ms: the link's median round trip, off R by (share of R)",
+                    l.rtt_ms
+                ),
+                (ratio(l.median_ms, l.rtt_ms) - 1.0).abs(),
+                0.2,
+                true,
             );
-            if theta == 0.99 {
-                goal(
-                    "hot θ=0.99: sluice goodput / direct-occ's".into(),
-                    s.goodput / occ.goodput.max(f64::MIN_POSITIVE),
-                    3.0,
-                    false,
-                );
-                goal(
-                    "hot θ=0.99: sluice p99 / direct-occ's".into(),
-                    s.p99_ms / occ.p99_ms.max(f64::MIN_POSITIVE),
-                    0.5,
-                    true,
-                );
-                goal(
-                    "hot θ=0.99: sluice wasted store writes / applied".into(),
-                    s.wasted_writes as f64 / s.applied.max(1) as f64,
-                    0.01,
-                    true,
-                );
-                if let Some(fifo) = self.find("hot", t, None, "sluice-fifo") {
+        }
+        for rtt in self.rtts() {
+            let at = format!("R={rtt} ms");
+            let linked = rtt > 0.0;
+            for theta in super::THETAS {
+                let t = Some(theta);
+                let (Some(s), Some(occ), Some(lock)) = (
+                    self.find("hot", t, None, "sluice", rtt),
+                    self.find("hot", t, None, "direct-occ", rtt),
+                    self.find("hot", t, None, "direct-lock", rtt),
+                ) else {
+                    continue;
+                };
+                let best = occ.goodput.max(lock.goodput);
+                if linked || theta == 0.99 {
                     goal(
-                        "hot θ=0.99: sluice goodput / sluice-fifo's".into(),
-                        s.goodput / fifo.goodput.max(f64::MIN_POSITIVE),
-                        1.5,
+                        format!(
+                            "{at}, hot θ={theta}: sluice goodput / the better direct contender's"
+                        ),
+                        ratio(s.goodput, best),
+                        1.0,
                         false,
                     );
                 }
+                if theta == 0.99 && linked {
+                    goal(
+                        format!("{at}, hot θ=0.99: sluice goodput / direct-occ's"),
+                        ratio(s.goodput, occ.goodput),
+                        3.0,
+                        false,
+                    );
+                    goal(
+                        format!("{at}, hot θ=0.99: sluice goodput / direct-lock's"),
+                        ratio(s.goodput, lock.goodput),
+                        2.0,
+                        false,
+                    );
+                    goal(
+                        format!("{at}, hot θ=0.99: sluice p99 / direct-occ's"),
+                        ratio(s.p99_ms, occ.p99_ms),
+                        0.5,
+                        true,
+                    );
+                    goal(
+                        format!("{at}, hot θ=0.99: sluice wasted store writes / applied"),
+                        s.wasted_writes as f64 / s.applied.max(1) as f64,
+                        0.01,
+                        true,
+                    );
+                }
+                if theta == 0.0 {
+                    goal(
+                        format!("{at}, hot θ=0: sluice goodput / direct-occ's"),
+                        ratio(s.goodput, occ.goodput),
+                        if linked { 0.95 } else { 0.9 },
+                        false,
+                    );
+                }
+                if !linked {
+                    let cpu_max = match theta {
+                        0.0 => Some(40.0),
+                        0.99 => Some(60.0),
+                        _ => None,
+                    };
+                    if let (Some(max), Some(cpu)) = (cpu_max, s.cpu_us_per_intent.sluice) {
+                        goal(
+                            format!("{at}, hot θ={theta}: Sluice's CPU µs per intent"),
+                            cpu,
+                            max,
+                            true,
+                        );
+                    }
+                    let machine = |r: &RunRecord| {
+                        let c = r.cpu_us_per_intent;
+                        match (c.postgres, c.client) {
+                            (Some(pg), Some(client)) => Some(pg + client + c.sluice.unwrap_or(0.0)),
+                            _ => None,
+                        }
+                    };
+                    if theta == 0.99
+                        && let (Some(mine), Some(theirs)) = (machine(s), machine(lock))
+                    {
+                        goal(
+                            format!(
+                                "{at}, hot θ=0.99: machine CPU per intent, sluice / direct-lock"
+                            ),
+                            ratio(mine, theirs),
+                            1.0,
+                            true,
+                        );
+                    }
+                }
             }
-            if theta == 0.0 {
-                goal(
-                    "hot θ=0: sluice goodput / direct-occ's (overhead ≤ 10%)".into(),
-                    s.goodput / occ.goodput.max(f64::MIN_POSITIVE),
-                    0.9,
-                    false,
-                );
-            }
-        }
-        let overload: Vec<&RunRecord> = self
-            .runs
-            .iter()
-            .filter(|r| r.workload == "overload" && r.contender == "sluice")
-            .collect();
-        // The peak of the goodput-against-offered-load curve: the same
-        // open-loop intents at every load (the capacity run is a closed loop
-        // without think time, only the loads' yardstick).
-        let peak = overload.iter().map(|r| r.goodput).fold(0.0, f64::max);
-        let unloaded = overload.iter().find(|r| r.load == Some(0.5));
-        if let (Some(twice), Some(unloaded)) =
-            (overload.iter().find(|r| r.load == Some(2.0)), unloaded)
-        {
-            goal(
-                "overload 2×: sluice goodput / peak goodput".into(),
-                twice.goodput / peak.max(f64::MIN_POSITIVE),
-                0.9,
-                false,
-            );
-            goal(
-                "overload 2×: sluice admitted p99 / unloaded (0.5×) p99".into(),
-                twice.p99_ms / unloaded.p99_ms.max(f64::MIN_POSITIVE),
-                3.0,
-                true,
-            );
-            goal(
-                "overload 2×: sluice time-outs".into(),
-                twice.timeouts as f64,
-                0.0,
-                true,
-            );
-        }
-        let direct = self
-            .group_commit
-            .iter()
-            .find(|r| r.contender.starts_with("direct"));
-        if let Some(direct) = direct {
-            for r in self
-                .group_commit
-                .iter()
-                .filter(|r| r.contender.starts_with("sluice"))
+            if linked
+                && let (Some(s), Some(occ), Some(lock)) = (
+                    self.find("external", Some(0.99), None, "sluice", rtt),
+                    self.find("external", Some(0.99), None, "direct-occ", rtt),
+                    self.find("external", Some(0.99), None, "direct-lock", rtt),
+                )
             {
                 goal(
-                    format!("group commit: {} / {}", r.contender, direct.contender),
-                    r.goodput / direct.goodput.max(f64::MIN_POSITIVE),
-                    3.0,
+                    format!("{at}, external: sluice goodput / the better direct contender's"),
+                    ratio(s.goodput, occ.goodput.max(lock.goodput)),
+                    1.0,
                     false,
                 );
+            }
+            let overload: Vec<&RunRecord> = self
+                .runs
+                .iter()
+                .filter(|r| r.workload == "overload" && r.contender == "sluice" && r.rtt_ms == rtt)
+                .collect();
+            // The peak of the goodput-against-offered-load curve: the same
+            // open-loop intents at every load (the capacity run is a closed
+            // loop without think time, only the loads' yardstick).
+            let peak = overload.iter().map(|r| r.goodput).fold(0.0, f64::max);
+            let unloaded = overload.iter().find(|r| r.load == Some(0.5));
+            for (load, share) in [(2.0, 0.9), (4.0, 0.8)] {
+                let Some(run) = overload.iter().find(|r| r.load == Some(load)) else {
+                    continue;
+                };
+                goal(
+                    format!("{at}, overload {load}×: sluice goodput / peak goodput"),
+                    ratio(run.goodput, peak),
+                    share,
+                    false,
+                );
+                if load == 2.0
+                    && let Some(unloaded) = unloaded
+                {
+                    goal(
+                        format!("{at}, overload 2×: sluice admitted p99 / unloaded (0.5×) p99"),
+                        ratio(run.p99_ms, unloaded.p99_ms),
+                        3.0,
+                        true,
+                    );
+                }
+                goal(
+                    format!("{at}, overload {load}×: sluice time-outs"),
+                    run.timeouts as f64,
+                    0.0,
+                    true,
+                );
+            }
+            let commits: Vec<&RunRecord> = self
+                .group_commit
+                .iter()
+                .filter(|r| r.rtt_ms == rtt)
+                .collect();
+            let direct = commits.iter().find(|r| r.contender.starts_with("direct"));
+            if let (Some(direct), false) = (direct, linked) {
+                for r in commits.iter().filter(|r| r.contender.starts_with("sluice")) {
+                    goal(
+                        format!("{at}, group commit: {} / {}", r.contender, direct.contender),
+                        ratio(r.goodput, direct.goodput),
+                        3.0,
+                        false,
+                    );
+                }
             }
         }
         goals
@@ -349,84 +514,92 @@ impl BenchReport {
         };
         write("bench.json", &serde_json::to_vec_pretty(self)?)?;
         write("BENCH.md", self.markdown().as_bytes())?;
-        let contenders = ["direct-occ", "direct-lock", "sluice-fifo", "sluice"];
-        let thetas: Vec<f64> = super::THETAS.to_vec();
-        let series = |figure: &dyn Fn(&RunRecord) -> f64| -> Vec<Series> {
-            contenders
+        for rtt in self.rtts() {
+            // Loopback's plots keep their names; a link's are named by it.
+            let (suffix, title) = if rtt > 0.0 {
+                (format!("-r{rtt}ms"), format!(", R={rtt} ms"))
+            } else {
+                (String::new(), String::new())
+            };
+            let contenders = ["direct-occ", "direct-lock", "sluice-fifo", "sluice"];
+            let thetas: Vec<f64> = super::THETAS.to_vec();
+            let series = |figure: &dyn Fn(&RunRecord) -> f64| -> Vec<Series> {
+                contenders
+                    .iter()
+                    .map(|c| Series {
+                        name: (*c).to_owned(),
+                        points: thetas
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(i, t)| {
+                                self.find("hot", Some(*t), None, c, rtt)
+                                    .map(|r| (i as f64, figure(r)))
+                            })
+                            .collect(),
+                    })
+                    .collect()
+            };
+            let ticks: Vec<(f64, String)> = thetas
                 .iter()
-                .map(|c| Series {
-                    name: (*c).to_owned(),
-                    points: thetas
+                .enumerate()
+                .map(|(i, t)| (i as f64, format!("{t}")))
+                .collect();
+            write(
+                &format!("goodput-vs-skew{suffix}.svg"),
+                Plot {
+                    title: &format!("hot{title}: goodput against key skew"),
+                    x_label: "Zipf θ",
+                    y_label: "intents applied per second",
+                    x_ticks: Some(ticks.clone()),
+                    log_x: false,
+                    log_y: false,
+                    series: series(&|r| r.goodput),
+                }
+                .svg()
+                .as_bytes(),
+            )?;
+            write(
+                &format!("p99-vs-skew{suffix}.svg"),
+                Plot {
+                    title: &format!("hot{title}: p99 latency per intent against key skew"),
+                    x_label: "Zipf θ",
+                    y_label: "p99 ms (log)",
+                    x_ticks: Some(ticks),
+                    log_x: false,
+                    log_y: true,
+                    series: series(&|r| r.p99_ms),
+                }
+                .svg()
+                .as_bytes(),
+            )?;
+            let cdf: Vec<Series> = contenders
+                .iter()
+                .filter_map(|c| self.find("hot", Some(0.99), None, c, rtt))
+                .map(|r| Series {
+                    name: r.contender.clone(),
+                    points: r
+                        .quantiles_ms
                         .iter()
                         .enumerate()
-                        .filter_map(|(i, t)| {
-                            self.find("hot", Some(*t), None, c)
-                                .map(|r| (i as f64, figure(r)))
-                        })
+                        .map(|(i, ms)| (ms.max(0.01), i as f64 / 100.0))
                         .collect(),
                 })
-                .collect()
-        };
-        let ticks: Vec<(f64, String)> = thetas
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (i as f64, format!("{t}")))
-            .collect();
-        write(
-            "goodput-vs-skew.svg",
-            Plot {
-                title: "hot: goodput against key skew",
-                x_label: "Zipf θ",
-                y_label: "intents applied per second",
-                x_ticks: Some(ticks.clone()),
-                log_x: false,
-                log_y: false,
-                series: series(&|r| r.goodput),
-            }
-            .svg()
-            .as_bytes(),
-        )?;
-        write(
-            "p99-vs-skew.svg",
-            Plot {
-                title: "hot: p99 latency per intent against key skew",
-                x_label: "Zipf θ",
-                y_label: "p99 ms (log)",
-                x_ticks: Some(ticks),
-                log_x: false,
-                log_y: true,
-                series: series(&|r| r.p99_ms),
-            }
-            .svg()
-            .as_bytes(),
-        )?;
-        let cdf: Vec<Series> = contenders
-            .iter()
-            .filter_map(|c| self.find("hot", Some(0.99), None, c))
-            .map(|r| Series {
-                name: r.contender.clone(),
-                points: r
-                    .quantiles_ms
-                    .iter()
-                    .enumerate()
-                    .map(|(i, ms)| (ms.max(0.01), i as f64 / 100.0))
-                    .collect(),
-            })
-            .collect();
-        write(
-            "latency-theta-0.99.svg",
-            Plot {
-                title: "hot θ=0.99: latency distribution per intent",
-                x_label: "ms (log)",
-                y_label: "share of intents at most",
-                x_ticks: None,
-                log_x: true,
-                log_y: false,
-                series: cdf,
-            }
-            .svg()
-            .as_bytes(),
-        )?;
+                .collect();
+            write(
+                &format!("latency-theta-0.99{suffix}.svg"),
+                Plot {
+                    title: &format!("hot θ=0.99{title}: latency distribution per intent"),
+                    x_label: "ms (log)",
+                    y_label: "share of intents at most",
+                    x_ticks: None,
+                    log_x: true,
+                    log_y: false,
+                    series: cdf,
+                }
+                .svg()
+                .as_bytes(),
+            )?;
+        }
         Ok(())
     }
 
@@ -461,6 +634,8 @@ impl BenchReport {
                 if g.goal.contains("p99")
                     || g.goal.contains("wasted")
                     || g.goal.contains("time-outs")
+                    || g.goal.contains("CPU")
+                    || g.goal.contains("off R by")
                 {
                     "≤"
                 } else {
@@ -470,61 +645,97 @@ impl BenchReport {
                 if g.met { "yes" } else { "**no**" }
             );
         }
-        for workload in ["hot", "overload", "external", "trace"] {
-            let rows: Vec<&RunRecord> = self
-                .runs
-                .iter()
-                .filter(|r| r.workload == workload)
-                .collect();
-            if rows.is_empty() {
-                continue;
-            }
-            let _ = writeln!(md, "\n## {workload}\n");
-            if workload == "overload"
-                && let Some(c) = self.capacity
-            {
-                let _ = writeln!(
-                    md,
-                    "Loads are multiples of Sluice's capacity on uniform keys, measured first: {c:.0} intents/s.\n"
-                );
-            }
-            table(&mut md, &rows);
-        }
-        if !self.group_commit.is_empty() {
+        if !self.links.is_empty() {
             let _ = writeln!(
                 md,
-                "\n## Group commit\n\nUniform keys, no read and no think time: one-row UPDATE transactions straight to PostgreSQL against unconditional writes through Sluice.\n"
+                "\n## The link\n\nA relay in the bench holds the bytes of each direction for R/2, then forwards them in order, per connection, between every client and the service it talks to (PostgreSQL for the direct contenders, Sluice for the Sluice contenders). Sluice reaches PostgreSQL over loopback (`next-to-store`) except in the `own-tier` rows, where the link lies between Sluice and PostgreSQL too. R = 0 is loopback, no relay. Measured before the runs, idle, by {} one-byte ping-pongs; the relay's own CPU per intent is in the tables (column *relay*).\n\n| R ms | median ms | p99 ms | median / R |\n|---:|---:|---:|---:|",
+                super::LINK_PINGS
             );
-            table(&mut md, &self.group_commit.iter().collect::<Vec<_>>());
+            for l in &self.links {
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.3} | {:.3} | {:.2} |",
+                    l.rtt_ms,
+                    l.median_ms,
+                    l.p99_ms,
+                    l.median_ms / l.rtt_ms.max(f64::MIN_POSITIVE)
+                );
+            }
+        }
+        for rtt in self.rtts() {
+            for workload in ["hot", "overload", "external", "trace"] {
+                let rows: Vec<&RunRecord> = self
+                    .runs
+                    .iter()
+                    .filter(|r| r.workload == workload && r.rtt_ms == rtt)
+                    .collect();
+                if rows.is_empty() {
+                    continue;
+                }
+                let _ = writeln!(md, "\n## {workload}, R = {rtt} ms\n");
+                if workload == "overload"
+                    && let Some(c) = self.capacities.iter().find(|c| c.rtt_ms == rtt)
+                {
+                    let _ = writeln!(
+                        md,
+                        "Loads are multiples of Sluice's capacity on uniform keys at this round trip, measured first: {:.0} intents/s.\n",
+                        c.goodput
+                    );
+                }
+                table(&mut md, &rows);
+            }
+            let commits: Vec<&RunRecord> = self
+                .group_commit
+                .iter()
+                .filter(|r| r.rtt_ms == rtt)
+                .collect();
+            if !commits.is_empty() {
+                let _ = writeln!(
+                    md,
+                    "\n## Group commit, R = {rtt} ms\n\nUniform keys, no read and no think time: one-row UPDATE transactions straight to PostgreSQL against unconditional writes through Sluice.\n"
+                );
+                table(&mut md, &commits);
+            }
         }
         if !self.ablation.is_empty() {
             let _ = writeln!(
                 md,
-                "\n## Each feature's share (hot, θ = 0.99)\n\nFrom the plain queue (`sluice-fifo`) to everything (`sluice`), one feature turned on at a time; the share is the step's goodput gain over the whole gain.\n\n| configuration | goodput | step | share of the gain | p99 ms |\n|---|---:|---:|---:|---:|"
+                "\n## Each feature's share (hot, θ = 0.99)\n\nFrom the plain queue (`sluice-fifo`) to everything (`sluice`), one feature turned on at a time, at each round trip; the share is the step's goodput gain over the whole gain.\n\n| R ms | configuration | goodput | step | share of the gain | p99 ms |\n|---:|---|---:|---:|---:|---:|"
             );
-            let first = self.ablation.first().map_or(0.0, |r| r.goodput);
-            let last = self.ablation.last().map_or(0.0, |r| r.goodput);
-            let whole = last - first;
-            let mut previous = first;
-            for r in &self.ablation {
-                let step = r.goodput - previous;
-                let share = if whole.abs() > f64::EPSILON {
-                    format!("{:.0}%", 100.0 * step / whole)
-                } else {
-                    "–".into()
-                };
-                let _ = writeln!(
-                    md,
-                    "| {} | {:.0} | {:+.0} | {} | {:.1} |",
-                    r.contender, r.goodput, step, share, r.p99_ms
-                );
-                previous = r.goodput;
+            for rtt in self.rtts() {
+                let steps: Vec<&RunRecord> =
+                    self.ablation.iter().filter(|r| r.rtt_ms == rtt).collect();
+                let first = steps.first().map_or(0.0, |r| r.goodput);
+                let last = steps.last().map_or(0.0, |r| r.goodput);
+                let whole = last - first;
+                let mut previous = first;
+                for r in steps {
+                    let step = r.goodput - previous;
+                    let share = if whole.abs() > f64::EPSILON {
+                        format!("{:.0}%", 100.0 * step / whole)
+                    } else {
+                        "–".into()
+                    };
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {:.0} | {:+.0} | {} | {:.1} |",
+                        r.rtt_ms, r.contender, r.goodput, step, share, r.p99_ms
+                    );
+                    previous = r.goodput;
+                }
             }
         }
         let _ = writeln!(
             md,
-            "\n## Plots\n\n![goodput](goodput-vs-skew.svg)\n![p99](p99-vs-skew.svg)\n![latency](latency-theta-0.99.svg)\n"
+            "\n## Plots\n\n![goodput](goodput-vs-skew.svg)\n![p99](p99-vs-skew.svg)\n![latency](latency-theta-0.99.svg)"
         );
+        for rtt in self.rtts().into_iter().filter(|r| *r > 0.0) {
+            let _ = writeln!(
+                md,
+                "![goodput, R={rtt} ms](goodput-vs-skew-r{rtt}ms.svg)\n![p99, R={rtt} ms](p99-vs-skew-r{rtt}ms.svg)\n![latency, R={rtt} ms](latency-theta-0.99-r{rtt}ms.svg)"
+            );
+        }
+        md.push('\n');
         let _ = writeln!(md, "{}", NOTES);
         md
     }
@@ -547,18 +758,22 @@ const NOTES: &str = "## Reading the numbers\n\n\
 fn table(md: &mut String, rows: &[&RunRecord]) {
     let _ = writeln!(
         md,
-        "| setting | contender | goodput/s | applied | wasted writes | client conflicts | p50 ms | p99 ms | p999 ms | time-outs | 429s | cpu µs/mutation |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| setting | contender | goodput/s | applied | wasted writes | client conflicts | p50 ms | p99 ms | p999 ms | time-outs | 429s | cpu µs/mutation | cpu µs/intent: sluice | postgres | client | relay |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
+    let cpu = |c: Option<f64>| c.map_or("–".into(), |c| format!("{c:.0}"));
     for r in rows {
         let setting = match (r.theta, r.load) {
             (Some(t), _) => format!("θ={t}"),
             (_, Some(l)) => format!("{l}× load"),
             _ => "–".into(),
         };
+        let contender = match r.placement.as_deref() {
+            Some("own-tier") => format!("{} (own tier)", r.contender),
+            _ => r.contender.clone(),
+        };
         let _ = writeln!(
             md,
-            "| {setting} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
-            r.contender,
+            "| {setting} | {contender} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
             r.goodput,
             r.applied,
             r.wasted_writes,
@@ -568,8 +783,11 @@ fn table(md: &mut String, rows: &[&RunRecord]) {
             r.p999_ms,
             r.timeouts,
             r.rejected_429,
-            r.cpu_us_per_mutation
-                .map_or("–".into(), |c| format!("{c:.0}")),
+            cpu(r.cpu_us_per_mutation),
+            cpu(r.cpu_us_per_intent.sluice),
+            cpu(r.cpu_us_per_intent.postgres),
+            cpu(r.cpu_us_per_intent.client),
+            cpu(r.cpu_us_per_intent.relay),
         );
     }
 }
@@ -776,6 +994,9 @@ mod tests {
             timeouts: 0,
             rejected_429: 0,
             cpu_us_per_mutation: None,
+            rtt_ms: 1.0,
+            placement: (contender.starts_with("sluice")).then(|| "next-to-store".into()),
+            cpu_us_per_intent: CpuPerIntent::default(),
             quantiles_ms: vec![1.0, 2.0],
         }
     }
@@ -794,24 +1015,24 @@ mod tests {
             sample("direct-lock", 0.99, 150.0, 30.0),
         ];
         let machine = Machine::here("15".into(), true, Duration::from_secs(1), 3);
-        let report = BenchReport::new(machine, &samples, &[], &[], &[]);
+        let report = BenchReport::new(machine, Vec::new(), &samples, &[], &[], &[]);
         assert_eq!(report.runs.len(), 3, "one record per contender and setting");
         let sluice = report
-            .find("hot", Some(0.99), None, "sluice")
+            .find("hot", Some(0.99), None, "sluice", 1.0)
             .expect("sluice");
         assert_eq!(sluice.goodput, 1000.0);
         assert_eq!(sluice.p99_ms, 20.0);
         let ratio = report
             .goals
             .iter()
-            .find(|g| g.goal == "hot θ=0.99: sluice goodput / direct-occ's")
+            .find(|g| g.goal == "R=1 ms, hot θ=0.99: sluice goodput / direct-occ's")
             .expect("the 3× goal");
         assert_eq!(ratio.measured, 5.0);
         assert!(ratio.met);
         let p99 = report
             .goals
             .iter()
-            .find(|g| g.goal == "hot θ=0.99: sluice p99 / direct-occ's")
+            .find(|g| g.goal == "R=1 ms, hot θ=0.99: sluice p99 / direct-occ's")
             .expect("the p99 goal");
         assert!((p99.measured - 20.0 / 60.0).abs() < 1e-3 && p99.met);
         let json: serde_json::Value = serde_json::to_value(&report).expect("json");
@@ -831,6 +1052,9 @@ mod tests {
             "timeouts",
             "rejected_429",
             "cpu_us_per_mutation",
+            "rtt_ms",
+            "placement",
+            "cpu_us_per_intent",
         ] {
             assert!(run.get(field).is_some(), "runs[] has {field}");
         }

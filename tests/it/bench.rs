@@ -53,29 +53,45 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
     let runs = report["runs"].as_array().expect("runs");
     let contenders = ["direct-occ", "direct-lock", "sluice-fifo", "sluice"];
     let mut expected = Vec::new();
-    for theta in [0.0, 0.6, 0.9, 0.99, 1.2] {
-        expected.push(("hot", Some(theta), None));
+    // The full run's round trips: every workload at 0 (loopback) and 1 ms,
+    // `hot` at θ = 0.99 at 5 ms too.
+    for rtt in [0.0, 1.0] {
+        for theta in [0.0, 0.6, 0.9, 0.99, 1.2] {
+            expected.push(("hot", Some(theta), None, rtt));
+        }
+        for load in [0.5, 1.0, 2.0, 4.0] {
+            expected.push(("overload", None, Some(load), rtt));
+        }
+        expected.push(("external", Some(0.99), None, rtt));
+        expected.push(("trace", None, None, rtt));
     }
-    for load in [0.5, 1.0, 2.0] {
-        expected.push(("overload", None, Some(load)));
-    }
-    expected.push(("external", Some(0.99), None));
-    expected.push(("trace", None, None));
-    for (workload, theta, load) in &expected {
+    expected.push(("hot", Some(0.99), None, 5.0));
+    let record = |workload: &str,
+                  theta: Option<f64>,
+                  load: Option<f64>,
+                  rtt: f64,
+                  contender: &str,
+                  placement: Option<&str>|
+     -> Vec<&Value> {
+        runs.iter()
+            .filter(|r| {
+                r["workload"] == workload
+                    && r["theta"].as_f64() == theta
+                    && r["load"].as_f64() == load
+                    && r["rtt_ms"].as_f64() == Some(rtt)
+                    && r["contender"] == contender
+                    && r["placement"].as_str() == placement
+            })
+            .collect()
+    };
+    for (workload, theta, load, rtt) in &expected {
         for contender in contenders {
-            let found: Vec<&Value> = runs
-                .iter()
-                .filter(|r| {
-                    r["workload"] == *workload
-                        && r["theta"].as_f64() == *theta
-                        && r["load"].as_f64() == *load
-                        && r["contender"] == contender
-                })
-                .collect();
+            let placement = contender.starts_with("sluice").then_some("next-to-store");
+            let found = record(workload, *theta, *load, *rtt, contender, placement);
             assert_eq!(
                 found.len(),
                 1,
-                "one entry for {workload} {theta:?} {load:?} {contender}"
+                "one entry for {workload} {theta:?} {load:?} R={rtt} {contender}"
             );
             let run = found[0];
             for field in [
@@ -100,9 +116,41 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
                 contender.starts_with("sluice"),
                 "Sluice's CPU is measured, and only Sluice's: {run}"
             );
+            let cpu = &run["cpu_us_per_intent"];
+            assert_eq!(
+                cpu["sluice"].is_number(),
+                contender.starts_with("sluice"),
+                "{run}"
+            );
+            // The test's PostgreSQL runs on this machine: its CPU is read.
+            assert!(
+                cpu["postgres"].is_number() && cpu["client"].is_number(),
+                "{run}"
+            );
+            assert_eq!(
+                cpu["relay"].is_number(),
+                *rtt > 0.0,
+                "the relay only on a link: {run}"
+            );
         }
     }
-    assert_eq!(runs.len(), expected.len() * contenders.len());
+    // Sluice as its own tier, wherever there is a link.
+    for rtt in [1.0, 5.0] {
+        let found = record("hot", Some(0.99), None, rtt, "sluice", Some("own-tier"));
+        assert_eq!(found.len(), 1, "sluice as its own tier at R={rtt}");
+        assert!(found[0]["cpu_us_per_intent"]["relay"].is_number());
+    }
+    assert_eq!(runs.len(), expected.len() * contenders.len() + 2);
+    let links = report["links"].as_array().expect("links");
+    let measured: Vec<f64> = links.iter().filter_map(|l| l["rtt_ms"].as_f64()).collect();
+    assert_eq!(measured, [1.0, 5.0], "{links:?}");
+    for l in links {
+        let (rtt, median) = (l["rtt_ms"].as_f64(), l["median_ms"].as_f64());
+        assert!(
+            rtt.zip(median).is_some_and(|(r, m)| m >= 0.8 * r),
+            "a link is never faster than its round trip: {l}"
+        );
+    }
     // The trace's 400 mutations are all answered (applied, or a delete of
     // nothing, or a rejection), and the accounting check passed to get here.
     let trace_runs = runs.iter().filter(|r| r["workload"] == "trace");
@@ -110,23 +158,43 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
         assert!(run["applied"].as_u64().is_some_and(|n| n <= 400));
     }
     assert!(report["capacity"].as_f64().is_some_and(|c| c > 0.0));
-    assert_eq!(report["group_commit"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        report["capacities"].as_array().map(Vec::len),
+        Some(2),
+        "a capacity at each round trip"
+    );
+    assert_eq!(report["group_commit"].as_array().map(Vec::len), Some(6));
     let ablation = report["ablation"].as_array().expect("ablation");
-    assert_eq!(ablation.len(), 5, "fifo, three steps, everything");
+    assert_eq!(
+        ablation.len(),
+        10,
+        "fifo, three steps, everything, at R = 0 and 1"
+    );
     let goals = report["goals"].as_array().expect("goals");
-    assert!(goals.iter().any(|g| {
-        g["goal"]
-            .as_str()
-            .is_some_and(|s| s.contains("overload 2×"))
-    }));
+    for wanted in [
+        "R=0 ms, overload 2×",
+        "R=1 ms, overload 4×",
+        "R=1 ms, hot θ=0.99",
+        "link",
+    ] {
+        assert!(
+            goals
+                .iter()
+                .any(|g| g["goal"].as_str().is_some_and(|s| s.contains(wanted))),
+            "a goal about {wanted}"
+        );
+    }
 
     let markdown = std::fs::read_to_string(out.join("BENCH.md")).expect("BENCH.md");
     for heading in [
         "## Goals",
-        "## hot",
-        "## overload",
-        "## external",
-        "## trace",
+        "## The link",
+        "## hot, R = 0 ms",
+        "## hot, R = 1 ms",
+        "## hot, R = 5 ms",
+        "## overload, R = 1 ms",
+        "## external, R = 1 ms",
+        "## trace, R = 0 ms",
     ] {
         assert!(markdown.contains(heading), "BENCH.md has {heading}");
     }
@@ -134,6 +202,8 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
         "goodput-vs-skew.svg",
         "p99-vs-skew.svg",
         "latency-theta-0.99.svg",
+        "goodput-vs-skew-r1ms.svg",
+        "latency-theta-0.99-r5ms.svg",
     ] {
         let svg = std::fs::read_to_string(out.join(plot)).expect(plot);
         assert!(
@@ -164,4 +234,20 @@ fn the_lost_update_check_names_what_went_wrong() {
     assert!(lost.contains("lost"), "{lost}");
     let doubled = sluice::bench::accounting_problem("list entries", 10, 11).expect("a double");
     assert!(doubled.contains("twice"), "{doubled}");
+}
+
+#[test]
+fn bench_refuses_a_round_trip_out_of_range() {
+    for bad in ["-1", "1e9", "NaN"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["bench", "--quiet", "--rtt-ms", &format!("0,{bad}")])
+            .output()
+            .expect("run sluice bench");
+        assert!(!output.status.success(), "--rtt-ms {bad} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("a round trip is between 0 and 1000 ms"),
+            "{bad}: {stderr}"
+        );
+    }
 }
