@@ -1,9 +1,10 @@
 //! Connections bounded in number and in time, whatever the peer does.
 //!
 //! - At most `connections_max` are open (lowered to what the file-descriptor
-//!   limit leaves): past it a new connection is closed at once, instead of
-//!   every client timing out once the process runs out of file descriptors
-//!   (accept errors, `EMFILE` included, are backed off by axum: a second).
+//!   limit leaves): past it a new connection is answered 429
+//!   `connections_full` and closed at once, instead of every client timing
+//!   out once the process runs out of file descriptors (accept errors,
+//!   `EMFILE` included, are backed off by axum: a second).
 //! - A connection with no traffic either way for `idle_timeout_ms` is closed:
 //!   an idle keep-alive connection, and a stream whose client stopped
 //!   reading (its writes make no progress).
@@ -73,11 +74,27 @@ fn descriptor_limit() -> Option<usize> {
     None
 }
 
+/// Refused connections kept open for a moment, to read the request's head
+/// and answer it. Past this many, one is answered blindly and closed.
+const REFUSED_LINGERING_MAX: usize = 64;
+/// How long a refused connection may take to send its request's head, and
+/// to take the answer.
+const REFUSED_LINGER: Duration = Duration::from_millis(500);
+
+/// The answer to a connection past the cap.
+const REFUSED_ANSWER: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
+content-type: application/json\r\n\
+retry-after: 1\r\n\
+connection: close\r\n\
+content-length: 102\r\n\r\n\
+{\"error\":{\"code\":\"connections_full\",\"message\":\"every connection slot is taken; retry after a second\"}}";
+
 /// A listener that hands out bounded connections.
 pub struct Bounded {
     listener: TcpListener,
     limits: Limits,
     open: Arc<Semaphore>,
+    lingering: Arc<Semaphore>,
 }
 
 impl Bounded {
@@ -87,6 +104,7 @@ impl Bounded {
             listener,
             limits,
             open,
+            lingering: Arc::new(Semaphore::new(REFUSED_LINGERING_MAX)),
         }
     }
 }
@@ -100,9 +118,10 @@ impl axum::serve::Listener for Bounded {
             let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
             match self.open.clone().try_acquire_owned() {
                 Ok(permit) => return (Guarded::new(stream, permit, self.limits), addr),
-                // Full: closed at once (dropped), so the client learns it now.
+                // Full: answered and closed at once, so the client learns it now.
                 Err(_) => {
                     tracing::debug!(%addr, "connection refused: too many open");
+                    refuse(stream, &self.lingering);
                 }
             }
         }
@@ -111,6 +130,47 @@ impl axum::serve::Listener for Bounded {
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.listener.local_addr()
     }
+}
+
+/// Answers a connection past the cap and closes it. An HTTP client takes
+/// an answer only after its request (hyper drops one that comes first), so
+/// the request's head is read first, for a moment, while a lingering slot
+/// is free; past that the answer is written at once, best effort.
+fn refuse(stream: TcpStream, lingering: &Arc<Semaphore>) {
+    let Ok(slot) = lingering.clone().try_acquire_owned() else {
+        let _ = stream.try_write(REFUSED_ANSWER);
+        return;
+    };
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        let mut head = [0u8; 8192];
+        let mut filled = 0;
+        let _ = tokio::time::timeout(REFUSED_LINGER, async {
+            while filled < head.len() {
+                match stream.read(&mut head[filled..]).await {
+                    Ok(n) if n > 0 => filled += n,
+                    _ => return,
+                }
+                if head[..filled].windows(4).any(|w| w == b"\r\n\r\n") {
+                    return;
+                }
+            }
+        })
+        .await;
+        let _ = tokio::time::timeout(REFUSED_LINGER, async {
+            stream.write_all(REFUSED_ANSWER).await?;
+            stream.shutdown().await?;
+            // What the client still sends (a body) is read and dropped: a
+            // socket closed with bytes unread is reset, and a reset can
+            // reach the client before the answer does.
+            let mut sink = [0u8; 8192];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        drop(slot);
+    });
 }
 
 /// A connection under the bounds; it gives its slot back when dropped.
@@ -244,5 +304,25 @@ impl AsyncWrite for Guarded {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_a_whole_http_answer() {
+        let text = std::str::from_utf8(REFUSED_ANSWER).expect("utf-8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.starts_with("HTTP/1.1 429 "));
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.parse().ok())
+            .expect("content-length");
+        assert_eq!(length, body.len());
+        let json: serde_json::Value = serde_json::from_str(body).expect("json");
+        assert_eq!(json["error"]["code"], "connections_full");
     }
 }

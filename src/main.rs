@@ -51,7 +51,8 @@ struct BenchArgs {
     /// Every workload and setting, only shorter (about 3 minutes)
     #[arg(long)]
     quick: bool,
-    /// hot, overload, external or trace; repeat for several [default: all]
+    /// hot, overload, external, trace, writes or yardstick; repeat for
+    /// several [default: all]
     #[arg(long, value_name = "NAME")]
     workload: Vec<String>,
     /// Where bench.json, BENCH.md and the plots go
@@ -196,7 +197,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut workloads = Vec::new();
     for name in &args.workload {
         let workload = sluice::bench::Workload::parse(name).with_context(|| {
-            format!("unknown workload {name:?}: use hot, overload, external or trace")
+            format!(
+                "unknown workload {name:?}: use hot, overload, external, trace, writes or yardstick"
+            )
         })?;
         workloads.push(workload);
     }

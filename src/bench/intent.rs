@@ -57,7 +57,7 @@ pub struct Ended {
 }
 
 impl Ended {
-    fn failed(error: impl std::fmt::Display) -> Ended {
+    pub(super) fn failed(error: impl std::fmt::Display) -> Ended {
         Ended {
             error: Some(error.to_string()),
             ..Ended::default()

@@ -22,6 +22,8 @@ pub(super) struct Tally {
     pub(super) first_error: Option<String>,
     /// Per intent, 429s excepted: the admitted intents' latency.
     pub(super) latencies_us: Vec<u64>,
+    /// The run's length when the driver measured it itself (pgbench).
+    pub(super) duration: Option<Duration>,
 }
 
 impl Tally {
@@ -152,6 +154,7 @@ pub(super) async fn open_loop(
     let zipf = Arc::new(Zipf::new(DOCS, 0.0));
     let mut rng = SplitMix64::new(seed);
     let outstanding = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(tokio::sync::Semaphore::new(OPEN_LOOP_CONNECTIONS));
     let mut tasks = JoinSet::new();
     let mut total = Tally::default();
     let start = tokio::time::Instant::now();
@@ -177,11 +180,16 @@ pub(super) async fn open_loop(
         let key = format!("doc-{}", zipf.draw(&mut rng));
         let (target, collection, outstanding) =
             (target.clone(), collection.clone(), outstanding.clone());
+        let connections = connections.clone();
         tasks.spawn(async move {
             let client = format!("o{}", n % 1024);
             let entry = format!("o{n}");
-            let (ended, took) =
-                timed_append(&target, &collection, &key, &client, &entry, think).await;
+            let arrived = Instant::now();
+            // Waiting for a connection is part of the intent's latency.
+            let connection = connections.acquire_owned().await;
+            let (ended, _) = timed_append(&target, &collection, &key, &client, &entry, think).await;
+            drop(connection);
+            let took = arrived.elapsed();
             outstanding.fetch_sub(1, Ordering::Relaxed);
             let mut tally = Tally::default();
             tally.add(ended, took);
@@ -296,6 +304,52 @@ pub(super) async fn one_row_commits(
         });
     }
     join(tasks).await
+}
+
+/// The batched ceiling: one client writing uniform keys straight to
+/// PostgreSQL, `COMMIT_BATCH` distinct rows per transaction.
+pub(super) async fn direct_batched(
+    pool: PgPool,
+    collection: &Arc<str>,
+    run: Duration,
+    seed: u64,
+) -> Tally {
+    let deadline = Instant::now() + run;
+    let mut rng = SplitMix64::new(seed);
+    let mut tally = Tally::default();
+    while Instant::now() < deadline {
+        let mut keys = std::collections::BTreeSet::new();
+        while keys.len() < COMMIT_BATCH {
+            keys.insert(format!("doc-{}", rng.below(DOCS)));
+        }
+        let keys: Vec<String> = keys.into_iter().collect();
+        let started = Instant::now();
+        let done = sqlx::query(
+            "UPDATE sluice_documents SET version = version + 1,
+                 item = json_build_object('owner', 'batched', 'entries', item->'entries')
+             WHERE collection = $1 AND key = ANY($2)",
+        )
+        .bind(&**collection)
+        .bind(&keys)
+        .execute(&pool)
+        .await;
+        let latency = started.elapsed();
+        match done {
+            Ok(r) => {
+                for i in 0..keys.len() as u64 {
+                    tally.add(
+                        Ended {
+                            applied: i < r.rows_affected(),
+                            ..Ended::default()
+                        },
+                        latency,
+                    );
+                }
+            }
+            Err(e) => tally.add(Ended::failed(e), latency),
+        }
+    }
+    tally
 }
 
 /// Unconditional uniform-key writes through Sluice: what group commit is for.

@@ -13,6 +13,7 @@ mod child;
 mod intent;
 pub mod link;
 mod load;
+mod pgbench;
 pub mod postgres;
 mod report;
 
@@ -32,7 +33,8 @@ use child::SluiceChild;
 use indicatif::{ProgressBar, ProgressStyle};
 use intent::Target;
 use load::{
-    Tally, closed_loop, external_writer, one_row_commits, open_loop, sluice_writes, trace_run,
+    Tally, closed_loop, direct_batched, external_writer, one_row_commits, open_loop, sluice_writes,
+    trace_run,
 };
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::collections::BTreeMap;
@@ -69,6 +71,10 @@ const REFUSED_PAUSE: Duration = Duration::from_millis(100);
 /// Open-loop intents outstanding at once; an arrival beyond it is a client
 /// that gave up at once (a time-out).
 const OUTSTANDING_MAX: usize = 4_096;
+/// Requests in flight at once in the open loop: the connections of a fleet
+/// of clients' pools, below Sluice's default cap of 768 connections (an
+/// arrival waits for one, and the wait counts in its latency).
+const OPEN_LOOP_CONNECTIONS: usize = 512;
 /// Writes per second of the `external` workload's writer that bypasses Sluice.
 const EXTERNAL_RATE: f64 = 200.0;
 /// Clients of the group-commit comparison: pgbench-style one-row commits.
@@ -85,14 +91,18 @@ pub enum Workload {
     Overload,
     External,
     Trace,
+    Writes,
+    Yardstick,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 6] = [
         Workload::Hot,
         Workload::Overload,
         Workload::External,
         Workload::Trace,
+        Workload::Writes,
+        Workload::Yardstick,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +111,8 @@ impl Workload {
             Workload::Overload => "overload",
             Workload::External => "external",
             Workload::Trace => "trace",
+            Workload::Writes => "writes",
+            Workload::Yardstick => "yardstick",
         }
     }
 
@@ -187,13 +199,51 @@ enum Setting {
     Overload(f64),
     External,
     Trace,
-    /// pgbench-style: one-row updates, each its own transaction.
-    OneRowCommits,
-    /// Unconditional uniform-key writes through Sluice, one per request or
-    /// `COMMIT_BATCH` per request.
-    SluiceWrites {
-        batched: bool,
-    },
+    /// Unconditional writes over uniform keys, no read, no think.
+    Writes(Writer),
+    /// The `direct-lock` transaction at θ = 1.01 without think time, by
+    /// pgbench and by the bench.
+    Yardstick,
+}
+
+/// Who writes in the `writes` workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Writer {
+    /// `COMMIT_CLIENTS` clients, one-row transactions straight to PostgreSQL.
+    DirectOneRow,
+    /// The ceiling: one client, `COMMIT_BATCH`-row transactions.
+    DirectBatched,
+    /// Through Sluice, one mutation per request.
+    Sluice,
+    /// Through Sluice, `COMMIT_BATCH` mutations per `POST /v1/mutations:batch`.
+    SluiceBatch,
+}
+
+impl Writer {
+    const ALL: [Writer; 4] = [
+        Writer::DirectOneRow,
+        Writer::DirectBatched,
+        Writer::Sluice,
+        Writer::SluiceBatch,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Writer::DirectOneRow => "direct-one-row",
+            Writer::DirectBatched => "direct-batched",
+            Writer::Sluice => "sluice",
+            Writer::SluiceBatch => "sluice-batch",
+        }
+    }
+
+    fn subject(self) -> Subject {
+        match self {
+            Writer::DirectOneRow | Writer::DirectBatched => {
+                Subject::Contender(Contender::DirectOcc)
+            }
+            Writer::Sluice | Writer::SluiceBatch => Subject::Contender(Contender::Sluice),
+        }
+    }
 }
 
 /// Who a run measures.
@@ -205,6 +255,8 @@ enum Subject {
     /// `sluice` deployed as its own tier: the link between it and
     /// PostgreSQL too.
     OwnTier,
+    /// PostgreSQL's own pgbench (the yardstick).
+    Pgbench,
 }
 
 /// One run: what, who, and over which link.
@@ -268,6 +320,12 @@ struct Bench {
     _postgres_link: link::Link,
     /// PostgreSQL's postmaster, when the server runs on this machine.
     postmaster: Option<u32>,
+    /// PostgreSQL's URL, and the same through the link.
+    url: String,
+    linked_url: String,
+    pgbench: PathBuf,
+    /// Where pgbench's scripts and logs go for a while.
+    out: PathBuf,
     trace: Arc<Vec<TraceLine>>,
     /// Collections are named `{prefix}-{n}`: unique across invocations on one
     /// database, so nothing of an earlier run is in the way.
@@ -372,7 +430,7 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
         let features = match subject {
             Subject::Contender(Contender::Sluice) | Subject::OwnTier => Features::ALL,
             Subject::Contender(Contender::SluiceFifo) => Features::NONE,
-            Subject::Contender(_) => continue,
+            Subject::Contender(_) | Subject::Pgbench => continue,
             Subject::Ablation(i) => ABLATION[i].1,
         };
         let name = match subject {
@@ -406,6 +464,10 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
         sluice_links,
         _postgres_link: postgres_link,
         postmaster,
+        url: url.clone(),
+        linked_url: linked_url.to_string(),
+        pgbench: postgres::pgbench_path(),
+        out: options.out.clone(),
         trace: Arc::new(trace),
         prefix: format!("b{}", wall_ms()),
         runs: 0,
@@ -424,7 +486,6 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
     );
     let mut samples = Vec::new();
     let mut capacity_samples = Vec::new();
-    let mut commit_samples = Vec::new();
     let mut ablation_samples = Vec::new();
     for job in jobs {
         let Job {
@@ -442,9 +503,6 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
             (Setting::Capacity, _) => {
                 bench.capacity.insert(rtt_key(rtt_ms), sample.goodput);
                 capacity_samples.push(sample);
-            }
-            (Setting::OneRowCommits | Setting::SluiceWrites { .. }, _) => {
-                commit_samples.push(sample)
             }
             (_, Subject::Ablation(_)) => ablation_samples.push(sample),
             _ => samples.push(sample),
@@ -470,10 +528,25 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
         links,
         &samples,
         &capacity_samples,
-        &commit_samples,
         &ablation_samples,
     );
     report.write(&options.out)?;
+    // Runs under a second (the harness's own tests) are too short to judge
+    // the baseline by; the report says what they measured.
+    if plan.run >= Duration::from_secs(1)
+        && let Some(weak) = report
+            .goals
+            .iter()
+            .find(|g| g.goal.contains(report::YARDSTICK_GOAL) && !g.met)
+    {
+        bail!(
+            "{}: {:.3}, below {}; the bench's direct baseline is too weak to compare against (the report is in {})",
+            weak.goal,
+            weak.measured,
+            weak.target,
+            options.out.display()
+        );
+    }
     Ok(report)
 }
 
@@ -521,12 +594,9 @@ fn schedule(workloads: &[Workload], plan: &Plan) -> Vec<Job> {
             }
             Workload::External => settings.push(Setting::External),
             Workload::Trace => settings.push(Setting::Trace),
+            Workload::Writes => settings.extend(Writer::ALL.map(Setting::Writes)),
+            Workload::Yardstick => settings.push(Setting::Yardstick),
         }
-    }
-    if workloads.contains(&Workload::Overload) {
-        settings.push(Setting::OneRowCommits);
-        settings.push(Setting::SluiceWrites { batched: false });
-        settings.push(Setting::SluiceWrites { batched: true });
     }
     let mut jobs = Vec::new();
     let mut turn = 0;
@@ -540,8 +610,10 @@ fn schedule(workloads: &[Workload], plan: &Plan) -> Vec<Job> {
                         }
                         vec![Subject::Contender(Contender::Sluice)]
                     }
-                    Setting::OneRowCommits => vec![Subject::Contender(Contender::DirectOcc)],
-                    Setting::SluiceWrites { .. } => vec![Subject::Contender(Contender::Sluice)],
+                    Setting::Writes(writer) => vec![writer.subject()],
+                    Setting::Yardstick => {
+                        vec![Subject::Pgbench, Subject::Contender(Contender::DirectLock)]
+                    }
                     _ => contenders.clone(),
                 };
                 let mut subjects = subjects;
@@ -591,6 +663,7 @@ fn subject_name(subject: Subject) -> String {
         Subject::Contender(c) => c.name().to_owned(),
         Subject::Ablation(i) => format!("sluice-{}", ABLATION[i].0.trim_start_matches('+')),
         Subject::OwnTier => Contender::Sluice.name().to_owned(),
+        Subject::Pgbench => "pgbench-lock".to_owned(),
     }
 }
 
@@ -601,9 +674,8 @@ fn setting_label(setting: Setting) -> String {
         Setting::Overload(l) => format!("overload {l}×"),
         Setting::External => "external".into(),
         Setting::Trace => "trace".into(),
-        Setting::OneRowCommits => "one-row commits".into(),
-        Setting::SluiceWrites { batched: false } => "sluice writes".into(),
-        Setting::SluiceWrites { batched: true } => "sluice batched writes".into(),
+        Setting::Writes(writer) => format!("writes {}", writer.name()),
+        Setting::Yardstick => "yardstick".into(),
     }
 }
 
@@ -621,7 +693,7 @@ impl Bench {
                 pool: pool.clone(),
                 lock: false,
             },
-            Subject::Contender(Contender::DirectLock) => Target::Direct {
+            Subject::Contender(Contender::DirectLock) | Subject::Pgbench => Target::Direct {
                 pool: pool.clone(),
                 lock: true,
             },
@@ -750,18 +822,51 @@ impl Bench {
                 tally
             }
             Setting::Trace => trace_run(target.clone(), &collection, self.trace.clone()).await,
-            Setting::OneRowCommits => {
+            Setting::Writes(writer) => {
                 let pool = match &target {
                     Target::Direct { pool, .. } => pool.clone(),
                     Target::Sluice { .. } => self.direct.clone(),
                 };
-                one_row_commits(pool, &collection, run, self.seed).await
+                match writer {
+                    Writer::DirectOneRow => {
+                        one_row_commits(pool, &collection, run, self.seed).await
+                    }
+                    Writer::DirectBatched => {
+                        direct_batched(pool, &collection, run, self.seed).await
+                    }
+                    Writer::Sluice | Writer::SluiceBatch => {
+                        let batched = writer == Writer::SluiceBatch;
+                        sluice_writes(target.clone(), &collection, run, batched, self.seed).await
+                    }
+                }
             }
-            Setting::SluiceWrites { batched } => {
-                sluice_writes(target.clone(), &collection, run, batched, self.seed).await
-            }
+            Setting::Yardstick => match subject {
+                Subject::Pgbench => {
+                    let url = if rtt_ms > 0.0 {
+                        &self.linked_url
+                    } else {
+                        &self.url
+                    };
+                    pgbench::run(&self.pgbench, url, &collection, run, &self.out).await?
+                }
+                _ => {
+                    closed_loop(
+                        target.clone(),
+                        &collection,
+                        CLIENTS,
+                        pgbench::YARDSTICK_THETA,
+                        run,
+                        Duration::ZERO,
+                        self.seed,
+                    )
+                    .await
+                }
+            },
         };
-        let elapsed = started.elapsed().max(Duration::from_millis(1));
+        let elapsed = tally
+            .duration
+            .unwrap_or_else(|| started.elapsed())
+            .max(Duration::from_millis(1));
         let cpu_after = self.cpu(subject);
         if let Some(e) = &tally.first_error {
             bail!(
@@ -800,6 +905,7 @@ impl Bench {
         let placement = match subject {
             Subject::OwnTier => Some("own-tier".to_owned()),
             Subject::Contender(c) if !c.is_sluice() => None,
+            Subject::Pgbench => None,
             _ => Some("next-to-store".to_owned()),
         };
         let (workload, theta, load) = match setting {
@@ -808,16 +914,11 @@ impl Bench {
             Setting::Overload(l) => ("overload", None, Some(l)),
             Setting::External => ("external", Some(0.99), None),
             Setting::Trace => ("trace", None, None),
-            Setting::OneRowCommits | Setting::SluiceWrites { .. } => ("commit", None, None),
+            Setting::Writes(_) => ("writes", None, None),
+            Setting::Yardstick => ("yardstick", Some(pgbench::YARDSTICK_THETA), None),
         };
         let contender = match setting {
-            Setting::OneRowCommits => format!("direct one-row commits ({COMMIT_CLIENTS} clients)"),
-            Setting::SluiceWrites { batched: false } => "sluice, one mutation per request".into(),
-            Setting::SluiceWrites { batched: true } => {
-                format!(
-                    "sluice, {BATCH_CLIENTS} clients sending {COMMIT_BATCH} mutations per batch request"
-                )
-            }
+            Setting::Writes(writer) => writer.name().to_owned(),
             _ => subject_name(subject),
         };
         Ok(Sample {
@@ -922,7 +1023,7 @@ impl Bench {
         let applied = i64::try_from(tally.applied)?;
         let problem = match setting {
             Setting::Trace => accounting_problem("version increments", applied, found.versions),
-            Setting::OneRowCommits | Setting::SluiceWrites { .. } => {
+            Setting::Writes(_) => {
                 accounting_problem("version increments", applied, found.versions - found.docs)
             }
             Setting::External => accounting_problem("list entries", applied, found.entries)

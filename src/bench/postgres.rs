@@ -37,6 +37,15 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The `pgbench` next to the newest installed server, or the one on `PATH`.
+pub fn pgbench_path() -> PathBuf {
+    server_bin()
+        .map(|bin| bin.join("pgbench"))
+        .ok()
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("pgbench"))
+}
+
 /// PostgreSQL refuses to run as root; then it runs as `postgres`.
 fn command(program: &Path) -> Command {
     if is_root() {

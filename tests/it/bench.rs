@@ -140,7 +140,41 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
         assert_eq!(found.len(), 1, "sluice as its own tier at R={rtt}");
         assert!(found[0]["cpu_us_per_intent"]["relay"].is_number());
     }
-    assert_eq!(runs.len(), expected.len() * contenders.len() + 2);
+    // The unconditional writes and the yardstick, at each round trip.
+    let others = [
+        ("writes", None, "direct-one-row"),
+        ("writes", None, "direct-batched"),
+        ("writes", None, "sluice"),
+        ("writes", None, "sluice-batch"),
+        ("yardstick", Some(1.01), "pgbench-lock"),
+        ("yardstick", Some(1.01), "direct-lock"),
+    ];
+    for rtt in [0.0, 1.0] {
+        for (workload, theta, contender) in others {
+            let through_sluice = workload == "writes" && contender.starts_with("sluice");
+            let placement = through_sluice.then_some("next-to-store");
+            let found = record(workload, theta, None, rtt, contender, placement);
+            assert_eq!(
+                found.len(),
+                1,
+                "one entry for {workload} {contender} R={rtt}"
+            );
+            let run = found[0];
+            assert!(run["applied"].as_u64().is_some_and(|n| n > 0), "{run}");
+            let cpu = &run["cpu_us_per_intent"];
+            assert_eq!(cpu["sluice"].is_number(), through_sluice, "{run}");
+            // pgbench is a process of its own, counted as a client.
+            assert!(
+                cpu["postgres"].is_number() && cpu["client"].is_number(),
+                "{run}"
+            );
+            assert_eq!(cpu["relay"].is_number(), rtt > 0.0, "{run}");
+        }
+    }
+    assert_eq!(
+        runs.len(),
+        expected.len() * contenders.len() + 2 + 2 * others.len()
+    );
     let links = report["links"].as_array().expect("links");
     let measured: Vec<f64> = links.iter().filter_map(|l| l["rtt_ms"].as_f64()).collect();
     assert_eq!(measured, [1.0, 5.0], "{links:?}");
@@ -163,7 +197,11 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
         Some(2),
         "a capacity at each round trip"
     );
-    assert_eq!(report["group_commit"].as_array().map(Vec::len), Some(6));
+    assert_eq!(
+        report["group_commit"].as_array().map(Vec::len),
+        Some(8),
+        "the writes workload's records, where an earlier bench.json had them"
+    );
     let ablation = report["ablation"].as_array().expect("ablation");
     assert_eq!(
         ablation.len(),
@@ -195,6 +233,8 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
         "## overload, R = 1 ms",
         "## external, R = 1 ms",
         "## trace, R = 0 ms",
+        "## writes, R = 0 ms",
+        "## yardstick, R = 1 ms",
     ] {
         assert!(markdown.contains(heading), "BENCH.md has {heading}");
     }

@@ -622,10 +622,26 @@ async fn connections_are_bounded_in_number_and_time() {
     let _ = fifth
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        fifth.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "a connection past the cap was left hanging");
+    let answer = String::from_utf8_lossy(&answer);
     assert!(
-        closed_within(&mut fifth, std::time::Duration::from_secs(2)).await,
-        "a connection past the cap was served or left hanging"
+        answer.starts_with("HTTP/1.1 429 ") && answer.contains("connections_full"),
+        "a connection past the cap is told why, then closed: {answer}"
     );
+    // An HTTP client sees the same answer.
+    let refused = reqwest::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .expect("an answer, not a reset");
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
     // One slot comes back when an idle connection closes.
     idle.pop();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;

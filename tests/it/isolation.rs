@@ -8,22 +8,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Each hostile script, and what its rejection must say.
-const HOSTILE: [(&str, &str); 6] = [
+/// Each hostile script, and what its rejection may say. A memory bomb
+/// starved of CPU can reach its time limit before its memory limit: both
+/// are true; a reason that is neither (`throw null` as out of memory) fails.
+const HOSTILE: [(&str, &[&str]); 6] = [
     (
         "function resolve(ctx){var a=[];for(;;){try{a.push(new Array(100000).fill(1))}catch(e){a=[]}}}",
-        "memory limit",
+        &["memory limit", "time limit"],
     ),
-    ("function resolve(ctx){for(;;){}}", "time limit"),
+    ("function resolve(ctx){for(;;){}}", &["time limit"]),
     (
         "function resolve(ctx){var a=[];for(;;){a.push('x'.repeat(1<<22)+a.length)}}",
-        "memory limit",
+        &["memory limit", "time limit"],
     ),
-    ("function resolve(ctx){throw null}", "threw null"),
-    ("function resolve(ctx){return resolve(ctx)}", "script threw"),
+    ("function resolve(ctx){throw null}", &["threw null"]),
+    (
+        "function resolve(ctx){return resolve(ctx)}",
+        &["script threw"],
+    ),
     (
         "function resolve(ctx){return {action:'resolve',item:{s:'x'.repeat(1200000)}}}",
-        "-byte bound",
+        &["-byte bound"],
     ),
 ];
 
@@ -126,7 +131,7 @@ async fn hostile_scripts_stall_only_their_own_lanes() {
             );
             let reason = body["conflict"]["reason"].as_str().unwrap_or_default();
             assert!(
-                reason.contains(HOSTILE[i].1),
+                HOSTILE[i].1.iter().any(|r| reason.contains(r)),
                 "h{i} was rejected for the wrong reason: {reason}"
             );
         }
