@@ -48,7 +48,7 @@ struct BenchArgs {
     /// it a temporary server is started and removed
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
-    /// Every workload and setting, only shorter (about 3 minutes)
+    /// Every workload and setting, only shorter (1.5 s runs, one repetition)
     #[arg(long)]
     quick: bool,
     /// hot, overload, external, trace, writes or yardstick; repeat for

@@ -119,18 +119,19 @@ impl Drop for Relay {
 }
 
 /// User plus system CPU time of every relay thread of this process, in
-/// microseconds (from `/proc/self/task/*/stat`).
+/// microseconds (from `/proc/self/task/*/stat`); `None` without a relay.
 pub fn relay_cpu_us() -> Option<u64> {
-    let mut total = 0;
+    let mut total = None;
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let path = task.path();
         let named = std::fs::read_to_string(path.join("comm"))
             .is_ok_and(|name| name.starts_with(THREAD_PREFIX));
         if named {
-            total += super::child::stat_cpu_us(&path.join("stat")).unwrap_or(0);
+            let cpu = super::child::stat_cpu_us(&path.join("stat")).unwrap_or(0);
+            total = Some(total.unwrap_or(0) + cpu);
         }
     }
-    Some(total)
+    total
 }
 
 /// A relay's listening end: connect to `addr` to reach the target through
@@ -312,10 +313,9 @@ mod tests {
         relay.set_rtt(Duration::ZERO);
         let (loopback, _) = measure(&relay, 100).await.expect("measure");
         assert!(loopback < rtt / 2, "a zero round trip took {loopback:?}");
-        assert!(
-            relay_cpu_us().is_some_and(|us| us > 0),
-            "the relay's threads are found and have run"
-        );
+        // Counted in 10 ms ticks: a short test may not have used one.
+        assert!(relay_cpu_us().is_some(), "the relay's threads are found");
+        drop(relay);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

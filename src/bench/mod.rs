@@ -39,7 +39,7 @@ use load::{
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -726,8 +726,9 @@ impl Bench {
         let sluice = self.children.get(&subject).and_then(SluiceChild::cpu_us);
         let postgres = self.postmaster.and_then(postgres::server_cpu_us);
         let relay = link::relay_cpu_us();
-        let client =
-            process_cpu_us(std::process::id()).map(|all| all.saturating_sub(relay.unwrap_or(0)));
+        // With the children it has reaped: pgbench, a client of its own.
+        let client = child::stat_fields(Path::new("/proc/self/stat"), &[11, 12, 13, 14])
+            .map(|all| all.saturating_sub(relay.unwrap_or(0)));
         [sluice, postgres, client, relay]
     }
 
