@@ -152,8 +152,13 @@ async fn hostile_scripts_stall_only_their_own_lanes() {
     );
     assert!(runs >= 12.0, "{runs} script runs");
     assert_eq!(within, runs, "runs over 500 ms:\n{metrics}");
+    // A write stalled behind a script waits for its run (250 ms here; the
+    // finding was 14.8 s): 100 ms of slack over twice the unloaded p99
+    // catches that and leaves the machine's own noise (a neighbouring test
+    // took p99 from 6 to 27 ms) to the benchmark, `bench/hostile_scripts.py`,
+    // which measures the 2× goal.
     assert!(
-        loaded <= unloaded * 2,
+        loaded <= unloaded * 2 + Duration::from_millis(100),
         "an optimistic collection's p99 went from {unloaded:?} unloaded to {loaded:?} beside six hostile scripts"
     );
 }
