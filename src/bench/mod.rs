@@ -10,10 +10,12 @@
 //! applied are exactly the entries found in the database.
 
 mod child;
+mod goals;
 mod intent;
 pub mod link;
 mod load;
 mod pgbench;
+mod plot;
 pub mod postgres;
 mod report;
 
