@@ -1,0 +1,296 @@
+//! The run plan: which workloads, settings and subjects, at which round
+//! trips, in which order.
+
+use super::{BenchOptions, Contender, FAR_RTT_MS, Features, LOADS, RTTS_MS, THETAS};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Workload {
+    Hot,
+    Overload,
+    External,
+    Trace,
+    Writes,
+    Yardstick,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 6] = [
+        Workload::Hot,
+        Workload::Overload,
+        Workload::External,
+        Workload::Trace,
+        Workload::Writes,
+        Workload::Yardstick,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Hot => "hot",
+            Workload::Overload => "overload",
+            Workload::External => "external",
+            Workload::Trace => "trace",
+            Workload::Writes => "writes",
+            Workload::Yardstick => "yardstick",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == s)
+    }
+}
+
+/// How long and how often.
+#[derive(Clone, Debug)]
+pub(super) struct Plan {
+    pub run: Duration,
+    pub repetitions: usize,
+    pub trace_lines: usize,
+    /// Every workload runs at each of these round trips (ms).
+    pub rtts_ms: Vec<f64>,
+    /// `hot` at θ = 0.99 runs at this one too.
+    pub far_rtt_ms: Option<f64>,
+}
+
+impl Plan {
+    pub fn of(options: &BenchOptions) -> Plan {
+        let mut plan = if options.quick {
+            Plan {
+                run: Duration::from_millis(1_500),
+                repetitions: 1,
+                trace_lines: 8_000,
+                rtts_ms: RTTS_MS.to_vec(),
+                far_rtt_ms: None,
+            }
+        } else {
+            Plan {
+                run: Duration::from_secs(4),
+                repetitions: 3,
+                trace_lines: 25_000,
+                rtts_ms: RTTS_MS.to_vec(),
+                far_rtt_ms: Some(FAR_RTT_MS),
+            }
+        };
+        if let Some(ms) = options.run_ms {
+            plan.run = Duration::from_millis(ms);
+        }
+        if let Some(n) = options.repetitions {
+            plan.repetitions = n;
+        }
+        if let Some(n) = options.trace_lines {
+            plan.trace_lines = n;
+        }
+        if let Some(rtts) = &options.rtts_ms {
+            plan.rtts_ms = rtts.clone();
+            plan.far_rtt_ms = None;
+        }
+        plan
+    }
+}
+
+/// What a run does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Setting {
+    Hot(f64),
+    /// Sluice's capacity on uniform keys: the overload runs' reference.
+    Capacity,
+    Overload(f64),
+    External,
+    Trace,
+    /// Unconditional writes over uniform keys, no read, no think.
+    Writes(Writer),
+    /// The `direct-lock` transaction at θ = 1.01 without think time, by
+    /// pgbench and by the bench.
+    Yardstick,
+}
+
+/// Who writes in the `writes` workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Writer {
+    /// `COMMIT_CLIENTS` clients, one-row transactions straight to PostgreSQL.
+    DirectOneRow,
+    /// The ceiling: one client, `COMMIT_BATCH`-row transactions.
+    DirectBatched,
+    /// Through Sluice, one mutation per request.
+    Sluice,
+    /// Through Sluice, `COMMIT_BATCH` mutations per `POST /v1/mutations:batch`.
+    SluiceBatch,
+}
+
+impl Writer {
+    pub const ALL: [Writer; 4] = [
+        Writer::DirectOneRow,
+        Writer::DirectBatched,
+        Writer::Sluice,
+        Writer::SluiceBatch,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Writer::DirectOneRow => "direct-one-row",
+            Writer::DirectBatched => "direct-batched",
+            Writer::Sluice => "sluice",
+            Writer::SluiceBatch => "sluice-batch",
+        }
+    }
+
+    pub fn subject(self) -> Subject {
+        match self {
+            Writer::DirectOneRow | Writer::DirectBatched => {
+                Subject::Contender(Contender::DirectOcc)
+            }
+            Writer::Sluice | Writer::SluiceBatch => Subject::Contender(Contender::Sluice),
+        }
+    }
+}
+
+/// Who a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Subject {
+    Contender(Contender),
+    /// A Sluice with only some features on (`ABLATION[i]`).
+    Ablation(usize),
+    /// `sluice` deployed as its own tier: the link between it and
+    /// PostgreSQL too.
+    OwnTier,
+    /// PostgreSQL's own pgbench (the yardstick).
+    Pgbench,
+}
+
+/// One run: what, who, and over which link.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Job {
+    pub setting: Setting,
+    pub subject: Subject,
+    pub rtt_ms: f64,
+}
+
+/// The features turned on one at a time, from the plain queue to everything.
+pub const ABLATION: [(&str, Features); 5] = [
+    ("fifo", Features::NONE),
+    (
+        "+prediction",
+        Features {
+            prediction: true,
+            ..Features::NONE
+        },
+    ),
+    (
+        "+priority",
+        Features {
+            prediction: true,
+            priority: true,
+            ..Features::NONE
+        },
+    ),
+    (
+        "+coalescing",
+        Features {
+            prediction: true,
+            priority: true,
+            coalescing: true,
+            group_commit: false,
+        },
+    ),
+    ("+group commit", Features::ALL),
+];
+
+/// Every run in order: per repetition, per round trip, per setting, the
+/// contenders in an order that rotates, so no contender always runs first
+/// or last.
+pub(super) fn schedule(workloads: &[Workload], plan: &Plan) -> Vec<Job> {
+    let contenders: Vec<Subject> = Contender::ALL.into_iter().map(Subject::Contender).collect();
+    let mut settings = Vec::new();
+    for workload in workloads {
+        match workload {
+            Workload::Hot => settings.extend(THETAS.iter().map(|t| Setting::Hot(*t))),
+            Workload::Overload => {
+                settings.push(Setting::Capacity);
+                settings.extend(LOADS.iter().map(|l| Setting::Overload(*l)));
+            }
+            Workload::External => settings.push(Setting::External),
+            Workload::Trace => settings.push(Setting::Trace),
+            Workload::Writes => settings.extend(Writer::ALL.map(Setting::Writes)),
+            Workload::Yardstick => settings.push(Setting::Yardstick),
+        }
+    }
+    let mut jobs = Vec::new();
+    let mut turn = 0;
+    for repetition in 0..plan.repetitions {
+        for &rtt_ms in &plan.rtts_ms {
+            for setting in &settings {
+                let subjects: Vec<Subject> = match setting {
+                    Setting::Capacity => {
+                        if repetition > 0 {
+                            continue;
+                        }
+                        vec![Subject::Contender(Contender::Sluice)]
+                    }
+                    Setting::Writes(writer) => vec![writer.subject()],
+                    Setting::Yardstick => {
+                        vec![Subject::Pgbench, Subject::Contender(Contender::DirectLock)]
+                    }
+                    _ => contenders.clone(),
+                };
+                let mut subjects = subjects;
+                // The features one at a time, beside the contenders at
+                // θ = 0.99 (the two ends are `sluice-fifo` and `sluice`
+                // themselves), and Sluice as its own tier where there is a
+                // link to put between it and PostgreSQL.
+                if *setting == Setting::Hot(0.99) {
+                    subjects.extend((1..ABLATION.len() - 1).map(Subject::Ablation));
+                    if rtt_ms > 0.0 {
+                        subjects.push(Subject::OwnTier);
+                    }
+                }
+                let n = subjects.len();
+                for i in 0..n {
+                    jobs.push(Job {
+                        setting: *setting,
+                        subject: subjects[(i + turn) % n],
+                        rtt_ms,
+                    });
+                }
+                turn += 1;
+            }
+        }
+        if let Some(rtt_ms) = plan
+            .far_rtt_ms
+            .filter(|_| workloads.contains(&Workload::Hot))
+        {
+            let mut subjects = contenders.clone();
+            subjects.push(Subject::OwnTier);
+            let n = subjects.len();
+            for i in 0..n {
+                jobs.push(Job {
+                    setting: Setting::Hot(0.99),
+                    subject: subjects[(i + turn) % n],
+                    rtt_ms,
+                });
+            }
+            turn += 1;
+        }
+    }
+    jobs
+}
+
+pub(super) fn subject_name(subject: Subject) -> String {
+    match subject {
+        Subject::Contender(c) => c.name().to_owned(),
+        Subject::Ablation(i) => format!("sluice-{}", ABLATION[i].0.trim_start_matches('+')),
+        Subject::OwnTier => Contender::Sluice.name().to_owned(),
+        Subject::Pgbench => "pgbench-lock".to_owned(),
+    }
+}
+
+pub(super) fn setting_label(setting: Setting) -> String {
+    match setting {
+        Setting::Hot(t) => format!("hot θ={t}"),
+        Setting::Capacity => "capacity".into(),
+        Setting::Overload(l) => format!("overload {l}×"),
+        Setting::External => "external".into(),
+        Setting::Trace => "trace".into(),
+        Setting::Writes(writer) => format!("writes {}", writer.name()),
+        Setting::Yardstick => "yardstick".into(),
+    }
+}
