@@ -107,8 +107,8 @@ pub struct QueueConfig {
     /// The store latency the adaptive concurrency limit aims under.
     pub latency_target_ms: f64,
     /// The door refuses requests over its adaptive limit (429) and lowers
-    /// the limit while mutations stay longer than this on average; 0 turns
-    /// the door off.
+    /// the limit while mutations wait longer than this in the queue on
+    /// average; 0 turns the door off.
     pub queue_wait_max_ms: u64,
     /// Documents as Sluice last committed them, kept so the next lane of a
     /// document starts without a store read (its commit still checks the

@@ -19,7 +19,7 @@ use crate::model::{ANONYMOUS_CLIENT, DocKey};
 use crate::resolve::CollectionConfig;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -303,16 +303,25 @@ struct WaitQuery {
 async fn post_mutation(
     State(engine): State<Engine>,
     query: Result<Query<WaitQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let body = body?;
+    // The door first: a refusal under overload must cost almost nothing,
+    // so it reads and parses no body.
+    let entered = if query.wait == Some(false) {
+        None
+    } else {
+        match engine.enter(1) {
+            Ok(entered) => Some(entered),
+            Err(refused) => return Ok(reply(refused).into_response()),
+        }
+    };
+    let body = Bytes::from_request(request, &engine).await?;
     let mutation = wire::parse_mutation(&body, || uuid::Uuid::new_v4().simple().to_string())
         .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, "invalid_mutation", message))?;
-    let answer = if query.wait == Some(false) {
-        engine.accept(mutation).await
-    } else {
-        engine.submit(mutation).await
+    let answer = match entered {
+        Some(entered) => engine.submit_entered(mutation, entered).await,
+        None => engine.accept(mutation).await,
     };
     Ok(reply(answer).into_response())
 }
@@ -332,9 +341,14 @@ async fn post_mutation(
     ))]
 async fn post_batch(
     State(engine): State<Engine>,
-    body: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let body = match body {
+    // A batch's length is known only once it is parsed; a door that would
+    // refuse even one mutation refuses the batch before its body is read.
+    if let Err(refused) = engine.enter(1) {
+        return Ok(reply(refused).into_response());
+    }
+    let body = match Bytes::from_request(request, &engine).await {
         Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

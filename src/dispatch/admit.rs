@@ -13,6 +13,7 @@ use crate::predict::Observation;
 use crate::queue::Refusal as Full;
 use crate::store::StoreError;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -21,7 +22,15 @@ use tracing::{error, info, warn};
 impl Engine {
     /// Decides one mutation and returns what the client is told.
     pub async fn submit(&self, mutation: Mutation) -> Answer {
-        self.submit_as(mutation, None).await
+        match self.enter(1) {
+            Ok(entered) => self.submit_as(mutation, None, entered).await,
+            Err(refused) => refused,
+        }
+    }
+
+    /// `submit` for a mutation already let through the door by `enter`.
+    pub async fn submit_entered(&self, mutation: Mutation, entered: InSystem) -> Answer {
+        self.submit_as(mutation, None, entered).await
     }
 
     /// Decides a quarantined mutation again, or discards it, through its
@@ -31,18 +40,19 @@ impl Engine {
         mutation: Mutation,
         action: QuarantineAction,
     ) -> Answer {
-        self.submit_as(mutation, Some(action)).await
+        match self.enter(1) {
+            Ok(entered) => self.submit_as(mutation, Some(action), entered).await,
+            Err(refused) => refused,
+        }
     }
 
-    async fn submit_as(&self, mutation: Mutation, origin: Option<QuarantineAction>) -> Answer {
+    async fn submit_as(
+        &self,
+        mutation: Mutation,
+        origin: Option<QuarantineAction>,
+        _entered: InSystem,
+    ) -> Answer {
         let inner = &self.inner;
-        if inner.closing.load(Ordering::SeqCst) {
-            return inner.refuse(shutting_down(), 1);
-        }
-        let _in_system = match inner.enter(1, true) {
-            Ok(entered) => entered,
-            Err(wait_ms) => return inner.refuse(overloaded(wait_ms), 1),
-        };
         let received_ms = inner.clock.now_ms();
         let id = mutation.id.clone();
         let guard = match self.claim(&mutation, true, false, origin).await {
@@ -214,13 +224,8 @@ impl Engine {
     /// none is (`Err` with the 429 for the whole batch); then each gets the
     /// answer it would have got alone, in the same order.
     pub async fn submit_batch(&self, mutations: Vec<Mutation>) -> Result<Vec<Answer>, Answer> {
+        let _entered = self.enter(mutations.len())?;
         let inner = &self.inner;
-        if inner.closing.load(Ordering::SeqCst) {
-            return Err(inner.refuse(shutting_down(), mutations.len()));
-        }
-        let _in_system = inner
-            .enter(mutations.len(), true)
-            .map_err(|wait_ms| inner.refuse(overloaded(wait_ms), mutations.len()))?;
         let received_ms = inner.clock.now_ms();
         enum Slot<'a> {
             Answered(Answer),
@@ -552,57 +557,81 @@ fn queued_answer(id: &str, score: Option<f64>) -> Answer {
 }
 
 /// A request inside Sluice (mutations between arrival and answer, or a
-/// document read); leaves the count on drop, and a mutation tells the door
-/// how long it stayed.
-pub(super) struct InSystem<'a> {
-    inner: &'a Inner,
+/// document read); leaves the count on drop. Owned, so that the API can let
+/// a request through the door before it reads its body.
+pub struct InSystem {
+    inner: Arc<Inner>,
     n: usize,
-    /// When a mutation entered; `None` for a read.
-    entered_at: Option<Duration>,
+    /// Mutations (not reads): what a stalled queue is judged by.
+    mutations: bool,
 }
 
-impl Drop for InSystem<'_> {
+impl Drop for InSystem {
     fn drop(&mut self) {
-        let inner = self.inner;
-        inner.in_system.fetch_sub(self.n, Ordering::SeqCst);
-        let Some(entered_at) = self.entered_at else {
-            return;
-        };
-        let now = inner.clock.elapsed();
-        let stayed_ms = now.saturating_sub(entered_at).as_secs_f64() * 1000.0;
-        let depth = inner.in_system.load(Ordering::SeqCst);
-        lock(&inner.door).observe(now, stayed_ms, depth, inner.config.queue_wait_max_ms as f64);
+        self.inner.in_system.fetch_sub(self.n, Ordering::SeqCst);
+        if self.mutations {
+            self.inner
+                .mutations_in_system
+                .fetch_sub(self.n, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Engine {
+    /// Lets `n` synchronous mutations through the door, or refuses them
+    /// (429 `overloaded`): called by the API before it reads the body, so a
+    /// refusal costs no parsing. The entry is handed to `submit_entered` or
+    /// `submit_batch_entered`.
+    pub fn enter(&self, n: usize) -> Result<InSystem, Answer> {
+        if self.inner.closing.load(Ordering::SeqCst) {
+            return Err(self.inner.refuse(shutting_down(), n));
+        }
+        Inner::enter(&self.inner, n, true)
+            .map_err(|wait_ms| self.inner.refuse(overloaded(wait_ms), n))
     }
 }
 
 impl Inner {
-    /// Lets `n` synchronous mutations in, or refuses them (with the
-    /// recent time in the system) when the door's adaptive limit is reached.
-    /// The limit counts every mutation between arrival and answer, not only
-    /// the queued ones: under overload requests also pile up on the store's
-    /// connections (the resend check) before they reach the queue.
+    /// Lets `n` requests in, or refuses them (with the recent queue wait)
+    /// when the door's adaptive limit is reached. The limit counts every
+    /// request between arrival and answer, not only the queued ones: under
+    /// overload requests also pile up on the store's connections (the resend
+    /// check, document reads) before they reach the queue.
     ///
-    /// Document reads pass the same door (`timed` false): they count toward
-    /// the limit, so an overloaded Sluice refuses a client's read as fast as
-    /// its write, but their stays say nothing about the write queue.
-    pub(super) fn enter(&self, n: usize, timed: bool) -> Result<InSystem<'_>, u64> {
-        let depth = self.in_system.fetch_add(n, Ordering::SeqCst);
-        let mut entered = InSystem {
-            inner: self,
-            n,
-            entered_at: timed.then(|| self.clock.elapsed()),
+    /// Document reads pass the same door (`mutations` false): they count
+    /// toward the limit, so an overloaded Sluice refuses a client's read as
+    /// fast as its write, but they do not make a queue look stalled.
+    pub(super) fn enter(this: &Arc<Inner>, n: usize, mutations: bool) -> Result<InSystem, u64> {
+        let depth = this.in_system.fetch_add(n, Ordering::SeqCst);
+        let inside = if mutations {
+            this.mutations_in_system.fetch_add(n, Ordering::SeqCst)
+        } else {
+            this.mutations_in_system.load(Ordering::Relaxed)
         };
-        if self.config.queue_wait_max_ms == 0 {
+        let entered = InSystem {
+            inner: this.clone(),
+            n,
+            mutations,
+        };
+        if this.config.queue_wait_max_ms == 0 {
             return Ok(entered);
         }
-        let admitted = lock(&self.door).admit(depth, n);
-        if let Err(stayed_ms) = admitted {
-            // A refusal's instant stay must not pull the window's mean down:
-            // it only leaves the count.
-            entered.entered_at = None;
-            return Err(stayed_ms);
-        }
+        let now = this.clock.elapsed();
+        let bound_ms = this.config.queue_wait_max_ms as f64;
+        lock(&this.door).admit(now, depth, inside, n, bound_ms)?;
         Ok(entered)
+    }
+
+    /// Tells the door how long the mutations a worker just took waited in
+    /// the queue.
+    pub(super) fn taken(&self, admitted_at: impl Iterator<Item = Duration>) {
+        if self.config.queue_wait_max_ms == 0 {
+            return;
+        }
+        let now = self.clock.elapsed();
+        let waits = admitted_at.map(|at| now.saturating_sub(at).as_secs_f64() * 1000.0);
+        let depth = self.in_system.load(Ordering::Relaxed);
+        lock(&self.door).observe(now, waits, depth, self.config.queue_wait_max_ms as f64);
     }
 
     /// Counts `n` mutations refused and hands the refusal back as their

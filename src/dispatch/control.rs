@@ -264,23 +264,33 @@ pub fn backoff_ms(attempt: u32, unit: f64) -> f64 {
     ceiling / 2.0 + ceiling / 2.0 * unit.clamp(0.0, 1.0)
 }
 
-/// Admission at the door, an AIMD limit on what is in the system: when the
-/// mutations of a window stayed longer than `queue_wait_max_ms` on average,
-/// there is a standing queue, and the limit comes down; while they do not
-/// and the limit was what refused or bounded the window, it goes back up.
-/// Goodput stays the store's while the admitted keep their latency, and the
-/// refused get a fast 429 instead of a time-out. (CoDel's minimum over the
-/// window was the first choice: with many lanes in parallel one lucky
-/// mutation kept it low while the rest queued, and `sluice bench` measured
-/// an admitted p99 nine times the unloaded one at twice the capacity.)
+/// Admission at the door, an AIMD limit on what is in the system, driven by
+/// what queueing costs: the wait of mutations in Sluice's own queue, from
+/// admission until a worker takes their lane. When the mutations taken in a
+/// window waited longer than `queue_wait_max_ms` on average, there is a
+/// standing queue, and the limit comes down; while they do not and the limit
+/// was what refused or bounded the window, it goes back up. A queue that
+/// stopped moving (no lane taken for a whole window while many mutations are
+/// inside: a stalled store) counts as a standing queue too, since nothing
+/// taken means nothing observed.
+///
+/// The wait in the queue, not the whole stay: a stay also grows when the
+/// host's CPU is starved by someone else or the store is slow to commit,
+/// and refusing then does not shorten anything a client waits for. (CoDel's
+/// minimum over the window was the first choice: with many lanes in
+/// parallel one lucky mutation kept it low while the rest queued, and
+/// `sluice bench` measured an admitted p99 nine times the unloaded one at
+/// twice the capacity.)
 #[derive(Debug)]
 pub struct Door {
     limit: f64,
     window_start: Duration,
-    window_stays_ms: f64,
+    window_waits_ms: f64,
     window_count: u32,
     window_max_depth: usize,
-    /// The mean stay of the last full window, for the refusal's message.
+    /// When a worker last took a lane.
+    last_take: Duration,
+    /// The mean wait of the last full window, for the refusal's message.
     last_mean_ms: f64,
     refused: bool,
     limit_max: f64,
@@ -291,10 +301,27 @@ const DOOR_WINDOW: Duration = Duration::from_millis(100);
 const DOOR_LIMIT_MIN: usize = 64;
 
 impl Door {
-    /// Whether `n` more may come in with `depth` already inside: `Err` with
-    /// the last window's mean stay (ms), for the refusal's message. A
-    /// handful of requests is never refused, whatever the limit.
-    pub fn admit(&mut self, depth: usize, n: usize) -> Result<(), u64> {
+    /// Whether `n` more may come in with `depth` already inside, of which
+    /// `mutations` are mutations: `Err` with the last window's mean queue
+    /// wait (ms), for the refusal's message. A handful of requests is never
+    /// refused, whatever the limit.
+    pub fn admit(
+        &mut self,
+        now: Duration,
+        depth: usize,
+        mutations: usize,
+        n: usize,
+        bound_ms: f64,
+    ) -> Result<(), u64> {
+        if mutations >= DOOR_LIMIT_MIN
+            && now.saturating_sub(self.last_take) >= DOOR_WINDOW
+            && now.saturating_sub(self.window_start) >= DOOR_WINDOW
+        {
+            // Nothing taken for a window with this many inside: as long a
+            // wait as the window, at least.
+            let waited_ms = now.saturating_sub(self.last_take).as_secs_f64() * 1000.0;
+            self.close_window(now, waited_ms.max(bound_ms + 1.0), depth, bound_ms);
+        }
         if depth + n > self.limit.max(n as f64) as usize && depth >= DOOR_LIMIT_MIN {
             self.refused = true;
             return Err(self.last_mean_ms.round() as u64);
@@ -323,35 +350,52 @@ impl Door {
         Door {
             limit: limit_max as f64,
             window_start: Duration::ZERO,
-            window_stays_ms: 0.0,
+            window_waits_ms: 0.0,
             window_count: 0,
             window_max_depth: 0,
+            last_take: Duration::ZERO,
             last_mean_ms: 0.0,
             refused: false,
             limit_max: limit_max as f64,
         }
     }
 
-    pub fn observe(&mut self, now: Duration, stayed_ms: f64, depth: usize, bound_ms: f64) {
-        self.window_stays_ms += stayed_ms;
-        self.window_count += 1;
-        self.window_max_depth = self.window_max_depth.max(depth + 1);
-        if now.saturating_sub(self.window_start) < DOOR_WINDOW {
+    /// A worker took mutations that waited `waits_ms` in the queue, with
+    /// `depth` requests inside.
+    pub fn observe(
+        &mut self,
+        now: Duration,
+        waits_ms: impl IntoIterator<Item = f64>,
+        depth: usize,
+        bound_ms: f64,
+    ) {
+        self.last_take = now;
+        for wait in waits_ms {
+            self.window_waits_ms += wait;
+            self.window_count += 1;
+        }
+        self.window_max_depth = self.window_max_depth.max(depth);
+        if now.saturating_sub(self.window_start) < DOOR_WINDOW || self.window_count == 0 {
             return;
         }
+        let mean_ms = self.window_waits_ms / f64::from(self.window_count);
+        self.close_window(now, mean_ms, depth, bound_ms);
+    }
+
+    fn close_window(&mut self, now: Duration, mean_ms: f64, depth: usize, bound_ms: f64) {
         let floor = DOOR_LIMIT_MIN as f64;
-        let mean_ms = self.window_stays_ms / f64::from(self.window_count);
+        let max_depth = self.window_max_depth.max(depth);
         if mean_ms > bound_ms {
             // Start from what was actually in the system, not from a limit
             // far above it, so one window is enough to bite.
-            let from = self.limit.min(self.window_max_depth as f64);
+            let from = self.limit.min(max_depth as f64);
             self.limit = (from * 0.9).max(floor);
-        } else if self.refused || self.window_max_depth as f64 >= self.limit * 0.9 {
+        } else if self.refused || max_depth as f64 >= self.limit * 0.9 {
             self.limit = (self.limit * 1.1 + 1.0).min(self.limit_max);
         }
         self.last_mean_ms = mean_ms;
         self.window_start = now;
-        self.window_stays_ms = 0.0;
+        self.window_waits_ms = 0.0;
         self.window_count = 0;
         self.window_max_depth = 0;
         self.refused = false;
@@ -480,17 +524,20 @@ mod tests {
     }
 
     impl Windows {
-        /// One window: these stays (ms) at this depth, then its close.
-        fn window(&mut self, stays: &[f64], depth: usize) -> f64 {
+        /// One window: lanes taken after these waits (ms) at this depth,
+        /// then its close.
+        fn window(&mut self, waits: &[f64], depth: usize) -> f64 {
             let start = self.next_ms;
-            for stay in stays {
-                self.door
-                    .observe(Duration::from_millis(start + 1), *stay, depth, 20.0);
-            }
+            self.door.observe(
+                Duration::from_millis(start + 1),
+                waits.iter().copied(),
+                depth,
+                20.0,
+            );
             self.next_ms = start + 100;
-            let last = stays.iter().copied().fold(f64::MAX, f64::min);
+            let last = waits.iter().copied().fold(f64::MAX, f64::min);
             self.door
-                .observe(Duration::from_millis(self.next_ms), last, depth, 20.0);
+                .observe(Duration::from_millis(self.next_ms), [last], depth, 20.0);
             self.door.limit
         }
     }
@@ -527,5 +574,29 @@ mod tests {
         // Drained but far from used: it stays where it is.
         w.door.limit = 1_000.0;
         assert_eq!(w.window(&[2.0], 10), 1_000.0);
+    }
+
+    #[test]
+    fn a_queue_that_stopped_moving_closes_the_door() {
+        let mut door = Door::new(10_000);
+        let at = Duration::from_millis;
+        door.observe(at(5), [1.0], 10, 20.0);
+        // Many inside and nothing taken for a whole window: the limit comes
+        // down to below what is inside, and the next one is refused.
+        assert!(
+            door.admit(at(50), 500, 500, 1, 20.0).is_ok(),
+            "not yet a window"
+        );
+        assert!(door.admit(at(120), 500, 500, 1, 20.0).is_err());
+        assert!(door.limit() < 500, "{}", door.limit());
+        // Reads inside are no stall of the queue: few mutations, no change.
+        let mut reads = Door::new(10_000);
+        for ms in (0..1_000).step_by(50) {
+            assert!(reads.admit(at(ms), 500, 3, 1, 20.0).is_ok());
+        }
+        assert_eq!(reads.limit(), 10_000);
+        // A handful inside is never refused, even by a stalled queue.
+        let mut few = Door::new(10_000);
+        assert!(few.admit(at(500), 10, 10, 1, 20.0).is_ok());
     }
 }

@@ -89,6 +89,7 @@ pub(super) async fn dispatch_loop(inner: Arc<Inner>) {
                 }
                 Some(Some((doc, batch))) => {
                     backoffs = 0;
+                    inner.taken(batch.iter().map(|queued| queued.admitted_at));
                     tokio::spawn(run_lane(inner.clone(), doc, batch));
                 }
             }

@@ -40,6 +40,7 @@ mod reads;
 pub mod reply;
 mod stats;
 
+pub use admit::InSystem;
 pub use control::{ControlState, Signals};
 pub use learn::train_from_history;
 pub use quarantine::{QuarantineAction, QuarantineError};
@@ -109,8 +110,8 @@ pub struct EngineConfig {
     /// The store latency the controller aims under.
     pub latency_target_ms: f64,
     /// The door refuses requests over its adaptive limit (429 `overloaded`)
-    /// and lowers the limit while mutations stay longer than this on
-    /// average; 0: no door.
+    /// and lowers the limit while mutations wait longer than this in the
+    /// queue on average; 0: no door.
     pub queue_wait_max_ms: u64,
     /// The budget of the cache of committed documents; 0: no cache, every
     /// lane reads the store.
@@ -154,7 +155,7 @@ impl Default for EngineConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error(
-        "Sluice is overloaded: mutations stay about {stayed_ms} ms, over its bound; retry after a moment"
+        "Sluice is overloaded: mutations wait about {stayed_ms} ms in its queue, over its bound; retry after a moment"
     )]
     Overloaded { stayed_ms: u64 },
     #[error(transparent)]
@@ -245,6 +246,8 @@ struct Inner {
     outcomes_since_retrain: AtomicU64,
     commits_stale: AtomicU64,
     in_system: AtomicUsize,
+    /// Of `in_system`, the mutations (not reads).
+    mutations_in_system: AtomicUsize,
     door: Mutex<Door>,
     reads: reads::Reads,
     /// What Sluice last committed, so lanes start without a store read.
@@ -351,6 +354,7 @@ impl Engine {
             outcomes_since_retrain: AtomicU64::new(0),
             commits_stale: AtomicU64::new(0),
             in_system: AtomicUsize::new(0),
+            mutations_in_system: AtomicUsize::new(0),
             door: Mutex::new(Door::new(queue_len_max)),
             reads: reads::Reads::start(reads_store),
             cache,
@@ -391,9 +395,7 @@ impl Engine {
 
     /// The document as the store has it, unless Sluice is overloaded.
     pub async fn document(&self, doc: &DocKey) -> Result<Document, ReadError> {
-        let _in_system = self
-            .inner
-            .enter(1, false)
+        let _in_system = Inner::enter(&self.inner, 1, false)
             .map_err(|stayed_ms| ReadError::Overloaded { stayed_ms })?;
         Ok(self.inner.reads.document(doc).await?)
     }

@@ -141,7 +141,7 @@ pub(super) fn overloaded(wait_ms: u64) -> Refusal {
     Refusal::new(
         RefusalReason::Overloaded,
         format!(
-            "Sluice is overloaded: mutations stay about {wait_ms} ms, over its bound; nothing was queued, retry after a moment"
+            "Sluice is overloaded: mutations wait about {wait_ms} ms in its queue, over its bound; nothing was queued, retry after a moment"
         ),
     )
 }

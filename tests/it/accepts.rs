@@ -548,3 +548,68 @@ async fn a_standing_queue_closes_the_door_with_fast_429s() {
     assert!(refused > 0, "a standing queue closed the door");
     assert!(refused < answers.len(), "and the door let some in");
 }
+
+/// A queue that stopped moving closes the door, and the door answers before
+/// the body is read: a client that sent only its request head gets its 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_queue_refuses_before_the_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::with(|c| c.script.time_ms_max = 5_000).await;
+    // A 2 s script holds lane `k`; 80 more mutations of `k` wait behind it.
+    let blocker = s.hold_lane("slow", 2_000).await;
+    let waiting: Vec<_> = (0..80)
+        .map(|i| {
+            s.spawn_post(json!({"collection": "slow", "key": "k", "op": "put", "value": {"i": i}}))
+        })
+        .collect();
+    // Nothing is taken from the queue for a whole window.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let address = s.url.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/mutations HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.expect("head");
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(1), socket.read(&mut answer))
+        .await
+        .expect("answered without the body")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..read]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("overloaded"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after"),
+        "{answer}"
+    );
+    // The stall ends: everything let in is decided, each once; the last
+    // of the 80 may have come after the door closed.
+    assert_eq!(blocker.await.expect("blocker").0, 200);
+    let mut applied = 0;
+    for w in waiting {
+        let (status, body) = w.await.expect("waiting");
+        match status {
+            200 => applied += 1,
+            429 => assert_eq!(error_code(&body), "overloaded", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    // With the blocker, 64 inside are never refused.
+    assert!(
+        applied >= 63,
+        "a handful is never refused: {applied} applied"
+    );
+    let (_, doc) = s.get("/v1/documents/slow/k").await;
+    assert_eq!(
+        doc["version"],
+        json!(3 + applied),
+        "each applied once: {doc}"
+    );
+    // And the door opens again.
+    let (status, body) = s
+        .post(json!({"collection": "slow", "key": "other", "op": "put", "value": {}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
