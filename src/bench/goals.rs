@@ -203,6 +203,19 @@ impl BenchReport {
                     true,
                 );
             }
+            if let Some(cpu) = self
+                .runs
+                .iter()
+                .find(|r| r.workload == "refusals" && r.rtt_ms == rtt)
+                .and_then(|r| r.cpu_us_per_intent.sluice)
+            {
+                goal(
+                    format!("{at}, refusals: Sluice's CPU µs per refusal"),
+                    cpu,
+                    5.0,
+                    true,
+                );
+            }
             let yardstick = |c: &str| {
                 self.runs
                     .iter()

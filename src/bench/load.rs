@@ -442,14 +442,15 @@ pub(super) async fn send_writes(
     if !batched {
         let mut statuses = Vec::new();
         for m in mutations {
-            statuses.push(
-                http.post(format!("{url}/v1/mutations"))
-                    .json(&m)
-                    .send()
-                    .await?
-                    .status()
-                    .as_u16(),
-            );
+            let response = http
+                .post(format!("{url}/v1/mutations"))
+                .json(&m)
+                .send()
+                .await?;
+            statuses.push(response.status().as_u16());
+            // Read to its end, so the connection goes back to the pool
+            // instead of being closed.
+            response.bytes().await?;
         }
         return Ok(statuses);
     }
@@ -473,4 +474,117 @@ pub(super) async fn send_writes(
         .iter()
         .map(|r| if r.get("outcome").is_some() { 200 } else { 500 })
         .collect())
+}
+
+/// Mutations held inside Sluice while the store is locked, so that the door
+/// closes on a queue that stopped moving.
+pub(super) const STALLED: usize = 100;
+/// Clients of the refusal-only burst, each sending as fast as it is answered.
+const BURST_CLIENTS: usize = 32;
+/// A refusal is fast; a request that waits this long was let in.
+const BURST_ANSWER_MAX: Duration = Duration::from_millis(500);
+
+/// Sends `STALLED` patches that wait on the locked store; each task answers
+/// with its status once the store is unlocked.
+pub(super) fn stall(
+    http: &reqwest::Client,
+    url: &str,
+    collection: &Arc<str>,
+) -> JoinSet<ToolResult<u16>> {
+    let mut tasks = JoinSet::new();
+    for i in 0..STALLED {
+        let (http, url) = (http.clone(), url.to_owned());
+        let body = serde_json::json!({
+            "id": format!("{collection}:stalled.{i}"),
+            "client": "stalled",
+            "collection": &**collection,
+            "key": format!("doc-{i}"),
+            "op": "patch",
+            "value": {"owner": "stalled"},
+        });
+        tasks.spawn(async move {
+            let response = http
+                .post(format!("{url}/v1/mutations"))
+                .json(&body)
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            response.bytes().await?;
+            Ok(status)
+        });
+    }
+    tasks
+}
+
+/// A refusal-only burst against a closed door: `BURST_CLIENTS` clients send
+/// mutations back to back for `run`. Every answer must be a fast 429 (its
+/// latency is recorded); anything else is an error of the run.
+pub(super) async fn refusal_burst(
+    http: &reqwest::Client,
+    url: &str,
+    collection: &Arc<str>,
+    run: Duration,
+) -> Tally {
+    let deadline = Instant::now() + run;
+    let mut tasks = JoinSet::new();
+    for c in 0..BURST_CLIENTS {
+        let (http, url, collection) = (http.clone(), url.to_owned(), collection.clone());
+        tasks.spawn(async move {
+            let mut tally = Tally::default();
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                seq += 1;
+                let body = serde_json::json!({
+                    "id": format!("{collection}:burst{c}.{seq}"),
+                    "client": format!("burst{c}"),
+                    "collection": &*collection,
+                    "key": format!("doc-{}", STALLED as u64 + seq % (DOCS - STALLED as u64)),
+                    "op": "patch",
+                    "value": {"owner": format!("burst{c}")},
+                });
+                let started = Instant::now();
+                let sent = async {
+                    let response = http
+                        .post(format!("{url}/v1/mutations"))
+                        .json(&body)
+                        .send()
+                        .await?;
+                    let status = response.status().as_u16();
+                    response.bytes().await?;
+                    ToolResult::Ok(status)
+                };
+                let answered = tokio::time::timeout(BURST_ANSWER_MAX, sent).await;
+                let latency = started.elapsed();
+                tally.mutations += 1;
+                match answered {
+                    Ok(Ok(429)) => {
+                        tally.rejected_429 += 1;
+                        tally
+                            .latencies_us
+                            .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+                    }
+                    Ok(Ok(status)) => {
+                        tally.errors += 1;
+                        tally.first_error.get_or_insert(format!(
+                            "the door let a request in during the refusal burst: {status}"
+                        ));
+                    }
+                    Ok(Err(e)) => {
+                        tally.errors += 1;
+                        tally.first_error.get_or_insert(e.to_string());
+                    }
+                    Err(_) => {
+                        tally.errors += 1;
+                        tally.first_error.get_or_insert(format!(
+                            "a request of the refusal burst waited past {BURST_ANSWER_MAX:?}: the door let it in"
+                        ));
+                        // Let in, it waits on the locked store: stop here.
+                        break;
+                    }
+                }
+            }
+            tally
+        });
+    }
+    join(tasks).await
 }

@@ -39,8 +39,8 @@ use child::SluiceChild;
 use indicatif::{ProgressBar, ProgressStyle};
 use intent::Target;
 use load::{
-    Tally, closed_loop, direct_batched, external_writer, one_row_commits, open_loop, sluice_writes,
-    trace_run,
+    Tally, closed_loop, direct_batched, external_writer, one_row_commits, open_loop, refusal_burst,
+    sluice_writes, stall, trace_run,
 };
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::collections::BTreeMap;
@@ -90,6 +90,9 @@ const COMMIT_CLIENTS: usize = 32;
 /// admission bound lets in at this machine's rate.
 const COMMIT_BATCH: usize = 100;
 const BATCH_CLIENTS: usize = 4;
+/// How long the refusal burst waits, once the store is locked, for the
+/// door to close on the queue that stopped moving (two of its windows).
+const STALL_SETTLE: Duration = Duration::from_millis(300);
 
 pub struct BenchOptions {
     /// A PostgreSQL to use; a temporary one is started without it.
@@ -473,6 +476,8 @@ impl Bench {
         let run = self.plan.run;
         let started = Instant::now();
         let mut external_writes = 0;
+        // The refusal burst's CPU is read around the burst alone.
+        let mut burst_cpu = None;
         let tally = match setting {
             Setting::Hot(theta) => {
                 closed_loop(
@@ -556,6 +561,37 @@ impl Bench {
                     }
                 }
             }
+            Setting::Refusals => {
+                let Target::Sluice { http, url } = &target else {
+                    bail!("the refusal burst needs a Sluice");
+                };
+                // The store stalls: Sluice's commits wait on the lock (its
+                // reads do not), mutations stop leaving the queue, and the
+                // door closes.
+                let mut lock = self.admin.begin().await?;
+                sqlx::query("LOCK TABLE sluice_documents IN EXCLUSIVE MODE")
+                    .execute(&mut *lock)
+                    .await
+                    .context("locking the documents")?;
+                let stalled = stall(http, url, &collection);
+                tokio::time::sleep(STALL_SETTLE).await;
+                let before = self.cpu(subject);
+                let mut tally = refusal_burst(http, url, &collection, run).await;
+                tally.duration = Some(started.elapsed());
+                burst_cpu = Some((before, self.cpu(subject)));
+                lock.rollback().await.context("unlocking the documents")?;
+                for status in stalled.join_all().await {
+                    match status? {
+                        200 => {
+                            tally.applied += 1;
+                            tally.in_time += 1;
+                        }
+                        429 => tally.rejected_429 += 1,
+                        other => bail!("a stalled mutation was answered {other}"),
+                    }
+                }
+                tally
+            }
             Setting::Yardstick => match subject {
                 Subject::Pgbench => {
                     let url = if rtt_ms > 0.0 {
@@ -584,6 +620,10 @@ impl Bench {
             .unwrap_or_else(|| started.elapsed())
             .max(Duration::from_millis(1));
         let cpu_after = self.cpu(subject);
+        let ((cpu_before, cpu_after), per_intent) = match burst_cpu {
+            Some(burst) => (burst, tally.rejected_429),
+            None => ((cpu_before, cpu_after), tally.applied),
+        };
         if let Some(e) = &tally.first_error {
             bail!(
                 "{} {}: {} intents failed; the first: {e}",
@@ -612,11 +652,12 @@ impl Bench {
         };
         let cpu_us_per_mutation = per(0, tally.mutations);
         let relay_ran = rtt_ms > 0.0;
+        // Per applied intent; for the refusal burst, per refusal.
         let cpu_us_per_intent = report::CpuPerIntent {
-            sluice: per(0, tally.applied),
-            postgres: per(1, tally.applied),
-            client: per(2, tally.applied),
-            relay: per(3, tally.applied).filter(|_| relay_ran),
+            sluice: per(0, per_intent),
+            postgres: per(1, per_intent),
+            client: per(2, per_intent),
+            relay: per(3, per_intent).filter(|_| relay_ran),
         };
         let placement = match subject {
             Subject::OwnTier => Some("own-tier".to_owned()),
@@ -632,6 +673,7 @@ impl Bench {
             Setting::Trace => ("trace", None, None),
             Setting::Writes(_) => ("writes", None, None),
             Setting::Yardstick => ("yardstick", Some(pgbench::YARDSTICK_THETA), None),
+            Setting::Refusals => ("refusals", None, None),
         };
         let contender = match setting {
             Setting::Writes(writer) => writer.name().to_owned(),
@@ -739,7 +781,7 @@ impl Bench {
         let applied = i64::try_from(tally.applied)?;
         let problem = match setting {
             Setting::Trace => accounting_problem("version increments", applied, found.versions),
-            Setting::Writes(_) => {
+            Setting::Writes(_) | Setting::Refusals => {
                 accounting_problem("version increments", applied, found.versions - found.docs)
             }
             Setting::External => accounting_problem("list entries", applied, found.entries)

@@ -12,16 +12,18 @@ pub enum Workload {
     Trace,
     Writes,
     Yardstick,
+    Refusals,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 7] = [
         Workload::Hot,
         Workload::Overload,
         Workload::External,
         Workload::Trace,
         Workload::Writes,
         Workload::Yardstick,
+        Workload::Refusals,
     ];
 
     pub fn name(self) -> &'static str {
@@ -32,6 +34,7 @@ impl Workload {
             Workload::Trace => "trace",
             Workload::Writes => "writes",
             Workload::Yardstick => "yardstick",
+            Workload::Refusals => "refusals",
         }
     }
 
@@ -102,6 +105,8 @@ pub(super) enum Setting {
     /// The `direct-lock` transaction at θ = 1.01 without think time, by
     /// pgbench and by the bench.
     Yardstick,
+    /// A refusal-only burst against a door closed by a stalled store.
+    Refusals,
 }
 
 /// Who writes in the `writes` workload.
@@ -212,6 +217,7 @@ pub(super) fn schedule(workloads: &[Workload], plan: &Plan) -> Vec<Job> {
             Workload::Trace => settings.push(Setting::Trace),
             Workload::Writes => settings.extend(Writer::ALL.map(Setting::Writes)),
             Workload::Yardstick => settings.push(Setting::Yardstick),
+            Workload::Refusals => settings.push(Setting::Refusals),
         }
     }
     let mut jobs = Vec::new();
@@ -227,6 +233,7 @@ pub(super) fn schedule(workloads: &[Workload], plan: &Plan) -> Vec<Job> {
                         vec![Subject::Contender(Contender::Sluice)]
                     }
                     Setting::Writes(writer) => vec![writer.subject()],
+                    Setting::Refusals => vec![Subject::Contender(Contender::Sluice)],
                     Setting::Yardstick => {
                         vec![Subject::Pgbench, Subject::Contender(Contender::DirectLock)]
                     }
@@ -292,5 +299,6 @@ pub(super) fn setting_label(setting: Setting) -> String {
         Setting::Trace => "trace".into(),
         Setting::Writes(writer) => format!("writes {}", writer.name()),
         Setting::Yardstick => "yardstick".into(),
+        Setting::Refusals => "refusals".into(),
     }
 }

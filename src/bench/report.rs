@@ -489,6 +489,7 @@ impl BenchReport {
                 "trace",
                 "writes",
                 "yardstick",
+                "refusals",
             ] {
                 let rows: Vec<&RunRecord> = self
                     .runs
@@ -580,6 +581,9 @@ fn about(workload: &str) -> Option<&'static str> {
         ),
         "yardstick" => Some(
             "The `direct-lock` transaction (read; `BEGIN`; `SELECT … FOR UPDATE`; `UPDATE`; `COMMIT`) with 64 clients and no think time, Zipf θ = 1.01 over the same documents, through the same link: by PostgreSQL's own `pgbench` (custom script, `random_zipfian`) and by the bench's `direct-lock`. Should the bench's fall more than 15% below pgbench's, its direct baseline is too weak and the bench fails.",
+        ),
+        "refusals" => Some(
+            "A refusal-only burst: the bench locks Sluice's document table (its commits wait, its reads do not), sends 100 mutations that then wait inside, lets the door close on the queue that stopped moving, and then 32 clients send mutations back to back; every answer must be a fast 429. The *cpu µs/intent* columns are per refusal, read around the burst alone; *applied* counts the 100 held mutations, decided once the table is unlocked; the latencies are the refusals'.",
         ),
         _ => None,
     }

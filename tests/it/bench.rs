@@ -171,9 +171,23 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
             assert_eq!(cpu["relay"].is_number(), rtt > 0.0, "{run}");
         }
     }
+    // The refusal-only burst: the held mutations applied once, the burst
+    // all refused, Sluice's CPU per refusal read.
+    for rtt in [0.0, 1.0] {
+        let found = record("refusals", None, None, rtt, "sluice", Some("next-to-store"));
+        assert_eq!(found.len(), 1, "one refusal burst at R={rtt}");
+        let run = found[0];
+        assert_eq!(run["applied"].as_u64(), Some(100), "{run}");
+        assert!(
+            run["rejected_429"].as_u64().is_some_and(|n| n > 100),
+            "{run}"
+        );
+        assert!(run["cpu_us_per_intent"]["sluice"].is_number(), "{run}");
+        assert!(run["p99_ms"].as_f64().is_some_and(|p| p < 500.0), "{run}");
+    }
     assert_eq!(
         runs.len(),
-        expected.len() * contenders.len() + 2 + 2 * others.len()
+        expected.len() * contenders.len() + 2 + 2 * others.len() + 2
     );
     let links = report["links"].as_array().expect("links");
     let measured: Vec<f64> = links.iter().filter_map(|l| l["rtt_ms"].as_f64()).collect();
@@ -213,6 +227,7 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
         "R=0 ms, overload 2×",
         "R=1 ms, overload 4×",
         "R=1 ms, hot θ=0.99",
+        "R=0 ms, refusals: Sluice's CPU µs per refusal",
         "link",
     ] {
         assert!(
@@ -235,6 +250,7 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
         "## trace, R = 0 ms",
         "## writes, R = 0 ms",
         "## yardstick, R = 1 ms",
+        "## refusals, R = 0 ms",
     ] {
         assert!(markdown.contains(heading), "BENCH.md has {heading}");
     }
