@@ -5,9 +5,10 @@
 
 use super::intent::{Append, Ended, Target};
 use super::*;
+use hdrhistogram::Histogram;
 
 /// The tally of one run, merged from its client tasks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Tally {
     pub(super) applied: u64,
     /// Applied within `CLIENT_TIMEOUT`: goodput.
@@ -20,10 +21,34 @@ pub(super) struct Tally {
     pub(super) mutations: u64,
     pub(super) errors: u64,
     pub(super) first_error: Option<String>,
-    /// Per intent, 429s excepted: the admitted intents' latency.
-    pub(super) latencies_us: Vec<u64>,
+    /// Per intent, 429s excepted: the admitted intents' latency, every
+    /// sample, in bounded memory (three significant digits).
+    pub(super) latencies_us: Histogram<u64>,
     /// The run's length when the driver measured it itself (pgbench).
     pub(super) duration: Option<Duration>,
+}
+
+/// Latencies from 1 µs to an hour; a longer one is recorded as an hour.
+const LATENCY_US_MAX: u64 = 3_600_000_000;
+
+impl Default for Tally {
+    fn default() -> Tally {
+        Tally {
+            applied: 0,
+            in_time: 0,
+            conflicts: 0,
+            wasted: 0,
+            timeouts: 0,
+            rejected_429: 0,
+            mutations: 0,
+            errors: 0,
+            first_error: None,
+            latencies_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect(
+                "invariant: 1 ≤ low, high ≥ 2 × low and 3 significant digits are valid bounds",
+            ),
+            duration: None,
+        }
+    }
 }
 
 impl Tally {
@@ -46,8 +71,21 @@ impl Tally {
             self.applied += 1;
             self.in_time += u64::from(!timed_out);
         }
+        self.record_latency(latency);
+    }
+
+    pub(super) fn record_latency(&mut self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.latencies_us
-            .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+            .saturating_record(us.clamp(1, LATENCY_US_MAX));
+    }
+
+    /// The latency at quantile `q` (0 to 1), in ms; 0 without samples.
+    pub(super) fn latency_ms(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        self.latencies_us.value_at_quantile(q) as f64 / 1000.0
     }
 
     pub(super) fn merge(&mut self, other: Tally) {
@@ -62,7 +100,8 @@ impl Tally {
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
-        self.latencies_us.extend(other.latencies_us);
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.latencies_us.add(&other.latencies_us);
     }
 }
 
@@ -559,9 +598,7 @@ pub(super) async fn refusal_burst(
                 match answered {
                     Ok(Ok(429)) => {
                         tally.rejected_429 += 1;
-                        tally
-                            .latencies_us
-                            .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+                        tally.record_latency(latency);
                     }
                     Ok(Ok(status)) => {
                         tally.errors += 1;

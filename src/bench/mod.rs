@@ -32,7 +32,6 @@ pub type Sample = RunRecord;
 
 use crate::clock::wall_ms;
 use crate::generate::Zipf;
-use crate::replay::percentile;
 use crate::rng::SplitMix64;
 use crate::tool::{Context, ToolResult, bail};
 use child::SluiceChild;
@@ -638,12 +637,6 @@ impl Bench {
         };
         self.check_accounting(setting, subject, &collection, &tally, external_writes)
             .await?;
-        let mut latencies: Vec<f64> = tally
-            .latencies_us
-            .iter()
-            .map(|us| *us as f64 / 1000.0)
-            .collect();
-        latencies.sort_by(f64::total_cmp);
         let per = |i: usize, n: u64| match (cpu_before[i], cpu_after[i]) {
             (Some(before), Some(after)) if n > 0 => {
                 Some(after.saturating_sub(before) as f64 / n as f64)
@@ -688,9 +681,9 @@ impl Bench {
             applied: tally.applied,
             wasted_writes: wasted,
             client_conflicts: tally.conflicts,
-            p50_ms: percentile(&latencies, 0.5),
-            p99_ms: percentile(&latencies, 0.99),
-            p999_ms: percentile(&latencies, 0.999),
+            p50_ms: tally.latency_ms(0.5),
+            p99_ms: tally.latency_ms(0.99),
+            p999_ms: tally.latency_ms(0.999),
             timeouts: tally.timeouts,
             rejected_429: tally.rejected_429,
             cpu_us_per_mutation,
@@ -698,7 +691,7 @@ impl Bench {
             placement,
             cpu_us_per_intent,
             quantiles_ms: (0..=100)
-                .map(|i| percentile(&latencies, f64::from(i) / 100.0))
+                .map(|i| tally.latency_ms(f64::from(i) / 100.0))
                 .collect(),
         })
     }

@@ -4,7 +4,7 @@
 
 use super::plot::{Plot, Series};
 use super::{ABLATION, Sample};
-use crate::tool::{Context, ToolResult};
+use crate::tool::{Context, ToolError, ToolResult};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -375,6 +375,7 @@ impl BenchReport {
                     series: series(&|r| r.goodput),
                 }
                 .svg()
+                .map_err(ToolError::new)?
                 .as_bytes(),
             )?;
             write(
@@ -389,6 +390,7 @@ impl BenchReport {
                     series: series(&|r| r.p99_ms),
                 }
                 .svg()
+                .map_err(ToolError::new)?
                 .as_bytes(),
             )?;
             let cdf: Vec<Series> = contenders
@@ -416,6 +418,7 @@ impl BenchReport {
                     series: cdf,
                 }
                 .svg()
+                .map_err(ToolError::new)?
                 .as_bytes(),
             )?;
         }
