@@ -198,7 +198,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     for name in &args.workload {
         let workload = sluice::bench::Workload::parse(name).with_context(|| {
             format!(
-                "unknown workload {name:?}: use hot, overload, external, trace, writes or yardstick"
+                "unknown workload {name:?}: use hot, overload, external, trace, writes, yardstick or refusals"
             )
         })?;
         workloads.push(workload);
