@@ -12,7 +12,7 @@ pub mod wire;
 
 pub use answer::{Reply, reply};
 
-use crate::dispatch::{ConfigureError, Engine, ReadError};
+use crate::dispatch::{Answer, ConfigureError, Engine, ReadError};
 use crate::history::{CONFLICTS_LIMIT_DEFAULT, CONFLICTS_LIMIT_MAX, ConflictQuery};
 use crate::model::ConflictRecord;
 use crate::model::{ANONYMOUS_CLIENT, DocKey};
@@ -26,6 +26,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::any::Any;
+use std::time::Duration;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
@@ -313,7 +314,7 @@ async fn post_mutation(
     } else {
         match engine.enter(1) {
             Ok(entered) => Some(entered),
-            Err(refused) => return Ok(reply(refused).into_response()),
+            Err(refused) => return Ok(refuse_unparsed(request, refused).await),
         }
     };
     let body = Bytes::from_request(request, &engine).await?;
@@ -324,6 +325,41 @@ async fn post_mutation(
         None => engine.accept(mutation).await,
     };
     Ok(reply(answer).into_response())
+}
+
+/// A small body that has arrived is drained unparsed before a refusal, so
+/// the connection stays usable (a server that answers without reading the
+/// body must close the connection, and a client reusing it races the
+/// close); a larger one, or one that does not arrive at once, is not
+/// waited for.
+const REFUSED_DRAIN_BYTES_MAX: usize = 64 << 10;
+const REFUSED_DRAIN_WAIT: Duration = Duration::from_millis(20);
+
+/// The answer to a request refused at the door, decided before its body
+/// was read: the body is never parsed.
+async fn refuse_unparsed(request: axum::extract::Request, refused: Answer) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let drained = match declared {
+        Some(n) if n <= REFUSED_DRAIN_BYTES_MAX => {
+            let body = axum::body::to_bytes(request.into_body(), REFUSED_DRAIN_BYTES_MAX);
+            matches!(
+                tokio::time::timeout(REFUSED_DRAIN_WAIT, body).await,
+                Ok(Ok(_))
+            )
+        }
+        _ => false,
+    };
+    let mut response = reply(refused).into_response();
+    if !drained {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Decides a client's outbox of up to 1,000 mutations, in order: all are
@@ -346,7 +382,7 @@ async fn post_batch(
     // A batch's length is known only once it is parsed; a door that would
     // refuse even one mutation refuses the batch before its body is read.
     if let Err(refused) = engine.enter(1) {
-        return Ok(reply(refused).into_response());
+        return Ok(refuse_unparsed(request, refused).await);
     }
     let body = match Bytes::from_request(request, &engine).await {
         Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {

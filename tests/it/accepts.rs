@@ -584,6 +584,38 @@ async fn a_stalled_queue_refuses_before_the_body_is_read() {
         answer.to_ascii_lowercase().contains("retry-after"),
         "{answer}"
     );
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "a body never read closes the connection: {answer}"
+    );
+    // A refused request whose small body did arrive keeps its connection:
+    // the body is drained unparsed, and the next request is served on it.
+    let mut socket = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let body = r#"{"collection": "slow", "key": "z", "op": "put", "value": {}}"#;
+    let request = format!(
+        "POST /v1/mutations HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}GET /healthz HTTP/1.1\r\nHost: {address}\r\n\r\n",
+        body.len()
+    );
+    socket
+        .write_all(request.as_bytes())
+        .await
+        .expect("requests");
+    let mut answers = String::new();
+    let mut buffer = vec![0u8; 8192];
+    while !answers.contains("HTTP/1.1 200") {
+        let read = tokio::time::timeout(Duration::from_secs(2), socket.read(&mut buffer))
+            .await
+            .expect("both answered")
+            .expect("read");
+        assert!(
+            read > 0,
+            "the connection was closed after the refusal: {answers}"
+        );
+        answers.push_str(&String::from_utf8_lossy(&buffer[..read]));
+    }
+    assert!(answers.starts_with("HTTP/1.1 429"), "{answers}");
     // The stall ends: everything let in is decided, each once; the last
     // of the 80 may have come after the door closed.
     assert_eq!(blocker.await.expect("blocker").0, 200);
