@@ -381,8 +381,9 @@ async fn post_batch(
 ) -> Result<Response, ApiError> {
     // A batch's length is known only once it is parsed; a door that would
     // refuse even one mutation refuses the batch before its body is read.
-    if let Err(refused) = engine.enter(1) {
-        return Ok(refuse_unparsed(request, refused).await);
+    match engine.enter(1) {
+        Ok(checked) => drop(checked.without_stay()),
+        Err(refused) => return Ok(refuse_unparsed(request, refused).await),
     }
     let body = match Bytes::from_request(request, &engine).await {
         Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {

@@ -67,7 +67,7 @@ impl Plan {
             }
         } else {
             Plan {
-                run: Duration::from_secs(4),
+                run: Duration::from_secs(3),
                 repetitions: 3,
                 trace_lines: 25_000,
                 rtts_ms: RTTS_MS.to_vec(),

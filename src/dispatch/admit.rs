@@ -564,6 +564,17 @@ pub struct InSystem {
     n: usize,
     /// Mutations (not reads): what a stalled queue is judged by.
     mutations: bool,
+    /// When admitted mutations entered: their stay is told to the door.
+    entered_at: Option<Duration>,
+}
+
+impl InSystem {
+    /// Leaves the count only, telling the door nothing of its stay (a check
+    /// that is not followed by a decision).
+    pub fn without_stay(mut self) -> InSystem {
+        self.entered_at = None;
+        self
+    }
 }
 
 impl Drop for InSystem {
@@ -573,6 +584,14 @@ impl Drop for InSystem {
             self.inner
                 .mutations_in_system
                 .fetch_sub(self.n, Ordering::SeqCst);
+        }
+        if let Some(entered_at) = self.entered_at {
+            let inner = &self.inner;
+            let now = inner.clock.elapsed();
+            let stay_ms = now.saturating_sub(entered_at).as_secs_f64() * 1000.0;
+            let depth = inner.in_system.load(Ordering::Relaxed);
+            let bound_ms = inner.config.queue_wait_max_ms as f64;
+            lock(&inner.door).observe_stay(now, stay_ms, depth, bound_ms);
         }
     }
 }
@@ -608,17 +627,21 @@ impl Inner {
         } else {
             this.mutations_in_system.load(Ordering::Relaxed)
         };
-        let entered = InSystem {
+        let mut entered = InSystem {
             inner: this.clone(),
             n,
             mutations,
+            entered_at: None,
         };
         if this.config.queue_wait_max_ms == 0 {
             return Ok(entered);
         }
         let now = this.clock.elapsed();
         let bound_ms = this.config.queue_wait_max_ms as f64;
+        // A refusal leaves only the count: its instant stay must not pull
+        // the window's mean down.
         lock(&this.door).admit(now, depth, inside, n, bound_ms)?;
+        entered.entered_at = mutations.then_some(now);
         Ok(entered)
     }
 

@@ -272,7 +272,12 @@ pub fn backoff_ms(attempt: u32, unit: f64) -> f64 {
 /// was what refused or bounded the window, it goes back up. A queue that
 /// stopped moving (no lane taken for a whole window while many mutations are
 /// inside: a stalled store) counts as a standing queue too, since nothing
-/// taken means nothing observed.
+/// taken means nothing observed. And a window whose answered mutations
+/// stayed, arrival to answer, more than five times the bound on average
+/// closes it as well: `sluice bench` at twice and four times the capacity
+/// on two shared cores showed requests piling up before the queue (the
+/// load generator taking the CPU) with short queue waits, and walking into
+/// their time-outs.
 ///
 /// The wait in the queue, not the whole stay: a stay also grows when the
 /// host's CPU is starved by someone else or the store is slow to commit,
@@ -287,6 +292,10 @@ pub struct Door {
     window_start: Duration,
     window_waits_ms: f64,
     window_count: u32,
+    /// Whole stays (arrival to answer) of the mutations answered in the
+    /// window: the backstop for what piles up outside the queue.
+    window_stays_ms: f64,
+    window_stay_count: u32,
     window_max_depth: usize,
     /// When a worker last took a lane.
     last_take: Duration,
@@ -297,6 +306,9 @@ pub struct Door {
 }
 
 const DOOR_WINDOW: Duration = Duration::from_millis(100);
+/// A window's mean stay past this many times the queue's bound closes the
+/// door too, whatever the queue wait.
+const STAY_BOUND_FACTOR: f64 = 5.0;
 /// The limit never goes below this: a handful of clients is never refused.
 const DOOR_LIMIT_MIN: usize = 64;
 
@@ -352,6 +364,8 @@ impl Door {
             window_start: Duration::ZERO,
             window_waits_ms: 0.0,
             window_count: 0,
+            window_stays_ms: 0.0,
+            window_stay_count: 0,
             window_max_depth: 0,
             last_take: Duration::ZERO,
             last_mean_ms: 0.0,
@@ -375,11 +389,35 @@ impl Door {
             self.window_count += 1;
         }
         self.window_max_depth = self.window_max_depth.max(depth);
-        if now.saturating_sub(self.window_start) < DOOR_WINDOW || self.window_count == 0 {
+        self.maybe_close(now, depth, bound_ms);
+    }
+
+    /// A mutation was answered after staying `stay_ms` in the system.
+    pub fn observe_stay(&mut self, now: Duration, stay_ms: f64, depth: usize, bound_ms: f64) {
+        self.window_stays_ms += stay_ms;
+        self.window_stay_count += 1;
+        self.window_max_depth = self.window_max_depth.max(depth + 1);
+        self.maybe_close(now, depth, bound_ms);
+    }
+
+    fn maybe_close(&mut self, now: Duration, depth: usize, bound_ms: f64) {
+        if now.saturating_sub(self.window_start) < DOOR_WINDOW
+            || self.window_count + self.window_stay_count == 0
+        {
             return;
         }
-        let mean_ms = self.window_waits_ms / f64::from(self.window_count);
-        self.close_window(now, mean_ms, depth, bound_ms);
+        let mean = |sum: f64, n: u32| if n == 0 { 0.0 } else { sum / f64::from(n) };
+        let wait_ms = mean(self.window_waits_ms, self.window_count);
+        let stay_ms = mean(self.window_stays_ms, self.window_stay_count);
+        // A stay far past the queue's bound means requests pile up outside
+        // the queue (a host whose CPU the clients take, a slow store):
+        // admitting more would only walk them into their time-outs.
+        let waited_ms = if stay_ms > STAY_BOUND_FACTOR * bound_ms {
+            wait_ms.max(stay_ms)
+        } else {
+            wait_ms
+        };
+        self.close_window(now, waited_ms, depth, bound_ms);
     }
 
     fn close_window(&mut self, now: Duration, mean_ms: f64, depth: usize, bound_ms: f64) {
@@ -397,6 +435,8 @@ impl Door {
         self.window_start = now;
         self.window_waits_ms = 0.0;
         self.window_count = 0;
+        self.window_stays_ms = 0.0;
+        self.window_stay_count = 0;
         self.window_max_depth = 0;
         self.refused = false;
     }
@@ -574,6 +614,26 @@ mod tests {
         // Drained but far from used: it stays where it is.
         w.door.limit = 1_000.0;
         assert_eq!(w.window(&[2.0], 10), 1_000.0);
+    }
+
+    #[test]
+    fn long_stays_close_the_door_whatever_the_queue_wait() {
+        let mut door = Door::new(10_000);
+        let at = Duration::from_millis;
+        // Lanes taken at once, but mutations answered after 300 ms: the
+        // requests wait somewhere before the queue.
+        door.observe(at(10), [0.5], 400, 20.0);
+        for ms in 11..=110 {
+            door.observe_stay(at(ms), 300.0, 400, 20.0);
+        }
+        assert!(door.limit() < 400, "{}", door.limit());
+        // Stays a little over the queue's bound alone change nothing.
+        let mut calm = Door::new(10_000);
+        calm.observe(at(10), [0.5], 400, 20.0);
+        for ms in 11..=110 {
+            calm.observe_stay(at(ms), 60.0, 400, 20.0);
+        }
+        assert_eq!(calm.limit(), 10_000);
     }
 
     #[test]
