@@ -177,7 +177,14 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
         let found = record("refusals", None, None, rtt, "sluice", Some("next-to-store"));
         assert_eq!(found.len(), 1, "one refusal burst at R={rtt}");
         let run = found[0];
-        assert_eq!(run["applied"].as_u64(), Some(100), "{run}");
+        // The door may close before the last of the 100 held mutations
+        // get in (they are counted refused); 64 inside are never refused.
+        assert!(
+            run["applied"]
+                .as_u64()
+                .is_some_and(|n| (64..=100).contains(&n)),
+            "{run}"
+        );
         assert!(
             run["rejected_429"].as_u64().is_some_and(|n| n > 100),
             "{run}"
