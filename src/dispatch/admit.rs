@@ -599,8 +599,8 @@ impl Drop for InSystem {
 impl Engine {
     /// Lets `n` synchronous mutations through the door, or refuses them
     /// (429 `overloaded`): called by the API before it reads the body, so a
-    /// refusal costs no parsing. The entry is handed to `submit_entered` or
-    /// `submit_batch_entered`.
+    /// refusal costs no parsing. The entry is handed to `submit_entered`
+    /// (a batch is checked for one, then enters whole in `submit_batch`).
     pub fn enter(&self, n: usize) -> Result<InSystem, Answer> {
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(self.inner.refuse(shutting_down(), n));
