@@ -74,6 +74,14 @@ fn takes_json(method: &Method, path: &str) -> bool {
         || (method == Method::PUT && path.starts_with("/v1/collections/"))
 }
 
+/// The body length a request declares, if it declares one.
+pub(super) fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
 pub async fn guard(State(origins): State<Origins>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let origin = request
@@ -124,12 +132,8 @@ pub async fn guard(State(origins): State<Origins>, request: Request, next: Next)
     // read, parsed and decided (a body without a length counts as the
     // largest one).
     let _room = if matches!(method, Method::POST | Method::PUT) {
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(super::wire::BATCH_BODY_BYTES_MAX);
+        let declared =
+            declared_length(request.headers()).unwrap_or(super::wire::BATCH_BODY_BYTES_MAX);
         let weight = u32::try_from(declared.clamp(1, origins.bodies_max)).unwrap_or(u32::MAX);
         match tokio::time::timeout(BODY_WAIT, origins.bodies.clone().acquire_many_owned(weight))
             .await

@@ -338,12 +338,7 @@ const REFUSED_DRAIN_WAIT: Duration = Duration::from_millis(20);
 /// The answer to a request refused at the door, decided before its body
 /// was read: the body is never parsed.
 async fn refuse_unparsed(request: axum::extract::Request, refused: Answer) -> Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let drained = match declared {
+    let drained = match guard::declared_length(request.headers()) {
         Some(n) if n <= REFUSED_DRAIN_BYTES_MAX => {
             let body = axum::body::to_bytes(request.into_body(), REFUSED_DRAIN_BYTES_MAX);
             matches!(

@@ -471,6 +471,23 @@ pub(super) async fn sluice_writes(
     join(tasks).await
 }
 
+/// Sends one mutation and returns its answer's status, the answer read to
+/// its end so the connection goes back to the pool instead of being closed.
+async fn post_mutation(
+    http: &reqwest::Client,
+    url: &str,
+    mutation: &serde_json::Value,
+) -> ToolResult<u16> {
+    let response = http
+        .post(format!("{url}/v1/mutations"))
+        .json(mutation)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    response.bytes().await?;
+    Ok(status)
+}
+
 /// The status of each mutation sent.
 pub(super) async fn send_writes(
     http: &reqwest::Client,
@@ -481,15 +498,7 @@ pub(super) async fn send_writes(
     if !batched {
         let mut statuses = Vec::new();
         for m in mutations {
-            let response = http
-                .post(format!("{url}/v1/mutations"))
-                .json(&m)
-                .send()
-                .await?;
-            statuses.push(response.status().as_u16());
-            // Read to its end, so the connection goes back to the pool
-            // instead of being closed.
-            response.bytes().await?;
+            statuses.push(post_mutation(http, url, &m).await?);
         }
         return Ok(statuses);
     }
@@ -541,16 +550,7 @@ pub(super) fn stall(
             "op": "patch",
             "value": {"owner": "stalled"},
         });
-        tasks.spawn(async move {
-            let response = http
-                .post(format!("{url}/v1/mutations"))
-                .json(&body)
-                .send()
-                .await?;
-            let status = response.status().as_u16();
-            response.bytes().await?;
-            Ok(status)
-        });
+        tasks.spawn(async move { post_mutation(&http, &url, &body).await });
     }
     tasks
 }
@@ -582,16 +582,7 @@ pub(super) async fn refusal_burst(
                     "value": {"owner": format!("burst{c}")},
                 });
                 let started = Instant::now();
-                let sent = async {
-                    let response = http
-                        .post(format!("{url}/v1/mutations"))
-                        .json(&body)
-                        .send()
-                        .await?;
-                    let status = response.status().as_u16();
-                    response.bytes().await?;
-                    ToolResult::Ok(status)
-                };
+                let sent = post_mutation(&http, &url, &body);
                 let answered = tokio::time::timeout(BURST_ANSWER_MAX, sent).await;
                 let latency = started.elapsed();
                 tally.mutations += 1;
