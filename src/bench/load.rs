@@ -271,13 +271,16 @@ pub(super) async fn external_writer(
     Ok(())
 }
 
-/// The trace at full speed: `CLIENTS` workers, each trace client's mutations
+/// The trace at full speed for the run's length (lines not sent by then are
+/// not sent): `CLIENTS` workers, each trace client's mutations
 /// in order on one worker.
 pub(super) async fn trace_run(
     target: Target,
     collection: &Arc<str>,
     trace: Arc<Vec<TraceLine>>,
+    run: Duration,
 ) -> Tally {
+    let deadline = Instant::now() + run;
     let mut shares: Vec<Vec<usize>> = vec![Vec::new(); CLIENTS];
     for (i, line) in trace.iter().enumerate() {
         let h = xxhash_rust::xxh3::xxh3_64(line.client.as_bytes());
@@ -290,6 +293,9 @@ pub(super) async fn trace_run(
             let mut tally = Tally::default();
             for i in share {
                 let started = Instant::now();
+                if started >= deadline {
+                    break;
+                }
                 let ended = target.trace(&collection, &trace[i]).await;
                 tally.add(ended, started.elapsed());
             }

@@ -54,9 +54,11 @@ use tokio::task::JoinSet;
 pub const DOCS: u64 = 10_000;
 /// Closed-loop client tasks of every contender.
 pub const CLIENTS: usize = 64;
-/// Connections of the direct contenders' pool, and of Sluice's own store
+/// Connections of the direct contenders' pool on loopback, and of Sluice's own store
 /// pool (`store::postgres`): the same for everyone.
 pub const POOL_SIZE: u32 = 16;
+/// Connections of the direct contenders' pool over a link: one per client.
+pub const LINKED_POOL_SIZE: u32 = CLIENTS as u32;
 pub const THINK: Duration = Duration::from_millis(2);
 /// An intent answered later than this counts as a time-out: the user gave up.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -212,8 +214,11 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
         .and_then(|mut addrs| addrs.next())
         .context("the link needs PostgreSQL over TCP (a host and a port in its URL)")?;
     let postgres_link = relay.link(pg_addr)?;
+    // Over a link a connection is busy for all of its transaction's round
+    // trips, so 16 would leave most clients waiting on the pool: the direct
+    // clients get one each, as pgbench's do.
     let linked_direct = PgPoolOptions::new()
-        .max_connections(POOL_SIZE)
+        .max_connections(LINKED_POOL_SIZE)
         .connect_with(
             pg_options
                 .clone()
@@ -541,7 +546,7 @@ impl Bench {
                 external_writes = writes.load(Ordering::Relaxed);
                 tally
             }
-            Setting::Trace => trace_run(target.clone(), &collection, self.trace.clone()).await,
+            Setting::Trace => trace_run(target.clone(), &collection, self.trace.clone(), run).await,
             Setting::Writes(writer) => {
                 let pool = match &target {
                     Target::Direct { pool, .. } => pool.clone(),

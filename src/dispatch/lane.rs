@@ -201,15 +201,26 @@ async fn fold(
             after.version >= state.version,
             "invariant: versions never go backwards"
         );
+        let failed = |fate: &str, reason: &str| {
+            warn!(
+                id = %m.id,
+                collection = %doc.collection,
+                key = %doc.key,
+                handler = config.handler.name(),
+                error = reason,
+                "the conflict handler failed; the mutation is {fate}"
+            );
+        };
+        let reason = match &verdict {
+            Verdict::Decided {
+                conflict: Some(c), ..
+            } if handler_failed => c.reason.clone().unwrap_or_default(),
+            _ => String::new(),
+        };
         if handler_failed && config.on_handler_failure == OnHandlerFailure::Quarantine {
-            let reason = match &verdict {
-                Verdict::Decided {
-                    conflict: Some(c), ..
-                } => c.reason.clone().unwrap_or_default(),
-                _ => String::new(),
-            };
             // A failed handler wrote nothing: the state stays as it was.
             if queued.from_quarantine.is_some() {
+                failed("kept in the quarantine", &reason);
                 settled.push(Settled::Kept {
                     reason,
                     slot: false,
@@ -217,21 +228,26 @@ async fn fold(
                 continue;
             }
             if inner.quarantine.reserve() {
+                failed("quarantined", &reason);
                 settled.push(Settled::Kept { reason, slot: true });
                 continue;
             }
             if !queued.accepted {
+                failed("refused: the quarantine is full", &reason);
                 settled.push(Settled::Refused(quarantine_full(&reason)));
                 continue;
             }
             // Accepted asynchronously, nobody waits to resend it: rejected
             // as without a quarantine.
+            failed("rejected: the quarantine is full", &reason);
             if let Verdict::Decided {
                 conflict: Some(c), ..
             } = &mut verdict
             {
                 c.reason = Some(format!("{reason} (the quarantine is full)"));
             }
+        } else if handler_failed {
+            failed("rejected", &reason);
         }
         // Rendered now, from the document the mutation left (its answer
         // carries it), before that document becomes the next one's.
@@ -454,17 +470,22 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
     let dispatched_at = inner.clock.elapsed();
     let parked = AtomicBool::new(false);
     let mut decided = Err(resend_loop());
+    // Whether the batch's ids were looked up in the stored replies.
+    let mut looked_up = false;
     for _ in 0..RESEND_ROUNDS_MAX {
         if batch.is_empty() {
             decided = Ok(Decided::default());
             break;
         }
-        match decide_lane(&inner, &doc, &batch, &parked).await {
+        match decide_lane(&inner, &doc, &batch, &parked, looked_up).await {
             Ok(Some(done)) => {
                 decided = Ok(done);
                 break;
             }
-            Ok(None) => batch = settle_resends(&inner, batch).await,
+            Ok(None) => {
+                batch = settle_resends(&inner, batch).await;
+                looked_up = true;
+            }
             Err(reply) => {
                 decided = Err(reply);
                 break;
@@ -604,12 +625,15 @@ async fn settle_resends(inner: &Inner, batch: Vec<Queued>) -> Vec<Queued> {
 /// the store), decides every mutation of the batch in order, and commits;
 /// again from a store read when a writer that bypassed Sluice moved the
 /// version. `None`: the commit found mutations of the batch decided before,
-/// and wrote nothing.
+/// and wrote nothing; or the batch may reach a script or a webhook and its
+/// ids were not `looked_up` yet: a handler may charge a card or send a mail,
+/// so a resend or a reused id must be answered before one is called.
 async fn decide_lane(
     inner: &Inner,
     doc: &DocKey,
     batch: &[Queued],
     parked: &AtomicBool,
+    looked_up: bool,
 ) -> Result<Option<Decided>, Refusal> {
     let config = inner.collection(&doc.collection);
     let dispatched_at = inner.clock.elapsed();
@@ -630,6 +654,9 @@ async fn decide_lane(
             }
         };
         let current_version = current.version;
+        if !looked_up && config.handler.is_custom() && may_conflict(batch, current_version) {
+            return Ok(None);
+        }
         let decided_ms = inner.clock.now_ms();
         let folded = fold(inner, &config, doc, current, batch, dispatched_at, parked).await;
         let (commit, mut decided) = lane_commit(
@@ -714,6 +741,17 @@ async fn decide_lane(
             "{doc_label} kept changing under Sluice (written by something else); nothing was applied, resend with the same id"
         ),
     ))
+}
+
+/// Whether a mutation of the batch may conflict, and so reach the
+/// collection's handler: a conditional one whose base is not the version
+/// read, or that follows another mutation of its lane.
+fn may_conflict(batch: &[Queued], version: u64) -> bool {
+    batch.iter().enumerate().any(|(i, q)| {
+        q.mutation
+            .base_version
+            .is_some_and(|base| base != version || i > 0)
+    })
 }
 
 /// The ids of a lane's mutations, for its log lines: `a,b,c`.

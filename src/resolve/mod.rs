@@ -259,7 +259,6 @@ impl Resolver {
                             ScriptError::TimeLimit(_) => "timeout",
                             _ => "error",
                         };
-                        handler_failed(m, handler.name(), &e.to_string());
                         (HandlerAnswer::Reject(e.to_string()), Run::Failed(result))
                     }
                 }
@@ -287,7 +286,6 @@ impl Resolver {
                             webhook::WebhookError::Failed(_) => "error",
                         };
                         let message = e.message();
-                        handler_failed(m, handler.name(), &message);
                         (HandlerAnswer::Reject(message), Run::Failed(result))
                     }
                 }
@@ -475,18 +473,6 @@ enum Run {
     Answered,
     /// A script or webhook gave no answer: `timeout` or `error`.
     Failed(&'static str),
-}
-
-/// A custom handler gave no answer; the mutation is rejected with the reason.
-fn handler_failed(m: &Mutation, handler: &str, error: &str) {
-    tracing::warn!(
-        id = %m.id,
-        collection = %m.doc.collection,
-        key = %m.doc.key,
-        handler,
-        error,
-        "the conflict handler failed; the mutation is rejected"
-    );
 }
 
 fn stale_reason(base: u64, current: u64) -> String {

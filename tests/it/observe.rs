@@ -462,6 +462,11 @@ async fn logs_of(args: &[&str]) -> String {
 
 /// `logs_of`, sending `extra` mutations after [`LOGGED`].
 async fn logs_of_with(args: &[&str], extra: &[Value]) -> String {
+    logs_of_configured(args, json!({}), extra).await
+}
+
+/// `logs_of_with`, the `scripted` collection configured with `policy` too.
+async fn logs_of_configured(args: &[&str], policy: Value, extra: &[Value]) -> String {
     let data = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -482,9 +487,14 @@ async fn logs_of_with(args: &[&str], extra: &[Value]) -> String {
         .expect("start sluice");
     let http = reqwest::Client::new();
     wait_healthy(&http, &url).await;
+    let mut scripted =
+        json!({"handler": {"script": "function resolve() { throw new Error('nope'); }"}});
+    if let (Some(config), Some(policy)) = (scripted.as_object_mut(), policy.as_object()) {
+        config.extend(policy.clone());
+    }
     let put = http
         .put(format!("{url}/v1/collections/scripted"))
-        .json(&json!({"handler": {"script": "function resolve() { throw new Error('nope'); }"}}))
+        .json(&scripted)
         .send()
         .await
         .expect("put");
@@ -498,7 +508,7 @@ async fn logs_of_with(args: &[&str], extra: &[Value]) -> String {
             .expect("post")
             .status()
             .as_u16();
-        assert!(matches!(status, 200 | 409), "{status}");
+        assert!(matches!(status, 200 | 202 | 409), "{status}");
     }
     for mutation in extra {
         let response = http
@@ -518,6 +528,33 @@ async fn logs_of_with(args: &[&str], extra: &[Value]) -> String {
         .expect("sluice exits");
     assert!(output.status.success(), "{:?}", output.status);
     String::from_utf8(output.stderr).expect("utf-8")
+}
+
+/// A failed handler's line says what became of the mutation.
+#[tokio::test]
+async fn a_failed_handler_logs_what_became_of_the_mutation() {
+    let failed = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("conflict handler failed"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let text = logs_of(&[]).await;
+    let lines = failed(&text);
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(
+        lines[0].contains("the mutation is rejected"),
+        "{}",
+        lines[0]
+    );
+    let text = logs_of_configured(&[], json!({"on_handler_failure": "quarantine"}), &[]).await;
+    let lines = failed(&text);
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(
+        lines[0].contains("the mutation is quarantined") && !lines[0].contains("rejected"),
+        "{}",
+        lines[0]
+    );
 }
 
 /// By default the logs are for people: one line of text per event, with the
