@@ -271,6 +271,13 @@ pub struct ModelReport {
     pub recent: QualityReport,
 }
 
+/// The model's single-precision probability as the decimal it stands for:
+/// widened bit for bit, 0.05f32 reads as 0.05000000074505806, noise a
+/// client would store and compare.
+fn as_meant(p: f32) -> f64 {
+    p.to_string().parse().unwrap_or(f64::from(p))
+}
+
 impl Predictor {
     pub fn new(config: PredictorConfig) -> Self {
         let mut model = Ftrl::new(config.dim_log2, config.ftrl);
@@ -279,6 +286,21 @@ impl Predictor {
         let x = [(bucket("bias", &[]), 1.0)];
         let prior_logit = (config.prior / (1.0 - config.prior)).ln() as f32;
         model.set_weight(x[0].0, prior_logit);
+        // What the version cache knows needs no learning: a base behind the
+        // version Sluice last saw conflicts unless only its own client wrote
+        // since, a current one rarely does. The model starts from that, so a
+        // fresh server scores a known-stale base high from its first mutation.
+        if config.use_version_cache {
+            let logit = |p: f64| (p / (1.0 - p)).ln() as f32;
+            for gap in [0, 1, 2, 3, 5, 9] {
+                let p = if gap == 0 {
+                    CURRENT_BASE_PRIOR
+                } else {
+                    STALE_BASE_PRIOR
+                };
+                model.set_weight(bucket("gap", &[Part::N(gap)]), logit(p) - prior_logit);
+            }
+        }
         Predictor {
             quality: Quality::new(config.quality_window),
             model,
@@ -305,7 +327,7 @@ impl Predictor {
             };
         };
         let features = self.features(obs, base, key, client);
-        let probability = f64::from(self.model.predict(&features));
+        let probability = as_meant(self.model.predict(&features));
         Scored {
             probability,
             features,
@@ -581,6 +603,10 @@ fn bucket(name: &str, parts: &[Part<'_>]) -> u32 {
 const AGE_FUTURE: i64 = -1;
 const AGE_OLDER: i64 = -2;
 const AGE_UNKNOWN: i64 = -3;
+/// Where an untrained model starts for a base the version cache knows is
+/// current, and one it knows is behind.
+const CURRENT_BASE_PRIOR: f64 = 0.02;
+const STALE_BASE_PRIOR: f64 = 0.9;
 const GAP_AHEAD: i64 = -1;
 const GAP_UNSEEN: i64 = -2;
 
@@ -647,7 +673,38 @@ mod tests {
         let doc = DocKey::new("c", "k");
         assert_eq!(p.score(&obs(&doc, None, 0)).probability, 0.0);
         let prior = p.score(&obs(&doc, Some(0), 0)).probability;
-        assert!((prior - PRIOR_DEFAULT).abs() < 0.01, "{prior}");
+        assert_eq!(
+            prior, PRIOR_DEFAULT,
+            "the prior, without single-precision noise"
+        );
+    }
+
+    #[test]
+    fn an_untrained_model_knows_a_stale_base_from_a_current_one() {
+        let mut p = Predictor::new(PredictorConfig::default());
+        let doc = DocKey::new("c", "k");
+        // One write teaches the version cache version 1 (and the model a little).
+        let scored = p.score(&obs(&doc, None, 0));
+        p.learn(
+            scored,
+            Outcome {
+                conflict: false,
+                version_after: 1,
+                wrote: true,
+            },
+        );
+        let current = p.score(&obs(&doc, Some(1), 10)).probability;
+        let stale = p.score(&obs(&doc, Some(0), 10)).probability;
+        assert!(current < 0.05, "a current base scores low: {current}");
+        assert!(stale > 0.8, "a known-stale base scores high: {stale}");
+        let off = Predictor::new(PredictorConfig {
+            use_version_cache: false,
+            ..PredictorConfig::default()
+        });
+        assert_eq!(
+            off.score(&obs(&doc, Some(0), 10)).probability,
+            PRIOR_DEFAULT
+        );
     }
 
     /// Clients that read a key and write it back, some after others wrote it:
