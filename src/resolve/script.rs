@@ -50,6 +50,9 @@ pub enum ScriptError {
     MemoryLimit(usize),
     #[error("script threw: {0}")]
     Threw(String),
+    /// `syntax error at line L, column C: what`.
+    #[error("script has a {0}")]
+    Syntax(String),
     #[error("script does not define a function resolve(ctx)")]
     NoResolve,
     #[error("script returned malformed output: {0}")]
@@ -269,15 +272,37 @@ fn classify(
         ScriptError::TimeLimit(limits.time_ms_max)
     } else if message.contains("out of memory") || message.contains("Allocation") {
         ScriptError::MemoryLimit(limits.memory_bytes_max)
+    } else if message.starts_with(SYNTAX_ERROR) {
+        ScriptError::Syntax(message)
     } else {
         ScriptError::Threw(message)
     }
 }
 
+/// How [`describe_exception`] begins a `SyntaxError`'s description.
+const SYNTAX_ERROR: &str = "syntax error at line ";
+
 fn describe_exception(ctx: &Ctx<'_>, memory_full: bool) -> String {
     let caught = ctx.catch();
     if let Some(exception) = caught.as_exception() {
         let message = exception.message().unwrap_or_default();
+        let name: Option<String> = exception.get("name").ok();
+        if name.as_deref() == Some("SyntaxError") {
+            // QuickJS puts the position in the stack: `    at eval_script:2:10`.
+            let stack = exception.stack().unwrap_or_default();
+            let position = stack
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("at "))
+                .and_then(|at| {
+                    let mut parts = at.rsplitn(3, ':');
+                    let column = parts.next()?.parse::<u32>().ok()?;
+                    let line = parts.next()?.parse::<u32>().ok()?;
+                    Some((line, column))
+                });
+            if let Some((line, column)) = position {
+                return format!("{SYNTAX_ERROR}{line}, column {column}: {message}");
+            }
+        }
         if message.is_empty() {
             return "an exception without a message".into();
         }
@@ -344,6 +369,10 @@ mod tests {
         assert!(
             matches!(call("function resolve() { throw new Error('boom'); }"), Err(ScriptError::Threw(m)) if m.contains("boom"))
         );
+        assert_eq!(
+            call("function resolve(ctx) {\n  return {").map_err(|e| e.to_string()),
+            Err("script has a syntax error at line 2, column 11: invalid property name".into())
+        );
         assert!(matches!(
             call("function resolve() { return 7; }"),
             Err(ScriptError::Malformed(_))
@@ -359,7 +388,7 @@ mod tests {
         assert_eq!(call("var x = 1;"), Err(ScriptError::NoResolve));
         assert!(matches!(
             call("function resolve( {"),
-            Err(ScriptError::Threw(_))
+            Err(ScriptError::Syntax(_))
         ));
         assert!(matches!(
             call("function resolve() { return resolve(); }"),
