@@ -183,13 +183,21 @@ struct ServeArgs {
     log_format: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let ran = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Replay(args) => replay(args),
         Command::Gen(args) => generate(args),
         Command::Bench(args) => bench(args),
+    };
+    // An expected error is a sentence for a person, never a backtrace.
+    match ran {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

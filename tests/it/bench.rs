@@ -280,11 +280,17 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
 fn bench_refuses_an_unknown_workload() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["bench", "--workload", "nope", "--quiet"])
+        // An expected error prints no backtrace, even when one is asked for.
+        .env("RUST_BACKTRACE", "1")
         .output()
         .expect("run sluice bench");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("unknown workload \"nope\""), "{stderr}");
+    assert!(
+        stderr.starts_with("error: unknown workload \"nope\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("backtrace"), "{stderr}");
 }
 
 #[test]
