@@ -187,10 +187,12 @@ impl Default for ScriptConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    // Not a `source`: the message says it once, and a chain printer would
+    // say it again.
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path} is not valid TOML: {message}")]
     Toml { path: PathBuf, message: String },
@@ -212,19 +214,28 @@ impl Config {
         file: Option<&Path>,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table = match file {
+        let text = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.into(),
-                    source,
-                })?;
+                Some(
+                    std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+                        path: path.into(),
+                        error,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let mut table = match (&text, file) {
+            (Some(text), Some(path)) => {
                 text.parse::<toml::Table>().map_err(|e| ConfigError::Toml {
                     path: path.into(),
                     message: e.to_string(),
                 })?
             }
-            None => toml::Table::new(),
+            _ => toml::Table::new(),
         };
+        // Which setting each environment variable set, to name it in errors.
+        let mut from_env: Vec<(String, String)> = Vec::new();
         for (name, value) in vars {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -234,12 +245,20 @@ impl Config {
             }
             let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
             set_path(&mut table, &path, env_value(&value))
-                .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
+                .map_err(|e| ConfigError::Invalid(format!("{name} (from the environment): {e}")))?;
+            from_env.push((path.join("."), name));
         }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
-        Ok(config)
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
+            |e: serde_path_to_error::Error<toml::de::Error>| {
+                let path = e.path().to_string();
+                let message = e.into_inner().message().to_owned();
+                let source = Source {
+                    file: file.zip(text.as_deref()),
+                    from_env: &from_env,
+                };
+                ConfigError::Invalid(explain(&path, &message, &source))
+            },
+        )
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -391,6 +410,131 @@ fn backend(spec: &str, data_dir: &Path, file: &str, what: &str) -> Result<Backen
     }
 }
 
+/// Where the settings came from: a file and its text, and the environment
+/// variables that set settings (dotted path, variable).
+struct Source<'a> {
+    file: Option<(&'a Path, &'a str)>,
+    from_env: &'a [(String, String)],
+}
+
+impl Source<'_> {
+    /// Where the setting at `path` came from, as an error says it, and an
+    /// assignment of `example` in that form.
+    fn describe(&self, path: &str, example: &str) -> (String, String) {
+        if let Some((_, var)) = self.from_env.iter().rev().find(|(p, _)| p == path) {
+            let quoted = if example.starts_with('[') || example.starts_with('"') {
+                format!("'{example}'")
+            } else {
+                example.to_owned()
+            };
+            return (
+                format!("the environment variable {var}"),
+                format!("{var}={quoted}"),
+            );
+        }
+        let (section, key) = path.rsplit_once('.').unwrap_or(("", path));
+        let assignment = if section.is_empty() {
+            format!("{key} = {example}")
+        } else {
+            format!("{key} = {example} under [{section}]")
+        };
+        match self.file {
+            Some((file, text)) => match line_of(text, section, key) {
+                Some(line) => (format!("{}, line {line}", file.display()), assignment),
+                None => (file.display().to_string(), assignment),
+            },
+            None => ("the configuration".into(), assignment),
+        }
+    }
+}
+
+/// The 1-based line of `key` in `section` ("" for the top level) of a TOML
+/// text, when it is written there as `key = …`.
+fn line_of(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.trim().to_owned();
+        } else if current == section
+            && let Some(rest) = line.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// A valid value of the setting at `path`, as TOML: its default, or for a
+/// list empty by default, a list like the one it takes.
+fn example_of(path: &str) -> String {
+    let value = toml::Value::try_from(Config::default())
+        .ok()
+        .and_then(|defaults| {
+            path.split('.')
+                .try_fold(defaults, |v, key| v.get(key).cloned())
+        });
+    match (path, value) {
+        ("webhook_allow", _) => r#"["127.0.0.1", "10.0.0.0/8"]"#.into(),
+        ("cors_origins", _) => r#"["https://app.example.com"]"#.into(),
+        (_, Some(toml::Value::Table(_))) | (_, None) => "…".into(),
+        (_, Some(value)) => value.to_string(),
+    }
+}
+
+/// A deserializer's message about the setting at `path` in a person's words:
+/// the setting, where it came from, what was wrong, and a valid example.
+fn explain(path: &str, message: &str, source: &Source<'_>) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        // The path ends at the field when the error is raised on its key.
+        let parent = path
+            .strip_suffix(field)
+            .map(|p| p.trim_end_matches('.'))
+            .unwrap_or(path);
+        let parent = if parent == "." { "" } else { parent };
+        let full = if parent.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{parent}.{field}")
+        };
+        let (from, _) = source.describe(&full, "");
+        let mut said = format!("unknown setting {full:?} (from {from})");
+        // A setting of a section written at the top level, or elsewhere.
+        if let Ok(toml::Value::Table(defaults)) = toml::Value::try_from(Config::default()) {
+            let home = defaults.iter().find_map(|(section, v)| {
+                v.as_table()
+                    .filter(|t| t.contains_key(field))
+                    .map(|_| section.clone())
+            });
+            if let Some(section) = home.filter(|s| s != parent) {
+                said.push_str(&format!(
+                    "; it belongs under [{section}]: {field} = … in that section of the file, or SLUICE_{}__{} in the environment",
+                    section.to_uppercase(),
+                    field.to_uppercase()
+                ));
+                return said;
+            }
+        }
+        let expected = expected.trim_start_matches(", ").trim();
+        if !expected.is_empty() {
+            said.push_str(&format!("; {expected}"));
+        }
+        return said;
+    }
+    let example = example_of(path);
+    let (from, assignment) = source.describe(path, &example);
+    let what = message
+        .replace("expected usize", "expected a whole number")
+        .replace("expected u64", "expected a whole number")
+        .replace("expected u32", "expected a whole number")
+        .replace("expected f64", "expected a number")
+        .replace("expected a boolean", "expected true or false")
+        .replace("expected a sequence", "expected a list");
+    format!("setting {path:?} (from {from}): {what}; for example {assignment}")
+}
+
 /// An environment value as TOML would read it: integers, floats and booleans
 /// by their text, anything else as a string.
 fn env_value(text: &str) -> toml::Value {
@@ -492,6 +636,7 @@ mod tests {
         )
         .expect_err("unknown field");
         assert!(err.to_string().contains("queue_len"), "{err}");
+        assert!(err.to_string().contains("SLUICE_QUEUE__QUEUE_LEN"), "{err}");
         let mut config = Config {
             listen: "nowhere".into(),
             ..Config::default()
@@ -509,6 +654,71 @@ mod tests {
             config.history_backend().expect("valid"),
             Backend::Sqlite(PathBuf::from("./sluice-data/history.db"))
         );
+    }
+
+    /// Each error names the setting, where it came from and a valid example.
+    #[test]
+    fn errors_name_the_setting_its_source_and_an_example() {
+        let env = |name: &str, value: &str| {
+            let err =
+                Config::load(None, [(name.to_string(), value.to_string())]).expect_err("invalid");
+            err.to_string()
+        };
+        let said = env("SLUICE_QUEUE__QUEUE_LEN_MAX", "abc");
+        for part in [
+            "queue.queue_len_max",
+            "the environment variable SLUICE_QUEUE__QUEUE_LEN_MAX",
+            "expected a whole number",
+            &format!("SLUICE_QUEUE__QUEUE_LEN_MAX={QUEUE_LEN_MAX_DEFAULT}"),
+        ] {
+            assert!(said.contains(part), "{said:?} lacks {part:?}");
+        }
+        let said = env("SLUICE_WEBHOOK_ALLOW", "127.0.0.1");
+        assert!(said.contains("expected a list"), "{said}");
+        assert!(
+            said.contains(r#"SLUICE_WEBHOOK_ALLOW='["127.0.0.1", "10.0.0.0/8"]'"#),
+            "{said}"
+        );
+        let said = env("SLUICE_QUEU_LEN_MAX", "5");
+        assert!(
+            said.contains("unknown setting \"queu_len_max\" (from the environment variable SLUICE_QUEU_LEN_MAX)"),
+            "{said}"
+        );
+
+        let dir = tempfile_dir("errors");
+        let file = dir.join("sluice.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:1\"\nqueue_len_max = 5\n").expect("write");
+        let said = Config::load(Some(&file), Vec::new())
+            .expect_err("misplaced")
+            .to_string();
+        assert!(
+            said.contains(&format!("(from {}, line 2)", file.display()))
+                && said.contains("belongs under [queue]")
+                && said.contains("SLUICE_QUEUE__QUEUE_LEN_MAX"),
+            "{said}"
+        );
+        std::fs::write(&file, "[queue]\n\nqueue_len_max = \"abc\"\n").expect("write");
+        let said = Config::load(Some(&file), Vec::new())
+            .expect_err("a string")
+            .to_string();
+        assert!(
+            said.contains(&format!("(from {}, line 3)", file.display()))
+                && said.contains(&format!(
+                    "queue_len_max = {QUEUE_LEN_MAX_DEFAULT} under [queue]"
+                )),
+            "{said}"
+        );
+        // A missing file: its OS error once, also through a chain printer.
+        let missing = dir.join("absent.toml");
+        let err = Config::load(Some(&missing), Vec::new()).expect_err("missing");
+        let chained = format!("{:#}", anyhow::Error::new(err));
+        assert_eq!(chained.matches("No such file").count(), 1, "{chained}");
+    }
+
+    fn tempfile_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
     }
 
     /// The README lists every key with its default: it must parse, and say

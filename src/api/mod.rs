@@ -4,9 +4,11 @@
 mod answer;
 mod contract;
 pub mod dashboard;
+mod event_id;
 mod exact;
 pub mod guard;
 mod quarantine;
+mod query;
 pub mod schema;
 pub mod wire;
 
@@ -15,14 +17,15 @@ pub use answer::{Reply, reply};
 use crate::dispatch::{Answer, ConfigureError, Engine, ReadError};
 use crate::history::{CONFLICTS_LIMIT_DEFAULT, CONFLICTS_LIMIT_MAX, ConflictQuery};
 use crate::model::ConflictRecord;
-use crate::model::{ANONYMOUS_CLIENT, DocKey};
+use crate::model::DocKey;
 use crate::resolve::CollectionConfig;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use query::{ApiQuery, NoParams, QueryParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::any::Any;
@@ -87,12 +90,6 @@ impl From<BytesRejection> for ApiError {
         } else {
             ApiError::bad_request(format!("the body could not be read: {}", r.body_text()))
         }
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(r: QueryRejection) -> Self {
-        ApiError::bad_request(format!("bad query string: {}", r.body_text()))
     }
 }
 
@@ -282,6 +279,10 @@ struct WaitQuery {
     wait: Option<bool>,
 }
 
+impl QueryParams for WaitQuery {
+    const PARAMS: &'static [(&'static str, &'static str)] = &[("wait", "true or false")];
+}
+
 /// Sends one mutation and, by default, waits for its outcome. A resend with
 /// the same `(client, id)` gets the same answer and is never applied twice.
 #[utoipa::path(post, path = "/v1/mutations", tag = "mutations",
@@ -303,10 +304,9 @@ struct WaitQuery {
     ))]
 async fn post_mutation(
     State(engine): State<Engine>,
-    query: Result<Query<WaitQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<WaitQuery>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query?;
     // The door first: a refusal under overload must cost almost nothing,
     // so it reads and parses no body.
     let entered = if query.wait == Some(false) {
@@ -372,6 +372,7 @@ async fn refuse_unparsed(request: axum::extract::Request, refused: Answer) -> Re
     ))]
 async fn post_batch(
     State(engine): State<Engine>,
+    _: ApiQuery<NoParams>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     // A batch's length is known only once it is parsed; a door that would
@@ -437,8 +438,18 @@ async fn post_batch(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ClientQuery {
-    /// The client that sent the mutation (default: the anonymous client).
-    client: Option<String>,
+    /// The client that sent the mutation (empty: the anonymous client).
+    client: String,
+}
+
+/// What a `client` parameter takes, as errors say it.
+const CLIENT_PARAM: (&str, &str) = (
+    "client",
+    "the client that sent the mutations, as in their bodies (client= for a body without one)",
+);
+
+impl QueryParams for ClientQuery {
+    const PARAMS: &'static [(&'static str, &'static str)] = &[CLIENT_PARAM];
 }
 
 /// A mutation's outcome, or its queued status while it waits.
@@ -447,17 +458,16 @@ struct ClientQuery {
     responses(
         (status = 200, description = "Its answer: the outcome once decided (the body a resend gets), else `queued`",
             body = schema::MutationStatus),
+        (status = 400, description = "No `client`, or a parameter the route does not take", body = schema::ErrorBody),
         (status = 404, description = "No such mutation for this client", body = schema::ErrorBody),
         (status = 503, description = "The store is unavailable", body = schema::ErrorBody),
     ))]
 async fn get_mutation(
     State(engine): State<Engine>,
     path: Result<Path<String>, PathRejection>,
-    query: Result<Query<ClientQuery>, QueryRejection>,
+    ApiQuery(ClientQuery { client }): ApiQuery<ClientQuery>,
 ) -> Result<Response, ApiError> {
     let Path(id) = path?;
-    let Query(query) = query?;
-    let client = query.client.unwrap_or_else(|| ANONYMOUS_CLIENT.to_owned());
     let json = |body: String| {
         (
             StatusCode::OK,
@@ -509,6 +519,7 @@ async fn get_mutation(
     ))]
 async fn get_document(
     State(engine): State<Engine>,
+    _: ApiQuery<NoParams>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path((collection, key)) = path?;
@@ -544,6 +555,7 @@ async fn get_document(
     ))]
 async fn get_collection(
     State(engine): State<Engine>,
+    _: ApiQuery<NoParams>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CollectionConfig>, ApiError> {
     let Path(name) = path?;
@@ -564,6 +576,7 @@ async fn get_collection(
     ))]
 async fn put_collection(
     State(engine): State<Engine>,
+    _: ApiQuery<NoParams>,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CollectionConfig>, ApiError> {
@@ -603,6 +616,15 @@ struct ConflictsQuery {
     before: Option<i64>,
 }
 
+impl QueryParams for ConflictsQuery {
+    const PARAMS: &'static [(&'static str, &'static str)] = &[
+        ("collection", "a collection's name"),
+        ("key", "a document's key, with collection"),
+        ("limit", "a whole number from 1 to 1000"),
+        ("before", "the next cursor of the page before"),
+    ];
+}
+
 /// What one page of conflicts holds at most, in bytes of their values (one
 /// conflict always comes): each holds whole documents, so the count alone
 /// let a page of 1,000 reach gigabytes.
@@ -618,9 +640,8 @@ const CONFLICTS_PAGE_BYTES_MAX: usize = 4 << 20;
     ))]
 async fn get_conflicts(
     State(engine): State<Engine>,
-    query: Result<Query<ConflictsQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<ConflictsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query?;
     let limit = q.limit.unwrap_or(CONFLICTS_LIMIT_DEFAULT);
     if limit == 0 || limit > CONFLICTS_LIMIT_MAX {
         return Err(ApiError::bad_request(format!(
@@ -665,8 +686,21 @@ const EVENTS_POLL_MIN: std::time::Duration = std::time::Duration::from_millis(50
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct EventsQuery {
-    /// Whose outcomes to stream (default: the anonymous client).
-    client: Option<String>,
+    /// Whose outcomes to stream (empty: the anonymous client).
+    client: String,
+    /// `start`: every answer still kept first; an event id: the answers
+    /// after it. Absent: from now on. `Last-Event-ID`, when sent, wins.
+    since: Option<String>,
+}
+
+impl QueryParams for EventsQuery {
+    const PARAMS: &'static [(&'static str, &'static str)] = &[
+        CLIENT_PARAM,
+        (
+            "since",
+            "start (every kept answer) or an event id (the answers after it)",
+        ),
+    ];
 }
 
 /// `GET /v1/events?client=…`: the client's outcomes as Server-Sent Events,
@@ -678,25 +712,38 @@ struct EventsQuery {
     responses(
         (status = 200, description = "Server-Sent Events: `event: outcome`, `id:` increasing, `data:` the mutation's answer",
             content_type = "text/event-stream", body = String),
-        (status = 400, description = "A bad Last-Event-ID", body = schema::ErrorBody),
+        (status = 400, description = "No `client`, a bad Last-Event-ID, or a parameter the route does not take", body = schema::ErrorBody),
         (status = 503, description = "Too many streams are open", body = schema::ErrorBody),
     ))]
 async fn get_events(
     State(engine): State<Engine>,
-    query: Result<Query<EventsQuery>, QueryRejection>,
+    ApiQuery(EventsQuery { client, since }): ApiQuery<EventsQuery>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     static OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let Query(query) = query?;
-    let client = query.client.unwrap_or_else(|| ANONYMOUS_CLIENT.to_owned());
-    let last: i64 = match headers.get("last-event-id") {
-        None => 0,
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-            .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event number"))?,
+    let secret = engine
+        .events_secret()
+        .await
+        .map_err(ApiError::unavailable)?;
+    let ids = event_id::EventIds::new(&secret);
+    let decode = |id: &str, what: &str| {
+        ids.decode(id).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{what} must be an event id this server sent (an event's id:), or since=start; got {id:?}"
+            ))
+        })
+    };
+    // A reconnecting EventSource sends Last-Event-ID with the URL it began
+    // with: the header wins over `since`.
+    let last = match (headers.get("last-event-id"), since.as_deref()) {
+        (Some(v), _) => decode(v.to_str().unwrap_or(""), "Last-Event-ID")?,
+        (None, Some("start")) => 0,
+        (None, Some(id)) => decode(id, "query parameter \"since\"")?,
+        (None, None) => engine
+            .events_head(&client)
+            .await
+            .map_err(ApiError::unavailable)?,
     };
     let open = dashboard::StreamSlot::take(&OPEN, EVENT_STREAMS_MAX).ok_or_else(|| {
         ApiError::new(
@@ -707,6 +754,7 @@ async fn get_events(
     })?;
     struct State {
         engine: Engine,
+        ids: event_id::EventIds,
         client: String,
         last: i64,
         buffer: std::collections::VecDeque<(i64, String)>,
@@ -716,6 +764,7 @@ async fn get_events(
     let state = State {
         signal: engine.commit_signal(),
         engine,
+        ids,
         client,
         last,
         buffer: Default::default(),
@@ -727,7 +776,7 @@ async fn get_events(
                 st.last = seq;
                 let event = Event::default()
                     .event("outcome")
-                    .id(seq.to_string())
+                    .id(st.ids.encode(seq))
                     .data(body);
                 return Some((Ok::<Event, std::convert::Infallible>(event), st));
             }
@@ -760,15 +809,27 @@ async fn get_events(
 
 /// The dispatcher's state: load, threshold, limits, queue.
 #[utoipa::path(get, path = "/v1/stats", tag = "observe",
-    responses((status = 200, description = "A snapshot", body = schema::EngineStats)))]
-async fn get_stats(State(engine): State<Engine>) -> Json<crate::dispatch::EngineStats> {
+    responses(
+        (status = 200, description = "A snapshot", body = schema::EngineStats),
+        (status = 400, description = "A query parameter (the route takes none)", body = schema::ErrorBody),
+    ))]
+async fn get_stats(
+    State(engine): State<Engine>,
+    _: ApiQuery<NoParams>,
+) -> Json<crate::dispatch::EngineStats> {
     Json(engine.stats())
 }
 
 /// The conflict predictor: its training and its quality.
 #[utoipa::path(get, path = "/v1/model", tag = "observe",
-    responses((status = 200, description = "The model's report", body = schema::ModelReport)))]
-async fn get_model(State(engine): State<Engine>) -> Json<crate::predict::ModelReport> {
+    responses(
+        (status = 200, description = "The model's report", body = schema::ModelReport),
+        (status = 400, description = "A query parameter (the route takes none)", body = schema::ErrorBody),
+    ))]
+async fn get_model(
+    State(engine): State<Engine>,
+    _: ApiQuery<NoParams>,
+) -> Json<crate::predict::ModelReport> {
     Json(engine.model_report())
 }
 

@@ -2,12 +2,12 @@
 //! because a handler failed, what an operator does with it, and what a
 //! client has not seen decided yet.
 
-use super::{ApiError, reply, schema};
+use super::query::{ApiQuery, NoParams, QueryParams};
+use super::{ApiError, CLIENT_PARAM, reply, schema};
 use crate::dispatch::{Answer, Engine, QuarantineAction, QuarantineError};
-use crate::model::ANONYMOUS_CLIENT;
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -37,6 +37,17 @@ pub(super) struct QuarantineQuery {
     limit: Option<u32>,
 }
 
+/// What a `limit` parameter of a listing takes, as errors say it.
+const LIMIT_PARAM: (&str, &str) = ("limit", "a whole number from 1 to 1000");
+
+impl QueryParams for QuarantineQuery {
+    const PARAMS: &'static [(&'static str, &'static str)] = &[
+        ("collection", "a collection's name"),
+        ("client", "a client's name"),
+        LIMIT_PARAM,
+    ];
+}
+
 /// Mutations kept aside because their collection's script or webhook
 /// failed (`on_handler_failure: quarantine`), oldest first.
 #[utoipa::path(get, path = "/v1/quarantine", tag = "mutations",
@@ -48,9 +59,8 @@ pub(super) struct QuarantineQuery {
     ))]
 pub(super) async fn get_quarantine(
     State(engine): State<Engine>,
-    query: Result<Query<QuarantineQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<QuarantineQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query?;
     let limit = limit(q.limit)?;
     let kept = engine
         .quarantine_list(
@@ -86,6 +96,7 @@ pub(super) async fn get_quarantine(
 /// names the two operations.
 pub(super) async fn post_quarantine_action(
     State(engine): State<Engine>,
+    _: ApiQuery<NoParams>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((client, last)) = path?;
@@ -128,6 +139,7 @@ pub(super) async fn post_quarantine_action(
     responses(
         (status = 200, description = "Applied, or merged by the collection's handler", body = schema::MutationResult),
         (status = 202, description = "The handler failed again: still quarantined", body = schema::QuarantinedStatus),
+        (status = 400, description = "A query parameter (the route takes none)", body = schema::ErrorBody),
         (status = 404, description = "No such quarantined mutation", body = schema::ErrorBody),
         (status = 409, description = "Rejected by the handler", body = schema::MutationResult),
         (status = 503, description = "The store is unavailable, or the decision timed out",
@@ -144,6 +156,7 @@ pub(super) async fn retry_quarantined() {}
            ("id" = String, Path, description = "The mutation's id")),
     responses(
         (status = 200, description = "Discarded: the mutation's answer (rejected, reason `discarded`), as its client gets it with 409", body = schema::MutationResult),
+        (status = 400, description = "A query parameter (the route takes none)", body = schema::ErrorBody),
         (status = 404, description = "No such quarantined mutation", body = schema::ErrorBody),
         (status = 503, description = "The store is unavailable, or the decision timed out",
             body = schema::ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
@@ -154,12 +167,20 @@ pub(super) async fn discard_quarantined() {}
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct PendingQuery {
-    /// Whose mutations (default: the anonymous client).
-    client: Option<String>,
-    /// `queued` (accepted, not yet decided) or `quarantined`.
-    status: String,
-    /// At most this many, oldest first (1 to 1,000; default 100).
+    /// Whose mutations (empty: the anonymous client).
+    client: String,
+    /// `queued` (accepted, not yet decided) or `quarantined`; both when absent.
+    status: Option<String>,
+    /// At most this many of each status, oldest first (1 to 1,000; default 100).
     limit: Option<u32>,
+}
+
+impl QueryParams for PendingQuery {
+    const PARAMS: &'static [(&'static str, &'static str)] = &[
+        CLIENT_PARAM,
+        ("status", "queued or quarantined (both when absent)"),
+        LIMIT_PARAM,
+    ];
 }
 
 /// A client's mutations not yet decided: queued (in its lane, or being
@@ -174,50 +195,65 @@ pub(super) struct PendingQuery {
     ))]
 pub(super) async fn list_mutations(
     State(engine): State<Engine>,
-    query: Result<Query<PendingQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<PendingQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query?;
     let limit = limit(q.limit)?;
-    let client = q.client.unwrap_or_else(|| ANONYMOUS_CLIENT.to_owned());
-    let now_ms = engine.now_ms();
-    let waited = |since_ms: i64| now_ms.saturating_sub(since_ms).max(0);
-    let mutations: Vec<Value> = match q.status.as_str() {
-        "queued" => engine
-            .pending(&client, limit as usize)
-            .into_iter()
-            .map(|p| {
-                json!({
-                    "id": p.id,
-                    "collection": p.doc.collection,
-                    "key": p.doc.key,
-                    "status": "queued",
-                    "score": p.score,
-                    "waited_ms": waited(p.received_ms),
-                })
-            })
-            .collect(),
-        "quarantined" => engine
-            .quarantine_list(None, Some(client), limit)
-            .await
-            .map_err(ApiError::unavailable)?
-            .into_iter()
-            .map(|e| {
-                json!({
-                    "id": e.id,
-                    "collection": e.doc.collection,
-                    "key": e.doc.key,
-                    "status": "quarantined",
-                    "score": e.score,
-                    "waited_ms": waited(e.at_ms),
-                    "reason": e.reason,
-                })
-            })
-            .collect(),
-        other => {
+    let (queued, quarantined) = match q.status.as_deref() {
+        None => (true, true),
+        Some("queued") => (true, false),
+        Some("quarantined") => (false, true),
+        Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "status must be \"queued\" or \"quarantined\", got {other:?}"
+                "query parameter \"status\" takes queued or quarantined (both when absent); got {other:?}"
             )));
         }
     };
+    let client = q.client;
+    let now_ms = engine.now_ms();
+    let waited = |since_ms: i64| now_ms.saturating_sub(since_ms).max(0);
+    // (since when, the entry), merged oldest first.
+    let mut listed: Vec<(i64, Value)> = Vec::new();
+    if queued {
+        listed.extend(
+            engine
+                .pending(&client, limit as usize)
+                .into_iter()
+                .map(|p| {
+                    let entry = json!({
+                        "id": p.id,
+                        "collection": p.doc.collection,
+                        "key": p.doc.key,
+                        "status": "queued",
+                        "score": p.score,
+                        "waited_ms": waited(p.received_ms),
+                    });
+                    (p.received_ms, entry)
+                }),
+        );
+    }
+    if quarantined {
+        listed.extend(
+            engine
+                .quarantine_list(None, Some(client), limit)
+                .await
+                .map_err(ApiError::unavailable)?
+                .into_iter()
+                .map(|e| {
+                    let entry = json!({
+                        "id": e.id,
+                        "collection": e.doc.collection,
+                        "key": e.doc.key,
+                        "status": "quarantined",
+                        "score": e.score,
+                        "waited_ms": waited(e.at_ms),
+                        "reason": e.reason,
+                    });
+                    (e.at_ms, entry)
+                }),
+        );
+    }
+    listed.sort_by_key(|(since, _)| *since);
+    listed.truncate(limit as usize);
+    let mutations: Vec<Value> = listed.into_iter().map(|(_, entry)| entry).collect();
     Ok(Json(json!({ "mutations": mutations })))
 }

@@ -215,6 +215,32 @@ impl Engine {
             .await
     }
 
+    /// Where a stream of `client`'s events that starts now starts.
+    pub async fn events_head(&self, client: &str) -> Result<i64, StoreError> {
+        self.inner.store.events_head(client).await
+    }
+
+    /// The secret that makes event ids opaque: the same for every process
+    /// on this store, made on first use.
+    pub async fn events_secret(&self) -> Result<Arc<str>, StoreError> {
+        self.inner
+            .events_secret
+            .get_or_try_init(|| async {
+                let make = || {
+                    // Two v4 UUIDs: 244 random bits from the OS.
+                    format!(
+                        "{}{}",
+                        uuid::Uuid::new_v4().simple(),
+                        uuid::Uuid::new_v4().simple()
+                    )
+                };
+                let secret = self.inner.store.secret("event_ids", &make).await?;
+                Ok(Arc::from(secret))
+            })
+            .await
+            .cloned()
+    }
+
     /// A receiver that changes after every commit.
     pub fn commit_signal(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.events.subscribe()

@@ -261,6 +261,8 @@ struct Inner {
     retrain_wanted: Notify,
     /// Bumped after every commit, so event streams know to look.
     events: tokio::sync::watch::Sender<u64>,
+    /// The secret behind event ids, read from the store once.
+    events_secret: tokio::sync::OnceCell<Arc<str>>,
     telemetry: Arc<Telemetry>,
     /// The model's quality for dashboards and when it was computed:
     /// computing it sorts the recent window under the predictor's lock, so it
@@ -365,6 +367,7 @@ impl Engine {
             events: tokio::sync::watch::Sender::new(0),
             telemetry,
             model_summary: Mutex::new(None),
+            events_secret: tokio::sync::OnceCell::new(),
         });
         tokio::spawn(lane::dispatch_loop(inner.clone()));
         tokio::spawn(commit::committer(inner.clone(), commit_rx));

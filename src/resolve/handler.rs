@@ -61,19 +61,21 @@ impl Handler {
                 url,
                 timeout_ms,
                 headers,
-            } if headers.is_empty() => {
-                json!({ "webhook": { "url": url, "timeout_ms": timeout_ms } })
-            }
-            Handler::Webhook {
-                url,
-                timeout_ms,
-                headers,
             } => {
-                let headers: serde_json::Map<String, Value> = headers
-                    .iter()
-                    .map(|(name, value)| (name.clone(), json!(value)))
-                    .collect();
-                json!({ "webhook": { "url": url, "timeout_ms": timeout_ms, "headers": headers } })
+                // Defaults read back absent, as every setting's do.
+                let mut hook = serde_json::Map::new();
+                hook.insert("url".into(), json!(url));
+                if *timeout_ms != WEBHOOK_TIMEOUT_MS_DEFAULT {
+                    hook.insert("timeout_ms".into(), json!(timeout_ms));
+                }
+                if !headers.is_empty() {
+                    let headers: serde_json::Map<String, Value> = headers
+                        .iter()
+                        .map(|(name, value)| (name.clone(), json!(value)))
+                        .collect();
+                    hook.insert("headers".into(), Value::Object(headers));
+                }
+                json!({ "webhook": hook })
             }
         }
     }
@@ -227,7 +229,7 @@ pub enum OnHandlerFailure {
 #[serde(deny_unknown_fields)]
 pub struct CollectionConfig {
     pub handler: Handler,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub set_fields: Vec<String>,
     /// A mutation whose base is stale only because of its own client's
     /// earlier writes applies as if based on the current version. Off by
@@ -331,5 +333,48 @@ mod tests {
                 headers: Vec::new(),
             })
         );
+    }
+
+    /// Every setting, sent at its default, reads back absent; sent at
+    /// another value, reads back as sent. One rule, held for every field.
+    #[test]
+    fn defaults_read_back_absent_and_the_rest_as_sent() {
+        let hook = |extra: Value| {
+            let mut hook = json!({"url": "http://127.0.0.1:9/x"});
+            if let (Some(hook), Some(extra)) = (hook.as_object_mut(), extra.as_object()) {
+                hook.extend(extra.clone());
+            }
+            json!({ "webhook": hook })
+        };
+        let minimal = json!({"handler": hook(json!({}))});
+        // (field, its default, another value): each in the configuration's
+        // top level or in its webhook.
+        let top: [(&str, Value, Value); 3] = [
+            ("set_fields", json!([]), json!(["tags"])),
+            ("chain_own_writes", json!(false), json!(true)),
+            ("on_handler_failure", json!("reject"), json!("quarantine")),
+        ];
+        let in_hook: [(&str, Value, Value); 2] = [
+            ("timeout_ms", json!(WEBHOOK_TIMEOUT_MS_DEFAULT), json!(250)),
+            ("headers", json!({}), json!({"X-Key": "v"})),
+        ];
+        let read_back = |sent: Value| -> Value {
+            let config: CollectionConfig = serde_json::from_value(sent).expect("valid");
+            serde_json::to_value(&config).expect("serializes")
+        };
+        for (field, default, other) in top {
+            let mut sent = minimal.clone();
+            sent[field] = default;
+            assert_eq!(read_back(sent), minimal, "{field} at its default");
+            let mut sent = minimal.clone();
+            sent[field] = other;
+            assert_eq!(read_back(sent.clone()), sent, "{field} set");
+        }
+        for (field, default, other) in in_hook {
+            let sent = json!({"handler": hook(json!({ field: default }))});
+            assert_eq!(read_back(sent), minimal, "webhook.{field} at its default");
+            let sent = json!({"handler": hook(json!({ field: other }))});
+            assert_eq!(read_back(sent.clone()), sent, "webhook.{field} set");
+        }
     }
 }

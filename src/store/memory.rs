@@ -25,6 +25,7 @@ struct State {
     accepted: HashMap<(String, String), (u64, Accepted)>,
     next_accept: u64,
     collections: HashMap<String, String>,
+    secrets: HashMap<String, String>,
     quarantine: HashMap<(String, String), Quarantined>,
 }
 
@@ -185,6 +186,30 @@ impl Store for MemoryStore {
         events.sort_by_key(|(seq, _)| *seq);
         events.truncate(limit as usize);
         Ok(events)
+    }
+
+    async fn events_head(&self, client: &str) -> Result<i64, StoreError> {
+        let state = self.state();
+        Ok(state
+            .replies
+            .values()
+            .filter(|(_, r)| r.client == client)
+            .map(|(seq, _)| *seq)
+            .max()
+            .unwrap_or(0))
+    }
+
+    async fn secret(
+        &self,
+        name: &str,
+        make: &(dyn Fn() -> String + Sync),
+    ) -> Result<String, StoreError> {
+        Ok(self
+            .state()
+            .secrets
+            .entry(name.to_owned())
+            .or_insert_with(make)
+            .clone())
     }
 
     async fn collections(&self) -> Result<Vec<(String, String)>, StoreError> {

@@ -210,6 +210,16 @@ pub trait Store: Send + Sync + 'static {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<(i64, String)>, StoreError>;
+    /// An event number at or past the client's newest: where a stream that
+    /// starts now starts.
+    async fn events_head(&self, client: &str) -> Result<i64, StoreError>;
+    /// The secret named `name`, made (by `make`) and stored on first use, so
+    /// that every process on this store reads the same one.
+    async fn secret(
+        &self,
+        name: &str,
+        make: &(dyn Fn() -> String + Sync),
+    ) -> Result<String, StoreError>;
     /// Every configured collection: `(name, configuration JSON)`.
     async fn collections(&self) -> Result<Vec<(String, String)>, StoreError>;
     async fn put_collection(
@@ -301,6 +311,11 @@ pub(crate) mod sql {
          at_ms = excluded.at_ms";
     pub const DELETE_QUARANTINED: &str =
         "DELETE FROM sluice_quarantine WHERE client = $1 AND id = $2";
+    pub const SECRETS_TABLE: &str = "CREATE TABLE IF NOT EXISTS sluice_secrets (\
+         name TEXT PRIMARY KEY, value TEXT NOT NULL)";
+    pub const INSERT_SECRET: &str =
+        "INSERT INTO sluice_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+    pub const SELECT_SECRET: &str = "SELECT value FROM sluice_secrets WHERE name = $1";
     pub const SELECT_COLLECTIONS: &str =
         "SELECT name, config FROM sluice_collections ORDER BY name";
     pub const UPSERT_COLLECTION: &str = "INSERT INTO sluice_collections (name, config, updated_ms) \

@@ -75,6 +75,7 @@ const SCHEMA: &[&str] = &[
         config TEXT NOT NULL,
         updated_ms BIGINT NOT NULL
     )",
+    sql::SECRETS_TABLE,
 ];
 
 pub struct PostgresStore {
@@ -217,6 +218,35 @@ impl Store for PostgresStore {
             .fetch_all(&self.reader)
             .await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn events_head(&self, client: &str) -> Result<i64, StoreError> {
+        let head: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(seq), 0)::BIGINT FROM sluice_replies WHERE client = $1",
+        )
+        .bind(client)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(head)
+    }
+
+    async fn secret(
+        &self,
+        name: &str,
+        make: &(dyn Fn() -> String + Sync),
+    ) -> Result<String, StoreError> {
+        sqlx::query(sql::INSERT_SECRET)
+            .bind(name)
+            .bind(make())
+            .execute(&self.writer)
+            .await?;
+        // Read from the writer: the row just written, or the one another
+        // process wrote first.
+        let value: String = sqlx::query_scalar(sql::SELECT_SECRET)
+            .bind(name)
+            .fetch_one(&self.writer)
+            .await?;
+        Ok(value)
     }
 
     async fn collections(&self) -> Result<Vec<(String, String)>, StoreError> {

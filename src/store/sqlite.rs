@@ -86,6 +86,7 @@ const SCHEMA: &[&str] = &[
         config TEXT NOT NULL,
         updated_ms INTEGER NOT NULL
     )",
+    sql::SECRETS_TABLE,
 ];
 
 pub struct SqliteStore {
@@ -190,6 +191,34 @@ impl Store for SqliteStore {
             .fetch_all(&self.reader)
             .await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn events_head(&self, _client: &str) -> Result<i64, StoreError> {
+        // The newest event of any client: MAX(rowid) is one index step,
+        // a client's own newest a scan of its replies.
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(rowid), 0) FROM sluice_replies")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(head)
+    }
+
+    async fn secret(
+        &self,
+        name: &str,
+        make: &(dyn Fn() -> String + Sync),
+    ) -> Result<String, StoreError> {
+        sqlx::query(sql::INSERT_SECRET)
+            .bind(name)
+            .bind(make())
+            .execute(&self.writer)
+            .await?;
+        // Read from the writer: the row just written, or the one another
+        // process wrote first.
+        let value: String = sqlx::query_scalar(sql::SELECT_SECRET)
+            .bind(name)
+            .fetch_one(&self.writer)
+            .await?;
+        Ok(value)
     }
 
     async fn collections(&self) -> Result<Vec<(String, String)>, StoreError> {

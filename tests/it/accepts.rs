@@ -75,7 +75,7 @@ async fn an_async_accept_answers_202_then_the_outcome() {
 pub(crate) async fn read_events(
     response: &mut reqwest::Response,
     count: usize,
-) -> Vec<(i64, String, Value)> {
+) -> Vec<(String, String, Value)> {
     let mut events = Vec::new();
     let mut text = String::new();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -95,7 +95,7 @@ pub(crate) async fn read_events(
             let (mut id, mut name, mut data) = (None, String::new(), String::new());
             for line in block.lines() {
                 if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().parse().ok();
+                    id = Some(v.trim().to_owned());
                 } else if let Some(v) = line.strip_prefix("event:") {
                     name = v.trim().to_owned();
                 } else if let Some(v) = line.strip_prefix("data:") {
@@ -141,10 +141,16 @@ async fn the_event_stream_carries_a_clients_outcomes_and_resumes() {
         .collect();
     assert_eq!(ids, ["e1", "e2", "e3"], "only ann's outcomes, in order");
     assert!(events.iter().all(|(_, name, _)| name == "outcome"));
-    assert!(
-        events.windows(2).all(|w| w[0].0 < w[1].0),
-        "event ids increase"
-    );
+    // Ids are opaque: they do not count, so they show no gaps where other
+    // clients' outcomes came between.
+    for (id, _, _) in &events {
+        assert!(
+            id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
+    let distinct: std::collections::HashSet<&String> = events.iter().map(|e| &e.0).collect();
+    assert_eq!(distinct.len(), events.len(), "ids are distinct");
     assert_eq!(
         events[1].2["outcome"],
         json!("rejected"),
@@ -156,12 +162,58 @@ async fn the_event_stream_carries_a_clients_outcomes_and_resumes() {
     let mut resumed = s
         .http
         .get(format!("{}/v1/events?client=ann", s.url))
-        .header("Last-Event-ID", events[0].0.to_string())
+        .header("Last-Event-ID", events[0].0.as_str())
         .send()
         .await
         .expect("GET");
     let again = read_events(&mut resumed, 2).await;
     assert_eq!(again, events[1..].to_vec());
+    drop(resumed);
+
+    // A new subscriber gets what comes from now on, unless it asks for
+    // every kept answer with since=start, or for those after an id.
+    let mut fresh = s
+        .http
+        .get(format!("{}/v1/events?client=ann", s.url))
+        .send()
+        .await
+        .expect("GET");
+    s.post(json!({"id": "e4", "client": "ann", "collection": "c", "key": "k", "op": "put", "value": {}})).await;
+    let now_on = read_events(&mut fresh, 1).await;
+    assert_eq!(now_on[0].2["id"], json!("e4"), "from now on");
+    drop(fresh);
+    let mut from_start = s
+        .http
+        .get(format!("{}/v1/events?client=ann&since=start", s.url))
+        .send()
+        .await
+        .expect("GET");
+    let all = read_events(&mut from_start, 4).await;
+    assert_eq!(all[..3], events[..]);
+    assert_eq!(all[3], now_on[0]);
+    drop(from_start);
+    let mut after = s
+        .http
+        .get(format!(
+            "{}/v1/events?client=ann&since={}",
+            s.url, events[1].0
+        ))
+        .send()
+        .await
+        .expect("GET");
+    let later = read_events(&mut after, 2).await;
+    assert_eq!(
+        (later[0].clone(), later[1].clone()),
+        (events[2].clone(), now_on[0].clone())
+    );
+    for (query, header) in [("&since=12", None), ("", Some("1")), ("&since=", None)] {
+        let mut request = s.http.get(format!("{}/v1/events?client=ann{query}", s.url));
+        if let Some(h) = header {
+            request = request.header("Last-Event-ID", h);
+        }
+        let response = request.send().await.expect("GET");
+        assert_eq!(response.status().as_u16(), 400, "{query} {header:?}");
+    }
 }
 
 fn sluice_binary(data: &std::path::Path, port: u16) -> Child {

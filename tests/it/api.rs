@@ -233,7 +233,7 @@ async fn a_resend_returns_the_original_answer_and_applies_nothing() {
         s.get("/v1/mutations/op-1?client=alice").await,
         (200, original)
     );
-    assert_eq!(s.get("/v1/mutations/op-1").await, (200, anon));
+    assert_eq!(s.get("/v1/mutations/op-1?client=").await, (200, anon));
     let (status, body) = s.get("/v1/mutations/op-1?client=carol").await;
     assert_eq!((status, error_code(&body)), (404, "not_found"));
 
@@ -365,7 +365,7 @@ async fn collections_default_to_optimistic_and_refuse_bad_configurations() {
     let s = TestServer::embedded().await;
     assert_eq!(
         s.get("/v1/collections/fresh").await,
-        (200, json!({"handler": "optimistic", "set_fields": []}))
+        (200, json!({"handler": "optimistic"}))
     );
     let bad = [
         json!({"handler": "pessimistic"}),
@@ -399,9 +399,13 @@ async fn collections_default_to_optimistic_and_refuse_bad_configurations() {
     let hook =
         json!({"handler": {"webhook": {"url": "http://127.0.0.1:9/resolve"}}, "set_fields": []});
     let (status, body) = s.put("/v1/collections/hooked", hook).await;
+    // Defaults read back absent.
     assert_eq!(
-        (status, body["handler"]["webhook"]["timeout_ms"].clone()),
-        (200, json!(1000))
+        (status, body),
+        (
+            200,
+            json!({"handler": {"webhook": {"url": "http://127.0.0.1:9/resolve"}}})
+        )
     );
 }
 

@@ -262,6 +262,22 @@ async fn store_conformance(store: &dyn Store) {
         []
     );
 
+    // A stream that starts now starts at or past the client's newest event.
+    let head = store.events_head("c3").await.expect("head");
+    assert!(head >= all_c3[0].0, "{head}");
+    assert_eq!(
+        store.events_after("c3", head, 10).await.expect("events"),
+        []
+    );
+    // A secret is made once and read back the same, whoever asks next.
+    let made = store.secret("s", &|| "first".into()).await.expect("secret");
+    let again = store.secret("s", &|| "second".into()).await.expect("secret");
+    assert_eq!((made.as_str(), again.as_str()), ("first", "first"));
+    assert_eq!(
+        store.secret("t", &|| "other".into()).await.expect("secret"),
+        "other"
+    );
+
     // Expiry forgets old replies, but never the newest EVENTS_KEPT_MIN (an
     // event stream may still resume across them).
     assert_eq!(

@@ -229,6 +229,12 @@ macro_rules! store_over_memory {
             async fn expire_replies(&self, before_ms: i64) -> Result<u64, sluice::store::StoreError> {
                 self.inner.expire_replies(before_ms).await
             }
+            async fn events_head(&self, client: &str) -> Result<i64, sluice::store::StoreError> {
+                self.inner.events_head(client).await
+            }
+            async fn secret(&self, name: &str, make: &(dyn Fn() -> String + Sync)) -> Result<String, sluice::store::StoreError> {
+                self.inner.secret(name, make).await
+            }
             async fn collections(&self) -> Result<Vec<(String, String)>, sluice::store::StoreError> {
                 self.inner.collections().await
             }
