@@ -271,7 +271,10 @@ async fn store_conformance(store: &dyn Store) {
     );
     // A secret is made once and read back the same, whoever asks next.
     let made = store.secret("s", &|| "first".into()).await.expect("secret");
-    let again = store.secret("s", &|| "second".into()).await.expect("secret");
+    let again = store
+        .secret("s", &|| "second".into())
+        .await
+        .expect("secret");
     assert_eq!((made.as_str(), again.as_str()), ("first", "first"));
     assert_eq!(
         store.secret("t", &|| "other".into()).await.expect("secret"),
