@@ -34,7 +34,9 @@ fn parameter(name: &str) -> Option<Value> {
         "limit" => {
             json!({"type": "integer", "format": "int32", "minimum": 1, "maximum": LIST_LIMIT_MAX.min(CONFLICTS_LIMIT_MAX)})
         }
-        "Last-Event-ID" => json!({"type": "integer", "format": "int64", "minimum": 0}),
+        // Event ids: 16 hexadecimal digits below 2^63 (`api/event_id.rs`).
+        "Last-Event-ID" => json!({"type": "string", "pattern": "^[0-7][0-9a-f]{15}$"}),
+        "since" => json!({"type": "string", "pattern": "^(start|[0-7][0-9a-f]{15})$"}),
         "status" => json!({"type": "string", "enum": ["queued", "quarantined"]}),
         _ => return None,
     })
@@ -61,7 +63,7 @@ pub fn tighten(spec: &mut Value) {
                     if let Some(events) = response.pointer_mut("/content/text~1event-stream") {
                         events["schema"] = json!({
                             "type": "object",
-                            "description": "One event: its name, its data (JSON text) and, on `/v1/events`, its number",
+                            "description": "One event: its name, its data (JSON text) and, on `/v1/events`, its id",
                             "required": ["event", "data"],
                             "properties": {
                                 "event": {"type": "string"},

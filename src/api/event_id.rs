@@ -31,31 +31,51 @@ impl EventIds {
         u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
     }
 
-    /// The id of event number `seq`: 16 hexadecimal digits.
-    pub(super) fn encode(&self, seq: i64) -> String {
-        let x = seq as u64;
+    fn permute(&self, x: u64) -> u64 {
         let (mut left, mut right) = ((x >> 32) as u32, x as u32);
         for round in 0..ROUNDS {
             (left, right) = (right, left ^ self.round(round, right));
         }
-        format!("{:016x}", (u64::from(left) << 32) | u64::from(right))
+        (u64::from(left) << 32) | u64::from(right)
     }
 
-    /// The event number of an id this server gave, or `None` for text that
-    /// is not an id.
+    fn unpermute(&self, y: u64) -> u64 {
+        let (mut left, mut right) = ((y >> 32) as u32, y as u32);
+        for round in (0..ROUNDS).rev() {
+            (left, right) = (right ^ self.round(round, left), left);
+        }
+        (u64::from(left) << 32) | u64::from(right)
+    }
+
+    /// The id of event number `seq`: 16 hexadecimal digits, the first 0–7.
+    /// The permutation is walked until it lands below 2^63 (cycle walking),
+    /// so ids and numbers are the same set, and every id a client may send
+    /// stands for a number.
+    pub(super) fn encode(&self, seq: i64) -> String {
+        let mut y = self.permute(seq as u64 & MASK);
+        while y > MASK {
+            y = self.permute(y);
+        }
+        format!("{y:016x}")
+    }
+
+    /// The event number of an id, or `None` for text that is not one.
     pub(super) fn decode(&self, id: &str) -> Option<i64> {
         let id = id.trim();
         if id.len() != 16 {
             return None;
         }
-        let x = u64::from_str_radix(id, 16).ok()?;
-        let (mut left, mut right) = ((x >> 32) as u32, x as u32);
-        for round in (0..ROUNDS).rev() {
-            (left, right) = (right ^ self.round(round, left), left);
+        let y = u64::from_str_radix(id, 16).ok().filter(|y| *y <= MASK)?;
+        let mut x = self.unpermute(y);
+        while x > MASK {
+            x = self.unpermute(x);
         }
-        i64::try_from((u64::from(left) << 32) | u64::from(right)).ok()
+        i64::try_from(x).ok()
     }
 }
+
+/// Event numbers and ids are below 2^63.
+const MASK: u64 = i64::MAX as u64;
 
 #[cfg(test)]
 mod tests {
@@ -79,5 +99,11 @@ mod tests {
         assert!(prefix < 6, "{a} and {b}");
         assert_eq!(ids.decode("not an id"), None);
         assert_eq!(ids.decode("zzzzzzzzzzzzzzzz"), None);
+        assert_eq!(ids.decode("8000000000000000"), None, "past 2^63");
+        // Any id of the described form stands for a number, and back.
+        for id in ["0000000000000000", "7fffffffffffffff", "0123456789abcdef"] {
+            let seq = ids.decode(id).expect("a number");
+            assert_eq!(ids.encode(seq), id);
+        }
     }
 }

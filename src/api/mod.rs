@@ -397,18 +397,10 @@ async fn post_batch(
     let invalid =
         |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_mutation", message);
     exact::check(&body).map_err(invalid)?;
-    let batch: wire::BatchBody = serde_json::from_slice(&body)
-        .map_err(|e| invalid(format!("the body is not a valid batch: {e}")))?;
-    if batch.mutations.is_empty() || batch.mutations.len() > wire::BATCH_LEN_MAX {
-        return Err(invalid(format!(
-            "a batch holds 1 to {} mutations, got {}",
-            wire::BATCH_LEN_MAX,
-            batch.mutations.len()
-        )));
-    }
+    let batch = wire::parse_batch(&body).map_err(invalid)?;
     // All or nothing: the first bad mutation refuses the whole batch.
-    let mut mutations = Vec::with_capacity(batch.mutations.len());
-    for (index, value) in batch.mutations.into_iter().enumerate() {
+    let mut mutations = Vec::with_capacity(batch.len());
+    for (index, value) in batch.into_iter().enumerate() {
         let mutation =
             wire::parse_mutation_value(value, || uuid::Uuid::new_v4().simple().to_string())
                 .map_err(|message| invalid(format!("mutations[{index}]: {message}")))?;
@@ -704,13 +696,13 @@ impl QueryParams for EventsQuery {
 }
 
 /// `GET /v1/events?client=…`: the client's outcomes as Server-Sent Events,
-/// one `outcome` event per decided mutation, its id the event number;
-/// `Last-Event-ID` resumes after that number.
+/// one `outcome` event per decided mutation, its id opaque
+/// (`event_id.rs`); `Last-Event-ID` or `since` resume after an id.
 #[utoipa::path(get, path = "/v1/events", tag = "mutations",
     params(EventsQuery,
-        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event")),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (wins over `since`)")),
     responses(
-        (status = 200, description = "Server-Sent Events: `event: outcome`, `id:` increasing, `data:` the mutation's answer",
+        (status = 200, description = "Server-Sent Events: `event: outcome`, `id:` an opaque event id, `data:` the mutation's answer",
             content_type = "text/event-stream", body = String),
         (status = 400, description = "No `client`, a bad Last-Event-ID, or a parameter the route does not take", body = schema::ErrorBody),
         (status = 503, description = "Too many streams are open", body = schema::ErrorBody),

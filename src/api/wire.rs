@@ -100,8 +100,86 @@ pub fn parse_mutation(
     generated_id: impl FnOnce() -> String,
 ) -> Result<Mutation, String> {
     super::exact::check(body)?;
-    let parsed: MutationBody = serde_json::from_slice(body).map_err(describe_json_error)?;
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => {
+            return Err(format!(
+                "the body is a list, and {MUTATION_ROUTE} takes one mutation as a JSON object; send several as {{\"mutations\": [...]}} to {BATCH_ROUTE}"
+            ));
+        }
+        Some(b'{') => {}
+        _ => {
+            // Not an object: serde's syntax error says where.
+        }
+    }
+    let parsed: MutationBody =
+        deserialize(&mut serde_json::Deserializer::from_slice(body), "the body").map_err(|e| {
+            if e.contains("unknown field \"mutations\"") {
+                format!("this is a batch: send {{\"mutations\": [...]}} to {BATCH_ROUTE}")
+            } else {
+                e
+            }
+        })?;
     validate(parsed, generated_id)
+}
+
+const MUTATION_ROUTE: &str = "POST /v1/mutations";
+const BATCH_ROUTE: &str = "POST /v1/mutations:batch";
+
+/// Deserializes `what` (named in errors) and says what was wrong in the
+/// API's words: the field, what it takes, what was sent, and where.
+fn deserialize<'de, T: Deserialize<'de>, D>(de: D, what: &str) -> Result<T, String>
+where
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+{
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return format!("{what} is not valid JSON: {inner}");
+        }
+        let field = if path == "." || path.is_empty() {
+            what.to_owned()
+        } else {
+            path
+        };
+        in_api_words(&field, &inner.to_string())
+    })
+}
+
+/// A serde message about `field` without Rust's type names.
+fn in_api_words(field: &str, message: &str) -> String {
+    // serde_json appends the position, which is worth keeping.
+    let (message, position) = match message.rsplit_once(" at line ") {
+        Some((m, at)) => (m, format!(" (at line {at})")),
+        None => (message, String::new()),
+    };
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        let name = rest.trim_end_matches('`');
+        return format!("{name} is required{position}");
+    }
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (name, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let expected = expected.trim_start_matches(", expected ").replace('`', "");
+        return format!("unknown field {name:?}; the fields are {expected}{position}");
+    }
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        let (got, expected) = rest.split_once(", expected ").unwrap_or((rest, ""));
+        let expected = match expected {
+            e if e.starts_with("struct ") => "a JSON object",
+            "a sequence" => "a list",
+            "a string" => "a string",
+            "u64" => "a whole number from 0",
+            "i64" => "a whole number",
+            e if e.starts_with("internally tagged") || e.starts_with("enum") => "a string",
+            e => e,
+        };
+        let got = got
+            .replace("map", "an object")
+            .replace("sequence", "a list")
+            .replace("integer", "the number");
+        return format!("{field} must be {expected}, got {got}{position}");
+    }
+    format!("{field}: {message}{position}")
 }
 
 /// Parses and validates one mutation of a batch (already parsed as JSON).
@@ -109,8 +187,10 @@ pub fn parse_mutation_value(
     value: Value,
     generated_id: impl FnOnce() -> String,
 ) -> Result<Mutation, String> {
-    let parsed: MutationBody =
-        serde_json::from_value(value).map_err(|e| format!("not a valid mutation: {e}"))?;
+    if value.is_array() {
+        return Err("is a list; each entry of mutations is one mutation, a JSON object".into());
+    }
+    let parsed: MutationBody = deserialize(value, "the mutation")?;
     validate(parsed, generated_id)
 }
 
@@ -223,12 +303,38 @@ fn check_chars(field: &str, value: &str, max: usize) -> Result<(), String> {
 }
 
 /// serde's messages name the field and the expectation; add where it stood.
-fn describe_json_error(e: serde_json::Error) -> String {
-    if e.is_syntax() || e.is_eof() {
-        format!("the body is not valid JSON: {e}")
-    } else {
-        format!("the body is not a valid mutation: {e}")
+/// Parses a batch's body: `{"mutations": [...]}` with 1 to
+/// [`BATCH_LEN_MAX`] entries, each still to be validated.
+pub fn parse_batch(body: &[u8]) -> Result<Vec<Value>, String> {
+    let sent: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not valid JSON: {e}"))?;
+    let send = "send {\"mutations\": [{...}, ...]}";
+    let mut object = match sent {
+        Value::Object(object) => object,
+        Value::Array(_) => {
+            return Err(format!(
+                "the body is a list; a batch is an object holding the list: {send}"
+            ));
+        }
+        _ => return Err(format!("the body must be a JSON object: {send}")),
+    };
+    if let Some(other) = object.keys().find(|k| *k != "mutations") {
+        return Err(format!(
+            "unknown field {other:?}; a batch has one field, mutations: {send}"
+        ));
     }
+    let mutations = match object.remove("mutations") {
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(format!("mutations must be a list: {send}")),
+        None => return Err(format!("mutations is required: {send}")),
+    };
+    if mutations.is_empty() || mutations.len() > BATCH_LEN_MAX {
+        return Err(format!(
+            "a batch holds 1 to {BATCH_LEN_MAX} mutations, got {}",
+            mutations.len()
+        ));
+    }
+    Ok(mutations)
 }
 
 /// A stable 64-bit hash of everything a mutation means except its id: object

@@ -190,3 +190,93 @@ async fn a_script_with_a_syntax_error_is_refused_with_its_position() {
         "{message}"
     );
 }
+
+/// POSTs `body` as JSON to `path`: 400 with a message containing every one
+/// of `says`, and no Rust type name.
+async fn body_refused(s: &TestServer, path: &str, body: &str, says: &[&str]) {
+    let (status, answer) = s.post_raw(path, body.to_owned()).await;
+    assert_eq!(status, 400, "{path} {body}: {answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or("");
+    for part in says {
+        assert!(message.contains(part), "{body}: {message:?} lacks {part:?}");
+    }
+    for rust in [
+        "BatchBody",
+        "MutationBody",
+        "struct ",
+        "u64",
+        "i64",
+        "sequence",
+    ] {
+        assert!(!message.contains(rust), "{body}: {message:?} says {rust:?}");
+    }
+}
+
+#[tokio::test]
+async fn body_errors_say_what_to_send_instead() {
+    let s = TestServer::embedded().await;
+    let one = r#"{"collection": "c", "key": "k", "op": "put", "value": {}}"#;
+    body_refused(
+        &s,
+        "/v1/mutations:batch",
+        &format!("[{one}]"),
+        &["a list", r#"{"mutations": ["#],
+    )
+    .await;
+    body_refused(
+        &s,
+        "/v1/mutations:batch",
+        "[]",
+        &["a list", r#"{"mutations": ["#],
+    )
+    .await;
+    body_refused(
+        &s,
+        "/v1/mutations:batch",
+        r#"{"mutations": []}"#,
+        &["1 to 1000 mutations, got 0"],
+    )
+    .await;
+    body_refused(
+        &s,
+        "/v1/mutations:batch",
+        &format!(r#"{{"mutations": [{one}, [{one}]]}}"#),
+        &["mutations[1]", "a list"],
+    )
+    .await;
+    body_refused(
+        &s,
+        "/v1/mutations",
+        &format!("[{one}]"),
+        &["one mutation", "/v1/mutations:batch"],
+    )
+    .await;
+    body_refused(
+        &s,
+        "/v1/mutations",
+        &format!(r#"{{"mutations": [{one}]}}"#),
+        &["this is a batch", "/v1/mutations:batch"],
+    )
+    .await;
+    body_refused(
+        &s,
+        "/v1/mutations",
+        r#"{"collection": "c", "key": "k", "op": "put", "value": {}, "base_version": "3"}"#,
+        &["base_version must be a JSON number", "got string \"3\""],
+    )
+    .await;
+    body_refused(
+        &s,
+        "/v1/mutations",
+        r#"{"collection": "c", "op": "put", "value": {}}"#,
+        &["key is required"],
+    )
+    .await;
+    body_refused(
+        &s,
+        "/v1/mutations",
+        r#"{"collection": "c", "key": "k", "op": "put", "value": {}, "colour": 1}"#,
+        &["unknown field \"colour\"", "collection"],
+    )
+    .await;
+}
