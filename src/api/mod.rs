@@ -2,6 +2,7 @@
 //! `{"error": {"code", "message"}}` with its status, in one place.
 
 mod answer;
+mod caller;
 mod contract;
 pub mod dashboard;
 mod event_id;
@@ -25,6 +26,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Path, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use caller::{CLIENT_PARAM, Caller, ClientOnly};
 use query::{ApiQuery, NoParams, QueryParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -305,6 +307,7 @@ impl QueryParams for WaitQuery {
 async fn post_mutation(
     State(engine): State<Engine>,
     ApiQuery(query): ApiQuery<WaitQuery>,
+    caller: Caller,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     // The door first: a refusal under overload must cost almost nothing,
@@ -320,6 +323,7 @@ async fn post_mutation(
     let body = Bytes::from_request(request, &engine).await?;
     let mutation = wire::parse_mutation(&body, || uuid::Uuid::new_v4().simple().to_string())
         .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, "invalid_mutation", message))?;
+    caller.may_send(mutation.client.as_deref())?;
     let answer = match entered {
         Some(entered) => engine.submit_entered(mutation, entered).await,
         None => engine.accept(mutation).await,
@@ -373,6 +377,7 @@ async fn refuse_unparsed(request: axum::extract::Request, refused: Answer) -> Re
 async fn post_batch(
     State(engine): State<Engine>,
     _: ApiQuery<NoParams>,
+    caller: Caller,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     // A batch's length is known only once it is parsed; a door that would
@@ -404,6 +409,7 @@ async fn post_batch(
         let mutation =
             wire::parse_mutation_value(value, || uuid::Uuid::new_v4().simple().to_string())
                 .map_err(|message| invalid(format!("mutations[{index}]: {message}")))?;
+        caller.may_send(mutation.client.as_deref())?;
         mutations.push(mutation);
     }
     match engine.submit_batch(mutations).await {
@@ -427,26 +433,9 @@ async fn post_batch(
     }
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-struct ClientQuery {
-    /// The client that sent the mutation (empty: the anonymous client).
-    client: String,
-}
-
-/// What a `client` parameter takes, as errors say it.
-const CLIENT_PARAM: (&str, &str) = (
-    "client",
-    "the client that sent the mutations, as in their bodies (client= for a body without one)",
-);
-
-impl QueryParams for ClientQuery {
-    const PARAMS: &'static [(&'static str, &'static str)] = &[CLIENT_PARAM];
-}
-
 /// A mutation's outcome, or its queued status while it waits.
 #[utoipa::path(get, path = "/v1/mutations/{id}", tag = "mutations",
-    params(("id" = String, Path, description = "The mutation's id"), ClientQuery),
+    params(("id" = String, Path, description = "The mutation's id"), ("client" = String, Query, description = "The client whose answers these are, as named in its mutations' bodies (empty: the anonymous client)")),
     responses(
         (status = 200, description = "Its answer: the outcome once decided (the body a resend gets), else `queued`",
             body = schema::MutationStatus),
@@ -457,9 +446,11 @@ impl QueryParams for ClientQuery {
 async fn get_mutation(
     State(engine): State<Engine>,
     path: Result<Path<String>, PathRejection>,
-    ApiQuery(ClientQuery { client }): ApiQuery<ClientQuery>,
+    _: ApiQuery<ClientOnly>,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
     let Path(id) = path?;
+    let client = caller.client()?;
     let json = |body: String| {
         (
             StatusCode::OK,
@@ -473,19 +464,19 @@ async fn get_mutation(
     // (Asked the other way round, a commit between the two reads answered a
     // queued mutation with 404.)
     if let Some(queued) = engine
-        .queued_status(&client, &id)
+        .queued_status(client, &id)
         .await
         .map_err(ApiError::unavailable)?
     {
         return Ok(json(answer::queued_body(&queued)));
     }
     match engine
-        .stored_reply(&client, &id)
+        .stored_reply(client, &id)
         .await
         .map_err(ApiError::unavailable)?
     {
         Some(stored) => Ok(json(stored.decision.body)),
-        None => match engine.quarantined_reason(&client, &id) {
+        None => match engine.quarantined_reason(client, &id) {
             Some(reason) => Ok(json(answer::quarantined_body(&id, &reason))),
             None => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -678,8 +669,6 @@ const EVENTS_POLL_MIN: std::time::Duration = std::time::Duration::from_millis(50
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct EventsQuery {
-    /// Whose outcomes to stream (empty: the anonymous client).
-    client: String,
     /// `start`: every answer still kept first; an event id: the answers
     /// after it. Absent: from now on. `Last-Event-ID`, when sent, wins.
     since: Option<String>,
@@ -699,7 +688,7 @@ impl QueryParams for EventsQuery {
 /// one `outcome` event per decided mutation, its id opaque
 /// (`event_id.rs`); `Last-Event-ID` or `since` resume after an id.
 #[utoipa::path(get, path = "/v1/events", tag = "mutations",
-    params(EventsQuery,
+    params(("client" = String, Query, description = "The client whose answers these are, as named in its mutations' bodies (empty: the anonymous client)"), EventsQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (wins over `since`)")),
     responses(
         (status = 200, description = "Server-Sent Events: `event: outcome`, `id:` an opaque event id, `data:` the mutation's answer",
@@ -709,9 +698,11 @@ impl QueryParams for EventsQuery {
     ))]
 async fn get_events(
     State(engine): State<Engine>,
-    ApiQuery(EventsQuery { client, since }): ApiQuery<EventsQuery>,
+    ApiQuery(EventsQuery { since }): ApiQuery<EventsQuery>,
+    caller: Caller,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
+    let client = caller.client()?.to_owned();
     use axum::response::sse::{Event, KeepAlive, Sse};
     static OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let secret = engine

@@ -2,8 +2,9 @@
 //! because a handler failed, what an operator does with it, and what a
 //! client has not seen decided yet.
 
+use super::caller::{CLIENT_PARAM, Caller};
 use super::query::{ApiQuery, NoParams, QueryParams};
-use super::{ApiError, CLIENT_PARAM, reply, schema};
+use super::{ApiError, reply, schema};
 use crate::dispatch::{Answer, Engine, QuarantineAction, QuarantineError};
 use axum::Json;
 use axum::extract::rejection::PathRejection;
@@ -167,8 +168,6 @@ pub(super) async fn discard_quarantined() {}
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct PendingQuery {
-    /// Whose mutations (empty: the anonymous client).
-    client: String,
     /// `queued` (accepted, not yet decided) or `quarantined`; both when absent.
     status: Option<String>,
     /// At most this many of each status, oldest first (1 to 1,000; default 100).
@@ -187,7 +186,7 @@ impl QueryParams for PendingQuery {
 /// decided now) or quarantined, oldest first, each with its score and how
 /// long it has waited.
 #[utoipa::path(get, path = "/v1/mutations", tag = "mutations",
-    params(PendingQuery),
+    params(("client" = String, Query, description = "The client whose mutations these are, as named in their bodies (empty: the anonymous client)"), PendingQuery),
     responses(
         (status = 200, description = "The client's pending mutations, oldest first", body = schema::PendingList),
         (status = 400, description = "A bad query (status must be queued or quarantined)", body = schema::ErrorBody),
@@ -196,7 +195,9 @@ impl QueryParams for PendingQuery {
 pub(super) async fn list_mutations(
     State(engine): State<Engine>,
     ApiQuery(q): ApiQuery<PendingQuery>,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
+    let client = caller.client()?.to_owned();
     let limit = limit(q.limit)?;
     let (queued, quarantined) = match q.status.as_deref() {
         None => (true, true),
@@ -208,7 +209,6 @@ pub(super) async fn list_mutations(
             )));
         }
     };
-    let client = q.client;
     let now_ms = engine.now_ms();
     let waited = |since_ms: i64| now_ms.saturating_sub(since_ms).max(0);
     // (since when, the entry), merged oldest first.
