@@ -27,7 +27,7 @@ fn record(i: u64) -> MutationRecord {
             "rails",
             format!("dir{}/sub{}/file{key}.rb", key % 40, key % 7),
         ),
-        op: "patch".into(),
+        op: sluice::model::Op::Patch,
         fields: vec!["commit".into(), "lines".into()],
         base_version: Some(if stale {
             version.saturating_sub(3)
@@ -37,9 +37,9 @@ fn record(i: u64) -> MutationRecord {
         version_before: version,
         version_after: version + 1,
         outcome: if stale {
-            "merged".into()
+            sluice::model::RecordedOutcome::Merged
         } else {
-            "applied".into()
+            sluice::model::RecordedOutcome::Applied
         },
         conflict: stale,
         score: Some(0.04),

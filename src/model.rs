@@ -171,6 +171,54 @@ impl Outcome {
     }
 }
 
+/// What became of a decided mutation, as the history records it: its
+/// outcome, or a delete of a document that was not there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordedOutcome {
+    Applied,
+    Merged,
+    Rejected,
+    NotFound,
+}
+
+impl RecordedOutcome {
+    /// Every value, in the order metrics count them.
+    pub const ALL: [RecordedOutcome; 4] = [
+        RecordedOutcome::Applied,
+        RecordedOutcome::Merged,
+        RecordedOutcome::Rejected,
+        RecordedOutcome::NotFound,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordedOutcome::Applied => "applied",
+            RecordedOutcome::Merged => "merged",
+            RecordedOutcome::Rejected => "rejected",
+            RecordedOutcome::NotFound => "not_found",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RecordedOutcome> {
+        RecordedOutcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+
+    /// Its place in [`RecordedOutcome::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl From<Outcome> for RecordedOutcome {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Applied => RecordedOutcome::Applied,
+            Outcome::Merged => RecordedOutcome::Merged,
+            Outcome::Rejected => RecordedOutcome::Rejected,
+        }
+    }
+}
+
 /// How a conflict ended, as the conflict history names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -245,13 +293,12 @@ pub struct MutationRecord {
     pub id: String,
     pub client: String,
     pub doc: DocKey,
-    pub op: String,
+    pub op: Op,
     pub fields: Vec<String>,
     pub base_version: Option<u64>,
     pub version_before: u64,
     pub version_after: u64,
-    /// `applied`, `merged`, `rejected`, or `not_found`.
-    pub outcome: String,
+    pub outcome: RecordedOutcome,
     pub conflict: bool,
     /// The conflict probability computed at enqueue; `None` until a predictor runs.
     pub score: Option<f64>,

@@ -12,7 +12,7 @@ use crate::model::{
     ConflictInfo, ConflictRecord, Decision, DocKey, Document, Mutation, Outcome, Resolution,
     Verdict,
 };
-use crate::model::{MutationRecord, encoded_len};
+use crate::model::{MutationRecord, RecordedOutcome, encoded_len};
 use crate::predict;
 use crate::resolve::{CollectionConfig, OnHandlerFailure, Step};
 use crate::store::{CommitOutcome, LaneCommit, LaneHistory, Quarantined, StoreError, StoredReply};
@@ -377,19 +377,19 @@ fn lane_commit(
             at_ms: decided_ms,
         });
         let outcome = match &verdict {
-            Verdict::Decided { outcome, .. } => outcome.as_str(),
-            Verdict::NotFound { .. } => "not_found",
+            Verdict::Decided { outcome, .. } => RecordedOutcome::from(*outcome),
+            Verdict::NotFound { .. } => RecordedOutcome::NotFound,
         };
         decided.mutations.push(MutationRecord {
             id: m.id.clone(),
             client: m.client_name().to_owned(),
             doc: doc.clone(),
-            op: m.op.as_str().to_owned(),
+            op: m.op,
             fields: m.fields_touched(),
             base_version: m.base_version,
             version_before: before,
             version_after,
-            outcome: outcome.to_owned(),
+            outcome,
             conflict: conflict.is_some(),
             score: Some(queued.score),
             ts_ms: m.ts_ms,
@@ -772,7 +772,7 @@ fn observe_decided(inner: &Inner, config: &CollectionConfig, decided: &Decided) 
             None
         };
         telemetry.decided(
-            &record.outcome,
+            record.outcome,
             handler,
             conflict.map(|c| (c.base_version, c.server_version, c.resolution.as_str())),
         );
@@ -786,7 +786,7 @@ fn observe_decided(inner: &Inner, config: &CollectionConfig, decided: &Decided) 
             id = %record.id,
             collection = %record.doc.collection,
             key = %record.doc.key,
-            outcome = %record.outcome,
+            outcome = record.outcome.as_str(),
             version = record.version_after,
             score = record.score.unwrap_or(0.0),
             "mutation decided"

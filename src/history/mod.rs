@@ -18,7 +18,7 @@ pub(crate) use postgres::{
 };
 pub use sqlite::SqliteHistory;
 
-use crate::model::{ConflictRecord, DocKey, MutationRecord};
+use crate::model::{ConflictRecord, DocKey, MutationRecord, Op, RecordedOutcome};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -216,14 +216,21 @@ where
             row.try_get::<String, _>("collection")?,
             row.try_get::<String, _>("key")?,
         ),
-        op: row.try_get("op")?,
+        op: {
+            let op: String = row.try_get("op")?;
+            Op::parse(&op).ok_or_else(|| HistoryError::Corrupt(format!("unknown op {op:?}")))?
+        },
         fields: serde_json::from_str(&fields).map_err(|e| HistoryError::Corrupt(e.to_string()))?,
         base_version: base_version
             .map(|v| non_negative(v, "base_version"))
             .transpose()?,
         version_before: non_negative(row.try_get("version_before")?, "version_before")?,
         version_after: non_negative(row.try_get("version_after")?, "version_after")?,
-        outcome: row.try_get("outcome")?,
+        outcome: {
+            let outcome: String = row.try_get("outcome")?;
+            RecordedOutcome::parse(&outcome)
+                .ok_or_else(|| HistoryError::Corrupt(format!("unknown outcome {outcome:?}")))?
+        },
         conflict: row.try_get::<i64, _>("conflict")? != 0,
         score: row.try_get("score")?,
         ts_ms: row.try_get("ts_ms")?,

@@ -223,7 +223,7 @@ pub(crate) fn bind_mutations<'q>(q: PgQuery<'q>, ms: &[&'q MutationRecord]) -> P
         .bind(text(|m| &m.client))
         .bind(text(|m| &m.doc.collection))
         .bind(text(|m| &m.doc.key))
-        .bind(text(|m| &m.op))
+        .bind(text(|m| m.op.as_str()))
         .bind(
             ms.iter()
                 .map(|m| serde_json::to_string(&m.fields).unwrap_or_else(|_| "[]".into()))
@@ -236,7 +236,7 @@ pub(crate) fn bind_mutations<'q>(q: PgQuery<'q>, ms: &[&'q MutationRecord]) -> P
         )
         .bind(number(|m| version_to_sql(m.version_before)))
         .bind(number(|m| version_to_sql(m.version_after)))
-        .bind(text(|m| &m.outcome))
+        .bind(text(|m| m.outcome.as_str()))
         .bind(number(|m| i64::from(m.conflict)))
         .bind(ms.iter().map(|m| m.score).collect::<Vec<_>>())
         .bind(ms.iter().map(|m| m.ts_ms).collect::<Vec<_>>())

@@ -513,9 +513,7 @@ impl Predictor {
     /// the state so far, then learn its outcome. Replaying a history in order
     /// rebuilds the model and the statistics it reads.
     pub fn train_on(&mut self, record: &MutationRecord) {
-        let Some(op) = Op::parse(&record.op) else {
-            return;
-        };
+        let op = record.op;
         let observation = Observation {
             doc: &record.doc,
             op,

@@ -10,6 +10,7 @@
 pub mod board;
 pub mod logs;
 
+use crate::model::RecordedOutcome;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -21,7 +22,7 @@ pub use board::{Board, ConflictView, HotDocument, SeriesPoint, Snapshot};
 /// The `handler` label's values.
 pub const HANDLERS: [&str; 4] = ["optimistic", "automerge", "script", "webhook"];
 /// The `outcome` label's values of decided mutations.
-pub const OUTCOMES: [&str; 4] = ["applied", "merged", "rejected", "not_found"];
+pub const OUTCOMES: [RecordedOutcome; 4] = RecordedOutcome::ALL;
 /// Error codes a mutation can be refused or failed with; anything else is
 /// counted as `other` so that the label set stays closed.
 pub const REFUSALS: [&str; 11] = [
@@ -335,7 +336,7 @@ impl Telemetry {
             for handler in HANDLERS {
                 decided.push(counter(
                     "sluice_mutations_decided_total",
-                    &[("outcome", outcome), ("handler", handler)],
+                    &[("outcome", outcome.as_str()), ("handler", handler)],
                 ));
             }
         }
@@ -408,8 +409,13 @@ impl Telemetry {
 
     /// One mutation decided: `conflict` is `(base_version, server_version,
     /// resolution)` when it conflicted.
-    pub fn decided(&self, outcome: &str, handler: &str, conflict: Option<(u64, u64, &str)>) {
-        let o = index_of(&OUTCOMES, outcome);
+    pub fn decided(
+        &self,
+        outcome: RecordedOutcome,
+        handler: &str,
+        conflict: Option<(u64, u64, &str)>,
+    ) {
+        let o = outcome.index();
         let h = index_of(&HANDLERS, handler);
         self.decided[o * HANDLERS.len() + h].increment(1);
         self.board.count_decided(o);
@@ -601,9 +607,13 @@ mod tests {
     #[test]
     fn counts_land_in_their_labelled_series() {
         let t = Telemetry::new();
-        t.decided("applied", "automerge", None);
-        t.decided("merged", "automerge", Some((1, 3, "merged")));
-        t.decided("rejected", "optimistic", Some((5, 3, "rejected")));
+        t.decided(RecordedOutcome::Applied, "automerge", None);
+        t.decided(RecordedOutcome::Merged, "automerge", Some((1, 3, "merged")));
+        t.decided(
+            RecordedOutcome::Rejected,
+            "optimistic",
+            Some((5, 3, "rejected")),
+        );
         t.refused("queue_full", 17);
         t.refused("something new", 1);
         t.handler_run("script", "timeout", 0.05);
