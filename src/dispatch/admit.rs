@@ -7,7 +7,7 @@ use super::reply::{
     Answer, Queued as QueuedAnswer, Refusal, RefusalReason, full_refusal, overloaded, reused_key,
     shutting_down, store_error_refusal,
 };
-use super::{Engine, Inner, Pending, Queued, Reservation, lock};
+use super::{Engine, Inner, Origin, Pending, Queued, Reservation, lock};
 use crate::model::{DocKey, Mutation};
 use crate::predict::Observation;
 use crate::queue::Refusal as Full;
@@ -23,14 +23,14 @@ impl Engine {
     /// Decides one mutation and returns what the client is told.
     pub async fn submit(&self, mutation: Mutation) -> Answer {
         match self.enter(1) {
-            Ok(entered) => self.submit_as(mutation, None, entered).await,
+            Ok(entered) => self.submit_as(mutation, Origin::Sent, entered).await,
             Err(refused) => refused,
         }
     }
 
     /// `submit` for a mutation already let through the door by `enter`.
     pub async fn submit_entered(&self, mutation: Mutation, entered: InSystem) -> Answer {
-        self.submit_as(mutation, None, entered).await
+        self.submit_as(mutation, Origin::Sent, entered).await
     }
 
     /// Decides a quarantined mutation again, or discards it, through its
@@ -41,21 +41,19 @@ impl Engine {
         action: QuarantineAction,
     ) -> Answer {
         match self.enter(1) {
-            Ok(entered) => self.submit_as(mutation, Some(action), entered).await,
+            Ok(entered) => {
+                self.submit_as(mutation, Origin::Quarantine(action), entered)
+                    .await
+            }
             Err(refused) => refused,
         }
     }
 
-    async fn submit_as(
-        &self,
-        mutation: Mutation,
-        origin: Option<QuarantineAction>,
-        _entered: InSystem,
-    ) -> Answer {
+    async fn submit_as(&self, mutation: Mutation, origin: Origin, _entered: InSystem) -> Answer {
         let inner = &self.inner;
         let received_ms = inner.clock.now_ms();
         let id = mutation.id.clone();
-        let guard = match self.claim(&mutation, true, false, origin).await {
+        let guard = match self.claim(&mutation, origin).await {
             Claim::Answered(reply) => return reply,
             Claim::Waiting(rx) => return self.await_answer(rx, &id).await,
             Claim::Fresh(guard) => guard,
@@ -100,7 +98,7 @@ impl Engine {
     async fn accept_logged(&self, mutation: Mutation, log: bool) -> Answer {
         let inner = &self.inner;
         let received_ms = inner.clock.now_ms();
-        let guard = match self.claim(&mutation, false, true, None).await {
+        let guard = match self.claim(&mutation, Origin::Accepted).await {
             Claim::Answered(reply) => return reply,
             // A synchronous request for the same mutation is deciding it: it
             // is as good as queued.
@@ -117,8 +115,7 @@ impl Engine {
             score: 0.0,
             at_ms: received_ms,
         };
-        let (mut queued, rank, _) = self.prepare(mutation, received_ms, None);
-        queued.accepted = true;
+        let (queued, rank, _) = self.prepare(mutation, received_ms, Origin::Accepted);
         let reply = queued_answer(&id, Some(queued.score));
         if log {
             let entry = crate::store::Accepted {
@@ -268,12 +265,12 @@ impl Engine {
         let mut slots = Vec::with_capacity(mutations.len());
         for mutation in mutations {
             let id = mutation.id.clone();
-            slots.push(match self.claim(&mutation, true, false, None).await {
+            slots.push(match self.claim(&mutation, Origin::Sent).await {
                 Claim::Answered(reply) => Slot::Answered(reply),
                 Claim::Waiting(rx) => Slot::Waiting(rx, id),
                 Claim::Fresh(guard) => {
                     let doc = mutation.doc.clone();
-                    let (queued, rank, rx) = self.prepare(mutation, received_ms, None);
+                    let (queued, rank, rx) = self.prepare(mutation, received_ms, Origin::Sent);
                     Slot::Admit(guard, doc, Box::new(queued), rank, rx, id)
                 }
             });
@@ -355,22 +352,19 @@ impl Engine {
     /// Reserves `(client, id)`: a resend of a mutation in flight waits for its
     /// answer; a resend of a decided one gets the stored answer; the same id
     /// with another body is refused; otherwise the caller holds the reservation.
-    /// Without `check_store`, whether it was decided before (in another
-    /// process, or before a restart) is found by its lane's commit, which
-    /// writes nothing for a lane with a mutation already answered
-    /// (`CommitOutcome::Resent`): a synchronous mutation costs no store read
-    /// before it is queued. A quarantined mutation answers as such, unless
-    /// this is an operator's action on it (`origin`).
-    async fn claim(
-        &self,
-        mutation: &Mutation,
-        wait: bool,
-        check_store: bool,
-        origin: Option<QuarantineAction>,
-    ) -> Claim<'_> {
+    /// An accept looks the store up (its 202 must not be given to a mutation
+    /// decided before); for a mutation someone waits on, whether it was
+    /// decided before (in another process, or before a restart) is found by
+    /// its lane's commit, which writes nothing for a lane with a mutation
+    /// already answered (`CommitOutcome::Resent`): a synchronous mutation
+    /// costs no store read before it is queued. A quarantined mutation
+    /// answers as such, unless this is an operator's action on it.
+    async fn claim(&self, mutation: &Mutation, origin: Origin) -> Claim<'_> {
         let inner = &self.inner;
+        let wait = !origin.is_accepted();
+        let check_store = origin.is_accepted();
         let reservation = (mutation.client_name().to_owned(), mutation.id.clone());
-        if origin.is_none()
+        if !origin.is_from_quarantine()
             && let Some(kept) = inner.quarantine.get(&reservation.0, &reservation.1)
         {
             return Claim::Answered(if kept.fingerprint == mutation.fingerprint {
@@ -467,7 +461,7 @@ impl Engine {
         &self,
         mutation: Mutation,
         received_ms: i64,
-        origin: Option<QuarantineAction>,
+        origin: Origin,
     ) -> (Queued, i64, oneshot::Receiver<Answer>) {
         let inner = &self.inner;
         let (tx, rx) = oneshot::channel();
@@ -506,8 +500,7 @@ impl Engine {
             received_ms,
             score: probability,
             lane_waiting,
-            accepted: false,
-            from_quarantine: origin,
+            origin,
             scored,
             answer: tx,
         };

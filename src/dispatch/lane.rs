@@ -7,7 +7,7 @@ use super::quarantine::{QuarantineAction, quarantine_full, quarantined_answer};
 use super::reply::{
     self, Answer, Refusal, RefusalReason, document_too_large, reused_key, store_error_refusal,
 };
-use super::{HistoryJob, Inner, Queued, Signals, cache, chain, control, lock};
+use super::{HistoryJob, Inner, Origin, Queued, Signals, cache, chain, control, lock};
 use crate::model::{
     ConflictInfo, ConflictRecord, Decision, DocKey, Document, Mutation, Outcome, Resolution,
     Verdict,
@@ -162,7 +162,7 @@ async fn fold(
     for queued in batch {
         let m = &queued.mutation;
         let mut chained_from = None;
-        let step = if queued.from_quarantine == Some(QuarantineAction::Discard) {
+        let step = if queued.origin == Origin::Quarantine(QuarantineAction::Discard) {
             inner.resolver.discard(&state, m, config)
         } else {
             chained_from = match m.base_version {
@@ -219,7 +219,7 @@ async fn fold(
         };
         if handler_failed && config.on_handler_failure == OnHandlerFailure::Quarantine {
             // A failed handler wrote nothing: the state stays as it was.
-            if queued.from_quarantine.is_some() {
+            if queued.origin.is_from_quarantine() {
                 failed("kept in the quarantine", &reason);
                 settled.push(Settled::Kept {
                     reason,
@@ -232,7 +232,7 @@ async fn fold(
                 settled.push(Settled::Kept { reason, slot: true });
                 continue;
             }
-            if !queued.accepted {
+            if !queued.origin.is_accepted() {
                 failed("refused: the quarantine is full", &reason);
                 settled.push(Settled::Refused(quarantine_full(&reason)));
                 continue;
@@ -358,7 +358,7 @@ fn lane_commit(
                     reason,
                     score: queued.score,
                     at_ms: decided_ms,
-                    was_accepted: queued.accepted,
+                    was_accepted: queued.origin.is_accepted(),
                 });
                 continue;
             }
@@ -369,8 +369,8 @@ fn lane_commit(
         };
         stored.push(StoredReply {
             client: m.client_name().to_owned(),
-            was_accepted: queued.accepted,
-            was_quarantined: queued.from_quarantine.is_some(),
+            was_accepted: queued.origin.is_accepted(),
+            was_quarantined: queued.origin.is_from_quarantine(),
             id: m.id.clone(),
             fingerprint: m.fingerprint,
             decision: reply.clone(),

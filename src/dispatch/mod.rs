@@ -176,14 +176,32 @@ struct Queued {
     received_ms: i64,
     score: f64,
     lane_waiting: usize,
-    /// Answered 202 and kept in the accept log until decided.
-    accepted: bool,
-    /// An operator's retry or discard of a quarantined mutation: its final
-    /// reply removes the entry.
-    from_quarantine: Option<QuarantineAction>,
+    origin: Origin,
     /// Taken by the learner once the mutation is decided.
     scored: Option<Scored>,
     answer: oneshot::Sender<Answer>,
+}
+
+/// Where a mutation came from, and so who waits for its answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// A synchronous request (alone or in a batch): its client waits.
+    Sent,
+    /// Answered 202 and kept in the accept log until decided: nobody waits.
+    Accepted,
+    /// An operator's retry or discard of a quarantined mutation: its final
+    /// reply removes the quarantine's entry.
+    Quarantine(QuarantineAction),
+}
+
+impl Origin {
+    fn is_accepted(self) -> bool {
+        self == Origin::Accepted
+    }
+
+    fn is_from_quarantine(self) -> bool {
+        matches!(self, Origin::Quarantine(_))
+    }
 }
 
 struct Lanes {
