@@ -114,9 +114,9 @@ impl Resolver {
     pub fn new(clock: SharedClock, script_limits: ScriptLimits) -> Self {
         let webhook_policy = WebhookPolicy::default();
         Resolver {
+            scripts: pool::ScriptPool::new(pool::threads_default(), clock.clone()),
             clock,
             script_limits,
-            scripts: pool::ScriptPool::new(pool::threads_default()),
             http: webhook::client(&webhook_policy),
             webhook_policy,
             telemetry: None,
@@ -134,7 +134,7 @@ impl Resolver {
 
     /// Scripts run on `threads` threads of their own (at least one).
     pub fn with_script_threads(mut self, threads: usize) -> Self {
-        self.scripts = pool::ScriptPool::new(threads);
+        self.scripts = pool::ScriptPool::new(threads, self.clock.clone());
         self
     }
 

@@ -15,10 +15,11 @@
 //! pool shrinks instead of growing.
 
 use super::ScriptError;
+use crate::clock::SharedClock;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 struct Job {
@@ -36,6 +37,8 @@ pub struct ScriptPool {
     slots: Arc<Semaphore>,
     /// Started on first use: most resolvers (every test's) never run a script.
     jobs: OnceLock<Result<SyncSender<Job>, String>>,
+    /// What a run's own duration is measured by.
+    clock: SharedClock,
 }
 
 /// Half the cores, at least one: scripts can never take the whole machine.
@@ -46,12 +49,13 @@ pub fn threads_default() -> usize {
 }
 
 impl ScriptPool {
-    pub fn new(threads: usize) -> Self {
+    pub fn new(threads: usize, clock: SharedClock) -> Self {
         let threads = threads.max(1);
         ScriptPool {
             threads,
             slots: Arc::new(Semaphore::new(threads)),
             jobs: OnceLock::new(),
+            clock,
         }
     }
 
@@ -75,6 +79,7 @@ impl ScriptPool {
             );
         };
         let (reply, answer) = oneshot::channel();
+        let clock = self.clock.clone();
         let job = Job {
             work: Box::new(move || {
                 // Its caller stopped waiting before a thread was free to
@@ -82,13 +87,13 @@ impl ScriptPool {
                 if reply.is_closed() {
                     return;
                 }
-                let started = Instant::now();
+                let started = clock.elapsed();
                 let ran = catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|_| {
                     Err(ScriptError::Engine(
                         "the script engine panicked; the run is lost".into(),
                     ))
                 });
-                let _ = reply.send((ran, started.elapsed()));
+                let _ = reply.send((ran, clock.elapsed().saturating_sub(started)));
             }),
             _slot: slot,
         };
@@ -170,7 +175,7 @@ mod tests {
 
     #[tokio::test]
     async fn runs_wait_for_a_thread_and_never_exceed_the_pool() {
-        let pool = Arc::new(ScriptPool::new(2));
+        let pool = Arc::new(ScriptPool::new(2, crate::clock::SystemClock::shared()));
         let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let runs = (0..6).map(|_| {
@@ -197,9 +202,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_that_never_returns_is_abandoned_and_keeps_its_thread() {
-        let pool = ScriptPool::new(1);
+        let pool = ScriptPool::new(1, crate::clock::SystemClock::shared());
         let (release, held) = std::sync::mpsc::channel::<()>();
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         let (ran, _) = pool
             .run(20, move || {
                 let _ = held.recv();
@@ -223,7 +228,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_run_is_an_engine_error_and_the_thread_lives_on() {
-        let pool = ScriptPool::new(1);
+        let pool = ScriptPool::new(1, crate::clock::SystemClock::shared());
         // Generous: the panic hook prints a backtrace first, which takes
         // seconds on a busy machine in a debug build.
         let (ran, _) = pool
