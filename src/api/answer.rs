@@ -59,8 +59,18 @@ pub fn refusal_body(refusal: &Refusal) -> String {
     json!({ "error": { "code": refusal.reason.code(), "message": refusal.message } }).to_string()
 }
 
-/// How long a client told to come back should wait, for a status.
-fn retry_after(status: StatusCode) -> Option<u32> {
+/// A refusal as an error answer, for the routes that answer errors only.
+pub(super) fn refusal_error(refusal: Refusal) -> super::ApiError {
+    super::ApiError::new(
+        refusal_status(refusal.reason),
+        refusal.reason.code(),
+        refusal.message,
+    )
+}
+
+/// How long a client told to come back should wait, for a status: every
+/// `Retry-After` Sluice sends is chosen here.
+pub(super) fn retry_after(status: StatusCode) -> Option<u32> {
     matches!(status.as_u16(), 429 | 503).then_some(1)
 }
 

@@ -72,10 +72,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
         let mut response = (self.status, Json(body)).into_response();
-        if matches!(self.status.as_u16(), 429 | 503) {
+        if let Some(seconds) = answer::retry_after(self.status) {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -512,9 +512,7 @@ async fn get_document(
         .document(&DocKey::new(collection.clone(), key.clone()))
         .await
         .map_err(|e| match e {
-            ReadError::Overloaded { .. } => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", e.to_string())
-            }
+            ReadError::Overloaded(refusal) => answer::refusal_error(refusal),
             ReadError::Store(e) => ApiError::unavailable(e),
         })?;
     if doc.version == 0 {

@@ -7,7 +7,7 @@ use super::quarantine::{QuarantineAction, quarantine_full, quarantined_answer};
 use super::reply::{
     self, Answer, Refusal, RefusalReason, document_too_large, reused_key, store_error_refusal,
 };
-use super::{HistoryJob, Inner, Origin, Queued, Signals, cache, chain, control, lock};
+use super::{HistoryJob, Inner, Origin, Queued, cache, chain, control, lock};
 use crate::model::{
     ConflictInfo, ConflictRecord, Decision, DocKey, Document, Mutation, Outcome, Resolution,
     Verdict,
@@ -42,17 +42,9 @@ pub(super) async fn dispatch_loop(inner: Arc<Inner>) {
                 (control.state(), control.in_flight_floor())
             };
             let limit = state.concurrency_limit;
-            let (cpu, memory) = inner.host.get();
             let taken = {
                 let mut lanes = lock(&inner.lanes);
-                let signals = Signals {
-                    cpu,
-                    memory,
-                    in_flight: lanes.in_flight,
-                    limit,
-                    store_latency_ms: state.store_latency_ms,
-                    latency_target_ms: inner.config.latency_target_ms,
-                };
+                let signals = inner.signals(&state, lanes.in_flight);
                 // Below the floor, dispatch whatever the load says: the load
                 // cannot fall by waiting on ourselves, and the queue must move.
                 let overloaded =
@@ -281,10 +273,7 @@ async fn fold(
                     continue;
                 };
                 // A handler made it: rejected, as any handler's refusal.
-                let reason = format!(
-                    "the {} handler's result would be {bytes} bytes of JSON, over the {max}-byte bound",
-                    record.handler
-                );
+                let reason = crate::resolve::result_too_large(&record.handler, bytes, max);
                 record.resolution = Resolution::Rejected;
                 record.reason.clone_from(&reason);
                 record.result = serde_json::Value::Null;

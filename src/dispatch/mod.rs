@@ -131,9 +131,9 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             queue: QueueLimits {
-                queue_len_max: 10_000,
-                lane_len_max: 1_000,
-                batch_len_max: 256,
+                queue_len_max: crate::config::QUEUE_LEN_MAX_DEFAULT,
+                lane_len_max: crate::config::LANE_LEN_MAX_DEFAULT,
+                batch_len_max: crate::config::BATCH_LEN_MAX_DEFAULT,
             },
             lanes_in_flight_max: LANES_IN_FLIGHT_MAX_DEFAULT,
             commit_batch_max: COMMIT_BATCH_MAX_DEFAULT,
@@ -154,10 +154,9 @@ impl Default for EngineConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error(
-        "Sluice is overloaded: mutations wait about {stayed_ms} ms in its queue, over its bound; retry after a moment"
-    )]
-    Overloaded { stayed_ms: u64 },
+    /// Refused at the door, as a mutation would be.
+    #[error("{}", .0.message)]
+    Overloaded(Refusal),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -417,7 +416,7 @@ impl Engine {
     /// The document as the store has it, unless Sluice is overloaded.
     pub async fn document(&self, doc: &DocKey) -> Result<Document, ReadError> {
         let _in_system = Inner::enter(&self.inner, 1, false)
-            .map_err(|stayed_ms| ReadError::Overloaded { stayed_ms })?;
+            .map_err(|stayed_ms| ReadError::Overloaded(reply::overloaded(stayed_ms)))?;
         Ok(self.inner.reads.document(doc).await?)
     }
 
@@ -518,6 +517,20 @@ impl Engine {
 }
 
 impl Inner {
+    /// What the load is computed from, now, for `in_flight` lanes under
+    /// the controller's `state`.
+    fn signals(&self, state: &ControlState, in_flight: usize) -> Signals {
+        let (cpu, memory) = self.host.get();
+        Signals {
+            cpu,
+            memory,
+            in_flight,
+            limit: state.concurrency_limit,
+            store_latency_ms: state.store_latency_ms,
+            latency_target_ms: self.config.latency_target_ms,
+        }
+    }
+
     /// Feeds one store round trip (a read, or a commit of `batch` lanes) that
     /// started at `started` to the concurrency controller and the metrics.
     fn observe_store(&self, started: Duration, commit: bool, batch: usize, ok: bool) {

@@ -1,7 +1,6 @@
 //! What the operator surface reads: `/v1/stats`, `/metrics`, `/v1/model`
 //! and the dashboard's snapshot, assembled from the engine's state.
 
-use super::Signals;
 use super::{Engine, Inner, control, lock};
 use crate::predict::ModelReport;
 use crate::telemetry::Gauges;
@@ -188,14 +187,7 @@ impl Inner {
             )
         };
         let (cpu, memory) = self.host.get();
-        let signals = Signals {
-            cpu,
-            memory,
-            in_flight,
-            limit: control.concurrency_limit,
-            store_latency_ms: control.store_latency_ms,
-            latency_target_ms: self.config.latency_target_ms,
-        };
+        let signals = self.signals(&control, in_flight);
         EngineStats {
             load: control::load(&signals),
             threshold: control.threshold,

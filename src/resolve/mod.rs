@@ -449,15 +449,20 @@ fn automerge_answer(
     HandlerAnswer::Resolve(merge::automerge(&server, &incoming, set_fields))
 }
 
+/// Why a handler's result is refused for its size.
+pub fn result_too_large(handler: &str, bytes: usize, max: usize) -> String {
+    format!(
+        "the {handler} handler's result would be {bytes} bytes of JSON, over the {max}-byte bound"
+    )
+}
+
 /// A resolution larger than a document may be is the handler's rejection.
 fn bounded(answer: HandlerAnswer, handler: &str, max: usize) -> HandlerAnswer {
     match answer {
         HandlerAnswer::Resolve(item) => {
             let bytes = crate::model::encoded_len(&item);
             if bytes > max {
-                return HandlerAnswer::Reject(format!(
-                    "the {handler} handler's result would be {bytes} bytes of JSON, over the {max}-byte bound"
-                ));
+                return HandlerAnswer::Reject(result_too_large(handler, bytes, max));
             }
             HandlerAnswer::Resolve(item)
         }
