@@ -1,7 +1,7 @@
 //! The engine's chores: sampling the host, closing the dashboard's seconds,
 //! reading collection settings again, expiring stored replies.
 
-use super::Inner;
+use super::{Engine, Inner};
 use crate::resolve::CollectionConfig;
 use crate::telemetry::SeriesPoint;
 use std::sync::Arc;
@@ -166,6 +166,24 @@ pub(super) async fn expire_replies(inner: Arc<Inner>) {
             Ok(n) if n > 0 => info!(expired = n, "expired stored replies"),
             Ok(_) => {}
             Err(e) => warn!(error = %e, "expiring stored replies failed"),
+        }
+    }
+}
+
+/// How often a debug build checks the engine's invariants while it serves.
+const INVARIANTS_EVERY: Duration = Duration::from_millis(250);
+
+/// Debug builds (every test's server among them) check the engine's
+/// invariants while serving, and stop the process at the first one broken:
+/// a server that goes on past a broken invariant hides where it broke.
+pub(super) async fn check_invariants(engine: Engine) {
+    let mut tick = tokio::time::interval(INVARIANTS_EVERY);
+    loop {
+        tick.tick().await;
+        if let Err(broken) = engine.check_invariants() {
+            tracing::error!(invariant = %broken, "an engine invariant is broken; stopping");
+            eprintln!("sluice: an engine invariant is broken: {broken}");
+            std::process::abort();
         }
     }
 }

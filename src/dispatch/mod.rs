@@ -390,6 +390,12 @@ impl Engine {
         tokio::spawn(commit::committer(inner.clone(), commit_rx));
         if inner.config.sample_host {
             tokio::spawn(chores::sample_host(inner.clone()));
+            // The simulation checks after every event, on its own clock.
+            if cfg!(debug_assertions) {
+                tokio::spawn(chores::check_invariants(Engine {
+                    inner: inner.clone(),
+                }));
+            }
         }
         tokio::spawn(commit::history_writer(inner.clone(), history_rx));
         tokio::spawn(chores::watch_history(inner.clone()));
