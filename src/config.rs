@@ -90,6 +90,11 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// A request must have arrived this long after its first byte.
     pub request_read_timeout_ms: u64,
+    /// How clients authenticate: `none`, the only mode of this build.
+    pub auth: String,
+    /// Serve with `auth = "none"` on an address other machines can reach;
+    /// without it such a server refuses to start.
+    pub insecure_no_auth: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -152,6 +157,8 @@ impl Default for Config {
             connections_max: CONNECTIONS_MAX_DEFAULT,
             idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
             request_read_timeout_ms: REQUEST_READ_TIMEOUT_MS_DEFAULT,
+            auth: "none".into(),
+            insecure_no_auth: false,
         }
     }
 }
@@ -263,9 +270,21 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if self.listen.parse::<SocketAddr>().is_err() {
+        let Ok(listen) = self.listen.parse::<SocketAddr>() else {
             return invalid(format!(
                 "listen must be ADDRESS:PORT, got {:?}",
+                self.listen
+            ));
+        };
+        if self.auth != "none" {
+            return invalid(format!(
+                "auth must be \"none\", the only mode of this build, got {:?}",
+                self.auth
+            ));
+        }
+        if !listen.ip().is_loopback() && !self.insecure_no_auth {
+            return invalid(format!(
+                "listen {} can be reached from other machines, and no authentication is configured: anyone reaching it could read and write every document. Listen on a loopback address (127.0.0.1), or pass --insecure-no-auth (insecure_no_auth = true) to serve openly anyway",
                 self.listen
             ));
         }
@@ -719,6 +738,40 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-config-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         dir
+    }
+
+    /// Without authentication, only a loopback address serves unless the
+    /// operator says it may be open.
+    #[test]
+    fn an_open_address_needs_authentication_or_consent() {
+        let open = Config {
+            listen: "0.0.0.0:7070".into(),
+            ..Config::default()
+        };
+        let refused = open.validate().expect_err("refused").to_string();
+        assert!(
+            refused.contains("--insecure-no-auth") && refused.contains("0.0.0.0:7070"),
+            "{refused}"
+        );
+        let consented = Config {
+            insecure_no_auth: true,
+            ..open
+        };
+        consented.validate().expect("served openly when asked");
+        for loopback in ["127.0.0.1:7070", "[::1]:7070"] {
+            let config = Config {
+                listen: loopback.into(),
+                ..Config::default()
+            };
+            config
+                .validate()
+                .expect("loopback serves without authentication");
+        }
+        let unknown = Config {
+            auth: "magic".into(),
+            ..Config::default()
+        };
+        assert!(unknown.validate().is_err());
     }
 
     /// The README lists every key with its default: it must parse, and say

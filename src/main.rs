@@ -181,6 +181,12 @@ struct ServeArgs {
     /// Log format: text or json [default: text]
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// How clients authenticate: none (the only mode of this build) [default: none]
+    #[arg(long, value_name = "MODE")]
+    auth: Option<String>,
+    /// Serve without authentication on an address other machines can reach
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -271,6 +277,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.log_format {
         config.log_format = v;
     }
+    if let Some(v) = args.auth {
+        config.auth = v;
+    }
+    config.insecure_no_auth |= args.insecure_no_auth;
     config.validate()?;
     init_logs(&config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()

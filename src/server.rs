@@ -117,6 +117,12 @@ pub async fn start(
         source,
     })?;
     info!(%addr, store = %config.store, history = %config.history, "sluice is listening");
+    if config.auth == "none" {
+        tracing::warn!(
+            %addr,
+            "no authentication is configured: every client that reaches this address may read and write every document"
+        );
+    }
     let app = api::router_for(
         engine.clone(),
         api::guard::Origins::new(&config.cors_origins, config.body_bytes_in_flight_max),
