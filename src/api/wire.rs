@@ -100,16 +100,10 @@ pub fn parse_mutation(
     generated_id: impl FnOnce() -> String,
 ) -> Result<Mutation, String> {
     super::exact::check(body)?;
-    match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'[') => {
-            return Err(format!(
-                "the body is a list, and {MUTATION_ROUTE} takes one mutation as a JSON object; send several as {{\"mutations\": [...]}} to {BATCH_ROUTE}"
-            ));
-        }
-        Some(b'{') => {}
-        _ => {
-            // Not an object: serde's syntax error says where.
-        }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(format!(
+            "the body is a list, and {MUTATION_ROUTE} takes one mutation as a JSON object; send several as {{\"mutations\": [...]}} to {BATCH_ROUTE}"
+        ));
     }
     let parsed: MutationBody =
         deserialize(&mut serde_json::Deserializer::from_slice(body), "the body").map_err(|e| {
