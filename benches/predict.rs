@@ -4,11 +4,11 @@
 //! `cargo bench --bench predict` (add `-- score` for the scoring part alone).
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sluice::dispatch::train_from_history;
-use sluice::history::{History, SqliteHistory};
-use sluice::model::MutationRecord;
-use sluice::model::{DocKey, Op};
-use sluice::predict::{Observation, Outcome, Predictor, PredictorConfig};
+use sluice_server::dispatch::train_from_history;
+use sluice_server::history::{History, SqliteHistory};
+use sluice_server::model::MutationRecord;
+use sluice_server::model::{DocKey, Op};
+use sluice_server::predict::{Observation, Outcome, Predictor, PredictorConfig};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ fn record(i: u64) -> MutationRecord {
             "rails",
             format!("dir{}/sub{}/file{key}.rb", key % 40, key % 7),
         ),
-        op: sluice::model::Op::Patch,
+        op: sluice_server::model::Op::Patch,
         fields: vec!["commit".into(), "lines".into()],
         base_version: Some(if stale {
             version.saturating_sub(3)
@@ -37,9 +37,9 @@ fn record(i: u64) -> MutationRecord {
         version_before: version,
         version_after: version + 1,
         outcome: if stale {
-            sluice::model::RecordedOutcome::Merged
+            sluice_server::model::RecordedOutcome::Merged
         } else {
-            sluice::model::RecordedOutcome::Applied
+            sluice_server::model::RecordedOutcome::Applied
         },
         conflict: stale,
         score: Some(0.04),

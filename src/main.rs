@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sluice::config::Config;
+use sluice_server::config::Config;
 use std::io::Write;
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
@@ -210,7 +210,7 @@ fn main() -> std::process::ExitCode {
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut workloads = Vec::new();
     for name in &args.workload {
-        let workload = sluice::bench::Workload::parse(name).with_context(|| {
+        let workload = sluice_tools::bench::Workload::parse(name).with_context(|| {
             format!(
                 "unknown workload {name:?}: use hot, overload, external, trace, writes, yardstick or refusals"
             )
@@ -228,7 +228,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("--rtt-ms {bad}: a round trip is between 0 and 1000 ms");
     }
     init_logs_at("text", "warn");
-    let options = sluice::bench::BenchOptions {
+    let options = sluice_tools::bench::BenchOptions {
         postgres: args.postgres,
         quick: args.quick,
         workloads,
@@ -246,7 +246,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     let report = runtime
-        .block_on(sluice::bench::run(options))
+        .block_on(sluice_tools::bench::run(options))
         .map_err(tool_error)?;
     for goal in &report.goals {
         println!(
@@ -288,7 +288,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let running = sluice::server::start(config, shutdown_signal()).await?;
+        let running = sluice_server::server::start(config, shutdown_signal()).await?;
         running
             .served
             .await
@@ -325,7 +325,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 config.listen = "127.0.0.1:0".into();
                 config.data_dir = data_dir.clone();
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                let running = sluice::server::start(config, async move {
+                let running = sluice_server::server::start(config, async move {
                     let _ = stopped.await;
                 })
                 .await?;
@@ -334,7 +334,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 url
             }
         };
-        let options = sluice::replay::ReplayOptions {
+        let options = sluice_tools::replay::ReplayOptions {
             trace: args.trace,
             url,
             handler: args.handler,
@@ -344,7 +344,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             labels: args.labels,
             progress: !args.quiet,
         };
-        let summary = sluice::replay::replay(&options).await;
+        let summary = sluice_tools::replay::replay(&options).await;
         let model = embedded
             .as_ref()
             .map(|(running, _, _)| running.engine.model_report());
@@ -362,7 +362,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             );
         }
         if let Some(out) = &args.out {
-            let path = sluice::replay::summary_path(out);
+            let path = sluice_tools::replay::summary_path(out);
             std::fs::write(&path, serde_json::to_vec_pretty(&summary)?)
                 .with_context(|| format!("writing {}", path.display()))?;
             println!("results          {} and {}", out.display(), path.display());
@@ -375,7 +375,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 }
 
 fn generate(args: GenArgs) -> anyhow::Result<()> {
-    let options = sluice::generate::GenOptions {
+    let options = sluice_tools::generate::GenOptions {
         mutations: args.mutations,
         keys: args.keys,
         clients: args.clients,
@@ -389,7 +389,7 @@ fn generate(args: GenArgs) -> anyhow::Result<()> {
     let mut trace = writer(&args.out)?;
     let mut labels = args.labels.as_deref().map(writer).transpose()?;
     let mut bypass = args.bypass.as_deref().map(writer).transpose()?;
-    let stats = sluice::generate::generate(
+    let stats = sluice_tools::generate::generate(
         &options,
         &mut trace,
         labels.as_mut().map(|w| w as &mut dyn Write),
@@ -450,7 +450,7 @@ fn init_logs_at(format: &str, default_level: &str) {
         // JSON escapes control characters itself.
         let _ = builder.json().with_writer(std::io::stderr).try_init();
     } else {
-        let writer = move || sluice::telemetry::logs::Escaping::new(std::io::stderr(), ansi);
+        let writer = move || sluice_server::telemetry::logs::Escaping::new(std::io::stderr(), ansi);
         let _ = builder.with_writer(writer).try_init();
     }
 }
@@ -478,6 +478,6 @@ async fn shutdown_signal() {
 }
 
 /// A tool's error as the binary reports it.
-fn tool_error(e: sluice::tool::ToolError) -> anyhow::Error {
+fn tool_error(e: sluice_tools::tool::ToolError) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }

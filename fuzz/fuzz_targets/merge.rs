@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use sluice::resolve::merge::{automerge, json_depth, merge_patch};
+use sluice_server::resolve::merge::{automerge, json_depth, merge_patch};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(Value::Array(pair)) = serde_json::from_slice::<Value>(data) else {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice::api::wire::{parse_mutation, parse_mutation_value, validate_collection, validate_key};
+use sluice_server::api::wire::{parse_mutation, parse_mutation_value, validate_collection, validate_key};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(m) = parse_mutation(data, || "generated".into()) else {

@@ -5,8 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
-use sluice::clock::SystemClock;
-use sluice::resolve::{HandlerAnswer, ScriptLimits, parse_answer, script};
+use sluice_server::clock::SystemClock;
+use sluice_server::resolve::{HandlerAnswer, ScriptLimits, parse_answer, script};
 
 const ECHO: &str = "function resolve(ctx) { return {action: 'resolve', item: ctx.incoming}; }";
 const PASS: &str = "function resolve(ctx) { return ctx.existing; }";

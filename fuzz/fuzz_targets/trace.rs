@@ -5,8 +5,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(reader) = sluice::replay::trace_reader(std::io::Cursor::new(data.to_vec())) else {
+    let Ok(reader) = sluice_tools::replay::trace_reader(std::io::Cursor::new(data.to_vec())) else {
         return;
     };
-    let _ = sluice::replay::check_trace(reader);
+    let _ = sluice_tools::replay::check_trace(reader);
 });

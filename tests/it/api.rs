@@ -279,7 +279,7 @@ async fn acknowledged_mutations_and_replies_survive_a_restart() {
     .await;
     let data = s.stop().await;
 
-    let mut config = sluice::config::Config {
+    let mut config = sluice_server::config::Config {
         listen: "127.0.0.1:0".into(),
         data_dir: data.path().to_path_buf(),
         ..Default::default()
@@ -411,7 +411,8 @@ async fn collections_default_to_optimistic_and_refuse_bad_configurations() {
 
 #[tokio::test]
 async fn a_configured_default_handler_applies_to_unconfigured_collections() {
-    let s = TestServer::with(|c| c.default_handler = sluice::resolve::Handler::Automerge).await;
+    let s =
+        TestServer::with(|c| c.default_handler = sluice_server::resolve::Handler::Automerge).await;
     assert_eq!(
         s.get("/v1/collections/any").await.1["handler"],
         json!("automerge")

@@ -11,13 +11,13 @@ use std::io::Write;
 fn small_trace(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("small.trace.jsonl");
     let mut file = std::fs::File::create(&path).expect("create trace");
-    let options = sluice::generate::GenOptions {
+    let options = sluice_tools::generate::GenOptions {
         mutations: 400,
         keys: 50,
         clients: 20,
-        ..sluice::generate::GenOptions::default()
+        ..sluice_tools::generate::GenOptions::default()
     };
-    sluice::generate::generate(&options, &mut file, None, None).expect("generate");
+    sluice_tools::generate::generate(&options, &mut file, None, None).expect("generate");
     file.flush().expect("flush");
     path
 }
@@ -296,12 +296,13 @@ fn bench_refuses_an_unknown_workload() {
 #[test]
 fn the_lost_update_check_names_what_went_wrong() {
     assert_eq!(
-        sluice::bench::accounting_problem("list entries", 10, 10),
+        sluice_tools::bench::accounting_problem("list entries", 10, 10),
         None
     );
-    let lost = sluice::bench::accounting_problem("list entries", 10, 9).expect("a loss");
+    let lost = sluice_tools::bench::accounting_problem("list entries", 10, 9).expect("a loss");
     assert!(lost.contains("lost"), "{lost}");
-    let doubled = sluice::bench::accounting_problem("list entries", 10, 11).expect("a double");
+    let doubled =
+        sluice_tools::bench::accounting_problem("list entries", 10, 11).expect("a double");
     assert!(doubled.contains("twice"), "{doubled}");
 }
 

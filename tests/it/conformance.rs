@@ -3,10 +3,12 @@
 
 use crate::support::fresh_postgres_database;
 use serde_json::{Map, Value, json};
-use sluice::history::{ConflictQuery, History, MemoryHistory, PostgresHistory, SqliteHistory};
-use sluice::model::{ConflictRecord, Decision, DecisionKind, MutationRecord};
-use sluice::model::{DocKey, Document, Resolution};
-use sluice::store::{
+use sluice_server::history::{
+    ConflictQuery, History, MemoryHistory, PostgresHistory, SqliteHistory,
+};
+use sluice_server::model::{ConflictRecord, Decision, DecisionKind, MutationRecord};
+use sluice_server::model::{DocKey, Document, Resolution};
+use sluice_server::store::{
     Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, LaneHistory, MemoryStore, PostgresStore,
     QuarantineQuery, Quarantined, SqliteStore, Store, StoredReply,
 };
@@ -525,12 +527,12 @@ fn mutation(
         id: id.into(),
         client: "cl".into(),
         doc: DocKey::new("c", key),
-        op: sluice::model::Op::Patch,
+        op: sluice_server::model::Op::Patch,
         fields: vec!["x".into(), "y".into()],
         base_version: base,
         version_before: before,
         version_after: after,
-        outcome: sluice::model::RecordedOutcome::parse(outcome).expect("an outcome"),
+        outcome: sluice_server::model::RecordedOutcome::parse(outcome).expect("an outcome"),
         conflict: base.is_some_and(|b| b != before),
         score: base.map(|_| 0.25),
         ts_ms: Some(1_700_000_000_000),
@@ -667,7 +669,7 @@ async fn history_conformance(history: &dyn History) {
         };
         async move { history.conflicts_page(&query).await.expect("page") }
     };
-    let ids = |p: &sluice::history::ConflictPage| {
+    let ids = |p: &sluice_server::history::ConflictPage| {
         p.conflicts
             .iter()
             .map(|(_, c)| c.mutation_id.clone())

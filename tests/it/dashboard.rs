@@ -65,7 +65,7 @@ fn workload(url: String, stop: Arc<AtomicBool>, seed: u64) -> tokio::task::JoinH
     tokio::spawn(async move {
         let http = reqwest::Client::new();
         let mut sent = 0u64;
-        let mut rng = sluice::rng::SplitMix64::new(seed);
+        let mut rng = sluice_server::rng::SplitMix64::new(seed);
         while !stop.load(Ordering::Relaxed) {
             let x = rng.next_u64();
             let body = if x.is_multiple_of(2) {

@@ -2,12 +2,12 @@
 //! in-memory store wrapped to misbehave on cue.
 
 use serde_json::{Value, json};
-use sluice::clock::{SharedClock, SystemClock};
-use sluice::dispatch::{Engine, EngineConfig};
-use sluice::history::MemoryHistory;
-use sluice::model::{DocKey, Document, Mutation, Op};
-use sluice::resolve::{Resolver, ScriptLimits};
-use sluice::store::{CommitOutcome, LaneCommit, MemoryStore, StoreError, StoredReply};
+use sluice_server::clock::{SharedClock, SystemClock};
+use sluice_server::dispatch::{Engine, EngineConfig};
+use sluice_server::history::MemoryHistory;
+use sluice_server::model::{DocKey, Document, Mutation, Op};
+use sluice_server::resolve::{Resolver, ScriptLimits};
+use sluice_server::store::{CommitOutcome, LaneCommit, MemoryStore, StoreError, StoredReply};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -95,7 +95,7 @@ fn patch(id: &str, base_version: Option<u64>) -> Mutation {
     }
 }
 
-fn body(reply: &sluice::api::Reply) -> Value {
+fn body(reply: &sluice_server::api::Reply) -> Value {
     serde_json::from_str(&reply.body).expect("JSON")
 }
 
@@ -245,7 +245,7 @@ async fn the_predictor_never_sees_an_outcome_before_scoring_it() {
     let pairs = scored_outcomes(&blind, 1_500, None).await;
     let conflicts = pairs.iter().filter(|(_, c)| *c).count();
     assert!((600..=900).contains(&conflicts), "{conflicts} conflicts");
-    let auc = sluice::predict::quality::exact_auc(&pairs).expect("both classes");
+    let auc = sluice_server::predict::quality::exact_auc(&pairs).expect("both classes");
     assert!(
         (0.4..0.6).contains(&auc),
         "AUC {auc}: the score knew the coin"
@@ -256,7 +256,7 @@ async fn the_predictor_never_sees_an_outcome_before_scoring_it() {
     let store = Arc::new(Unruly::default());
     let sighted = engine(store).await;
     let pairs = scored_outcomes(&sighted, 1_500, Some(4)).await;
-    let auc = sluice::predict::quality::exact_auc(&pairs[500..]).expect("both classes");
+    let auc = sluice_server::predict::quality::exact_auc(&pairs[500..]).expect("both classes");
     assert!(auc > 0.95, "AUC {auc}");
 
     // The score an answer carries is the one fixed at enqueue, and the history has it.

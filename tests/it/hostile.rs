@@ -273,7 +273,7 @@ async fn serve(app: axum::Router) -> String {
 #[tokio::test]
 async fn a_history_deleted_under_sluice_is_reported() {
     let data = tempfile::tempdir().expect("temp dir");
-    let config = sluice::config::Config {
+    let config = sluice_server::config::Config {
         listen: "127.0.0.1:0".into(),
         data_dir: data.path().to_path_buf(),
         ..Default::default()

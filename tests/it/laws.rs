@@ -3,13 +3,13 @@
 
 use proptest::prelude::*;
 use serde_json::{Map, Value};
-use sluice::clock::{SharedClock, SystemClock};
-use sluice::dispatch::{Engine, EngineConfig};
-use sluice::history::MemoryHistory;
-use sluice::model::{DocKey, Document, Mutation, Op};
-use sluice::resolve::merge::merge_patch;
-use sluice::resolve::{CollectionConfig, Handler, Resolver, ScriptLimits};
-use sluice::store::MemoryStore;
+use sluice_server::clock::{SharedClock, SystemClock};
+use sluice_server::dispatch::{Engine, EngineConfig};
+use sluice_server::history::MemoryHistory;
+use sluice_server::model::{DocKey, Document, Mutation, Op};
+use sluice_server::resolve::merge::merge_patch;
+use sluice_server::resolve::{CollectionConfig, Handler, Resolver, ScriptLimits};
+use sluice_server::store::MemoryStore;
 use std::sync::Arc;
 
 fn json_leaf() -> impl Strategy<Value = Value> {

@@ -26,7 +26,8 @@ async fn traffic(s: &TestServer, rounds: usize) -> Vec<Value> {
 
 #[tokio::test]
 async fn answers_carry_scores_and_the_model_reports_its_quality() {
-    let s = TestServer::with(|c| c.default_handler = sluice::resolve::Handler::Automerge).await;
+    let s =
+        TestServer::with(|c| c.default_handler = sluice_server::resolve::Handler::Automerge).await;
     let answers = traffic(&s, 300).await;
     assert!(answers.iter().all(|a| {
         a["score"]
@@ -50,7 +51,7 @@ async fn answers_carry_scores_and_the_model_reports_its_quality() {
 #[tokio::test]
 async fn the_learning_loop_retrains_after_enough_outcomes() {
     let s = TestServer::with(|c| {
-        c.default_handler = sluice::resolve::Handler::Automerge;
+        c.default_handler = sluice_server::resolve::Handler::Automerge;
         c.predictor.retrain_after_outcomes = 100;
     })
     .await;
@@ -78,14 +79,15 @@ async fn the_learning_loop_retrains_after_enough_outcomes() {
 
 #[tokio::test]
 async fn a_restart_starts_warm_from_the_history() {
-    let s = TestServer::with(|c| c.default_handler = sluice::resolve::Handler::Automerge).await;
+    let s =
+        TestServer::with(|c| c.default_handler = sluice_server::resolve::Handler::Automerge).await;
     traffic(&s, 400).await;
     let probe = json!({"client": "c1", "collection": "docs", "key": "k1", "op": "patch", "value": {"n": 0},
                        "base_version": 99, "ts_ms": 1_700_000_000_000i64 + 400 * 60_000});
     let warm_before = s.get("/v1/model").await.1;
     let data = s.stop().await;
 
-    let config = sluice::config::Config {
+    let config = sluice_server::config::Config {
         listen: "127.0.0.1:0".into(),
         data_dir: data.path().to_path_buf(),
         ..Default::default()

@@ -57,7 +57,7 @@ fn conflicting(id: &str, value: Value) -> Value {
 /// A server whose collection `q` resolves conflicts through the flaky
 /// service and quarantines what it cannot decide; `doc` is at version 2.
 async fn quarantining(
-    adjust: impl FnOnce(&mut sluice::config::Config),
+    adjust: impl FnOnce(&mut sluice_server::config::Config),
 ) -> (TestServer, Arc<AtomicBool>) {
     let healthy = Arc::new(AtomicBool::new(false));
     let url = flaky_service(healthy.clone()).await;

@@ -3,8 +3,8 @@
 //! as labelled.
 
 use crate::support::TestServer;
-use sluice::generate::{GenOptions, generate};
-use sluice::replay::{ReplayOptions, replay, summary_path};
+use sluice_tools::generate::{GenOptions, generate};
+use sluice_tools::replay::{ReplayOptions, replay, summary_path};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generated_trace_replays_with_exactly_its_labelled_conflicts() {
@@ -125,12 +125,12 @@ fn the_replay_command_runs_an_embedded_server_and_writes_its_summary() {
 /// conflicts happen, and Sluice's compare-and-set notices every one.
 #[tokio::test]
 async fn bypassing_writes_cause_exactly_the_labelled_conflicts() {
-    use sluice::clock::{SharedClock, SystemClock};
-    use sluice::dispatch::{Engine, EngineConfig};
-    use sluice::history::MemoryHistory;
-    use sluice::model::{DocKey, Mutation};
-    use sluice::resolve::{Handler, Resolver, ScriptLimits};
-    use sluice::store::MemoryStore;
+    use sluice_server::clock::{SharedClock, SystemClock};
+    use sluice_server::dispatch::{Engine, EngineConfig};
+    use sluice_server::history::MemoryHistory;
+    use sluice_server::model::{DocKey, Mutation};
+    use sluice_server::resolve::{Handler, Resolver, ScriptLimits};
+    use sluice_server::store::MemoryStore;
     use std::sync::Arc;
 
     let options = GenOptions {

@@ -27,13 +27,15 @@
 //! a budget); `SLUICE_SIM_SEED=S` replays seed S alone.
 
 use serde_json::{Map, Value, json};
-use sluice::clock::{SharedClock, TokioClock};
-use sluice::dispatch::{Engine, EngineConfig};
-use sluice::history::MemoryHistory;
-use sluice::model::{DocKey, Document, Mutation, Op};
-use sluice::resolve::{Handler, Resolver, ScriptLimits};
-use sluice::rng::SplitMix64;
-use sluice::store::{CommitOutcome, LaneCommit, MemoryStore, Store, StoreError, StoredReply};
+use sluice_server::clock::{SharedClock, TokioClock};
+use sluice_server::dispatch::{Engine, EngineConfig};
+use sluice_server::history::MemoryHistory;
+use sluice_server::model::{DocKey, Document, Mutation, Op};
+use sluice_server::resolve::{Handler, Resolver, ScriptLimits};
+use sluice_server::rng::SplitMix64;
+use sluice_server::store::{
+    CommitOutcome, LaneCommit, MemoryStore, Store, StoreError, StoredReply,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -1,8 +1,8 @@
 //! Test support: real servers on ephemeral ports, real databases.
 
 use serde_json::Value;
-use sluice::config::Config;
-use sluice::server::{Running, start};
+use sluice_server::config::Config;
+use sluice_server::server::{Running, start};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::oneshot;
 
@@ -223,43 +223,43 @@ pub fn error_code(body: &Value) -> &str {
 macro_rules! store_over_memory {
     ($ty:ty, { $($own:tt)* }) => {
         #[async_trait::async_trait]
-        impl sluice::store::Store for $ty {
+        impl sluice_server::store::Store for $ty {
             $($own)*
 
-            async fn expire_replies(&self, before_ms: i64) -> Result<u64, sluice::store::StoreError> {
+            async fn expire_replies(&self, before_ms: i64) -> Result<u64, sluice_server::store::StoreError> {
                 self.inner.expire_replies(before_ms).await
             }
-            async fn events_head(&self, client: &str) -> Result<i64, sluice::store::StoreError> {
+            async fn events_head(&self, client: &str) -> Result<i64, sluice_server::store::StoreError> {
                 self.inner.events_head(client).await
             }
-            async fn secret(&self, name: &str, make: &(dyn Fn() -> String + Sync)) -> Result<String, sluice::store::StoreError> {
+            async fn secret(&self, name: &str, make: &(dyn Fn() -> String + Sync)) -> Result<String, sluice_server::store::StoreError> {
                 self.inner.secret(name, make).await
             }
-            async fn collections(&self) -> Result<Vec<(String, String)>, sluice::store::StoreError> {
+            async fn collections(&self) -> Result<Vec<(String, String)>, sluice_server::store::StoreError> {
                 self.inner.collections().await
             }
-            async fn put_collection(&self, name: &str, config_json: &str, at_ms: i64) -> Result<(), sluice::store::StoreError> {
+            async fn put_collection(&self, name: &str, config_json: &str, at_ms: i64) -> Result<(), sluice_server::store::StoreError> {
                 self.inner.put_collection(name, config_json, at_ms).await
             }
-            async fn accept(&self, entry: &sluice::store::Accepted) -> Result<bool, sluice::store::StoreError> {
+            async fn accept(&self, entry: &sluice_server::store::Accepted) -> Result<bool, sluice_server::store::StoreError> {
                 self.inner.accept(entry).await
             }
-            async fn unaccept(&self, client: &str, id: &str) -> Result<(), sluice::store::StoreError> {
+            async fn unaccept(&self, client: &str, id: &str) -> Result<(), sluice_server::store::StoreError> {
                 self.inner.unaccept(client, id).await
             }
-            async fn accepted(&self, client: &str, id: &str) -> Result<Option<sluice::store::Accepted>, sluice::store::StoreError> {
+            async fn accepted(&self, client: &str, id: &str) -> Result<Option<sluice_server::store::Accepted>, sluice_server::store::StoreError> {
                 self.inner.accepted(client, id).await
             }
-            async fn pending_accepted(&self) -> Result<Vec<sluice::store::Accepted>, sluice::store::StoreError> {
+            async fn pending_accepted(&self) -> Result<Vec<sluice_server::store::Accepted>, sluice_server::store::StoreError> {
                 self.inner.pending_accepted().await
             }
-            async fn events_after(&self, client: &str, after_seq: i64, limit: u32) -> Result<Vec<(i64, String)>, sluice::store::StoreError> {
+            async fn events_after(&self, client: &str, after_seq: i64, limit: u32) -> Result<Vec<(i64, String)>, sluice_server::store::StoreError> {
                 self.inner.events_after(client, after_seq, limit).await
             }
-            async fn quarantined(&self, client: &str, id: &str) -> Result<Option<sluice::store::Quarantined>, sluice::store::StoreError> {
+            async fn quarantined(&self, client: &str, id: &str) -> Result<Option<sluice_server::store::Quarantined>, sluice_server::store::StoreError> {
                 self.inner.quarantined(client, id).await
             }
-            async fn quarantine_list(&self, query: &sluice::store::QuarantineQuery) -> Result<Vec<sluice::store::Quarantined>, sluice::store::StoreError> {
+            async fn quarantine_list(&self, query: &sluice_server::store::QuarantineQuery) -> Result<Vec<sluice_server::store::Quarantined>, sluice_server::store::StoreError> {
                 self.inner.quarantine_list(query).await
             }
         }
@@ -294,8 +294,8 @@ pub async fn wait_healthy(http: &reqwest::Client, url: &str) {
 /// Submits a mutation to an engine and renders the answer as the API sends
 /// it: what the engine-level tests assert on.
 pub async fn submit(
-    engine: &sluice::dispatch::Engine,
-    mutation: sluice::model::Mutation,
-) -> sluice::api::Reply {
-    sluice::api::reply(engine.submit(mutation).await)
+    engine: &sluice_server::dispatch::Engine,
+    mutation: sluice_server::model::Mutation,
+) -> sluice_server::api::Reply {
+    sluice_server::api::reply(engine.submit(mutation).await)
 }

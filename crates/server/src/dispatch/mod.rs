@@ -32,7 +32,7 @@ mod cache;
 mod chain;
 mod chores;
 mod commit;
-pub mod control;
+pub use sluice_core::control;
 mod lane;
 mod learn;
 mod quarantine;

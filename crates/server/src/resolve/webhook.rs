@@ -274,6 +274,32 @@ pub fn client(policy: &WebhookPolicy) -> reqwest::Client {
 mod tests {
     use super::*;
 
+    /// The core checks a webhook's headers with no HTTP crate; it must
+    /// agree with the client that sends them, or a configuration it
+    /// accepts would fail at every call.
+    #[test]
+    fn the_cores_header_checks_agree_with_the_clients() {
+        use reqwest::header::{HeaderName, HeaderValue};
+        use sluice_core::resolve::{is_header_name, is_header_value};
+        let mut samples: Vec<String> = (0u32..=0x2FF)
+            .filter_map(char::from_u32)
+            .map(|c| format!("x{c}y"))
+            .collect();
+        samples.extend(["", " ", "\t", "a b", "X-Token", "é", "a\r\nb"].map(String::from));
+        for s in &samples {
+            assert_eq!(
+                is_header_name(s),
+                HeaderName::from_bytes(s.as_bytes()).is_ok(),
+                "header name {s:?}"
+            );
+            assert_eq!(
+                is_header_value(s),
+                HeaderValue::from_str(s).is_ok(),
+                "header value {s:?}"
+            );
+        }
+    }
+
     #[test]
     fn urls_that_reach_inside_are_refused_unless_allowed() {
         let closed = WebhookPolicy::default();

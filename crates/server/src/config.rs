@@ -778,7 +778,7 @@ mod tests {
     /// exactly what the defaults are.
     #[test]
     fn the_readme_example_is_the_default_configuration() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../../README.md");
         let block = readme
             .split("```toml\n")
             .nth(1)
