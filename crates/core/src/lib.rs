@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod control;
+pub mod invariant;
 pub mod model;
 pub mod predict;
 pub mod queue;

@@ -261,7 +261,8 @@ pub struct ConflictInfo {
 /// document can be large, and a coalesced batch decides many mutations of it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Verdict {
-    Decided {
+    /// Decided as `outcome`, leaving the document at `version`.
+    Outcome {
         outcome: Outcome,
         version: u64,
         conflict: Option<ConflictInfo>,

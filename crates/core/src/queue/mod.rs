@@ -1,4 +1,7 @@
-//! Per-document lanes: the in-process queue.
+//! Per-document lanes and the reservations of `(client, id)`: the seams
+//! ([`MutationQueue`], [`Reservations`]), their in-process implementations
+//! ([`Queue`], [`LocalReservations`]) and, with the `conformance` feature,
+//! the suite any other implementation runs unchanged.
 //!
 //! Plain synchronous bookkeeping, free of IO and time, so the dispatcher can
 //! drive it under one lock and tests can drive it directly.
@@ -19,9 +22,51 @@
 //! - `pending_len` counts items admitted and not yet settled, and never exceeds
 //!   `queue_len_max`; a lane never holds more than `lane_len_max` waiting items.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod reserve;
+
+pub use reserve::{LocalReservations, Pending, Reservations, Reserve};
+
+use crate::invariant;
 use crate::model::DocKey;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+/// Where admitted mutations wait for their lane's turn. The contract, which
+/// `conformance::queue_suite` checks of every implementation:
+/// - inside a lane, items leave in the order they were admitted;
+/// - a lane is handed out to one batch at a time, until [`finish`];
+/// - across lanes, the ready lane with the smallest rank goes first (a
+///   lane's rank is the best of its waiting items'), ties to the earlier;
+/// - at most `queue_len_max` items admitted and not finished, at most
+///   `lane_len_max` waiting in a lane, at most `batch_len_max` in a batch;
+///   past a bound, `admit` refuses and changes nothing.
+///
+/// [`finish`]: MutationQueue::finish
+pub trait MutationQueue<T>: Send {
+    /// Queues `item` in the lane of `doc` with `rank` (smaller goes sooner).
+    fn admit(&mut self, doc: &DocKey, item: T, rank: i64) -> Result<(), Full>;
+    /// Takes the best-ranked ready lane's oldest items (up to
+    /// `batch_len_max`) and marks the lane in flight until `finish`.
+    fn take_ready(&mut self) -> Option<(DocKey, Vec<T>)>;
+    /// Completes the lane's batch of `settled` items: they leave the pending
+    /// count, and the lane is ready again if more arrived meanwhile.
+    fn finish(&mut self, doc: &DocKey, settled: usize);
+    /// Items admitted and not finished, across lanes.
+    fn pending_len(&self) -> usize;
+    /// Lanes with waiting items or a batch in flight.
+    fn lane_count(&self) -> usize;
+    /// Whether `extra` more items fit in the queue as a whole.
+    fn has_room(&self, extra: usize) -> bool;
+    /// How many more items the lane of `doc` takes.
+    fn lane_room(&self, doc: &DocKey) -> usize;
+    /// Items waiting in the lane of `doc` (not counting a batch in flight).
+    fn waiting_len(&self, doc: &DocKey) -> usize;
+    /// Checks the implementation's invariants and returns how many lanes are
+    /// in flight.
+    fn check(&self) -> Result<usize, String>;
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueLimits {
@@ -33,8 +78,9 @@ pub struct QueueLimits {
     pub batch_len_max: usize,
 }
 
+/// Which bound refused an admission.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum Full {
     QueueFull,
     LaneFull,
 }
@@ -46,6 +92,7 @@ struct Lane<T> {
     ready_entry: Option<(u64, i64)>,
 }
 
+/// The in-process queue: lanes in a map, ready lanes in a heap.
 pub struct Queue<T> {
     limits: QueueLimits,
     lanes: HashMap<DocKey, Lane<T>>,
@@ -66,34 +113,45 @@ impl<T> Queue<T> {
         }
     }
 
-    pub fn pending_len(&self) -> usize {
+    fn push_ready(&mut self, doc: &DocKey, rank: i64) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(lane) = self.lanes.get_mut(doc) {
+            lane.ready_entry = Some((seq, rank));
+        }
+        self.ready.push(Reverse((rank, seq, doc.clone())));
+    }
+}
+
+impl<T: Send> MutationQueue<T> for Queue<T> {
+    fn pending_len(&self) -> usize {
         self.pending_len
     }
 
-    pub fn lane_count(&self) -> usize {
+    fn lane_count(&self) -> usize {
         self.lanes.len()
     }
 
     /// Whether `extra` more items fit in the queue as a whole.
-    pub fn has_room(&self, extra: usize) -> bool {
+    fn has_room(&self, extra: usize) -> bool {
         self.pending_len + extra <= self.limits.queue_len_max
     }
 
     /// How many more items the lane of `doc` takes.
-    pub fn lane_room(&self, doc: &DocKey) -> usize {
+    fn lane_room(&self, doc: &DocKey) -> usize {
         self.limits
             .lane_len_max
             .saturating_sub(self.waiting_len(doc))
     }
 
     /// Items waiting in the lane of `doc` (not counting a batch in flight).
-    pub fn waiting_len(&self, doc: &DocKey) -> usize {
+    fn waiting_len(&self, doc: &DocKey) -> usize {
         self.lanes.get(doc).map_or(0, |lane| lane.waiting.len())
     }
 
     /// Checks the queue's invariants in O(lanes) and returns how many lanes
     /// are in flight: the simulation calls it after every event.
-    pub fn check(&self) -> Result<usize, String> {
+    fn check(&self) -> Result<usize, String> {
         let (mut waiting, mut in_flight) = (0, 0);
         for (doc, lane) in &self.lanes {
             if lane.waiting.len() > self.limits.lane_len_max {
@@ -127,19 +185,10 @@ impl<T> Queue<T> {
         Ok(in_flight)
     }
 
-    fn push_ready(&mut self, doc: &DocKey, rank: i64) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        if let Some(lane) = self.lanes.get_mut(doc) {
-            lane.ready_entry = Some((seq, rank));
-        }
-        self.ready.push(Reverse((rank, seq, doc.clone())));
-    }
-
     /// Queues `item` in the lane of `doc` with `rank` (smaller goes sooner).
-    pub fn admit(&mut self, doc: &DocKey, item: T, rank: i64) -> Result<(), Refusal> {
+    fn admit(&mut self, doc: &DocKey, item: T, rank: i64) -> Result<(), Full> {
         if self.pending_len >= self.limits.queue_len_max {
-            return Err(Refusal::QueueFull);
+            return Err(Full::QueueFull);
         }
         let lane = self.lanes.entry(doc.clone()).or_insert_with(|| Lane {
             waiting: VecDeque::new(),
@@ -147,13 +196,13 @@ impl<T> Queue<T> {
             ready_entry: None,
         });
         if lane.waiting.len() >= self.limits.lane_len_max {
-            return Err(Refusal::LaneFull);
+            return Err(Full::LaneFull);
         }
         lane.waiting.push_back((item, rank));
         self.pending_len += 1;
-        debug_assert!(
+        invariant::hold(
             self.pending_len <= self.limits.queue_len_max,
-            "invariant: pending_len ≤ queue_len_max"
+            "pending_len ≤ queue_len_max after an admission",
         );
         let improves = match lane.ready_entry {
             _ if lane.in_flight => false,
@@ -168,7 +217,7 @@ impl<T> Queue<T> {
 
     /// Takes the best-ranked ready lane's oldest items (up to `batch_len_max`)
     /// and marks the lane in flight until [`Queue::finish`].
-    pub fn take_ready(&mut self) -> Option<(DocKey, Vec<T>)> {
+    fn take_ready(&mut self) -> Option<(DocKey, Vec<T>)> {
         while let Some(Reverse((_, seq, doc))) = self.ready.pop() {
             let Some(lane) = self.lanes.get_mut(&doc) else {
                 continue;
@@ -176,7 +225,7 @@ impl<T> Queue<T> {
             if lane.ready_entry.map(|(live, _)| live) != Some(seq) {
                 continue; // superseded by a better entry, or the lane is in flight
             }
-            debug_assert!(!lane.in_flight, "invariant: a ready lane is not in flight");
+            invariant::hold(!lane.in_flight, "a ready lane is not in flight");
             let n = lane.waiting.len().min(self.limits.batch_len_max);
             let batch: Vec<T> = lane.waiting.drain(..n).map(|(item, _)| item).collect();
             lane.in_flight = true;
@@ -188,14 +237,11 @@ impl<T> Queue<T> {
 
     /// Ends the lane's batch of `settled` items: they leave the pending count,
     /// and the lane becomes ready again if more arrived meanwhile.
-    pub fn finish(&mut self, doc: &DocKey, settled: usize) {
-        debug_assert!(
-            self.pending_len >= settled,
-            "invariant: settled items were pending"
-        );
+    fn finish(&mut self, doc: &DocKey, settled: usize) {
+        invariant::hold(self.pending_len >= settled, "settled items were pending");
         self.pending_len -= settled;
         let Some(lane) = self.lanes.get_mut(doc) else {
-            debug_assert!(false, "invariant: a finished lane exists");
+            invariant::hold(false, "a finished lane exists");
             return;
         };
         lane.in_flight = false;
@@ -212,76 +258,13 @@ impl<T> Queue<T> {
 mod tests {
     use super::*;
 
-    fn limits() -> QueueLimits {
-        QueueLimits {
-            queue_len_max: 5,
-            lane_len_max: 3,
-            batch_len_max: 2,
-        }
+    #[test]
+    fn the_in_process_queue_conforms() {
+        conformance::queue_suite(&|limits| Box::new(Queue::<u64>::new(limits)));
     }
 
     #[test]
-    fn one_batch_per_lane_in_arrival_order() {
-        let mut q = Queue::new(limits());
-        let a = DocKey::new("c", "a");
-        let b = DocKey::new("c", "b");
-        for i in 0..3 {
-            q.admit(&a, i, 0).expect("room");
-        }
-        q.admit(&b, 10, 1).expect("room");
-        let (doc, batch) = q.take_ready().expect("a is ready");
-        assert_eq!((doc.clone(), batch), (a.clone(), vec![0, 1]));
-        // a is in flight: only b is ready, even though a still has an item.
-        let (doc_b, batch_b) = q.take_ready().expect("b is ready");
-        assert_eq!((doc_b.clone(), batch_b), (b.clone(), vec![10]));
-        assert!(q.take_ready().is_none());
-        q.finish(&a, 2);
-        assert_eq!(q.take_ready(), Some((a.clone(), vec![2])));
-        q.finish(&a, 1);
-        q.finish(&b, 1);
-        assert_eq!((q.pending_len(), q.lane_count()), (0, 0));
-        assert!(q.take_ready().is_none());
-    }
-
-    #[test]
-    fn bounds_refuse_instead_of_growing() {
-        let mut q = Queue::new(limits());
-        let a = DocKey::new("c", "a");
-        for i in 0..3 {
-            q.admit(&a, i, 0).expect("room");
-        }
-        assert_eq!(q.admit(&a, 3, 0), Err(Refusal::LaneFull));
-        q.admit(&DocKey::new("c", "b"), 0, 0).expect("room");
-        q.admit(&DocKey::new("c", "c"), 0, 0).expect("room");
-        assert_eq!(
-            q.admit(&DocKey::new("c", "d"), 0, 0),
-            Err(Refusal::QueueFull)
-        );
-        assert_eq!(q.pending_len(), 5);
-    }
-
-    #[test]
-    fn the_best_rank_goes_first_and_a_lane_keeps_its_order() {
-        let mut q = Queue::new(QueueLimits {
-            queue_len_max: 100,
-            lane_len_max: 10,
-            batch_len_max: 1,
-        });
-        let (a, b, c) = (
-            DocKey::new("c", "a"),
-            DocKey::new("c", "b"),
-            DocKey::new("c", "c"),
-        );
-        q.admit(&a, "a1", 10).expect("room");
-        q.admit(&b, "b1", 20).expect("room");
-        q.admit(&c, "c1", 30).expect("room");
-        // A likely conflict arriving later on c ranks c's lane first, but c1 still goes before c2.
-        q.admit(&c, "c2", 5).expect("room");
-        assert_eq!(q.take_ready(), Some((c.clone(), vec!["c1"])));
-        assert_eq!(q.take_ready(), Some((a.clone(), vec!["a1"])));
-        q.finish(&c, 1);
-        assert_eq!(q.take_ready(), Some((c.clone(), vec!["c2"])));
-        assert_eq!(q.take_ready(), Some((b.clone(), vec!["b1"])));
-        assert_eq!(q.take_ready(), None);
+    fn the_in_process_reservations_conform() {
+        conformance::reservation_suite(&|| Box::new(LocalReservations::<u64, u64>::default()));
     }
 }

@@ -111,7 +111,7 @@ pub fn apply(doc: &Document, m: &Mutation) -> Step {
                 version: doc.version + 1,
                 item: None,
             };
-            let verdict = Verdict::Decided {
+            let verdict = Verdict::Outcome {
                 outcome: Outcome::Applied,
                 version: after.version,
                 conflict: None,
@@ -128,7 +128,7 @@ pub fn apply(doc: &Document, m: &Mutation) -> Step {
         version: doc.version + 1,
         item: Some(item),
     };
-    let verdict = Verdict::Decided {
+    let verdict = Verdict::Outcome {
         outcome: Outcome::Applied,
         version: after.version,
         conflict: None,

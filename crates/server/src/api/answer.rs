@@ -1,7 +1,7 @@
 //! The engine's typed answers on the wire: every status a mutation's answer
 //! can have is chosen here, and nowhere else.
 
-use crate::dispatch::{Answer, QueuedAnswer, Refusal, RefusalReason};
+use crate::dispatch::{Answer, Queued, Refusal, RefusalReason};
 use crate::model::DecisionKind;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -45,7 +45,7 @@ pub fn refusal_status(reason: RefusalReason) -> StatusCode {
 
 /// The body of a queued mutation: the 202, and `GET /v1/mutations/{id}`
 /// while it waits.
-pub fn queued_body(queued: &QueuedAnswer) -> String {
+pub fn queued_body(queued: &Queued) -> String {
     json!({ "id": queued.id, "status": "queued", "score": queued.score }).to_string()
 }
 

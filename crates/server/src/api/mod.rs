@@ -733,7 +733,7 @@ async fn get_events(
             "too many event streams are open",
         )
     })?;
-    struct State {
+    struct EventStream {
         engine: Engine,
         ids: event_id::EventIds,
         client: String,
@@ -742,7 +742,7 @@ async fn get_events(
         signal: tokio::sync::watch::Receiver<u64>,
         _open: dashboard::StreamSlot,
     }
-    let state = State {
+    let state = EventStream {
         signal: engine.commit_signal(),
         engine,
         ids,

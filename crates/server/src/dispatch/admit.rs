@@ -4,14 +4,15 @@
 
 use super::quarantine::{QuarantineAction, quarantined_answer};
 use super::reply::{
-    Answer, Queued as QueuedAnswer, Refusal, RefusalReason, full_refusal, overloaded, reused_key,
-    shutting_down, store_error_refusal,
+    Answer, Queued, Refusal, RefusalReason, full_refusal, overloaded, reused_key, shutting_down,
+    store_error_refusal,
 };
-use super::{Engine, Inner, Origin, Pending, Queued, Reservation, lock};
+use super::{Engine, Inner, LaneEntry, Origin, Pending, lock};
 use crate::model::{DocKey, Mutation};
 use crate::predict::Observation;
-use crate::queue::Refusal as Full;
+use crate::queue::{Full, Reserve};
 use crate::store::StoreError;
+use sluice_core::invariant;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -138,9 +139,7 @@ impl Engine {
             guard.release(&refused);
             return refused;
         }
-        if let Some(reservation) = lock(&inner.reservations).get_mut(&(client, id)) {
-            reservation.queued = Some(reply.clone());
-        }
+        lock(&inner.reservations).mark_queued(&client, &id, reply.clone());
         guard.hand_over();
         inner.wake.notify_one();
         if log {
@@ -187,13 +186,13 @@ impl Engine {
         &self,
         client: &str,
         id: &str,
-    ) -> Result<Option<QueuedAnswer>, StoreError> {
+    ) -> Result<Option<Queued>, StoreError> {
         Ok(self
             .inner
             .store
             .accepted(client, id)
             .await?
-            .map(|entry| QueuedAnswer {
+            .map(|entry| Queued {
                 id: id.to_owned(),
                 score: Some(entry.score),
             }))
@@ -256,7 +255,7 @@ impl Engine {
             Admit(
                 ReservationGuard<'a>,
                 DocKey,
-                Box<Queued>,
+                Box<LaneEntry>,
                 i64,
                 oneshot::Receiver<Answer>,
                 String,
@@ -300,9 +299,9 @@ impl Engine {
                         admitted.push(match slot {
                             Slot::Admit(guard, doc, queued, rank, rx, id) => {
                                 let fits = lanes.queue.admit(&doc, *queued, rank);
-                                debug_assert!(
+                                invariant::hold(
                                     fits.is_ok(),
-                                    "invariant: room was checked under the same lock"
+                                    "room was checked under the same lock",
                                 );
                                 guard.hand_over();
                                 Slot::Waiting(rx, id)
@@ -375,29 +374,19 @@ impl Engine {
         }
         let in_flight: Option<Result<oneshot::Receiver<Answer>, Answer>> = {
             let mut reservations = lock(&inner.reservations);
-            match reservations.get_mut(&reservation) {
-                Some(existing) if existing.fingerprint != mutation.fingerprint => {
-                    Some(Err(inner.refuse(reused_key(&mutation.id), 1)))
+            let (client, id) = (&reservation.0, &reservation.1);
+            match reservations.reserve(client, id, mutation.fingerprint) {
+                Reserve::Reused => Some(Err(inner.refuse(reused_key(&mutation.id), 1))),
+                Reserve::Held {
+                    queued: Some(queued),
+                } if !wait => Some(Err(queued)),
+                Reserve::Held { .. } => {
+                    let (tx, rx) = oneshot::channel();
+                    // Held under this same lock, so the id cannot be released between.
+                    let _ = reservations.wait(client, id, tx);
+                    Some(Ok(rx))
                 }
-                Some(existing) => {
-                    if let Some(queued) = existing.queued.as_ref().filter(|_| !wait) {
-                        Some(Err(queued.clone()))
-                    } else {
-                        let (tx, rx) = oneshot::channel();
-                        existing.waiters.push(tx);
-                        Some(Ok(rx))
-                    }
-                }
-                None => {
-                    let fresh = Reservation {
-                        fingerprint: mutation.fingerprint,
-                        waiters: Vec::new(),
-                        queued: None,
-                        pending: None,
-                    };
-                    reservations.insert(reservation.clone(), fresh);
-                    None
-                }
+                Reserve::Fresh => None,
             }
         };
         match in_flight {
@@ -445,14 +434,7 @@ impl Engine {
     /// The client's mutations queued or being decided now, oldest first, at
     /// most `limit`: what a client shows as "not yet saved".
     pub fn pending(&self, client: &str, limit: usize) -> Vec<Pending> {
-        let mut pending: Vec<Pending> = lock(&self.inner.reservations)
-            .iter()
-            .filter(|((owner, _), _)| owner == client)
-            .filter_map(|(_, reservation)| reservation.pending.clone())
-            .collect();
-        pending.sort_by(|a, b| (a.received_ms, &a.id).cmp(&(b.received_ms, &b.id)));
-        pending.truncate(limit);
-        pending
+        lock(&self.inner.reservations).pending(client, limit)
     }
 
     /// Scores the mutation (now, before anything about its outcome exists)
@@ -462,7 +444,7 @@ impl Engine {
         mutation: Mutation,
         received_ms: i64,
         origin: Origin,
-    ) -> (Queued, i64, oneshot::Receiver<Answer>) {
+    ) -> (LaneEntry, i64, oneshot::Receiver<Answer>) {
         let inner = &self.inner;
         let (tx, rx) = oneshot::channel();
         let lane_waiting = lock(&inner.lanes).queue.waiting_len(&mutation.doc);
@@ -485,16 +467,14 @@ impl Engine {
         let admitted_at = inner.clock.elapsed();
         let boost_us = inner.config.priority_boost_ms as f64 * 1000.0 * probability;
         let rank = i64::try_from(admitted_at.as_micros()).unwrap_or(i64::MAX) - boost_us as i64;
-        let key = (mutation.client_name().to_owned(), mutation.id.clone());
-        if let Some(reservation) = lock(&inner.reservations).get_mut(&key) {
-            reservation.pending = Some(Pending {
-                id: mutation.id.clone(),
-                doc: mutation.doc.clone(),
-                score: probability,
-                received_ms,
-            });
-        }
-        let queued = Queued {
+        let pending = Pending {
+            id: mutation.id.clone(),
+            doc: mutation.doc.clone(),
+            score: probability,
+            received_ms,
+        };
+        lock(&inner.reservations).mark_pending(mutation.client_name(), pending);
+        let queued = LaneEntry {
             mutation,
             admitted_at,
             received_ms,
@@ -569,7 +549,7 @@ enum Claim<'a> {
 }
 
 fn queued_answer(id: &str, score: Option<f64>) -> Answer {
-    Answer::Queued(QueuedAnswer {
+    Answer::Queued(Queued {
         id: id.to_owned(),
         score,
     })

@@ -16,6 +16,7 @@
 
 use super::FixedMap;
 use crate::model::{DocKey, Document};
+use sluice_core::invariant;
 use std::sync::Mutex;
 
 /// Lanes of a document that read the store after one of its cached states
@@ -116,9 +117,9 @@ impl DocCache {
                 }
             }
         }
-        debug_assert!(
+        invariant::hold(
             state.bytes <= self.budget,
-            "invariant: the cache stays within its budget"
+            "the cache stays within its budget",
         );
     }
 

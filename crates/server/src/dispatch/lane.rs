@@ -7,7 +7,7 @@ use super::quarantine::{QuarantineAction, quarantine_full, quarantined_answer};
 use super::reply::{
     self, Answer, Refusal, RefusalReason, document_too_large, reused_key, store_error_refusal,
 };
-use super::{HistoryJob, Inner, Origin, Queued, cache, chain, control, lock};
+use super::{HistoryJob, Inner, LaneEntry, Origin, cache, chain, control, lock};
 use crate::model::{
     ConflictInfo, ConflictRecord, Decision, DocKey, Document, Mutation, Outcome, Resolution,
     Verdict,
@@ -17,6 +17,7 @@ use crate::predict;
 use crate::resolve::{CollectionConfig, OnHandlerFailure, Step};
 use crate::store::{CommitOutcome, LaneCommit, LaneHistory, Quarantined, StoreError, StoredReply};
 use crate::telemetry::Board;
+use sluice_core::invariant;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -60,9 +61,9 @@ pub(super) async fn dispatch_loop(inner: Arc<Inner>) {
                         if lanes.in_flight > limit {
                             lanes.dispatched_past_limit += 1;
                         }
-                        debug_assert!(
+                        invariant::hold(
                             lanes.in_flight <= limit,
-                            "invariant: in-flight ≤ limit at dispatch"
+                            "lanes in flight ≤ the concurrency limit at dispatch",
                         );
                     }
                     taken.map(Some)
@@ -94,7 +95,7 @@ pub(super) async fn dispatch_loop(inner: Arc<Inner>) {
 
 /// What one batch ended as.
 #[derive(Default)]
-struct Decided {
+struct BatchEnd {
     /// One answer per mutation of the batch, in order.
     answers: Vec<Answer>,
     /// The history's records of the decided mutations, in order, and the
@@ -111,7 +112,7 @@ struct Decided {
 
 /// What became of one mutation of a lane.
 enum Settled {
-    Decided(Box<DecidedStep>),
+    Ruled(Box<Ruling>),
     /// Kept in the quarantine with this reason; `slot`: in a new slot.
     Kept {
         reason: String,
@@ -120,7 +121,7 @@ enum Settled {
     Refused(Refusal),
 }
 
-struct DecidedStep {
+struct Ruling {
     reply: Decision,
     verdict: Verdict,
     version_after: u64,
@@ -142,7 +143,7 @@ async fn fold(
     config: &CollectionConfig,
     doc: &DocKey,
     current: Document,
-    batch: &[Queued],
+    batch: &[LaneEntry],
     dispatched_at: Duration,
     parked: &AtomicBool,
 ) -> Folded {
@@ -189,9 +190,9 @@ async fn fold(
             conflict,
             handler_failed,
         } = step;
-        debug_assert!(
+        invariant::hold(
             after.version >= state.version,
-            "invariant: versions never go backwards"
+            "versions never go backwards",
         );
         let failed = |fate: &str, reason: &str| {
             warn!(
@@ -204,7 +205,7 @@ async fn fold(
             );
         };
         let reason = match &verdict {
-            Verdict::Decided {
+            Verdict::Outcome {
                 conflict: Some(c), ..
             } if handler_failed => c.reason.clone().unwrap_or_default(),
             _ => String::new(),
@@ -232,7 +233,7 @@ async fn fold(
             // Accepted asynchronously, nobody waits to resend it: rejected
             // as without a quarantine.
             failed("rejected: the quarantine is full", &reason);
-            if let Verdict::Decided {
+            if let Verdict::Outcome {
                 conflict: Some(c), ..
             } = &mut verdict
             {
@@ -247,19 +248,14 @@ async fn fold(
             .saturating_sub(queued.admitted_at)
             .as_secs_f64()
             * 1000.0;
-        let render =
-            |verdict: &Verdict, item: Option<&serde_json::Map<String, serde_json::Value>>| {
-                reply::render(
-                    &m.id,
-                    &doc_label,
-                    verdict,
-                    item,
-                    Some(queued.score),
-                    queued_ms,
-                    chained_from,
-                )
-            };
-        let mut reply = render(&verdict, after.item.as_ref());
+        let frame = reply::Frame {
+            id: &m.id,
+            doc_label: &doc_label,
+            score: Some(queued.score),
+            queued_ms,
+            chained_from,
+        };
+        let mut reply = frame.render(&verdict, after.item.as_ref());
         let mut after = after;
         let mut conflict = conflict;
         // The answer carries the document, so it is no shorter: only a long
@@ -277,7 +273,7 @@ async fn fold(
                 record.resolution = Resolution::Rejected;
                 record.reason.clone_from(&reason);
                 record.result = serde_json::Value::Null;
-                verdict = Verdict::Decided {
+                verdict = Verdict::Outcome {
                     outcome: Outcome::Rejected,
                     version: state.version,
                     conflict: Some(ConflictInfo {
@@ -288,13 +284,13 @@ async fn fold(
                     }),
                 };
                 after = state.clone();
-                reply = render(&verdict, after.item.as_ref());
+                reply = frame.render(&verdict, after.item.as_ref());
             }
         }
         if config.chain_own_writes && after.version > state.version {
             in_lane.push((after.version, m.client_name().to_owned()));
         }
-        settled.push(Settled::Decided(Box::new(DecidedStep {
+        settled.push(Settled::Ruled(Box::new(Ruling {
             reply,
             verdict,
             version_after: after.version,
@@ -314,19 +310,19 @@ fn lane_commit(
     doc: &DocKey,
     current_version: u64,
     folded: Folded,
-    batch: &[Queued],
+    batch: &[LaneEntry],
     decided_ms: i64,
     dispatched_at: Duration,
-) -> (LaneCommit, Decided) {
-    let mut decided = Decided::default();
+) -> (LaneCommit, BatchEnd) {
+    let mut decided = BatchEnd::default();
     let mut stored = Vec::with_capacity(batch.len());
     let mut quarantine = Vec::new();
     let mut before = current_version;
     for (i, (queued, settled)) in batch.iter().zip(folded.settled).enumerate() {
         let m = &queued.mutation;
         let (reply, verdict, version_after, conflict) = match settled {
-            Settled::Decided(step) => {
-                let DecidedStep {
+            Settled::Ruled(step) => {
+                let Ruling {
                     reply,
                     verdict,
                     version_after,
@@ -366,7 +362,7 @@ fn lane_commit(
             at_ms: decided_ms,
         });
         let outcome = match &verdict {
-            Verdict::Decided { outcome, .. } => RecordedOutcome::from(*outcome),
+            Verdict::Outcome { outcome, .. } => RecordedOutcome::from(*outcome),
             Verdict::NotFound { .. } => RecordedOutcome::NotFound,
         };
         decided.mutations.push(MutationRecord {
@@ -453,7 +449,7 @@ fn park(inner: &Inner, parked: &AtomicBool) {
     inner.wake.notify_one();
 }
 
-async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
+async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<LaneEntry>) {
     // Every mutation taken from the queue, resends answered early included.
     let settled = batch.len();
     let dispatched_at = inner.clock.elapsed();
@@ -463,7 +459,7 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
     let mut looked_up = false;
     for _ in 0..RESEND_ROUNDS_MAX {
         if batch.is_empty() {
-            decided = Ok(Decided::default());
+            decided = Ok(BatchEnd::default());
             break;
         }
         match decide_lane(&inner, &doc, &batch, &parked, looked_up).await {
@@ -577,7 +573,7 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<Queued>) {
 /// Answers the mutations of the lane that were decided before (their commit
 /// found their replies stored) from those replies (422 if the body differs),
 /// and returns the others. Each lookup waits no longer than a client does.
-async fn settle_resends(inner: &Inner, batch: Vec<Queued>) -> Vec<Queued> {
+async fn settle_resends(inner: &Inner, batch: Vec<LaneEntry>) -> Vec<LaneEntry> {
     let bound = inner.config.decide_timeout;
     let lookups = batch.iter().map(|q| async move {
         let m = &q.mutation;
@@ -620,10 +616,10 @@ async fn settle_resends(inner: &Inner, batch: Vec<Queued>) -> Vec<Queued> {
 async fn decide_lane(
     inner: &Inner,
     doc: &DocKey,
-    batch: &[Queued],
+    batch: &[LaneEntry],
     parked: &AtomicBool,
     looked_up: bool,
-) -> Result<Option<Decided>, Refusal> {
+) -> Result<Option<BatchEnd>, Refusal> {
     let config = inner.collection(&doc.collection);
     let dispatched_at = inner.clock.elapsed();
     let doc_label = format!("{}/{}", doc.collection, doc.key);
@@ -735,7 +731,7 @@ async fn decide_lane(
 /// Whether a mutation of the batch may conflict, and so reach the
 /// collection's handler: a conditional one whose base is not the version
 /// read, or that follows another mutation of its lane.
-fn may_conflict(batch: &[Queued], version: u64) -> bool {
+fn may_conflict(batch: &[LaneEntry], version: u64) -> bool {
     batch.iter().enumerate().any(|(i, q)| {
         q.mutation
             .base_version
@@ -744,13 +740,13 @@ fn may_conflict(batch: &[Queued], version: u64) -> bool {
 }
 
 /// The ids of a lane's mutations, for its log lines: `a,b,c`.
-fn lane_ids(batch: &[Queued]) -> String {
+fn lane_ids(batch: &[LaneEntry]) -> String {
     let ids: Vec<&str> = batch.iter().map(|q| q.mutation.id.as_str()).collect();
     ids.join(",")
 }
 
 /// Counts a committed lane's outcomes and feeds the dashboard.
-fn observe_decided(inner: &Inner, config: &CollectionConfig, decided: &Decided) {
+fn observe_decided(inner: &Inner, config: &CollectionConfig, decided: &BatchEnd) {
     let telemetry = &inner.telemetry;
     let handler = config.handler.name();
     let mut conflicts = decided.conflicts.iter();

@@ -1,5 +1,6 @@
-//! The dispatcher: the async layer around the synchronous queue, resolver,
-//! predictor and controller. Each stage of a mutation's life is a file:
+//! The dispatcher: the async layer around the core's synchronous queue,
+//! reservations, predictor and controller (the queue and the reservations
+//! behind the core's traits). Each stage of a mutation's life is a file:
 //!
 //! - `admit.rs`: the door, reservations of `(client, id)`, sync, async and
 //!   batch admission into the queue;
@@ -10,7 +11,7 @@
 //!   reply expiry;
 //! - `stats.rs`: what `/v1/stats`, `/v1/model`, `/metrics` and the dashboard
 //!   read;
-//! - `control.rs`: every adaptive decision, pure (no IO, no clock);
+//! - `control` (the core's): every adaptive decision, pure (no IO, no clock);
 //! - `chain.rs`: own-write chaining; `quarantine.rs`: the quarantine;
 //! - `reads.rs`, `cache.rs`, `reply.rs`: point reads, the document cache, the
 //!   typed answers and the rendering of a decided mutation's answer.
@@ -40,11 +41,12 @@ mod reads;
 pub mod reply;
 mod stats;
 
+pub use crate::queue::Pending;
 pub use admit::InSystem;
 pub use control::{ControlState, Signals};
 pub use learn::train_from_history;
 pub use quarantine::{QuarantineAction, QuarantineError};
-pub use reply::{Answer, Queued as QueuedAnswer, Refusal, RefusalReason};
+pub use reply::{Answer, Queued, Refusal, RefusalReason};
 pub use stats::{Dashboard, EngineStats, ModelSummary};
 
 use chores::HostLoad;
@@ -55,7 +57,7 @@ use crate::clock::SharedClock;
 use crate::history::{ConflictPage, ConflictQuery, HistoryError, SharedHistory};
 use crate::model::{DocKey, Document, Mutation};
 use crate::predict::{ModelReport, Predictor, PredictorConfig, Scored};
-use crate::queue::{Queue, QueueLimits};
+use crate::queue::{LocalReservations, MutationQueue, Queue, QueueLimits, Reservations};
 use crate::resolve::{CollectionConfig, Handler, Resolver, ScriptError};
 use crate::store::{SharedStore, StoreError, StoredReply};
 use crate::telemetry::Telemetry;
@@ -169,7 +171,7 @@ pub enum ConfigureError {
     Store(#[from] StoreError),
 }
 
-struct Queued {
+struct LaneEntry {
     mutation: Mutation,
     admitted_at: Duration,
     received_ms: i64,
@@ -204,7 +206,7 @@ impl Origin {
 }
 
 struct Lanes {
-    queue: Queue<Queued>,
+    queue: Box<dyn MutationQueue<LaneEntry>>,
     /// Lanes taken from the queue and not finished, less the parked ones:
     /// what the concurrency limit and the load gate count.
     in_flight: usize,
@@ -218,27 +220,6 @@ struct Lanes {
     dispatched_past_limit: u64,
 }
 
-struct Reservation {
-    fingerprint: u64,
-    waiters: Vec<oneshot::Sender<Answer>>,
-    /// For a mutation accepted asynchronously: its 202, which an async resend
-    /// gets while it waits.
-    queued: Option<Answer>,
-    /// Set once the mutation is scored and queued: what a client's pending
-    /// list shows.
-    pending: Option<Pending>,
-}
-
-/// A queued mutation as its client's pending list shows it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Pending {
-    pub id: String,
-    pub doc: DocKey,
-    pub score: f64,
-    /// When it arrived, ms since the epoch.
-    pub received_ms: i64,
-}
-
 struct Inner {
     config: EngineConfig,
     clock: SharedClock,
@@ -250,7 +231,8 @@ struct Inner {
     host: HostLoad,
     lanes: Mutex<Lanes>,
     wake: Notify,
-    reservations: Mutex<HashMap<(String, String), Reservation>>,
+    /// `(client, id)`s being decided, and the resends waiting on them.
+    reservations: Mutex<Box<dyn Reservations<oneshot::Sender<Answer>, Answer>>>,
     collections: RwLock<HashMap<String, CollectionConfig>>,
     /// Bumped by every local change of `collections`: a refresh read from
     /// the store before the change must not undo it.
@@ -352,7 +334,7 @@ impl Engine {
             })),
             host: HostLoad::default(),
             lanes: Mutex::new(Lanes {
-                queue: Queue::new(config.queue),
+                queue: Box::new(Queue::new(config.queue)),
                 in_flight: 0,
                 parked: 0,
                 dispatched_past_limit: 0,
@@ -363,7 +345,7 @@ impl Engine {
             history,
             resolver,
             wake: Notify::new(),
-            reservations: Mutex::new(HashMap::new()),
+            reservations: Mutex::new(Box::new(LocalReservations::default())),
             collections: RwLock::new(collections),
             collections_changed: AtomicU64::new(0),
             commit_tx,
@@ -560,10 +542,7 @@ impl Inner {
 
     /// Drops the reservation and hands `reply` to every resend that waited on it.
     fn release(&self, reservation: &(String, String), reply: &Answer) {
-        let waiters = lock(&self.reservations)
-            .remove(reservation)
-            .map(|r| r.waiters)
-            .unwrap_or_default();
+        let waiters = lock(&self.reservations).release(&reservation.0, &reservation.1);
         for waiter in waiters {
             let _ = waiter.send(reply.clone());
         }

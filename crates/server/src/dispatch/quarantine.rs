@@ -18,6 +18,7 @@ use super::reply::{Answer, Refusal, RefusalReason};
 use super::{Engine, FixedMap, lock};
 use crate::model::Mutation;
 use crate::store::{QuarantineQuery, Quarantined, StoreError};
+use sluice_core::invariant;
 use std::sync::Mutex;
 
 /// What a resend of a quarantined mutation needs.
@@ -77,10 +78,7 @@ impl QuarantineIndex {
     /// Gives back `n` slots whose lane did not commit.
     pub(super) fn unreserve(&self, n: usize) {
         let mut state = lock(&self.state);
-        debug_assert!(
-            state.reserved >= n,
-            "invariant: only reserved slots come back"
-        );
+        invariant::hold(state.reserved >= n, "only reserved slots come back");
         state.reserved = state.reserved.saturating_sub(n);
     }
 

@@ -8,7 +8,7 @@
 //! and the event stream all replay exactly what the first answer said.
 
 use crate::model::{ConflictInfo, Decision, DecisionKind, DocKey, Outcome, Verdict};
-use crate::queue::Refusal as Full;
+use crate::queue::Full;
 use crate::store::StoreError;
 use serde_json::{Value, json};
 
@@ -160,60 +160,79 @@ pub(super) fn store_error_refusal(e: &StoreError) -> Refusal {
     )
 }
 
-/// Renders a decided mutation's answer; `item` is the document as the
-/// mutation left it (for a rejection, the server's).
-pub fn render(
-    id: &str,
-    doc_label: &str,
-    verdict: &Verdict,
-    item: Option<&serde_json::Map<String, Value>>,
-    score: Option<f64>,
-    queued_ms: f64,
-    chained_from: Option<u64>,
-) -> Decision {
-    match verdict {
-        Verdict::Decided {
-            outcome,
-            version,
-            conflict,
-        } => {
-            let kind = if *outcome == Outcome::Rejected {
-                DecisionKind::Rejected
-            } else {
-                DecisionKind::Written
-            };
-            // Serialized from borrows: a hot document's item can be large,
-            // and every mutation of a coalesced batch carries it.
-            let body = Decided {
-                id,
-                outcome: outcome.as_str(),
-                version: *version,
-                item,
-                conflict: conflict.as_ref().map(conflict_json),
-                chained_from,
-                score,
-                queued_ms: (queued_ms * 1000.0).round() / 1000.0,
-            };
-            // Serializing borrowed JSON values and plain numbers cannot fail
-            // (serde_json writes a non-finite float as null).
-            let body = serde_json::to_string(&body).unwrap_or_else(|e| {
-                json!({ "id": id, "outcome": outcome.as_str(), "version": version, "error": e.to_string() })
-                    .to_string()
-            });
-            Decision { kind, body }
-        }
-        Verdict::NotFound { version } => {
-            let message = format!(
-                "cannot delete {doc_label}: {}",
-                if *version == 0 {
-                    "it was never written".to_string()
+/// What a decided mutation's answer says besides its verdict and document:
+/// the same for every rendering of one mutation (a size-limit rewrite
+/// renders it again).
+pub struct Frame<'a> {
+    pub id: &'a str,
+    /// The document as a message names it (`collection/key`).
+    pub doc_label: &'a str,
+    pub score: Option<f64>,
+    pub queued_ms: f64,
+    /// The base it was sent with, when it chained onto its client's own writes.
+    pub chained_from: Option<u64>,
+}
+
+impl Frame<'_> {
+    /// Renders the answer; `item` is the document as the mutation left it
+    /// (for a rejection, the server's).
+    pub fn render(
+        &self,
+        verdict: &Verdict,
+        item: Option<&serde_json::Map<String, Value>>,
+    ) -> Decision {
+        let Frame {
+            id,
+            doc_label,
+            score,
+            queued_ms,
+            chained_from,
+        } = *self;
+        match verdict {
+            Verdict::Outcome {
+                outcome,
+                version,
+                conflict,
+            } => {
+                let kind = if *outcome == Outcome::Rejected {
+                    DecisionKind::Rejected
                 } else {
-                    format!("it is already deleted (version {version})")
+                    DecisionKind::Written
+                };
+                // Serialized from borrows: a hot document's item can be large,
+                // and every mutation of a coalesced batch carries it.
+                let body = WireDecision {
+                    id,
+                    outcome: outcome.as_str(),
+                    version: *version,
+                    item,
+                    conflict: conflict.as_ref().map(conflict_json),
+                    chained_from,
+                    score,
+                    queued_ms: (queued_ms * 1000.0).round() / 1000.0,
+                };
+                // Serializing borrowed JSON values and plain numbers cannot fail
+                // (serde_json writes a non-finite float as null).
+                let body = serde_json::to_string(&body).unwrap_or_else(|e| {
+                    json!({ "id": id, "outcome": outcome.as_str(), "version": version, "error": e.to_string() })
+                        .to_string()
+                });
+                Decision { kind, body }
+            }
+            Verdict::NotFound { version } => {
+                let message = format!(
+                    "cannot delete {doc_label}: {}",
+                    if *version == 0 {
+                        "it was never written".to_string()
+                    } else {
+                        format!("it is already deleted (version {version})")
+                    }
+                );
+                Decision {
+                    kind: DecisionKind::NotFound,
+                    body: json!({ "error": { "code": "not_found", "message": message } })
+                        .to_string(),
                 }
-            );
-            Decision {
-                kind: DecisionKind::NotFound,
-                body: json!({ "error": { "code": "not_found", "message": message } }).to_string(),
             }
         }
     }
@@ -221,7 +240,7 @@ pub fn render(
 
 /// The answer to a decided mutation, fields in wire order.
 #[derive(serde::Serialize)]
-struct Decided<'a> {
+struct WireDecision<'a> {
     id: &'a str,
     outcome: &'a str,
     version: u64,

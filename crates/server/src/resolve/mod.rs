@@ -135,7 +135,7 @@ impl Resolver {
             at_ms: self.clock.now_ms(),
         };
         Step {
-            verdict: Verdict::Decided {
+            verdict: Verdict::Outcome {
                 outcome: Outcome::Rejected,
                 version: doc.version,
                 conflict: Some(ConflictInfo {
@@ -283,7 +283,7 @@ impl Resolver {
             },
             at_ms: self.clock.now_ms(),
         };
-        let verdict = Verdict::Decided {
+        let verdict = Verdict::Outcome {
             outcome,
             version: after.version,
             conflict: Some(ConflictInfo {
