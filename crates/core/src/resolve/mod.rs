@@ -11,7 +11,9 @@ pub use handler::{
     WEBHOOK_TIMEOUT_MS_MAX, is_header_name, is_header_value,
 };
 
-use crate::model::{ConflictRecord, Document, Mutation, Op, Outcome, Verdict};
+use crate::model::{
+    ConflictInfo, ConflictRecord, Document, Mutation, Op, Outcome, Resolution, Verdict,
+};
 use serde_json::{Map, Value, json};
 
 /// Deepest document a handler may return, the same bound the API puts on values.
@@ -205,4 +207,88 @@ pub fn resolve_context(doc: &Document, m: &Mutation, base: u64) -> Value {
         "existing_version": doc.version,
         "incoming": m.value.clone().map(Value::Object).unwrap_or(Value::Null),
     })
+}
+
+/// A mutation in conflict with the document, as its handler's answer
+/// settles it.
+pub struct Conflict<'a> {
+    pub doc: &'a Document,
+    pub m: &'a Mutation,
+    pub base: u64,
+    /// The handler's name, as records and answers show it.
+    pub handler: &'a str,
+    /// When it was settled, ms since the epoch.
+    pub at_ms: i64,
+}
+
+impl Conflict<'_> {
+    /// The step the handler's answer makes: merged (a resolved item, or a
+    /// removal) at the next version, or rejected leaving the document as it
+    /// was; with the conflict's record in full either way. `handler_failed`:
+    /// the rejection is the handler's failure, not its decision.
+    pub fn settle(&self, answer: HandlerAnswer, handler_failed: bool) -> Step {
+        let Conflict {
+            doc,
+            m,
+            base,
+            handler,
+            at_ms,
+        } = *self;
+        let next = |item| Document {
+            version: doc.version + 1,
+            item,
+        };
+        let (outcome, resolution, after, reason) = match answer {
+            HandlerAnswer::Resolve(item) => (
+                Outcome::Merged,
+                Resolution::Merged,
+                next(Some(item)),
+                format!("resolved by the {handler} handler"),
+            ),
+            HandlerAnswer::Remove => (
+                Outcome::Merged,
+                Resolution::Removed,
+                next(None),
+                format!("removed by the {handler} handler"),
+            ),
+            HandlerAnswer::Reject(reason) => {
+                (Outcome::Rejected, Resolution::Rejected, doc.clone(), reason)
+            }
+        };
+        let wrote = outcome != Outcome::Rejected;
+        let record = ConflictRecord {
+            mutation_id: m.id.clone(),
+            client: m.client_name().to_owned(),
+            doc: m.doc.clone(),
+            base_version: base,
+            server_version: doc.version,
+            handler: handler.to_owned(),
+            resolution,
+            reason: reason.clone(),
+            incoming: m.value.clone().map(Value::Object).unwrap_or(Value::Null),
+            existing: doc.item_value(),
+            result: if wrote {
+                after.item_value()
+            } else {
+                Value::Null
+            },
+            at_ms,
+        };
+        let verdict = Verdict::Outcome {
+            outcome,
+            version: after.version,
+            conflict: Some(ConflictInfo {
+                base_version: base,
+                server_version: doc.version,
+                handler: handler.to_owned(),
+                reason: Some(reason),
+            }),
+        };
+        Step {
+            verdict,
+            after,
+            conflict: Some(record),
+            handler_failed,
+        }
+    }
 }

@@ -38,40 +38,9 @@ pub(super) async fn dispatch_loop(inner: Arc<Inner>) {
     let mut backoffs = 0u32;
     loop {
         loop {
-            let (state, floor) = {
-                let control = lock(&inner.control);
-                (control.state(), control.in_flight_floor())
-            };
-            let limit = state.concurrency_limit;
-            let taken = {
-                let mut lanes = lock(&inner.lanes);
-                let signals = inner.signals(&state, lanes.in_flight);
-                // Below the floor, dispatch whatever the load says: the load
-                // cannot fall by waiting on ourselves, and the queue must move.
-                let overloaded =
-                    lanes.in_flight >= floor && control::load(&signals) >= state.threshold;
-                if lanes.in_flight >= limit || lanes.queue.pending_len() == 0 {
-                    None
-                } else if overloaded {
-                    Some(None)
-                } else {
-                    let taken = lanes.queue.take_ready();
-                    if taken.is_some() {
-                        lanes.in_flight += 1;
-                        if lanes.in_flight > limit {
-                            lanes.dispatched_past_limit += 1;
-                        }
-                        invariant::hold(
-                            lanes.in_flight <= limit,
-                            "lanes in flight ≤ the concurrency limit at dispatch",
-                        );
-                    }
-                    taken.map(Some)
-                }
-            };
-            match taken {
-                None => break,
-                Some(None) => {
+            match take(&inner) {
+                Take::Nothing => break,
+                Take::Overloaded => {
                     let wait = control::backoff_ms(backoffs, jitter.unit());
                     backoffs = backoffs.saturating_add(1);
                     debug!(
@@ -80,9 +49,9 @@ pub(super) async fn dispatch_loop(inner: Arc<Inner>) {
                     );
                     tokio::time::sleep(Duration::from_secs_f64(wait / 1000.0)).await;
                 }
-                Some(Some((doc, batch))) => {
+                Take::Lane(doc, batch) => {
                     backoffs = 0;
-                    inner.taken(batch.iter().map(|queued| queued.admitted_at));
+                    inner.taken(batch.iter().map(|entry| entry.admitted_at));
                     tokio::spawn(run_lane(inner.clone(), doc, batch));
                 }
             }
@@ -93,15 +62,57 @@ pub(super) async fn dispatch_loop(inner: Arc<Inner>) {
     }
 }
 
+/// What the dispatch loop found to do.
+enum Take {
+    /// No lane ready, or the lanes in flight are at the limit: sleep until woken.
+    Nothing,
+    /// The load is over the threshold: back off, then look again.
+    Overloaded,
+    /// A lane's batch to decide.
+    Lane(DocKey, Vec<LaneEntry>),
+}
+
+/// Takes the best-ranked ready lane if the limit and the load allow it.
+fn take(inner: &Inner) -> Take {
+    let (state, floor) = {
+        let control = lock(&inner.control);
+        (control.state(), control.in_flight_floor())
+    };
+    let limit = state.concurrency_limit;
+    let mut lanes = lock(&inner.lanes);
+    if lanes.in_flight >= limit || lanes.queue.pending_len() == 0 {
+        return Take::Nothing;
+    }
+    let signals = inner.signals(&state, lanes.in_flight);
+    // Below the floor, dispatch whatever the load says: the load cannot
+    // fall by waiting on ourselves, and the queue must move.
+    if lanes.in_flight >= floor && control::load(&signals) >= state.threshold {
+        return Take::Overloaded;
+    }
+    let Some((doc, batch)) = lanes.queue.take_ready() else {
+        return Take::Nothing;
+    };
+    lanes.in_flight += 1;
+    if lanes.in_flight > limit {
+        lanes.dispatched_past_limit += 1;
+    }
+    invariant::hold(
+        lanes.in_flight <= limit,
+        "lanes in flight ≤ the concurrency limit at dispatch",
+    );
+    Take::Lane(doc, batch)
+}
+
 /// What one batch ended as.
 #[derive(Default)]
 struct BatchEnd {
     /// One answer per mutation of the batch, in order.
     answers: Vec<Answer>,
-    /// The history's records of the decided mutations, in order, and the
-    /// batch positions they belong to.
-    mutations: Vec<MutationRecord>,
-    conflicts: Vec<ConflictRecord>,
+    /// The history's records of the decided mutations, in order: handed to
+    /// the lane's commit (a store that writes the history keeps them in the
+    /// commit's transaction) and back with the committed lane.
+    history: LaneHistory,
+    /// The batch positions the history's mutation records belong to.
     decided_at: Vec<usize>,
     /// Mutations kept in the quarantine, and how many of them took a new slot.
     kept: usize,
@@ -152,156 +163,199 @@ async fn fold(
     let mut settled = Vec::with_capacity(batch.len());
     // The versions this lane's mutations wrote, and by whom.
     let mut in_lane: Vec<(u64, String)> = Vec::new();
-    for queued in batch {
-        let m = &queued.mutation;
-        let mut chained_from = None;
-        let step = if queued.origin == Origin::Quarantine(QuarantineAction::Discard) {
-            inner.resolver.discard(&state, m, config)
-        } else {
-            chained_from = match m.base_version {
-                Some(base) if config.chain_own_writes && base < state.version => {
-                    chain::only_own_writes(
-                        inner,
-                        doc,
-                        base,
-                        state.version,
-                        m.client_name(),
-                        &in_lane,
-                    )
-                    .await
-                    .then_some(base)
-                }
-                _ => None,
-            };
-            // Chained: decided as if based on the current version.
-            let rebased = chained_from.map(|_| Mutation {
-                base_version: Some(state.version),
-                ..m.clone()
-            });
-            let m = rebased.as_ref().unwrap_or(m);
-            if config.handler.is_custom() && m.base_version.is_some_and(|b| b != state.version) {
-                park(inner, parked);
-            }
-            inner.resolver.decide(&state, m, config).await
-        };
-        let Step {
-            mut verdict,
-            after,
-            conflict,
-            handler_failed,
-        } = step;
+    for entry in batch {
+        let m = &entry.mutation;
+        let (step, chained_from) =
+            decide_one(inner, config, doc, &state, entry, &in_lane, parked).await;
         invariant::hold(
-            after.version >= state.version,
+            step.after.version >= state.version,
             "versions never go backwards",
         );
-        let failed = |fate: &str, reason: &str| {
-            warn!(
-                id = %m.id,
-                collection = %doc.collection,
-                key = %doc.key,
-                handler = config.handler.name(),
-                error = reason,
-                "the conflict handler failed; the mutation is {fate}"
-            );
-        };
-        let reason = match &verdict {
-            Verdict::Outcome {
-                conflict: Some(c), ..
-            } if handler_failed => c.reason.clone().unwrap_or_default(),
-            _ => String::new(),
-        };
-        if handler_failed && config.on_handler_failure == OnHandlerFailure::Quarantine {
-            // A failed handler wrote nothing: the state stays as it was.
-            if queued.origin.is_from_quarantine() {
-                failed("kept in the quarantine", &reason);
-                settled.push(Settled::Kept {
-                    reason,
-                    slot: false,
-                });
-                continue;
-            }
-            if inner.quarantine.reserve() {
-                failed("quarantined", &reason);
-                settled.push(Settled::Kept { reason, slot: true });
-                continue;
-            }
-            if !queued.origin.is_accepted() {
-                failed("refused: the quarantine is full", &reason);
-                settled.push(Settled::Refused(quarantine_full(&reason)));
-                continue;
-            }
-            // Accepted asynchronously, nobody waits to resend it: rejected
-            // as without a quarantine.
-            failed("rejected: the quarantine is full", &reason);
-            if let Verdict::Outcome {
-                conflict: Some(c), ..
-            } = &mut verdict
-            {
-                c.reason = Some(format!("{reason} (the quarantine is full)"));
-            }
-        } else if handler_failed {
-            failed("rejected", &reason);
+        let mut step = step;
+        if step.handler_failed
+            && let Some(fate) = handler_failed(inner, config, entry, &mut step.verdict)
+        {
+            settled.push(fate);
+            continue;
         }
         // Rendered now, from the document the mutation left (its answer
         // carries it), before that document becomes the next one's.
-        let queued_ms = dispatched_at
-            .saturating_sub(queued.admitted_at)
-            .as_secs_f64()
-            * 1000.0;
         let frame = reply::Frame {
             id: &m.id,
             doc_label: &doc_label,
-            score: Some(queued.score),
-            queued_ms,
+            score: Some(entry.score),
+            queued_ms: dispatched_at
+                .saturating_sub(entry.admitted_at)
+                .as_secs_f64()
+                * 1000.0,
             chained_from,
         };
-        let mut reply = frame.render(&verdict, after.item.as_ref());
-        let mut after = after;
-        let mut conflict = conflict;
-        // The answer carries the document, so it is no shorter: only a long
-        // answer needs the document measured.
-        let max = inner.config.document_bytes_max;
-        if after.version > state.version && reply.body.len() > max {
-            let bytes = after.item.as_ref().map_or(0, encoded_len);
-            if bytes > max {
-                let Some(record) = conflict.as_mut() else {
-                    settled.push(Settled::Refused(document_too_large(doc, bytes, max)));
-                    continue;
-                };
-                // A handler made it: rejected, as any handler's refusal.
-                let reason = crate::resolve::result_too_large(&record.handler, bytes, max);
-                record.resolution = Resolution::Rejected;
-                record.reason.clone_from(&reason);
-                record.result = serde_json::Value::Null;
-                verdict = Verdict::Outcome {
-                    outcome: Outcome::Rejected,
-                    version: state.version,
-                    conflict: Some(ConflictInfo {
-                        base_version: record.base_version,
-                        server_version: record.server_version,
-                        handler: record.handler.clone(),
-                        reason: Some(reason),
-                    }),
-                };
-                after = state.clone();
-                reply = frame.render(&verdict, after.item.as_ref());
+        let (ruling, after) = match rule(inner, doc, &state, &frame, step) {
+            Ok(ruled) => ruled,
+            Err(refusal) => {
+                settled.push(Settled::Refused(refusal));
+                continue;
             }
-        }
+        };
         if config.chain_own_writes && after.version > state.version {
             in_lane.push((after.version, m.client_name().to_owned()));
         }
-        settled.push(Settled::Ruled(Box::new(Ruling {
-            reply,
-            verdict,
-            version_after: after.version,
-            conflict,
-        })));
+        settled.push(Settled::Ruled(Box::new(ruling)));
         state = after;
     }
     Folded {
         settled,
         end: state,
     }
+}
+
+/// Decides one mutation against `state`: an operator's discard, or the
+/// handler's decision, rebased first when it chains onto its client's own
+/// writes (then also the base it chained from).
+async fn decide_one(
+    inner: &Inner,
+    config: &CollectionConfig,
+    doc: &DocKey,
+    state: &Document,
+    entry: &LaneEntry,
+    in_lane: &[(u64, String)],
+    parked: &AtomicBool,
+) -> (Step, Option<u64>) {
+    let m = &entry.mutation;
+    if entry.origin == Origin::Quarantine(QuarantineAction::Discard) {
+        return (inner.resolver.discard(state, m, config), None);
+    }
+    let chained_from = match m.base_version {
+        Some(base) if config.chain_own_writes && base < state.version => {
+            chain::only_own_writes(inner, doc, base, state.version, m.client_name(), in_lane)
+                .await
+                .then_some(base)
+        }
+        _ => None,
+    };
+    // Chained: decided as if based on the current version.
+    let rebased = chained_from.map(|_| Mutation {
+        base_version: Some(state.version),
+        ..m.clone()
+    });
+    let m = rebased.as_ref().unwrap_or(m);
+    if config.handler.is_custom() && m.base_version.is_some_and(|b| b != state.version) {
+        park(inner, parked);
+    }
+    (inner.resolver.decide(state, m, config).await, chained_from)
+}
+
+/// The fate of a mutation whose custom handler failed, by the collection's
+/// policy, logged with it: kept in the quarantine, or refused or rejected
+/// when the quarantine is full. `None`: it goes on as the rejection
+/// `verdict` says (reworded when the quarantine was full).
+fn handler_failed(
+    inner: &Inner,
+    config: &CollectionConfig,
+    entry: &LaneEntry,
+    verdict: &mut Verdict,
+) -> Option<Settled> {
+    let m = &entry.mutation;
+    let reason = match &*verdict {
+        Verdict::Outcome {
+            conflict: Some(c), ..
+        } => c.reason.clone().unwrap_or_default(),
+        _ => String::new(),
+    };
+    let failed = |fate: &str| {
+        warn!(
+            id = %m.id,
+            collection = %m.doc.collection,
+            key = %m.doc.key,
+            handler = config.handler.name(),
+            error = reason.as_str(),
+            "the conflict handler failed; the mutation is {fate}"
+        );
+    };
+    if config.on_handler_failure != OnHandlerFailure::Quarantine {
+        failed("rejected");
+        return None;
+    }
+    // A failed handler wrote nothing: the state stays as it was.
+    if entry.origin.is_from_quarantine() {
+        failed("kept in the quarantine");
+        return Some(Settled::Kept {
+            reason,
+            slot: false,
+        });
+    }
+    if inner.quarantine.reserve() {
+        failed("quarantined");
+        return Some(Settled::Kept { reason, slot: true });
+    }
+    if !entry.origin.is_accepted() {
+        failed("refused: the quarantine is full");
+        return Some(Settled::Refused(quarantine_full(&reason)));
+    }
+    // Accepted asynchronously, nobody waits to resend it: rejected as
+    // without a quarantine.
+    failed("rejected: the quarantine is full");
+    if let Verdict::Outcome {
+        conflict: Some(c), ..
+    } = verdict
+    {
+        c.reason = Some(format!("{reason} (the quarantine is full)"));
+    }
+    None
+}
+
+/// Renders a decided mutation's answer under the document-size bound: a
+/// document over it is refused, or, when a handler made it, the handler's
+/// rejection. Returns the ruling and the document the mutation leaves.
+fn rule(
+    inner: &Inner,
+    doc: &DocKey,
+    state: &Document,
+    frame: &reply::Frame<'_>,
+    step: Step,
+) -> Result<(Ruling, Document), Refusal> {
+    let Step {
+        mut verdict,
+        mut after,
+        mut conflict,
+        ..
+    } = step;
+    let mut reply = frame.render(&verdict, after.item.as_ref());
+    // The answer carries the document, so it is no shorter: only a long
+    // answer needs the document measured.
+    let max = inner.config.document_bytes_max;
+    if after.version > state.version && reply.body.len() > max {
+        let bytes = after.item.as_ref().map_or(0, encoded_len);
+        if bytes > max {
+            let Some(record) = conflict.as_mut() else {
+                return Err(document_too_large(doc, bytes, max));
+            };
+            // A handler made it: rejected, as any handler's refusal.
+            let reason = crate::resolve::result_too_large(&record.handler, bytes, max);
+            record.resolution = Resolution::Rejected;
+            record.reason.clone_from(&reason);
+            record.result = serde_json::Value::Null;
+            verdict = Verdict::Outcome {
+                outcome: Outcome::Rejected,
+                version: state.version,
+                conflict: Some(ConflictInfo {
+                    base_version: record.base_version,
+                    server_version: record.server_version,
+                    handler: record.handler.clone(),
+                    reason: Some(reason),
+                }),
+            };
+            after = state.clone();
+            reply = frame.render(&verdict, after.item.as_ref());
+        }
+    }
+    let ruling = Ruling {
+        reply,
+        version_after: after.version,
+        verdict,
+        conflict,
+    };
+    Ok((ruling, after))
 }
 
 /// The lane's commit (its end state, replies, quarantine entries and
@@ -314,90 +368,52 @@ fn lane_commit(
     decided_ms: i64,
     dispatched_at: Duration,
 ) -> (LaneCommit, BatchEnd) {
-    let mut decided = BatchEnd::default();
+    let mut end = BatchEnd::default();
     let mut stored = Vec::with_capacity(batch.len());
     let mut quarantine = Vec::new();
     let mut before = current_version;
-    for (i, (queued, settled)) in batch.iter().zip(folded.settled).enumerate() {
-        let m = &queued.mutation;
-        let (reply, verdict, version_after, conflict) = match settled {
-            Settled::Ruled(step) => {
-                let Ruling {
-                    reply,
-                    verdict,
-                    version_after,
-                    conflict,
-                } = *step;
-                (reply, verdict, version_after, conflict)
-            }
+    for (i, (entry, settled)) in batch.iter().zip(folded.settled).enumerate() {
+        let m = &entry.mutation;
+        let ruling = match settled {
+            Settled::Ruled(ruling) => *ruling,
             Settled::Kept { reason, slot } => {
-                decided.kept += 1;
-                decided.new_slots += usize::from(slot);
-                decided.answers.push(quarantined_answer(&m.id, &reason));
-                quarantine.push(Quarantined {
-                    client: m.client_name().to_owned(),
-                    id: m.id.clone(),
-                    fingerprint: m.fingerprint,
-                    doc: doc.clone(),
-                    mutation: m.to_json(),
-                    reason,
-                    score: queued.score,
-                    at_ms: decided_ms,
-                    was_accepted: queued.origin.is_accepted(),
-                });
+                end.kept += 1;
+                end.new_slots += usize::from(slot);
+                end.answers.push(quarantined_answer(&m.id, &reason));
+                quarantine.push(quarantined(doc, entry, reason, decided_ms));
                 continue;
             }
             Settled::Refused(refusal) => {
-                decided.answers.push(Answer::Refused(refusal));
+                end.answers.push(Answer::Refused(refusal));
                 continue;
             }
         };
         stored.push(StoredReply {
             client: m.client_name().to_owned(),
-            was_accepted: queued.origin.is_accepted(),
-            was_quarantined: queued.origin.is_from_quarantine(),
+            was_accepted: entry.origin.is_accepted(),
+            was_quarantined: entry.origin.is_from_quarantine(),
             id: m.id.clone(),
             fingerprint: m.fingerprint,
-            decision: reply.clone(),
+            decision: ruling.reply.clone(),
             at_ms: decided_ms,
         });
-        let outcome = match &verdict {
-            Verdict::Outcome { outcome, .. } => RecordedOutcome::from(*outcome),
-            Verdict::NotFound { .. } => RecordedOutcome::NotFound,
-        };
-        decided.mutations.push(MutationRecord {
-            id: m.id.clone(),
-            client: m.client_name().to_owned(),
-            doc: doc.clone(),
-            op: m.op,
-            fields: m.fields_touched(),
-            base_version: m.base_version,
-            version_before: before,
-            version_after,
-            outcome,
-            conflict: conflict.is_some(),
-            score: Some(queued.score),
-            ts_ms: m.ts_ms,
-            received_ms: queued.received_ms,
-            decided_ms,
-            queued_us: u64::try_from(dispatched_at.saturating_sub(queued.admitted_at).as_micros())
-                .unwrap_or(u64::MAX),
-            lane_waiting: queued.lane_waiting as u64,
-        });
-        decided.decided_at.push(i);
-        if let Some(conflict) = conflict {
-            decided.conflicts.push(conflict);
+        let timing = (decided_ms, dispatched_at);
+        end.history
+            .mutations
+            .push(mutation_record(doc, entry, &ruling, before, timing));
+        end.decided_at.push(i);
+        before = ruling.version_after;
+        if let Some(conflict) = ruling.conflict {
+            end.history.conflicts.push(conflict);
         }
-        before = version_after;
-        decided.answers.push(Answer::Decided(reply));
+        end.answers.push(Answer::Decided(ruling.reply));
     }
     // A lane that wrote nothing leaves the document as it was read (and
     // still checks its version).
-    let end = folded.end;
-    let (write, unchanged) = if end.version != current_version {
-        (Some(end), None)
+    let (write, unchanged) = if folded.end.version != current_version {
+        (Some(folded.end), None)
     } else {
-        (None, Some(end))
+        (None, Some(folded.end))
     };
     let commit = LaneCommit {
         doc: doc.clone(),
@@ -406,13 +422,61 @@ fn lane_commit(
         replies: stored,
         quarantine,
         at_ms: decided_ms,
-        history: LaneHistory {
-            mutations: std::mem::take(&mut decided.mutations),
-            conflicts: std::mem::take(&mut decided.conflicts),
-        },
+        history: std::mem::take(&mut end.history),
     };
-    decided.unchanged = unchanged;
-    (commit, decided)
+    end.unchanged = unchanged;
+    (commit, end)
+}
+
+/// The quarantine's entry for a mutation its failed handler could not decide.
+fn quarantined(doc: &DocKey, entry: &LaneEntry, reason: String, at_ms: i64) -> Quarantined {
+    let m = &entry.mutation;
+    Quarantined {
+        client: m.client_name().to_owned(),
+        id: m.id.clone(),
+        fingerprint: m.fingerprint,
+        doc: doc.clone(),
+        mutation: m.to_json(),
+        reason,
+        score: entry.score,
+        at_ms,
+        was_accepted: entry.origin.is_accepted(),
+    }
+}
+
+/// The history's record of a decided mutation; `timing`: when it was
+/// decided (ms since the epoch) and dispatched (on the engine's clock).
+fn mutation_record(
+    doc: &DocKey,
+    entry: &LaneEntry,
+    ruling: &Ruling,
+    version_before: u64,
+    (decided_ms, dispatched_at): (i64, Duration),
+) -> MutationRecord {
+    let m = &entry.mutation;
+    let outcome = match &ruling.verdict {
+        Verdict::Outcome { outcome, .. } => RecordedOutcome::from(*outcome),
+        Verdict::NotFound { .. } => RecordedOutcome::NotFound,
+    };
+    let queued = dispatched_at.saturating_sub(entry.admitted_at);
+    MutationRecord {
+        id: m.id.clone(),
+        client: m.client_name().to_owned(),
+        doc: doc.clone(),
+        op: m.op,
+        fields: m.fields_touched(),
+        base_version: m.base_version,
+        version_before,
+        version_after: ruling.version_after,
+        outcome,
+        conflict: ruling.conflict.is_some(),
+        score: Some(entry.score),
+        ts_ms: m.ts_ms,
+        received_ms: entry.received_ms,
+        decided_ms,
+        queued_us: u64::try_from(queued.as_micros()).unwrap_or(u64::MAX),
+        lane_waiting: entry.lane_waiting as u64,
+    }
 }
 
 /// Rounds of "the commit found resends; answer them and decide the rest"
@@ -449,106 +513,26 @@ fn park(inner: &Inner, parked: &AtomicBool) {
     inner.wake.notify_one();
 }
 
-async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<LaneEntry>) {
+async fn run_lane(inner: Arc<Inner>, doc: DocKey, batch: Vec<LaneEntry>) {
     // Every mutation taken from the queue, resends answered early included.
     let settled = batch.len();
     let dispatched_at = inner.clock.elapsed();
     let parked = AtomicBool::new(false);
-    let mut decided = Err(resend_loop());
-    // Whether the batch's ids were looked up in the stored replies.
-    let mut looked_up = false;
-    for _ in 0..RESEND_ROUNDS_MAX {
-        if batch.is_empty() {
-            decided = Ok(BatchEnd::default());
-            break;
-        }
-        match decide_lane(&inner, &doc, &batch, &parked, looked_up).await {
-            Ok(Some(done)) => {
-                decided = Ok(done);
-                break;
-            }
-            Ok(None) => {
-                batch = settle_resends(&inner, batch).await;
-                looked_up = true;
-            }
-            Err(reply) => {
-                decided = Err(reply);
-                break;
-            }
-        }
-    }
+    let (mut batch, decided) = decide_rounds(&inner, &doc, batch, &parked).await;
     inner.telemetry.dispatched(
         batch.len(),
         batch
             .iter()
-            .map(|q| dispatched_at.saturating_sub(q.admitted_at)),
-        batch.iter().map(|q| q.score),
+            .map(|entry| dispatched_at.saturating_sub(entry.admitted_at)),
+        batch.iter().map(|entry| entry.score),
     );
     if let Ok(decided) = &decided {
-        let conflicts = decided.mutations.iter().filter(|m| m.conflict).count();
-        lock(&inner.control).on_outcomes(decided.mutations.len(), conflicts);
-        // The outcomes teach the predictor, each through its own score's token.
-        let mut predictor = lock(&inner.predictor);
-        for (&i, record) in decided.decided_at.iter().zip(&decided.mutations) {
-            if let Some(scored) = batch[i].scored.take() {
-                let outcome = predict::Outcome {
-                    conflict: record.conflict,
-                    version_after: record.version_after,
-                    wrote: record.version_after > record.version_before,
-                };
-                predictor.learn(scored, outcome);
-            }
-        }
-        let since = inner
-            .outcomes_since_retrain
-            .fetch_add(batch.len() as u64, Ordering::Relaxed)
-            + batch.len() as u64;
-        if since >= inner.config.predictor.retrain_after_outcomes {
-            inner.outcomes_since_retrain.store(0, Ordering::Relaxed);
-            inner.retrain_wanted.notify_one();
-        }
-        let learned = predictor.learned();
-        if learned > 0 && learned % QUALITY_LOG_EVERY < batch.len() as u64 {
-            let report = predictor.report();
-            info!(
-                learned,
-                auc_all = ?report.all_time.auc,
-                auc_recent = ?report.recent.auc,
-                log_loss_recent = ?report.recent.log_loss,
-                ece_recent = ?report.recent.expected_calibration_error,
-                features = report.features,
-                "model quality"
-            );
-        }
+        learn(&inner, &mut batch, decided);
     }
-    {
-        let mut lanes = lock(&inner.lanes);
-        lanes.queue.finish(&doc, settled);
-        if parked.load(Ordering::Relaxed) {
-            lanes.parked -= 1;
-        } else {
-            lanes.in_flight -= 1;
-        }
-        if lanes.queue.pending_len() == 0 {
-            inner.drained.notify_waiters();
-        }
-    }
-    inner.wake.notify_one();
-
+    finish(&inner, &doc, settled, &parked);
     let replies = match decided {
         Ok(decided) => {
-            // A store that writes the history did so in the lane's commit.
-            if !decided.mutations.is_empty() && !inner.store.writes_history() {
-                let (done, recorded) = oneshot::channel();
-                let job = HistoryJob {
-                    mutations: decided.mutations,
-                    conflicts: decided.conflicts,
-                    done,
-                };
-                if inner.history_tx.send(job).await.is_ok() {
-                    let _ = recorded.await;
-                }
-            }
+            record_history(&inner, decided.history).await;
             decided
                 .answers
                 .into_iter()
@@ -560,13 +544,114 @@ async fn run_lane(inner: Arc<Inner>, doc: DocKey, mut batch: Vec<LaneEntry>) {
         }
         Err(refusal) => vec![inner.refuse(refusal, batch.len()); batch.len()],
     };
-    for (queued, reply) in batch.into_iter().zip(replies) {
+    for (entry, reply) in batch.into_iter().zip(replies) {
         let reservation = (
-            queued.mutation.client_name().to_owned(),
-            queued.mutation.id.clone(),
+            entry.mutation.client_name().to_owned(),
+            entry.mutation.id.clone(),
         );
         inner.release(&reservation, &reply);
-        let _ = queued.answer.send(reply);
+        let _ = entry.answer.send(reply);
+    }
+}
+
+/// Decides the batch, answering resends the commit finds on the way
+/// (`settle_resends`) and deciding the rest again, a few rounds at most.
+/// Returns the mutations still to answer and how their batch ended.
+async fn decide_rounds(
+    inner: &Inner,
+    doc: &DocKey,
+    mut batch: Vec<LaneEntry>,
+    parked: &AtomicBool,
+) -> (Vec<LaneEntry>, Result<BatchEnd, Refusal>) {
+    // Whether the batch's ids were looked up in the stored replies.
+    let mut looked_up = false;
+    for _ in 0..RESEND_ROUNDS_MAX {
+        if batch.is_empty() {
+            return (batch, Ok(BatchEnd::default()));
+        }
+        match decide_lane(inner, doc, &batch, parked, looked_up).await {
+            Ok(Some(done)) => return (batch, Ok(done)),
+            Ok(None) => {
+                batch = settle_resends(inner, batch).await;
+                looked_up = true;
+            }
+            Err(refusal) => return (batch, Err(refusal)),
+        }
+    }
+    (batch, Err(resend_loop()))
+}
+
+/// The committed outcomes teach the controller and the predictor (each
+/// through its own score's token), and ask for a retraining when enough
+/// arrived.
+fn learn(inner: &Inner, batch: &mut [LaneEntry], decided: &BatchEnd) {
+    let records = &decided.history.mutations;
+    let conflicts = records.iter().filter(|m| m.conflict).count();
+    lock(&inner.control).on_outcomes(records.len(), conflicts);
+    let mut predictor = lock(&inner.predictor);
+    for (&i, record) in decided.decided_at.iter().zip(records) {
+        if let Some(scored) = batch[i].scored.take() {
+            let outcome = predict::Outcome {
+                conflict: record.conflict,
+                version_after: record.version_after,
+                wrote: record.version_after > record.version_before,
+            };
+            predictor.learn(scored, outcome);
+        }
+    }
+    let n = batch.len() as u64;
+    let since = inner.outcomes_since_retrain.fetch_add(n, Ordering::Relaxed) + n;
+    if since >= inner.config.predictor.retrain_after_outcomes {
+        inner.outcomes_since_retrain.store(0, Ordering::Relaxed);
+        inner.retrain_wanted.notify_one();
+    }
+    let learned = predictor.learned();
+    if learned > 0 && learned % QUALITY_LOG_EVERY < n {
+        let report = predictor.report();
+        info!(
+            learned,
+            auc_all = ?report.all_time.auc,
+            auc_recent = ?report.recent.auc,
+            log_loss_recent = ?report.recent.log_loss,
+            ece_recent = ?report.recent.expected_calibration_error,
+            features = report.features,
+            "model quality"
+        );
+    }
+}
+
+/// Ends the lane's batch of `settled` mutations in the queue and gives its
+/// slot back (a parked lane's, or an in-flight one's).
+fn finish(inner: &Inner, doc: &DocKey, settled: usize, parked: &AtomicBool) {
+    {
+        let mut lanes = lock(&inner.lanes);
+        lanes.queue.finish(doc, settled);
+        if parked.load(Ordering::Relaxed) {
+            lanes.parked -= 1;
+        } else {
+            lanes.in_flight -= 1;
+        }
+        if lanes.queue.pending_len() == 0 {
+            inner.drained.notify_waiters();
+        }
+    }
+    inner.wake.notify_one();
+}
+
+/// Writes the lane's history through the history writer, unless the store
+/// wrote it in the lane's commit; answers wait for it.
+async fn record_history(inner: &Inner, history: LaneHistory) {
+    if history.mutations.is_empty() || inner.store.writes_history() {
+        return;
+    }
+    let (done, recorded) = oneshot::channel();
+    let job = HistoryJob {
+        mutations: history.mutations,
+        conflicts: history.conflicts,
+        done,
+    };
+    if inner.history_tx.send(job).await.is_ok() {
+        let _ = recorded.await;
     }
 }
 
@@ -622,22 +707,8 @@ async fn decide_lane(
 ) -> Result<Option<BatchEnd>, Refusal> {
     let config = inner.collection(&doc.collection);
     let dispatched_at = inner.clock.elapsed();
-    let doc_label = format!("{}/{}", doc.collection, doc.key);
     for attempt in 0..=CAS_RETRIES_MAX {
-        let cached = if attempt == 0 {
-            inner.cache.get(doc)
-        } else {
-            None
-        };
-        let current = match cached {
-            Some(cached) => cached,
-            None => {
-                let read_started = inner.clock.elapsed();
-                let read = inner.reads.document(doc).await;
-                inner.observe_store(read_started, false, 1, read.is_ok());
-                read.map_err(|e| store_error_refusal(&e))?
-            }
-        };
+        let current = read_current(inner, doc, attempt).await?;
         let current_version = current.version;
         if !looked_up && config.handler.is_custom() && may_conflict(batch, current_version) {
             return Ok(None);
@@ -652,52 +723,14 @@ async fn decide_lane(
             decided_ms,
             dispatched_at,
         );
-        // Slots this attempt took in the quarantine: entries if it commits,
-        // given back if it does not.
-        let new_slots = decided.new_slots;
         let (committed, lane) = inner.commit(commit).await;
-        let mut written = None;
-        let mut kept = Vec::new();
-        let mut released = Vec::new();
-        if let Some(lane) = lane {
-            decided.mutations = lane.history.mutations;
-            decided.conflicts = lane.history.conflicts;
-            written = lane.write;
-            kept = lane.quarantine;
-            released = lane
-                .replies
-                .into_iter()
-                .filter(|r| r.was_quarantined)
-                .map(|r| (r.client, r.id))
-                .collect();
-        }
         if !matches!(committed, Ok(CommitOutcome::Committed)) {
-            inner.quarantine.unreserve(new_slots);
+            // Slots this attempt took in the quarantine: given back.
+            inner.quarantine.unreserve(decided.new_slots);
         }
         match committed {
             Ok(CommitOutcome::Committed) => {
-                inner.quarantine.committed(&kept, new_slots, &released);
-                for record in &decided.mutations {
-                    if record.version_after > record.version_before {
-                        inner
-                            .writers
-                            .record(doc, record.version_after, &record.client);
-                    }
-                }
-                // The reply of the lane's last decided mutation carries the
-                // document as it now is: it estimates the entry's memory.
-                let last_body = decided.answers.iter().rev().find_map(|a| match a {
-                    Answer::Decided(d) => Some(d.body.as_str()),
-                    _ => None,
-                });
-                let size = last_body.map_or(0, cache::memory_estimate);
-                if let Some(end) = written.or(decided.unchanged.take()) {
-                    inner.cache.put(doc, end, size);
-                }
-                observe_decided(inner, &config, &decided);
-                if decided.kept > 0 {
-                    inner.telemetry.quarantined(decided.kept);
-                }
+                committed_lane(inner, doc, &config, &mut decided, lane);
                 return Ok(Some(decided));
             }
             Ok(CommitOutcome::Resent) => {
@@ -723,9 +756,73 @@ async fn decide_lane(
     Err(Refusal::new(
         RefusalReason::StoreContention,
         format!(
-            "{doc_label} kept changing under Sluice (written by something else); nothing was applied, resend with the same id"
+            "{}/{} kept changing under Sluice (written by something else); nothing was applied, resend with the same id",
+            doc.collection, doc.key
         ),
     ))
+}
+
+/// The document as it stands: from the cache of what Sluice last committed
+/// on a first attempt, else from the store.
+async fn read_current(inner: &Inner, doc: &DocKey, attempt: u32) -> Result<Document, Refusal> {
+    if attempt == 0
+        && let Some(cached) = inner.cache.get(doc)
+    {
+        return Ok(cached);
+    }
+    let read_started = inner.clock.elapsed();
+    let read = inner.reads.document(doc).await;
+    inner.observe_store(read_started, false, 1, read.is_ok());
+    read.map_err(|e| store_error_refusal(&e))
+}
+
+/// After a lane committed: its quarantine entries and released slots, the
+/// writers of the versions it wrote, the cache, and the counts. `lane` is
+/// the commit as the committer hands it back, with the history records.
+fn committed_lane(
+    inner: &Inner,
+    doc: &DocKey,
+    config: &CollectionConfig,
+    decided: &mut BatchEnd,
+    lane: Option<LaneCommit>,
+) {
+    let mut written = None;
+    if let Some(lane) = lane {
+        let released: Vec<(String, String)> = lane
+            .replies
+            .into_iter()
+            .filter(|r| r.was_quarantined)
+            .map(|r| (r.client, r.id))
+            .collect();
+        inner
+            .quarantine
+            .committed(&lane.quarantine, decided.new_slots, &released);
+        decided.history = lane.history;
+        written = lane.write;
+    } else {
+        inner.quarantine.committed(&[], decided.new_slots, &[]);
+    }
+    for record in &decided.history.mutations {
+        if record.version_after > record.version_before {
+            inner
+                .writers
+                .record(doc, record.version_after, &record.client);
+        }
+    }
+    // The reply of the lane's last decided mutation carries the document as
+    // it now is: it estimates the entry's memory.
+    let last_body = decided.answers.iter().rev().find_map(|a| match a {
+        Answer::Decided(d) => Some(d.body.as_str()),
+        _ => None,
+    });
+    let size = last_body.map_or(0, cache::memory_estimate);
+    if let Some(end) = written.or(decided.unchanged.take()) {
+        inner.cache.put(doc, end, size);
+    }
+    observe_decided(inner, config, decided);
+    if decided.kept > 0 {
+        inner.telemetry.quarantined(decided.kept);
+    }
 }
 
 /// Whether a mutation of the batch may conflict, and so reach the
@@ -749,8 +846,8 @@ fn lane_ids(batch: &[LaneEntry]) -> String {
 fn observe_decided(inner: &Inner, config: &CollectionConfig, decided: &BatchEnd) {
     let telemetry = &inner.telemetry;
     let handler = config.handler.name();
-    let mut conflicts = decided.conflicts.iter();
-    for record in &decided.mutations {
+    let mut conflicts = decided.history.conflicts.iter();
+    for record in &decided.history.mutations {
         let conflict = if record.conflict {
             conflicts.next()
         } else {

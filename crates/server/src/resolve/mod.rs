@@ -22,13 +22,12 @@ pub use sluice_core::resolve::{
 };
 pub use webhook::WebhookPolicy;
 
-use sluice_core::resolve::{apply, automerge_answer, bounded, resolve_context, stale_reason};
+use sluice_core::resolve::{
+    Conflict, apply, automerge_answer, bounded, resolve_context, stale_reason,
+};
 
 use crate::clock::SharedClock;
-use crate::model::{
-    ConflictInfo, ConflictRecord, Document, Mutation, Outcome, Resolution, Verdict,
-};
-use serde_json::Value;
+use crate::model::{Document, Mutation};
 
 pub struct Resolver {
     clock: SharedClock,
@@ -117,38 +116,14 @@ impl Resolver {
     /// reason `discarded`, against the document as it is, without running
     /// the handler.
     pub fn discard(&self, doc: &Document, m: &Mutation, config: &CollectionConfig) -> Step {
-        let reason = "discarded".to_owned();
-        let base = m.base_version.unwrap_or(doc.version);
-        let handler = config.handler.name().to_owned();
-        let record = ConflictRecord {
-            mutation_id: m.id.clone(),
-            client: m.client_name().to_owned(),
-            doc: m.doc.clone(),
-            base_version: base,
-            server_version: doc.version,
-            handler: handler.clone(),
-            resolution: Resolution::Rejected,
-            reason: reason.clone(),
-            incoming: m.value.clone().map(Value::Object).unwrap_or(Value::Null),
-            existing: doc.item_value(),
-            result: Value::Null,
+        let conflict = Conflict {
+            doc,
+            m,
+            base: m.base_version.unwrap_or(doc.version),
+            handler: config.handler.name(),
             at_ms: self.clock.now_ms(),
         };
-        Step {
-            verdict: Verdict::Outcome {
-                outcome: Outcome::Rejected,
-                version: doc.version,
-                conflict: Some(ConflictInfo {
-                    base_version: base,
-                    server_version: doc.version,
-                    handler,
-                    reason: Some(reason),
-                }),
-            },
-            after: doc.clone(),
-            conflict: Some(record),
-            handler_failed: false,
-        }
+        conflict.settle(HandlerAnswer::Reject("discarded".to_owned()), false)
     }
 
     async fn settle_conflict(
@@ -160,15 +135,48 @@ impl Resolver {
     ) -> Step {
         let handler = &config.handler;
         let started = self.clock.elapsed();
-        let mut run_time = None;
-        let (answer, run) = match handler {
+        let (answer, run, run_time) = self.run_handler(doc, m, base, config).await;
+        let handler_failed = matches!(run, Run::Failed(_));
+        let result = match (run, &answer) {
+            (Run::BuiltIn, _) => None,
+            (Run::Failed(result), _) => Some(result),
+            (Run::Answered, HandlerAnswer::Resolve(_)) => Some("resolved"),
+            (Run::Answered, HandlerAnswer::Remove) => Some("removed"),
+            (Run::Answered, HandlerAnswer::Reject(_)) => Some("rejected"),
+        };
+        if let (Some(result), Some(telemetry)) = (result, &self.telemetry) {
+            let took = run_time.unwrap_or_else(|| self.clock.elapsed().saturating_sub(started));
+            telemetry.handler_run(handler.name(), result, took.as_secs_f64());
+        }
+        let conflict = Conflict {
+            doc,
+            m,
+            base,
+            handler: handler.name(),
+            at_ms: self.clock.now_ms(),
+        };
+        conflict.settle(answer, handler_failed)
+    }
+
+    /// Asks the collection's handler; for a script, also the run's own time
+    /// (waiting for a script thread is not the script's).
+    async fn run_handler(
+        &self,
+        doc: &Document,
+        m: &Mutation,
+        base: u64,
+        config: &CollectionConfig,
+    ) -> (HandlerAnswer, Run, Option<std::time::Duration>) {
+        match &config.handler {
             Handler::Optimistic => (
                 HandlerAnswer::Reject(stale_reason(base, doc.version)),
                 Run::BuiltIn,
+                None,
             ),
             Handler::Automerge => (
                 automerge_answer(doc, m, base, &config.set_fields),
                 Run::BuiltIn,
+                None,
             ),
             Handler::Script { source } => {
                 let call_ctx = resolve_context(doc, m, base);
@@ -182,18 +190,14 @@ impl Resolver {
                             .map(|answer| bounded(answer, "script", max))
                     })
                     .await;
-                // The run's own time: waiting for a script thread is not the script's.
-                run_time = Some(took);
-                match ran {
+                let (answer, run) = match ran {
                     Ok(answer) => (answer, Run::Answered),
-                    Err(e) => {
-                        let result = match e {
-                            ScriptError::TimeLimit(_) => "timeout",
-                            _ => "error",
-                        };
-                        (HandlerAnswer::Reject(e.to_string()), Run::Failed(result))
+                    Err(e @ ScriptError::TimeLimit(_)) => {
+                        (HandlerAnswer::Reject(e.to_string()), Run::Failed("timeout"))
                     }
-                }
+                    Err(e) => (HandlerAnswer::Reject(e.to_string()), Run::Failed("error")),
+                };
+                (answer, run, Some(took))
             }
             Handler::Webhook {
                 url,
@@ -207,7 +211,7 @@ impl Resolver {
                     Ok(_) => webhook::call(&self.http, url, *timeout_ms, headers, &call_ctx).await,
                     Err(why) => Err(webhook::WebhookError::Failed(why)),
                 };
-                match called {
+                let (answer, run) = match called {
                     Ok(answer) => (
                         bounded(answer, "webhook", self.document_bytes_max),
                         Run::Answered,
@@ -217,87 +221,11 @@ impl Resolver {
                             webhook::WebhookError::TimedOut(_) => "timeout",
                             webhook::WebhookError::Failed(_) => "error",
                         };
-                        let message = e.message();
-                        (HandlerAnswer::Reject(message), Run::Failed(result))
+                        (HandlerAnswer::Reject(e.message()), Run::Failed(result))
                     }
-                }
+                };
+                (answer, run, None)
             }
-        };
-        let handler_failed = matches!(run, Run::Failed(_));
-        let result = match (run, &answer) {
-            (Run::BuiltIn, _) => None,
-            (Run::Failed(result), _) => Some(result),
-            (Run::Answered, HandlerAnswer::Resolve(_)) => Some("resolved"),
-            (Run::Answered, HandlerAnswer::Remove) => Some("removed"),
-            (Run::Answered, HandlerAnswer::Reject(_)) => Some("rejected"),
-        };
-        if let (Some(result), Some(telemetry)) = (result, &self.telemetry) {
-            let took = run_time.unwrap_or_else(|| self.clock.elapsed().saturating_sub(started));
-            telemetry.handler_run(handler.name(), result, took.as_secs_f64());
-        }
-        let (outcome, resolution, after, reason) = match answer {
-            HandlerAnswer::Resolve(item) => {
-                let reason = format!("resolved by the {} handler", handler.name());
-                (
-                    Outcome::Merged,
-                    Resolution::Merged,
-                    Document {
-                        version: doc.version + 1,
-                        item: Some(item),
-                    },
-                    reason,
-                )
-            }
-            HandlerAnswer::Remove => {
-                let reason = format!("removed by the {} handler", handler.name());
-                (
-                    Outcome::Merged,
-                    Resolution::Removed,
-                    Document {
-                        version: doc.version + 1,
-                        item: None,
-                    },
-                    reason,
-                )
-            }
-            HandlerAnswer::Reject(reason) => {
-                (Outcome::Rejected, Resolution::Rejected, doc.clone(), reason)
-            }
-        };
-        let wrote = outcome != Outcome::Rejected;
-        let record = ConflictRecord {
-            mutation_id: m.id.clone(),
-            client: m.client_name().to_owned(),
-            doc: m.doc.clone(),
-            base_version: base,
-            server_version: doc.version,
-            handler: handler.name().to_owned(),
-            resolution,
-            reason: reason.clone(),
-            incoming: m.value.clone().map(Value::Object).unwrap_or(Value::Null),
-            existing: doc.item_value(),
-            result: if wrote {
-                after.item_value()
-            } else {
-                Value::Null
-            },
-            at_ms: self.clock.now_ms(),
-        };
-        let verdict = Verdict::Outcome {
-            outcome,
-            version: after.version,
-            conflict: Some(ConflictInfo {
-                base_version: base,
-                server_version: doc.version,
-                handler: handler.name().to_owned(),
-                reason: Some(reason),
-            }),
-        };
-        Step {
-            verdict,
-            after,
-            conflict: Some(record),
-            handler_failed,
         }
     }
 }
