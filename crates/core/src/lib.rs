@@ -4,6 +4,8 @@
 //! The server (`sluice-server`) drives these from its stages; the tools
 //! (`sluice-tools`) replay and measure them. See `ARCHITECTURE.md`.
 
+#![deny(unreachable_pub)]
+
 pub mod clock;
 pub mod control;
 pub mod invariant;

@@ -4,6 +4,8 @@
 //!
 //! See `ARCHITECTURE.md` for the life of a mutation and the code map.
 
+#![deny(unreachable_pub)]
+
 pub mod api;
 pub mod clock;
 pub mod config;

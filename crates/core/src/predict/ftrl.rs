@@ -42,7 +42,7 @@ pub struct Ftrl {
 }
 
 /// A hashed feature: its coordinate and value.
-pub type Feature = (u32, f32);
+pub(super) type Feature = (u32, f32);
 
 impl Ftrl {
     /// A model of `2^dim_log2` coordinates, all weights zero: it predicts 0.5
@@ -116,7 +116,7 @@ impl Ftrl {
     }
 }
 
-pub fn sigmoid(x: f32) -> f32 {
+pub(super) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 

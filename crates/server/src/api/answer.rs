@@ -17,7 +17,7 @@ pub struct Reply {
 }
 
 /// The status of a decided mutation of this kind.
-pub fn decision_status(kind: DecisionKind) -> StatusCode {
+pub(super) fn decision_status(kind: DecisionKind) -> StatusCode {
     match kind {
         DecisionKind::Written => StatusCode::OK,
         DecisionKind::Rejected => StatusCode::CONFLICT,
@@ -26,7 +26,7 @@ pub fn decision_status(kind: DecisionKind) -> StatusCode {
 }
 
 /// The status of a refusal for this reason.
-pub fn refusal_status(reason: RefusalReason) -> StatusCode {
+pub(super) fn refusal_status(reason: RefusalReason) -> StatusCode {
     match reason {
         RefusalReason::Overloaded | RefusalReason::QueueFull | RefusalReason::LaneFull => {
             StatusCode::TOO_MANY_REQUESTS
@@ -45,17 +45,17 @@ pub fn refusal_status(reason: RefusalReason) -> StatusCode {
 
 /// The body of a queued mutation: the 202, and `GET /v1/mutations/{id}`
 /// while it waits.
-pub fn queued_body(queued: &Queued) -> String {
+pub(super) fn queued_body(queued: &Queued) -> String {
     json!({ "id": queued.id, "status": "queued", "score": queued.score }).to_string()
 }
 
 /// The body of a quarantined mutation: its 202, a resend's, and
 /// `GET /v1/mutations/{id}`'s while it stays there.
-pub fn quarantined_body(id: &str, reason: &str) -> String {
+pub(super) fn quarantined_body(id: &str, reason: &str) -> String {
     json!({ "id": id, "status": "quarantined", "reason": reason }).to_string()
 }
 
-pub fn refusal_body(refusal: &Refusal) -> String {
+pub(super) fn refusal_body(refusal: &Refusal) -> String {
     json!({ "error": { "code": refusal.reason.code(), "message": refusal.message } }).to_string()
 }
 

@@ -43,7 +43,7 @@ fn parameter(name: &str) -> Option<Value> {
 }
 
 /// Tightens a description generated from the handlers.
-pub fn tighten(spec: &mut Value) {
+pub(super) fn tighten(spec: &mut Value) {
     if let Some(paths) = spec.get_mut("paths").and_then(Value::as_object_mut) {
         for op in paths
             .values_mut()

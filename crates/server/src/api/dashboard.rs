@@ -14,7 +14,7 @@ use std::time::Duration;
 /// The page, its script and its styles.
 const PAGE: &str = include_str!("dashboard.html");
 /// Dashboards watching at once; each costs one snapshot a second.
-pub const DASHBOARD_STREAMS_MAX: usize = 64;
+pub(crate) const DASHBOARD_STREAMS_MAX: usize = 64;
 /// How often a stream sends a snapshot: the board closes a second at a time.
 const DASHBOARD_EVERY: Duration = Duration::from_secs(1);
 
@@ -22,7 +22,7 @@ const DASHBOARD_EVERY: Duration = Duration::from_secs(1);
 #[utoipa::path(get, path = "/", tag = "observe",
     responses((status = 200, description = "The live dashboard (HTML, self-contained)",
         content_type = "text/html", body = String)))]
-pub async fn page() -> Response {
+pub(crate) async fn page() -> Response {
     // Keys and values on the page are users' data: the page escapes them,
     // and the policy lets nothing but its own inline script, its styles and
     // its feed run or load, should an escape ever be missed.
@@ -46,7 +46,7 @@ pub async fn page() -> Response {
 /// dispatcher's state and the model's calibration.
 #[utoipa::path(get, path = "/v1/dashboard", tag = "observe",
     responses((status = 200, description = "A snapshot", body = super::schema::Dashboard)))]
-pub async fn get_dashboard(State(engine): State<Engine>) -> Json<Dashboard> {
+pub(crate) async fn get_dashboard(State(engine): State<Engine>) -> Json<Dashboard> {
     Json(engine.dashboard(0))
 }
 
@@ -79,7 +79,9 @@ impl Drop for StreamSlot {
             content_type = "text/event-stream", body = String),
         (status = 503, description = "Too many dashboards are open", body = super::schema::ErrorBody),
     ))]
-pub async fn get_dashboard_events(State(engine): State<Engine>) -> Result<Response, ApiError> {
+pub(crate) async fn get_dashboard_events(
+    State(engine): State<Engine>,
+) -> Result<Response, ApiError> {
     static OPEN: AtomicUsize = AtomicUsize::new(0);
     let slot = StreamSlot::take(&OPEN, DASHBOARD_STREAMS_MAX).ok_or_else(|| {
         ApiError::new(

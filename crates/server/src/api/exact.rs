@@ -21,7 +21,7 @@ enum Stop {
 }
 
 /// `Err` names the first value that would not be kept as sent.
-pub fn check(body: &[u8]) -> Result<(), String> {
+pub(super) fn check(body: &[u8]) -> Result<(), String> {
     let mut scan = Scan {
         bytes: body,
         at: 0,

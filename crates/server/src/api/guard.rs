@@ -39,7 +39,7 @@ impl Default for Origins {
 /// Bytes of request bodies read and decided at once, by default. A parsed
 /// body takes many times its size in memory (a 1 MiB body of tiny fields
 /// took 65 MB), so this is what bounds a burst of large requests.
-pub const BODY_BYTES_IN_FLIGHT_MAX_DEFAULT: usize = 8 << 20;
+pub(crate) const BODY_BYTES_IN_FLIGHT_MAX_DEFAULT: usize = 8 << 20;
 /// How long a request waits for room in that budget before 503.
 const BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -82,7 +82,11 @@ pub(super) fn declared_length(headers: &HeaderMap) -> Option<usize> {
         .and_then(|v| v.parse::<usize>().ok())
 }
 
-pub async fn guard(State(origins): State<Origins>, request: Request, next: Next) -> Response {
+pub(crate) async fn guard(
+    State(origins): State<Origins>,
+    request: Request,
+    next: Next,
+) -> Response {
     let method = request.method().clone();
     let origin = request
         .headers()

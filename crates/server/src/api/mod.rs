@@ -4,13 +4,13 @@
 mod answer;
 mod caller;
 mod contract;
-pub mod dashboard;
+pub(crate) mod dashboard;
 mod event_id;
 mod exact;
-pub mod guard;
+pub(crate) mod guard;
 mod quarantine;
 mod query;
-pub mod schema;
+pub(crate) mod schema;
 pub mod wire;
 
 pub use answer::{Reply, reply};
@@ -113,12 +113,15 @@ impl From<PathRejection> for ApiError {
         (name = "documents", description = "Read documents and configure collections"),
         (name = "observe", description = "Conflicts, statistics, the model, metrics and the dashboard"),
     ),
-    // Served by one route that matches the last segment whole (`{id}:retry`),
-    // since the router has no parameter with a suffix; described as the two
-    // operations they are.
-    paths(quarantine::retry_quarantined, quarantine::discard_quarantined)
 )]
 struct ApiDoc;
+
+/// The quarantine's actions: served by one route that matches the last
+/// segment whole (`{id}:retry`), since the router has no parameter with a
+/// suffix; described as the two operations they are.
+#[derive(OpenApi)]
+#[openapi(paths(quarantine::retry_quarantined, quarantine::discard_quarantined))]
+struct QuarantineActions;
 
 /// Every route, each with its OpenAPI operation: the server and its
 /// description are built from this one list, so neither can lack a route the
@@ -141,6 +144,12 @@ fn routes() -> OpenApiRouter<Engine> {
         .routes(routes!(get_stats))
         .routes(routes!(dashboard::get_dashboard))
         .routes(routes!(dashboard::get_dashboard_events))
+        .merge(
+            OpenApiRouter::with_openapi(QuarantineActions::openapi()).route(
+                "/v1/quarantine/{client}/{action}",
+                axum::routing::post(quarantine::post_quarantine_action),
+            ),
+        )
 }
 
 /// The OpenAPI 3.1 description of every route, with the bounds the
@@ -199,10 +208,6 @@ pub fn router(engine: Engine) -> Router {
 pub fn router_for(engine: Engine, origins: guard::Origins) -> Router {
     let (router, _) = routes().split_for_parts();
     router
-        .route(
-            "/v1/quarantine/{client}/{action}",
-            axum::routing::post(quarantine::post_quarantine_action),
-        )
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(wire::BODY_BYTES_MAX))

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// Largest page of a listing, and the page when none is asked for.
-pub const LIST_LIMIT_MAX: u32 = 1_000;
-pub const LIST_LIMIT_DEFAULT: u32 = 100;
+pub(super) const LIST_LIMIT_MAX: u32 = 1_000;
+pub(super) const LIST_LIMIT_DEFAULT: u32 = 100;
 
 fn limit(asked: Option<u32>) -> Result<u32, ApiError> {
     match asked.unwrap_or(LIST_LIMIT_DEFAULT) {
@@ -146,7 +146,10 @@ pub(super) async fn post_quarantine_action(
         (status = 503, description = "The store is unavailable, or the decision timed out",
             body = schema::ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
     ))]
-#[allow(dead_code)]
+#[expect(
+    dead_code,
+    reason = "its description only: `post_quarantine_action` serves it"
+)]
 pub(super) async fn retry_quarantined() {}
 
 /// Rejects a quarantined mutation with reason `discarded`, without running
@@ -162,7 +165,10 @@ pub(super) async fn retry_quarantined() {}
         (status = 503, description = "The store is unavailable, or the decision timed out",
             body = schema::ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
     ))]
-#[allow(dead_code)]
+#[expect(
+    dead_code,
+    reason = "its description only: `post_quarantine_action` serves it"
+)]
 pub(super) async fn discard_quarantined() {}
 
 #[derive(Deserialize, utoipa::IntoParams)]

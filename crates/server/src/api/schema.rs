@@ -11,12 +11,12 @@ use utoipa::ToSchema;
 
 /// Every error: a stable code and a message for a person.
 #[derive(ToSchema, serde::Serialize)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(ToSchema, serde::Serialize)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     /// Stable, machine-readable: `invalid_mutation`, `queue_full`, `overloaded`, `store_unavailable`, …
     pub code: String,
     pub message: String,
@@ -24,7 +24,7 @@ pub struct ErrorDetail {
 
 #[derive(ToSchema, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum MutationOutcome {
+pub(crate) enum MutationOutcome {
     Applied,
     Merged,
     Rejected,
@@ -32,7 +32,7 @@ pub enum MutationOutcome {
 
 /// A decided mutation: 200 when applied or merged, 409 when rejected.
 #[derive(ToSchema, serde::Serialize)]
-pub struct MutationResult {
+pub(crate) struct MutationResult {
     pub id: String,
     pub outcome: MutationOutcome,
     /// The document's version after the mutation.
@@ -53,7 +53,7 @@ pub struct MutationResult {
 }
 
 #[derive(ToSchema, serde::Serialize)]
-pub struct ConflictSummary {
+pub(crate) struct ConflictSummary {
     pub base_version: u64,
     pub server_version: u64,
     pub handler: String,
@@ -62,13 +62,13 @@ pub struct ConflictSummary {
 
 #[derive(ToSchema, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum QueuedStatus {
+pub(crate) enum QueuedStatus {
     Queued,
 }
 
 /// A mutation accepted with `?wait=false` and not yet decided.
 #[derive(ToSchema, serde::Serialize)]
-pub struct Queued {
+pub(crate) struct Queued {
     pub id: String,
     pub status: QueuedStatus,
     pub score: Option<f64>,
@@ -77,7 +77,7 @@ pub struct Queued {
 /// A mutation kept in the quarantine because its collection's script or
 /// webhook failed (`on_handler_failure: quarantine`).
 #[derive(ToSchema, serde::Serialize)]
-pub struct QuarantinedStatus {
+pub(crate) struct QuarantinedStatus {
     pub id: String,
     pub status: QuarantinedTag,
     /// How the handler failed.
@@ -86,26 +86,26 @@ pub struct QuarantinedStatus {
 
 #[derive(ToSchema, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum QuarantinedTag {
+pub(crate) enum QuarantinedTag {
     Quarantined,
 }
 
 /// A 202: durably queued, or quarantined.
 #[derive(ToSchema, serde::Serialize)]
 #[serde(untagged)]
-pub enum NotYetDecided {
+pub(crate) enum NotYetDecided {
     Queued(Queued),
     Quarantined(QuarantinedStatus),
 }
 
 /// `GET /v1/quarantine`.
 #[derive(ToSchema, serde::Serialize)]
-pub struct QuarantineList {
+pub(crate) struct QuarantineList {
     pub quarantined: Vec<QuarantineEntry>,
 }
 
 #[derive(ToSchema, serde::Serialize)]
-pub struct QuarantineEntry {
+pub(crate) struct QuarantineEntry {
     pub client: String,
     pub id: String,
     pub collection: String,
@@ -124,12 +124,12 @@ pub struct QuarantineEntry {
 
 /// `GET /v1/mutations?client=…&status=…`.
 #[derive(ToSchema, serde::Serialize)]
-pub struct PendingList {
+pub(crate) struct PendingList {
     pub mutations: Vec<PendingEntry>,
 }
 
 #[derive(ToSchema, serde::Serialize)]
-pub struct PendingEntry {
+pub(crate) struct PendingEntry {
     pub id: String,
     pub collection: String,
     pub key: String,
@@ -148,13 +148,13 @@ pub struct PendingEntry {
 /// One answer per mutation, in the batch's order, each as a single mutation
 /// would get it.
 #[derive(ToSchema, serde::Serialize)]
-pub struct BatchResult {
+pub(crate) struct BatchResult {
     pub results: Vec<BatchItemResult>,
 }
 
 #[derive(ToSchema, serde::Serialize)]
 #[serde(untagged)]
-pub enum BatchItemResult {
+pub(crate) enum BatchItemResult {
     Decided(MutationResult),
     Quarantined(QuarantinedStatus),
     Failed(ErrorBody),
@@ -164,7 +164,7 @@ pub enum BatchItemResult {
 /// mutation (its outcome, or the error it was refused with), else `queued`.
 #[derive(ToSchema, serde::Serialize)]
 #[serde(untagged)]
-pub enum MutationStatus {
+pub(crate) enum MutationStatus {
     Decided(MutationResult),
     Queued(Queued),
     Quarantined(QuarantinedStatus),
@@ -172,7 +172,7 @@ pub enum MutationStatus {
 }
 
 #[derive(ToSchema, serde::Serialize)]
-pub struct DocumentBody {
+pub(crate) struct DocumentBody {
     pub collection: String,
     pub key: String,
     pub version: u64,
@@ -184,7 +184,7 @@ pub struct DocumentBody {
 /// `{"webhook": {"url", "timeout_ms"}}`.
 #[derive(ToSchema, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum HandlerConfig {
+pub(crate) enum HandlerConfig {
     Optimistic,
     Automerge,
     Script(String),
@@ -192,7 +192,7 @@ pub enum HandlerConfig {
 }
 
 #[derive(ToSchema, serde::Serialize)]
-pub struct WebhookConfig {
+pub(crate) struct WebhookConfig {
     pub url: String,
     #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
@@ -203,7 +203,7 @@ pub struct WebhookConfig {
 }
 
 #[derive(ToSchema, serde::Serialize)]
-pub struct CollectionBody {
+pub(crate) struct CollectionBody {
     pub handler: HandlerConfig,
     /// Fields automerge treats as sets (union instead of last writer wins).
     pub set_fields: Option<Vec<String>>,
@@ -218,13 +218,13 @@ pub struct CollectionBody {
 
 #[derive(ToSchema, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum OnHandlerFailure {
+pub(crate) enum OnHandlerFailure {
     Reject,
     Quarantine,
 }
 
 #[derive(ToSchema, serde::Serialize)]
-pub struct Conflicts {
+pub(crate) struct Conflicts {
     pub conflicts: Vec<ConflictEntry>,
     /// Present when older conflicts remain: pass it as `before`.
     #[schema(required = false)]
@@ -233,7 +233,7 @@ pub struct Conflicts {
 
 /// One conflict from the history database.
 #[derive(ToSchema, serde::Serialize)]
-pub struct ConflictEntry {
+pub(crate) struct ConflictEntry {
     pub mutation_id: String,
     pub client: Option<String>,
     pub collection: String,
@@ -255,7 +255,7 @@ pub struct ConflictEntry {
 }
 
 #[derive(ToSchema, serde::Serialize)]
-pub struct Health {
+pub(crate) struct Health {
     pub status: String,
     /// What is wrong while Sluice still serves (the history gone or failing).
     pub degraded: Vec<String>,
@@ -264,7 +264,7 @@ pub struct Health {
 /// An operation's name.
 #[derive(ToSchema, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum OpName {
+pub(crate) enum OpName {
     Put,
     Patch,
     Delete,
@@ -272,7 +272,7 @@ pub enum OpName {
 
 /// `GET /v1/stats`: the dispatcher's state now.
 #[derive(ToSchema, serde::Serialize)]
-pub struct EngineStats {
+pub(crate) struct EngineStats {
     /// The load signal, 0–1, and the threshold above which dispatch backs off.
     pub load: f64,
     pub threshold: f64,
@@ -304,7 +304,7 @@ pub struct EngineStats {
 
 /// Predicted probability against the observed conflict rate, in one bin.
 #[derive(ToSchema, serde::Serialize)]
-pub struct CalibrationBin {
+pub(crate) struct CalibrationBin {
     pub lower: f64,
     pub upper: f64,
     pub count: u64,
@@ -315,7 +315,7 @@ pub struct CalibrationBin {
 /// One summary of (prediction, outcome) pairs; figures are null until both
 /// classes have been seen.
 #[derive(ToSchema, serde::Serialize)]
-pub struct QualityReport {
+pub(crate) struct QualityReport {
     pub count: u64,
     pub positives: u64,
     pub auc: Option<f64>,
@@ -327,7 +327,7 @@ pub struct QualityReport {
 
 /// `GET /v1/model`: the predictor, where it came from and how good it is.
 #[derive(ToSchema, serde::Serialize)]
-pub struct ModelReport {
+pub(crate) struct ModelReport {
     /// 0 for the model built online since start; +1 at every retraining swap.
     pub model_version: u64,
     pub trained_at_ms: Option<i64>,
@@ -345,7 +345,7 @@ pub struct ModelReport {
 
 /// Outcome counts since the start.
 #[derive(ToSchema, serde::Serialize)]
-pub struct Totals {
+pub(crate) struct Totals {
     pub applied: u64,
     pub merged: u64,
     pub rejected: u64,
@@ -355,7 +355,7 @@ pub struct Totals {
 
 /// One second of the dashboard's series: rates per second over that second.
 #[derive(ToSchema, serde::Serialize)]
-pub struct SeriesPoint {
+pub(crate) struct SeriesPoint {
     pub at_ms: i64,
     pub applied: u64,
     pub merged: u64,
@@ -370,7 +370,7 @@ pub struct SeriesPoint {
 }
 
 #[derive(ToSchema, serde::Serialize)]
-pub struct HotDocument {
+pub(crate) struct HotDocument {
     pub collection: String,
     pub key: String,
     /// Decayed count of recent mutations (about the last 10 s), a lower
@@ -384,7 +384,7 @@ pub struct HotDocument {
 
 /// A recent conflict, its values summarized.
 #[derive(ToSchema, serde::Serialize)]
-pub struct ConflictView {
+pub(crate) struct ConflictView {
     pub at_ms: i64,
     pub mutation_id: String,
     pub collection: String,
@@ -402,7 +402,7 @@ pub struct ConflictView {
 
 /// The predictor's quality over its recent window.
 #[derive(ToSchema, serde::Serialize)]
-pub struct ModelSummary {
+pub(crate) struct ModelSummary {
     pub model_version: u64,
     pub learned: u64,
     pub auc: Option<f64>,
@@ -413,7 +413,7 @@ pub struct ModelSummary {
 
 /// `GET /v1/dashboard`: what the dashboard draws.
 #[derive(ToSchema, serde::Serialize)]
-pub struct Dashboard {
+pub(crate) struct Dashboard {
     pub at_ms: i64,
     pub totals: Totals,
     pub series: Vec<SeriesPoint>,

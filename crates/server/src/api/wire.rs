@@ -58,7 +58,7 @@ mod whole {
         n.as_f64().filter(|f| f.fract() == 0.0)
     }
 
-    pub fn option_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    pub(super) fn option_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         let Some(n) = Option::<Number>::deserialize(d)? else {
             return Ok(None);
         };
@@ -74,7 +74,7 @@ mod whole {
             })
     }
 
-    pub fn option_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    pub(super) fn option_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
         let Some(n) = Option::<Number>::deserialize(d)? else {
             return Ok(None);
         };

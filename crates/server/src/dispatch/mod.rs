@@ -38,7 +38,7 @@ mod lane;
 mod learn;
 mod quarantine;
 mod reads;
-pub mod reply;
+pub(crate) mod reply;
 mod stats;
 
 pub use crate::queue::Pending;

@@ -163,7 +163,7 @@ pub(super) fn store_error_refusal(e: &StoreError) -> Refusal {
 /// What a decided mutation's answer says besides its verdict and document:
 /// the same for every rendering of one mutation (a size-limit rewrite
 /// renders it again).
-pub struct Frame<'a> {
+pub(crate) struct Frame<'a> {
     pub id: &'a str,
     /// The document as a message names it (`collection/key`).
     pub doc_label: &'a str,
@@ -176,7 +176,7 @@ pub struct Frame<'a> {
 impl Frame<'_> {
     /// Renders the answer; `item` is the document as the mutation left it
     /// (for a rejection, the server's).
-    pub fn render(
+    pub(crate) fn render(
         &self,
         verdict: &Verdict,
         item: Option<&serde_json::Map<String, Value>>,

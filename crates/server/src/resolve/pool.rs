@@ -30,7 +30,7 @@ struct Job {
     _slot: OwnedSemaphorePermit,
 }
 
-pub struct ScriptPool {
+pub(super) struct ScriptPool {
     threads: usize,
     /// One permit per thread that is free or running a waited-for run: a
     /// job is sent only with a permit, so it never waits behind another.
@@ -49,7 +49,7 @@ pub fn threads_default() -> usize {
 }
 
 impl ScriptPool {
-    pub fn new(threads: usize, clock: SharedClock) -> Self {
+    pub(super) fn new(threads: usize, clock: SharedClock) -> Self {
         let threads = threads.max(1);
         ScriptPool {
             threads,
@@ -63,7 +63,7 @@ impl ScriptPool {
     /// script's own limit: past twice that, the run is abandoned and
     /// answered as over its time limit. The duration is the run's own,
     /// without the wait for a thread.
-    pub async fn run<T: Send + 'static>(
+    pub(super) async fn run<T: Send + 'static>(
         &self,
         time_ms_max: u64,
         work: impl FnOnce() -> Result<T, ScriptError> + Send + 'static,

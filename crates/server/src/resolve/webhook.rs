@@ -9,7 +9,7 @@ use std::time::Duration;
 /// Largest answer read from a webhook; the answer holds one document.
 const WEBHOOK_ANSWER_BYTES_MAX: usize = 2 * 1024 * 1024;
 
-pub async fn call(
+pub(super) async fn call(
     http: &reqwest::Client,
     url: &str,
     timeout_ms: u64,
@@ -56,13 +56,13 @@ pub async fn call(
 
 /// Why a webhook gave no answer; the message becomes the rejection's reason.
 #[derive(Debug, Clone, PartialEq)]
-pub enum WebhookError {
+pub(super) enum WebhookError {
     TimedOut(String),
     Failed(String),
 }
 
 impl WebhookError {
-    pub fn message(self) -> String {
+    pub(super) fn message(self) -> String {
         match self {
             WebhookError::TimedOut(m) | WebhookError::Failed(m) => m,
         }
@@ -262,7 +262,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
 /// The client webhooks are called with: redirects are never followed (a
 /// 307 would re-POST the context elsewhere), names resolve through the
 /// policy.
-pub fn client(policy: &WebhookPolicy) -> reqwest::Client {
+pub(super) fn client(policy: &WebhookPolicy) -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .dns_resolver(std::sync::Arc::new(GuardedResolver(policy.clone())))

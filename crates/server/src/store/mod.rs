@@ -296,29 +296,30 @@ fn from_sql(v: i64) -> u64 {
 /// (`$N` placeholders work on both); where the dialects differ (how an item
 /// is selected, the column that numbers rows) each backend has its own.
 pub(crate) mod sql {
-    pub const SELECT_REPLY: &str =
+    pub(crate) const SELECT_REPLY: &str =
         "SELECT fingerprint, status, body, at_ms FROM sluice_replies WHERE client = $1 AND id = $2";
-    pub const INSERT_ACCEPTED: &str = "INSERT INTO sluice_accepted (client, id, fingerprint, mutation, score, at_ms) \
+    pub(crate) const INSERT_ACCEPTED: &str = "INSERT INTO sluice_accepted (client, id, fingerprint, mutation, score, at_ms) \
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (client, id) DO NOTHING";
-    pub const DELETE_ACCEPTED: &str = "DELETE FROM sluice_accepted WHERE client = $1 AND id = $2";
-    pub const SELECT_ACCEPTED: &str = "SELECT client, id, fingerprint, mutation, score, at_ms \
+    pub(crate) const DELETE_ACCEPTED: &str =
+        "DELETE FROM sluice_accepted WHERE client = $1 AND id = $2";
+    pub(crate) const SELECT_ACCEPTED: &str = "SELECT client, id, fingerprint, mutation, score, at_ms \
          FROM sluice_accepted WHERE client = $1 AND id = $2";
-    pub const SELECT_QUARANTINED: &str = "SELECT client, id, fingerprint, collection, key, mutation, \
+    pub(crate) const SELECT_QUARANTINED: &str = "SELECT client, id, fingerprint, collection, key, mutation, \
          reason, score, at_ms FROM sluice_quarantine WHERE client = $1 AND id = $2";
-    pub const UPSERT_QUARANTINED: &str = "INSERT INTO sluice_quarantine (client, id, fingerprint, \
+    pub(crate) const UPSERT_QUARANTINED: &str = "INSERT INTO sluice_quarantine (client, id, fingerprint, \
          collection, key, mutation, reason, score, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
          ON CONFLICT (client, id) DO UPDATE SET reason = excluded.reason, score = excluded.score, \
          at_ms = excluded.at_ms";
-    pub const DELETE_QUARANTINED: &str =
+    pub(crate) const DELETE_QUARANTINED: &str =
         "DELETE FROM sluice_quarantine WHERE client = $1 AND id = $2";
-    pub const SECRETS_TABLE: &str = "CREATE TABLE IF NOT EXISTS sluice_secrets (\
+    pub(crate) const SECRETS_TABLE: &str = "CREATE TABLE IF NOT EXISTS sluice_secrets (\
          name TEXT PRIMARY KEY, value TEXT NOT NULL)";
-    pub const INSERT_SECRET: &str =
+    pub(crate) const INSERT_SECRET: &str =
         "INSERT INTO sluice_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
-    pub const SELECT_SECRET: &str = "SELECT value FROM sluice_secrets WHERE name = $1";
-    pub const SELECT_COLLECTIONS: &str =
+    pub(crate) const SELECT_SECRET: &str = "SELECT value FROM sluice_secrets WHERE name = $1";
+    pub(crate) const SELECT_COLLECTIONS: &str =
         "SELECT name, config FROM sluice_collections ORDER BY name";
-    pub const UPSERT_COLLECTION: &str = "INSERT INTO sluice_collections (name, config, updated_ms) \
+    pub(crate) const UPSERT_COLLECTION: &str = "INSERT INTO sluice_collections (name, config, updated_ms) \
          VALUES ($1, $2, $3) \
          ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_ms = excluded.updated_ms";
 }

@@ -11,16 +11,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::model::DocKey;
 
 /// Seconds of history the series keeps: five minutes.
-pub const SERIES_POINTS: usize = 300;
+pub(crate) const SERIES_POINTS: usize = 300;
 /// Documents tracked as candidates for the hottest list (Space-Saving: a
 /// document that is truly hot cannot be pushed out by a stream of cold ones).
-pub const HOT_TRACKED: usize = 256;
+pub(crate) const HOT_TRACKED: usize = 256;
 /// Documents the dashboard shows.
-pub const HOT_SHOWN: usize = 10;
+pub(crate) const HOT_SHOWN: usize = 10;
 /// Conflicts the dashboard shows, newest first.
-pub const CONFLICTS_SHOWN: usize = 10;
+pub(crate) const CONFLICTS_SHOWN: usize = 10;
 /// Longest JSON text shown for one value of a conflict; longer is cut.
-pub const VALUE_CHARS_SHOWN: usize = 1_000;
+pub(crate) const VALUE_CHARS_SHOWN: usize = 1_000;
 /// Every second, counts of the hot list decay by this factor, so "hot"
 /// means the last several seconds (half-life about 7 s).
 const HOT_DECAY: f64 = 0.9;

@@ -7,7 +7,7 @@
 //! codes), never from a document key or a client id, so the number of series
 //! is bounded whatever the traffic.
 
-pub mod board;
+pub(crate) mod board;
 pub mod logs;
 
 use crate::model::RecordedOutcome;

@@ -49,7 +49,7 @@ impl Features {
     }
 }
 
-pub struct SluiceChild {
+pub(super) struct SluiceChild {
     child: Child,
     pub url: String,
     data_dir: PathBuf,
@@ -58,7 +58,7 @@ pub struct SluiceChild {
 impl SluiceChild {
     /// Starts `exe serve` on PostgreSQL (`postgres` for store and history) and
     /// waits until it answers `/healthz`. Its log goes to `log`.
-    pub async fn start(
+    pub(super) async fn start(
         exe: &Path,
         postgres: &str,
         features: Features,
@@ -122,7 +122,7 @@ impl SluiceChild {
     }
 
     /// User plus system CPU time the child has used, in microseconds.
-    pub fn cpu_us(&self) -> Option<u64> {
+    pub(super) fn cpu_us(&self) -> Option<u64> {
         process_cpu_us(self.child.id())
     }
 }
@@ -134,13 +134,13 @@ pub fn process_cpu_us(pid: u32) -> Option<u64> {
 }
 
 /// Fields 14 and 15 of a `stat` file of `/proc` (a process's or a thread's).
-pub fn stat_cpu_us(path: &Path) -> Option<u64> {
+pub(super) fn stat_cpu_us(path: &Path) -> Option<u64> {
     stat_fields(path, &[11, 12])
 }
 
 /// The sum of some clock-tick fields of a `stat` file, counted from field
 /// 3 (the state) as 0, in microseconds.
-pub fn stat_fields(path: &Path, fields: &[usize]) -> Option<u64> {
+pub(super) fn stat_fields(path: &Path, fields: &[usize]) -> Option<u64> {
     let stat = std::fs::read_to_string(path).ok()?;
     // The command name (field 2) may hold spaces; fields resume after its ')'.
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -3,6 +3,7 @@
 //! would), so the benchmark compares the write paths and nothing else.
 
 use crate::resolve::merge::merge_patch;
+use crate::trace::TraceLine;
 use serde_json::{Map, Value, json};
 use sqlx::postgres::PgPool;
 use std::time::Duration;
@@ -39,13 +40,13 @@ impl Contender {
 }
 
 /// Retries of a direct client before it gives up on an intent.
-pub const DIRECT_RETRIES_MAX: u32 = 10;
+pub(super) const DIRECT_RETRIES_MAX: u32 = 10;
 /// Resends of a mutation Sluice answered 503 (same id: exactly-once).
 const RESENDS_MAX: u32 = 10;
 
 /// How one intent ended.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Ended {
+pub(super) struct Ended {
     pub applied: bool,
     /// The write found the document changed since the client's read.
     pub conflict: bool,
@@ -67,13 +68,13 @@ impl Ended {
 
 /// Where intents go.
 #[derive(Clone)]
-pub enum Target {
+pub(super) enum Target {
     Direct { pool: PgPool, lock: bool },
     Sluice { http: reqwest::Client, url: String },
 }
 
 /// The `hot` intent: set `owner`, append a unique `entry` to `entries`.
-pub struct Append<'a> {
+pub(super) struct Append<'a> {
     pub collection: &'a str,
     pub key: &'a str,
     pub client: &'a str,
@@ -159,7 +160,7 @@ async fn write_row(
 /// What a client wants done to one document, re-applicable to whatever it
 /// finds: `None` from `apply` means there is nothing to do (a delete of
 /// nothing).
-pub trait Change: Sync {
+pub(super) trait Change: Sync {
     fn apply(&self, current: Option<Map<String, Value>>) -> Option<Option<Map<String, Value>>>;
 }
 
@@ -320,7 +321,7 @@ async fn post_mutation(http: &reqwest::Client, url: &str, body: &Value) -> Ended
 }
 
 impl Target {
-    pub async fn append(&self, intent: &Append<'_>) -> Ended {
+    pub(super) async fn append(&self, intent: &Append<'_>) -> Ended {
         let change = AppendChange(intent);
         match self {
             Target::Direct { pool, lock: false } => {
@@ -388,7 +389,7 @@ impl Target {
     }
 
     /// One line of a trace, against `collection` instead of the trace's.
-    pub async fn trace(&self, collection: &str, line: &TraceLine) -> Ended {
+    pub(super) async fn trace(&self, collection: &str, line: &TraceLine) -> Ended {
         let base = line.base_version.map(|b| b as i64);
         match self {
             Target::Direct { pool, lock } => {
@@ -410,44 +411,6 @@ impl Target {
                 post_mutation(http, url, &Value::Object(body)).await
             }
         }
-    }
-}
-
-/// One mutation of a trace.
-pub struct TraceLine {
-    pub id: String,
-    pub client: String,
-    pub key: String,
-    pub op: crate::model::Op,
-    pub value: Option<Map<String, Value>>,
-    pub base_version: Option<u64>,
-    pub raw: Map<String, Value>,
-}
-
-impl TraceLine {
-    pub fn parse(text: &str) -> Result<TraceLine, String> {
-        let raw: Map<String, Value> =
-            serde_json::from_str(text).map_err(|e| format!("not a JSON object: {e}"))?;
-        let text_field = |name: &str| {
-            raw.get(name)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| format!("no string field {name:?}"))
-        };
-        let op = text_field("op")?;
-        Ok(TraceLine {
-            id: text_field("id")?,
-            client: raw
-                .get("client")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned(),
-            key: text_field("key")?,
-            op: crate::model::Op::parse(&op).ok_or_else(|| format!("unknown op {op:?}"))?,
-            value: raw.get("value").and_then(Value::as_object).cloned(),
-            base_version: raw.get("base_version").and_then(Value::as_u64),
-            raw,
-        })
     }
 }
 

@@ -20,8 +20,9 @@ mod plot;
 pub mod postgres;
 mod report;
 
+pub use crate::trace::TraceLine;
 pub use child::{Features, process_cpu_us};
-pub use intent::{Contender, TraceLine};
+pub use intent::Contender;
 pub use plan::{ABLATION, Workload};
 pub use report::{BenchReport, RunRecord};
 
@@ -380,13 +381,8 @@ fn weak_baseline(goals: &[report::Goal]) -> Option<&report::Goal> {
         .find(|g| g.goal.contains(report::YARDSTICK_GOAL) && g.measured < YARDSTICK_FAIL_BELOW)
 }
 
-/// Reads one line of a trace as the `trace` workload does.
-pub fn parse_trace_line(text: &str) -> Result<(), String> {
-    TraceLine::parse(text).map(|_| ())
-}
-
 fn load_trace(path: &std::path::Path, lines: usize) -> ToolResult<Vec<TraceLine>> {
-    let reader = crate::replay::open_trace(path).with_context(|| {
+    let reader = crate::trace::open_trace(path).with_context(|| {
         format!(
             "the trace workload needs {} (pass --trace FILE, or leave the workload out)",
             path.display()

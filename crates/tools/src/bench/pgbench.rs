@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// pgbench's Zipf parameter: it refuses anything below 1.001.
-pub const YARDSTICK_THETA: f64 = 1.01;
+pub(super) const YARDSTICK_THETA: f64 = 1.01;
 
 /// What `direct-lock` does for one intent without think time: read, then
 /// lock, write and commit. `:k` is drawn 1…DOCS (1 the hottest, as `doc-0`
@@ -30,7 +30,7 @@ fn script(collection: &str) -> String {
 
 /// Runs pgbench with `CLIENTS` clients for `run` (whole seconds, at least
 /// one) against `url` and tallies every transaction from its log.
-pub async fn run(
+pub(super) async fn run(
     pgbench: &Path,
     url: &str,
     collection: &str,

@@ -56,7 +56,7 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    pub fn of(options: &BenchOptions) -> Plan {
+    pub(super) fn of(options: &BenchOptions) -> Plan {
         let mut plan = if options.quick {
             Plan {
                 run: Duration::from_millis(1_500),
@@ -123,14 +123,14 @@ pub(super) enum Writer {
 }
 
 impl Writer {
-    pub const ALL: [Writer; 4] = [
+    pub(super) const ALL: [Writer; 4] = [
         Writer::DirectOneRow,
         Writer::DirectBatched,
         Writer::Sluice,
         Writer::SluiceBatch,
     ];
 
-    pub fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Writer::DirectOneRow => "direct-one-row",
             Writer::DirectBatched => "direct-batched",
@@ -139,7 +139,7 @@ impl Writer {
         }
     }
 
-    pub fn subject(self) -> Subject {
+    pub(super) fn subject(self) -> Subject {
         match self {
             Writer::DirectOneRow | Writer::DirectBatched => {
                 Subject::Contender(Contender::DirectOcc)

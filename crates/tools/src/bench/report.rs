@@ -114,7 +114,7 @@ pub struct CapacityRecord {
 
 /// The yardstick's goal: missed, the direct baseline is too weak and the
 /// bench fails.
-pub const YARDSTICK_GOAL: &str = "the bench's direct-lock / pgbench-lock";
+pub(super) const YARDSTICK_GOAL: &str = "the bench's direct-lock / pgbench-lock";
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Goal {

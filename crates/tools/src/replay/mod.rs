@@ -10,11 +10,12 @@
 
 use crate::predict::quality::{QualityReport, summarize};
 use crate::tool::{Context, ToolResult, bail};
+pub use crate::trace::{open_trace, trace_reader};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -85,27 +86,6 @@ struct Done {
     retries: u32,
 }
 
-/// Opens a trace, plain or gzipped (told apart by the gzip magic number).
-pub fn open_trace(path: &Path) -> ToolResult<Box<dyn BufRead + Send>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    trace_reader(file)
-}
-
-/// Reads a trace from any source, plain or gzipped.
-pub fn trace_reader(mut source: impl Read + Send + 'static) -> ToolResult<Box<dyn BufRead + Send>> {
-    let mut magic = [0u8; 2];
-    let n = source.read(&mut magic)?;
-    let head = std::io::Cursor::new(magic[..n].to_vec());
-    let reader = head.chain(source);
-    if n == 2 && magic == [0x1f, 0x8b] {
-        Ok(Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(
-            reader,
-        ))))
-    } else {
-        Ok(Box::new(BufReader::new(reader)))
-    }
-}
-
 /// Reads every line of a trace as `replay` and `bench` do, and says how
 /// many mutations it holds, or the first reason it cannot be replayed.
 pub fn check_trace(reader: impl BufRead) -> ToolResult<usize> {
@@ -116,7 +96,8 @@ pub fn check_trace(reader: impl BufRead) -> ToolResult<usize> {
             continue;
         }
         parse_line(&text, number + 1)?;
-        crate::bench::parse_trace_line(&text)
+        crate::trace::TraceLine::parse(&text)
+            .map(|_| ())
             .map_err(|e| crate::tool::ToolError::new(format!("line {}: {e}", number + 1)))?;
         count += 1;
     }
