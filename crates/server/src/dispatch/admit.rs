@@ -10,12 +10,13 @@ use super::reply::{
 use super::{Engine, Inner, LaneEntry, Origin, Pending, lock};
 use crate::model::{DocKey, Mutation};
 use crate::predict::Observation;
-use crate::queue::{Full, Reserve};
+use crate::queue::{Full, LocalReservations, Reservations, Reserve};
 use crate::store::StoreError;
+use sluice_core::control::Door;
 use sluice_core::invariant;
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
@@ -139,7 +140,7 @@ impl Engine {
             guard.release(&refused);
             return refused;
         }
-        lock(&inner.reservations).mark_queued(&client, &id, reply.clone());
+        lock(&inner.admission.reservations).mark_queued(&client, &id, reply.clone());
         guard.hand_over();
         inner.wake.notify_one();
         if log {
@@ -373,7 +374,7 @@ impl Engine {
             });
         }
         let in_flight: Option<Result<oneshot::Receiver<Answer>, Answer>> = {
-            let mut reservations = lock(&inner.reservations);
+            let mut reservations = lock(&inner.admission.reservations);
             let (client, id) = (&reservation.0, &reservation.1);
             match reservations.reserve(client, id, mutation.fingerprint) {
                 Reserve::Reused => Some(Err(inner.refuse(reused_key(&mutation.id), 1))),
@@ -434,7 +435,7 @@ impl Engine {
     /// The client's mutations queued or being decided now, oldest first, at
     /// most `limit`: what a client shows as "not yet saved".
     pub fn pending(&self, client: &str, limit: usize) -> Vec<Pending> {
-        lock(&self.inner.reservations).pending(client, limit)
+        lock(&self.inner.admission.reservations).pending(client, limit)
     }
 
     /// Scores the mutation (now, before anything about its outcome exists)
@@ -462,7 +463,7 @@ impl Engine {
             .config
             .predictor
             .enabled
-            .then(|| lock(&inner.predictor).score(&observation));
+            .then(|| inner.learning.score(&observation));
         let probability = scored.as_ref().map_or(0.0, |s| s.probability);
         let admitted_at = inner.clock.elapsed();
         let boost_us = inner.config.priority_boost_ms as f64 * 1000.0 * probability;
@@ -473,7 +474,7 @@ impl Engine {
             score: probability,
             received_ms,
         };
-        lock(&inner.reservations).mark_pending(mutation.client_name(), pending);
+        lock(&inner.admission.reservations).mark_pending(mutation.client_name(), pending);
         let queued = LaneEntry {
             mutation,
             admitted_at,
@@ -555,6 +556,50 @@ fn queued_answer(id: &str, score: Option<f64>) -> Answer {
     })
 }
 
+/// Admission's state: the door, the reservations of `(client, id)`, and
+/// the count of requests between arrival and answer that the door judges
+/// by. Its fields are this module's alone: other stages release a
+/// reservation or read the figures through its methods.
+pub(super) struct Admission {
+    door: Mutex<Door>,
+    /// `(client, id)`s being decided, and the resends waiting on them.
+    reservations: Mutex<Box<dyn Reservations<oneshot::Sender<Answer>, Answer>>>,
+    in_system: AtomicUsize,
+    /// Of `in_system`, the mutations (not reads).
+    mutations_in_system: AtomicUsize,
+}
+
+impl Admission {
+    pub(super) fn new(queue_len_max: usize) -> Admission {
+        Admission {
+            door: Mutex::new(Door::new(queue_len_max)),
+            reservations: Mutex::new(Box::new(LocalReservations::default())),
+            in_system: AtomicUsize::new(0),
+            mutations_in_system: AtomicUsize::new(0),
+        }
+    }
+
+    /// Frees a reservation; returns the resends that waited on it.
+    pub(super) fn release(&self, client: &str, id: &str) -> Vec<oneshot::Sender<Answer>> {
+        lock(&self.reservations).release(client, id)
+    }
+
+    /// Requests between arrival and answer now.
+    pub(super) fn in_system(&self) -> usize {
+        self.in_system.load(Ordering::Relaxed)
+    }
+
+    /// The door's adaptive limit now.
+    pub(super) fn limit(&self) -> usize {
+        lock(&self.door).limit()
+    }
+
+    /// The door's invariants.
+    pub(super) fn check(&self) -> Result<(), String> {
+        lock(&self.door).check()
+    }
+}
+
 /// A request inside Sluice (mutations between arrival and answer, or a
 /// document read); leaves the count on drop. Owned, so that the API can let
 /// a request through the door before it reads its body.
@@ -578,9 +623,13 @@ impl InSystem {
 
 impl Drop for InSystem {
     fn drop(&mut self) {
-        self.inner.in_system.fetch_sub(self.n, Ordering::SeqCst);
+        self.inner
+            .admission
+            .in_system
+            .fetch_sub(self.n, Ordering::SeqCst);
         if self.mutations {
             self.inner
+                .admission
                 .mutations_in_system
                 .fetch_sub(self.n, Ordering::SeqCst);
         }
@@ -588,9 +637,9 @@ impl Drop for InSystem {
             let inner = &self.inner;
             let now = inner.clock.elapsed();
             let stay_ms = now.saturating_sub(entered_at).as_secs_f64() * 1000.0;
-            let depth = inner.in_system.load(Ordering::Relaxed);
+            let depth = inner.admission.in_system.load(Ordering::Relaxed);
             let bound_ms = inner.config.queue_wait_max_ms as f64;
-            lock(&inner.door).observe_stay(now, stay_ms, depth, bound_ms);
+            lock(&inner.admission.door).observe_stay(now, stay_ms, depth, bound_ms);
         }
     }
 }
@@ -620,11 +669,12 @@ impl Inner {
     /// toward the limit, so an overloaded Sluice refuses a client's read as
     /// fast as its write, but they do not make a queue look stalled.
     pub(super) fn enter(this: &Arc<Inner>, n: usize, mutations: bool) -> Result<InSystem, u64> {
-        let depth = this.in_system.fetch_add(n, Ordering::SeqCst);
+        let admission = &this.admission;
+        let depth = admission.in_system.fetch_add(n, Ordering::SeqCst);
         let inside = if mutations {
-            this.mutations_in_system.fetch_add(n, Ordering::SeqCst)
+            admission.mutations_in_system.fetch_add(n, Ordering::SeqCst)
         } else {
-            this.mutations_in_system.load(Ordering::Relaxed)
+            admission.mutations_in_system.load(Ordering::Relaxed)
         };
         let mut entered = InSystem {
             inner: this.clone(),
@@ -639,7 +689,7 @@ impl Inner {
         let bound_ms = this.config.queue_wait_max_ms as f64;
         // A refusal leaves only the count: its instant stay must not pull
         // the window's mean down.
-        lock(&this.door).admit(now, depth, inside, n, bound_ms)?;
+        lock(&admission.door).admit(now, depth, inside, n, bound_ms)?;
         entered.entered_at = mutations.then_some(now);
         Ok(entered)
     }
@@ -652,8 +702,8 @@ impl Inner {
         }
         let now = self.clock.elapsed();
         let waits = admitted_at.map(|at| now.saturating_sub(at).as_secs_f64() * 1000.0);
-        let depth = self.in_system.load(Ordering::Relaxed);
-        lock(&self.door).observe(now, waits, depth, self.config.queue_wait_max_ms as f64);
+        let depth = self.admission.in_system.load(Ordering::Relaxed);
+        lock(&self.admission.door).observe(now, waits, depth, self.config.queue_wait_max_ms as f64);
     }
 
     /// Counts `n` mutations refused and hands the refusal back as their

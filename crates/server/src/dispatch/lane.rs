@@ -22,10 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-/// How often (in learned outcomes) the model's quality is logged.
-const QUALITY_LOG_EVERY: u64 = 10_000;
 /// Re-reads after compare-and-set misses before a batch gives up with 503.
 const CAS_RETRIES_MAX: u32 = 16;
 /// The dispatch loop: take the best-ranked ready lane while writes in flight
@@ -582,42 +580,24 @@ async fn decide_rounds(
 }
 
 /// The committed outcomes teach the controller and the predictor (each
-/// through its own score's token), and ask for a retraining when enough
-/// arrived.
+/// through its own score's token).
 fn learn(inner: &Inner, batch: &mut [LaneEntry], decided: &BatchEnd) {
     let records = &decided.history.mutations;
     let conflicts = records.iter().filter(|m| m.conflict).count();
     lock(&inner.control).on_outcomes(records.len(), conflicts);
-    let mut predictor = lock(&inner.predictor);
-    for (&i, record) in decided.decided_at.iter().zip(records) {
-        if let Some(scored) = batch[i].scored.take() {
-            let outcome = predict::Outcome {
-                conflict: record.conflict,
-                version_after: record.version_after,
-                wrote: record.version_after > record.version_before,
-            };
-            predictor.learn(scored, outcome);
-        }
-    }
-    let n = batch.len() as u64;
-    let since = inner.outcomes_since_retrain.fetch_add(n, Ordering::Relaxed) + n;
-    if since >= inner.config.predictor.retrain_after_outcomes {
-        inner.outcomes_since_retrain.store(0, Ordering::Relaxed);
-        inner.retrain_wanted.notify_one();
-    }
-    let learned = predictor.learned();
-    if learned > 0 && learned % QUALITY_LOG_EVERY < n {
-        let report = predictor.report();
-        info!(
-            learned,
-            auc_all = ?report.all_time.auc,
-            auc_recent = ?report.recent.auc,
-            log_loss_recent = ?report.recent.log_loss,
-            ece_recent = ?report.recent.expected_calibration_error,
-            features = report.features,
-            "model quality"
-        );
-    }
+    let settled = batch.len() as u64;
+    let outcomes = decided.decided_at.iter().zip(records);
+    let outcomes = outcomes.filter_map(|(&i, record)| {
+        let scored = batch[i].scored.take()?;
+        let outcome = predict::Outcome {
+            conflict: record.conflict,
+            version_after: record.version_after,
+            wrote: record.version_after > record.version_before,
+        };
+        Some((scored, outcome))
+    });
+    let retrain_after = inner.config.predictor.retrain_after_outcomes;
+    inner.learning.learn(outcomes, settled, retrain_after);
 }
 
 /// Ends the lane's batch of `settled` mutations in the queue and gives its

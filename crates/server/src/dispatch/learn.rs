@@ -1,18 +1,118 @@
 //! The adaptive learning loop: the predictor retrained from the history at
 //! start, on a schedule and after enough outcomes, and swapped in.
 
-use super::{Inner, lock};
+use super::{Inner, ModelSummary, lock};
 use crate::history::HistoryError;
 use crate::model::MutationRecord;
-use crate::predict::{Predictor, PredictorConfig};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use crate::predict::{self, ModelReport, Observation, Predictor, PredictorConfig, Scored};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
 
 /// History rows fetched per page while retraining.
 const RETRAIN_PAGE_ROWS: u32 = 10_000;
+/// How often (in learned outcomes) the model's quality is logged.
+const QUALITY_LOG_EVERY: u64 = 10_000;
+/// How stale the dashboards' model summary may be.
+const MODEL_SUMMARY_EVERY: Duration = Duration::from_secs(1);
+
+/// The learning stage's state: the live predictor, when to retrain it, and
+/// the dashboards' summary of it. Its fields are this module's alone, so
+/// every other stage goes through these methods, and the one place two of
+/// its locks nest (the summary over the predictor) is written once, here.
+pub(super) struct Learning {
+    predictor: Mutex<Predictor>,
+    /// Outcomes learned online since the last retraining.
+    outcomes_since_retrain: AtomicU64,
+    retrain_wanted: Notify,
+    /// The model's quality for dashboards and when it was computed:
+    /// computing it sorts the recent window under the predictor's lock, so
+    /// it is done at most once a second, and only while someone looks.
+    summary: Mutex<Option<(Duration, ModelSummary)>>,
+}
+
+impl Learning {
+    pub(super) fn new(config: &PredictorConfig) -> Learning {
+        Learning {
+            predictor: Mutex::new(Predictor::new(config.clone())),
+            outcomes_since_retrain: AtomicU64::new(0),
+            retrain_wanted: Notify::new(),
+            summary: Mutex::new(None),
+        }
+    }
+
+    /// Scores a mutation before anything about its outcome exists.
+    pub(super) fn score(&self, observation: &Observation<'_>) -> Scored {
+        lock(&self.predictor).score(observation)
+    }
+
+    /// The predictor's state and quality, for `GET /v1/model`.
+    pub(super) fn report(&self) -> ModelReport {
+        lock(&self.predictor).report()
+    }
+
+    /// Teaches the predictor a lane's outcomes, each through its own
+    /// score's token; `settled` mutations count towards the next retraining
+    /// (asked for past `retrain_after`).
+    pub(super) fn learn(
+        &self,
+        outcomes: impl Iterator<Item = (Scored, predict::Outcome)>,
+        settled: u64,
+        retrain_after: u64,
+    ) {
+        let mut predictor = lock(&self.predictor);
+        for (scored, outcome) in outcomes {
+            predictor.learn(scored, outcome);
+        }
+        let since = self
+            .outcomes_since_retrain
+            .fetch_add(settled, Ordering::Relaxed)
+            + settled;
+        if since >= retrain_after {
+            self.outcomes_since_retrain.store(0, Ordering::Relaxed);
+            self.retrain_wanted.notify_one();
+        }
+        let learned = predictor.learned();
+        if learned > 0 && learned % QUALITY_LOG_EVERY < settled {
+            let report = predictor.report();
+            info!(
+                learned,
+                auc_all = ?report.all_time.auc,
+                auc_recent = ?report.recent.auc,
+                log_loss_recent = ?report.recent.log_loss,
+                ece_recent = ?report.recent.expected_calibration_error,
+                features = report.features,
+                "model quality"
+            );
+        }
+    }
+
+    /// The model's quality for dashboards, at most a second old at `now`:
+    /// computed when someone looks, once for every viewer.
+    pub(super) fn summary(&self, now: Duration) -> ModelSummary {
+        let mut cached = lock(&self.summary);
+        match &*cached {
+            Some((at, summary)) if now.saturating_sub(*at) < MODEL_SUMMARY_EVERY => summary.clone(),
+            _ => {
+                let summary = ModelSummary::of(self.report());
+                *cached = Some((now, summary.clone()));
+                summary
+            }
+        }
+    }
+
+    /// Swaps a freshly trained predictor in, keeping the live quality figures.
+    fn swap(&self, mut fresh: Predictor, now_ms: i64, training_ms: f64) {
+        {
+            let mut live = lock(&self.predictor);
+            fresh.succeed(&mut live, now_ms, training_ms);
+            *live = fresh;
+        }
+        self.outcomes_since_retrain.store(0, Ordering::Relaxed);
+    }
+}
 
 /// The adaptive learning loop: retrain from the history at start (a warm
 /// start), on a schedule, and after enough new outcomes; swap the new model in
@@ -28,7 +128,7 @@ pub(super) async fn learning_loop(inner: Arc<Inner>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(config.retrain_interval_s)) => {}
-            _ = inner.retrain_wanted.notified() => {}
+            _ = inner.learning.retrain_wanted.notified() => {}
         }
         retrain(&inner).await;
     }
@@ -40,7 +140,7 @@ pub(super) async fn learning_loop(inner: Arc<Inner>) {
 async fn retrain(inner: &Arc<Inner>) {
     let started = inner.clock.elapsed();
     let config = inner.config.predictor.clone();
-    let mut fresh = match train_from_history(inner.history.as_ref(), &config).await {
+    let fresh = match train_from_history(inner.history.as_ref(), &config).await {
         Ok(Some(fresh)) => fresh,
         Ok(None) => return,
         Err(e) => {
@@ -50,12 +150,9 @@ async fn retrain(inner: &Arc<Inner>) {
     };
     let training_ms = inner.clock.elapsed().saturating_sub(started).as_secs_f64() * 1000.0;
     let rows = fresh.training().trained_rows;
-    {
-        let mut live = lock(&inner.predictor);
-        fresh.succeed(&mut live, inner.clock.now_ms(), training_ms);
-        *live = fresh;
-    }
-    inner.outcomes_since_retrain.store(0, Ordering::Relaxed);
+    inner
+        .learning
+        .swap(fresh, inner.clock.now_ms(), training_ms);
     inner.telemetry.retrained(training_ms / 1000.0);
     info!(
         rows,

@@ -20,13 +20,15 @@
 //! write it describes; one worker per key; in-flight lanes ≤ the limit.
 //!
 //! Lock order. The engine's state sits behind few `std::sync` locks
-//! (`lanes`, `control`, `door`, `predictor`, `reservations`, `collections`,
-//! `model_summary`, and the leaves inside `cache`, `writers`, `quarantine`
-//! and `history_failure`); nothing awaits while holding one, and a thread holds at
-//! most one at a time, with one exception: `model_summary` → `predictor`
-//! (the dashboards' cached summary is computed from the predictor's report
-//! under its own lock, so that viewers compute it once). Any new nesting must
-//! extend this order, not invert it.
+//! (`lanes`, `control`, `door`, `reservations`, `collections`, the learning
+//! stage's two, and the leaves inside `cache`, `writers`, `quarantine` and
+//! `history_failure`); nothing awaits while holding one, and a thread holds
+//! at most one at a time, with one exception that its type keeps in one
+//! place: `learn::Learning` (fields private to its module) computes the
+//! dashboards' cached summary from the predictor's report under the
+//! summary's lock, so that viewers compute it once. Any new nesting must
+//! extend this order, not invert it, and belongs inside the part that owns
+//! both locks.
 
 mod admit;
 mod cache;
@@ -51,18 +53,18 @@ pub use stats::{Dashboard, EngineStats, ModelSummary};
 
 use chores::HostLoad;
 use commit::{CommitJob, HistoryJob};
-use control::{ControlConfig, Controller, Door};
+use control::{ControlConfig, Controller};
 
 use crate::clock::SharedClock;
 use crate::history::{ConflictPage, ConflictQuery, HistoryError, SharedHistory};
 use crate::model::{DocKey, Document, Mutation};
-use crate::predict::{ModelReport, Predictor, PredictorConfig, Scored};
-use crate::queue::{LocalReservations, MutationQueue, Queue, QueueLimits, Reservations};
+use crate::predict::{ModelReport, PredictorConfig, Scored};
+use crate::queue::{MutationQueue, Queue, QueueLimits};
 use crate::resolve::{CollectionConfig, Handler, Resolver, ScriptError};
 use crate::store::{SharedStore, StoreError, StoredReply};
 use crate::telemetry::Telemetry;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -226,13 +228,12 @@ struct Inner {
     store: SharedStore,
     history: SharedHistory,
     resolver: Resolver,
-    predictor: Mutex<Predictor>,
+    learning: learn::Learning,
     control: Mutex<Controller>,
     host: HostLoad,
     lanes: Mutex<Lanes>,
     wake: Notify,
-    /// `(client, id)`s being decided, and the resends waiting on them.
-    reservations: Mutex<Box<dyn Reservations<oneshot::Sender<Answer>, Answer>>>,
+    admission: admit::Admission,
     collections: RwLock<HashMap<String, CollectionConfig>>,
     /// Bumped by every local change of `collections`: a refresh read from
     /// the store before the change must not undo it.
@@ -241,13 +242,7 @@ struct Inner {
     history_tx: mpsc::Sender<HistoryJob>,
     closing: AtomicBool,
     drained: Notify,
-    /// Outcomes learned online since the last retraining.
-    outcomes_since_retrain: AtomicU64,
     commits_stale: AtomicU64,
-    in_system: AtomicUsize,
-    /// Of `in_system`, the mutations (not reads).
-    mutations_in_system: AtomicUsize,
-    door: Mutex<Door>,
     reads: reads::Reads,
     /// What Sluice last committed, so lanes start without a store read.
     cache: cache::DocCache,
@@ -257,16 +252,11 @@ struct Inner {
     /// The last history write that failed after its retries, until one
     /// succeeds again.
     history_failure: Mutex<Option<String>>,
-    retrain_wanted: Notify,
     /// Bumped after every commit, so event streams know to look.
     events: tokio::sync::watch::Sender<u64>,
     /// The secret behind event ids, read from the store once.
     events_secret: tokio::sync::OnceCell<Arc<str>>,
     telemetry: Arc<Telemetry>,
-    /// The model's quality for dashboards and when it was computed:
-    /// computing it sorts the recent window under the predictor's lock, so it
-    /// is done at most once a second, and only while someone looks.
-    model_summary: Mutex<Option<(Duration, ModelSummary)>>,
 }
 
 /// A handle on the running dispatcher; clones share it.
@@ -326,7 +316,7 @@ impl Engine {
         resolver.observe(telemetry.clone());
         resolver.bound_documents(config.document_bytes_max);
         let inner = Arc::new(Inner {
-            predictor: Mutex::new(Predictor::new(config.predictor.clone())),
+            learning: learn::Learning::new(&config.predictor),
             control: Mutex::new(Controller::new(ControlConfig {
                 limit_max: config.lanes_in_flight_max,
                 commit_batch_max: config.commit_batch_max,
@@ -345,27 +335,21 @@ impl Engine {
             history,
             resolver,
             wake: Notify::new(),
-            reservations: Mutex::new(Box::new(LocalReservations::default())),
+            admission: admit::Admission::new(queue_len_max),
             collections: RwLock::new(collections),
             collections_changed: AtomicU64::new(0),
             commit_tx,
             history_tx,
             closing: AtomicBool::new(false),
             drained: Notify::new(),
-            outcomes_since_retrain: AtomicU64::new(0),
             commits_stale: AtomicU64::new(0),
-            in_system: AtomicUsize::new(0),
-            mutations_in_system: AtomicUsize::new(0),
-            door: Mutex::new(Door::new(queue_len_max)),
             reads: reads::Reads::start(reads_store),
             cache,
             writers: chain::RecentWriters::default(),
             quarantine,
             history_failure: Mutex::new(None),
-            retrain_wanted: Notify::new(),
             events: tokio::sync::watch::Sender::new(0),
             telemetry,
-            model_summary: Mutex::new(None),
             events_secret: tokio::sync::OnceCell::new(),
         });
         tokio::spawn(lane::dispatch_loop(inner.clone()));
@@ -390,7 +374,7 @@ impl Engine {
 
     /// The predictor's state and quality, for `GET /v1/model`.
     pub fn model_report(&self) -> ModelReport {
-        lock(&self.inner.predictor).report()
+        self.inner.learning.report()
     }
 
     pub async fn stored_reply(
@@ -542,7 +526,7 @@ impl Inner {
 
     /// Drops the reservation and hands `reply` to every resend that waited on it.
     fn release(&self, reservation: &(String, String), reply: &Answer) {
-        let waiters = lock(&self.reservations).release(&reservation.0, &reservation.1);
+        let waiters = self.admission.release(&reservation.0, &reservation.1);
         for waiter in waiters {
             let _ = waiter.send(reply.clone());
         }

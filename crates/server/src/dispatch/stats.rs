@@ -5,7 +5,6 @@ use super::{Engine, Inner, control, lock};
 use crate::predict::ModelReport;
 use crate::telemetry::Gauges;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 /// A snapshot for `/v1/stats` and the logs.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct EngineStats {
@@ -37,9 +36,6 @@ pub struct EngineStats {
     pub quarantined: usize,
 }
 
-/// How old the dashboards' model summary may be.
-const MODEL_SUMMARY_EVERY: Duration = Duration::from_secs(1);
-
 /// `GET /v1/dashboard`: what the dashboard draws.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Dashboard {
@@ -62,7 +58,7 @@ pub struct ModelSummary {
 }
 
 impl ModelSummary {
-    fn of(report: ModelReport) -> ModelSummary {
+    pub(super) fn of(report: ModelReport) -> ModelSummary {
         ModelSummary {
             model_version: report.training.model_version,
             learned: report.learned,
@@ -118,19 +114,8 @@ impl Engine {
         }
     }
 
-    /// The model's quality for dashboards, at most a second old: computed
-    /// when someone looks, once for every viewer.
     fn model_summary(&self) -> ModelSummary {
-        let now = self.inner.clock.elapsed();
-        let mut cached = lock(&self.inner.model_summary);
-        match &*cached {
-            Some((at, summary)) if now.saturating_sub(*at) < MODEL_SUMMARY_EVERY => summary.clone(),
-            _ => {
-                let summary = ModelSummary::of(self.model_report());
-                *cached = Some((now, summary.clone()));
-                summary
-            }
-        }
+        self.inner.learning.summary(self.inner.clock.elapsed())
     }
 }
 
@@ -169,7 +154,7 @@ impl Engine {
             }
         }
         lock(&inner.control).check()?;
-        lock(&inner.door).check()?;
+        inner.admission.check()?;
         inner.quarantine.check()?;
         inner.cache.check()
     }
@@ -203,8 +188,8 @@ impl Inner {
             memory,
             mutations_decided: self.telemetry.board.totals().decided(),
             commits_stale: self.commits_stale.load(Ordering::Relaxed),
-            in_system: self.in_system.load(Ordering::Relaxed),
-            admission_limit: lock(&self.door).limit(),
+            in_system: self.admission.in_system(),
+            admission_limit: self.admission.limit(),
             quarantined: self.quarantine.len(),
         }
     }

@@ -422,102 +422,15 @@ impl PostgresStore {
         } else {
             COMMIT_SQL.as_str()
         };
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(
-                batch
-                    .iter()
-                    .map(|l| l.doc.collection.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(batch.iter().map(|l| l.doc.key.as_str()).collect::<Vec<_>>())
-            .bind(
-                batch
-                    .iter()
-                    .map(|l| to_sql(l.expected_version))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                writes
-                    .iter()
-                    .map(|w| w.map(|w| to_sql(w.version)))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                writes
-                    .iter()
-                    .map(|w| w.and_then(encode_item))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(batch.iter().map(|l| l.at_ms).collect::<Vec<_>>())
-            .bind(replies.iter().map(|(lane, _)| *lane).collect::<Vec<_>>())
-            .bind(
-                replies
-                    .iter()
-                    .map(|(_, r)| r.client.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                replies
-                    .iter()
-                    .map(|(_, r)| r.id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                replies
-                    .iter()
-                    .map(|(_, r)| to_sql(r.fingerprint))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                replies
-                    .iter()
-                    .map(|(_, r)| r.decision.kind.stored_code())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                replies
-                    .iter()
-                    .map(|(_, r)| r.decision.body.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(replies.iter().map(|(_, r)| r.at_ms).collect::<Vec<_>>())
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let query = bind_lanes(query, batch, &writes);
+        let query = bind_replies(query, &replies);
+        let query = query
             .bind(accepted.iter().map(|a| a.0).collect::<Vec<_>>())
             .bind(accepted.iter().map(|a| a.1).collect::<Vec<_>>())
-            .bind(accepted.iter().map(|a| a.2).collect::<Vec<_>>())
-            .bind(kept.iter().map(|(lane, _)| *lane).collect::<Vec<_>>())
-            .bind(
-                kept.iter()
-                    .map(|(_, q)| q.client.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(kept.iter().map(|(_, q)| q.id.as_str()).collect::<Vec<_>>())
-            .bind(
-                kept.iter()
-                    .map(|(_, q)| to_sql(q.fingerprint))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                kept.iter()
-                    .map(|(_, q)| q.doc.collection.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                kept.iter()
-                    .map(|(_, q)| q.doc.key.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                kept.iter()
-                    .map(|(_, q)| q.mutation.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                kept.iter()
-                    .map(|(_, q)| q.reason.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(kept.iter().map(|(_, q)| q.score).collect::<Vec<_>>())
-            .bind(kept.iter().map(|(_, q)| q.at_ms).collect::<Vec<_>>())
+            .bind(accepted.iter().map(|a| a.2).collect::<Vec<_>>());
+        let query = bind_kept(query, &kept);
+        let query = query
             .bind(released.iter().map(|(lane, _)| *lane).collect::<Vec<_>>())
             .bind(
                 released
@@ -563,6 +476,117 @@ impl PostgresStore {
         }
         Ok(outcomes)
     }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// The lanes' parameters of `COMMIT_SQL`, in its order: documents, the
+/// versions expected and written, the items, the times.
+fn bind_lanes<'q>(
+    q: PgQuery<'q>,
+    batch: &'q [LaneCommit],
+    writes: &[Option<&'q Document>],
+) -> PgQuery<'q> {
+    q.bind(
+        batch
+            .iter()
+            .map(|l| l.doc.collection.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(batch.iter().map(|l| l.doc.key.as_str()).collect::<Vec<_>>())
+    .bind(
+        batch
+            .iter()
+            .map(|l| to_sql(l.expected_version))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|w| w.map(|w| to_sql(w.version)))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|w| w.and_then(encode_item))
+            .collect::<Vec<_>>(),
+    )
+    .bind(batch.iter().map(|l| l.at_ms).collect::<Vec<_>>())
+}
+
+/// The replies' parameters of `COMMIT_SQL`, each with its lane.
+fn bind_replies<'q>(q: PgQuery<'q>, replies: &[(i64, &'q StoredReply)]) -> PgQuery<'q> {
+    q.bind(replies.iter().map(|(lane, _)| *lane).collect::<Vec<_>>())
+        .bind(
+            replies
+                .iter()
+                .map(|(_, r)| r.client.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            replies
+                .iter()
+                .map(|(_, r)| r.id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            replies
+                .iter()
+                .map(|(_, r)| to_sql(r.fingerprint))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            replies
+                .iter()
+                .map(|(_, r)| r.decision.kind.stored_code())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            replies
+                .iter()
+                .map(|(_, r)| r.decision.body.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(replies.iter().map(|(_, r)| r.at_ms).collect::<Vec<_>>())
+}
+
+/// The quarantine entries' parameters of `COMMIT_SQL`, each with its lane.
+fn bind_kept<'q>(q: PgQuery<'q>, kept: &[(i64, &'q Quarantined)]) -> PgQuery<'q> {
+    q.bind(kept.iter().map(|(lane, _)| *lane).collect::<Vec<_>>())
+        .bind(
+            kept.iter()
+                .map(|(_, q)| q.client.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(kept.iter().map(|(_, q)| q.id.as_str()).collect::<Vec<_>>())
+        .bind(
+            kept.iter()
+                .map(|(_, q)| to_sql(q.fingerprint))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            kept.iter()
+                .map(|(_, q)| q.doc.collection.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            kept.iter()
+                .map(|(_, q)| q.doc.key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            kept.iter()
+                .map(|(_, q)| q.mutation.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            kept.iter()
+                .map(|(_, q)| q.reason.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(kept.iter().map(|(_, q)| q.score).collect::<Vec<_>>())
+        .bind(kept.iter().map(|(_, q)| q.at_ms).collect::<Vec<_>>())
 }
 
 /// A batch's commit as one statement. `lane` lists the lanes (a NULL
