@@ -345,50 +345,58 @@ impl Predictor {
         key_hash: u64,
         client_hash: u64,
     ) -> Vec<ftrl::Feature> {
+        use Part::N;
+        let mut row = Row(Vec::with_capacity(48));
+        what_it_is(&mut row, obs, base);
+        let stats = self.keys.get(&key_hash);
+        self.key_history(&mut row, obs, base, stats);
+        let client_rates = self
+            .clients
+            .get(&client_hash)
+            .map(|c| c.rates_at(obs.event_ms))
+            .unwrap_or((0.0, 0.0));
+        let client_rate = (client_rates.0 + 0.05) / (client_rates.1 + 1.0);
+        row.add("client_conflict_rate", &[N(rate_bucket(client_rate))]);
+        let lane = log_bucket(obs.lane_waiting as f64);
+        row.add("lane_waiting", &[N(lane)]);
+        // Features that read the current version: only with the version cache.
+        if self.config.use_version_cache {
+            match stats.and_then(|s| s.version.map(|v| (s, v))) {
+                Some((s, current)) => {
+                    let gap = gap_bucket(current, base);
+                    row.add("gap", &[N(gap)]);
+                    row.add("gap_lane", &[N(gap), N(lane)]);
+                    row.add(
+                        "since_last_write",
+                        &[N(age_bucket(obs.event_ms.saturating_sub(s.last_ms)))],
+                    );
+                }
+                None => row.add("gap", &[N(GAP_UNSEEN)]),
+            }
+        }
+        row.0
+    }
+
+    /// What the key has seen: its write rates and conflicts, and how old the
+    /// base version is against them.
+    fn key_history(
+        &self,
+        row: &mut Row,
+        obs: &Observation<'_>,
+        base: u64,
+        stats: Option<&KeyStats>,
+    ) {
         use Part::{N, S};
-        let mut x = Vec::with_capacity(48);
-        let mut add = |name: &str, parts: &[Part<'_>]| x.push((bucket(name, parts), 1.0f32));
         let doc = obs.doc;
         let collection = S(&doc.collection);
-        add("bias", &[]);
-        add("collection", &[collection]);
-        add("key", &[collection, S(&doc.key)]);
-        let mut prefix_end = 0;
-        for (depth, segment) in doc.key.split('/').enumerate().take(DIR_DEPTH_MAX) {
-            prefix_end += segment.len() + usize::from(depth > 0);
-            if prefix_end >= doc.key.len() {
-                break;
-            }
-            add("dir", &[collection, S(&doc.key[..prefix_end])]);
-        }
-        if let Some(ext) = doc
-            .key
-            .rsplit_once('.')
-            .map(|(_, e)| e)
-            .filter(|e| e.len() <= 8 && !e.contains('/'))
-        {
-            add("ext", &[S(ext)]);
-        }
-        for field in obs.fields.iter().take(FIELDS_MAX) {
-            add("field", &[collection, S(field)]);
-        }
-        add("client", &[S(obs.client)]);
-        add("op", &[S(obs.op.as_str())]);
-        let secs = obs.event_ms.div_euclid(1000);
-        add("hour", &[N(secs.div_euclid(3600).rem_euclid(24))]);
-        // 1970-01-01 was a Thursday.
-        add("weekday", &[N((secs.div_euclid(86_400) + 4).rem_euclid(7))]);
-        add("base_zero", &[N(i64::from(base == 0))]);
-
-        let stats = self.keys.get(&key_hash);
         let writes = stats.map(|s| s.writes_at(obs.event_ms)).unwrap_or_default();
         let key_conflicts = stats.map(|s| s.conflicts_at(obs.event_ms)).unwrap_or(0.0);
         let write_buckets = writes.map(log_bucket);
-        add("writes_1h", &[N(write_buckets[0])]);
-        add("writes_1d", &[N(write_buckets[1])]);
-        add("writes_30d", &[N(write_buckets[2])]);
-        add("writes_1d_30d", &[N(write_buckets[1]), N(write_buckets[2])]);
-        add("key_conflicts", &[N(log_bucket(key_conflicts))]);
+        row.add("writes_1h", &[N(write_buckets[0])]);
+        row.add("writes_1d", &[N(write_buckets[1])]);
+        row.add("writes_30d", &[N(write_buckets[2])]);
+        row.add("writes_1d_30d", &[N(write_buckets[1]), N(write_buckets[2])]);
+        row.add("key_conflicts", &[N(log_bucket(key_conflicts))]);
 
         // How long ago the base version was written: what a branch's age is to
         // a merge. It says when version `base` appeared, never whether a newer
@@ -405,10 +413,10 @@ impl Predictor {
             }
             None => AGE_UNKNOWN,
         };
-        add("base_age", &[N(age)]);
-        add("base_age_writes_1d", &[N(age), N(write_buckets[1])]);
-        add("base_age_writes_30d", &[N(age), N(write_buckets[2])]);
-        add("base_age_collection", &[N(age), collection]);
+        row.add("base_age", &[N(age)]);
+        row.add("base_age_writes_1d", &[N(age), N(write_buckets[1])]);
+        row.add("base_age_writes_30d", &[N(age), N(write_buckets[2])]);
+        row.add("base_age_collection", &[N(age), collection]);
         // The writes to expect since the base, at the key's recent rates: the
         // Poisson intuition (a conflict is "someone wrote in between").
         if let Some((_, written)) = remembered {
@@ -419,7 +427,7 @@ impl Predictor {
             {
                 // A decayed count over a half-life h estimates a rate of count·ln2/h.
                 let expected = count * std::f64::consts::LN_2 / half_life * age_ms;
-                add(name, &[N(fine_bucket(expected))]);
+                row.add(name, &[N(fine_bucket(expected))]);
             }
         }
         if let Some(dir) = doc
@@ -428,35 +436,8 @@ impl Predictor {
             .next()
             .filter(|d| d.len() < doc.key.len())
         {
-            add("base_age_dir", &[N(age), collection, S(dir)]);
+            row.add("base_age_dir", &[N(age), collection, S(dir)]);
         }
-
-        let client_rates = self
-            .clients
-            .get(&client_hash)
-            .map(|c| c.rates_at(obs.event_ms))
-            .unwrap_or((0.0, 0.0));
-        let client_rate = (client_rates.0 + 0.05) / (client_rates.1 + 1.0);
-        add("client_conflict_rate", &[N(rate_bucket(client_rate))]);
-        let lane = log_bucket(obs.lane_waiting as f64);
-        add("lane_waiting", &[N(lane)]);
-
-        // Features that read the current version: only with the version cache.
-        if self.config.use_version_cache {
-            match stats.and_then(|s| s.version.map(|v| (s, v))) {
-                Some((s, current)) => {
-                    let gap = gap_bucket(current, base);
-                    add("gap", &[N(gap)]);
-                    add("gap_lane", &[N(gap), N(lane)]);
-                    add(
-                        "since_last_write",
-                        &[N(age_bucket(obs.event_ms.saturating_sub(s.last_ms)))],
-                    );
-                }
-                None => add("gap", &[N(GAP_UNSEEN)]),
-            }
-        }
-        x
     }
 
     /// Learns from a decided mutation. Takes the token `score` returned, so an
@@ -581,6 +562,52 @@ fn forget_oldest_half<V>(map: &mut HashMap<u64, V>, last_ms: impl Fn(&V) -> i64)
 enum Part<'a> {
     S(&'a str),
     N(i64),
+}
+
+/// The features of one mutation, hashed, each of weight 1.
+struct Row(Vec<ftrl::Feature>);
+
+impl Row {
+    fn add(&mut self, name: &str, parts: &[Part<'_>]) {
+        self.0.push((bucket(name, parts), 1.0f32));
+    }
+}
+
+/// What the mutation is, whatever was seen before: where (collection, key,
+/// its directories and extension), which fields, who, which operation, when.
+fn what_it_is(row: &mut Row, obs: &Observation<'_>, base: u64) {
+    use Part::{N, S};
+    let doc = obs.doc;
+    let collection = S(&doc.collection);
+    row.add("bias", &[]);
+    row.add("collection", &[collection]);
+    row.add("key", &[collection, S(&doc.key)]);
+    let mut prefix_end = 0;
+    for (depth, segment) in doc.key.split('/').enumerate().take(DIR_DEPTH_MAX) {
+        prefix_end += segment.len() + usize::from(depth > 0);
+        if prefix_end >= doc.key.len() {
+            break;
+        }
+        row.add("dir", &[collection, S(&doc.key[..prefix_end])]);
+    }
+    if let Some(ext) = doc
+        .key
+        .rsplit_once('.')
+        .map(|(_, e)| e)
+        .filter(|e| e.len() <= 8 && !e.contains('/'))
+    {
+        row.add("ext", &[S(ext)]);
+    }
+    for field in obs.fields.iter().take(FIELDS_MAX) {
+        row.add("field", &[collection, S(field)]);
+    }
+    row.add("client", &[S(obs.client)]);
+    row.add("op", &[S(obs.op.as_str())]);
+    let secs = obs.event_ms.div_euclid(1000);
+    row.add("hour", &[N(secs.div_euclid(3600).rem_euclid(24))]);
+    // 1970-01-01 was a Thursday.
+    row.add("weekday", &[N((secs.div_euclid(86_400) + 4).rem_euclid(7))]);
+    row.add("base_zero", &[N(i64::from(base == 0))]);
 }
 
 /// The hashed coordinate of a named feature with its value parts, chained

@@ -250,18 +250,6 @@ impl Engine {
         let _entered = self.enter(mutations.len())?;
         let inner = &self.inner;
         let received_ms = inner.clock.now_ms();
-        enum Slot<'a> {
-            Answered(Answer),
-            Waiting(oneshot::Receiver<Answer>, String),
-            Admit(
-                ReservationGuard<'a>,
-                DocKey,
-                Box<LaneEntry>,
-                i64,
-                oneshot::Receiver<Answer>,
-                String,
-            ),
-        }
         let mut slots = Vec::with_capacity(mutations.len());
         for mutation in mutations {
             let id = mutation.id.clone();
@@ -270,70 +258,23 @@ impl Engine {
                 Claim::Waiting(rx) => Slot::Waiting(rx, id),
                 Claim::Fresh(guard) => {
                     let doc = mutation.doc.clone();
-                    let (queued, rank, rx) = self.prepare(mutation, received_ms, Origin::Sent);
-                    Slot::Admit(guard, doc, Box::new(queued), rank, rx, id)
+                    let (entry, rank, rx) = self.prepare(mutation, received_ms, Origin::Sent);
+                    Slot::Admit(guard, doc, Box::new(entry), rank, rx, id)
                 }
             });
         }
-        let refused = {
-            let mut lanes = lock(&inner.lanes);
-            let mut per_lane: HashMap<&DocKey, usize> = HashMap::new();
-            for slot in &slots {
-                if let Slot::Admit(_, doc, ..) = slot {
-                    *per_lane.entry(doc).or_default() += 1;
-                }
-            }
-            let admits: usize = per_lane.values().sum();
-            let refusal = if !lanes.queue.has_room(admits) {
-                Some(Full::QueueFull)
-            } else {
-                per_lane
-                    .iter()
-                    .find(|(doc, n)| lanes.queue.lane_room(doc) < **n)
-                    .map(|_| Full::LaneFull)
-            };
-            match refusal {
-                Some(refusal) => Some(refusal),
-                None => {
-                    let mut admitted = Vec::with_capacity(slots.len());
-                    for slot in slots {
-                        admitted.push(match slot {
-                            Slot::Admit(guard, doc, queued, rank, rx, id) => {
-                                let fits = lanes.queue.admit(&doc, *queued, rank);
-                                invariant::hold(
-                                    fits.is_ok(),
-                                    "room was checked under the same lock",
-                                );
-                                guard.hand_over();
-                                Slot::Waiting(rx, id)
-                            }
-                            other => other,
-                        });
+        let slots = match admit_all(inner, slots) {
+            Ok(slots) => slots,
+            Err((full, slots)) => {
+                let reply = inner.refuse(batch_refusal(full), slots.len());
+                for slot in slots {
+                    if let Slot::Admit(guard, ..) = slot {
+                        guard.release(&reply);
                     }
-                    slots = admitted;
-                    None
                 }
+                return Err(reply);
             }
         };
-        if let Some(refusal) = refused {
-            let reply = match refusal {
-                Full::QueueFull => Refusal::new(
-                    RefusalReason::QueueFull,
-                    "the batch does not fit in the mutation queue; nothing of it was queued, retry after a moment",
-                ),
-                Full::LaneFull => Refusal::new(
-                    RefusalReason::LaneFull,
-                    "the batch would overfill a document's lane; nothing of it was queued, retry after a moment",
-                ),
-            };
-            let reply = inner.refuse(reply, slots.len());
-            for slot in slots {
-                if let Slot::Admit(guard, ..) = slot {
-                    guard.release(&reply);
-                }
-            }
-            return Err(reply);
-        }
         inner.wake.notify_one();
         let mut replies = Vec::with_capacity(slots.len());
         for slot in slots {
@@ -711,5 +652,76 @@ impl Inner {
     pub(super) fn refuse(&self, refusal: Refusal, n: usize) -> Answer {
         self.telemetry.refused(refusal.reason.code(), n);
         Answer::Refused(refusal)
+    }
+}
+
+/// A batch mutation on its way: answered already, waiting on an answer, or
+/// to be admitted (with its reservation, lane, entry, rank, receiver, id).
+enum Slot<'a> {
+    Answered(Answer),
+    Waiting(oneshot::Receiver<Answer>, String),
+    Admit(
+        ReservationGuard<'a>,
+        DocKey,
+        Box<LaneEntry>,
+        i64,
+        oneshot::Receiver<Answer>,
+        String,
+    ),
+}
+
+/// Admits every `Admit` slot of a batch under one lock, or none of them
+/// when the queue or a lane lacks the room (then the bound that refused,
+/// and the slots untouched).
+fn admit_all<'a>(
+    inner: &Inner,
+    slots: Vec<Slot<'a>>,
+) -> Result<Vec<Slot<'a>>, (Full, Vec<Slot<'a>>)> {
+    let mut lanes = lock(&inner.lanes);
+    let mut per_lane: HashMap<&DocKey, usize> = HashMap::new();
+    for slot in &slots {
+        if let Slot::Admit(_, doc, ..) = slot {
+            *per_lane.entry(doc).or_default() += 1;
+        }
+    }
+    let admits: usize = per_lane.values().sum();
+    let refusal = if !lanes.queue.has_room(admits) {
+        Some(Full::QueueFull)
+    } else {
+        per_lane
+            .iter()
+            .find(|(doc, n)| lanes.queue.lane_room(doc) < **n)
+            .map(|_| Full::LaneFull)
+    };
+    drop(per_lane);
+    if let Some(full) = refusal {
+        return Err((full, slots));
+    }
+    let mut admitted = Vec::with_capacity(slots.len());
+    for slot in slots {
+        admitted.push(match slot {
+            Slot::Admit(guard, doc, entry, rank, rx, id) => {
+                let fits = lanes.queue.admit(&doc, *entry, rank);
+                invariant::hold(fits.is_ok(), "room was checked under the same lock");
+                guard.hand_over();
+                Slot::Waiting(rx, id)
+            }
+            other => other,
+        });
+    }
+    Ok(admitted)
+}
+
+/// Why a batch was refused whole.
+fn batch_refusal(full: Full) -> Refusal {
+    match full {
+        Full::QueueFull => Refusal::new(
+            RefusalReason::QueueFull,
+            "the batch does not fit in the mutation queue; nothing of it was queued, retry after a moment",
+        ),
+        Full::LaneFull => Refusal::new(
+            RefusalReason::LaneFull,
+            "the batch would overfill a document's lane; nothing of it was queued, retry after a moment",
+        ),
     }
 }

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::model::{DocKey, Document};
 use sqlx::Row;
+use sqlx::SqliteConnection;
 use sqlx::sqlite::SqlitePool;
 use std::path::Path;
 
@@ -272,105 +273,128 @@ impl SqliteStore {
     async fn commit_rows(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError> {
         let mut tx = self.writer.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
-        'lanes: for lane in batch {
-            let ids = lane.replies.iter().map(|r| (&r.client, &r.id));
-            let ids = ids.chain(lane.quarantine.iter().map(|q| (&q.client, &q.id)));
-            for (client, id) in ids {
-                let stored: Option<i64> = sqlx::query_scalar(SELECT_REPLIED)
-                    .bind(client)
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if stored.is_some() {
-                    outcomes.push(CommitOutcome::Resent);
-                    continue 'lanes;
-                }
-            }
-            if let Some(write) = &lane.write {
-                let written = if lane.expected_version == 0 {
-                    sqlx::query(INSERT_DOCUMENT)
-                        .bind(&lane.doc.collection)
-                        .bind(&lane.doc.key)
-                        .bind(to_sql(write.version))
-                        .bind(encode_item(write))
-                        .bind(lane.at_ms)
-                        .execute(&mut *tx)
-                        .await?
-                } else {
-                    sqlx::query(UPDATE_DOCUMENT)
-                        .bind(&lane.doc.collection)
-                        .bind(&lane.doc.key)
-                        .bind(to_sql(write.version))
-                        .bind(encode_item(write))
-                        .bind(lane.at_ms)
-                        .bind(to_sql(lane.expected_version))
-                        .execute(&mut *tx)
-                        .await?
-                };
-                if written.rows_affected() != 1 {
-                    outcomes.push(CommitOutcome::Stale);
-                    continue;
-                }
+        for lane in batch {
+            let outcome = if any_replied(&mut tx, lane).await? {
+                CommitOutcome::Resent
+            } else if !write_document(&mut tx, lane).await? {
+                CommitOutcome::Stale
             } else {
-                let version: Option<i64> = sqlx::query_scalar(SELECT_VERSION)
-                    .bind(&lane.doc.collection)
-                    .bind(&lane.doc.key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if version.map_or(0, from_sql) != lane.expected_version {
-                    outcomes.push(CommitOutcome::Stale);
-                    continue;
-                }
-            }
-            for reply in &lane.replies {
-                sqlx::query(INSERT_REPLY)
-                    .bind(&reply.client)
-                    .bind(&reply.id)
-                    .bind(to_sql(reply.fingerprint))
-                    .bind(reply.decision.kind.stored_code())
-                    .bind(&reply.decision.body)
-                    .bind(reply.at_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                if reply.was_accepted {
-                    sqlx::query(sql::DELETE_ACCEPTED)
-                        .bind(&reply.client)
-                        .bind(&reply.id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                if reply.was_quarantined {
-                    sqlx::query(sql::DELETE_QUARANTINED)
-                        .bind(&reply.client)
-                        .bind(&reply.id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-            for kept in &lane.quarantine {
-                sqlx::query(sql::UPSERT_QUARANTINED)
-                    .bind(&kept.client)
-                    .bind(&kept.id)
-                    .bind(to_sql(kept.fingerprint))
-                    .bind(&kept.doc.collection)
-                    .bind(&kept.doc.key)
-                    .bind(&kept.mutation)
-                    .bind(&kept.reason)
-                    .bind(kept.score)
-                    .bind(kept.at_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                if kept.was_accepted {
-                    sqlx::query(sql::DELETE_ACCEPTED)
-                        .bind(&kept.client)
-                        .bind(&kept.id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-            outcomes.push(CommitOutcome::Committed);
+                write_replies(&mut tx, lane).await?;
+                write_quarantine(&mut tx, lane).await?;
+                CommitOutcome::Committed
+            };
+            outcomes.push(outcome);
         }
         tx.commit().await?;
         Ok(outcomes)
     }
+}
+
+/// Whether a mutation of the lane has a stored reply already (a resend).
+async fn any_replied(tx: &mut SqliteConnection, lane: &LaneCommit) -> Result<bool, StoreError> {
+    let ids = lane.replies.iter().map(|r| (&r.client, &r.id));
+    let ids = ids.chain(lane.quarantine.iter().map(|q| (&q.client, &q.id)));
+    for (client, id) in ids {
+        let stored: Option<i64> = sqlx::query_scalar(SELECT_REPLIED)
+            .bind(client)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if stored.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Writes the lane's document if it still has the expected version (or,
+/// writing nothing, checks that version); `false`: it moved.
+async fn write_document(tx: &mut SqliteConnection, lane: &LaneCommit) -> Result<bool, StoreError> {
+    let Some(write) = &lane.write else {
+        let version: Option<i64> = sqlx::query_scalar(SELECT_VERSION)
+            .bind(&lane.doc.collection)
+            .bind(&lane.doc.key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        return Ok(version.map_or(0, from_sql) == lane.expected_version);
+    };
+    let written = if lane.expected_version == 0 {
+        sqlx::query(INSERT_DOCUMENT)
+            .bind(&lane.doc.collection)
+            .bind(&lane.doc.key)
+            .bind(to_sql(write.version))
+            .bind(encode_item(write))
+            .bind(lane.at_ms)
+            .execute(&mut *tx)
+            .await?
+    } else {
+        sqlx::query(UPDATE_DOCUMENT)
+            .bind(&lane.doc.collection)
+            .bind(&lane.doc.key)
+            .bind(to_sql(write.version))
+            .bind(encode_item(write))
+            .bind(lane.at_ms)
+            .bind(to_sql(lane.expected_version))
+            .execute(&mut *tx)
+            .await?
+    };
+    Ok(written.rows_affected() == 1)
+}
+
+/// Stores the lane's replies; each removes its accept-log entry and its
+/// quarantine entry.
+async fn write_replies(tx: &mut SqliteConnection, lane: &LaneCommit) -> Result<(), StoreError> {
+    for reply in &lane.replies {
+        sqlx::query(INSERT_REPLY)
+            .bind(&reply.client)
+            .bind(&reply.id)
+            .bind(to_sql(reply.fingerprint))
+            .bind(reply.decision.kind.stored_code())
+            .bind(&reply.decision.body)
+            .bind(reply.at_ms)
+            .execute(&mut *tx)
+            .await?;
+        if reply.was_accepted {
+            sqlx::query(sql::DELETE_ACCEPTED)
+                .bind(&reply.client)
+                .bind(&reply.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if reply.was_quarantined {
+            sqlx::query(sql::DELETE_QUARANTINED)
+                .bind(&reply.client)
+                .bind(&reply.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the lane's quarantined mutations; an accepted one leaves the
+/// accept log with it.
+async fn write_quarantine(tx: &mut SqliteConnection, lane: &LaneCommit) -> Result<(), StoreError> {
+    for kept in &lane.quarantine {
+        sqlx::query(sql::UPSERT_QUARANTINED)
+            .bind(&kept.client)
+            .bind(&kept.id)
+            .bind(to_sql(kept.fingerprint))
+            .bind(&kept.doc.collection)
+            .bind(&kept.doc.key)
+            .bind(&kept.mutation)
+            .bind(&kept.reason)
+            .bind(kept.score)
+            .bind(kept.at_ms)
+            .execute(&mut *tx)
+            .await?;
+        if kept.was_accepted {
+            sqlx::query(sql::DELETE_ACCEPTED)
+                .bind(&kept.client)
+                .bind(&kept.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    Ok(())
 }
