@@ -14,7 +14,8 @@ mod sqlite;
 pub use memory::MemoryHistory;
 pub use postgres::PostgresHistory;
 pub(crate) use postgres::{
-    SCHEMA as POSTGRES_SCHEMA, bind_conflicts, bind_mutations, conflicts_insert, mutations_insert,
+    PgQuery, SCHEMA as POSTGRES_SCHEMA, bind_conflicts, bind_mutations, conflicts_insert,
+    mutations_insert,
 };
 pub use sqlite::SqliteHistory;
 

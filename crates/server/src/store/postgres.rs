@@ -9,6 +9,7 @@ use super::{
     StoreError, StoredReply, accepted_from_row, collection_from_row, decode_item, encode_item,
     event_from_row, quarantine_select, quarantined_from_row, reply_from_row, sql, to_sql,
 };
+use crate::history::PgQuery;
 use crate::model::{DocKey, Document};
 use sqlx::Row;
 use sqlx::postgres::PgPool;
@@ -477,8 +478,6 @@ impl PostgresStore {
         Ok(outcomes)
     }
 }
-
-type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// The lanes' parameters of `COMMIT_SQL`, in its order: documents, the
 /// versions expected and written, the items, the times.
