@@ -62,7 +62,7 @@ impl Engine {
         };
         let doc = mutation.doc.clone();
         let (queued, rank, rx) = self.prepare(mutation, received_ms, origin);
-        let admitted = lock(&inner.lanes).queue.admit(&doc, queued, rank);
+        let admitted = inner.lanes.admit(&doc, queued, rank);
         if let Err(refusal) = admitted {
             let reply = inner.refuse(full_refusal(refusal, &doc), 1);
             guard.release(&reply);
@@ -70,7 +70,7 @@ impl Engine {
         }
         // From here the worker that decides the mutation releases the reservation.
         guard.hand_over();
-        inner.wake.notify_one();
+        inner.lanes.wake();
         self.await_answer(rx, &id).await
     }
 
@@ -130,7 +130,7 @@ impl Engine {
                 return refused;
             }
         }
-        let admitted = lock(&inner.lanes).queue.admit(&doc, queued, rank);
+        let admitted = inner.lanes.admit(&doc, queued, rank);
         if let Err(refusal) = admitted {
             let refused = inner.refuse(full_refusal(refusal, &doc), 1);
             if log && let Err(e) = inner.store.unaccept(&client, &id).await {
@@ -142,7 +142,7 @@ impl Engine {
         }
         lock(&inner.admission.reservations).mark_queued(&client, &id, reply.clone());
         guard.hand_over();
-        inner.wake.notify_one();
+        inner.lanes.wake();
         if log {
             inner.telemetry.accepted();
         }
@@ -275,7 +275,7 @@ impl Engine {
                 return Err(reply);
             }
         };
-        inner.wake.notify_one();
+        inner.lanes.wake();
         let mut replies = Vec::with_capacity(slots.len());
         for slot in slots {
             replies.push(match slot {
@@ -389,7 +389,7 @@ impl Engine {
     ) -> (LaneEntry, i64, oneshot::Receiver<Answer>) {
         let inner = &self.inner;
         let (tx, rx) = oneshot::channel();
-        let lane_waiting = lock(&inner.lanes).queue.waiting_len(&mutation.doc);
+        let lane_waiting = inner.lanes.waiting_len(&mutation.doc);
         let fields = mutation.fields_touched();
         let observation = Observation {
             doc: &mutation.doc,
@@ -677,39 +677,40 @@ fn admit_all<'a>(
     inner: &Inner,
     slots: Vec<Slot<'a>>,
 ) -> Result<Vec<Slot<'a>>, (Full, Vec<Slot<'a>>)> {
-    let mut lanes = lock(&inner.lanes);
-    let mut per_lane: HashMap<&DocKey, usize> = HashMap::new();
-    for slot in &slots {
-        if let Slot::Admit(_, doc, ..) = slot {
-            *per_lane.entry(doc).or_default() += 1;
-        }
-    }
-    let admits: usize = per_lane.values().sum();
-    let refusal = if !lanes.queue.has_room(admits) {
-        Some(Full::QueueFull)
-    } else {
-        per_lane
-            .iter()
-            .find(|(doc, n)| lanes.queue.lane_room(doc) < **n)
-            .map(|_| Full::LaneFull)
-    };
-    drop(per_lane);
-    if let Some(full) = refusal {
-        return Err((full, slots));
-    }
-    let mut admitted = Vec::with_capacity(slots.len());
-    for slot in slots {
-        admitted.push(match slot {
-            Slot::Admit(guard, doc, entry, rank, rx, id) => {
-                let fits = lanes.queue.admit(&doc, *entry, rank);
-                invariant::hold(fits.is_ok(), "room was checked under the same lock");
-                guard.hand_over();
-                Slot::Waiting(rx, id)
+    inner.lanes.admit_with(|queue| {
+        let mut per_lane: HashMap<&DocKey, usize> = HashMap::new();
+        for slot in &slots {
+            if let Slot::Admit(_, doc, ..) = slot {
+                *per_lane.entry(doc).or_default() += 1;
             }
-            other => other,
-        });
-    }
-    Ok(admitted)
+        }
+        let admits: usize = per_lane.values().sum();
+        let refusal = if !queue.has_room(admits) {
+            Some(Full::QueueFull)
+        } else {
+            per_lane
+                .iter()
+                .find(|(doc, n)| queue.lane_room(doc) < **n)
+                .map(|_| Full::LaneFull)
+        };
+        drop(per_lane);
+        if let Some(full) = refusal {
+            return Err((full, slots));
+        }
+        let mut admitted = Vec::with_capacity(slots.len());
+        for slot in slots {
+            admitted.push(match slot {
+                Slot::Admit(guard, doc, entry, rank, rx, id) => {
+                    let fits = queue.admit(&doc, *entry, rank);
+                    invariant::hold(fits.is_ok(), "room was checked under the same lock");
+                    guard.hand_over();
+                    Slot::Waiting(rx, id)
+                }
+                other => other,
+            });
+        }
+        Ok(admitted)
+    })
 }
 
 /// Why a batch was refused whole.

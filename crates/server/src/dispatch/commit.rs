@@ -4,7 +4,8 @@
 use super::{Inner, lock};
 use crate::model::{ConflictRecord, MutationRecord};
 use crate::store::{CommitOutcome, LaneCommit, StoreError};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
@@ -20,11 +21,43 @@ pub(super) struct CommitJob {
 }
 
 pub(super) struct HistoryJob {
-    pub(super) mutations: Vec<MutationRecord>,
-    pub(super) conflicts: Vec<ConflictRecord>,
-    pub(super) done: oneshot::Sender<()>,
+    mutations: Vec<MutationRecord>,
+    conflicts: Vec<ConflictRecord>,
+    done: oneshot::Sender<()>,
 }
-impl Inner {
+/// The committer's part: the queues into the group committer and the
+/// history writer, and what they report back. Its one lock
+/// (`history_failure`) is a leaf.
+pub(super) struct Pipeline {
+    commit_tx: mpsc::Sender<CommitJob>,
+    history_tx: mpsc::Sender<HistoryJob>,
+    /// Commits that found the document changed since the lane read it.
+    commits_stale: AtomicU64,
+    /// The last history write that failed after its retries, until one
+    /// succeeds again.
+    history_failure: Mutex<Option<String>>,
+}
+
+impl Pipeline {
+    /// The part, and the receiving ends for `committer` and `history_writer`.
+    pub(super) fn new(
+        channel_len: usize,
+    ) -> (
+        Pipeline,
+        mpsc::Receiver<CommitJob>,
+        mpsc::Receiver<HistoryJob>,
+    ) {
+        let (commit_tx, commit_rx) = mpsc::channel(channel_len);
+        let (history_tx, history_rx) = mpsc::channel(channel_len);
+        let pipeline = Pipeline {
+            commit_tx,
+            history_tx,
+            commits_stale: AtomicU64::new(0),
+            history_failure: Mutex::new(None),
+        };
+        (pipeline, commit_rx, history_rx)
+    }
+
     /// Commits one lane through the group committer. The lane comes back
     /// with the outcome, whatever it is; `None` if the committer stopped
     /// with it.
@@ -41,6 +74,40 @@ impl Inner {
             Ok((outcome, lane)) => (outcome, Some(lane)),
             Err(_) => (Err(stopped()), None),
         }
+    }
+
+    /// Writes history records through the history writer and waits until
+    /// it has tried them (a failure after retries is the writer's to report).
+    pub(super) async fn record(
+        &self,
+        mutations: Vec<MutationRecord>,
+        conflicts: Vec<ConflictRecord>,
+    ) {
+        let (done, recorded) = oneshot::channel();
+        let job = HistoryJob {
+            mutations,
+            conflicts,
+            done,
+        };
+        if self.history_tx.send(job).await.is_ok() {
+            let _ = recorded.await;
+        }
+    }
+
+    pub(super) fn stale_commit(&self) {
+        self.commits_stale.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn commits_stale(&self) -> u64 {
+        self.commits_stale.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn history_failure(&self) -> Option<String> {
+        lock(&self.history_failure).clone()
+    }
+
+    fn set_history_failure(&self, failure: Option<String>) {
+        *lock(&self.history_failure) = failure;
     }
 }
 
@@ -106,7 +173,7 @@ pub(super) async fn history_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<His
         for attempt in 1..=4 {
             match history.record(&mutations, &conflicts).await {
                 Ok(()) => {
-                    *lock(&inner.history_failure) = None;
+                    inner.pipeline.set_history_failure(None);
                     break;
                 }
                 Err(e) if attempt < 4 => {
@@ -116,9 +183,9 @@ pub(super) async fn history_writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<His
                 }
                 Err(e) => {
                     telemetry.history_failure();
-                    *lock(&inner.history_failure) = Some(format!(
+                    inner.pipeline.set_history_failure(Some(format!(
                         "a history write failed after retries ({e}); its records are lost"
-                    ));
+                    )));
                     error!(error = %e, records = mutations.len(), "history write failed; these records are lost")
                 }
             }

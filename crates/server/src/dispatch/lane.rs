@@ -3,11 +3,12 @@
 //! in order (coalescing), commits through the group committer, teaches the
 //! predictor, and answers.
 
+use super::lanes::Take;
 use super::quarantine::{QuarantineAction, quarantine_full, quarantined_answer};
 use super::reply::{
     self, Answer, Refusal, RefusalReason, document_too_large, reused_key, store_error_refusal,
 };
-use super::{HistoryJob, Inner, LaneEntry, Origin, cache, chain, control, lock};
+use super::{Inner, LaneEntry, Origin, cache, chain, control, lock};
 use crate::model::{
     ConflictInfo, ConflictRecord, Decision, DocKey, Document, Mutation, Outcome, Resolution,
     Verdict,
@@ -21,7 +22,6 @@ use sluice_core::invariant;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 /// Re-reads after compare-and-set misses before a batch gives up with 503.
@@ -54,20 +54,8 @@ pub(super) async fn dispatch_loop(inner: Arc<Inner>) {
                 }
             }
         }
-        // `notify_one` keeps a permit when nobody waits, so a wake-up between
-        // the check above and this await is not lost.
-        inner.wake.notified().await;
+        inner.lanes.woken().await;
     }
-}
-
-/// What the dispatch loop found to do.
-enum Take {
-    /// No lane ready, or the lanes in flight are at the limit: sleep until woken.
-    Nothing,
-    /// The load is over the threshold: back off, then look again.
-    Overloaded,
-    /// A lane's batch to decide.
-    Lane(DocKey, Vec<LaneEntry>),
 }
 
 /// Takes the best-ranked ready lane if the limit and the load allow it.
@@ -76,29 +64,11 @@ fn take(inner: &Inner) -> Take {
         let control = lock(&inner.control);
         (control.state(), control.in_flight_floor())
     };
-    let limit = state.concurrency_limit;
-    let mut lanes = lock(&inner.lanes);
-    if lanes.in_flight >= limit || lanes.queue.pending_len() == 0 {
-        return Take::Nothing;
-    }
-    let signals = inner.signals(&state, lanes.in_flight);
-    // Below the floor, dispatch whatever the load says: the load cannot
-    // fall by waiting on ourselves, and the queue must move.
-    if lanes.in_flight >= floor && control::load(&signals) >= state.threshold {
-        return Take::Overloaded;
-    }
-    let Some((doc, batch)) = lanes.queue.take_ready() else {
-        return Take::Nothing;
-    };
-    lanes.in_flight += 1;
-    if lanes.in_flight > limit {
-        lanes.dispatched_past_limit += 1;
-    }
-    invariant::hold(
-        lanes.in_flight <= limit,
-        "lanes in flight ≤ the concurrency limit at dispatch",
-    );
-    Take::Lane(doc, batch)
+    inner
+        .lanes
+        .take(state.concurrency_limit, floor, |in_flight| {
+            control::load(&inner.signals(&state, in_flight)) >= state.threshold
+        })
 }
 
 /// What one batch ended as.
@@ -496,19 +466,9 @@ fn resend_loop() -> Refusal {
 /// mutations still wait for it. Parked lanes are bounded by
 /// `lanes_in_flight_max` too; past that a lane waits holding its slot.
 fn park(inner: &Inner, parked: &AtomicBool) {
-    if parked.load(Ordering::Relaxed) {
-        return;
+    if !parked.load(Ordering::Relaxed) && inner.lanes.park() {
+        parked.store(true, Ordering::Relaxed);
     }
-    {
-        let mut lanes = lock(&inner.lanes);
-        if lanes.parked >= inner.config.lanes_in_flight_max {
-            return;
-        }
-        lanes.in_flight -= 1;
-        lanes.parked += 1;
-    }
-    parked.store(true, Ordering::Relaxed);
-    inner.wake.notify_one();
 }
 
 async fn run_lane(inner: Arc<Inner>, doc: DocKey, batch: Vec<LaneEntry>) {
@@ -603,19 +563,9 @@ fn learn(inner: &Inner, batch: &mut [LaneEntry], decided: &BatchEnd) {
 /// Ends the lane's batch of `settled` mutations in the queue and gives its
 /// slot back (a parked lane's, or an in-flight one's).
 fn finish(inner: &Inner, doc: &DocKey, settled: usize, parked: &AtomicBool) {
-    {
-        let mut lanes = lock(&inner.lanes);
-        lanes.queue.finish(doc, settled);
-        if parked.load(Ordering::Relaxed) {
-            lanes.parked -= 1;
-        } else {
-            lanes.in_flight -= 1;
-        }
-        if lanes.queue.pending_len() == 0 {
-            inner.drained.notify_waiters();
-        }
-    }
-    inner.wake.notify_one();
+    inner
+        .lanes
+        .finish(doc, settled, parked.load(Ordering::Relaxed));
 }
 
 /// Writes the lane's history through the history writer, unless the store
@@ -624,15 +574,10 @@ async fn record_history(inner: &Inner, history: LaneHistory) {
     if history.mutations.is_empty() || inner.store.writes_history() {
         return;
     }
-    let (done, recorded) = oneshot::channel();
-    let job = HistoryJob {
-        mutations: history.mutations,
-        conflicts: history.conflicts,
-        done,
-    };
-    if inner.history_tx.send(job).await.is_ok() {
-        let _ = recorded.await;
-    }
+    inner
+        .pipeline
+        .record(history.mutations, history.conflicts)
+        .await;
 }
 
 /// Answers the mutations of the lane that were decided before (their commit
@@ -703,7 +648,7 @@ async fn decide_lane(
             decided_ms,
             dispatched_at,
         );
-        let (committed, lane) = inner.commit(commit).await;
+        let (committed, lane) = inner.pipeline.commit(commit).await;
         if !matches!(committed, Ok(CommitOutcome::Committed)) {
             // Slots this attempt took in the quarantine: given back.
             inner.quarantine.unreserve(decided.new_slots);
@@ -719,7 +664,7 @@ async fn decide_lane(
             }
             Ok(CommitOutcome::Stale) => {
                 inner.cache.stale(doc);
-                inner.commits_stale.fetch_add(1, Ordering::Relaxed);
+                inner.pipeline.stale_commit();
                 inner.telemetry.commit_stale();
                 debug!(id = %lane_ids(batch), collection = %doc.collection, key = %doc.key, attempt, "version moved under the batch; deciding again");
                 // Back off a little so a busy foreign writer can finish.

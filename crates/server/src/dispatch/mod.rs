@@ -4,8 +4,11 @@
 //!
 //! - `admit.rs`: the door, reservations of `(client, id)`, sync, async and
 //!   batch admission into the queue;
+//! - `lanes.rs`: the lanes' part — the queue, lanes in flight and parked,
+//!   and the dispatch loop's wake-up;
 //! - `lane.rs`: the dispatch loop and a lane's read-decide-commit;
-//! - `commit.rs`: the group committer and the history writer;
+//! - `commit.rs`: the committer's part (`Pipeline`), the group committer and
+//!   the history writer;
 //! - `learn.rs`: the learning loop and retraining;
 //! - `chores.rs`: host sampling, the dashboard's clock, collection refresh and
 //!   reply expiry;
@@ -19,16 +22,19 @@
 //! Invariants: an answer is sent only after its reply is committed with the
 //! write it describes; one worker per key; in-flight lanes ≤ the limit.
 //!
-//! Lock order. The engine's state sits behind few `std::sync` locks
-//! (`lanes`, `control`, `door`, `reservations`, `collections`, the learning
-//! stage's two, and the leaves inside `cache`, `writers`, `quarantine` and
-//! `history_failure`); nothing awaits while holding one, and a thread holds
-//! at most one at a time, with one exception that its type keeps in one
-//! place: `learn::Learning` (fields private to its module) computes the
+//! Lock order. The engine's state sits behind few `std::sync` locks, each
+//! private to the part that owns it (`lanes::LaneSet`, `admit::Admission`'s
+//! door and reservations, `learn::Learning`'s two, `commit::Pipeline`'s
+//! history failure, and the leaves inside `cache`, `writers` and
+//! `quarantine`), plus `control` and `collections` on `Inner`. Nothing
+//! awaits while holding one, and a thread holds at most one at a time, with
+//! one exception that its type keeps in one place: `Learning` computes the
 //! dashboards' cached summary from the predictor's report under the
-//! summary's lock, so that viewers compute it once. Any new nesting must
-//! extend this order, not invert it, and belongs inside the part that owns
-//! both locks.
+//! summary's lock, so that viewers compute it once. (`LaneSet::take` asks
+//! the load gate under the lanes' lock, so that the count it judges is the
+//! one it dispatches against; the gate reads atomics, no lock.) Any new
+//! nesting must extend this order, not invert it, and belongs inside the
+//! part that owns both locks.
 
 mod admit;
 mod cache;
@@ -37,6 +43,7 @@ mod chores;
 mod commit;
 pub use sluice_core::control;
 mod lane;
+mod lanes;
 mod learn;
 mod quarantine;
 mod reads;
@@ -52,14 +59,13 @@ pub use reply::{Answer, Queued, Refusal, RefusalReason};
 pub use stats::{Dashboard, EngineStats, ModelSummary};
 
 use chores::HostLoad;
-use commit::{CommitJob, HistoryJob};
 use control::{ControlConfig, Controller};
 
 use crate::clock::SharedClock;
 use crate::history::{ConflictPage, ConflictQuery, HistoryError, SharedHistory};
 use crate::model::{DocKey, Document, Mutation};
 use crate::predict::{ModelReport, PredictorConfig, Scored};
-use crate::queue::{MutationQueue, Queue, QueueLimits};
+use crate::queue::{Queue, QueueLimits};
 use crate::resolve::{CollectionConfig, Handler, Resolver, ScriptError};
 use crate::store::{SharedStore, StoreError, StoredReply};
 use crate::telemetry::Telemetry;
@@ -67,7 +73,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::info;
 
 /// Lanes decided at once. Each holds a read and, for custom handlers, a script
@@ -207,21 +213,6 @@ impl Origin {
     }
 }
 
-struct Lanes {
-    queue: Box<dyn MutationQueue<LaneEntry>>,
-    /// Lanes taken from the queue and not finished, less the parked ones:
-    /// what the concurrency limit and the load gate count.
-    in_flight: usize,
-    /// Lanes that gave their in-flight slot back to wait on a custom
-    /// handler (at most `lanes_in_flight_max`; see `lane::park`).
-    parked: usize,
-    /// Dispatches that found the lanes in flight past the concurrency limit:
-    /// impossible by construction, counted in every build so that
-    /// `Engine::check_invariants` can report it (a panic in the dispatch
-    /// loop's task would go unseen).
-    dispatched_past_limit: u64,
-}
-
 struct Inner {
     config: EngineConfig,
     clock: SharedClock,
@@ -231,27 +222,20 @@ struct Inner {
     learning: learn::Learning,
     control: Mutex<Controller>,
     host: HostLoad,
-    lanes: Mutex<Lanes>,
-    wake: Notify,
+    lanes: lanes::LaneSet,
     admission: admit::Admission,
     collections: RwLock<HashMap<String, CollectionConfig>>,
     /// Bumped by every local change of `collections`: a refresh read from
     /// the store before the change must not undo it.
     collections_changed: AtomicU64,
-    commit_tx: mpsc::Sender<CommitJob>,
-    history_tx: mpsc::Sender<HistoryJob>,
+    pipeline: commit::Pipeline,
     closing: AtomicBool,
-    drained: Notify,
-    commits_stale: AtomicU64,
     reads: reads::Reads,
     /// What Sluice last committed, so lanes start without a store read.
     cache: cache::DocCache,
     /// Who wrote documents' recent versions, for own-write chaining.
     writers: chain::RecentWriters,
     quarantine: quarantine::QuarantineIndex,
-    /// The last history write that failed after its retries, until one
-    /// succeeds again.
-    history_failure: Mutex<Option<String>>,
     /// Bumped after every commit, so event streams know to look.
     events: tokio::sync::watch::Sender<u64>,
     /// The secret behind event ids, read from the store once.
@@ -310,8 +294,7 @@ impl Engine {
         let quarantine = quarantine::QuarantineIndex::new(config.quarantine_len_max, kept);
         let cache = cache::DocCache::new(config.document_cache_bytes);
         let reads_store = store.clone();
-        let (commit_tx, commit_rx) = mpsc::channel(PIPELINE_CHANNEL_LEN);
-        let (history_tx, history_rx) = mpsc::channel(PIPELINE_CHANNEL_LEN);
+        let (pipeline, commit_rx, history_rx) = commit::Pipeline::new(PIPELINE_CHANNEL_LEN);
         let telemetry = Arc::new(Telemetry::new());
         resolver.observe(telemetry.clone());
         resolver.bound_documents(config.document_bytes_max);
@@ -323,31 +306,24 @@ impl Engine {
                 latency_target_ms: config.latency_target_ms,
             })),
             host: HostLoad::default(),
-            lanes: Mutex::new(Lanes {
-                queue: Box::new(Queue::new(config.queue)),
-                in_flight: 0,
-                parked: 0,
-                dispatched_past_limit: 0,
-            }),
+            lanes: lanes::LaneSet::new(
+                Box::new(Queue::new(config.queue)),
+                config.lanes_in_flight_max,
+            ),
             config,
             clock,
             store,
             history,
             resolver,
-            wake: Notify::new(),
             admission: admit::Admission::new(queue_len_max),
             collections: RwLock::new(collections),
             collections_changed: AtomicU64::new(0),
-            commit_tx,
-            history_tx,
+            pipeline,
             closing: AtomicBool::new(false),
-            drained: Notify::new(),
-            commits_stale: AtomicU64::new(0),
             reads: reads::Reads::start(reads_store),
             cache,
             writers: chain::RecentWriters::default(),
             quarantine,
-            history_failure: Mutex::new(None),
             events: tokio::sync::watch::Sender::new(0),
             telemetry,
             events_secret: tokio::sync::OnceCell::new(),
@@ -403,7 +379,7 @@ impl Engine {
         if let Err(e) = self.inner.history.health() {
             degraded.push(e);
         }
-        if let Some(failure) = lock(&self.inner.history_failure).clone() {
+        if let Some(failure) = self.inner.pipeline.history_failure() {
             degraded.push(failure);
         }
         degraded
@@ -476,7 +452,7 @@ impl Engine {
         self.inner.closing.store(true, Ordering::SeqCst);
         let wait = async {
             loop {
-                let drained = self.inner.drained.notified();
+                let drained = self.inner.lanes.drained();
                 if self.stats().queue_depth == 0 {
                     return;
                 }
@@ -507,7 +483,7 @@ impl Inner {
     /// started at `started` to the concurrency controller and the metrics.
     fn observe_store(&self, started: Duration, commit: bool, batch: usize, ok: bool) {
         let seconds = self.clock.elapsed().saturating_sub(started).as_secs_f64();
-        let in_flight = lock(&self.lanes).in_flight;
+        let in_flight = self.lanes.in_flight();
         lock(&self.control).on_store(seconds * 1000.0, batch, ok, in_flight);
         if commit {
             self.telemetry.store_commit(seconds, batch, ok);

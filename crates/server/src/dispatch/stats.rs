@@ -4,7 +4,6 @@
 use super::{Engine, Inner, control, lock};
 use crate::predict::ModelReport;
 use crate::telemetry::Gauges;
-use std::sync::atomic::Ordering;
 /// A snapshot for `/v1/stats` and the logs.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct EngineStats {
@@ -125,34 +124,7 @@ impl Engine {
     /// event (each store operation and each answer).
     pub fn check_invariants(&self) -> Result<(), String> {
         let inner = &self.inner;
-        {
-            let lanes = lock(&inner.lanes);
-            let lanes_in_flight = lanes.queue.check()?;
-            if lanes_in_flight != lanes.in_flight + lanes.parked {
-                return Err(format!(
-                    "{} lanes counted in flight and {} parked, {lanes_in_flight} in the queue",
-                    lanes.in_flight, lanes.parked
-                ));
-            }
-            if lanes.parked > inner.config.lanes_in_flight_max {
-                return Err(format!(
-                    "{} lanes parked > lanes_in_flight_max {}",
-                    lanes.parked, inner.config.lanes_in_flight_max
-                ));
-            }
-            if lanes.in_flight > inner.config.lanes_in_flight_max {
-                return Err(format!(
-                    "{} lanes in flight > lanes_in_flight_max {}",
-                    lanes.in_flight, inner.config.lanes_in_flight_max
-                ));
-            }
-            if lanes.dispatched_past_limit > 0 {
-                return Err(format!(
-                    "{} dispatches took lanes in flight past the concurrency limit",
-                    lanes.dispatched_past_limit
-                ));
-            }
-        }
+        inner.lanes.check()?;
         lock(&inner.control).check()?;
         inner.admission.check()?;
         inner.quarantine.check()?;
@@ -163,14 +135,8 @@ impl Engine {
 impl Inner {
     pub(super) fn stats(&self) -> EngineStats {
         let control = lock(&self.control).state();
-        let (queue_depth, lanes, in_flight) = {
-            let lanes = lock(&self.lanes);
-            (
-                lanes.queue.pending_len(),
-                lanes.queue.lane_count(),
-                lanes.in_flight,
-            )
-        };
+        let counts = self.lanes.counts();
+        let (queue_depth, lanes, in_flight) = (counts.pending, counts.lanes, counts.in_flight);
         let (cpu, memory) = self.host.get();
         let signals = self.signals(&control, in_flight);
         EngineStats {
@@ -187,7 +153,7 @@ impl Inner {
             cpu,
             memory,
             mutations_decided: self.telemetry.board.totals().decided(),
-            commits_stale: self.commits_stale.load(Ordering::Relaxed),
+            commits_stale: self.pipeline.commits_stale(),
             in_system: self.admission.in_system(),
             admission_limit: self.admission.limit(),
             quarantined: self.quarantine.len(),
