@@ -40,6 +40,52 @@ upper-cased, `__` between a section and its key), then the --config file, then d
     /// Sluice against direct PostgreSQL writes (optimistic and locking), side
     /// by side in one run: BENCH.md, bench.json and SVG plots in --out.
     Bench(BenchArgs),
+    /// Make, list and revoke API keys in the store's database (for
+    /// `serve --auth keys`); works while servers run on the same store.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(clap::Subcommand)]
+enum KeysCommand {
+    /// Make a key; it is shown once, alone on the last line of the output
+    Create {
+        /// The client the key's holder is: its mutations are recorded as this client
+        #[arg(long, value_name = "NAME")]
+        client: String,
+        /// admin (everything), writer (documents, its own answers and events) or reader (documents)
+        #[arg(long, value_name = "ROLE", value_parser = ["admin", "writer", "reader"])]
+        role: String,
+        #[command(flatten)]
+        at: StoreArgs,
+    },
+    /// Every key: id, client, role, when it was made and revoked
+    List {
+        #[command(flatten)]
+        at: StoreArgs,
+    },
+    /// Revoke a key, named by its id or given whole; servers refuse it within a second
+    Revoke {
+        /// The key's id (as `list` shows it), or the key
+        #[arg(value_name = "ID")]
+        id: String,
+        #[command(flatten)]
+        at: StoreArgs,
+    },
+}
+
+/// Which store the keys are in: the same flags as `serve`.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Directory of the embedded SQLite files [default: ./sluice-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Document store: sqlite, sqlite:PATH or a postgres:// URL [default: sqlite]
+    #[arg(long, value_name = "BACKEND")]
+    store: Option<String>,
+    /// TOML configuration file, as given to serve
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -181,7 +227,7 @@ struct ServeArgs {
     /// Log format: text or json [default: text]
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
-    /// How clients authenticate: none (the only mode of this build) [default: none]
+    /// How clients authenticate: none, or keys (made by `sluice keys create`) [default: none]
     #[arg(long, value_name = "MODE")]
     auth: Option<String>,
     /// Serve without authentication on an address other machines can reach
@@ -196,6 +242,7 @@ fn main() -> std::process::ExitCode {
         Command::Replay(args) => replay(args),
         Command::Gen(args) => generate(args),
         Command::Bench(args) => bench(args),
+        Command::Keys(command) => keys(command),
     };
     // An expected error is a sentence for a person, never a backtrace.
     match ran {
@@ -258,6 +305,98 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     println!("results          {}", args.out.join("BENCH.md").display());
     Ok(())
+}
+
+fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    use sluice_server::auth::{Role, keys as api_keys};
+    let at = match &command {
+        KeysCommand::Create { at, .. }
+        | KeysCommand::List { at }
+        | KeysCommand::Revoke { at, .. } => at,
+    };
+    let mut config = Config::load(at.config.as_deref(), std::env::vars())?;
+    if let Some(v) = &at.data_dir {
+        config.data_dir = v.clone();
+    }
+    if let Some(v) = &at.store {
+        config.store = v.clone();
+    }
+    let backend = config.store_backend()?;
+    if backend == sluice_server::config::Backend::Memory {
+        anyhow::bail!(
+            "the memory store holds no keys: use sqlite or a postgres:// URL, as serve does"
+        );
+    }
+    init_logs_at("text", "warn");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let store = sluice_server::server::open_store(&backend).await?;
+        match command {
+            KeysCommand::Create { client, role, .. } => {
+                let role = Role::parse(&role).context("unknown role")?;
+                let made = api_keys::generate(&client, role, now_ms).map_err(anyhow::Error::msg)?;
+                store.put_key(&made.record).await?;
+                println!(
+                    "created key {} for client {client:?} with role {role}; it is shown once, on the next line",
+                    made.record.id
+                );
+                println!("{}", made.key);
+            }
+            KeysCommand::List { .. } => {
+                println!("{:<16}  {:<7}  {:<20}  {:<20}  CLIENT", "ID", "ROLE", "CREATED", "REVOKED");
+                for key in store.keys().await? {
+                    let revoked = key.revoked_ms.map(utc).unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<16}  {:<7}  {:<20}  {:<20}  {}",
+                        key.id,
+                        key.role,
+                        utc(key.created_ms),
+                        revoked,
+                        key.client
+                    );
+                }
+            }
+            KeysCommand::Revoke { id, .. } => {
+                let id = api_keys::id_of(&id).with_context(|| {
+                    format!("{id:?} is neither a key id (16 hex digits) nor a key")
+                })?;
+                if !store.revoke_key(id, now_ms).await? {
+                    anyhow::bail!("no key with id {id} that is not already revoked");
+                }
+                println!("revoked key {id}");
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `ms` since the epoch as an ISO 8601 UTC time to the second.
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -480,4 +619,17 @@ async fn shutdown_signal() {
 /// A tool's error as the binary reports it.
 fn tool_error(e: sluice_tools::tool::ToolError) -> anyhow::Error {
     anyhow::anyhow!("{e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn key_times_are_calendar_times() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_796_403_132_999), "2026-12-04T16:52:12Z");
+        assert_eq!(utc(-1_000), "1969-12-31T23:59:59Z");
+    }
 }

@@ -489,6 +489,36 @@ async fn store_conformance(store: &dyn Store) {
             r#"{"handler":"optimistic","set_fields":[]}"#.to_string()
         )]
     );
+    keys_conformance(store).await;
+}
+
+/// API keys: stored once per id, found by id, listed oldest first,
+/// revoked once.
+async fn keys_conformance(store: &dyn Store) {
+    let key = |id: &str, created_ms| sluice_server::store::KeyRecord {
+        id: id.into(),
+        client: format!("client of {id}"),
+        role: "writer".into(),
+        hash: "ab".repeat(32),
+        created_ms,
+        revoked_ms: None,
+    };
+    assert_eq!(store.key("00").await.expect("get"), None);
+    assert!(store.keys().await.expect("list").is_empty());
+    store.put_key(&key("02", 20)).await.expect("put");
+    store.put_key(&key("01", 10)).await.expect("put");
+    assert!(
+        store.put_key(&key("01", 30)).await.is_err(),
+        "an id is never reused"
+    );
+    assert_eq!(store.key("02").await.expect("get"), Some(key("02", 20)));
+    let listed: Vec<_> = store.keys().await.expect("list");
+    assert_eq!(listed, [key("01", 10), key("02", 20)]);
+    assert!(store.revoke_key("01", 40).await.expect("revoke"));
+    assert!(!store.revoke_key("01", 50).await.expect("again"), "once");
+    assert!(!store.revoke_key("03", 50).await.expect("unknown"));
+    let revoked = store.key("01").await.expect("get").expect("kept");
+    assert_eq!(revoked.revoked_ms, Some(40));
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 mod accepts;
 mod api;
+mod auth;
 mod batch;
 mod bench;
 mod chaining;

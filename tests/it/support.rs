@@ -262,6 +262,18 @@ macro_rules! store_over_memory {
             async fn quarantine_list(&self, query: &sluice_server::store::QuarantineQuery) -> Result<Vec<sluice_server::store::Quarantined>, sluice_server::store::StoreError> {
                 self.inner.quarantine_list(query).await
             }
+            async fn put_key(&self, key: &sluice_server::store::KeyRecord) -> Result<(), sluice_server::store::StoreError> {
+                self.inner.put_key(key).await
+            }
+            async fn key(&self, id: &str) -> Result<Option<sluice_server::store::KeyRecord>, sluice_server::store::StoreError> {
+                self.inner.key(id).await
+            }
+            async fn keys(&self) -> Result<Vec<sluice_server::store::KeyRecord>, sluice_server::store::StoreError> {
+                self.inner.keys().await
+            }
+            async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool, sluice_server::store::StoreError> {
+                self.inner.revoke_key(id, at_ms).await
+            }
         }
     };
 }

@@ -8,6 +8,7 @@
 //! `queue.queue_len_max`. `SLUICE_TEST_*` and `SLUICE_SIM_*` (the
 //! simulation's seeds) are left to the test suite.
 
+use crate::auth::AuthMode;
 use crate::dispatch::{
     COMMIT_BATCH_MAX_DEFAULT, DECIDE_TIMEOUT_MS_DEFAULT, DOCUMENT_BYTES_MAX_DEFAULT,
     DOCUMENT_CACHE_MB_DEFAULT, EngineConfig, IDEMPOTENCY_RETENTION_HOURS_DEFAULT,
@@ -90,7 +91,8 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// A request must have arrived this long after its first byte.
     pub request_read_timeout_ms: u64,
-    /// How clients authenticate: `none`, the only mode of this build.
+    /// How clients authenticate: `none`, or `keys` (API keys made by
+    /// `sluice keys create`).
     pub auth: String,
     /// Serve with `auth = "none"` on an address other machines can reach;
     /// without it such a server refuses to start.
@@ -276,13 +278,18 @@ impl Config {
                 self.listen
             ));
         };
-        if self.auth != "none" {
+        let Some(mode) = AuthMode::parse(&self.auth) else {
             return invalid(format!(
-                "auth must be \"none\", the only mode of this build, got {:?}",
+                "auth must be \"none\" or \"keys\", got {:?}",
                 self.auth
             ));
+        };
+        if mode == AuthMode::Keys && self.store_backend()? == Backend::Memory {
+            return invalid(
+                "auth \"keys\" needs a store that `sluice keys create` can reach (sqlite or postgres); the memory store holds no keys".into(),
+            );
         }
-        if !listen.ip().is_loopback() && !self.insecure_no_auth {
+        if mode == AuthMode::None && !listen.ip().is_loopback() && !self.insecure_no_auth {
             return invalid(format!(
                 "listen {} can be reached from other machines, and no authentication is configured: anyone reaching it could read and write every document. Listen on a loopback address (127.0.0.1), or pass --insecure-no-auth (insecure_no_auth = true) to serve openly anyway",
                 self.listen
@@ -772,6 +779,21 @@ mod tests {
             ..Config::default()
         };
         assert!(unknown.validate().is_err());
+        let keys = Config {
+            listen: "0.0.0.0:7070".into(),
+            auth: "keys".into(),
+            ..Config::default()
+        };
+        keys.validate().expect("with keys, any address serves");
+        let keyless = Config {
+            store: "memory".into(),
+            ..keys
+        };
+        let refused = keyless
+            .validate()
+            .expect_err("no keys in memory")
+            .to_string();
+        assert!(refused.contains("memory store holds no keys"), "{refused}");
     }
 
     /// The README lists every key with its default: it must parse, and say

@@ -7,6 +7,7 @@
 #![deny(unreachable_pub)]
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod connections;

@@ -3,6 +3,7 @@
 //! run exactly what users run.
 
 use crate::api;
+use crate::auth::{AuthMode, Authenticator};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Backend, Config, ConfigError};
 use crate::dispatch::Engine;
@@ -101,6 +102,10 @@ pub async fn start(
     let resolver = Resolver::new(clock.clone(), config.script_limits())
         .with_script_threads(config.script_threads())
         .with_webhook_policy(config.webhook_policy());
+    let auth = Arc::new(match AuthMode::parse(&config.auth) {
+        Some(AuthMode::Keys) => Authenticator::with_keys(store.clone(), clock.clone()),
+        _ => Authenticator::open(),
+    });
     let engine = Engine::start(store, history, resolver, clock, config.engine_config()).await?;
     // Mutations answered 202 before the last stop are queued again before
     // anything new is accepted.
@@ -117,7 +122,7 @@ pub async fn start(
         source,
     })?;
     info!(%addr, store = %config.store, history = %config.history, "sluice is listening");
-    if config.auth == "none" {
+    if auth.mode() == AuthMode::None {
         tracing::warn!(
             %addr,
             "no authentication is configured: every client that reaches this address may read and write every document"
@@ -126,6 +131,7 @@ pub async fn start(
     let app = api::router_for(
         engine.clone(),
         api::guard::Origins::new(&config.cors_origins, config.body_bytes_in_flight_max),
+        auth,
     );
     let drain_engine = engine.clone();
     let deadline = Duration::from_millis(config.shutdown_deadline_ms);

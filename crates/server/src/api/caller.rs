@@ -6,9 +6,13 @@
 
 use super::ApiError;
 use super::query::QueryParams;
-use axum::extract::FromRequestParts;
-use axum::http::StatusCode;
+use crate::auth::{Action, AuthMode, Authenticator, Identity, Refused};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
 
 /// What a `client` parameter takes, as errors say it.
 pub(super) const CLIENT_PARAM: (&str, &str) = (
@@ -29,46 +33,159 @@ impl QueryParams for ClientOnly {
 pub(super) struct Caller {
     /// The client the request names, if it names one.
     named: Option<String>,
+    identity: Identity,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        // Fail closed: a route reached without `authenticate` has no caller.
+        let identity = parts.extensions.get::<Identity>().cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the request reached a handler without being authenticated",
+            )
+        })?;
         let query = parts.uri.query().unwrap_or("");
         let named = form_urlencoded::parse(query.as_bytes())
             .find(|(name, _)| name == "client")
             .map(|(_, value)| value.into_owned());
-        Ok(Caller { named })
+        Ok(Caller { named, identity })
     }
 }
 
 impl Caller {
-    /// The client whose answers the route serves: it must be named.
+    /// The client whose answers, pending mutations or events the route
+    /// serves. Without authentication it must be named; with it, it is the
+    /// caller unless named otherwise, and only a role that may read
+    /// others' may name someone else.
     pub(super) fn client(&self) -> Result<&str, ApiError> {
-        self.named.as_deref().ok_or_else(|| {
-            ApiError::bad_request(format!(
+        match (&self.identity, self.named.as_deref()) {
+            (Identity::Open, Some(named)) => Ok(named),
+            (Identity::Open, None) => Err(ApiError::bad_request(format!(
                 "query parameter \"client\" is required: {}",
                 CLIENT_PARAM.1
-            ))
+            ))),
+            (Identity::Verified(p), named) => {
+                self.require(Action::ReadOwn)?;
+                match named {
+                    None => Ok(&p.subject),
+                    Some(named) if named == p.subject => Ok(named),
+                    Some(named) if p.role.may(Action::ReadOthers) => Ok(named),
+                    Some(named) => Err(mismatch(format!(
+                        "the query names client {named:?}, but the caller is {:?}; a client reads only its own",
+                        p.subject
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// The client a mutation whose body names `body_client` (absent: the
+    /// anonymous client) is sent as. Without authentication the body says
+    /// (a `client` in the query must agree with it); with it, the caller is
+    /// the client, and a body or query naming anyone else is refused.
+    pub(super) fn sender(&self, body_client: Option<String>) -> Result<Option<String>, ApiError> {
+        self.require(Action::Write)?;
+        let caller = match &self.identity {
+            Identity::Verified(p) => p.subject.as_str(),
+            Identity::Open => match &self.named {
+                Some(named) => named.as_str(),
+                None => return Ok(body_client),
+            },
+        };
+        let said = [body_client.as_deref(), self.named.as_deref()];
+        if let Some(other) = said.into_iter().flatten().find(|c| *c != caller) {
+            return Err(mismatch(format!(
+                "the request says client {other:?}, but the caller is {caller:?}"
+            )));
+        }
+        if matches!(self.identity, Identity::Open) && body_client.is_none() && !caller.is_empty() {
+            return Err(mismatch(format!(
+                "the body says client \"\", but the caller is {caller:?}"
+            )));
+        }
+        Ok(match &self.identity {
+            Identity::Verified(p) => Some(p.subject.clone()),
+            Identity::Open => body_client,
         })
     }
 
-    /// Checks that the caller may send a mutation whose body names
-    /// `body_client` (absent: the anonymous client): a caller known to be
-    /// someone else may not.
-    pub(super) fn may_send(&self, body_client: Option<&str>) -> Result<(), ApiError> {
-        match &self.named {
-            Some(caller) if caller.as_str() != body_client.unwrap_or("") => Err(ApiError::new(
+    /// Refuses the request unless the caller may take `action`.
+    pub(super) fn require(&self, action: Action) -> Result<(), ApiError> {
+        match &self.identity {
+            Identity::Open => Ok(()),
+            Identity::Verified(p) if p.role.may(action) => Ok(()),
+            Identity::Verified(p) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "client_mismatch",
-                format!(
-                    "the body says client {:?}, but the caller is {caller:?}",
-                    body_client.unwrap_or("")
-                ),
+                "forbidden",
+                format!("role {} may not {}", p.role, action_words(action)),
             )),
-            _ => Ok(()),
         }
+    }
+}
+
+fn mismatch(message: String) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "client_mismatch", message)
+}
+
+fn action_words(action: Action) -> &'static str {
+    match action {
+        Action::ReadDocuments => "read documents",
+        Action::Write => "send mutations",
+        Action::ReadOwn => "read answers, pending mutations or events",
+        Action::ReadOthers => "read another client's answers, pending mutations or events",
+        Action::Operate => {
+            "configure collections or read conflicts, the quarantine, the model, statistics or metrics"
+        }
+    }
+}
+
+/// Paths served to anyone: whether the process is up, and what the API is.
+pub(super) const PUBLIC_PATHS: [&str; 2] = ["/healthz", "/openapi.json"];
+
+/// Decides who sent each request and hands it on as its [`Identity`]; a
+/// missing or bad credential is answered 401 here, before any handler runs.
+pub(super) async fn authenticate(
+    State(auth): State<Arc<Authenticator>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if auth.mode() == AuthMode::None {
+        request.extensions_mut().insert(Identity::Open);
+        return next.run(request).await;
+    }
+    if PUBLIC_PATHS.contains(&request.uri().path()) {
+        // Served without a caller: a handler that asked for one would refuse.
+        return next.run(request).await;
+    }
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match auth.identify(header).await {
+        Ok(identity) => {
+            request.extensions_mut().insert(identity);
+            next.run(request).await
+        }
+        Err(Refused::Unavailable(e)) => {
+            ApiError::unavailable(format!("the credential could not be checked: {e}"))
+                .into_response()
+        }
+        Err(refused) => ApiError::new(StatusCode::UNAUTHORIZED, refused.code(), refused.message())
+            .into_response(),
+    }
+}
+
+/// The `WWW-Authenticate` challenge of a 401 with `code` (RFC 6750): a
+/// request that sent no credential is told the scheme only.
+pub(super) fn challenge(code: &str) -> HeaderValue {
+    if code == Refused::Missing.code() {
+        HeaderValue::from_static("Bearer realm=\"sluice\"")
+    } else {
+        HeaderValue::from_static("Bearer realm=\"sluice\", error=\"invalid_token\"")
     }
 }
 
@@ -76,20 +193,89 @@ impl Caller {
 mod tests {
     use super::*;
 
+    use crate::auth::{Principal, Role};
+
+    fn open(named: Option<&str>) -> Caller {
+        Caller {
+            named: named.map(str::to_owned),
+            identity: Identity::Open,
+        }
+    }
+
+    fn verified(named: Option<&str>, subject: &str, role: Role) -> Caller {
+        Caller {
+            named: named.map(str::to_owned),
+            identity: Identity::Verified(Principal {
+                subject: subject.into(),
+                role,
+            }),
+        }
+    }
+
     #[test]
     fn a_named_caller_is_the_client_and_sends_only_as_itself() {
-        let alice = Caller {
-            named: Some("alice".into()),
-        };
+        let alice = open(Some("alice"));
         assert_eq!(alice.client().ok(), Some("alice"));
-        assert!(alice.may_send(Some("alice")).is_ok());
-        let refused = alice.may_send(Some("bob")).expect_err("another client");
+        assert_eq!(
+            alice.sender(Some("alice".into())).ok(),
+            Some(Some("alice".into()))
+        );
+        let refused = alice
+            .sender(Some("bob".into()))
+            .expect_err("another client");
         assert_eq!(refused.status, StatusCode::FORBIDDEN);
-        assert!(alice.may_send(None).is_err(), "nor as the anonymous client");
+        assert_eq!(refused.code, "client_mismatch");
+        assert!(alice.sender(None).is_err(), "nor as the anonymous client");
 
-        let unnamed = Caller { named: None };
+        let unnamed = open(None);
         let missing = unnamed.client().expect_err("client is required");
         assert!(missing.message.contains("\"client\" is required"));
-        assert!(unnamed.may_send(Some("bob")).is_ok(), "the body decides");
+        assert_eq!(
+            unnamed.sender(Some("bob".into())).ok(),
+            Some(Some("bob".into()))
+        );
+        assert_eq!(unnamed.sender(None).ok(), Some(None), "the body decides");
+    }
+
+    #[test]
+    fn a_verified_caller_is_its_subject_whatever_the_request_says() {
+        let alice = verified(None, "alice", Role::Writer);
+        assert_eq!(alice.client().ok(), Some("alice"));
+        assert_eq!(alice.sender(None).ok(), Some(Some("alice".into())));
+        assert_eq!(
+            alice.sender(Some("alice".into())).ok(),
+            Some(Some("alice".into()))
+        );
+        let forged = alice.sender(Some("bob".into())).expect_err("forged client");
+        assert_eq!(
+            (forged.status, forged.code),
+            (StatusCode::FORBIDDEN, "client_mismatch")
+        );
+        let nosy = verified(Some("bob"), "alice", Role::Writer);
+        assert_eq!(
+            nosy.client().expect_err("bob's answers").code,
+            "client_mismatch"
+        );
+        assert_eq!(
+            nosy.sender(None).expect_err("as bob").code,
+            "client_mismatch"
+        );
+        let admin = verified(Some("bob"), "root", Role::Admin);
+        assert_eq!(admin.client().ok(), Some("bob"), "an admin reads anyone's");
+        assert!(admin.sender(None).is_err(), "but sends only as itself");
+
+        let reader = verified(None, "carol", Role::Reader);
+        assert!(reader.require(Action::ReadDocuments).is_ok());
+        for refused in [
+            reader.sender(None).expect_err("a reader does not write"),
+            reader.client().expect_err("nor has answers"),
+            reader.require(Action::Operate).expect_err("nor operates"),
+        ] {
+            assert_eq!(
+                (refused.status, refused.code),
+                (StatusCode::FORBIDDEN, "forbidden")
+            );
+        }
+        assert!(open(None).require(Action::Operate).is_ok());
     }
 }

@@ -2,6 +2,8 @@
 //! and styles are inline), fed by a snapshot stream over Server-Sent Events.
 
 use super::ApiError;
+use super::caller::Caller;
+use crate::auth::Action;
 use crate::dispatch::{Dashboard, Engine};
 use axum::Json;
 use axum::extract::State;
@@ -46,8 +48,12 @@ pub(crate) async fn page() -> Response {
 /// dispatcher's state and the model's calibration.
 #[utoipa::path(get, path = "/v1/dashboard", tag = "observe",
     responses((status = 200, description = "A snapshot", body = super::schema::Dashboard)))]
-pub(crate) async fn get_dashboard(State(engine): State<Engine>) -> Json<Dashboard> {
-    Json(engine.dashboard(0))
+pub(super) async fn get_dashboard(
+    State(engine): State<Engine>,
+    caller: Caller,
+) -> Result<Json<Dashboard>, ApiError> {
+    caller.require(Action::Operate)?;
+    Ok(Json(engine.dashboard(0)))
 }
 
 /// A count of open streams, released on drop.
@@ -79,9 +85,11 @@ impl Drop for StreamSlot {
             content_type = "text/event-stream", body = String),
         (status = 503, description = "Too many dashboards are open", body = super::schema::ErrorBody),
     ))]
-pub(crate) async fn get_dashboard_events(
+pub(super) async fn get_dashboard_events(
     State(engine): State<Engine>,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
+    caller.require(Action::Operate)?;
     static OPEN: AtomicUsize = AtomicUsize::new(0);
     let slot = StreamSlot::take(&OPEN, DASHBOARD_STREAMS_MAX).ok_or_else(|| {
         ApiError::new(

@@ -15,6 +15,7 @@ pub mod wire;
 
 pub use answer::{Reply, reply};
 
+use crate::auth::{Action, Authenticator};
 use crate::dispatch::{Answer, ConfigureError, Engine, ReadError};
 use crate::history::{CONFLICTS_LIMIT_DEFAULT, CONFLICTS_LIMIT_MAX, ConflictQuery};
 use crate::model::ConflictRecord;
@@ -31,6 +32,7 @@ use query::{ApiQuery, NoParams, QueryParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::any::Any;
+use std::sync::Arc;
 use std::time::Duration;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
@@ -72,6 +74,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
         let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, caller::challenge(self.code));
+        }
         if let Some(seconds) = answer::retry_after(self.status) {
             response
                 .headers_mut()
@@ -180,6 +187,44 @@ fn generated() -> utoipa::openapi::OpenApi {
             ))),
         )
         .build();
+    let error = |description: &str| {
+        utoipa::openapi::ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                utoipa::openapi::Content::new(Some(utoipa::openapi::Ref::from_schema_name(
+                    "ErrorBody",
+                ))),
+            )
+            .build()
+    };
+    let unauthenticated = error(
+        "With authentication on (`serve --auth keys`): no credential, or one that is not valid here (`credential_missing`, `credential_malformed`, `credential_invalid`, `credential_revoked`); `WWW-Authenticate` says the scheme",
+    );
+    let forbidden = error(
+        "With authentication on: the caller's role may not do this (`forbidden`), or the request names another client than the caller (`client_mismatch`); nothing was applied",
+    );
+    for (path, item) in spec.paths.paths.iter_mut() {
+        let public = caller::PUBLIC_PATHS.contains(&path.as_str());
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|_| !public)
+        {
+            let responses = &mut op.responses.responses;
+            responses
+                .entry("401".to_owned())
+                .or_insert_with(|| unauthenticated.clone().into());
+            responses
+                .entry("403".to_owned())
+                .or_insert_with(|| forbidden.clone().into());
+        }
+    }
     for item in spec.paths.paths.values_mut() {
         for op in [
             &mut item.get,
@@ -199,18 +244,27 @@ fn generated() -> utoipa::openapi::OpenApi {
     spec
 }
 
+/// The router with authentication off and only same-origin requests.
 pub fn router(engine: Engine) -> Router {
-    router_for(engine, guard::Origins::default())
+    router_for(
+        engine,
+        guard::Origins::default(),
+        Arc::new(Authenticator::open()),
+    )
 }
 
 /// The router, allowing cross-site requests from `origins` besides the
-/// server's own.
-pub fn router_for(engine: Engine, origins: guard::Origins) -> Router {
+/// server's own, and its callers known by `auth`.
+pub fn router_for(engine: Engine, origins: guard::Origins, auth: Arc<Authenticator>) -> Router {
     let (router, _) = routes().split_for_parts();
     router
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(wire::BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            caller::authenticate,
+        ))
         .layer(axum::middleware::from_fn_with_state(origins, guard::guard))
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(engine)
@@ -229,7 +283,10 @@ async fn healthz(State(engine): State<Engine>) -> Json<Value> {
 #[utoipa::path(get, path = "/metrics", tag = "observe",
     responses((status = 200, description = "Prometheus text format 0.0.4",
         content_type = "text/plain; version=0.0.4", body = String)))]
-async fn get_metrics(State(engine): State<Engine>) -> Response {
+async fn get_metrics(State(engine): State<Engine>, caller: Caller) -> Response {
+    if let Err(refused) = caller.require(Action::Operate) {
+        return refused.into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -315,6 +372,7 @@ async fn post_mutation(
     caller: Caller,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    caller.require(Action::Write)?;
     // The door first: a refusal under overload must cost almost nothing,
     // so it reads and parses no body.
     let entered = if query.wait == Some(false) {
@@ -326,9 +384,9 @@ async fn post_mutation(
         }
     };
     let body = Bytes::from_request(request, &engine).await?;
-    let mutation = wire::parse_mutation(&body, || uuid::Uuid::new_v4().simple().to_string())
+    let mut mutation = wire::parse_mutation(&body, || uuid::Uuid::new_v4().simple().to_string())
         .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, "invalid_mutation", message))?;
-    caller.may_send(mutation.client.as_deref())?;
+    mutation.client = caller.sender(mutation.client.take())?;
     let answer = match entered {
         Some(entered) => engine.submit_entered(mutation, entered).await,
         None => engine.accept(mutation).await,
@@ -385,6 +443,7 @@ async fn post_batch(
     caller: Caller,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    caller.require(Action::Write)?;
     // A batch's length is known only once it is parsed; a door that would
     // refuse even one mutation refuses the batch before its body is read.
     match engine.enter(1) {
@@ -411,10 +470,10 @@ async fn post_batch(
     // All or nothing: the first bad mutation refuses the whole batch.
     let mut mutations = Vec::with_capacity(batch.len());
     for (index, value) in batch.into_iter().enumerate() {
-        let mutation =
+        let mut mutation =
             wire::parse_mutation_value(value, || uuid::Uuid::new_v4().simple().to_string())
                 .map_err(|message| invalid(format!("mutations[{index}]: {message}")))?;
-        caller.may_send(mutation.client.as_deref())?;
+        mutation.client = caller.sender(mutation.client.take())?;
         mutations.push(mutation);
     }
     match engine.submit_batch(mutations).await {
@@ -509,7 +568,9 @@ async fn get_document(
     State(engine): State<Engine>,
     _: ApiQuery<NoParams>,
     path: Result<Path<(String, String)>, PathRejection>,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::ReadDocuments)?;
     let Path((collection, key)) = path?;
     wire::validate_collection(&collection).map_err(ApiError::bad_request)?;
     wire::validate_key(&key).map_err(ApiError::bad_request)?;
@@ -543,7 +604,9 @@ async fn get_collection(
     State(engine): State<Engine>,
     _: ApiQuery<NoParams>,
     path: Result<Path<String>, PathRejection>,
+    caller: Caller,
 ) -> Result<Json<CollectionConfig>, ApiError> {
+    caller.require(Action::Operate)?;
     let Path(name) = path?;
     wire::validate_collection(&name).map_err(ApiError::bad_request)?;
     Ok(Json(engine.collection(&name).redacted()))
@@ -564,8 +627,10 @@ async fn put_collection(
     State(engine): State<Engine>,
     _: ApiQuery<NoParams>,
     path: Result<Path<String>, PathRejection>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CollectionConfig>, ApiError> {
+    caller.require(Action::Operate)?;
     let Path(name) = path?;
     wire::validate_collection(&name).map_err(ApiError::bad_request)?;
     let body = body?;
@@ -627,7 +692,9 @@ const CONFLICTS_PAGE_BYTES_MAX: usize = 4 << 20;
 async fn get_conflicts(
     State(engine): State<Engine>,
     ApiQuery(q): ApiQuery<ConflictsQuery>,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Operate)?;
     let limit = q.limit.unwrap_or(CONFLICTS_LIMIT_DEFAULT);
     if limit == 0 || limit > CONFLICTS_LIMIT_MAX {
         return Err(ApiError::bad_request(format!(
@@ -802,8 +869,10 @@ async fn get_events(
 async fn get_stats(
     State(engine): State<Engine>,
     _: ApiQuery<NoParams>,
-) -> Json<crate::dispatch::EngineStats> {
-    Json(engine.stats())
+    caller: Caller,
+) -> Result<Json<crate::dispatch::EngineStats>, ApiError> {
+    caller.require(Action::Operate)?;
+    Ok(Json(engine.stats()))
 }
 
 /// The conflict predictor: its training and its quality.
@@ -815,8 +884,10 @@ async fn get_stats(
 async fn get_model(
     State(engine): State<Engine>,
     _: ApiQuery<NoParams>,
-) -> Json<crate::predict::ModelReport> {
-    Json(engine.model_report())
+    caller: Caller,
+) -> Result<Json<crate::predict::ModelReport>, ApiError> {
+    caller.require(Action::Operate)?;
+    Ok(Json(engine.model_report()))
 }
 
 fn conflict_json(c: &ConflictRecord) -> Value {

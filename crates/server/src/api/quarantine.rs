@@ -5,6 +5,7 @@
 use super::caller::{CLIENT_PARAM, Caller};
 use super::query::{ApiQuery, NoParams, QueryParams};
 use super::{ApiError, reply, schema};
+use crate::auth::Action;
 use crate::dispatch::{Answer, Engine, QuarantineAction, QuarantineError};
 use axum::Json;
 use axum::extract::rejection::PathRejection;
@@ -61,7 +62,9 @@ impl QueryParams for QuarantineQuery {
 pub(super) async fn get_quarantine(
     State(engine): State<Engine>,
     ApiQuery(q): ApiQuery<QuarantineQuery>,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(Action::Operate)?;
     let limit = limit(q.limit)?;
     let kept = engine
         .quarantine_list(
@@ -99,7 +102,9 @@ pub(super) async fn post_quarantine_action(
     State(engine): State<Engine>,
     _: ApiQuery<NoParams>,
     path: Result<Path<(String, String)>, PathRejection>,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
+    caller.require(Action::Operate)?;
     let Path((client, last)) = path?;
     let (id, action) = match last.rsplit_once(':') {
         Some((id, "retry")) => (id, QuarantineAction::Retry),

@@ -3,8 +3,8 @@
 //! survives the process.
 
 use super::{
-    Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, QuarantineQuery, Quarantined, Store,
-    StoreError, StoredReply,
+    Accepted, CommitOutcome, EVENTS_KEPT_MIN, KeyRecord, LaneCommit, QuarantineQuery, Quarantined,
+    Store, StoreError, StoredReply,
 };
 use crate::model::{DocKey, Document};
 use async_trait::async_trait;
@@ -27,6 +27,7 @@ struct State {
     collections: HashMap<String, String>,
     secrets: HashMap<String, String>,
     quarantine: HashMap<(String, String), Quarantined>,
+    keys: HashMap<String, KeyRecord>,
 }
 
 impl MemoryStore {
@@ -263,5 +264,36 @@ impl Store for MemoryStore {
             }
         }
         Ok(found)
+    }
+
+    async fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        let mut state = self.state();
+        if state.keys.contains_key(&key.id) {
+            // As the SQL stores' primary key would.
+            return Err(StoreError::Unavailable(format!("key {} exists", key.id)));
+        }
+        state.keys.insert(key.id.clone(), key.clone());
+        Ok(())
+    }
+
+    async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self.state().keys.get(id).cloned())
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut keys: Vec<KeyRecord> = self.state().keys.values().cloned().collect();
+        keys.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(keys)
+    }
+
+    async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        match state.keys.get_mut(id) {
+            Some(key) if key.revoked_ms.is_none() => {
+                key.revoked_ms = Some(at_ms);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }

@@ -234,6 +234,26 @@ pub trait Store: Send + Sync + 'static {
         &self,
         query: &QuarantineQuery,
     ) -> Result<Vec<Quarantined>, StoreError>;
+    /// Stores a new API key (its id must be new).
+    async fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// Every key, revoked ones too, oldest first.
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Marks a key revoked at `at_ms`; `false` if no live key has this id.
+    async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError>;
+}
+
+/// An API key as stored: never the key itself, only its secret's hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: String,
+    /// The client the key's holder is.
+    pub client: String,
+    pub role: String,
+    /// SHA-256 of the key's secret, in hex.
+    pub hash: String,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
 }
 
 pub type SharedStore = Arc<dyn Store>;
@@ -317,6 +337,17 @@ pub(crate) mod sql {
     pub(crate) const INSERT_SECRET: &str =
         "INSERT INTO sluice_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
     pub(crate) const SELECT_SECRET: &str = "SELECT value FROM sluice_secrets WHERE name = $1";
+    pub(crate) const KEYS_TABLE: &str = "CREATE TABLE IF NOT EXISTS sluice_keys (\
+         id TEXT PRIMARY KEY, client TEXT NOT NULL, role TEXT NOT NULL, hash TEXT NOT NULL, \
+         created_ms BIGINT NOT NULL, revoked_ms BIGINT)";
+    pub(crate) const INSERT_KEY: &str =
+        "INSERT INTO sluice_keys (id, client, role, hash, created_ms) VALUES ($1, $2, $3, $4, $5)";
+    pub(crate) const SELECT_KEY: &str =
+        "SELECT id, client, role, hash, created_ms, revoked_ms FROM sluice_keys WHERE id = $1";
+    pub(crate) const SELECT_KEYS: &str = "SELECT id, client, role, hash, created_ms, revoked_ms \
+         FROM sluice_keys ORDER BY created_ms, id";
+    pub(crate) const REVOKE_KEY: &str =
+        "UPDATE sluice_keys SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL";
     pub(crate) const SELECT_COLLECTIONS: &str =
         "SELECT name, config FROM sluice_collections ORDER BY name";
     pub(crate) const UPSERT_COLLECTION: &str = "INSERT INTO sluice_collections (name, config, updated_ms) \
@@ -405,6 +436,25 @@ where
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     Ok((row.try_get("name")?, row.try_get("config")?))
+}
+
+/// Decodes a `sql::SELECT_KEY` row of either backend.
+fn key_from_row<R>(row: &R) -> Result<KeyRecord, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(KeyRecord {
+        id: row.try_get("id")?,
+        client: row.try_get("client")?,
+        role: row.try_get("role")?,
+        hash: row.try_get("hash")?,
+        created_ms: row.try_get("created_ms")?,
+        revoked_ms: row.try_get("revoked_ms")?,
+    })
 }
 
 /// Decodes an event-stream row (`seq`, `body`) of either backend.

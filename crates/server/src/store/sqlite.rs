@@ -7,9 +7,10 @@
 //! survives power loss, which is what "acknowledged" promises.
 
 use super::{
-    Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, QuarantineQuery, Quarantined, Store,
-    StoreError, StoredReply, accepted_from_row, collection_from_row, decode_item, encode_item,
-    event_from_row, from_sql, quarantine_select, quarantined_from_row, reply_from_row, sql, to_sql,
+    Accepted, CommitOutcome, EVENTS_KEPT_MIN, KeyRecord, LaneCommit, QuarantineQuery, Quarantined,
+    Store, StoreError, StoredReply, accepted_from_row, collection_from_row, decode_item,
+    encode_item, event_from_row, from_sql, key_from_row, quarantine_select, quarantined_from_row,
+    reply_from_row, sql, to_sql,
 };
 use crate::model::{DocKey, Document};
 use sqlx::Row;
@@ -88,6 +89,7 @@ const SCHEMA: &[&str] = &[
         updated_ms INTEGER NOT NULL
     )",
     sql::SECRETS_TABLE,
+    sql::KEYS_TABLE,
 ];
 
 pub struct SqliteStore {
@@ -264,6 +266,44 @@ impl Store for SqliteStore {
         }
         let rows = q.fetch_all(&self.reader).await?;
         rows.iter().map(quarantined_from_row).collect()
+    }
+
+    async fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        sqlx::query(sql::INSERT_KEY)
+            .bind(&key.id)
+            .bind(&key.client)
+            .bind(&key.role)
+            .bind(&key.hash)
+            .bind(key.created_ms)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn key(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        // From the writer: a key made a moment ago by `sluice keys` must be
+        // found, and a revocation seen, without a replica's lag.
+        let row = sqlx::query(sql::SELECT_KEY)
+            .bind(id)
+            .fetch_optional(&self.writer)
+            .await?;
+        row.map(|r| key_from_row(&r)).transpose()
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(sql::SELECT_KEYS)
+            .fetch_all(&self.writer)
+            .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql::REVOKE_KEY)
+            .bind(id)
+            .bind(at_ms)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 }
 

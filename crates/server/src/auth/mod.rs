@@ -1,0 +1,238 @@
+//! Who is calling. The configured mode (`none`, `keys`) decides how a
+//! request's `Authorization: Bearer` credential becomes a [`Principal`]: a
+//! subject, which is the client its mutations are recorded under, and a
+//! role. The HTTP layer asks [`Authenticator::identify`] once per request and
+//! hands the answer to every handler as its caller; what each role may do is
+//! [`Role::may`].
+
+pub mod keys;
+
+use crate::clock::SharedClock;
+use crate::store::SharedStore;
+use std::fmt;
+
+/// How clients authenticate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Nobody: every request may do everything, as the client it names.
+    None,
+    /// API keys made by `sluice keys create`, stored hashed in the store.
+    Keys,
+}
+
+impl AuthMode {
+    pub fn parse(text: &str) -> Option<AuthMode> {
+        match text {
+            "none" => Some(AuthMode::None),
+            "keys" => Some(AuthMode::Keys),
+            _ => None,
+        }
+    }
+}
+
+/// A built-in role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything: configuration, keys, the model, statistics, every
+    /// client's answers.
+    Admin,
+    /// Reads and writes documents; reads its own answers and events.
+    Writer,
+    /// Reads documents.
+    Reader,
+}
+
+/// What a request wants to do, as the roles are written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Read a document.
+    ReadDocuments,
+    /// Send mutations.
+    Write,
+    /// Read one's own stored answers, pending mutations and event stream.
+    ReadOwn,
+    /// Read another client's answers, pending mutations or events.
+    ReadOthers,
+    /// Configure a collection, read its conflicts and history, act on its
+    /// quarantine, read the model, statistics, metrics and the dashboard.
+    Operate,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Admin, Role::Writer, Role::Reader];
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.as_str() == text)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Writer => "writer",
+            Role::Reader => "reader",
+        }
+    }
+
+    /// Whether the role allows the action.
+    pub fn may(self, action: Action) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Writer => matches!(
+                action,
+                Action::ReadDocuments | Action::Write | Action::ReadOwn
+            ),
+            Role::Reader => action == Action::ReadDocuments,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A verified caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The client the caller is: its mutations are recorded under it.
+    pub subject: String,
+    pub role: Role,
+}
+
+/// Who a request comes from, as the authenticator found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// Authentication is off: the request names its client itself.
+    Open,
+    Verified(Principal),
+}
+
+/// Why a credential was refused. Each says only which kind of failure it
+/// was, never what a valid credential would hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// No `Authorization` header.
+    Missing,
+    /// Not `Bearer <credential>`, or not the form of a credential.
+    Malformed,
+    /// No such key, or its secret does not match.
+    Unknown,
+    /// A key that was revoked.
+    Revoked,
+    /// The credential could not be checked (the store is down): 503.
+    Unavailable(String),
+}
+
+impl Refused {
+    /// The error code the answer carries.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refused::Missing => "credential_missing",
+            Refused::Malformed => "credential_malformed",
+            Refused::Unknown => "credential_invalid",
+            Refused::Revoked => "credential_revoked",
+            Refused::Unavailable(_) => "store_unavailable",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Refused::Missing => {
+                "this server needs a credential: send Authorization: Bearer <key>".into()
+            }
+            Refused::Malformed => {
+                "the Authorization header is not Bearer followed by a credential of this server's form".into()
+            }
+            Refused::Unknown => "the credential is not valid here".into(),
+            Refused::Revoked => "the credential was revoked".into(),
+            Refused::Unavailable(e) => format!("the credential could not be checked: {e}"),
+        }
+    }
+}
+
+/// Checks credentials; one per server, shared by every request.
+pub struct Authenticator {
+    mode: AuthMode,
+    keys: Option<keys::KeyCache>,
+}
+
+impl Authenticator {
+    /// Authentication off.
+    pub fn open() -> Authenticator {
+        Authenticator {
+            mode: AuthMode::None,
+            keys: None,
+        }
+    }
+
+    /// API keys from `store`.
+    pub fn with_keys(store: SharedStore, clock: SharedClock) -> Authenticator {
+        Authenticator {
+            mode: AuthMode::Keys,
+            keys: Some(keys::KeyCache::new(store, clock)),
+        }
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// Who sent a request whose `Authorization` header is `header`.
+    pub async fn identify(&self, header: Option<&[u8]>) -> Result<Identity, Refused> {
+        let Some(keys) = &self.keys else {
+            return Ok(Identity::Open);
+        };
+        let header = header.ok_or(Refused::Missing)?;
+        let credential = bearer(header).ok_or(Refused::Malformed)?;
+        keys.verify(credential)
+            .await
+            .map(Identity::Verified)
+            .map_err(|e| match e {
+                keys::KeyError::Refused(refused) => refused,
+                keys::KeyError::Store(e) => Refused::Unavailable(e.to_string()),
+            })
+    }
+}
+
+/// The credential of `Bearer <credential>` (the scheme's case ignored, as
+/// RFC 7235 says).
+fn bearer(header: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(header).ok()?;
+    let (scheme, credential) = text.split_once(' ')?;
+    let credential = credential.trim_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !credential.is_empty() && !credential.contains(' '))
+        .then_some(credential)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_allow_what_the_readme_says() {
+        use Action::*;
+        let all = [ReadDocuments, Write, ReadOwn, ReadOthers, Operate];
+        assert!(all.iter().all(|a| Role::Admin.may(*a)));
+        let writer: Vec<_> = all.iter().filter(|a| Role::Writer.may(**a)).collect();
+        assert_eq!(writer, [&ReadDocuments, &Write, &ReadOwn]);
+        let reader: Vec<_> = all.iter().filter(|a| Role::Reader.may(**a)).collect();
+        assert_eq!(reader, [&ReadDocuments]);
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("Admin"), None, "roles are lower-case");
+    }
+
+    #[test]
+    fn only_a_bearer_credential_is_read() {
+        assert_eq!(bearer(b"Bearer abc"), Some("abc"));
+        assert_eq!(bearer(b"bearer  abc "), Some("abc"));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bearer"), None);
+        assert_eq!(bearer(b"Bearer "), None);
+        assert_eq!(bearer(b"Bearer a b"), None);
+        assert_eq!(bearer(b"Bearer \xff"), None);
+    }
+}
