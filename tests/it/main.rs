@@ -14,6 +14,7 @@ mod engine;
 mod handlers;
 mod hostile;
 mod isolation;
+mod jwt;
 mod laws;
 mod newcomer;
 mod observe;

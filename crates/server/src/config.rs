@@ -9,6 +9,7 @@
 //! simulation's seeds) are left to the test suite.
 
 use crate::auth::AuthMode;
+use crate::auth::jwt::JwtConfig;
 use crate::dispatch::{
     COMMIT_BATCH_MAX_DEFAULT, DECIDE_TIMEOUT_MS_DEFAULT, DOCUMENT_BYTES_MAX_DEFAULT,
     DOCUMENT_CACHE_MB_DEFAULT, EngineConfig, IDEMPOTENCY_RETENTION_HOURS_DEFAULT,
@@ -91,12 +92,14 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// A request must have arrived this long after its first byte.
     pub request_read_timeout_ms: u64,
-    /// How clients authenticate: `none`, or `keys` (API keys made by
-    /// `sluice keys create`).
+    /// How clients authenticate: `none`, `keys` (API keys made by
+    /// `sluice keys create`) or `jwt` (bearer tokens, as `jwt` says).
     pub auth: String,
     /// Serve with `auth = "none"` on an address other machines can reach;
     /// without it such a server refuses to start.
     pub insecure_no_auth: bool,
+    /// How JWT bearer tokens are checked, with `auth = "jwt"`.
+    pub jwt: JwtConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -161,6 +164,7 @@ impl Default for Config {
             request_read_timeout_ms: REQUEST_READ_TIMEOUT_MS_DEFAULT,
             auth: "none".into(),
             insecure_no_auth: false,
+            jwt: JwtConfig::default(),
         }
     }
 }
@@ -280,7 +284,7 @@ impl Config {
         };
         let Some(mode) = AuthMode::parse(&self.auth) else {
             return invalid(format!(
-                "auth must be \"none\" or \"keys\", got {:?}",
+                "auth must be \"none\", \"keys\" or \"jwt\", got {:?}",
                 self.auth
             ));
         };
@@ -288,6 +292,9 @@ impl Config {
             return invalid(
                 "auth \"keys\" needs a store that `sluice keys create` can reach (sqlite or postgres); the memory store holds no keys".into(),
             );
+        }
+        if mode == AuthMode::Jwt {
+            self.jwt.validate().map_err(ConfigError::Invalid)?;
         }
         if mode == AuthMode::None && !listen.ip().is_loopback() && !self.insecure_no_auth {
             return invalid(format!(

@@ -104,6 +104,8 @@ pub async fn start(
         .with_webhook_policy(config.webhook_policy());
     let auth = Arc::new(match AuthMode::parse(&config.auth) {
         Some(AuthMode::Keys) => Authenticator::with_keys(store.clone(), clock.clone()),
+        Some(AuthMode::Jwt) => Authenticator::with_jwt(config.jwt.clone(), clock.clone())
+            .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?,
         _ => Authenticator::open(),
     });
     let engine = Engine::start(store, history, resolver, clock, config.engine_config()).await?;

@@ -5,6 +5,7 @@
 //! hands the answer to every handler as its caller; what each role may do is
 //! [`Role::may`].
 
+pub mod jwt;
 pub mod keys;
 
 use crate::clock::SharedClock;
@@ -18,6 +19,8 @@ pub enum AuthMode {
     None,
     /// API keys made by `sluice keys create`, stored hashed in the store.
     Keys,
+    /// JWT bearer tokens, checked as `[jwt]` configures.
+    Jwt,
 }
 
 impl AuthMode {
@@ -25,6 +28,7 @@ impl AuthMode {
         match text {
             "none" => Some(AuthMode::None),
             "keys" => Some(AuthMode::Keys),
+            "jwt" => Some(AuthMode::Jwt),
             _ => None,
         }
     }
@@ -121,6 +125,14 @@ pub enum Refused {
     Unknown,
     /// A key that was revoked.
     Revoked,
+    /// A token past its `exp`.
+    Expired,
+    /// A token before its `nbf`.
+    NotYetValid,
+    /// A token from another issuer.
+    WrongIssuer,
+    /// A token for another audience.
+    WrongAudience,
     /// The credential could not be checked (the store is down): 503.
     Unavailable(String),
 }
@@ -133,6 +145,10 @@ impl Refused {
             Refused::Malformed => "credential_malformed",
             Refused::Unknown => "credential_invalid",
             Refused::Revoked => "credential_revoked",
+            Refused::Expired => "token_expired",
+            Refused::NotYetValid => "token_not_yet_valid",
+            Refused::WrongIssuer => "token_wrong_issuer",
+            Refused::WrongAudience => "token_wrong_audience",
             Refused::Unavailable(_) => "store_unavailable",
         }
     }
@@ -140,13 +156,17 @@ impl Refused {
     pub fn message(&self) -> String {
         match self {
             Refused::Missing => {
-                "this server needs a credential: send Authorization: Bearer <key>".into()
+                "this server needs a credential: send Authorization: Bearer <key or token>".into()
             }
             Refused::Malformed => {
                 "the Authorization header is not Bearer followed by a credential of this server's form".into()
             }
             Refused::Unknown => "the credential is not valid here".into(),
             Refused::Revoked => "the credential was revoked".into(),
+            Refused::Expired => "the token has expired".into(),
+            Refused::NotYetValid => "the token is not valid yet".into(),
+            Refused::WrongIssuer => "the token was issued by another issuer".into(),
+            Refused::WrongAudience => "the token is meant for another audience".into(),
             Refused::Unavailable(e) => format!("the credential could not be checked: {e}"),
         }
     }
@@ -156,6 +176,7 @@ impl Refused {
 pub struct Authenticator {
     mode: AuthMode,
     keys: Option<keys::KeyCache>,
+    jwt: Option<jwt::JwtVerifier>,
 }
 
 impl Authenticator {
@@ -164,6 +185,7 @@ impl Authenticator {
         Authenticator {
             mode: AuthMode::None,
             keys: None,
+            jwt: None,
         }
     }
 
@@ -172,7 +194,17 @@ impl Authenticator {
         Authenticator {
             mode: AuthMode::Keys,
             keys: Some(keys::KeyCache::new(store, clock)),
+            jwt: None,
         }
+    }
+
+    /// JWT bearer tokens, as `config` says; `Err` says what is wrong with it.
+    pub fn with_jwt(config: jwt::JwtConfig, clock: SharedClock) -> Result<Authenticator, String> {
+        Ok(Authenticator {
+            mode: AuthMode::Jwt,
+            keys: None,
+            jwt: Some(jwt::JwtVerifier::new(config, clock)?),
+        })
     }
 
     pub fn mode(&self) -> AuthMode {
@@ -181,18 +213,21 @@ impl Authenticator {
 
     /// Who sent a request whose `Authorization` header is `header`.
     pub async fn identify(&self, header: Option<&[u8]>) -> Result<Identity, Refused> {
-        let Some(keys) = &self.keys else {
+        if self.mode == AuthMode::None {
             return Ok(Identity::Open);
-        };
+        }
         let header = header.ok_or(Refused::Missing)?;
         let credential = bearer(header).ok_or(Refused::Malformed)?;
-        keys.verify(credential)
-            .await
-            .map(Identity::Verified)
-            .map_err(|e| match e {
+        let principal = match (&self.keys, &self.jwt) {
+            (Some(keys), _) => keys.verify(credential).await.map_err(|e| match e {
                 keys::KeyError::Refused(refused) => refused,
                 keys::KeyError::Store(e) => Refused::Unavailable(e.to_string()),
-            })
+            })?,
+            (None, Some(jwt)) => jwt.verify(credential)?,
+            // A mode without its verifier cannot be built; refuse all the same.
+            (None, None) => return Err(Refused::Unknown),
+        };
+        Ok(Identity::Verified(principal))
     }
 }
 
