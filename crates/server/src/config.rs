@@ -10,6 +10,7 @@
 
 use crate::auth::AuthMode;
 use crate::auth::jwt::JwtConfig;
+use crate::auth::limits::LimitsConfig;
 use crate::dispatch::{
     COMMIT_BATCH_MAX_DEFAULT, DECIDE_TIMEOUT_MS_DEFAULT, DOCUMENT_BYTES_MAX_DEFAULT,
     DOCUMENT_CACHE_MB_DEFAULT, EngineConfig, IDEMPOTENCY_RETENTION_HOURS_DEFAULT,
@@ -100,6 +101,9 @@ pub struct Config {
     pub insecure_no_auth: bool,
     /// How JWT bearer tokens are checked, with `auth = "jwt"`.
     pub jwt: JwtConfig,
+    /// Each authenticated client's request rate and mutations in flight,
+    /// per role.
+    pub limits: LimitsConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -165,6 +169,7 @@ impl Default for Config {
             auth: "none".into(),
             insecure_no_auth: false,
             jwt: JwtConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }

@@ -102,12 +102,15 @@ pub async fn start(
     let resolver = Resolver::new(clock.clone(), config.script_limits())
         .with_script_threads(config.script_threads())
         .with_webhook_policy(config.webhook_policy());
-    let auth = Arc::new(match AuthMode::parse(&config.auth) {
-        Some(AuthMode::Keys) => Authenticator::with_keys(store.clone(), clock.clone()),
-        Some(AuthMode::Jwt) => Authenticator::with_jwt(config.jwt.clone(), clock.clone())
-            .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?,
-        _ => Authenticator::open(),
-    });
+    let auth = Arc::new(
+        match AuthMode::parse(&config.auth) {
+            Some(AuthMode::Keys) => Authenticator::with_keys(store.clone(), clock.clone()),
+            Some(AuthMode::Jwt) => Authenticator::with_jwt(config.jwt.clone(), clock.clone())
+                .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?,
+            _ => Authenticator::open(),
+        }
+        .with_limits(config.limits.clone()),
+    );
     let engine = Engine::start(store, history, resolver, clock, config.engine_config()).await?;
     // Mutations answered 202 before the last stop are queued again before
     // anything new is accepted.

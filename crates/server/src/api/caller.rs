@@ -6,6 +6,7 @@
 
 use super::ApiError;
 use super::query::QueryParams;
+use crate::auth::limits::{ClientLimiter, InFlight, Limited};
 use crate::auth::{Action, AuthMode, Authenticator, Identity, Refused};
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -29,11 +30,12 @@ impl QueryParams for ClientOnly {
 }
 
 /// The caller of a request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone)]
 pub(super) struct Caller {
     /// The client the request names, if it names one.
     named: Option<String>,
     identity: Identity,
+    limits: Option<Arc<ClientLimiter>>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -52,7 +54,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         let named = form_urlencoded::parse(query.as_bytes())
             .find(|(name, _)| name == "client")
             .map(|(_, value)| value.into_owned());
-        Ok(Caller { named, identity })
+        let limits = parts.extensions.get::<Arc<ClientLimiter>>().cloned();
+        Ok(Caller {
+            named,
+            identity,
+            limits,
+        })
     }
 }
 
@@ -113,6 +120,16 @@ impl Caller {
         })
     }
 
+    /// Counts `n` more of the caller's mutations in flight until the guard
+    /// is dropped, or refuses them over its role's bound (429). Without
+    /// authentication there is no client to count.
+    pub(super) fn hold(&self, n: usize) -> Result<Option<InFlight>, ApiError> {
+        match (&self.identity, &self.limits) {
+            (Identity::Verified(p), Some(limits)) => limits.mutations(p, n).map_err(too_many),
+            _ => Ok(None),
+        }
+    }
+
     /// Refuses the request unless the caller may take `action`.
     pub(super) fn require(&self, action: Action) -> Result<(), ApiError> {
         match &self.identity {
@@ -125,6 +142,15 @@ impl Caller {
             )),
         }
     }
+}
+
+fn too_many(limited: Limited) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        limited.code(),
+        limited.message(),
+    )
+    .retry_after(limited.retry_after_s())
 }
 
 fn mismatch(message: String) -> ApiError {
@@ -167,7 +193,13 @@ pub(super) async fn authenticate(
         .map(|v| v.as_bytes());
     match auth.identify(header).await {
         Ok(identity) => {
+            if let Identity::Verified(principal) = &identity
+                && let Err(limited) = auth.limits().request(principal)
+            {
+                return too_many(limited).into_response();
+            }
             request.extensions_mut().insert(identity);
+            request.extensions_mut().insert(auth.limits().clone());
             next.run(request).await
         }
         Err(Refused::Unavailable(e)) => {
@@ -199,6 +231,7 @@ mod tests {
         Caller {
             named: named.map(str::to_owned),
             identity: Identity::Open,
+            limits: None,
         }
     }
 
@@ -209,6 +242,7 @@ mod tests {
                 subject: subject.into(),
                 role,
             }),
+            limits: None,
         }
     }
 

@@ -46,6 +46,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for `Retry-After`, when not the status's usual.
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -54,6 +56,15 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The same error, saying when to retry.
+    fn retry_after(self, seconds: u32) -> Self {
+        ApiError {
+            retry_after: Some(seconds),
+            ..self
         }
     }
 
@@ -79,7 +90,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, caller::challenge(self.code));
         }
-        if let Some(seconds) = answer::retry_after(self.status) {
+        if let Some(seconds) = self.retry_after.or(answer::retry_after(self.status)) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -373,8 +384,9 @@ async fn post_mutation(
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     caller.require(Action::Write)?;
-    // The door first: a refusal under overload must cost almost nothing,
-    // so it reads and parses no body.
+    // The client's own bound, then the door: a refusal under overload must
+    // cost almost nothing, so it reads and parses no body.
+    let _held = caller.hold(1)?;
     let entered = if query.wait == Some(false) {
         None
     } else {
@@ -476,6 +488,7 @@ async fn post_batch(
         mutation.client = caller.sender(mutation.client.take())?;
         mutations.push(mutation);
     }
+    let _held = caller.hold(mutations.len())?;
     match engine.submit_batch(mutations).await {
         Ok(answers) => {
             let mut results = String::from("{\"results\":[");

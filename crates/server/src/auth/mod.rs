@@ -7,10 +7,12 @@
 
 pub mod jwt;
 pub mod keys;
+pub mod limits;
 
 use crate::clock::SharedClock;
 use crate::store::SharedStore;
 use std::fmt;
+use std::sync::Arc;
 
 /// How clients authenticate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,6 +179,7 @@ pub struct Authenticator {
     mode: AuthMode,
     keys: Option<keys::KeyCache>,
     jwt: Option<jwt::JwtVerifier>,
+    limits: Arc<limits::ClientLimiter>,
 }
 
 impl Authenticator {
@@ -186,6 +189,7 @@ impl Authenticator {
             mode: AuthMode::None,
             keys: None,
             jwt: None,
+            limits: Arc::new(limits::ClientLimiter::new(limits::LimitsConfig::default())),
         }
     }
 
@@ -195,6 +199,7 @@ impl Authenticator {
             mode: AuthMode::Keys,
             keys: Some(keys::KeyCache::new(store, clock)),
             jwt: None,
+            limits: Arc::new(limits::ClientLimiter::new(limits::LimitsConfig::default())),
         }
     }
 
@@ -204,7 +209,21 @@ impl Authenticator {
             mode: AuthMode::Jwt,
             keys: None,
             jwt: Some(jwt::JwtVerifier::new(config, clock)?),
+            limits: Arc::new(limits::ClientLimiter::new(limits::LimitsConfig::default())),
         })
+    }
+
+    /// Limits each authenticated client as `config` says per role.
+    pub fn with_limits(self, config: limits::LimitsConfig) -> Authenticator {
+        Authenticator {
+            limits: Arc::new(limits::ClientLimiter::new(config)),
+            ..self
+        }
+    }
+
+    /// The per-client limits, shared with the requests that hold them.
+    pub fn limits(&self) -> &Arc<limits::ClientLimiter> {
+        &self.limits
     }
 
     pub fn mode(&self) -> AuthMode {
