@@ -215,6 +215,9 @@ fn generated() -> utoipa::openapi::OpenApi {
     let forbidden = error(
         "With authentication on: the caller's role may not do this (`forbidden`), or the request names another client than the caller (`client_mismatch`); nothing was applied",
     );
+    let limited = error(
+        "With authentication on: this client is over its role's request rate (`client_rate_limited`); nothing was applied, retry after `Retry-After`",
+    );
     for (path, item) in spec.paths.paths.iter_mut() {
         let public = caller::PUBLIC_PATHS.contains(&path.as_str());
         for op in [
@@ -234,6 +237,9 @@ fn generated() -> utoipa::openapi::OpenApi {
             responses
                 .entry("403".to_owned())
                 .or_insert_with(|| forbidden.clone().into());
+            responses
+                .entry("429".to_owned())
+                .or_insert_with(|| limited.clone().into());
         }
     }
     for item in spec.paths.paths.values_mut() {
