@@ -189,15 +189,6 @@ fn generated() -> utoipa::openapi::OpenApi {
         .collect();
     // Any route can fail inside Sluice: the panic guard answers 500 with the
     // usual error body, and the description says so once for all.
-    let internal = utoipa::openapi::ResponseBuilder::new()
-        .description("Sluice failed inside; nothing was applied by this request")
-        .content(
-            "application/json",
-            utoipa::openapi::Content::new(Some(utoipa::openapi::Ref::from_schema_name(
-                "ErrorBody",
-            ))),
-        )
-        .build();
     let error = |description: &str| {
         utoipa::openapi::ResponseBuilder::new()
             .description(description)
@@ -209,6 +200,7 @@ fn generated() -> utoipa::openapi::OpenApi {
             )
             .build()
     };
+    let internal = error("Sluice failed inside; nothing was applied by this request");
     let unauthenticated = error(
         "With authentication on (`serve --auth keys`): no credential, or one that is not valid here (`credential_missing`, `credential_malformed`, `credential_invalid`, `credential_revoked`); `WWW-Authenticate` says the scheme",
     );
