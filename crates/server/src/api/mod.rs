@@ -28,6 +28,7 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use caller::{CLIENT_PARAM, Caller, ClientOnly};
+pub use contract::openapi;
 use query::{ApiQuery, NoParams, QueryParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -168,89 +169,6 @@ fn routes() -> OpenApiRouter<Engine> {
                 axum::routing::post(quarantine::post_quarantine_action),
             ),
         )
-}
-
-/// The OpenAPI 3.1 description of every route, with the bounds the
-/// annotations cannot say (`contract`).
-pub fn openapi() -> Value {
-    let mut spec = serde_json::to_value(generated()).unwrap_or_default();
-    contract::tighten(&mut spec);
-    spec
-}
-
-/// The description as the handlers' annotations give it.
-fn generated() -> utoipa::openapi::OpenApi {
-    let (_, mut spec) = routes().split_for_parts();
-    // axum writes a catch-all segment `{*key}`; OpenAPI knows it as `{key}`.
-    let paths = std::mem::take(&mut spec.paths.paths);
-    spec.paths.paths = paths
-        .into_iter()
-        .map(|(path, item)| (path.replace("{*", "{"), item))
-        .collect();
-    // Any route can fail inside Sluice: the panic guard answers 500 with the
-    // usual error body, and the description says so once for all.
-    let error = |description: &str| {
-        utoipa::openapi::ResponseBuilder::new()
-            .description(description)
-            .content(
-                "application/json",
-                utoipa::openapi::Content::new(Some(utoipa::openapi::Ref::from_schema_name(
-                    "ErrorBody",
-                ))),
-            )
-            .build()
-    };
-    let internal = error("Sluice failed inside; nothing was applied by this request");
-    let unauthenticated = error(
-        "With authentication on (`serve --auth keys`): no credential, or one that is not valid here (`credential_missing`, `credential_malformed`, `credential_invalid`, `credential_revoked`); `WWW-Authenticate` says the scheme",
-    );
-    let forbidden = error(
-        "With authentication on: the caller's role may not do this (`forbidden`), or the request names another client than the caller (`client_mismatch`); nothing was applied",
-    );
-    let limited = error(
-        "With authentication on: this client is over its role's request rate (`client_rate_limited`); nothing was applied, retry after `Retry-After`",
-    );
-    for (path, item) in spec.paths.paths.iter_mut() {
-        let public = caller::PUBLIC_PATHS.contains(&path.as_str());
-        for op in [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-        ]
-        .into_iter()
-        .flatten()
-        .filter(|_| !public)
-        {
-            let responses = &mut op.responses.responses;
-            responses
-                .entry("401".to_owned())
-                .or_insert_with(|| unauthenticated.clone().into());
-            responses
-                .entry("403".to_owned())
-                .or_insert_with(|| forbidden.clone().into());
-            responses
-                .entry("429".to_owned())
-                .or_insert_with(|| limited.clone().into());
-        }
-    }
-    for item in spec.paths.paths.values_mut() {
-        for op in [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            op.responses
-                .responses
-                .entry("500".to_owned())
-                .or_insert_with(|| internal.clone().into());
-        }
-    }
-    spec
 }
 
 /// The router with authentication off and only same-origin requests.
