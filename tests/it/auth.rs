@@ -3,7 +3,7 @@
 //! failure, the credential deciding the client, and each role kept to what
 //! it may do.
 
-use crate::support::{TestServer, error_code};
+use crate::support::{TestServer, error_code, sample};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -302,6 +302,247 @@ async fn keys_made_by_the_cli_decide_who_calls_and_what_they_may_do() {
         let secret = key.rsplit('_').next().expect("secret");
         assert!(!list.contains(secret), "a secret is never shown again");
     }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_rules_keep_tenants_apart_and_every_change_is_recorded() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let dir = data.path().to_path_buf();
+    let config = sluice_server::config::Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.clone(),
+        auth: "keys".into(),
+        ..Default::default()
+    };
+    let s = TestServer::start_in(config, data).await;
+    let alice = bearer(&create(&dir, "alice", "writer"));
+    let bob = bearer(&create(&dir, "bob", "writer"));
+    let carol = bearer(&create(&dir, "carol", "reader"));
+    let root = bearer(&create(&dir, "root", "admin"));
+    let send = |who: &str, body: Value| {
+        let who = who.to_owned();
+        let s = &s;
+        async move { call(s, Method::POST, "/v1/mutations", Some(&who), Some(body)).await }
+    };
+
+    // alice's collection: only she (and admins) may read, write, configure
+    // and read its conflicts. Its script would turn any conflict into
+    // whatever it likes, so who reaches it matters.
+    let script = "function resolve(ctx) { return {action: 'resolve', item: {by: 'script'}}; }";
+    let private = json!({
+        "handler": {"script": script},
+        "access": {
+            "read": ["client:alice"], "write": ["client:alice"],
+            "configure": ["client:alice"], "history": ["client:alice"],
+        },
+    });
+    let (status, _, body) = call(
+        &s,
+        Method::PUT,
+        "/v1/collections/priv",
+        Some(&root),
+        Some(private.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access"]["write"], json!(["client:alice"]));
+    let (status, _, body) = send(
+        &alice,
+        json!({"id": "p1", "collection": "priv", "key": "k", "op": "put", "value": {"n": 1}}),
+    )
+    .await;
+    assert_eq!((status, &body["version"]), (200, &json!(1)), "{body}");
+
+    // Another tenant reads nothing and writes nothing there, alone or in a
+    // batch, and its conflicting write never reaches the script.
+    let (status, _, body) = call(&s, Method::GET, "/v1/documents/priv/k", Some(&bob), None).await;
+    assert_eq!((status, error_code(&body)), (403, "forbidden"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("\"priv\"")
+    );
+    let stale = json!({"id": "b1", "collection": "priv", "key": "k", "op": "put", "value": {"n": 9}, "base_version": 0});
+    let (status, _, body) = send(&bob, stale.clone()).await;
+    assert_eq!((status, error_code(&body)), (403, "forbidden"), "{body}");
+    let batch = json!({"mutations": [
+        {"id": "b2", "collection": "notes", "key": "x", "op": "put", "value": {"n": 1}},
+        stale,
+    ]});
+    let (status, _, body) = call(
+        &s,
+        Method::POST,
+        "/v1/mutations:batch",
+        Some(&bob),
+        Some(batch),
+    )
+    .await;
+    assert_eq!((status, error_code(&body)), (403, "forbidden"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("mutations[1]")
+    );
+    let (status, _, _) = call(&s, Method::GET, "/v1/documents/notes/x", Some(&bob), None).await;
+    assert_eq!(status, 404, "nothing of the refused batch was applied");
+    for path in [
+        "/v1/collections/priv",
+        "/v1/collections/priv/changes",
+        "/v1/conflicts?collection=priv",
+    ] {
+        let (status, _, body) = call(&s, Method::GET, path, Some(&bob), None).await;
+        assert_eq!((status, error_code(&body)), (403, "forbidden"), "{path}");
+    }
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .header("authorization", &root)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(
+        sample(&metrics, "sluice_handler_seconds_count{handler=\"script\"}"),
+        0.0,
+        "a refused caller never reaches the handler"
+    );
+    // A real conflict by alice does, and its answer is hers alone.
+    let (status, _, body) = send(
+        &alice,
+        json!({"id": "p2", "collection": "priv", "key": "k", "op": "put", "value": {"n": 2}, "base_version": 0}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("merged")),
+        "{body}"
+    );
+    let (_, _, doc) = call(&s, Method::GET, "/v1/documents/priv/k", Some(&bob), None).await;
+    assert_eq!(
+        error_code(&doc),
+        "forbidden",
+        "what the script wrote stays hers"
+    );
+
+    // alice configures her collection, but only an admin says who may do
+    // what: she cannot widen her rights, nor touch another collection.
+    let (status, _, body) = call(
+        &s,
+        Method::PUT,
+        "/v1/collections/priv",
+        Some(&alice),
+        Some(json!({"handler": "automerge", "access": private["access"]})),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["handler"]),
+        (200, &json!("automerge")),
+        "{body}"
+    );
+    let mut wider = private.clone();
+    wider["access"]["quarantine"] = json!(["client:alice"]);
+    for (path, config) in [
+        ("/v1/collections/priv", wider),
+        ("/v1/collections/priv", json!({"handler": "automerge"})),
+        ("/v1/collections/notes", json!({"handler": "automerge"})),
+    ] {
+        let (status, _, body) = call(&s, Method::PUT, path, Some(&alice), Some(config)).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (403, "forbidden"),
+            "{path}: {body}"
+        );
+    }
+    let (status, _, _) = call(
+        &s,
+        Method::GET,
+        "/v1/conflicts?collection=priv",
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "her collection's conflicts");
+    let (status, _, _) = call(&s, Method::GET, "/v1/conflicts", Some(&alice), None).await;
+    assert_eq!(status, 403, "but not everyone's");
+
+    // A rule widens too: readers may write the inbox, and read their answers.
+    let (status, _, _) = call(
+        &s,
+        Method::PUT,
+        "/v1/collections/inbox",
+        Some(&root),
+        Some(json!({"handler": "optimistic", "access": {"write": ["role:reader"]}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, body) = send(
+        &carol,
+        json!({"id": "c1", "collection": "inbox", "key": "k", "op": "put", "value": {"n": 1}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = call(&s, Method::GET, "/v1/mutations/c1", Some(&carol), None).await;
+    assert_eq!((status, &body["version"]), (200, &json!(1)), "{body}");
+    let (status, _, _) = send(
+        &bob,
+        json!({"id": "b3", "collection": "inbox", "key": "k", "op": "put", "value": {"n": 2}}),
+    )
+    .await;
+    assert_eq!(status, 403, "and writers no longer may");
+
+    // A rule that is not one is refused, naming the entry.
+    let (status, _, body) = call(
+        &s,
+        Method::PUT,
+        "/v1/collections/inbox",
+        Some(&root),
+        Some(json!({"handler": "optimistic", "access": {"write": ["group:staff"]}})),
+    )
+    .await;
+    assert_eq!((status, error_code(&body)), (400, "invalid_collection"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("group:staff"),
+        "{body}"
+    );
+
+    // Every change, newest first: who, when, and what it set.
+    let (status, _, body) = call(
+        &s,
+        Method::GET,
+        "/v1/collections/priv/changes?limit=1",
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let newest = &body["changes"][0];
+    assert_eq!(newest["by"], json!({"client": "alice", "role": "writer"}));
+    assert_eq!(newest["config"]["handler"], "automerge");
+    assert!(newest["at_ms"].as_i64().unwrap_or(0) > 1_600_000_000_000);
+    let next = body["next"].as_i64().expect("an older change");
+    let (_, _, body) = call(
+        &s,
+        Method::GET,
+        &format!("/v1/collections/priv/changes?before={next}"),
+        Some(&root),
+        None,
+    )
+    .await;
+    assert_eq!(body["changes"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(
+        body["changes"][0]["by"],
+        json!({"client": "root", "role": "admin"})
+    );
+    assert_eq!(body["changes"][0]["config"]["handler"]["script"], script);
+    assert!(body.get("next").is_none());
     s.stop().await;
 }
 

@@ -9,8 +9,9 @@ use sluice_server::history::{
 use sluice_server::model::{ConflictRecord, Decision, DecisionKind, MutationRecord};
 use sluice_server::model::{DocKey, Document, Resolution};
 use sluice_server::store::{
-    Accepted, CommitOutcome, EVENTS_KEPT_MIN, LaneCommit, LaneHistory, MemoryStore, PostgresStore,
-    QuarantineQuery, Quarantined, SqliteStore, Store, StoredReply,
+    Accepted, COLLECTION_CHANGES_KEPT, CollectionChange, CommitOutcome, EVENTS_KEPT_MIN,
+    LaneCommit, LaneHistory, MemoryStore, PostgresStore, QuarantineQuery, Quarantined, SqliteStore,
+    Store, StoredReply,
 };
 
 fn item(v: Value) -> Option<Map<String, Value>> {
@@ -473,22 +474,76 @@ async fn store_conformance(store: &dyn Store) {
     assert_eq!(outcomes, [CommitOutcome::Resent]);
     assert_eq!(store.quarantined("ann", "q1").await.expect("read"), None);
 
-    // Collections: upsert.
+    // Collections: upsert, each change recorded with who made it.
+    let change = |config: &str, by: Option<&str>, at_ms| CollectionChange {
+        seq: 0,
+        collection: "notes".into(),
+        config: config.into(),
+        by_client: by.map(str::to_owned),
+        by_role: by.map(|_| "admin".to_owned()),
+        at_ms,
+    };
+    let automerge = r#"{"handler":"automerge","set_fields":[]}"#;
+    let optimistic = r#"{"handler":"optimistic","set_fields":[]}"#;
     store
-        .put_collection("notes", r#"{"handler":"automerge","set_fields":[]}"#, 1)
+        .put_collection(automerge, &change(automerge, None, 1))
         .await
         .expect("put");
     store
-        .put_collection("notes", r#"{"handler":"optimistic","set_fields":[]}"#, 2)
+        .put_collection(optimistic, &change(optimistic, Some("root"), 2))
         .await
         .expect("put");
     assert_eq!(
         store.collections().await.expect("list"),
-        [(
-            "notes".to_string(),
-            r#"{"handler":"optimistic","set_fields":[]}"#.to_string()
-        )]
+        [("notes".to_string(), optimistic.to_string())]
     );
+    let changes = store
+        .collection_changes("notes", None, 10)
+        .await
+        .expect("changes");
+    let seen: Vec<_> = changes
+        .iter()
+        .map(|c| (c.config.as_str(), c.by_client.as_deref(), c.at_ms))
+        .collect();
+    assert_eq!(
+        seen,
+        [(optimistic, Some("root"), 2), (automerge, None, 1)],
+        "newest first"
+    );
+    assert!(changes[0].seq > changes[1].seq);
+    let older = store
+        .collection_changes("notes", Some(changes[0].seq), 10)
+        .await
+        .expect("page");
+    assert_eq!(older, changes[1..]);
+    assert_eq!(
+        store
+            .collection_changes("notes", None, 1)
+            .await
+            .expect("one")
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .collection_changes("other", None, 10)
+            .await
+            .expect("none")
+            .is_empty()
+    );
+    // Bounded: only the newest are kept.
+    for at_ms in 0..COLLECTION_CHANGES_KEPT + 5 {
+        store
+            .put_collection(optimistic, &change(optimistic, None, 10 + at_ms))
+            .await
+            .expect("put");
+    }
+    let kept = store
+        .collection_changes("notes", None, 2_000)
+        .await
+        .expect("all");
+    assert_eq!(kept.len() as i64, COLLECTION_CHANGES_KEPT);
+    assert_eq!(kept[0].at_ms, 10 + COLLECTION_CHANGES_KEPT + 4);
     keys_conformance(store).await;
 }
 

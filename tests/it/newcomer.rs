@@ -2,7 +2,7 @@
 //! anywhere, parameters that must be said rather than assumed, and errors
 //! that say what was wrong and what to send instead.
 
-use crate::support::{TestServer, error_code};
+use crate::support::{TestServer, error_code, sample};
 use axum::Json;
 use axum::routing::post;
 use serde_json::{Value, json};
@@ -28,13 +28,6 @@ async fn counting_webhook() -> (String, Arc<AtomicUsize>) {
         axum::serve(listener, axum::Router::new().route("/r", post(resolve))).await
     });
     (format!("http://{addr}/r"), calls)
-}
-
-/// One sample of the Prometheus text, 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// `m1` applied at version 1, another client's write to version 2, then

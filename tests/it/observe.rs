@@ -1,23 +1,11 @@
 //! What an operator sees: `/metrics` agrees with what the clients were told,
 //! and the logs say which mutation they are about.
 
-use crate::support::{TestServer, error_code, free_port, wait_healthy};
+use crate::support::{TestServer, error_code, free_port, sample, wait_healthy};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// The value of one series of a Prometheus text exposition (0 if absent:
-/// a counter never incremented may not be listed).
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse::<f64>().expect("a number"))
-        })
-        .unwrap_or(0.0)
-}
 
 /// The sum of every series of `family` whose labels contain all of `labels`.
 fn sum(text: &str, family: &str, labels: &[(&str, &str)]) -> f64 {

@@ -202,6 +202,18 @@ impl Drop for TestServer {
     }
 }
 
+/// The value of one series of a Prometheus text exposition (0 if absent:
+/// a counter never incremented may not be listed).
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse::<f64>().expect("a number"))
+        })
+        .unwrap_or(0.0)
+}
+
 /// Asserts the error shape of the contract and returns the code.
 pub fn error_code(body: &Value) -> &str {
     let error = body
@@ -238,8 +250,11 @@ macro_rules! store_over_memory {
             async fn collections(&self) -> Result<Vec<(String, String)>, sluice_server::store::StoreError> {
                 self.inner.collections().await
             }
-            async fn put_collection(&self, name: &str, config_json: &str, at_ms: i64) -> Result<(), sluice_server::store::StoreError> {
-                self.inner.put_collection(name, config_json, at_ms).await
+            async fn put_collection(&self, config_json: &str, change: &sluice_server::store::CollectionChange) -> Result<(), sluice_server::store::StoreError> {
+                self.inner.put_collection(config_json, change).await
+            }
+            async fn collection_changes(&self, collection: &str, before: Option<i64>, limit: u32) -> Result<Vec<sluice_server::store::CollectionChange>, sluice_server::store::StoreError> {
+                self.inner.collection_changes(collection, before, limit).await
             }
             async fn accept(&self, entry: &sluice_server::store::Accepted) -> Result<bool, sluice_server::store::StoreError> {
                 self.inner.accept(entry).await

@@ -1,5 +1,6 @@
 //! A collection's conflict handler, as configured with `PUT /v1/collections/{name}`.
 
+use super::access::Access;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Value, json};
@@ -255,6 +256,9 @@ pub struct CollectionConfig {
     pub chain_own_writes: bool,
     #[serde(default, skip_serializing_if = "OnHandlerFailure::is_reject")]
     pub on_handler_failure: OnHandlerFailure,
+    /// Who may do what here, where it differs from the roles.
+    #[serde(default, skip_serializing_if = "Access::is_empty")]
+    pub access: Access,
 }
 
 // Settings left at their defaults are left out of a configuration's JSON,
@@ -276,10 +280,12 @@ impl CollectionConfig {
             set_fields: Vec::new(),
             chain_own_writes: false,
             on_handler_failure: OnHandlerFailure::Reject,
+            access: Access::default(),
         }
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        self.access.validate()?;
         if self.set_fields.len() > SET_FIELDS_LEN_MAX {
             return Err(format!(
                 "set_fields names more than {SET_FIELDS_LEN_MAX} fields"

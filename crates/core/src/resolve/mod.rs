@@ -2,8 +2,11 @@
 //! mutation, the built-in automerge, and a collection's handler settings.
 //! Running scripts and webhooks is the server's (`sluice_server::resolve`).
 
+pub mod access;
 mod handler;
 pub mod merge;
+
+pub use access::Access;
 
 pub use handler::{
     CollectionConfig, Handler, OnHandlerFailure, REDACTED, SCRIPT_SOURCE_BYTES_MAX,

@@ -7,7 +7,10 @@
 use super::ApiError;
 use super::query::QueryParams;
 use crate::auth::limits::{ClientLimiter, InFlight, Limited};
-use crate::auth::{Action, AuthMode, Authenticator, Identity, Refused};
+use crate::auth::{
+    Action, AuthMode, Authenticator, CollectionAction, Identity, Principal, Refused,
+};
+use crate::resolve::access::Access;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -95,7 +98,6 @@ impl Caller {
     /// (a `client` in the query must agree with it); with it, the caller is
     /// the client, and a body or query naming anyone else is refused.
     pub(super) fn sender(&self, body_client: Option<String>) -> Result<Option<String>, ApiError> {
-        self.require(Action::Write)?;
         let caller = match &self.identity {
             Identity::Verified(p) => p.subject.as_str(),
             Identity::Open => match &self.named {
@@ -130,6 +132,38 @@ impl Caller {
         }
     }
 
+    /// The verified caller; `None` when authentication is off.
+    pub(super) fn principal(&self) -> Option<&Principal> {
+        match &self.identity {
+            Identity::Open => None,
+            Identity::Verified(p) => Some(p),
+        }
+    }
+
+    /// Refuses the request unless the caller may take `action` in
+    /// `collection`, whose rules are `access`.
+    pub(super) fn require_in(
+        &self,
+        collection: &str,
+        access: &Access,
+        action: CollectionAction,
+    ) -> Result<(), ApiError> {
+        match &self.identity {
+            Identity::Open => Ok(()),
+            Identity::Verified(p) if p.may_in(access, action) => Ok(()),
+            Identity::Verified(p) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "client {:?} (role {}) may not {} in collection {collection:?}",
+                    p.subject,
+                    p.role,
+                    collection_words(action)
+                ),
+            )),
+        }
+    }
+
     /// Refuses the request unless the caller may take `action`.
     pub(super) fn require(&self, action: Action) -> Result<(), ApiError> {
         match &self.identity {
@@ -155,6 +189,16 @@ fn too_many(limited: Limited) -> ApiError {
 
 fn mismatch(message: String) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "client_mismatch", message)
+}
+
+fn collection_words(action: CollectionAction) -> &'static str {
+    match action {
+        CollectionAction::Read => "read documents",
+        CollectionAction::Write => "send mutations",
+        CollectionAction::Configure => "read or change the configuration",
+        CollectionAction::History => "read conflicts",
+        CollectionAction::Quarantine => "act on quarantined mutations",
+    }
 }
 
 fn action_words(action: Action) -> &'static str {
@@ -225,7 +269,7 @@ pub(super) fn challenge(code: &str) -> HeaderValue {
 mod tests {
     use super::*;
 
-    use crate::auth::{Principal, Role};
+    use crate::auth::Role;
 
     fn open(named: Option<&str>) -> Caller {
         Caller {
@@ -300,9 +344,12 @@ mod tests {
 
         let reader = verified(None, "carol", Role::Reader);
         assert!(reader.require(Action::ReadDocuments).is_ok());
+        assert_eq!(reader.client().ok(), Some("carol"), "its own answers");
+        let none = Access::default();
         for refused in [
-            reader.sender(None).expect_err("a reader does not write"),
-            reader.client().expect_err("nor has answers"),
+            reader
+                .require_in("notes", &none, CollectionAction::Write)
+                .expect_err("a reader does not write"),
             reader.require(Action::Operate).expect_err("nor operates"),
         ] {
             assert_eq!(

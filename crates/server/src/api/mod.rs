@@ -15,11 +15,11 @@ pub mod wire;
 
 pub use answer::{Reply, reply};
 
-use crate::auth::{Action, Authenticator};
+use crate::auth::{Action, Authenticator, CollectionAction, Role};
 use crate::dispatch::{Answer, ConfigureError, Engine, ReadError};
 use crate::history::{CONFLICTS_LIMIT_DEFAULT, CONFLICTS_LIMIT_MAX, ConflictQuery};
 use crate::model::ConflictRecord;
-use crate::model::DocKey;
+use crate::model::{DocKey, Mutation};
 use crate::resolve::CollectionConfig;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -156,6 +156,7 @@ fn routes() -> OpenApiRouter<Engine> {
         .routes(routes!(get_mutation))
         .routes(routes!(get_document))
         .routes(routes!(get_collection, put_collection))
+        .routes(routes!(get_collection_changes))
         .routes(routes!(get_conflicts))
         .routes(routes!(quarantine::get_quarantine))
         .routes(routes!(get_events))
@@ -299,7 +300,6 @@ async fn post_mutation(
     caller: Caller,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    caller.require(Action::Write)?;
     // The client's own bound, then the door: a refusal under overload must
     // cost almost nothing, so it reads and parses no body.
     let _held = caller.hold(1)?;
@@ -315,11 +315,22 @@ async fn post_mutation(
     let mut mutation = wire::parse_mutation(&body, || uuid::Uuid::new_v4().simple().to_string())
         .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, "invalid_mutation", message))?;
     mutation.client = caller.sender(mutation.client.take())?;
+    may_write(&engine, &caller, &mutation)?;
     let answer = match entered {
         Some(entered) => engine.submit_entered(mutation, entered).await,
         None => engine.accept(mutation).await,
     };
     Ok(reply(answer).into_response())
+}
+
+/// Refuses a mutation its caller may not send to its collection.
+fn may_write(engine: &Engine, caller: &Caller, mutation: &Mutation) -> Result<(), ApiError> {
+    if caller.principal().is_none() {
+        return Ok(());
+    }
+    let collection = &mutation.doc.collection;
+    let config = engine.collection(collection);
+    caller.require_in(collection, &config.access, CollectionAction::Write)
 }
 
 /// A small body that has arrived is drained unparsed before a refusal, so
@@ -371,7 +382,6 @@ async fn post_batch(
     caller: Caller,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    caller.require(Action::Write)?;
     // A batch's length is known only once it is parsed; a door that would
     // refuse even one mutation refuses the batch before its body is read.
     match engine.enter(1) {
@@ -402,6 +412,10 @@ async fn post_batch(
             wire::parse_mutation_value(value, || uuid::Uuid::new_v4().simple().to_string())
                 .map_err(|message| invalid(format!("mutations[{index}]: {message}")))?;
         mutation.client = caller.sender(mutation.client.take())?;
+        may_write(&engine, &caller, &mutation).map_err(|mut refused| {
+            refused.message = format!("mutations[{index}]: {}", refused.message);
+            refused
+        })?;
         mutations.push(mutation);
     }
     let _held = caller.hold(mutations.len())?;
@@ -499,10 +513,11 @@ async fn get_document(
     path: Result<Path<(String, String)>, PathRejection>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(Action::ReadDocuments)?;
     let Path((collection, key)) = path?;
     wire::validate_collection(&collection).map_err(ApiError::bad_request)?;
     wire::validate_key(&key).map_err(ApiError::bad_request)?;
+    let rules = engine.collection(&collection);
+    caller.require_in(&collection, &rules.access, CollectionAction::Read)?;
     let doc = engine
         .document(&DocKey::new(collection.clone(), key.clone()))
         .await
@@ -535,10 +550,11 @@ async fn get_collection(
     path: Result<Path<String>, PathRejection>,
     caller: Caller,
 ) -> Result<Json<CollectionConfig>, ApiError> {
-    caller.require(Action::Operate)?;
     let Path(name) = path?;
     wire::validate_collection(&name).map_err(ApiError::bad_request)?;
-    Ok(Json(engine.collection(&name).redacted()))
+    let config = engine.collection(&name);
+    caller.require_in(&name, &config.access, CollectionAction::Configure)?;
+    Ok(Json(config.redacted()))
 }
 
 /// Sets the collection's conflict handler; a script must load and define `resolve`.
@@ -559,9 +575,10 @@ async fn put_collection(
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CollectionConfig>, ApiError> {
-    caller.require(Action::Operate)?;
     let Path(name) = path?;
     wire::validate_collection(&name).map_err(ApiError::bad_request)?;
+    let current = engine.collection(&name);
+    caller.require_in(&name, &current.access, CollectionAction::Configure)?;
     let body = body?;
     exact::check(&body)
         .map_err(|problem| ApiError::new(StatusCode::BAD_REQUEST, "invalid_collection", problem))?;
@@ -572,7 +589,25 @@ async fn put_collection(
             format!("not a valid collection configuration: {e}"),
         )
     })?;
-    match engine.configure_collection(&name, config.clone()).await {
+    // Who may do what is an admin's to say: a caller the rules let
+    // configure must not be able to widen its own rights.
+    if let Some(p) = caller.principal()
+        && p.role != Role::Admin
+        && config.access != current.access
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "only an admin changes who may do what in a collection (access); client {:?} has role {}",
+                p.subject, p.role
+            ),
+        ));
+    }
+    match engine
+        .configure_collection(&name, config.clone(), caller.principal())
+        .await
+    {
         Ok(()) => Ok(Json(config.redacted())),
         Err(ConfigureError::Invalid(message)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -581,6 +616,75 @@ async fn put_collection(
         )),
         Err(ConfigureError::Store(e)) => Err(ApiError::unavailable(e)),
     }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ChangesQuery {
+    /// At most this many, newest first (1 to 1,000; default 100).
+    limit: Option<u32>,
+    /// Only changes older than this cursor: the `next` of the page before.
+    before: Option<i64>,
+}
+
+impl QueryParams for ChangesQuery {
+    const PARAMS: &'static [(&'static str, &'static str)] = &[
+        ("limit", "a whole number from 1 to 1000"),
+        ("before", "the next cursor of the page before"),
+    ];
+}
+
+/// Who changed the collection's configuration, when, and to what, newest
+/// first (the newest 1,000 are kept).
+#[utoipa::path(get, path = "/v1/collections/{name}/changes", tag = "documents",
+    params(("name" = String, Path, description = "The collection"), ChangesQuery),
+    responses(
+        (status = 200, description = "Changes, newest first", body = schema::CollectionChanges),
+        (status = 400, description = "Not a valid collection name, or a bad query", body = schema::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = schema::ErrorBody),
+    ))]
+async fn get_collection_changes(
+    State(engine): State<Engine>,
+    ApiQuery(q): ApiQuery<ChangesQuery>,
+    path: Result<Path<String>, PathRejection>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    let Path(name) = path?;
+    wire::validate_collection(&name).map_err(ApiError::bad_request)?;
+    caller.require_in(
+        &name,
+        &engine.collection(&name).access,
+        CollectionAction::Configure,
+    )?;
+    let limit = q.limit.unwrap_or(CONFLICTS_LIMIT_DEFAULT);
+    if limit == 0 || limit > CONFLICTS_LIMIT_MAX {
+        return Err(ApiError::bad_request(format!(
+            "limit must be from 1 to {CONFLICTS_LIMIT_MAX}"
+        )));
+    }
+    // One more than asked says whether a page follows.
+    let mut changes = engine
+        .collection_changes(&name, q.before, limit + 1)
+        .await
+        .map_err(ApiError::unavailable)?;
+    let more = changes.len() > limit as usize;
+    changes.truncate(limit as usize);
+    let next = more.then(|| changes.last().map(|c| c.seq)).flatten();
+    let changes: Vec<Value> = changes
+        .into_iter()
+        .map(|c| {
+            let by = match (c.by_client, c.by_role) {
+                (Some(client), Some(role)) => json!({ "client": client, "role": role }),
+                _ => Value::Null,
+            };
+            let config: Value = serde_json::from_str(&c.config).unwrap_or(Value::Null);
+            json!({ "seq": c.seq, "at_ms": c.at_ms, "by": by, "config": config })
+        })
+        .collect();
+    Ok(Json(match next {
+        Some(next) => json!({ "changes": changes, "next": next }),
+        None => json!({ "changes": changes }),
+    }))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -623,7 +727,10 @@ async fn get_conflicts(
     ApiQuery(q): ApiQuery<ConflictsQuery>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(Action::Operate)?;
+    match q.collection.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => caller.require_in(c, &engine.collection(c).access, CollectionAction::History)?,
+        None => caller.require(Action::Operate)?,
+    }
     let limit = q.limit.unwrap_or(CONFLICTS_LIMIT_DEFAULT);
     if limit == 0 || limit > CONFLICTS_LIMIT_MAX {
         return Err(ApiError::bad_request(format!(

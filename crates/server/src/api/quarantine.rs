@@ -5,7 +5,7 @@
 use super::caller::{CLIENT_PARAM, Caller};
 use super::query::{ApiQuery, NoParams, QueryParams};
 use super::{ApiError, reply, schema};
-use crate::auth::Action;
+use crate::auth::{Action, CollectionAction};
 use crate::dispatch::{Answer, Engine, QuarantineAction, QuarantineError};
 use axum::Json;
 use axum::extract::rejection::PathRejection;
@@ -64,14 +64,18 @@ pub(super) async fn get_quarantine(
     ApiQuery(q): ApiQuery<QuarantineQuery>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(Action::Operate)?;
+    let collection = q.collection.filter(|c| !c.is_empty());
+    match &collection {
+        Some(c) => caller.require_in(
+            c,
+            &engine.collection(c).access,
+            CollectionAction::Quarantine,
+        )?,
+        None => caller.require(Action::Operate)?,
+    }
     let limit = limit(q.limit)?;
     let kept = engine
-        .quarantine_list(
-            q.collection.filter(|c| !c.is_empty()),
-            q.client.filter(|c| !c.is_empty()),
-            limit,
-        )
+        .quarantine_list(collection, q.client.filter(|c| !c.is_empty()), limit)
         .await
         .map_err(ApiError::unavailable)?;
     let now_ms = engine.now_ms();
@@ -104,7 +108,6 @@ pub(super) async fn post_quarantine_action(
     path: Result<Path<(String, String)>, PathRejection>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    caller.require(Action::Operate)?;
     let Path((client, last)) = path?;
     let (id, action) = match last.rsplit_once(':') {
         Some((id, "retry")) => (id, QuarantineAction::Retry),
@@ -117,7 +120,19 @@ pub(super) async fn post_quarantine_action(
             ));
         }
     };
-    match engine.act_on_quarantined(&client, id, action).await {
+    let acted = match engine.quarantined(&client, id).await {
+        Ok(entry) => {
+            let c = &entry.doc.collection;
+            caller.require_in(
+                c,
+                &engine.collection(c).access,
+                CollectionAction::Quarantine,
+            )?;
+            engine.act_on_quarantined(&entry, action).await
+        }
+        Err(e) => Err(e),
+    };
+    match acted {
         // The operator's discard succeeded: 200, with the rejection its
         // client gets.
         Ok(Answer::Decided(decision)) if action == QuarantineAction::Discard => {

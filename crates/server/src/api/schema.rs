@@ -214,6 +214,59 @@ pub(crate) struct CollectionBody {
     /// What becomes of a conflict whose script or webhook failed: rejected
     /// (default), or kept in the quarantine to be retried or discarded.
     pub on_handler_failure: Option<OnHandlerFailure>,
+    /// Who may do what in this collection where it differs from the roles
+    /// (only an admin changes it).
+    pub access: Option<AccessRules>,
+}
+
+/// Per action, who may take it: `"*"` (any authenticated caller),
+/// `"role:admin|writer|reader"` or `"client:NAME"`, at most 256 entries. An
+/// action left out follows the caller's role; admins may do everything.
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct AccessRules {
+    /// Read documents.
+    #[schema(max_items = 256)]
+    pub read: Option<Vec<String>>,
+    /// Send mutations.
+    #[schema(max_items = 256)]
+    pub write: Option<Vec<String>>,
+    /// Read and change the configuration (not `access`), and read its changes.
+    #[schema(max_items = 256)]
+    pub configure: Option<Vec<String>>,
+    /// Read the collection's conflicts.
+    #[schema(max_items = 256)]
+    pub history: Option<Vec<String>>,
+    /// List, retry and discard its quarantined mutations.
+    #[schema(max_items = 256)]
+    pub quarantine: Option<Vec<String>>,
+}
+
+/// `GET /v1/collections/{name}/changes`.
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct CollectionChanges {
+    /// Newest first.
+    pub changes: Vec<CollectionChangeEntry>,
+    /// Present when older changes remain: the `before` of the next page.
+    #[schema(required = false)]
+    pub next: Option<i64>,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct CollectionChangeEntry {
+    /// Its place in the order of changes.
+    pub seq: i64,
+    /// When it was made, ms since the epoch.
+    pub at_ms: i64,
+    /// Who made it; null when authentication was off.
+    pub by: Option<ChangeAuthor>,
+    /// The configuration it set (secrets redacted).
+    pub config: CollectionBody,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct ChangeAuthor {
+    pub client: String,
+    pub role: String,
 }
 
 #[derive(ToSchema, serde::Serialize)]

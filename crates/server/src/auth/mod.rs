@@ -10,6 +10,7 @@ pub mod keys;
 pub mod limits;
 
 use crate::clock::SharedClock;
+use crate::resolve::access::{Access, Grantee, grantee};
 use crate::store::SharedStore;
 use std::fmt;
 use std::sync::Arc;
@@ -45,7 +46,8 @@ pub enum Role {
     Admin,
     /// Reads and writes documents; reads its own answers and events.
     Writer,
-    /// Reads documents.
+    /// Reads documents (and its own answers, should a collection's rules
+    /// let it write).
     Reader,
 }
 
@@ -63,6 +65,51 @@ pub enum Action {
     /// Configure a collection, read its conflicts and history, act on its
     /// quarantine, read the model, statistics, metrics and the dashboard.
     Operate,
+}
+
+/// What a request wants to do in one collection, as its rules are written
+/// in (`access` in the collection's configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CollectionAction {
+    Read,
+    Write,
+    Configure,
+    History,
+    Quarantine,
+}
+
+impl CollectionAction {
+    /// The name of its rule.
+    pub fn name(self) -> &'static str {
+        match self {
+            CollectionAction::Read => "read",
+            CollectionAction::Write => "write",
+            CollectionAction::Configure => "configure",
+            CollectionAction::History => "history",
+            CollectionAction::Quarantine => "quarantine",
+        }
+    }
+
+    /// What the roles decide when the collection has no rule for it.
+    fn by_role(self) -> Action {
+        match self {
+            CollectionAction::Read => Action::ReadDocuments,
+            CollectionAction::Write => Action::Write,
+            CollectionAction::Configure
+            | CollectionAction::History
+            | CollectionAction::Quarantine => Action::Operate,
+        }
+    }
+
+    fn rule(self, access: &Access) -> Option<&[String]> {
+        match self {
+            CollectionAction::Read => access.read.as_deref(),
+            CollectionAction::Write => access.write.as_deref(),
+            CollectionAction::Configure => access.configure.as_deref(),
+            CollectionAction::History => access.history.as_deref(),
+            CollectionAction::Quarantine => access.quarantine.as_deref(),
+        }
+    }
 }
 
 impl Role {
@@ -88,7 +135,7 @@ impl Role {
                 action,
                 Action::ReadDocuments | Action::Write | Action::ReadOwn
             ),
-            Role::Reader => action == Action::ReadDocuments,
+            Role::Reader => matches!(action, Action::ReadDocuments | Action::ReadOwn),
         }
     }
 }
@@ -105,6 +152,27 @@ pub struct Principal {
     /// The client the caller is: its mutations are recorded under it.
     pub subject: String,
     pub role: Role,
+}
+
+impl Principal {
+    /// Whether the caller may take `action` in a collection whose rules are
+    /// `access`: an admin always may; a rule, where there is one, decides;
+    /// the role decides otherwise.
+    pub fn may_in(&self, access: &Access, action: CollectionAction) -> bool {
+        if self.role == Role::Admin {
+            return true;
+        }
+        let Some(entries) = action.rule(access) else {
+            return self.role.may(action.by_role());
+        };
+        entries.iter().any(|entry| match grantee(entry) {
+            Ok(Grantee::Anyone) => true,
+            Ok(Grantee::Role(role)) => role == self.role.as_str(),
+            Ok(Grantee::Client(client)) => client == self.subject,
+            // Validated when stored; an entry that is not one grants nothing.
+            Err(_) => false,
+        })
+    }
 }
 
 /// Who a request comes from, as the authenticator found it.
@@ -272,11 +340,50 @@ mod tests {
         let writer: Vec<_> = all.iter().filter(|a| Role::Writer.may(**a)).collect();
         assert_eq!(writer, [&ReadDocuments, &Write, &ReadOwn]);
         let reader: Vec<_> = all.iter().filter(|a| Role::Reader.may(**a)).collect();
-        assert_eq!(reader, [&ReadDocuments]);
+        assert_eq!(reader, [&ReadDocuments, &ReadOwn]);
         for role in Role::ALL {
             assert_eq!(Role::parse(role.as_str()), Some(role));
         }
         assert_eq!(Role::parse("Admin"), None, "roles are lower-case");
+    }
+
+    #[test]
+    fn collection_rules_narrow_and_widen_the_roles() {
+        use CollectionAction::*;
+        let who = |subject: &str, role| Principal {
+            subject: subject.into(),
+            role,
+        };
+        let (alice, bob) = (who("alice", Role::Writer), who("bob", Role::Writer));
+        let (carol, root) = (who("carol", Role::Reader), who("root", Role::Admin));
+        let open = Access::default();
+        assert!(alice.may_in(&open, Write) && !alice.may_in(&open, Configure));
+        assert!(!carol.may_in(&open, Write) && carol.may_in(&open, Read));
+
+        let private = Access {
+            read: Some(vec!["client:alice".into()]),
+            write: Some(vec!["client:alice".into()]),
+            configure: Some(vec!["client:alice".into()]),
+            ..Access::default()
+        };
+        assert!(alice.may_in(&private, Write) && alice.may_in(&private, Configure));
+        assert!(!bob.may_in(&private, Read) && !bob.may_in(&private, Write));
+        assert!(
+            !alice.may_in(&private, History),
+            "no rule: the role decides"
+        );
+        assert!(root.may_in(&private, Write), "an admin may do everything");
+
+        let shared = Access {
+            write: Some(vec!["role:reader".into()]),
+            history: Some(vec!["*".into()]),
+            quarantine: Some(Vec::new()),
+            ..Access::default()
+        };
+        assert!(carol.may_in(&shared, Write), "widened for readers");
+        assert!(!alice.may_in(&shared, Write), "and narrowed for writers");
+        assert!(bob.may_in(&shared, History) && carol.may_in(&shared, History));
+        assert!(!bob.may_in(&shared, Quarantine) && root.may_in(&shared, Quarantine));
     }
 
     #[test]

@@ -122,9 +122,9 @@ pub(super) async fn refresh_collections(inner: Arc<Inner>) {
             continue;
         }
         for (name, config) in fresh {
-            if collections.get(&name) != Some(&config) {
+            if collections.get(&name).map(|c| &**c) != Some(&config) {
                 info!(collection = %name, "collection setting changed in the store");
-                collections.insert(name, config);
+                collections.insert(name, Arc::new(config));
             }
         }
     }

@@ -61,13 +61,14 @@ pub use stats::{Dashboard, EngineStats, ModelSummary};
 use chores::HostLoad;
 use control::{ControlConfig, Controller};
 
+use crate::auth::Principal;
 use crate::clock::SharedClock;
 use crate::history::{ConflictPage, ConflictQuery, HistoryError, SharedHistory};
 use crate::model::{DocKey, Document, Mutation};
 use crate::predict::{ModelReport, PredictorConfig, Scored};
 use crate::queue::{Queue, QueueLimits};
 use crate::resolve::{CollectionConfig, Handler, Resolver, ScriptError};
-use crate::store::{SharedStore, StoreError, StoredReply};
+use crate::store::{CollectionChange, SharedStore, StoreError, StoredReply};
 use crate::telemetry::Telemetry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -224,7 +225,9 @@ struct Inner {
     host: HostLoad,
     lanes: lanes::LaneSet,
     admission: admit::Admission,
-    collections: RwLock<HashMap<String, CollectionConfig>>,
+    collections: RwLock<HashMap<String, Arc<CollectionConfig>>>,
+    /// What a collection never configured decides with.
+    default_collection: Arc<CollectionConfig>,
     /// Bumped by every local change of `collections`: a refresh read from
     /// the store before the change must not undo it.
     collections_changed: AtomicU64,
@@ -271,11 +274,14 @@ impl Engine {
         clock: SharedClock,
         config: EngineConfig,
     ) -> Result<Engine, StoreError> {
+        let default_collection = Arc::new(CollectionConfig::with_handler(
+            config.default_handler.clone(),
+        ));
         let mut collections = HashMap::new();
         for (name, text) in store.collections().await? {
             match serde_json::from_str::<CollectionConfig>(&text) {
                 Ok(c) => {
-                    collections.insert(name, c);
+                    collections.insert(name, Arc::new(c));
                 }
                 Err(e) => {
                     return Err(StoreError::Corrupt(format!(
@@ -317,6 +323,7 @@ impl Engine {
             resolver,
             admission: admit::Admission::new(queue_len_max),
             collections: RwLock::new(collections),
+            default_collection,
             collections_changed: AtomicU64::new(0),
             pipeline,
             closing: AtomicBool::new(false),
@@ -391,15 +398,18 @@ impl Engine {
     }
 
     /// The collection's configuration, or the default handler's when it has none.
-    pub fn collection(&self, name: &str) -> CollectionConfig {
+    pub fn collection(&self, name: &str) -> Arc<CollectionConfig> {
         self.inner.collection(name)
     }
 
-    /// Validates (loading a script in the sandbox) and stores a configuration.
+    /// Validates (loading a script in the sandbox) and stores a
+    /// configuration, recording that `by` (nobody when authentication is
+    /// off) made the change.
     pub async fn configure_collection(
         &self,
         name: &str,
         config: CollectionConfig,
+        by: Option<&Principal>,
     ) -> Result<(), ConfigureError> {
         config.validate().map_err(ConfigureError::Invalid)?;
         if let Handler::Webhook { url, .. } = &config.handler {
@@ -427,23 +437,41 @@ impl Engine {
                 }
             }
         }
-        let text =
-            serde_json::to_string(&config).map_err(|e| ConfigureError::Invalid(e.to_string()))?;
-        self.inner
-            .store
-            .put_collection(name, &text, self.inner.clock.now_ms())
-            .await?;
+        let invalid = |e: serde_json::Error| ConfigureError::Invalid(e.to_string());
+        let text = serde_json::to_string(&config).map_err(invalid)?;
+        let change = CollectionChange {
+            seq: 0,
+            collection: name.to_owned(),
+            config: serde_json::to_string(&config.redacted()).map_err(invalid)?,
+            by_client: by.map(|p| p.subject.clone()),
+            by_role: by.map(|p| p.role.as_str().to_owned()),
+            at_ms: self.inner.clock.now_ms(),
+        };
+        self.inner.store.put_collection(&text, &change).await?;
         let mut collections = self
             .inner
             .collections
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        collections.insert(name.to_owned(), config);
+        collections.insert(name.to_owned(), Arc::new(config));
         self.inner
             .collections_changed
             .fetch_add(1, Ordering::SeqCst);
         info!(collection = name, "collection configured");
         Ok(())
+    }
+
+    /// A collection's recorded changes, newest first.
+    pub async fn collection_changes(
+        &self,
+        name: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<CollectionChange>, StoreError> {
+        self.inner
+            .store
+            .collection_changes(name, before, limit)
+            .await
     }
 
     /// Refuses new mutations and waits up to `deadline` for the queued ones to
@@ -492,12 +520,12 @@ impl Inner {
         }
     }
 
-    fn collection(&self, name: &str) -> CollectionConfig {
+    fn collection(&self, name: &str) -> Arc<CollectionConfig> {
         let collections = self.collections.read().unwrap_or_else(|p| p.into_inner());
         collections
             .get(name)
-            .cloned()
-            .unwrap_or_else(|| CollectionConfig::with_handler(self.config.default_handler.clone()))
+            .unwrap_or(&self.default_collection)
+            .clone()
     }
 
     /// Drops the reservation and hands `reply` to every resend that waited on it.

@@ -159,23 +159,29 @@ impl Engine {
     /// if its handler fails again).
     pub async fn act_on_quarantined(
         &self,
-        client: &str,
-        id: &str,
+        entry: &Quarantined,
         action: QuarantineAction,
     ) -> Result<Answer, QuarantineError> {
-        let not_found = || QuarantineError::NotFound {
-            client: client.to_owned(),
-            id: id.to_owned(),
-        };
-        let entry = self
-            .inner
+        let mutation = Mutation::from_json(&entry.mutation, entry.fingerprint).map_err(|e| {
+            StoreError::Corrupt(format!("quarantined mutation {:?}: {e}", entry.id))
+        })?;
+        Ok(self.submit_quarantined(mutation, action).await)
+    }
+
+    /// The quarantined mutation `(client, id)`, with its JSON.
+    pub async fn quarantined(
+        &self,
+        client: &str,
+        id: &str,
+    ) -> Result<Quarantined, QuarantineError> {
+        self.inner
             .store
             .quarantined(client, id)
             .await?
-            .ok_or_else(not_found)?;
-        let mutation = Mutation::from_json(&entry.mutation, entry.fingerprint)
-            .map_err(|e| StoreError::Corrupt(format!("quarantined mutation {id:?}: {e}")))?;
-        Ok(self.submit_quarantined(mutation, action).await)
+            .ok_or_else(|| QuarantineError::NotFound {
+                client: client.to_owned(),
+                id: id.to_owned(),
+            })
     }
 
     /// Why `(client, id)` is in the quarantine, if it is.

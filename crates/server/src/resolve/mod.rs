@@ -18,7 +18,7 @@ pub use pool::threads_default as script_threads_default;
 pub use script::{ScriptError, ScriptLimits};
 pub use sluice_core::resolve::{
     CollectionConfig, Handler, HandlerAnswer, OnHandlerFailure, Step, VALUE_DEPTH_MAX,
-    WEBHOOK_TIMEOUT_MS_MAX, merge, parse_answer, result_too_large,
+    WEBHOOK_TIMEOUT_MS_MAX, access, merge, parse_answer, result_too_large,
 };
 pub use webhook::WebhookPolicy;
 

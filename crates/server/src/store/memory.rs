@@ -3,8 +3,8 @@
 //! survives the process.
 
 use super::{
-    Accepted, CommitOutcome, EVENTS_KEPT_MIN, KeyRecord, LaneCommit, QuarantineQuery, Quarantined,
-    Store, StoreError, StoredReply,
+    Accepted, COLLECTION_CHANGES_KEPT, CollectionChange, CommitOutcome, EVENTS_KEPT_MIN, KeyRecord,
+    LaneCommit, QuarantineQuery, Quarantined, Store, StoreError, StoredReply,
 };
 use crate::model::{DocKey, Document};
 use async_trait::async_trait;
@@ -28,6 +28,8 @@ struct State {
     secrets: HashMap<String, String>,
     quarantine: HashMap<(String, String), Quarantined>,
     keys: HashMap<String, KeyRecord>,
+    changes: HashMap<String, Vec<CollectionChange>>,
+    change_seq: i64,
 }
 
 impl MemoryStore {
@@ -224,14 +226,49 @@ impl Store for MemoryStore {
 
     async fn put_collection(
         &self,
-        name: &str,
         config_json: &str,
-        _at_ms: i64,
+        change: &CollectionChange,
     ) -> Result<(), StoreError> {
-        self.state()
+        let mut state = self.state();
+        state
             .collections
-            .insert(name.to_owned(), config_json.to_owned());
+            .insert(change.collection.clone(), config_json.to_owned());
+        state.change_seq += 1;
+        let seq = state.change_seq;
+        let changes = state.changes.entry(change.collection.clone()).or_default();
+        changes.push(CollectionChange {
+            seq,
+            ..change.clone()
+        });
+        let kept = COLLECTION_CHANGES_KEPT as usize;
+        if changes.len() > kept {
+            let dropped = changes.len() - kept;
+            changes.drain(..dropped);
+        }
         Ok(())
+    }
+
+    async fn collection_changes(
+        &self,
+        collection: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<CollectionChange>, StoreError> {
+        let state = self.state();
+        let before = before.unwrap_or(i64::MAX);
+        Ok(state
+            .changes
+            .get(collection)
+            .map(|changes| {
+                changes
+                    .iter()
+                    .rev()
+                    .filter(|c| c.seq < before)
+                    .take(limit as usize)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn quarantined(&self, client: &str, id: &str) -> Result<Option<Quarantined>, StoreError> {

@@ -222,12 +222,22 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<String, StoreError>;
     /// Every configured collection: `(name, configuration JSON)`.
     async fn collections(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Stores `change.collection`'s configuration, `config_json`, and
+    /// records `change` in its audit, at once; only the newest
+    /// [`COLLECTION_CHANGES_KEPT`] changes of a collection are kept.
     async fn put_collection(
         &self,
-        name: &str,
         config_json: &str,
-        at_ms: i64,
+        change: &CollectionChange,
     ) -> Result<(), StoreError>;
+    /// A collection's changes, newest first: at most `limit`, and only those
+    /// before the change numbered `before` when given.
+    async fn collection_changes(
+        &self,
+        collection: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<CollectionChange>, StoreError>;
     async fn quarantined(&self, client: &str, id: &str) -> Result<Option<Quarantined>, StoreError>;
     /// Quarantined mutations matching the query, oldest first.
     async fn quarantine_list(
@@ -242,6 +252,23 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a key revoked at `at_ms`; `false` if no live key has this id.
     async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError>;
 }
+
+/// One change of a collection's configuration, as its audit keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectionChange {
+    /// Its place in the store's order of changes (the store numbers it).
+    pub seq: i64,
+    pub collection: String,
+    /// The configuration it set, as `GET` shows it (secrets redacted).
+    pub config: String,
+    /// Who made it; `None` when authentication is off.
+    pub by_client: Option<String>,
+    pub by_role: Option<String>,
+    pub at_ms: i64,
+}
+
+/// How many changes of one collection its audit keeps.
+pub const COLLECTION_CHANGES_KEPT: i64 = 1_000;
 
 /// An API key as stored: never the key itself, only its secret's hash.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -350,6 +377,15 @@ pub(crate) mod sql {
         "UPDATE sluice_keys SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL";
     pub(crate) const SELECT_COLLECTIONS: &str =
         "SELECT name, config FROM sluice_collections ORDER BY name";
+    pub(crate) const INSERT_CHANGE: &str = "INSERT INTO sluice_collection_changes \
+         (name, config, by_client, by_role, at_ms) VALUES ($1, $2, $3, $4, $5)";
+    pub(crate) const PRUNE_CHANGES: &str = "DELETE FROM sluice_collection_changes \
+         WHERE name = $1 AND seq <= (SELECT seq FROM sluice_collection_changes WHERE name = $1 \
+         ORDER BY seq DESC LIMIT 1 OFFSET $2)";
+    pub(crate) const SELECT_CHANGES: &str = "SELECT seq, name, config, by_client, by_role, at_ms \
+         FROM sluice_collection_changes WHERE name = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3";
+    pub(crate) const CHANGES_INDEX: &str = "CREATE INDEX IF NOT EXISTS sluice_collection_changes_name \
+         ON sluice_collection_changes (name, seq)";
     pub(crate) const UPSERT_COLLECTION: &str = "INSERT INTO sluice_collections (name, config, updated_ms) \
          VALUES ($1, $2, $3) \
          ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_ms = excluded.updated_ms";
@@ -437,6 +473,78 @@ where
 {
     Ok((row.try_get("name")?, row.try_get("config")?))
 }
+
+/// Decodes a `sql::SELECT_CHANGES` row of either backend.
+fn change_from_row<R>(row: &R) -> Result<CollectionChange, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(CollectionChange {
+        seq: row.try_get("seq")?,
+        collection: row.try_get("name")?,
+        config: row.try_get("config")?,
+        by_client: row.try_get("by_client")?,
+        by_role: row.try_get("by_role")?,
+        at_ms: row.try_get("at_ms")?,
+    })
+}
+
+/// The body of `put_collection` and `collection_changes` on either SQL
+/// backend (their pools differ in type, their statements do not).
+macro_rules! sql_collection_methods {
+    ($store:ty) => {
+        impl $store {
+            async fn put_collection_rows(
+                &self,
+                config_json: &str,
+                change: &CollectionChange,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.writer.begin().await?;
+                sqlx::query(sql::UPSERT_COLLECTION)
+                    .bind(&change.collection)
+                    .bind(config_json)
+                    .bind(change.at_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sql::INSERT_CHANGE)
+                    .bind(&change.collection)
+                    .bind(&change.config)
+                    .bind(&change.by_client)
+                    .bind(&change.by_role)
+                    .bind(change.at_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sql::PRUNE_CHANGES)
+                    .bind(&change.collection)
+                    .bind(COLLECTION_CHANGES_KEPT)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn collection_change_rows(
+                &self,
+                collection: &str,
+                before: Option<i64>,
+                limit: u32,
+            ) -> Result<Vec<CollectionChange>, StoreError> {
+                let rows = sqlx::query(sql::SELECT_CHANGES)
+                    .bind(collection)
+                    .bind(before.unwrap_or(i64::MAX))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.writer)
+                    .await?;
+                rows.iter().map(change_from_row).collect()
+            }
+        }
+    };
+}
+pub(crate) use sql_collection_methods;
 
 /// Decodes a `sql::SELECT_KEY` row of either backend.
 fn key_from_row<R>(row: &R) -> Result<KeyRecord, StoreError>

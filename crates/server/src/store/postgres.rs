@@ -5,10 +5,10 @@
 //! processes starting against one database do not race each other's DDL.
 
 use super::{
-    Accepted, CommitOutcome, EVENTS_KEPT_MIN, KeyRecord, LaneCommit, QuarantineQuery, Quarantined,
-    Store, StoreError, StoredReply, accepted_from_row, collection_from_row, decode_item,
-    encode_item, event_from_row, key_from_row, quarantine_select, quarantined_from_row,
-    reply_from_row, sql, to_sql,
+    Accepted, COLLECTION_CHANGES_KEPT, CollectionChange, CommitOutcome, EVENTS_KEPT_MIN, KeyRecord,
+    LaneCommit, QuarantineQuery, Quarantined, Store, StoreError, StoredReply, accepted_from_row,
+    change_from_row, collection_from_row, decode_item, encode_item, event_from_row, key_from_row,
+    quarantine_select, quarantined_from_row, reply_from_row, sql, sql_collection_methods, to_sql,
 };
 use crate::history::PgQuery;
 use crate::model::{DocKey, Document};
@@ -79,6 +79,15 @@ const SCHEMA: &[&str] = &[
     )",
     sql::SECRETS_TABLE,
     sql::KEYS_TABLE,
+    "CREATE TABLE IF NOT EXISTS sluice_collection_changes (
+        seq BIGSERIAL PRIMARY KEY,
+        name TEXT NOT NULL,
+        config TEXT NOT NULL,
+        by_client TEXT,
+        by_role TEXT,
+        at_ms BIGINT NOT NULL
+    )",
+    sql::CHANGES_INDEX,
 ];
 
 pub struct PostgresStore {
@@ -117,6 +126,8 @@ impl PostgresStore {
         })
     }
 }
+
+sql_collection_methods!(PostgresStore);
 
 #[async_trait::async_trait]
 impl Store for PostgresStore {
@@ -261,17 +272,19 @@ impl Store for PostgresStore {
 
     async fn put_collection(
         &self,
-        name: &str,
         config_json: &str,
-        at_ms: i64,
+        change: &CollectionChange,
     ) -> Result<(), StoreError> {
-        sqlx::query(sql::UPSERT_COLLECTION)
-            .bind(name)
-            .bind(config_json)
-            .bind(at_ms)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        self.put_collection_rows(config_json, change).await
+    }
+
+    async fn collection_changes(
+        &self,
+        collection: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<CollectionChange>, StoreError> {
+        self.collection_change_rows(collection, before, limit).await
     }
 
     async fn quarantined(&self, client: &str, id: &str) -> Result<Option<Quarantined>, StoreError> {

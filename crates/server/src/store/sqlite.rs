@@ -7,10 +7,11 @@
 //! survives power loss, which is what "acknowledged" promises.
 
 use super::{
-    Accepted, CommitOutcome, EVENTS_KEPT_MIN, KeyRecord, LaneCommit, QuarantineQuery, Quarantined,
-    Store, StoreError, StoredReply, accepted_from_row, collection_from_row, decode_item,
-    encode_item, event_from_row, from_sql, key_from_row, quarantine_select, quarantined_from_row,
-    reply_from_row, sql, to_sql,
+    Accepted, COLLECTION_CHANGES_KEPT, CollectionChange, CommitOutcome, EVENTS_KEPT_MIN, KeyRecord,
+    LaneCommit, QuarantineQuery, Quarantined, Store, StoreError, StoredReply, accepted_from_row,
+    change_from_row, collection_from_row, decode_item, encode_item, event_from_row, from_sql,
+    key_from_row, quarantine_select, quarantined_from_row, reply_from_row, sql,
+    sql_collection_methods, to_sql,
 };
 use crate::model::{DocKey, Document};
 use sqlx::Row;
@@ -90,6 +91,15 @@ const SCHEMA: &[&str] = &[
     )",
     sql::SECRETS_TABLE,
     sql::KEYS_TABLE,
+    "CREATE TABLE IF NOT EXISTS sluice_collection_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        config TEXT NOT NULL,
+        by_client TEXT,
+        by_role TEXT,
+        at_ms BIGINT NOT NULL
+    )",
+    sql::CHANGES_INDEX,
 ];
 
 pub struct SqliteStore {
@@ -106,6 +116,8 @@ impl SqliteStore {
         Ok(SqliteStore { reader, writer })
     }
 }
+
+sql_collection_methods!(SqliteStore);
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
@@ -233,17 +245,19 @@ impl Store for SqliteStore {
 
     async fn put_collection(
         &self,
-        name: &str,
         config_json: &str,
-        at_ms: i64,
+        change: &CollectionChange,
     ) -> Result<(), StoreError> {
-        sqlx::query(sql::UPSERT_COLLECTION)
-            .bind(name)
-            .bind(config_json)
-            .bind(at_ms)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        self.put_collection_rows(config_json, change).await
+    }
+
+    async fn collection_changes(
+        &self,
+        collection: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<CollectionChange>, StoreError> {
+        self.collection_change_rows(collection, before, limit).await
     }
 
     async fn quarantined(&self, client: &str, id: &str) -> Result<Option<Quarantined>, StoreError> {
