@@ -227,12 +227,18 @@ struct ServeArgs {
     /// Log format: text or json [default: text]
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
-    /// How clients authenticate: none, or keys (made by `sluice keys create`) [default: none]
+    /// How clients authenticate: none, keys (made by `sluice keys create`) or jwt [default: none]
     #[arg(long, value_name = "MODE")]
     auth: Option<String>,
     /// Serve without authentication on an address other machines can reach
     #[arg(long)]
     insecure_no_auth: bool,
+    /// Serve HTTPS with this certificate chain (PEM; re-read when it changes)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -420,6 +426,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.auth = v;
     }
     config.insecure_no_auth |= args.insecure_no_auth;
+    if let Some(v) = args.tls_cert {
+        config.tls_cert = Some(v);
+    }
+    if let Some(v) = args.tls_key {
+        config.tls_key = Some(v);
+    }
     config.validate()?;
     init_logs(&config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -24,4 +24,5 @@ mod quarantine;
 mod replay;
 mod simulation;
 mod support;
+mod tls;
 mod walkthrough;

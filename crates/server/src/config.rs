@@ -20,6 +20,7 @@ use crate::dispatch::{
 use crate::predict::PredictorConfig;
 use crate::queue::QueueLimits;
 use crate::resolve::{Handler, ScriptLimits, WebhookPolicy};
+use crate::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -99,6 +100,11 @@ pub struct Config {
     /// Serve with `auth = "none"` on an address other machines can reach;
     /// without it such a server refuses to start.
     pub insecure_no_auth: bool,
+    /// Serve HTTPS with this certificate chain (PEM), re-read when it
+    /// changes; with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub tls_key: Option<PathBuf>,
     /// How JWT bearer tokens are checked, with `auth = "jwt"`.
     pub jwt: JwtConfig,
     /// Each authenticated client's request rate and mutations in flight,
@@ -168,6 +174,8 @@ impl Default for Config {
             request_read_timeout_ms: REQUEST_READ_TIMEOUT_MS_DEFAULT,
             auth: "none".into(),
             insecure_no_auth: false,
+            tls_cert: None,
+            tls_key: None,
             jwt: JwtConfig::default(),
             limits: LimitsConfig::default(),
         }
@@ -307,6 +315,7 @@ impl Config {
                 self.listen
             ));
         }
+        self.tls_files()?;
         self.store_backend()?;
         self.history_backend()?;
         if !matches!(self.log_format.as_str(), "text" | "json") {
@@ -377,6 +386,24 @@ impl Config {
         }
         self.predictor.validate().map_err(ConfigError::Invalid)?;
         Ok(())
+    }
+
+    /// The certificate and key to serve HTTPS with, if configured: both or
+    /// neither.
+    pub fn tls_files(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (Some(_), None) => Err(ConfigError::Invalid(
+                "tls_cert needs tls_key (--tls-key), its private key".into(),
+            )),
+            (None, Some(_)) => Err(ConfigError::Invalid(
+                "tls_key needs tls_cert (--tls-cert), its certificate".into(),
+            )),
+        }
     }
 
     pub fn store_backend(&self) -> Result<Backend, ConfigError> {

@@ -18,5 +18,6 @@ pub mod resolve;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 pub use sluice_core::{model, predict, queue, rng};

@@ -10,6 +10,7 @@ use crate::dispatch::Engine;
 use crate::history::{MemoryHistory, PostgresHistory, SharedHistory, SqliteHistory};
 use crate::resolve::Resolver;
 use crate::store::{MemoryStore, PostgresStore, SharedStore, SqliteStore};
+use crate::tls::{Reloading, TlsListener};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,6 +82,12 @@ pub struct Running {
 /// Validates the configuration, opens the backends, binds and starts serving
 /// until `shutdown` completes; then drains the queue (up to the configured
 /// deadline) while refusing new mutations.
+/// What the server accepts connections from.
+enum Listener {
+    Plain(crate::connections::Bounded),
+    Tls(TlsListener),
+}
+
 pub async fn start(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -111,6 +118,13 @@ pub async fn start(
         }
         .with_limits(config.limits.clone()),
     );
+    // Read before anything starts: a certificate that does not load is a
+    // configuration error, said at once.
+    let certs = config
+        .tls_files()?
+        .map(Reloading::open)
+        .transpose()
+        .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?;
     let engine = Engine::start(store, history, resolver, clock, config.engine_config()).await?;
     // Mutations answered 202 before the last stop are queued again before
     // anything new is accepted.
@@ -126,7 +140,8 @@ pub async fn start(
         addr: config.listen.clone(),
         source,
     })?;
-    info!(%addr, store = %config.store, history = %config.history, "sluice is listening");
+    let scheme = if certs.is_some() { "https" } else { "http" };
+    info!(%addr, scheme, store = %config.store, history = %config.history, "sluice is listening");
     if auth.mode() == AuthMode::None {
         tracing::warn!(
             %addr,
@@ -138,6 +153,19 @@ pub async fn start(
         api::guard::Origins::new(&config.cors_origins, config.body_bytes_in_flight_max),
         auth,
     );
+    let limits = crate::connections::Limits {
+        connections_max: crate::connections::within_descriptors(config.connections_max),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        request_read_timeout: Duration::from_millis(config.request_read_timeout_ms),
+    };
+    let bounded = crate::connections::Bounded::new(listener, limits);
+    let listener = match certs {
+        Some(certs) => Listener::Tls(
+            TlsListener::new(bounded, certs, limits.request_read_timeout)
+                .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?,
+        ),
+        None => Listener::Plain(bounded),
+    };
     let drain_engine = engine.clone();
     let deadline = Duration::from_millis(config.shutdown_deadline_ms);
     let served = tokio::spawn(async move {
@@ -149,14 +177,14 @@ pub async fn start(
                 tracing::warn!(left, "shutdown deadline passed with mutations still queued");
             }
         };
-        let limits = crate::connections::Limits {
-            connections_max: crate::connections::within_descriptors(config.connections_max),
-            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
-            request_read_timeout: Duration::from_millis(config.request_read_timeout_ms),
-        };
-        axum::serve(crate::connections::Bounded::new(listener, limits), app)
-            .with_graceful_shutdown(graceful)
-            .await
+        match listener {
+            Listener::Tls(tls) => axum::serve(tls, app).with_graceful_shutdown(graceful).await,
+            Listener::Plain(plain) => {
+                axum::serve(plain, app)
+                    .with_graceful_shutdown(graceful)
+                    .await
+            }
+        }
     });
     Ok(Running {
         addr,
