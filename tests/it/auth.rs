@@ -35,7 +35,7 @@ fn keys_run(data: &Path, args: &[&str]) -> std::process::Output {
 }
 
 /// Makes a key; the key is the last line of the output.
-fn create(data: &Path, client: &str, role: &str) -> String {
+pub(crate) fn create(data: &Path, client: &str, role: &str) -> String {
     let out = keys(data, &["create", "--client", client, "--role", role]);
     out.lines().last().expect("a last line").to_owned()
 }
@@ -546,6 +546,52 @@ async fn collection_rules_keep_tenants_apart_and_every_change_is_recorded() {
     s.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_the_dashboard_go_without_a_credential_only_if_configured() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let config = sluice_server::config::Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data.path().to_path_buf(),
+        auth: "keys".into(),
+        auth_exempt: vec!["metrics".into()],
+        ..Default::default()
+    };
+    let s = TestServer::start_in(config, data).await;
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(metrics.status(), 200, "exempt as configured");
+    assert!(metrics.text().await.expect("text").contains("sluice_"));
+    let (status, _, body) = call(&s, Method::GET, "/", None, None).await;
+    assert_eq!(
+        (status, body),
+        (200, Value::Null),
+        "the page is code, not data"
+    );
+    for path in ["/v1/dashboard", "/v1/dashboard/events", "/v1/stats"] {
+        let (status, _, body) = call(&s, Method::GET, path, None, None).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (401, "credential_missing"),
+            "{path}"
+        );
+    }
+    let data = s.stop().await;
+    let refused = sluice_server::config::Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data.path().to_path_buf(),
+        auth: "keys".into(),
+        auth_exempt: vec!["stats".into()],
+        ..Default::default()
+    }
+    .validate()
+    .expect_err("stats may not be exempt");
+    assert!(refused.to_string().contains("\"stats\""), "{refused}");
+}
+
 #[test]
 fn the_keys_command_says_what_is_wrong() {
     let data = tempfile::tempdir().expect("temp dir");
@@ -650,51 +696,68 @@ async fn one_flooding_client_meets_its_own_limits_and_nobody_else_waits() {
     let (mut unloaded, refused) = quiet_round(&s, &quiet, "calm", 60).await;
     assert!(refused.is_empty(), "{refused:?}");
 
-    // The flood: sixteen loops, each with a request always in flight.
+    // The flood: sixteen loops, each with a request always in flight, on a
+    // runtime of their own (one thread): on the server's runtime its tasks
+    // would queue in front of the server's own, and the test would measure
+    // its own scheduling rather than the server's limits.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut flood = Vec::new();
-    for t in 0..16 {
-        let (http, url, key, stop) = (s.http.clone(), s.url.clone(), noisy.clone(), stop.clone());
-        flood.push(tokio::spawn(async move {
+    let (url, key, halt) = (s.url.clone(), noisy.clone(), stop.clone());
+    let flood = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("the flood's runtime");
+        runtime.block_on(async move {
+            let http = reqwest::Client::new();
+            let mut loops = Vec::new();
+            for t in 0..16 {
+                let (http, url, key, stop) = (http.clone(), url.clone(), key.clone(), halt.clone());
+                loops.push(tokio::spawn(async move {
+                    let mut seen = std::collections::BTreeMap::<String, u64>::new();
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        n += 1;
+                        let body = json!({"id": format!("f{t}-{n}"), "collection": "noise", "key": format!("n{}", n % 50), "op": "put", "value": {"n": n}});
+                        let Ok(response) = http
+                            .post(format!("{url}/v1/mutations"))
+                            .bearer_auth(&key)
+                            .json(&body)
+                            .send()
+                            .await
+                        else {
+                            continue;
+                        };
+                        let retry = response.headers().contains_key("retry-after");
+                        let status = response.status().as_u16();
+                        let body: Value = response.json().await.unwrap_or(Value::Null);
+                        let code = body["error"]["code"].as_str().unwrap_or("ok").to_owned();
+                        *seen.entry(format!("{status} {code} {retry}")).or_default() += 1;
+                        // It ignores Retry-After (a second) but pauses 10 ms:
+                        // the flood runs on the server's own two cores here,
+                        // and a spinning loop would measure this process's
+                        // CPU, not the limits.
+                        if status == 429 {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                    seen
+                }));
+            }
             let mut seen = std::collections::BTreeMap::<String, u64>::new();
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                n += 1;
-                let body = json!({"id": format!("f{t}-{n}"), "collection": "noise", "key": format!("n{}", n % 50), "op": "put", "value": {"n": n}});
-                let Ok(response) = http
-                    .post(format!("{url}/v1/mutations"))
-                    .bearer_auth(&key)
-                    .json(&body)
-                    .send()
-                    .await
-                else {
-                    continue;
-                };
-                let retry = response.headers().contains_key("retry-after");
-                let status = response.status().as_u16();
-                let body: Value = response.json().await.unwrap_or(Value::Null);
-                let code = body["error"]["code"].as_str().unwrap_or("ok").to_owned();
-                *seen.entry(format!("{status} {code} {retry}")).or_default() += 1;
-                // It ignores Retry-After (a second) but pauses 10 ms: the
-                // flood runs on the server's own two cores here, and a
-                // spinning loop would measure this process's CPU, not the
-                // limits (the dispatcher backs off when the host is busy).
-                if status == 429 {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+            for task in loops {
+                for (k, v) in task.await.expect("flood") {
+                    *seen.entry(k).or_default() += v;
                 }
             }
             seen
-        }));
-    }
+        })
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (mut loaded, refused) = quiet_round(&s, &quiet, "flood", 60).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut seen = std::collections::BTreeMap::<String, u64>::new();
-    for task in flood {
-        for (k, v) in task.await.expect("flood") {
-            *seen.entry(k).or_default() += v;
-        }
-    }
+    let seen = tokio::task::spawn_blocking(move || flood.join().expect("the flood"))
+        .await
+        .expect("join");
     assert!(
         refused.is_empty(),
         "no quiet writer is refused: {refused:?}"
@@ -752,7 +815,7 @@ async fn no_described_route_serves_without_a_credential() {
             let body = (method != Method::GET).then(|| json!({}));
             let (status, headers, body) = call(&s, method.clone(), &concrete, None, body).await;
             tried += 1;
-            if path == "/healthz" || path == "/openapi.json" {
+            if ["/healthz", "/openapi.json", "/"].contains(&path.as_str()) {
                 assert_eq!(status, 200, "{method} {path} is public");
             } else {
                 assert_eq!(

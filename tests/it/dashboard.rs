@@ -88,6 +88,32 @@ fn workload(url: String, stop: Arc<AtomicBool>, seed: u64) -> tokio::task::JoinH
     })
 }
 
+/// A headless Chromium session: its driver and profile live as long as it.
+async fn browser(chromium: &str) -> (Driver, tempfile::TempDir, fantoccini::Client) {
+    let driver = Driver::start().await;
+    let profile = tempfile::tempdir().expect("temp dir");
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                format!("--user-data-dir={}", profile.path().display()),
+                "--window-size=1440,1100",
+            ],
+        }),
+    );
+    let browser =
+        fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&driver.url)
+            .await
+            .expect("a Chromium session through chromedriver");
+    (driver, profile, browser)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dashboard_shows_live_throughput_and_conflicts_in_chromium() {
     let chromium =
@@ -124,27 +150,7 @@ async fn the_dashboard_shows_live_throughput_and_conflicts_in_chromium() {
             .contains("<title>Sluice</title>")
     );
 
-    let driver = Driver::start().await;
-    let profile = tempfile::tempdir().expect("temp dir");
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": chromium,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                format!("--user-data-dir={}", profile.path().display()),
-                "--window-size=1440,1100",
-            ],
-        }),
-    );
-    let browser =
-        fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&driver.url)
-            .await
-            .expect("a Chromium session through chromedriver");
+    let (_driver, _profile, browser) = browser(&chromium).await;
     browser
         .goto(&format!("{}/", s.url))
         .await
@@ -230,4 +236,73 @@ async fn the_dashboard_shows_live_throughput_and_conflicts_in_chromium() {
     }
     assert!(sent > 0);
     browser.close().await.expect("close the browser");
+}
+
+/// With authentication on, the page is served to anyone (it is code) and
+/// asks for a credential; its data needs an admin's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_authentication_the_dashboard_asks_for_an_admin_credential() {
+    let chromium =
+        std::env::var("SLUICE_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let data = tempfile::tempdir().expect("temp dir");
+    let dir = data.path().to_path_buf();
+    let config = sluice_server::config::Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.clone(),
+        auth: "keys".into(),
+        ..Default::default()
+    };
+    let s = TestServer::start_in(config, data).await;
+    let writer = crate::auth::create(&dir, "alice", "writer");
+    let admin = crate::auth::create(&dir, "root", "admin");
+    let (_driver, _profile, browser) = browser(&chromium).await;
+    browser
+        .goto(&format!("{}/", s.url))
+        .await
+        .expect("load the dashboard");
+    let probe = "return {
+        status: document.getElementById('status').textContent,
+        login: !document.getElementById('login').hidden,
+    }";
+    let wait_for = |status: &'static str, login: bool| {
+        let browser = browser.clone();
+        async move {
+            let started = Instant::now();
+            loop {
+                let seen = browser.execute(probe, vec![]).await.expect("execute");
+                let text = seen["status"].as_str().unwrap_or("");
+                if text.contains(status) && seen["login"] == login {
+                    return;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "waited for {status:?} (login {login}): {seen}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let submit = "document.getElementById('credential').value = arguments[0];
+        document.getElementById('login').requestSubmit();";
+    wait_for("needs an admin", true).await;
+    browser
+        .execute(submit, vec![json!(writer)])
+        .await
+        .expect("submit");
+    wait_for("may not read the dashboard", true).await;
+    browser
+        .execute(submit, vec![json!(admin)])
+        .await
+        .expect("submit");
+    wait_for("live", false).await;
+    let drawn = browser
+        .execute(
+            "return document.getElementById('kpi-decided').textContent",
+            vec![],
+        )
+        .await
+        .expect("execute");
+    assert_ne!(drawn, json!("–"), "a snapshot was drawn");
+    browser.close().await.expect("close the browser");
+    s.stop().await;
 }

@@ -100,6 +100,11 @@ pub struct Config {
     /// Serve with `auth = "none"` on an address other machines can reach;
     /// without it such a server refuses to start.
     pub insecure_no_auth: bool,
+    /// What is served without a credential when authentication is on,
+    /// besides `/healthz`, `/openapi.json` and the dashboard's page:
+    /// `"metrics"` (`/metrics`, for a scraper that sends no bearer) and
+    /// `"dashboard"` (its snapshot and feed).
+    pub auth_exempt: Vec<String>,
     /// Serve HTTPS with this certificate chain (PEM), re-read when it
     /// changes; with `tls_key`.
     pub tls_cert: Option<PathBuf>,
@@ -174,6 +179,7 @@ impl Default for Config {
             request_read_timeout_ms: REQUEST_READ_TIMEOUT_MS_DEFAULT,
             auth: "none".into(),
             insecure_no_auth: false,
+            auth_exempt: Vec::new(),
             tls_cert: None,
             tls_key: None,
             jwt: JwtConfig::default(),
@@ -210,6 +216,9 @@ impl Default for ScriptConfig {
         }
     }
 }
+
+/// What `auth_exempt` may list.
+pub const AUTH_EXEMPTABLE: [&str; 2] = ["metrics", "dashboard"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -313,6 +322,15 @@ impl Config {
             return invalid(format!(
                 "listen {} can be reached from other machines, and no authentication is configured: anyone reaching it could read and write every document. Listen on a loopback address (127.0.0.1), or pass --insecure-no-auth (insecure_no_auth = true) to serve openly anyway",
                 self.listen
+            ));
+        }
+        if let Some(bad) = self
+            .auth_exempt
+            .iter()
+            .find(|e| !AUTH_EXEMPTABLE.contains(&e.as_str()))
+        {
+            return invalid(format!(
+                "auth_exempt lists {bad:?}: only \"metrics\" and \"dashboard\" may be served without a credential"
             ));
         }
         self.tls_files()?;

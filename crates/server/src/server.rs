@@ -116,7 +116,8 @@ pub async fn start(
                 .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?,
             _ => Authenticator::open(),
         }
-        .with_limits(config.limits.clone()),
+        .with_limits(config.limits.clone())
+        .with_exempt(&config.auth_exempt),
     );
     // Read before anything starts: a certificate that does not load is a
     // configuration error, said at once.

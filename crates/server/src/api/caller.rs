@@ -213,8 +213,10 @@ fn action_words(action: Action) -> &'static str {
     }
 }
 
-/// Paths served to anyone: whether the process is up, and what the API is.
-pub(super) const PUBLIC_PATHS: [&str; 2] = ["/healthz", "/openapi.json"];
+/// Paths served to anyone: whether the process is up, what the API is, and
+/// the dashboard's page (code only: its data comes from routes that ask for
+/// a credential, and the page asks the person for one).
+pub(super) const PUBLIC_PATHS: [&str; 3] = ["/healthz", "/openapi.json", "/"];
 
 /// Decides who sent each request and hands it on as its [`Identity`]; a
 /// missing or bad credential is answered 401 here, before any handler runs.
@@ -223,7 +225,7 @@ pub(super) async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if auth.mode() == AuthMode::None {
+    if auth.mode() == AuthMode::None || auth.exempt(request.uri().path()) {
         request.extensions_mut().insert(Identity::Open);
         return next.run(request).await;
     }

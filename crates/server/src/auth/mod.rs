@@ -248,6 +248,8 @@ pub struct Authenticator {
     keys: Option<keys::KeyCache>,
     jwt: Option<jwt::JwtVerifier>,
     limits: Arc<limits::ClientLimiter>,
+    /// Paths served without a credential, as configured.
+    exempt: Vec<&'static str>,
 }
 
 impl Authenticator {
@@ -258,6 +260,7 @@ impl Authenticator {
             keys: None,
             jwt: None,
             limits: Arc::new(limits::ClientLimiter::new(limits::LimitsConfig::default())),
+            exempt: Vec::new(),
         }
     }
 
@@ -268,6 +271,7 @@ impl Authenticator {
             keys: Some(keys::KeyCache::new(store, clock)),
             jwt: None,
             limits: Arc::new(limits::ClientLimiter::new(limits::LimitsConfig::default())),
+            exempt: Vec::new(),
         }
     }
 
@@ -278,6 +282,7 @@ impl Authenticator {
             keys: None,
             jwt: Some(jwt::JwtVerifier::new(config, clock)?),
             limits: Arc::new(limits::ClientLimiter::new(limits::LimitsConfig::default())),
+            exempt: Vec::new(),
         })
     }
 
@@ -287,6 +292,25 @@ impl Authenticator {
             limits: Arc::new(limits::ClientLimiter::new(config)),
             ..self
         }
+    }
+
+    /// Serves what `names` lists (`metrics`, `dashboard`; see
+    /// `Config::auth_exempt`) without a credential.
+    pub fn with_exempt(self, names: &[String]) -> Authenticator {
+        let mut exempt = Vec::new();
+        for name in names {
+            match name.as_str() {
+                "metrics" => exempt.push("/metrics"),
+                "dashboard" => exempt.extend(["/v1/dashboard", "/v1/dashboard/events"]),
+                _ => {}
+            }
+        }
+        Authenticator { exempt, ..self }
+    }
+
+    /// Whether `path` is served without a credential by configuration.
+    pub fn exempt(&self, path: &str) -> bool {
+        self.exempt.contains(&path)
     }
 
     /// The per-client limits, shared with the requests that hold them.
