@@ -97,7 +97,7 @@ struct BenchArgs {
     /// Every workload and setting, only shorter (1.5 s runs, one repetition)
     #[arg(long)]
     quick: bool,
-    /// hot, overload, external, trace, writes or yardstick; repeat for
+    /// hot, overload, external, trace, writes, yardstick, refusals or auth; repeat for
     /// several [default: all]
     #[arg(long, value_name = "NAME")]
     workload: Vec<String>,
@@ -265,7 +265,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     for name in &args.workload {
         let workload = sluice_tools::bench::Workload::parse(name).with_context(|| {
             format!(
-                "unknown workload {name:?}: use hot, overload, external, trace, writes, yardstick or refusals"
+                "unknown workload {name:?}: use hot, overload, external, trace, writes, yardstick, refusals or auth"
             )
         })?;
         workloads.push(workload);

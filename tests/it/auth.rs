@@ -693,15 +693,15 @@ async fn one_flooding_client_meets_its_own_limits_and_nobody_else_waits() {
         .collect();
     let noisy = create(&dir, "noisy", "writer");
 
-    let (mut unloaded, refused) = quiet_round(&s, &quiet, "calm", 60).await;
-    assert!(refused.is_empty(), "{refused:?}");
-
     // The flood: sixteen loops, each with a request always in flight, on a
     // runtime of their own (one thread): on the server's runtime its tasks
     // would queue in front of the server's own, and the test would measure
-    // its own scheduling rather than the server's limits.
+    // its own scheduling rather than the server's limits. It floods while
+    // `flooding` is set; calm and flooded rounds alternate, so that a slow
+    // spell of the machine (a disk's fsync, another process) falls on both.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (url, key, halt) = (s.url.clone(), noisy.clone(), stop.clone());
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (url, key, halt, on) = (s.url.clone(), noisy.clone(), stop.clone(), flooding.clone());
     let flood = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -712,10 +712,15 @@ async fn one_flooding_client_meets_its_own_limits_and_nobody_else_waits() {
             let mut loops = Vec::new();
             for t in 0..16 {
                 let (http, url, key, stop) = (http.clone(), url.clone(), key.clone(), halt.clone());
+                let on = on.clone();
                 loops.push(tokio::spawn(async move {
                     let mut seen = std::collections::BTreeMap::<String, u64>::new();
                     let mut n = 0u64;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if !on.load(std::sync::atomic::Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            continue;
+                        }
                         n += 1;
                         let body = json!({"id": format!("f{t}-{n}"), "collection": "noise", "key": format!("n{}", n % 50), "op": "put", "value": {"n": n}});
                         let Ok(response) = http
@@ -752,8 +757,21 @@ async fn one_flooding_client_meets_its_own_limits_and_nobody_else_waits() {
             seen
         })
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (mut loaded, refused) = quiet_round(&s, &quiet, "flood", 60).await;
+    let (mut unloaded, mut loaded, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..3 {
+        flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+        // The flood's requests in flight are answered before the calm round.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (latencies, calm_refused) = quiet_round(&s, &quiet, &format!("calm{round}"), 30).await;
+        assert!(calm_refused.is_empty(), "{calm_refused:?}");
+        unloaded.extend(latencies);
+        flooding.store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (latencies, flood_refused) =
+            quiet_round(&s, &quiet, &format!("flood{round}"), 30).await;
+        loaded.extend(latencies);
+        refused.extend(flood_refused);
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let seen = tokio::task::spawn_blocking(move || flood.join().expect("the flood"))
         .await
@@ -774,7 +792,7 @@ async fn one_flooding_client_meets_its_own_limits_and_nobody_else_waits() {
     );
     let (calm, busy) = (p99(&mut unloaded), p99(&mut loaded));
     eprintln!("quiet p99: {calm:.1} ms calm, {busy:.1} ms under the flood; flood {seen:?}");
-    // A floor of 10 ms: below it, the p99 of 180 samples on a shared
+    // A floor of 10 ms: below it, the p99 of 270 samples on a shared
     // two-core machine (PostgreSQL and the suite's other servers beside it)
     // is the scheduler's noise, not the queue's.
     assert!(

@@ -245,6 +245,15 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
         );
     }
 
+    // What authentication costs: each mode served reads, and its CPU was read.
+    let auth = report["auth"].as_array().expect("auth");
+    let modes: Vec<&str> = auth.iter().filter_map(|r| r["mode"].as_str()).collect();
+    assert_eq!(modes, ["none", "keys", "jwt"]);
+    for r in auth {
+        assert!(r["requests"].as_u64().unwrap_or(0) > 0, "{r}");
+        assert!(r["cpu_us_per_request"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    }
+
     let markdown = std::fs::read_to_string(out.join("BENCH.md")).expect("BENCH.md");
     for heading in [
         "## Goals",
@@ -258,6 +267,7 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
         "## writes, R = 0 ms",
         "## yardstick, R = 1 ms",
         "## refusals, R = 0 ms",
+        "## What authentication costs",
     ] {
         assert!(markdown.contains(heading), "BENCH.md has {heading}");
     }

@@ -4,6 +4,7 @@
 //! timings are masked), so a change that breaks the walkthrough fails here.
 
 use crate::support::{TestServer, free_port};
+use std::collections::HashMap;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -15,12 +16,12 @@ struct Step {
     expected: Vec<String>,
 }
 
-/// The walkthrough's commands, in order.
-fn steps(readme: &str) -> Vec<Step> {
+/// The commands of the first `sh` block after `heading`, in order.
+fn steps(readme: &str, heading: &str) -> Vec<Step> {
     let section = readme
-        .split("## A walkthrough with curl")
+        .split(heading)
         .nth(1)
-        .expect("the README has a walkthrough");
+        .unwrap_or_else(|| panic!("the README has {heading:?}"));
     let block = section
         .split("```sh\n")
         .nth(1)
@@ -79,20 +80,26 @@ fn status_of(comment: &str) -> Option<(u16, &str)> {
         .map(|s| (s, rest))
 }
 
-/// Splits a command line into words: single quotes keep a word whole, and
-/// `|` separates the commands of a pipeline.
+/// Splits a command line into words: single and double quotes keep a word
+/// whole (`$NAME` is expanded later, by [`expand`]), and `|` separates the
+/// commands of a pipeline.
 fn words(line: &str) -> Vec<Vec<String>> {
     let mut pipeline = vec![Vec::new()];
     let mut word = String::new();
     let mut in_word = false;
     let mut quoted = false;
+    let mut double_quoted = false;
     for c in line.chars() {
         match c {
-            '\'' => {
+            '\'' if !double_quoted => {
                 quoted = !quoted;
                 in_word = true;
             }
-            c if c.is_whitespace() && !quoted => {
+            '"' if !quoted => {
+                double_quoted = !double_quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted && !double_quoted => {
                 if in_word {
                     pipeline
                         .last_mut()
@@ -101,7 +108,7 @@ fn words(line: &str) -> Vec<Vec<String>> {
                     in_word = false;
                 }
             }
-            '|' if !quoted => pipeline.push(Vec::new()),
+            '|' if !quoted && !double_quoted => pipeline.push(Vec::new()),
             c => {
                 word.push(c);
                 in_word = true;
@@ -180,8 +187,9 @@ async fn curl(
     pipeline: &[Vec<String>],
     stdin: Option<&str>,
     hook_port: u16,
+    vars: &HashMap<String, String>,
 ) -> (u16, String) {
-    let args = &pipeline[0];
+    let args: Vec<String> = pipeline[0].iter().map(|w| expand(w, vars)).collect();
     let mut method = None;
     let mut body: Option<String> = None;
     let mut url = None;
@@ -256,6 +264,15 @@ async fn curl(
     (status, text)
 }
 
+/// `word` with each `$NAME` replaced by its value.
+fn expand(word: &str, vars: &HashMap<String, String>) -> String {
+    let mut out = word.to_owned();
+    for (name, value) in vars {
+        out = out.replace(&format!("${name}"), value);
+    }
+    out
+}
+
 /// `grep` with `^` and `$` anchors, otherwise a plain substring.
 fn grep(pattern: &str, line: &str) -> bool {
     match (pattern.strip_prefix('^'), pattern.strip_suffix('$')) {
@@ -287,18 +304,33 @@ fn function_service(port: u16) -> Child {
 
 #[tokio::test]
 async fn the_readme_walkthrough_answers_as_its_comments_show() {
-    let readme = include_str!("../../README.md");
-    let steps = steps(readme);
+    let steps = steps(README, "## A walkthrough with curl");
     assert!(steps.len() > 20, "the walkthrough was not found whole");
+    walk(&steps, Some(TestServer::embedded().await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_authenticated_walkthrough_answers_as_its_comments_show() {
+    let steps = steps(README, "### Step by step, with keys");
+    assert!(steps.len() > 12, "the walkthrough was not found whole");
+    walk(&steps, None).await;
+}
+
+const README: &str = include_str!("../../README.md");
+
+/// Runs `steps` against `server`, or the one a `sluice serve` step starts,
+/// checking every answer their comments show.
+async fn walk(steps: &[Step], mut server: Option<TestServer>) {
     let shown: usize = steps.iter().map(|s| s.expected.len()).sum();
     assert!(
-        shown >= 10,
+        shown >= 8,
         "only {shown} answers were found in the comments"
     );
-    let s = TestServer::embedded().await;
     let hook_port = free_port();
     let mut service: Option<Child> = None;
-    for step in &steps {
+    let mut vars = HashMap::new();
+    let mut data_dir = None;
+    for step in steps {
         let pipeline = words(&step.command);
         let first = pipeline[0].first().map(String::as_str);
         match first {
@@ -308,8 +340,44 @@ async fn the_readme_walkthrough_answers_as_its_comments_show() {
                 child.kill().expect("kill");
                 child.wait().expect("it stops");
             }
+            Some("sluice") if pipeline[0].get(1).map(String::as_str) == Some("serve") => {
+                let data = tempfile::tempdir().expect("temp dir");
+                data_dir = Some(data.path().to_path_buf());
+                let mut config = sluice_server::config::Config {
+                    listen: "127.0.0.1:0".into(),
+                    data_dir: data.path().to_path_buf(),
+                    ..Default::default()
+                };
+                match &pipeline[0][2..] {
+                    [flag, mode, amp] if flag == "--auth" && amp == "&" => {
+                        config.auth = mode.clone()
+                    }
+                    other => panic!("sluice serve {other:?} is not understood"),
+                }
+                server = Some(TestServer::start_in(config, data).await);
+            }
+            Some("sluice") => {
+                let args: Vec<String> = pipeline[0][1..].iter().map(|w| expand(w, &vars)).collect();
+                sluice(data_dir.as_deref().expect("a server first"), &args);
+            }
+            Some("sleep") => {
+                let seconds: f64 = pipeline[0][1].parse().expect("seconds");
+                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+            }
+            Some(assignment) if assignment.contains("=$(sluice") => {
+                // NAME=$(sluice … | tail -n 1): the last line of its output.
+                let (name, _) = assignment.split_once('=').expect("an assignment");
+                let last = &pipeline[1];
+                assert_eq!(last, &["tail", "-n", "1)"], "{}", step.command);
+                let args = &pipeline[0][1..];
+                let out = sluice(data_dir.as_deref().expect("a server first"), args);
+                let value = out.lines().last().expect("a last line").to_owned();
+                vars.insert(name.to_owned(), value);
+            }
             Some("curl") => {
-                let (status, text) = curl(&s, &pipeline, step.stdin.as_deref(), hook_port).await;
+                let s = server.as_ref().expect("a server");
+                let (status, text) =
+                    curl(s, &pipeline, step.stdin.as_deref(), hook_port, &vars).await;
                 assert!(status < 500, "{}: {status} {text}", step.command);
                 let lines: Vec<&str> = text.lines().collect();
                 for expected in &step.expected {
@@ -344,6 +412,24 @@ async fn the_readme_walkthrough_answers_as_its_comments_show() {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// Runs `sluice ARGS --data-dir DIR`; its standard output.
+fn sluice(data_dir: &std::path::Path, args: &[String]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("SLUICE_STORE")
+        .env_remove("SLUICE_DATA_DIR")
+        .output()
+        .expect("run sluice");
+    assert!(
+        out.status.success(),
+        "sluice {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
 }
 
 #[test]

@@ -64,6 +64,18 @@ impl SluiceChild {
         features: Features,
         log: &Path,
     ) -> ToolResult<SluiceChild> {
+        SluiceChild::start_with(exe, postgres, features, log, &[], &[]).await
+    }
+
+    /// The same, with more arguments to `serve` and more settings.
+    pub(super) async fn start_with(
+        exe: &Path,
+        postgres: &str,
+        features: Features,
+        log: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> ToolResult<SluiceChild> {
         let port = super::postgres::free_port()?;
         let data_dir =
             std::env::temp_dir().join(format!("sluice-bench-{}-{port}", std::process::id()));
@@ -86,7 +98,9 @@ impl SluiceChild {
             .arg(postgres)
             .arg("--data-dir")
             .arg(&data_dir)
+            .args(args)
             .envs(features.env())
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

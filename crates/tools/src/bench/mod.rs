@@ -9,6 +9,7 @@
 //! ends with an accounting check: the intents the clients were told were
 //! applied are exactly the entries found in the database.
 
+mod auth;
 mod child;
 mod goals;
 mod intent;
@@ -336,6 +337,19 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let auth = if workloads.contains(&Workload::Auth) {
+        auth::measure(
+            &options.exe,
+            &url,
+            &options.out,
+            &bench.prefix,
+            plan.run,
+            plan.repetitions,
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
     drop(bench);
     drop(temp);
 
@@ -349,13 +363,14 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
             p99_ms: p99.as_secs_f64() * 1000.0,
         })
         .collect();
-    let report = BenchReport::new(
+    let mut report = BenchReport::new(
         machine,
         links,
         &samples,
         &capacity_samples,
         &ablation_samples,
     );
+    report.auth = auth;
     report.write(&options.out)?;
     // Runs under a second (the harness's own tests) are too short to judge
     // the baseline by; the report says what they measured. A shortfall of

@@ -13,10 +13,11 @@ pub enum Workload {
     Writes,
     Yardstick,
     Refusals,
+    Auth,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 7] = [
+    pub const ALL: [Workload; 8] = [
         Workload::Hot,
         Workload::Overload,
         Workload::External,
@@ -24,6 +25,7 @@ impl Workload {
         Workload::Writes,
         Workload::Yardstick,
         Workload::Refusals,
+        Workload::Auth,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,6 +37,7 @@ impl Workload {
             Workload::Writes => "writes",
             Workload::Yardstick => "yardstick",
             Workload::Refusals => "refusals",
+            Workload::Auth => "auth",
         }
     }
 
@@ -218,6 +221,8 @@ pub(super) fn schedule(workloads: &[Workload], plan: &Plan) -> Vec<Job> {
             Workload::Writes => settings.extend(Writer::ALL.map(Setting::Writes)),
             Workload::Yardstick => settings.push(Setting::Yardstick),
             Workload::Refusals => settings.push(Setting::Refusals),
+            // Runs apart, on Sluice processes of its own (`auth.rs`).
+            Workload::Auth => {}
         }
     }
     let mut jobs = Vec::new();

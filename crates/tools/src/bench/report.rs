@@ -141,6 +141,36 @@ pub struct BenchReport {
     /// `hot` at θ = 0.99, Sluice's features turned on one at a time.
     pub ablation: Vec<RunRecord>,
     pub goals: Vec<Goal>,
+    /// The `auth` workload: the same reads with no credential, an API key
+    /// and a JWT.
+    pub auth: Vec<AuthRecord>,
+}
+
+/// One `--auth` mode's reads, the median over the repetitions.
+#[derive(Clone, Debug, Serialize)]
+pub struct AuthRecord {
+    pub mode: String,
+    pub requests: u64,
+    pub requests_per_s: f64,
+    /// The Sluice process's user and system CPU per read answered.
+    pub cpu_us_per_request: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl AuthRecord {
+    /// Each figure's median over `samples`.
+    pub(super) fn median_of(mode: &str, samples: &[&AuthRecord]) -> AuthRecord {
+        let of = |f: &dyn Fn(&AuthRecord) -> f64| median(samples.iter().map(|r| f(r)).collect());
+        AuthRecord {
+            mode: mode.to_owned(),
+            requests: of(&|r| r.requests as f64) as u64,
+            requests_per_s: of(&|r| r.requests_per_s),
+            cpu_us_per_request: of(&|r| r.cpu_us_per_request),
+            p50_ms: of(&|r| r.p50_ms),
+            p99_ms: of(&|r| r.p99_ms),
+        }
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -291,6 +321,7 @@ impl BenchReport {
             group_commit,
             ablation: ablation_runs,
             goals: Vec::new(),
+            auth: Vec::new(),
         };
         report.goals = report.goals();
         report
@@ -544,6 +575,31 @@ impl BenchReport {
                     );
                     previous = r.goodput;
                 }
+            }
+        }
+        if !self.auth.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n## What authentication costs\n\nThe `auth` workload: {CLIENTS} clients reading documents (`GET /v1/documents/…`, the cheapest authenticated request) from three Sluice processes on one store, one per `--auth` mode, taking turns; CPU is the serving process's, per read answered. A key is looked up in the store once a second and then served from the process's cache; a JWT (HS256) is verified on every request.\n\n| auth | reads/s | CPU µs / read | over none | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|",
+                CLIENTS = super::CLIENTS
+            );
+            let none = self
+                .auth
+                .iter()
+                .find(|r| r.mode == "none")
+                .map(|r| r.cpu_us_per_request);
+            for r in &self.auth {
+                let over = match none {
+                    Some(none) if r.mode != "none" => {
+                        format!("{:+.1}", r.cpu_us_per_request - none)
+                    }
+                    _ => "–".to_owned(),
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.0} | {:.1} | {} | {:.2} | {:.2} |",
+                    r.mode, r.requests_per_s, r.cpu_us_per_request, over, r.p50_ms, r.p99_ms
+                );
             }
         }
         let _ = writeln!(
