@@ -592,6 +592,119 @@ async fn metrics_and_the_dashboard_go_without_a_credential_only_if_configured() 
     assert!(refused.to_string().contains("\"stats\""), "{refused}");
 }
 
+/// A webhook that takes `delay` to merge: lanes wait behind it.
+async fn slow_webhook(delay: Duration) -> String {
+    let resolve = move |axum::Json(ctx): axum::Json<Value>| async move {
+        tokio::time::sleep(delay).await;
+        axum::Json(json!({"action": "resolve", "item": ctx["incoming"]}))
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            axum::Router::new().route("/r", axum::routing::post(resolve)),
+        )
+        .await
+    });
+    format!("http://{addr}/r")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutations_queued_without_waiting_count_against_the_clients_bound() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let dir = data.path().to_path_buf();
+    let mut config = sluice_server::config::Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.clone(),
+        auth: "keys".into(),
+        webhook_allow: vec!["127.0.0.1".into()],
+        ..Default::default()
+    };
+    config.limits.writer.mutations_in_flight_max = 3;
+    let s = TestServer::start_in(config, data).await;
+    let alice = bearer(&create(&dir, "alice", "writer"));
+    let bob = bearer(&create(&dir, "bob", "writer"));
+    let root = bearer(&create(&dir, "root", "admin"));
+    let hook = slow_webhook(Duration::from_millis(1_500)).await;
+    let (status, _, _) = call(
+        &s,
+        Method::PUT,
+        "/v1/collections/slow",
+        Some(&root),
+        Some(json!({"handler": {"webhook": {"url": hook, "timeout_ms": 5000}}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let put = json!({"id": "r0", "collection": "slow", "key": "k", "op": "put", "value": {"n": 0}});
+    let (status, _, _) = call(&s, Method::POST, "/v1/mutations", Some(&root), Some(put)).await;
+    assert_eq!(status, 200);
+
+    // Stale bases: each waits for the slow handler in the document's lane.
+    let stale = |id: &str| json!({"id": id, "collection": "slow", "key": "k", "op": "patch", "value": {"by": id}, "base_version": 0});
+    for id in ["a1", "a2", "a3"] {
+        let (status, _, body) = call(
+            &s,
+            Method::POST,
+            "/v1/mutations?wait=false",
+            Some(&alice),
+            Some(stale(id)),
+        )
+        .await;
+        assert_eq!(status, 202, "{id}: {body}");
+    }
+    let (status, headers, body) = call(
+        &s,
+        Method::POST,
+        "/v1/mutations?wait=false",
+        Some(&alice),
+        Some(stale("a4")),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (429, "client_in_flight_limited"),
+        "{body}"
+    );
+    assert!(headers.contains_key("retry-after"));
+    let (status, _, body) = call(
+        &s,
+        Method::POST,
+        "/v1/mutations?wait=false",
+        Some(&bob),
+        Some(stale("b1")),
+    )
+    .await;
+    assert_eq!(status, 202, "another client is not held back: {body}");
+
+    // Once hers are decided, alice may queue again; the refused one was
+    // never queued.
+    let mut decided = false;
+    for _ in 0..100 {
+        let (_, _, body) = call(&s, Method::GET, "/v1/mutations/a3", Some(&alice), None).await;
+        if body["outcome"] == "merged" {
+            decided = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(decided, "a3 was decided");
+    let (status, _, _) = call(&s, Method::GET, "/v1/mutations/a4", Some(&alice), None).await;
+    assert_eq!(status, 404, "the refused mutation was not queued");
+    let (status, _, body) = call(
+        &s,
+        Method::POST,
+        "/v1/mutations?wait=false",
+        Some(&alice),
+        Some(stale("a4")),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    s.stop().await;
+}
+
 #[test]
 fn the_keys_command_says_what_is_wrong() {
     let data = tempfile::tempdir().expect("temp dir");

@@ -157,7 +157,17 @@ fn an_id_is_held_by_one_fingerprint_until_released(make: MakeReservations<'_>) {
         Reserve::Held { queued: Some(202) }
     );
     assert_eq!(r.len(), 2);
+    assert_eq!(r.reserve("ann", "m2", 9), Reserve::Fresh);
+    assert_eq!(
+        (r.held_by("ann"), r.held_by("bob"), r.held_by("cy")),
+        (2, 1, 0),
+        "counted per client, a resend and a reuse not again"
+    );
+    r.release("ann", "m2");
+    r.release("ann", "m2");
+    assert_eq!(r.held_by("ann"), 1, "a second release frees nothing more");
     assert_eq!(r.release("ann", "m1"), Vec::<u64>::new());
+    assert_eq!(r.held_by("ann"), 0);
     assert_eq!(
         r.reserve("ann", "m1", 8),
         Reserve::Fresh,

@@ -47,6 +47,8 @@ pub trait Reservations<W, A>: Send {
     fn release(&mut self, client: &str, id: &str) -> Vec<W>;
     /// The client's queued mutations, oldest first, at most `limit`.
     fn pending(&self, client: &str, limit: usize) -> Vec<Pending>;
+    /// Ids `client` holds now: its mutations being decided or queued.
+    fn held_by(&self, client: &str) -> usize;
     /// Ids held now.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
@@ -64,12 +66,15 @@ struct Held<W, A> {
 /// The in-process reservations: one map, under the engine's lock.
 pub struct LocalReservations<W, A> {
     held: HashMap<(String, String), Held<W, A>>,
+    /// Of `held`, how many each client holds (clients holding none absent).
+    per_client: HashMap<String, usize>,
 }
 
 impl<W, A> Default for LocalReservations<W, A> {
     fn default() -> Self {
         LocalReservations {
             held: HashMap::new(),
+            per_client: HashMap::new(),
         }
     }
 }
@@ -93,6 +98,7 @@ impl<W: Send, A: Clone + Send> Reservations<W, A> for LocalReservations<W, A> {
                     pending: None,
                 };
                 self.held.insert(key(client, id), held);
+                *self.per_client.entry(client.to_owned()).or_default() += 1;
                 Reserve::Fresh
             }
         }
@@ -121,10 +127,20 @@ impl<W: Send, A: Clone + Send> Reservations<W, A> for LocalReservations<W, A> {
     }
 
     fn release(&mut self, client: &str, id: &str) -> Vec<W> {
-        self.held
-            .remove(&key(client, id))
-            .map(|held| held.waiters)
-            .unwrap_or_default()
+        let Some(held) = self.held.remove(&key(client, id)) else {
+            return Vec::new();
+        };
+        if let Some(count) = self.per_client.get_mut(client) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_client.remove(client);
+            }
+        }
+        held.waiters
+    }
+
+    fn held_by(&self, client: &str) -> usize {
+        self.per_client.get(client).copied().unwrap_or(0)
     }
 
     fn pending(&self, client: &str, limit: usize) -> Vec<Pending> {

@@ -140,6 +140,19 @@ impl Caller {
         }
     }
 
+    /// Refuses a mutation to be queued without waiting (`?wait=false`),
+    /// whose guard cannot outlive the request, when the caller already has
+    /// its role's bound of mutations being decided or queued (`held`, as
+    /// the engine counts them).
+    pub(super) fn may_queue(&self, held: impl FnOnce(&str) -> usize) -> Result<(), ApiError> {
+        match (&self.identity, &self.limits) {
+            (Identity::Verified(p), Some(limits)) => {
+                limits.queued(p, held(&p.subject)).map_err(too_many)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Refuses the request unless the caller may take `action` in
     /// `collection`, whose rules are `access`.
     pub(super) fn require_in(
@@ -248,6 +261,13 @@ pub(super) async fn authenticate(
             request.extensions_mut().insert(auth.limits().clone());
             next.run(request).await
         }
+        Err(refused @ Refused::Busy) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            refused.code(),
+            refused.message(),
+        )
+        .retry_after(1)
+        .into_response(),
         Err(Refused::Unavailable(e)) => {
             ApiError::unavailable(format!("the credential could not be checked: {e}"))
                 .into_response()

@@ -304,6 +304,9 @@ async fn post_mutation(
     // cost almost nothing, so it reads and parses no body.
     let _held = caller.hold(1)?;
     let entered = if query.wait == Some(false) {
+        // Queued mutations outlive the request that holds the guard above:
+        // the engine's count of the client's undecided ones bounds them.
+        caller.may_queue(|client| engine.in_flight_of(client))?;
         None
     } else {
         match engine.enter(1) {

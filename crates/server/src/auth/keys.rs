@@ -27,6 +27,11 @@ const SECRET_BYTES: usize = 32;
 pub const CACHE_TTL: Duration = Duration::from_secs(1);
 /// Keys (and unknown ids) cached per process.
 const CACHE_ENTRIES_MAX: usize = 4_096;
+/// Store lookups of uncached key ids a process makes per second at most,
+/// and at once: a flood of made-up keys costs the store this much and no
+/// more, while keys already cached go on being served.
+pub const LOOKUPS_PER_S: f64 = 500.0;
+const LOOKUPS_BURST: f64 = 500.0;
 /// The longest client name a key may carry (as a mutation's `client`).
 pub const CLIENT_CHARS_MAX: usize = 128;
 
@@ -114,19 +119,32 @@ struct Cached {
     at: Duration,
 }
 
+/// What the cache holds, and the budget of store lookups (a token bucket
+/// on the engine's clock).
+struct Entries {
+    keys: HashMap<String, Cached>,
+    lookups: f64,
+    refilled: Duration,
+}
+
 /// The keys this process looked up recently.
 pub struct KeyCache {
     store: SharedStore,
     clock: SharedClock,
-    entries: Mutex<HashMap<String, Cached>>,
+    entries: Mutex<Entries>,
 }
 
 impl KeyCache {
     pub fn new(store: SharedStore, clock: SharedClock) -> KeyCache {
+        let refilled = clock.elapsed();
         KeyCache {
             store,
             clock,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries {
+                keys: HashMap::new(),
+                lookups: LOOKUPS_BURST,
+                refilled,
+            }),
         }
     }
 
@@ -149,22 +167,33 @@ impl KeyCache {
         })
     }
 
-    async fn lookup(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+    async fn lookup(&self, id: &str) -> Result<Option<KeyRecord>, KeyError> {
         let now = self.clock.elapsed();
-        if let Some(hit) = self.lock().get(id).filter(|c| now < c.at + CACHE_TTL) {
-            return Ok(hit.record.clone());
+        {
+            let mut entries = self.lock();
+            if let Some(hit) = entries.keys.get(id).filter(|c| now < c.at + CACHE_TTL) {
+                return Ok(hit.record.clone());
+            }
+            let elapsed = now.saturating_sub(entries.refilled).as_secs_f64();
+            entries.lookups = (entries.lookups + elapsed * LOOKUPS_PER_S).min(LOOKUPS_BURST);
+            entries.refilled = now;
+            if entries.lookups < 1.0 {
+                return Err(KeyError::Refused(Refused::Busy));
+            }
+            entries.lookups -= 1.0;
         }
         let record = self.store.key(id).await?;
         let mut entries = self.lock();
-        if entries.len() >= CACHE_ENTRIES_MAX {
-            entries.retain(|_, c| now < c.at + CACHE_TTL);
-            if entries.len() >= CACHE_ENTRIES_MAX {
-                // Full of fresh entries (a flood of made-up ids): start over
-                // rather than grow.
-                entries.clear();
+        let keys = &mut entries.keys;
+        if keys.len() >= CACHE_ENTRIES_MAX {
+            // Made-up ids go first: a flood of them must not push out the
+            // keys in use, which would then cost lookups of their own.
+            keys.retain(|_, c| now < c.at + CACHE_TTL && c.record.is_some());
+            if keys.len() >= CACHE_ENTRIES_MAX {
+                keys.clear();
             }
         }
-        entries.insert(
+        keys.insert(
             id.to_owned(),
             Cached {
                 record: record.clone(),
@@ -174,7 +203,7 @@ impl KeyCache {
         Ok(record)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         // Every critical section leaves the map whole, so a poisoned lock
         // still guards valid data.
         self.entries
@@ -202,6 +231,48 @@ mod tests {
         assert!(!matches(&made.record.hash, other_secret));
         assert_eq!(made.record.role, "writer");
         assert_eq!(made.record.created_ms, 7);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_made_up_keys_costs_the_store_a_bounded_number_of_lookups() {
+        use crate::clock::ManualClock;
+        use crate::store::{MemoryStore, Store};
+        let store = std::sync::Arc::new(MemoryStore::new());
+        let alice = generate("alice", Role::Writer, 0).expect("generate");
+        store.put_key(&alice.record).await.expect("stored");
+        let clock = ManualClock::new(0);
+        let cache = KeyCache::new(store, clock.clone());
+        assert_eq!(
+            cache.verify(&alice.key).await.ok().map(|p| p.subject),
+            Some("alice".to_owned())
+        );
+        let (mut unknown, mut busy) = (0, 0);
+        for _ in 0..(CACHE_ENTRIES_MAX + 100) {
+            let made_up = generate("mallory", Role::Admin, 0).expect("generate");
+            match cache.verify(&made_up.key).await {
+                Err(KeyError::Refused(Refused::Unknown)) => unknown += 1,
+                Err(KeyError::Refused(Refused::Busy)) => busy += 1,
+                other => panic!("a made-up key: {:?}", other.map(|p| p.subject)),
+            }
+        }
+        assert_eq!(
+            unknown as f64,
+            LOOKUPS_BURST - 1.0,
+            "the budget, then no more"
+        );
+        assert!(busy > 0);
+        assert!(
+            cache.verify(&alice.key).await.is_ok(),
+            "a key in use is still served during the flood"
+        );
+        // A second later the budget is back, and alice's key is looked up again.
+        clock.advance(Duration::from_secs(1));
+        assert!(cache.verify(&alice.key).await.is_ok());
+        let made_up = generate("mallory", Role::Admin, 0).expect("generate");
+        assert!(matches!(
+            cache.verify(&made_up.key).await,
+            Err(KeyError::Refused(Refused::Unknown))
+        ));
     }
 
     #[test]

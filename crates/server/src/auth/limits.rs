@@ -190,6 +190,18 @@ impl ClientLimiter {
     }
 }
 
+impl ClientLimiter {
+    /// Refuses one more queued (`?wait=false`) mutation of a caller that
+    /// has `held` being decided or queued already, over its role's bound.
+    pub fn queued(&self, caller: &Principal, held: usize) -> Result<(), Limited> {
+        let max = self.config.of(caller.role).mutations_in_flight_max;
+        if max > 0 && held >= max as usize {
+            return Err(Limited::InFlight(max));
+        }
+        Ok(())
+    }
+}
+
 fn role_index(role: Role) -> usize {
     match role {
         Role::Admin => 0,

@@ -205,6 +205,10 @@ pub enum Refused {
     WrongAudience,
     /// The credential could not be checked (the store is down): 503.
     Unavailable(String),
+    /// Too many credentials this process has not seen lately are being
+    /// checked at once (a flood of made-up keys): 429, try again in a
+    /// second. Keys it has seen lately are still served.
+    Busy,
 }
 
 impl Refused {
@@ -220,6 +224,7 @@ impl Refused {
             Refused::WrongIssuer => "token_wrong_issuer",
             Refused::WrongAudience => "token_wrong_audience",
             Refused::Unavailable(_) => "store_unavailable",
+            Refused::Busy => "credential_checks_limited",
         }
     }
 
@@ -238,6 +243,9 @@ impl Refused {
             Refused::WrongIssuer => "the token was issued by another issuer".into(),
             Refused::WrongAudience => "the token is meant for another audience".into(),
             Refused::Unavailable(e) => format!("the credential could not be checked: {e}"),
+            Refused::Busy => {
+                "too many unfamiliar credentials are being checked; retry in a second".into()
+            }
         }
     }
 }

@@ -74,6 +74,12 @@ impl Engine {
         self.await_answer(rx, &id).await
     }
 
+    /// Mutations of `client` being decided or queued now (synchronous ones
+    /// and those answered 202 alike).
+    pub fn in_flight_of(&self, client: &str) -> usize {
+        self.inner.admission.held_by(client)
+    }
+
     /// Accepts a mutation asynchronously: answers 202 once it is durably in the
     /// accept log (and queued); its outcome comes later, by
     /// `GET /v1/mutations/{id}`, a resend, or the client's event stream.
@@ -523,6 +529,11 @@ impl Admission {
     /// Frees a reservation; returns the resends that waited on it.
     pub(super) fn release(&self, client: &str, id: &str) -> Vec<oneshot::Sender<Answer>> {
         lock(&self.reservations).release(client, id)
+    }
+
+    /// Mutations of `client` being decided or queued now.
+    pub(super) fn held_by(&self, client: &str) -> usize {
+        lock(&self.reservations).held_by(client)
     }
 
     /// Requests between arrival and answer now.
