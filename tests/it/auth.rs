@@ -313,6 +313,8 @@ async fn collection_rules_keep_tenants_apart_and_every_change_is_recorded() {
         listen: "127.0.0.1:0".into(),
         data_dir: dir.clone(),
         auth: "keys".into(),
+        // The quarantine's webhook: a closed port on the loopback.
+        webhook_allow: vec!["127.0.0.1".into()],
         ..Default::default()
     };
     let s = TestServer::start_in(config, data).await;
@@ -494,6 +496,51 @@ async fn collection_rules_keep_tenants_apart_and_every_change_is_recorded() {
     )
     .await;
     assert_eq!(status, 403, "and writers no longer may");
+
+    // The quarantine is an operator's: a writer acts on none of it, not
+    // even on its own mutations kept there; the admin does.
+    let (status, _, _) = call(
+        &s,
+        Method::PUT,
+        "/v1/collections/kept",
+        Some(&root),
+        Some(json!({"handler": {"webhook": {"url": "http://127.0.0.1:9/r", "timeout_ms": 200}}, "on_handler_failure": "quarantine"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let kept = |id: &str, base| json!({"id": id, "collection": "kept", "key": "k", "op": "put", "value": {"n": 1}, "base_version": base});
+    let (status, _, _) = send(&alice, kept("q0", 0)).await;
+    assert_eq!(status, 200);
+    let (status, _, body) = send(&alice, kept("q1", 0)).await;
+    assert_eq!(
+        (status, &body["status"]),
+        (202, &json!("quarantined")),
+        "{body}"
+    );
+    for who in [&alice, &bob] {
+        let (status, _, body) = call(
+            &s,
+            Method::POST,
+            "/v1/quarantine/alice/q1:discard",
+            Some(who),
+            None,
+        )
+        .await;
+        assert_eq!((status, error_code(&body)), (403, "forbidden"), "{body}");
+    }
+    let (status, _, body) = call(
+        &s,
+        Method::POST,
+        "/v1/quarantine/alice/q1:discard",
+        Some(&root),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["outcome"]),
+        (200, &json!("rejected")),
+        "{body}"
+    );
 
     // A rule that is not one is refused, naming the entry.
     let (status, _, body) = call(

@@ -296,14 +296,10 @@ impl Config {
         )
     }
 
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Who may call, and from where: the `auth` settings and the listen
+    /// address they must suit.
+    fn validate_auth(&self, listen: SocketAddr) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        let Ok(listen) = self.listen.parse::<SocketAddr>() else {
-            return invalid(format!(
-                "listen must be ADDRESS:PORT, got {:?}",
-                self.listen
-            ));
-        };
         let Some(mode) = AuthMode::parse(&self.auth) else {
             return invalid(format!(
                 "auth must be \"none\", \"keys\" or \"jwt\", got {:?}",
@@ -333,6 +329,18 @@ impl Config {
                 "auth_exempt lists {bad:?}: only \"metrics\" and \"dashboard\" may be served without a credential"
             ));
         }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let Ok(listen) = self.listen.parse::<SocketAddr>() else {
+            return invalid(format!(
+                "listen must be ADDRESS:PORT, got {:?}",
+                self.listen
+            ));
+        };
+        self.validate_auth(listen)?;
         self.tls_files()?;
         self.store_backend()?;
         self.history_backend()?;

@@ -88,6 +88,37 @@ enum Listener {
     Tls(TlsListener),
 }
 
+/// Binds the listen address, with its connection bounds and, when `certs`
+/// are given, TLS.
+async fn listen(
+    config: &Config,
+    certs: Option<Arc<Reloading>>,
+) -> Result<(Listener, SocketAddr), StartError> {
+    let failed = |source| StartError::Listen {
+        addr: config.listen.clone(),
+        source,
+    };
+    let listener = TcpListener::bind(&config.listen).await.map_err(failed)?;
+    let addr = listener.local_addr().map_err(failed)?;
+    let limits = crate::connections::Limits {
+        connections_max: crate::connections::within_descriptors(config.connections_max),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        request_read_timeout: Duration::from_millis(config.request_read_timeout_ms),
+    };
+    let bounded = crate::connections::Bounded::new(listener, limits);
+    let listener = match certs {
+        Some(certs) => {
+            info!(%addr, "serving HTTPS (HTTP/2 and HTTP/1.1)");
+            Listener::Tls(
+                TlsListener::new(bounded, certs, limits.request_read_timeout)
+                    .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?,
+            )
+        }
+        None => Listener::Plain(bounded),
+    };
+    Ok((listener, addr))
+}
+
 pub async fn start(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -130,19 +161,8 @@ pub async fn start(
     // Mutations answered 202 before the last stop are queued again before
     // anything new is accepted.
     engine.resume_accepted().await?;
-    let listener =
-        TcpListener::bind(&config.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen.clone(),
-                source,
-            })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.listen.clone(),
-        source,
-    })?;
-    let scheme = if certs.is_some() { "https" } else { "http" };
-    info!(%addr, scheme, store = %config.store, history = %config.history, "sluice is listening");
+    let (listener, addr) = listen(&config, certs).await?;
+    info!(%addr, store = %config.store, history = %config.history, "sluice is listening");
     if auth.mode() == AuthMode::None {
         tracing::warn!(
             %addr,
@@ -154,19 +174,6 @@ pub async fn start(
         api::guard::Origins::new(&config.cors_origins, config.body_bytes_in_flight_max),
         auth,
     );
-    let limits = crate::connections::Limits {
-        connections_max: crate::connections::within_descriptors(config.connections_max),
-        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
-        request_read_timeout: Duration::from_millis(config.request_read_timeout_ms),
-    };
-    let bounded = crate::connections::Bounded::new(listener, limits);
-    let listener = match certs {
-        Some(certs) => Listener::Tls(
-            TlsListener::new(bounded, certs, limits.request_read_timeout)
-                .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?,
-        ),
-        None => Listener::Plain(bounded),
-    };
     let drain_engine = engine.clone();
     let deadline = Duration::from_millis(config.shutdown_deadline_ms);
     let served = tokio::spawn(async move {
