@@ -99,7 +99,7 @@ pub(super) async fn refresh_collections(inner: Arc<Inner>) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let before = inner.collections_changed.load(Ordering::SeqCst);
+        let mark = inner.collections.mark();
         let listed = match inner.store.collections().await {
             Ok(listed) => listed,
             Err(e) => {
@@ -116,17 +116,7 @@ pub(super) async fn refresh_collections(inner: Arc<Inner>) {
                 }
             }
         }
-        let mut collections = inner.collections.write().unwrap_or_else(|p| p.into_inner());
-        // Changed here while the store was read: the list may predate it.
-        if inner.collections_changed.load(Ordering::SeqCst) != before {
-            continue;
-        }
-        for (name, config) in fresh {
-            if collections.get(&name).map(|c| &**c) != Some(&config) {
-                info!(collection = %name, "collection setting changed in the store");
-                collections.insert(name, Arc::new(config));
-            }
-        }
+        inner.collections.refresh(mark, fresh);
     }
 }
 

@@ -12,6 +12,8 @@
 //! - `learn.rs`: the learning loop and retraining;
 //! - `chores.rs`: host sampling, the dashboard's clock, collection refresh and
 //!   reply expiry;
+//! - `collections.rs`: the collections' configurations in use, and their
+//!   refresh from the store;
 //! - `stats.rs`: what `/v1/stats`, `/v1/model`, `/metrics` and the dashboard
 //!   read;
 //! - `control` (the core's): every adaptive decision, pure (no IO, no clock);
@@ -25,8 +27,8 @@
 //! Lock order. The engine's state sits behind few `std::sync` locks, each
 //! private to the part that owns it (`lanes::LaneSet`, `admit::Admission`'s
 //! door and reservations, `learn::Learning`'s two, `commit::Pipeline`'s
-//! history failure, and the leaves inside `cache`, `writers` and
-//! `quarantine`), plus `control` and `collections` on `Inner`. Nothing
+//! history failure, and the leaves inside `cache`, `writers`,
+//! `collections` and `quarantine`), plus `control` on `Inner`. Nothing
 //! awaits while holding one, and a thread holds at most one at a time, with
 //! one exception that its type keeps in one place: `Learning` computes the
 //! dashboards' cached summary from the predictor's report under the
@@ -40,6 +42,7 @@ mod admit;
 mod cache;
 mod chain;
 mod chores;
+mod collections;
 mod commit;
 pub use sluice_core::control;
 mod lane;
@@ -71,8 +74,8 @@ use crate::resolve::{CollectionConfig, Handler, Resolver, ScriptError};
 use crate::store::{CollectionChange, SharedStore, StoreError, StoredReply};
 use crate::telemetry::Telemetry;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::info;
@@ -225,12 +228,7 @@ struct Inner {
     host: HostLoad,
     lanes: lanes::LaneSet,
     admission: admit::Admission,
-    collections: RwLock<HashMap<String, Arc<CollectionConfig>>>,
-    /// What a collection never configured decides with.
-    default_collection: Arc<CollectionConfig>,
-    /// Bumped by every local change of `collections`: a refresh read from
-    /// the store before the change must not undo it.
-    collections_changed: AtomicU64,
+    collections: collections::Collections,
     pipeline: commit::Pipeline,
     closing: AtomicBool,
     reads: reads::Reads,
@@ -274,9 +272,7 @@ impl Engine {
         clock: SharedClock,
         config: EngineConfig,
     ) -> Result<Engine, StoreError> {
-        let default_collection = Arc::new(CollectionConfig::with_handler(
-            config.default_handler.clone(),
-        ));
+        let default_collection = CollectionConfig::with_handler(config.default_handler.clone());
         let mut collections = HashMap::new();
         for (name, text) in store.collections().await? {
             match serde_json::from_str::<CollectionConfig>(&text) {
@@ -322,9 +318,7 @@ impl Engine {
             history,
             resolver,
             admission: admit::Admission::new(queue_len_max),
-            collections: RwLock::new(collections),
-            default_collection,
-            collections_changed: AtomicU64::new(0),
+            collections: collections::Collections::new(collections, default_collection),
             pipeline,
             closing: AtomicBool::new(false),
             reads: reads::Reads::start(reads_store),
@@ -448,15 +442,7 @@ impl Engine {
             at_ms: self.inner.clock.now_ms(),
         };
         self.inner.store.put_collection(&text, &change).await?;
-        let mut collections = self
-            .inner
-            .collections
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        collections.insert(name.to_owned(), Arc::new(config));
-        self.inner
-            .collections_changed
-            .fetch_add(1, Ordering::SeqCst);
+        self.inner.collections.set(name, config);
         info!(collection = name, "collection configured");
         Ok(())
     }
@@ -521,11 +507,7 @@ impl Inner {
     }
 
     fn collection(&self, name: &str) -> Arc<CollectionConfig> {
-        let collections = self.collections.read().unwrap_or_else(|p| p.into_inner());
-        collections
-            .get(name)
-            .unwrap_or(&self.default_collection)
-            .clone()
+        self.collections.get(name)
     }
 
     /// Drops the reservation and hands `reply` to every resend that waited on it.
