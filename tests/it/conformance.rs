@@ -9,7 +9,7 @@ use sluice_server::history::{
 use sluice_server::model::{ConflictRecord, Decision, DecisionKind, MutationRecord};
 use sluice_server::model::{DocKey, Document, Resolution};
 use sluice_server::store::{
-    Accepted, COLLECTION_CHANGES_KEPT, CollectionChange, CommitOutcome, EVENTS_KEPT_MIN,
+    Accepted, COLLECTION_CHANGES_KEPT, CollectionChange, CommitOutcome, EVENTS_KEPT_MIN, Fence,
     LaneCommit, LaneHistory, MemoryStore, PostgresStore, QuarantineQuery, Quarantined, SqliteStore,
     Store, StoredReply,
 };
@@ -47,6 +47,7 @@ fn lane(
         quarantine: Vec::new(),
         at_ms: 1,
         history: LaneHistory::default(),
+        fence: None,
     }
 }
 
@@ -576,9 +577,82 @@ async fn keys_conformance(store: &dyn Store) {
     assert_eq!(revoked.revoked_ms, Some(40));
 }
 
+/// Cluster mode's fence: a lane decided under a partition's lease commits
+/// only while that lease's epoch is the partition's fence.
+async fn fence_conformance(store: &dyn Store) {
+    use CommitOutcome::{Committed, Fenced, Stale};
+    let doc = DocKey::new("fenced", "k");
+    let under = |doc: &DocKey, expected: u64, fence: Option<Fence>, id: &str| LaneCommit {
+        fence,
+        ..lane(
+            doc,
+            expected,
+            Some(Document {
+                version: expected + 1,
+                item: item(json!({"n": expected + 1})),
+            }),
+            vec![reply("ann", id, 1)],
+        )
+    };
+    let at = |partition, epoch| Some(Fence { partition, epoch });
+    let commit =
+        |lanes: Vec<LaneCommit>| async move { store.commit(&lanes).await.expect("commit") };
+
+    assert_eq!(
+        commit(vec![under(&doc, 0, at(7, 1), "f0")]).await,
+        [Fenced],
+        "a partition nobody fenced takes no fenced lane"
+    );
+    assert_eq!(store.raise_fence(7, 0).await.expect("read"), 0);
+    assert_eq!(store.raise_fence(7, 1).await.expect("raise"), 1);
+    assert_eq!(
+        commit(vec![under(&doc, 0, at(7, 1), "f1")]).await,
+        [Committed]
+    );
+    assert_eq!(store.raise_fence(7, 3).await.expect("raise"), 3);
+    assert_eq!(
+        store.raise_fence(7, 2).await.expect("raise"),
+        3,
+        "a fence never goes down"
+    );
+
+    // The former owner's lane: nothing of it is kept, not even its reply.
+    assert_eq!(commit(vec![under(&doc, 1, at(7, 1), "f2")]).await, [Fenced]);
+    assert_eq!(store.get(&doc).await.expect("get").version, 1);
+    assert_eq!(store.reply("ann", "f2").await.expect("reply"), None);
+
+    // One batch: the fenced-off lane, the owner's, one with no fence, and
+    // the owner's stale lane, each with its own outcome.
+    let other = DocKey::new("fenced", "other");
+    let free = DocKey::new("fenced", "free");
+    let stale = DocKey::new("fenced", "stale");
+    let outcomes = commit(vec![
+        under(&doc, 1, at(7, 2), "f3"),
+        under(&other, 0, at(7, 3), "f4"),
+        under(&free, 0, None, "f5"),
+        under(&stale, 4, at(7, 3), "f6"),
+    ])
+    .await;
+    assert_eq!(outcomes, [Fenced, Committed, Committed, Stale]);
+    assert_eq!(store.get(&doc).await.expect("get").version, 1);
+    assert_eq!(store.get(&other).await.expect("get").version, 1);
+    assert!(store.reply("ann", "f3").await.expect("reply").is_none());
+    assert!(store.reply("ann", "f4").await.expect("reply").is_some());
+
+    // Each partition has its own fence.
+    assert_eq!(store.raise_fence(8, 1).await.expect("raise"), 1);
+    let outcomes = commit(vec![
+        under(&doc, 1, at(8, 1), "f7"),
+        under(&DocKey::new("fenced", "k8"), 0, at(7, 1), "f8"),
+    ])
+    .await;
+    assert_eq!(outcomes, [Committed, Fenced]);
+}
+
 #[tokio::test]
 async fn memory_store_conforms() {
     store_conformance(&MemoryStore::new()).await;
+    fence_conformance(&MemoryStore::new()).await;
 }
 
 #[tokio::test]
@@ -590,12 +664,26 @@ async fn sqlite_store_conforms() {
             .expect("open"),
     )
     .await;
+    fence_conformance(
+        &SqliteStore::open(&dir.path().join("fences.db"))
+            .await
+            .expect("open"),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn postgres_store_conforms() {
     let url = fresh_postgres_database().await;
     store_conformance(&PostgresStore::connect(&url).await.expect("connect")).await;
+    fence_conformance(&PostgresStore::connect(&url).await.expect("connect")).await;
+    let with_history = fresh_postgres_database().await;
+    fence_conformance(
+        &PostgresStore::connect_with_history(&with_history)
+            .await
+            .expect("connect"),
+    )
+    .await;
     // Opening again over the existing schema works (restart).
     PostgresStore::connect(&url).await.expect("reconnect");
 }

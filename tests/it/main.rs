@@ -7,6 +7,7 @@ mod auth;
 mod batch;
 mod bench;
 mod chaining;
+mod cluster;
 mod concurrency;
 mod conformance;
 mod dashboard;

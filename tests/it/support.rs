@@ -289,6 +289,9 @@ macro_rules! store_over_memory {
             async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool, sluice_server::store::StoreError> {
                 self.inner.revoke_key(id, at_ms).await
             }
+            async fn raise_fence(&self, partition: u32, epoch: u64) -> Result<u64, sluice_server::store::StoreError> {
+                self.inner.raise_fence(partition, epoch).await
+            }
         }
     };
 }
@@ -325,4 +328,30 @@ pub async fn submit(
     mutation: sluice_server::model::Mutation,
 ) -> sluice_server::api::Reply {
     sluice_server::api::reply(engine.submit(mutation).await)
+}
+
+/// The single Redis that `scripts/test` started.
+pub fn redis_url() -> String {
+    std::env::var("SLUICE_TEST_REDIS_URL").expect(
+        "SLUICE_TEST_REDIS_URL is not set: run the suite with ./scripts/test, which starts Redis",
+    )
+}
+
+/// The seed nodes of the three-master Redis Cluster that `scripts/test`
+/// started, comma-separated.
+pub fn redis_cluster_urls() -> String {
+    std::env::var("SLUICE_TEST_REDIS_CLUSTER_URLS").expect(
+        "SLUICE_TEST_REDIS_CLUSTER_URLS is not set: run the suite with ./scripts/test, which starts a Redis Cluster",
+    )
+}
+
+/// A key prefix no other test uses, so tests share one Redis.
+pub fn redis_prefix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "t{}-{}-{}:",
+        std::process::id(),
+        sluice_server::clock::wall_ms(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
 }

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod control;
 pub mod invariant;
 pub mod model;
+pub mod partition;
 pub mod predict;
 pub mod queue;
 pub mod resolve;

@@ -37,6 +37,7 @@ pub(super) fn refusal_status(reason: RefusalReason) -> StatusCode {
         RefusalReason::ShuttingDown
         | RefusalReason::StoreUnavailable
         | RefusalReason::StoreContention
+        | RefusalReason::PartitionMoved
         | RefusalReason::DecisionTimeout
         | RefusalReason::RequestAbandoned
         | RefusalReason::QuarantineFull => StatusCode::SERVICE_UNAVAILABLE,

@@ -391,6 +391,7 @@ fn lane_commit(
         quarantine,
         at_ms: decided_ms,
         history: std::mem::take(&mut end.history),
+        fence: None,
     };
     end.unchanged = unchanged;
     (commit, end)
@@ -661,6 +662,17 @@ async fn decide_lane(
             Ok(CommitOutcome::Resent) => {
                 inner.cache.forget(doc);
                 return Ok(None);
+            }
+            Ok(CommitOutcome::Fenced) => {
+                inner.cache.forget(doc);
+                warn!(id = %lane_ids(batch), collection = %doc.collection, key = %doc.key, "the partition moved to another process; nothing was written");
+                return Err(Refusal::new(
+                    RefusalReason::PartitionMoved,
+                    format!(
+                        "{}/{} is now decided by another Sluice process; nothing was applied, resend with the same id",
+                        doc.collection, doc.key
+                    ),
+                ));
             }
             Ok(CommitOutcome::Stale) => {
                 inner.cache.stale(doc);

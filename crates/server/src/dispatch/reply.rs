@@ -73,6 +73,9 @@ pub enum RefusalReason {
     /// The document kept changing under Sluice, or its commits kept finding
     /// replies its lookups did not.
     StoreContention,
+    /// In cluster mode: the document's partition moved to another process
+    /// while the lane was decided (its commit was fenced off).
+    PartitionMoved,
     DecisionTimeout,
     /// The id was used by this client for a different mutation.
     IdempotencyKeyReused,
@@ -96,6 +99,7 @@ impl RefusalReason {
             RefusalReason::ShuttingDown => "shutting_down",
             RefusalReason::StoreUnavailable => "store_unavailable",
             RefusalReason::StoreContention => "store_contention",
+            RefusalReason::PartitionMoved => "partition_moved",
             RefusalReason::DecisionTimeout => "decision_timeout",
             RefusalReason::IdempotencyKeyReused => "idempotency_key_reused",
             RefusalReason::RequestAbandoned => "request_abandoned",

@@ -30,6 +30,7 @@ struct State {
     keys: HashMap<String, KeyRecord>,
     changes: HashMap<String, Vec<CollectionChange>>,
     change_seq: i64,
+    fences: HashMap<u32, u64>,
 }
 
 impl MemoryStore {
@@ -69,6 +70,12 @@ impl Store for MemoryStore {
         let mut state = self.state();
         let mut outcomes = Vec::with_capacity(batch.len());
         for lane in batch {
+            if let Some(fence) = lane.fence
+                && state.fences.get(&fence.partition) != Some(&fence.epoch)
+            {
+                outcomes.push(CommitOutcome::Fenced);
+                continue;
+            }
             let ids = lane.replies.iter().map(|r| (&r.client, &r.id));
             let mut ids = ids.chain(lane.quarantine.iter().map(|q| (&q.client, &q.id)));
             let resent =
@@ -127,6 +134,13 @@ impl Store for MemoryStore {
             .replies
             .get(&(client.to_owned(), id.to_owned()))
             .map(|(_, reply)| reply.clone()))
+    }
+
+    async fn raise_fence(&self, partition: u32, epoch: u64) -> Result<u64, StoreError> {
+        let mut state = self.state();
+        let fence = state.fences.entry(partition).or_insert(0);
+        *fence = (*fence).max(epoch);
+        Ok(*fence)
     }
 
     async fn expire_replies(&self, before_ms: i64) -> Result<u64, StoreError> {

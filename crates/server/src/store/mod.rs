@@ -15,6 +15,9 @@
 //!   mutation is never applied without its reply, nor its reply kept without it:
 //!   this is what makes resends exactly-once.
 //! - `get` after a successful `commit` sees it.
+//! - A lane carrying a `Fence` commits only if its epoch is its partition's
+//!   fence when it commits (checked in the commit's own statement or
+//!   transaction); a fence only rises (`raise_fence`).
 
 mod memory;
 mod postgres;
@@ -115,6 +118,17 @@ pub struct LaneCommit {
     /// commit's own transaction (`Store::writes_history`); empty otherwise.
     /// Like the replies, they are kept only if the lane commits.
     pub history: LaneHistory,
+    /// In cluster mode, the lease the lane was decided under: the lane is
+    /// kept only if its epoch is still its partition's fence. `None` outside
+    /// cluster mode: nothing is checked.
+    pub fence: Option<Fence>,
+}
+
+/// A partition's lease epoch, as a commit carries it (see `Store::raise_fence`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub partition: u32,
+    pub epoch: u64,
 }
 
 /// What the history keeps of one lane: a record per mutation, and the
@@ -135,6 +149,10 @@ pub enum CommitOutcome {
     /// Nothing of the lane was written; the engine answers the resends from
     /// their stored replies and decides the rest again.
     Resent,
+    /// The lane's fence is no longer its partition's: a later owner raised
+    /// it. Nothing of the lane was written; this process no longer decides
+    /// that partition.
+    Fenced,
 }
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -163,6 +181,12 @@ pub trait Store: Send + Sync + 'static {
     /// Commits a batch of lanes in one transaction; one outcome per lane, in order.
     async fn commit(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError>;
     async fn reply(&self, client: &str, id: &str) -> Result<Option<StoredReply>, StoreError>;
+    /// Raises `partition`'s fence to `epoch` if it is lower, and returns the
+    /// fence as it then stands (above `epoch` if a later owner raised it
+    /// first; `raise_fence(p, 0)` reads it). It waits for commits checking
+    /// the fence it replaces: once it returns, no lane decided under an older
+    /// epoch can commit.
+    async fn raise_fence(&self, partition: u32, epoch: u64) -> Result<u64, StoreError>;
     /// Whether `commit` writes each committed lane's `history` in its own
     /// transaction (the history lives in the store's database): then the
     /// engine does not write those records to the history again.
@@ -359,6 +383,10 @@ pub(crate) mod sql {
          at_ms = excluded.at_ms";
     pub(crate) const DELETE_QUARANTINED: &str =
         "DELETE FROM sluice_quarantine WHERE client = $1 AND id = $2";
+    pub(crate) const PARTITIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS sluice_partitions (\
+         partition INTEGER PRIMARY KEY, epoch BIGINT NOT NULL)";
+    pub(crate) const SELECT_FENCE: &str =
+        "SELECT epoch FROM sluice_partitions WHERE partition = $1";
     pub(crate) const SECRETS_TABLE: &str = "CREATE TABLE IF NOT EXISTS sluice_secrets (\
          name TEXT PRIMARY KEY, value TEXT NOT NULL)";
     pub(crate) const INSERT_SECRET: &str =

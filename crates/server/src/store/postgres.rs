@@ -7,8 +7,9 @@
 use super::{
     Accepted, COLLECTION_CHANGES_KEPT, CollectionChange, CommitOutcome, EVENTS_KEPT_MIN, KeyRecord,
     LaneCommit, QuarantineQuery, Quarantined, Store, StoreError, StoredReply, accepted_from_row,
-    change_from_row, collection_from_row, decode_item, encode_item, event_from_row, key_from_row,
-    quarantine_select, quarantined_from_row, reply_from_row, sql, sql_collection_methods, to_sql,
+    change_from_row, collection_from_row, decode_item, encode_item, event_from_row, from_sql,
+    key_from_row, quarantine_select, quarantined_from_row, reply_from_row, sql,
+    sql_collection_methods, to_sql,
 };
 use crate::history::PgQuery;
 use crate::model::{DocKey, Document};
@@ -27,6 +28,12 @@ const PENDING_ACCEPTED: &str = "SELECT client, id, fingerprint, mutation, score,
      FROM sluice_accepted ORDER BY seq";
 const EVENTS_AFTER: &str = "SELECT seq, body FROM sluice_replies \
      WHERE client = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+
+/// Takes the partition's row lock, so it waits for the commits that hold
+/// it shared (`COMMIT_SQL`'s `fence`) to finish.
+const RAISE_FENCE: &str = "INSERT INTO sluice_partitions (partition, epoch) VALUES ($1, $2) \
+     ON CONFLICT (partition) DO UPDATE SET epoch = GREATEST(sluice_partitions.epoch, excluded.epoch) \
+     RETURNING epoch";
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sluice_documents (
@@ -77,6 +84,7 @@ const SCHEMA: &[&str] = &[
         config TEXT NOT NULL,
         updated_ms BIGINT NOT NULL
     )",
+    sql::PARTITIONS_TABLE,
     sql::SECRETS_TABLE,
     sql::KEYS_TABLE,
     "CREATE TABLE IF NOT EXISTS sluice_collection_changes (
@@ -170,6 +178,15 @@ impl Store for PostgresStore {
             .fetch_optional(&self.reader)
             .await?;
         row.map(|row| reply_from_row(&row, client, id)).transpose()
+    }
+
+    async fn raise_fence(&self, partition: u32, epoch: u64) -> Result<u64, StoreError> {
+        let fence: i64 = sqlx::query_scalar(RAISE_FENCE)
+            .bind(i64::from(partition))
+            .bind(to_sql(epoch))
+            .fetch_one(&self.writer)
+            .await?;
+        Ok(from_sql(fence))
     }
 
     async fn expire_replies(&self, before_ms: i64) -> Result<u64, StoreError> {
@@ -497,6 +514,18 @@ impl PostgresStore {
                     .iter()
                     .map(|(_, r)| r.id.as_str())
                     .collect::<Vec<_>>(),
+            )
+            .bind(
+                batch
+                    .iter()
+                    .map(|l| l.fence.map(|f| i64::from(f.partition)))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                batch
+                    .iter()
+                    .map(|l| l.fence.map(|f| to_sql(f.epoch)))
+                    .collect::<Vec<_>>(),
             );
         let (mut mutation_lanes, mut mutations) = (Vec::new(), Vec::new());
         let (mut conflict_lanes, mut conflicts) = (Vec::new(), Vec::new());
@@ -522,10 +551,11 @@ impl PostgresStore {
         let mut outcomes = vec![CommitOutcome::Stale; batch.len()];
         for row in rows {
             let resent: i32 = row.try_get("resent")?;
-            outcomes[ordinal(&row, batch.len())?] = if resent == 1 {
-                CommitOutcome::Resent
-            } else {
-                CommitOutcome::Committed
+            // A fenced lane's row comes last: it is neither resent nor kept.
+            outcomes[ordinal(&row, batch.len())?] = match resent {
+                0 => CommitOutcome::Committed,
+                1 => CommitOutcome::Resent,
+                _ => CommitOutcome::Fenced,
             };
         }
         Ok(outcomes)
@@ -646,9 +676,12 @@ fn bind_kept<'q>(q: PgQuery<'q>, kept: &[(i64, &'q Quarantined)]) -> PgQuery<'q>
 /// written). `locked` locks the rows that exist, in key order, and reads
 /// their current versions (a row changed since the statement's snapshot is
 /// read as it is now); `fit` keeps the lanes whose document has the expected
-/// version (0: absent) and none of whose mutations has a stored reply
+/// version (0: absent), none of whose mutations has a stored reply
 /// (`resent`: they were decided before; the statement answers those lanes
-/// too). Updates of locked rows always stick; an insert can
+/// too), and whose fence, in cluster mode, is still its partition's
+/// (`fence` holds the partitions' rows shared to the end of the commit, so a
+/// new owner's `RAISE_FENCE` waits for it, and a commit after the raise sees
+/// the new epoch; lanes that fail it are answered `2`). Updates of locked rows always stick; an insert can
 /// lose to a concurrent one (`ON CONFLICT DO NOTHING`), and then its lane is
 /// stale. `committed` is what stuck; replies, accept-log deletions and
 /// history records are kept for those lanes only, and the statement answers
@@ -658,9 +691,9 @@ static COMMIT_SQL: LazyLock<String> = LazyLock::new(|| commit_sql(false));
 /// `COMMIT_SQL` that also inserts the committed lanes' history records.
 static COMMIT_WITH_HISTORY_SQL: LazyLock<String> = LazyLock::new(|| commit_sql(true));
 
-/// The parameters of `commit_sql`'s own part (`$1` to `$29`); the history
+/// The parameters of `commit_sql`'s own part (`$1` to `$31`); the history
 /// records' arrays are numbered after them.
-const COMMIT_PARAMS: usize = 29;
+const COMMIT_PARAMS: usize = 31;
 
 fn commit_sql(history: bool) -> String {
     let filter = "u.lane IN (SELECT n FROM committed)";
@@ -674,8 +707,19 @@ fn commit_sql(history: bool) -> String {
     };
     format!(
         "WITH lane AS MATERIALIZED (
-             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::BIGINT[])
-               WITH ORDINALITY AS l(collection, key, expected, version, item, at_ms, n)
+             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::BIGINT[],
+                                  $30::BIGINT[], $31::BIGINT[])
+               WITH ORDINALITY AS l(collection, key, expected, version, item, at_ms, part, epoch, n)
+         ),
+         fence AS MATERIALIZED (
+             SELECT p.partition, p.epoch FROM sluice_partitions p
+             WHERE p.partition IN (SELECT part FROM lane WHERE epoch IS NOT NULL)
+             ORDER BY p.partition FOR SHARE OF p
+         ),
+         unfenced AS MATERIALIZED (
+             SELECT l.n FROM lane l
+             WHERE l.epoch IS NULL
+                OR EXISTS (SELECT 1 FROM fence f WHERE f.partition = l.part AND f.epoch = l.epoch)
          ),
          locked AS MATERIALIZED (
              SELECT l.n, d.version FROM lane l
@@ -692,6 +736,7 @@ fn commit_sql(history: bool) -> String {
          fit AS MATERIALIZED (
              SELECT l.* FROM lane l LEFT JOIN locked k ON k.n = l.n
              WHERE COALESCE(k.version, 0) = l.expected AND l.n NOT IN (SELECT lane FROM resent)
+               AND l.n IN (SELECT n FROM unfenced)
          ),
          updated AS (
              UPDATE sluice_documents d
@@ -746,7 +791,9 @@ fn commit_sql(history: bool) -> String {
          ){records}
          SELECT n, 0 AS resent FROM committed
          UNION ALL
-         SELECT lane, 1 FROM resent"
+         SELECT lane, 1 FROM resent
+         UNION ALL
+         SELECT n, 2 FROM lane WHERE n NOT IN (SELECT n FROM unfenced)"
     )
 }
 

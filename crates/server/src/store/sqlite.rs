@@ -39,6 +39,10 @@ const SELECT_VERSION: &str =
 const INSERT_REPLY: &str = "INSERT INTO sluice_replies (client, id, fingerprint, status, body, at_ms) \
      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (client, id) DO NOTHING";
 
+const RAISE_FENCE: &str = "INSERT INTO sluice_partitions (partition, epoch) VALUES ($1, $2) \
+     ON CONFLICT (partition) DO UPDATE SET epoch = MAX(sluice_partitions.epoch, excluded.epoch) \
+     RETURNING epoch";
+
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sluice_documents (
         collection TEXT NOT NULL,
@@ -89,6 +93,7 @@ const SCHEMA: &[&str] = &[
         config TEXT NOT NULL,
         updated_ms INTEGER NOT NULL
     )",
+    sql::PARTITIONS_TABLE,
     sql::SECRETS_TABLE,
     sql::KEYS_TABLE,
     "CREATE TABLE IF NOT EXISTS sluice_collection_changes (
@@ -144,6 +149,15 @@ impl Store for SqliteStore {
             .fetch_optional(&self.reader)
             .await?;
         row.map(|row| reply_from_row(&row, client, id)).transpose()
+    }
+
+    async fn raise_fence(&self, partition: u32, epoch: u64) -> Result<u64, StoreError> {
+        let fence: i64 = sqlx::query_scalar(RAISE_FENCE)
+            .bind(i64::from(partition))
+            .bind(to_sql(epoch))
+            .fetch_one(&self.writer)
+            .await?;
+        Ok(from_sql(fence))
     }
 
     async fn expire_replies(&self, before_ms: i64) -> Result<u64, StoreError> {
@@ -328,7 +342,9 @@ impl SqliteStore {
         let mut tx = self.writer.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for lane in batch {
-            let outcome = if any_replied(&mut tx, lane).await? {
+            let outcome = if !fence_holds(&mut tx, lane).await? {
+                CommitOutcome::Fenced
+            } else if any_replied(&mut tx, lane).await? {
                 CommitOutcome::Resent
             } else if !write_document(&mut tx, lane).await? {
                 CommitOutcome::Stale
@@ -342,6 +358,21 @@ impl SqliteStore {
         tx.commit().await?;
         Ok(outcomes)
     }
+}
+
+/// Whether the lane's fence, if it has one, is still its partition's. A
+/// fence raised by another process after this read makes the transaction's
+/// first write fail (SQLite refuses a write on a stale snapshot), so the
+/// check holds to the commit.
+async fn fence_holds(tx: &mut SqliteConnection, lane: &LaneCommit) -> Result<bool, StoreError> {
+    let Some(fence) = lane.fence else {
+        return Ok(true);
+    };
+    let current: Option<i64> = sqlx::query_scalar(sql::SELECT_FENCE)
+        .bind(i64::from(fence.partition))
+        .fetch_optional(&mut *tx)
+        .await?;
+    Ok(current == Some(to_sql(fence.epoch)))
 }
 
 /// Whether a mutation of the lane has a stored reply already (a resend).

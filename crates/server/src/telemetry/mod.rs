@@ -25,13 +25,14 @@ pub const HANDLERS: [&str; 4] = ["optimistic", "automerge", "script", "webhook"]
 pub const OUTCOMES: [RecordedOutcome; 4] = RecordedOutcome::ALL;
 /// Error codes a mutation can be refused or failed with; anything else is
 /// counted as `other` so that the label set stays closed.
-pub const REFUSALS: [&str; 11] = [
+pub const REFUSALS: [&str; 12] = [
     "overloaded",
     "queue_full",
     "lane_full",
     "shutting_down",
     "store_unavailable",
     "store_contention",
+    "partition_moved",
     "decision_timeout",
     "idempotency_key_reused",
     "quarantine_full",
