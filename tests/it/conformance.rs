@@ -14,11 +14,11 @@ use sluice_server::store::{
     Store, StoredReply,
 };
 
-fn item(v: Value) -> Option<Map<String, Value>> {
+pub(crate) fn item(v: Value) -> Option<Map<String, Value>> {
     v.as_object().cloned()
 }
 
-fn reply(client: &str, id: &str, at_ms: i64) -> StoredReply {
+pub(crate) fn reply(client: &str, id: &str, at_ms: i64) -> StoredReply {
     StoredReply {
         client: client.into(),
         was_accepted: false,
@@ -33,7 +33,7 @@ fn reply(client: &str, id: &str, at_ms: i64) -> StoredReply {
     }
 }
 
-fn lane(
+pub(crate) fn lane(
     doc: &DocKey,
     expected: u64,
     write: Option<Document>,

@@ -19,9 +19,11 @@
 
 pub mod conformance;
 mod memory;
+mod owner;
 mod redis;
 
 pub use memory::MemoryCoordinator;
+pub use owner::{Ownership, OwnershipConfig, TickReport};
 pub use redis::{RedisCoordinator, RedisTarget};
 pub use sluice_core::partition::{assign, partition_of};
 
