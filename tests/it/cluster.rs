@@ -6,8 +6,8 @@ use crate::support::{fresh_postgres_database, redis_cluster_urls, redis_prefix, 
 use serde_json::json;
 use sluice_server::clock::{ManualClock, SharedClock, SystemClock};
 use sluice_server::cluster::{
-    ClusterError, Coordinator, MemoryCoordinator, Ownership, OwnershipConfig, RedisCoordinator,
-    RedisTarget, SharedCoordinator, conformance, partition_of,
+    ClusterError, Coordinator, MemoryCoordinator, MemoryRelay, Ownership, OwnershipConfig,
+    RedisCoordinator, RedisRelay, RedisTarget, SharedCoordinator, conformance, partition_of,
 };
 use sluice_server::model::{DocKey, Document};
 use sluice_server::store::{
@@ -39,6 +39,29 @@ async fn the_coordinator_on_a_redis_cluster_keeps_the_contract() {
         .await
         .expect("connect");
     conformance::suite(&c).await;
+}
+
+#[tokio::test]
+async fn the_reference_relay_keeps_the_contract() {
+    conformance::relay_suite(&MemoryRelay::new()).await;
+}
+
+#[tokio::test]
+async fn the_relay_on_a_single_redis_keeps_the_contract() {
+    let target = RedisTarget::parse(&redis_url()).expect("a URL");
+    let r = RedisRelay::connect(&target, &redis_prefix())
+        .await
+        .expect("connect");
+    conformance::relay_suite(&r).await;
+}
+
+#[tokio::test]
+async fn the_relay_on_a_redis_cluster_keeps_the_contract() {
+    let target = RedisTarget::parse(&redis_cluster_urls()).expect("URLs");
+    let r = RedisRelay::connect(&target, &redis_prefix())
+        .await
+        .expect("connect");
+    conformance::relay_suite(&r).await;
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 //! it a coordinator nothing else uses: it takes partitions 0 to 9 and
 //! members named `m-…`.
 
+use super::relay::{Entry, Relay};
 use super::{ClusterError, Coordinator, Holder};
 use std::time::Duration;
 
@@ -238,4 +239,128 @@ async fn bad_requests_are_refused(c: &dyn Coordinator) {
         None,
         "a refused request grants nothing"
     );
+}
+
+/// Every rule of [`Relay`]. Give it a relay nothing else uses: it takes
+/// partitions 20 and 21 and members named `r-…`.
+pub async fn relay_suite(r: &dyn Relay) {
+    a_stream_delivers_each_entry_once_in_order(r).await;
+    unacknowledged_entries_go_to_whoever_claims_them(r).await;
+    an_inbox_is_read_in_order_and_wakes_its_reader(r).await;
+}
+
+/// A stream id (`ms-seq`) as numbers.
+fn position(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+fn bodies(entries: &[Entry]) -> Vec<&str> {
+    entries.iter().map(|e| e.body.as_str()).collect()
+}
+
+async fn a_stream_delivers_each_entry_once_in_order(r: &dyn Relay) {
+    assert_eq!(r.backlog(20).await.expect("backlog"), 0, "a fresh stream");
+    assert!(
+        r.take(20, "r-a", 10).await.expect("take").is_empty(),
+        "an empty stream delivers nothing"
+    );
+    for body in ["one", "two", "three"] {
+        r.push(20, body).await.expect("push");
+    }
+    r.push(21, "elsewhere").await.expect("push");
+    assert_eq!(r.backlog(20).await.expect("backlog"), 3);
+    let first = r.take(20, "r-a", 2).await.expect("take");
+    assert_eq!(
+        bodies(&first),
+        ["one", "two"],
+        "oldest first, at most count"
+    );
+    assert!(position(&first[0].id) < position(&first[1].id), "ids grow");
+    let rest = r.take(20, "r-b", 10).await.expect("take");
+    assert_eq!(bodies(&rest), ["three"], "each entry is delivered once");
+    assert!(r.take(20, "r-a", 10).await.expect("take").is_empty());
+    assert_eq!(
+        r.backlog(20).await.expect("backlog"),
+        3,
+        "delivered is not acknowledged"
+    );
+    for e in first.iter().chain(&rest) {
+        r.ack(20, &e.id).await.expect("ack");
+    }
+    assert_eq!(r.backlog(20).await.expect("backlog"), 0);
+    r.ack(20, &rest[0].id)
+        .await
+        .expect("acknowledging twice is harmless");
+    let other = r.take(21, "r-a", 10).await.expect("take");
+    assert_eq!(bodies(&other), ["elsewhere"], "partitions are apart");
+    r.ack(21, &other[0].id).await.expect("ack");
+}
+
+async fn unacknowledged_entries_go_to_whoever_claims_them(r: &dyn Relay) {
+    for body in ["p1", "p2", "p3", "p4"] {
+        r.push(20, body).await.expect("push");
+    }
+    let taken = r.take(20, "r-a", 3).await.expect("take");
+    assert_eq!(bodies(&taken), ["p1", "p2", "p3"]);
+    // r-a dies: r-b claims what it had not acknowledged, in order; what
+    // nobody was given stays for `take`.
+    r.ack(20, &taken[1].id).await.expect("ack");
+    let claimed = r.claim(20, "r-b", 10).await.expect("claim");
+    assert_eq!(bodies(&claimed), ["p1", "p3"]);
+    assert_eq!(
+        claimed.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        [&taken[0].id, &taken[2].id],
+        "an entry keeps its id when claimed"
+    );
+    let fresh = r.take(20, "r-b", 10).await.expect("take");
+    assert_eq!(bodies(&fresh), ["p4"]);
+    let again = r.claim(20, "r-c", 1).await.expect("claim");
+    assert_eq!(bodies(&again), ["p1"], "at most count");
+    for e in claimed.iter().chain(&fresh) {
+        r.ack(20, &e.id).await.expect("ack");
+    }
+    assert!(r.claim(20, "r-c", 10).await.expect("claim").is_empty());
+    assert_eq!(r.backlog(20).await.expect("backlog"), 0);
+}
+
+async fn an_inbox_is_read_in_order_and_wakes_its_reader(r: &dyn Relay) {
+    let quick = Duration::from_millis(50);
+    assert!(
+        r.receive("r-in", "0-0", quick)
+            .await
+            .expect("receive")
+            .is_empty(),
+        "an empty inbox waits, then answers nothing"
+    );
+    r.send("r-in", "x").await.expect("send");
+    r.send("r-in", "y").await.expect("send");
+    r.send("r-other", "z").await.expect("send");
+    let got = r.receive("r-in", "0-0", quick).await.expect("receive");
+    assert_eq!(bodies(&got), ["x", "y"]);
+    let after = got[1].id.clone();
+    assert!(
+        r.receive("r-in", &after, quick)
+            .await
+            .expect("receive")
+            .is_empty(),
+        "nothing after the last one read"
+    );
+    // A reader waiting is woken by a send, long before its wait is over.
+    let started = std::time::Instant::now();
+    let (woken, ()) = tokio::join!(r.receive("r-in", &after, Duration::from_secs(2)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        r.send("r-in", "late").await.expect("send");
+    });
+    assert_eq!(bodies(&woken.expect("receive")), ["late"]);
+    assert!(started.elapsed() < Duration::from_millis(1900));
+    r.drop_inbox("r-in").await.expect("drop");
+    assert!(
+        r.receive("r-in", "0-0", quick)
+            .await
+            .expect("receive")
+            .is_empty(),
+        "a dropped inbox is empty"
+    );
+    r.drop_inbox("r-other").await.expect("drop");
 }

@@ -21,10 +21,14 @@ pub mod conformance;
 mod memory;
 mod owner;
 mod redis;
+mod redis_relay;
+mod relay;
 
 pub use memory::MemoryCoordinator;
 pub use owner::{Ownership, OwnershipConfig, TickReport};
 pub use redis::{RedisCoordinator, RedisTarget};
+pub use redis_relay::RedisRelay;
+pub use relay::{Entry, INBOX_LEN, MemoryRelay, Relay, SharedRelay};
 pub use sluice_core::partition::{assign, partition_of};
 
 use async_trait::async_trait;

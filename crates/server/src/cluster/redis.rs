@@ -65,12 +65,21 @@ pub(crate) enum Conn {
 
 impl Conn {
     pub(crate) async fn connect(target: &RedisTarget) -> Result<Conn, ClusterError> {
+        Self::connect_timing_out(target, RESPONSE_TIMEOUT).await
+    }
+
+    /// A connection of its own whose requests may take `response_timeout`
+    /// (a blocking read must not hold up anyone else's requests).
+    pub(crate) async fn connect_timing_out(
+        target: &RedisTarget,
+        response_timeout: Duration,
+    ) -> Result<Conn, ClusterError> {
         match target {
             RedisTarget::Single(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(invalid)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_response_timeout(Some(response_timeout))
                     .set_number_of_retries(2);
                 let mut conn = client
                     .get_connection_manager_with_config(config)
@@ -83,18 +92,18 @@ impl Conn {
                     .await
                     .map_err(unavailable)?;
                 if info.contains("cluster_enabled:1") {
-                    return Self::cluster(std::slice::from_ref(url)).await;
+                    return Self::cluster(std::slice::from_ref(url), response_timeout).await;
                 }
                 Ok(Conn::Single(conn))
             }
-            RedisTarget::Cluster(urls) => Self::cluster(urls).await,
+            RedisTarget::Cluster(urls) => Self::cluster(urls, response_timeout).await,
         }
     }
 
-    async fn cluster(urls: &[String]) -> Result<Conn, ClusterError> {
+    async fn cluster(urls: &[String], response_timeout: Duration) -> Result<Conn, ClusterError> {
         let client = ClusterClient::builder(urls.iter().map(String::as_str))
             .connection_timeout(CONNECT_TIMEOUT)
-            .response_timeout(RESPONSE_TIMEOUT)
+            .response_timeout(response_timeout)
             .retries(2)
             .build()
             .map_err(invalid)?;
