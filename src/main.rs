@@ -239,6 +239,10 @@ struct ServeArgs {
     /// The certificate's private key (PEM)
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Join a cluster: redis://HOST:PORT of one Redis, or comma-separated
+    /// Redis Cluster seed nodes (needs --store postgres://…)
+    #[arg(long, value_name = "URLS")]
+    redis: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -431,6 +435,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.tls_key {
         config.tls_key = Some(v);
+    }
+    if let Some(v) = args.redis {
+        config.cluster.redis = v;
     }
     config.validate()?;
     init_logs(&config.log_format);

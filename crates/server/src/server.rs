@@ -31,6 +31,8 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("cannot open the history: {0}")]
     History(#[from] crate::history::HistoryError),
+    #[error("cannot join the cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -157,11 +159,23 @@ pub async fn start(
         .map(Reloading::open)
         .transpose()
         .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?;
-    let engine = Engine::start(store, history, resolver, clock, config.engine_config()).await?;
-    // Mutations answered 202 before the last stop are queued again before
-    // anything new is accepted.
-    engine.resume_accepted().await?;
+    let cluster_store = store.clone();
+    let engine = Engine::start(
+        store,
+        history,
+        resolver,
+        clock.clone(),
+        config.engine_config(),
+    )
+    .await?;
     let (listener, addr) = listen(&config, certs).await?;
+    if config.cluster.enabled() {
+        join_cluster(&config, &engine, cluster_store, clock, addr).await?;
+    }
+    // Mutations answered 202 before the last stop are queued again (in
+    // cluster mode: moved into their partitions' streams) before anything
+    // new is accepted.
+    engine.resume_accepted().await?;
     info!(%addr, store = %config.store, history = %config.history, "sluice is listening");
     if auth.mode() == AuthMode::None {
         tracing::warn!(
@@ -184,6 +198,8 @@ pub async fn start(
             if left > 0 {
                 tracing::warn!(left, "shutdown deadline passed with mutations still queued");
             }
+            // The partitions go to the other members now, not a lease later.
+            drain_engine.leave_cluster().await;
         };
         match listener {
             Listener::Tls(tls) => axum::serve(tls, app).with_graceful_shutdown(graceful).await,
@@ -199,4 +215,57 @@ pub async fn start(
         engine,
         served,
     })
+}
+
+/// Joins the cluster `config.cluster` names: the partition count agreed in
+/// the store, a member id of this incarnation, the first tick.
+async fn join_cluster(
+    config: &Config,
+    engine: &Engine,
+    store: SharedStore,
+    clock: SharedClock,
+    addr: SocketAddr,
+) -> Result<(), StartError> {
+    use crate::cluster::{Ownership, OwnershipConfig, RedisCoordinator, RedisRelay, RedisTarget};
+    let cluster = &config.cluster;
+    let recorded = store
+        .secret("cluster_partitions", &|| cluster.partitions.to_string())
+        .await?;
+    if recorded != cluster.partitions.to_string() {
+        return Err(StartError::Config(ConfigError::Invalid(format!(
+            "this store's cluster splits documents into {recorded} partitions, and every process must agree: set cluster.partitions = {recorded} (it is {})",
+            cluster.partitions
+        ))));
+    }
+    let target = RedisTarget::parse(&cluster.redis)?;
+    let coordinator = Arc::new(RedisCoordinator::connect(&target, &cluster.prefix).await?);
+    let relay = Arc::new(RedisRelay::connect(&target, &cluster.prefix).await?);
+    let address = if cluster.advertise.is_empty() {
+        addr.to_string()
+    } else {
+        cluster.advertise.clone()
+    };
+    // A fresh id per start: a restarted process is a new member, so nothing
+    // addressed to its former self reaches it.
+    let mut nonce = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce).map_err(|_| {
+        StartError::Config(ConfigError::Invalid(
+            "the system's random number generator failed".into(),
+        ))
+    })?;
+    let member = format!("{address}-{:08x}", u32::from_le_bytes(nonce));
+    let ownership = Arc::new(Ownership::new(
+        coordinator,
+        store,
+        clock,
+        member.clone(),
+        address,
+        OwnershipConfig {
+            partitions: cluster.partitions,
+            lease: Duration::from_millis(cluster.lease_ms),
+        },
+    ));
+    engine.join_cluster(ownership.clone(), relay).await?;
+    info!(member = %member, partitions = cluster.partitions, owned = ownership.owned().len(), "joined the cluster");
+    Ok(())
 }

@@ -38,6 +38,7 @@ pub(super) fn refusal_status(reason: RefusalReason) -> StatusCode {
         | RefusalReason::StoreUnavailable
         | RefusalReason::StoreContention
         | RefusalReason::PartitionMoved
+        | RefusalReason::ClusterUnavailable
         | RefusalReason::DecisionTimeout
         | RefusalReason::RequestAbandoned
         | RefusalReason::QuarantineFull => StatusCode::SERVICE_UNAVAILABLE,

@@ -161,6 +161,7 @@ fn routes() -> OpenApiRouter<Engine> {
         .routes(routes!(quarantine::get_quarantine))
         .routes(routes!(get_events))
         .routes(routes!(get_model))
+        .routes(routes!(get_cluster))
         .routes(routes!(get_stats))
         .routes(routes!(dashboard::get_dashboard))
         .routes(routes!(dashboard::get_dashboard_events))
@@ -927,6 +928,36 @@ async fn get_model(
 ) -> Result<Json<crate::predict::ModelReport>, ApiError> {
     caller.require(Action::Operate)?;
     Ok(Json(engine.model_report()))
+}
+
+/// Cluster mode: the live members, the partitions each owns, their
+/// fencing epochs and their streams' backlogs.
+#[utoipa::path(get, path = "/v1/cluster", tag = "observe",
+    responses(
+        (status = 200, description = "The cluster now", body = schema::ClusterView),
+        (status = 400, description = "A query parameter (the route takes none)", body = schema::ErrorBody),
+        (status = 404, description = "This process is not in a cluster (started without --redis)", body = schema::ErrorBody),
+        (status = 503, description = "Redis did not answer", body = schema::ErrorBody),
+    ))]
+async fn get_cluster(
+    State(engine): State<Engine>,
+    _: ApiQuery<NoParams>,
+    caller: Caller,
+) -> Result<Json<crate::dispatch::ClusterView>, ApiError> {
+    caller.require(Action::Operate)?;
+    match engine.cluster_view().await {
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_clustered",
+            "this Sluice process is not in a cluster; start it with --redis to join one",
+        )),
+        Some(Ok(view)) => Ok(Json(view)),
+        Some(Err(e)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            format!("the cluster's Redis did not answer: {e}"),
+        )),
+    }
 }
 
 fn conflict_json(c: &ConflictRecord) -> Value {

@@ -378,6 +378,33 @@ pub(crate) struct QualityReport {
     pub calibration: Vec<CalibrationBin>,
 }
 
+/// `GET /v1/cluster`: every live member with the partitions it owns.
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct ClusterView {
+    /// How many partitions documents are split into.
+    pub partitions: u32,
+    pub members: Vec<ClusterMember>,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct ClusterMember {
+    pub id: String,
+    /// Where it serves (`host:port`).
+    pub address: String,
+    /// When it last renewed its membership, epoch ms of Redis's clock.
+    pub last_seen_ms: i64,
+    pub partitions: Vec<OwnedPartition>,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct OwnedPartition {
+    pub partition: u32,
+    /// The fencing token the store checks in every commit of the partition.
+    pub epoch: u64,
+    /// Entries of the partition's stream not yet acknowledged.
+    pub backlog: u64,
+}
+
 /// `GET /v1/model`: the predictor, where it came from and how good it is.
 #[derive(ToSchema, serde::Serialize)]
 pub(crate) struct ModelReport {

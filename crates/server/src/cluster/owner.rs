@@ -72,6 +72,8 @@ pub struct Ownership {
     trusted_until_ms: AtomicU64,
     /// The members the last tick saw.
     members: Mutex<Vec<Member>>,
+    /// Each partition's member as the last tick placed it.
+    placement: Mutex<Vec<String>>,
     /// Ticks do not overlap.
     ticking: tokio::sync::Mutex<()>,
 }
@@ -95,6 +97,7 @@ impl Ownership {
             held: (0..config.partitions).map(|_| AtomicU64::new(0)).collect(),
             trusted_until_ms: AtomicU64::new(0),
             members: Mutex::new(Vec::new()),
+            placement: Mutex::new(Vec::new()),
             ticking: tokio::sync::Mutex::new(()),
         }
     }
@@ -137,12 +140,32 @@ impl Ownership {
             .collect()
     }
 
+    /// Every partition's current holder, as the coordinator says now.
+    pub async fn holders(&self) -> Result<Vec<Option<super::Holder>>, ClusterError> {
+        join_all((0..self.config.partitions).map(|p| self.coordinator.holder(p)))
+            .await
+            .into_iter()
+            .collect()
+    }
+
     /// The live members as the last tick saw them.
     pub fn members(&self) -> Vec<Member> {
         self.members
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The member the last tick placed `partition` on: who decides it, or
+    /// will once the lease moved.
+    pub fn placed_on(&self, partition: u32) -> Option<String> {
+        let placement = self
+            .placement
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| placement.get(p).cloned())
     }
 
     fn elapsed_ms(&self) -> u64 {
@@ -246,6 +269,13 @@ impl Ownership {
                 report.gained.push((*p, epoch));
             }
         }
+        *self
+            .placement
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = placement
+            .iter()
+            .map(|owner| ids[*owner].to_string())
+            .collect();
         *self.members.lock().unwrap_or_else(PoisonError::into_inner) = members;
         report.owned = self
             .held

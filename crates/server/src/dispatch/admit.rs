@@ -52,12 +52,38 @@ impl Engine {
     }
 
     async fn submit_as(&self, mutation: Mutation, origin: Origin, _entered: InSystem) -> Answer {
+        // In cluster mode another process may own the document.
+        let mutation = match origin {
+            Origin::Sent => match self.route(mutation).await {
+                Ok(here) => here,
+                Err(answer) => return answer,
+            },
+            Origin::Accepted | Origin::Quarantine(_) => mutation,
+        };
+        let id = mutation.id.clone();
+        match self.admit_as(mutation, origin).await {
+            Ok(rx) => {
+                self.inner.lanes.wake();
+                self.await_answer(rx, &id).await
+            }
+            Err(answer) => answer,
+        }
+    }
+
+    /// Claims `(client, id)` and queues the mutation in its lane: the
+    /// receiver of its answer (its own, or the one of the same mutation in
+    /// flight), or the answer it has already (a resend of a decided one, a
+    /// refusal). The caller wakes the lanes.
+    pub(super) async fn admit_as(
+        &self,
+        mutation: Mutation,
+        origin: Origin,
+    ) -> Result<oneshot::Receiver<Answer>, Answer> {
         let inner = &self.inner;
         let received_ms = inner.clock.now_ms();
-        let id = mutation.id.clone();
         let guard = match self.claim(&mutation, origin).await {
-            Claim::Answered(reply) => return reply,
-            Claim::Waiting(rx) => return self.await_answer(rx, &id).await,
+            Claim::Answered(reply) => return Err(reply),
+            Claim::Waiting(rx) => return Ok(rx),
             Claim::Fresh(guard) => guard,
         };
         let doc = mutation.doc.clone();
@@ -66,12 +92,11 @@ impl Engine {
         if let Err(refusal) = admitted {
             let reply = inner.refuse(full_refusal(refusal, &doc), 1);
             guard.release(&reply);
-            return reply;
+            return Err(reply);
         }
         // From here the worker that decides the mutation releases the reservation.
         guard.hand_over();
-        inner.lanes.wake();
-        self.await_answer(rx, &id).await
+        Ok(rx)
     }
 
     /// Mutations of `client` being decided or queued now (synchronous ones
@@ -86,6 +111,9 @@ impl Engine {
     pub async fn accept(&self, mutation: Mutation) -> Answer {
         if self.inner.closing.load(Ordering::SeqCst) {
             return self.inner.refuse(shutting_down(), 1);
+        }
+        if let Some(answer) = self.accept_clustered(mutation.clone()).await {
+            return answer;
         }
         // On a task of its own: once the entry is in the log, the mutation
         // must also reach the queue, even if the request goes away meanwhile
@@ -159,6 +187,9 @@ impl Engine {
     /// a crash or a shutdown that did not finish them. Returns how many.
     pub async fn resume_accepted(&self) -> Result<usize, StoreError> {
         let entries = self.inner.store.pending_accepted().await?;
+        if let Some(moved) = self.forward_accept_log(entries.clone()).await {
+            return Ok(moved);
+        }
         let mut resumed = 0;
         for entry in entries {
             match Mutation::from_json(&entry.mutation, entry.fingerprint) {
@@ -254,6 +285,9 @@ impl Engine {
     /// answer it would have got alone, in the same order.
     pub async fn submit_batch(&self, mutations: Vec<Mutation>) -> Result<Vec<Answer>, Answer> {
         let _entered = self.enter(mutations.len())?;
+        if self.spread_over_cluster(&mutations) {
+            return Ok(self.submit_spread(mutations).await);
+        }
         let inner = &self.inner;
         let received_ms = inner.clock.now_ms();
         let mut slots = Vec::with_capacity(mutations.len());
@@ -435,7 +469,7 @@ impl Engine {
         (queued, rank, rx)
     }
 
-    async fn await_answer(&self, rx: oneshot::Receiver<Answer>, id: &str) -> Answer {
+    pub(super) async fn await_answer(&self, rx: oneshot::Receiver<Answer>, id: &str) -> Answer {
         match tokio::time::timeout(self.inner.config.decide_timeout, rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Answer::Refused(Refusal::new(

@@ -641,7 +641,7 @@ async fn decide_lane(
         }
         let decided_ms = inner.clock.now_ms();
         let folded = fold(inner, &config, doc, current, batch, dispatched_at, parked).await;
-        let (commit, mut decided) = lane_commit(
+        let (mut commit, mut decided) = lane_commit(
             doc,
             current_version,
             folded,
@@ -649,6 +649,9 @@ async fn decide_lane(
             decided_ms,
             dispatched_at,
         );
+        // In cluster mode the store checks that this process still owns
+        // the document's partition.
+        commit.fence = inner.cluster.get().map(|role| role.fence_for(doc));
         let (committed, lane) = inner.pipeline.commit(commit).await;
         if !matches!(committed, Ok(CommitOutcome::Committed)) {
             // Slots this attempt took in the quarantine: given back.

@@ -42,6 +42,7 @@ mod admit;
 mod cache;
 mod chain;
 mod chores;
+mod cluster;
 mod collections;
 mod commit;
 pub use sluice_core::control;
@@ -55,6 +56,7 @@ mod stats;
 
 pub use crate::queue::Pending;
 pub use admit::InSystem;
+pub use cluster::{ClusterMember, ClusterView, OwnedPartition};
 pub use control::{ControlState, Signals};
 pub use learn::train_from_history;
 pub use quarantine::{QuarantineAction, QuarantineError};
@@ -242,6 +244,8 @@ struct Inner {
     /// The secret behind event ids, read from the store once.
     events_secret: tokio::sync::OnceCell<Arc<str>>,
     telemetry: Arc<Telemetry>,
+    /// This process's part in a cluster, once it joined one.
+    cluster: std::sync::OnceLock<Arc<cluster::ClusterRole>>,
 }
 
 /// A handle on the running dispatcher; clones share it.
@@ -328,6 +332,7 @@ impl Engine {
             events: tokio::sync::watch::Sender::new(0),
             telemetry,
             events_secret: tokio::sync::OnceCell::new(),
+            cluster: std::sync::OnceLock::new(),
         });
         tokio::spawn(lane::dispatch_loop(inner.clone()));
         tokio::spawn(commit::committer(inner.clone(), commit_rx));

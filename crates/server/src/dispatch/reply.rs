@@ -76,6 +76,9 @@ pub enum RefusalReason {
     /// In cluster mode: the document's partition moved to another process
     /// while the lane was decided (its commit was fenced off).
     PartitionMoved,
+    /// In cluster mode: Redis, which carries the mutation to its owner,
+    /// did not answer.
+    ClusterUnavailable,
     DecisionTimeout,
     /// The id was used by this client for a different mutation.
     IdempotencyKeyReused,
@@ -90,6 +93,29 @@ pub enum RefusalReason {
 }
 
 impl RefusalReason {
+    const ALL: [RefusalReason; 14] = [
+        RefusalReason::Overloaded,
+        RefusalReason::QueueFull,
+        RefusalReason::LaneFull,
+        RefusalReason::ShuttingDown,
+        RefusalReason::StoreUnavailable,
+        RefusalReason::StoreContention,
+        RefusalReason::PartitionMoved,
+        RefusalReason::ClusterUnavailable,
+        RefusalReason::DecisionTimeout,
+        RefusalReason::IdempotencyKeyReused,
+        RefusalReason::RequestAbandoned,
+        RefusalReason::QuarantineFull,
+        RefusalReason::DocumentTooLarge,
+        RefusalReason::Internal,
+    ];
+
+    /// The reason a code stands for (an answer that came from another
+    /// process).
+    pub fn from_code(code: &str) -> Option<RefusalReason> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+
     /// The stable code clients and the metrics see.
     pub fn code(self) -> &'static str {
         match self {
@@ -100,6 +126,7 @@ impl RefusalReason {
             RefusalReason::StoreUnavailable => "store_unavailable",
             RefusalReason::StoreContention => "store_contention",
             RefusalReason::PartitionMoved => "partition_moved",
+            RefusalReason::ClusterUnavailable => "cluster_unavailable",
             RefusalReason::DecisionTimeout => "decision_timeout",
             RefusalReason::IdempotencyKeyReused => "idempotency_key_reused",
             RefusalReason::RequestAbandoned => "request_abandoned",

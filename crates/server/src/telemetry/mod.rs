@@ -25,7 +25,7 @@ pub const HANDLERS: [&str; 4] = ["optimistic", "automerge", "script", "webhook"]
 pub const OUTCOMES: [RecordedOutcome; 4] = RecordedOutcome::ALL;
 /// Error codes a mutation can be refused or failed with; anything else is
 /// counted as `other` so that the label set stays closed.
-pub const REFUSALS: [&str; 12] = [
+pub const REFUSALS: [&str; 13] = [
     "overloaded",
     "queue_full",
     "lane_full",
@@ -33,6 +33,7 @@ pub const REFUSALS: [&str; 12] = [
     "store_unavailable",
     "store_contention",
     "partition_moved",
+    "cluster_unavailable",
     "decision_timeout",
     "idempotency_key_reused",
     "quarantine_full",

@@ -1,0 +1,204 @@
+//! Cluster mode end to end: several Sluice servers on one PostgreSQL store
+//! and one Redis, each accepting any request.
+
+use crate::support::{TestServer, error_code, fresh_postgres_database, redis_prefix, redis_url};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const PARTITIONS: u32 = 8;
+
+async fn member(store: &str, redis: &str, prefix: &str) -> TestServer {
+    let (store, redis, prefix) = (store.to_string(), redis.to_string(), prefix.to_string());
+    TestServer::with(move |c| {
+        c.store = store.clone();
+        c.history = store;
+        c.cluster.redis = redis;
+        c.cluster.prefix = prefix;
+        c.cluster.partitions = PARTITIONS;
+        c.cluster.lease_ms = 1_000;
+    })
+    .await
+}
+
+/// Waits until `server`'s `GET /v1/cluster` shows `n` members that own
+/// every partition between them, none of them idle; returns it.
+async fn settled(server: &TestServer, n: usize) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        let (status, view) = server.get("/v1/cluster").await;
+        assert_eq!(status, 200, "{view}");
+        let members = view["members"].as_array().cloned().unwrap_or_default();
+        let owned: Vec<usize> = members
+            .iter()
+            .map(|m| m["partitions"].as_array().map_or(0, Vec::len))
+            .collect();
+        if members.len() == n
+            && owned.iter().sum::<usize>() == PARTITIONS as usize
+            && owned.iter().all(|o| *o > 0)
+        {
+            return view;
+        }
+        last = view;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the cluster did not settle on {n} members: {last}");
+}
+
+fn keys(v: &Value) -> BTreeSet<&str> {
+    v.as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn any_member_answers_for_any_document_and_a_leaving_one_hands_over() {
+    let store = fresh_postgres_database().await;
+    let (redis, prefix) = (redis_url(), redis_prefix());
+    let servers = [
+        member(&store, &redis, &prefix).await,
+        member(&store, &redis, &prefix).await,
+        member(&store, &redis, &prefix).await,
+    ];
+    let view = settled(&servers[0], 3).await;
+    // The exact shape tools rely on.
+    assert_eq!(keys(&view), BTreeSet::from(["partitions", "members"]));
+    assert_eq!(view["partitions"], json!(PARTITIONS));
+    for m in view["members"].as_array().expect("members") {
+        assert_eq!(
+            keys(m),
+            BTreeSet::from(["id", "address", "last_seen_ms", "partitions"])
+        );
+        for p in m["partitions"].as_array().expect("partitions") {
+            assert_eq!(keys(p), BTreeSet::from(["partition", "epoch", "backlog"]));
+            assert!(p["epoch"].as_u64().expect("epoch") >= 1);
+        }
+    }
+
+    // Every document written through one member and patched through
+    // another: whichever owns it decides, the receiver answers.
+    for i in 0..24 {
+        let key = format!("doc-{i}");
+        let first = &servers[i % 3];
+        let second = &servers[(i + 1) % 3];
+        let (status, body) = first
+            .post(json!({"id": format!("put-{i}"), "client": "ann", "collection": "spread", "key": key, "op": "put", "value": {"n": i}}))
+            .await;
+        assert_eq!((status, body["version"].clone()), (200, json!(1)), "{body}");
+        let (status, body) = second
+            .post(json!({"id": format!("patch-{i}"), "client": "ann", "collection": "spread", "key": key, "op": "patch", "value": {"m": i}, "base_version": 1}))
+            .await;
+        assert_eq!((status, body["version"].clone()), (200, json!(2)), "{body}");
+        // A stale base through the third: rejected by its owner.
+        let (status, body) = servers[(i + 2) % 3]
+            .post(json!({"id": format!("stale-{i}"), "client": "bob", "collection": "spread", "key": key, "op": "patch", "value": {"x": 1}, "base_version": 1}))
+            .await;
+        assert_eq!(status, 409, "{body}");
+        // A resend through another member is answered, not applied again.
+        let (status, body) = servers[(i + 2) % 3]
+            .post(json!({"id": format!("patch-{i}"), "client": "ann", "collection": "spread", "key": key, "op": "patch", "value": {"m": i}, "base_version": 1}))
+            .await;
+        assert_eq!((status, body["version"].clone()), (200, json!(2)), "{body}");
+        let (status, doc) = servers[i % 3]
+            .get(&format!("/v1/documents/spread/{key}"))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(doc["version"], json!(2), "{doc}");
+        assert_eq!(doc["item"], json!({"n": i, "m": i}));
+    }
+
+    // A batch spread over the members: each mutation answered in order.
+    let batch: Vec<Value> = (0..12)
+        .map(|i| json!({"id": format!("b-{i}"), "client": "ann", "collection": "spread", "key": format!("doc-{i}"), "op": "patch", "value": {"b": i}, "base_version": 2}))
+        .collect();
+    let (status, body) = servers[1]
+        .post_raw(
+            "/v1/mutations:batch",
+            json!({"mutations": batch}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let answers = body["results"].as_array().expect("results");
+    assert_eq!(answers.len(), 12);
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(a["id"], json!(format!("b-{i}")), "{a}");
+        assert_eq!(
+            (a["outcome"].clone(), a["version"].clone()),
+            (json!("applied"), json!(3)),
+            "{a}"
+        );
+    }
+
+    // Asynchronous, through every member: 202 once Redis has it, decided
+    // by its owner, readable from any member.
+    for i in 0..6 {
+        let (status, body) = servers[i % 3]
+            .post_raw(
+                "/v1/mutations?wait=false",
+                json!({"id": format!("async-{i}"), "client": "cy", "collection": "spread", "key": format!("async-{i}"), "op": "put", "value": {"a": i}}).to_string(),
+            )
+            .await;
+        assert_eq!(
+            (status, body["status"].clone()),
+            (202, json!("queued")),
+            "{body}"
+        );
+    }
+    for i in 0..6 {
+        let path = format!("/v1/mutations/async-{i}?client=cy");
+        let mut answered = Value::Null;
+        for _ in 0..100 {
+            let (status, body) = servers[(i + 1) % 3].get(&path).await;
+            if status == 200 {
+                answered = body;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(answered["version"], json!(1), "async-{i}: {answered}");
+    }
+
+    // One member leaves: the other two own everything at once, not a
+    // lease later, and go on answering.
+    let [a, b, c] = servers;
+    c.stop().await;
+    settled(&a, 2).await;
+    let (status, body) = b
+        .post(json!({"id": "after", "client": "ann", "collection": "spread", "key": "doc-0", "op": "patch", "value": {"after": true}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = a.get("/v1/cluster").await;
+    assert_eq!(status, 200);
+    let backlog: u64 = body["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .flat_map(|m| m["partitions"].as_array().cloned().unwrap_or_default())
+        .map(|p| p["backlog"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(backlog, 0, "every stream entry was acknowledged: {body}");
+}
+
+#[tokio::test]
+async fn cluster_mode_is_refused_without_a_shared_store_and_absent_without_redis() {
+    let err = sluice_server::server::start(
+        sluice_server::config::Config {
+            listen: "127.0.0.1:0".into(),
+            store: "memory".into(),
+            history: "memory".into(),
+            cluster: sluice_server::config::ClusterConfig {
+                redis: redis_url(),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        async {},
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("postgres"), "{err}");
+    let single = TestServer::embedded().await;
+    let (status, body) = single.get("/v1/cluster").await;
+    assert_eq!((status, error_code(&body)), (404, "not_clustered"));
+}
