@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 const PARTITIONS: u32 = 16;
 
 /// One `sluice serve` of the cluster, killed when dropped.
-struct Member {
+pub(crate) struct Member {
     port: u16,
-    url: String,
+    pub(crate) url: String,
     child: Option<Child>,
     store: String,
+    redis: String,
     prefix: String,
     logs: tempfile::TempDir,
     starts: usize,
@@ -29,12 +30,17 @@ struct Member {
 
 impl Member {
     async fn start(store: &str, prefix: &str) -> Member {
+        Member::start_on(store, &redis_url(), prefix).await
+    }
+
+    pub(crate) async fn start_on(store: &str, redis: &str, prefix: &str) -> Member {
         let port = free_port();
         let mut m = Member {
             port,
             url: format!("http://127.0.0.1:{port}"),
             child: None,
             store: store.to_string(),
+            redis: redis.to_string(),
             prefix: prefix.to_string(),
             logs: tempfile::tempdir().expect("temp dir"),
             starts: 0,
@@ -50,7 +56,7 @@ impl Member {
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--store", &self.store, "--history", &self.store])
-            .args(["--redis", &redis_url()])
+            .args(["--redis", &self.redis])
             .env("SLUICE_CLUSTER__PREFIX", &self.prefix)
             .env("SLUICE_CLUSTER__PARTITIONS", PARTITIONS.to_string())
             .env("SLUICE_CLUSTER__LEASE_MS", "1000")
@@ -68,7 +74,15 @@ impl Member {
         self.child.as_ref().expect("running").id().to_string()
     }
 
-    fn signal(&self, signal: &str) {
+    /// Waits for the process to exit by itself (after a SIGTERM).
+    pub(crate) fn wait_exit(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = child.wait().expect("exited");
+            assert!(status.success(), "a graceful stop exits 0: {status}");
+        }
+    }
+
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.pid()])
             .status()
@@ -101,7 +115,7 @@ impl Drop for Member {
     }
 }
 
-async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
+pub(crate) async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
     match http.get(url).send().await {
         Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or(Value::Null)),
         Err(_) => (0, Value::Null),
@@ -109,7 +123,7 @@ async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
 }
 
 /// The cluster as `url` shows it, once `n` members own every partition.
-async fn settled(http: &reqwest::Client, url: &str, n: usize) -> Value {
+pub(crate) async fn settled(http: &reqwest::Client, url: &str, n: usize) -> Value {
     let mut last = Value::Null;
     for _ in 0..300 {
         let (status, view) = get(http, &format!("{url}/v1/cluster")).await;
@@ -154,11 +168,32 @@ async fn configure(http: &reqwest::Client, members: &[&Member], name: &str, conf
 
 /// Sends a mutation until it is answered with something other than a
 /// refusal worth a resend, trying each member in turn from `first`.
-async fn until_answered(
+pub(crate) async fn until_answered(
     http: &reqwest::Client,
     urls: &[String],
     first: usize,
     body: &Value,
+) -> (u16, Value) {
+    until_answered_noting(http, urls, first, body, &Refused::default()).await
+}
+
+/// What clients met on their way to an answer.
+#[derive(Default)]
+pub(crate) struct Refused {
+    /// 429 and 503 answers.
+    pub(crate) refusals: AtomicUsize,
+    /// ... of which without a `Retry-After`.
+    pub(crate) without_retry_after: AtomicUsize,
+    /// Requests that got no answer at all (a member down).
+    pub(crate) unanswered: AtomicUsize,
+}
+
+pub(crate) async fn until_answered_noting(
+    http: &reqwest::Client,
+    urls: &[String],
+    first: usize,
+    body: &Value,
+    refused: &Refused,
 ) -> (u16, Value) {
     let started = Instant::now();
     let mut at = first;
@@ -171,7 +206,18 @@ async fn until_answered(
             }
             // Refused or unreachable (a member being killed): the same id
             // elsewhere.
-            _ => {
+            answered => {
+                match answered {
+                    Ok(r) => {
+                        refused.refusals.fetch_add(1, Ordering::SeqCst);
+                        if r.headers().get("retry-after").is_none() {
+                            refused.without_retry_after.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    Err(_) => {
+                        refused.unanswered.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
                 at += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

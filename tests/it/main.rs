@@ -22,6 +22,7 @@ mod members;
 mod newcomer;
 mod observe;
 mod openapi;
+mod outages;
 mod predict;
 mod quarantine;
 mod replay;

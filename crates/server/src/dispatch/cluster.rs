@@ -521,7 +521,11 @@ impl Engine {
         let _one = reader.lock().await;
         let mut claiming = claim;
         loop {
-            if role.ownership.fence_of(partition).is_none() {
+            // A closing process leaves what it has not read to the next
+            // owner, so its drain ends.
+            if role.ownership.fence_of(partition).is_none()
+                || self.inner.closing.load(Ordering::SeqCst)
+            {
                 return;
             }
             let read = if claiming {
