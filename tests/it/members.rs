@@ -1,7 +1,9 @@
 //! Cluster mode end to end: several Sluice servers on one PostgreSQL store
 //! and one Redis, each accepting any request.
 
-use crate::support::{TestServer, error_code, fresh_postgres_database, redis_prefix, redis_url};
+use crate::support::{
+    TestServer, error_code, fresh_postgres_database, redis_prefix, redis_url, sample,
+};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -158,6 +160,36 @@ async fn any_member_answers_for_any_document_and_a_leaving_one_hands_over() {
         assert_eq!(answered["version"], json!(1), "async-{i}: {answered}");
     }
 
+    // The metrics and the dashboard show the cluster too.
+    let mut forwarded = 0.0;
+    for server in &servers {
+        let metrics = server.metrics().await;
+        forwarded += sample(&metrics, "sluice_mutations_forwarded_total");
+        assert_eq!(sample(&metrics, "sluice_cluster_members"), 3.0, "{metrics}");
+        let owned = sample(&metrics, "sluice_cluster_partitions_owned");
+        assert!(owned >= 1.0, "{metrics}");
+        let epochs = metrics
+            .lines()
+            .filter(|l| l.starts_with("sluice_cluster_partition_epoch{") && !l.ends_with(" 0"))
+            .count();
+        assert_eq!(epochs as f64, owned, "an epoch for each owned partition");
+        let (status, board) = server.get("/v1/dashboard").await;
+        assert_eq!(status, 200);
+        let cluster = &board["cluster"];
+        assert_eq!(cluster["partitions"], json!(PARTITIONS), "{cluster}");
+        assert_eq!(cluster["members"].as_array().map(Vec::len), Some(3));
+        let me = cluster["member"].as_str().expect("member");
+        assert!(
+            view["members"]
+                .as_array()
+                .expect("members")
+                .iter()
+                .any(|m| m["id"] == json!(me)),
+            "{me} is one of the members"
+        );
+    }
+    assert!(forwarded >= 24.0, "mutations were forwarded: {forwarded}");
+
     // One member leaves: the other two own everything at once, not a
     // lease later, and go on answering.
     let [a, b, c] = servers;
@@ -201,4 +233,10 @@ async fn cluster_mode_is_refused_without_a_shared_store_and_absent_without_redis
     let single = TestServer::embedded().await;
     let (status, body) = single.get("/v1/cluster").await;
     assert_eq!((status, error_code(&body)), (404, "not_clustered"));
+    let (_, board) = single.get("/v1/dashboard").await;
+    assert_eq!(board["cluster"], Value::Null);
+    assert!(
+        !single.metrics().await.contains("sluice_cluster_"),
+        "no cluster series on a single process"
+    );
 }

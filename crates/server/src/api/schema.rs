@@ -501,4 +501,25 @@ pub(crate) struct Dashboard {
     pub conflicts: Vec<ConflictView>,
     pub stats: EngineStats,
     pub model: ModelSummary,
+    /// The cluster this process is a member of; `null` outside cluster
+    /// mode.
+    pub cluster: Option<DashboardCluster>,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct DashboardCluster {
+    /// The member serving this page.
+    pub member: String,
+    /// Partitions it owns now.
+    pub owned: usize,
+    pub partitions: u32,
+    /// The live members as its last renewal saw them.
+    pub members: Vec<DashboardMember>,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct DashboardMember {
+    pub id: String,
+    pub address: String,
+    pub last_seen_ms: i64,
 }

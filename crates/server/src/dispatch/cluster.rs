@@ -315,6 +315,9 @@ impl Engine {
                 "this engine is already in a cluster".to_string(),
             ));
         }
+        self.inner
+            .telemetry
+            .join_cluster(role.ownership.config().partitions);
         let first = role.ownership.tick().await?;
         self.after_tick(&role, &first);
         tokio::spawn(keep_ticking(self.clone(), role.clone()));
@@ -355,11 +358,26 @@ impl Engine {
         }
         // Every partition owned is swept: what a former owner left is
         // claimed, and an entry whose ring was lost is read.
-        for (partition, _) in role.ownership.owned() {
-            let engine = self.clone();
-            let role = role.clone();
+        let owned = role.ownership.owned();
+        for (partition, _) in &owned {
+            let (engine, role, partition) = (self.clone(), role.clone(), *partition);
             tokio::spawn(async move { engine.read_stream(&role, partition, true).await });
         }
+        let (engine, role) = (self.clone(), role.clone());
+        tokio::spawn(async move {
+            let backlogs =
+                futures_util::future::join_all(owned.iter().map(|(p, _)| role.relay.backlog(*p)))
+                    .await;
+            let backlogs: Vec<(u32, u64)> = owned
+                .iter()
+                .zip(backlogs)
+                .filter_map(|((p, _), b)| Some((*p, b.ok()?)))
+                .collect();
+            engine
+                .inner
+                .telemetry
+                .cluster_seen(role.ownership.members().len(), &owned, &backlogs);
+        });
     }
 
     /// Where a synchronous mutation is decided: `Ok` to decide it here
@@ -374,6 +392,7 @@ impl Engine {
             self.read_stream(&role, partition, false).await;
             return Ok(mutation);
         }
+        self.inner.telemetry.forwarded();
         match role.push(partition, &mutation, true).await {
             Ok(Some((token, rx))) => {
                 Err(self.await_forwarded(&role, &token, rx, &mutation.id).await)
@@ -402,6 +421,7 @@ impl Engine {
                 self.read_stream(&role, partition, false).await;
                 slots.push(Slot::Here(self.admit_as(mutation, Origin::Sent).await, id));
             } else {
+                self.inner.telemetry.forwarded();
                 let pushed = match role.push(partition, &mutation, true).await {
                     Ok(Some(waiting)) => Ok(waiting),
                     Ok(None) => Err(internal("a forwarded mutation lost its answer".to_string())),
@@ -444,6 +464,8 @@ impl Engine {
                 if role.ownership.fence_of(partition).is_some() {
                     let engine = self.clone();
                     tokio::spawn(async move { engine.read_stream(&role, partition, false).await });
+                } else {
+                    self.inner.telemetry.forwarded();
                 }
                 Answer::Queued(Queued {
                     id: mutation.id,

@@ -61,7 +61,7 @@ pub use control::{ControlState, Signals};
 pub use learn::train_from_history;
 pub use quarantine::{QuarantineAction, QuarantineError};
 pub use reply::{Answer, Queued, Refusal, RefusalReason};
-pub use stats::{Dashboard, EngineStats, ModelSummary};
+pub use stats::{Dashboard, DashboardCluster, DashboardMember, EngineStats, ModelSummary};
 
 use chores::HostLoad;
 use control::{ControlConfig, Controller};

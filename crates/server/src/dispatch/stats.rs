@@ -42,6 +42,27 @@ pub struct Dashboard {
     pub board: crate::telemetry::Snapshot,
     pub stats: EngineStats,
     pub model: ModelSummary,
+    /// The cluster this process is a member of, as its last tick saw it;
+    /// `null` outside cluster mode.
+    pub cluster: Option<DashboardCluster>,
+}
+
+/// The dashboard's view of the cluster: which member serves the page, and
+/// the live members (no Redis round trip: the last tick's view).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DashboardCluster {
+    pub member: String,
+    /// Partitions this member owns now, of `partitions`.
+    pub owned: usize,
+    pub partitions: u32,
+    pub members: Vec<DashboardMember>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DashboardMember {
+    pub id: String,
+    pub address: String,
+    pub last_seen_ms: i64,
 }
 
 /// The predictor's quality over its recent window.
@@ -110,6 +131,20 @@ impl Engine {
                 .snapshot(self.inner.clock.now_ms(), series_after_ms),
             stats: self.inner.stats(),
             model: self.model_summary(),
+            cluster: self.cluster_ownership().map(|o| DashboardCluster {
+                member: o.member_id().to_string(),
+                owned: o.owned().len(),
+                partitions: o.config().partitions,
+                members: o
+                    .members()
+                    .into_iter()
+                    .map(|m| DashboardMember {
+                        id: m.id,
+                        address: m.address,
+                        last_seen_ms: m.last_seen_ms,
+                    })
+                    .collect(),
+            }),
         }
     }
 

@@ -90,8 +90,10 @@ pub struct Gauges {
 
 pub struct Telemetry {
     /// Owns the registry the handles below count into.
-    _recorder: PrometheusRecorder,
+    recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Registered when the engine joins a cluster.
+    cluster: std::sync::OnceLock<ClusterMetrics>,
     decided: Vec<Counter>,
     refused: Vec<Counter>,
     conflicts: Vec<Counter>,
@@ -113,6 +115,15 @@ pub struct Telemetry {
     gauges: Vec<(&'static str, Gauge)>,
     /// The dashboard's aggregates.
     pub board: Board,
+}
+
+/// Cluster mode's series.
+struct ClusterMetrics {
+    members: Gauge,
+    owned: Gauge,
+    epoch: Vec<Gauge>,
+    backlog: Vec<Gauge>,
+    forwarded: Counter,
 }
 
 fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
@@ -404,7 +415,8 @@ impl Telemetry {
             retrain_seconds: histogram("sluice_model_retrain_seconds", &[]),
             gauges,
             board: Board::new(),
-            _recorder: recorder,
+            recorder,
+            cluster: std::sync::OnceLock::new(),
             handle,
         }
     }
@@ -433,6 +445,89 @@ impl Telemetry {
     pub fn refused(&self, code: &str, n: usize) {
         self.refused[index_of(&REFUSALS, code)].increment(n as u64);
         self.board.count_refused(n as u64);
+    }
+
+    /// Registers cluster mode's series: one per partition, so bounded by
+    /// the partition count.
+    pub fn join_cluster(&self, partitions: u32) {
+        let r = &self.recorder;
+        r.describe_gauge(
+            "sluice_cluster_members".into(),
+            None,
+            "Live members of the cluster, as this process last saw them.".into(),
+        );
+        r.describe_gauge(
+            "sluice_cluster_partitions_owned".into(),
+            None,
+            "Partitions this process owns now.".into(),
+        );
+        r.describe_gauge(
+            "sluice_cluster_partition_epoch".into(),
+            None,
+            "The fencing epoch of each partition this process owns (0: not owned here).".into(),
+        );
+        r.describe_gauge(
+            "sluice_cluster_partition_backlog".into(),
+            None,
+            "Entries of each owned partition's stream not yet acknowledged (0: not owned here)."
+                .into(),
+        );
+        r.describe_counter(
+            "sluice_mutations_forwarded_total".into(),
+            None,
+            "Mutations this process received and put into another owner's partition stream.".into(),
+        );
+        let per_partition = |name: &'static str| {
+            (0..partitions)
+                .map(|p| {
+                    r.register_gauge(
+                        &Key::from_parts(name, vec![Label::new("partition", p.to_string())]),
+                        &META,
+                    )
+                })
+                .collect()
+        };
+        let _ = self.cluster.set(ClusterMetrics {
+            members: r.register_gauge(&key("sluice_cluster_members", &[]), &META),
+            owned: r.register_gauge(&key("sluice_cluster_partitions_owned", &[]), &META),
+            epoch: per_partition("sluice_cluster_partition_epoch"),
+            backlog: per_partition("sluice_cluster_partition_backlog"),
+            forwarded: r.register_counter(&key("sluice_mutations_forwarded_total", &[]), &META),
+        });
+    }
+
+    /// The cluster as this process's last tick saw it: `owned` with epochs,
+    /// `backlogs` of the owned partitions.
+    pub fn cluster_seen(&self, members: usize, owned: &[(u32, u64)], backlogs: &[(u32, u64)]) {
+        let Some(c) = self.cluster.get() else {
+            return;
+        };
+        c.members.set(members as f64);
+        c.owned.set(owned.len() as f64);
+        let mut epochs = vec![0.0; c.epoch.len()];
+        for (p, e) in owned {
+            if let Some(slot) = epochs.get_mut(*p as usize) {
+                *slot = *e as f64;
+            }
+        }
+        let mut waiting = vec![0.0; c.backlog.len()];
+        for (p, b) in backlogs {
+            if let Some(slot) = waiting.get_mut(*p as usize) {
+                *slot = *b as f64;
+            }
+        }
+        for (gauge, v) in c.epoch.iter().zip(epochs) {
+            gauge.set(v);
+        }
+        for (gauge, v) in c.backlog.iter().zip(waiting) {
+            gauge.set(v);
+        }
+    }
+
+    pub fn forwarded(&self) {
+        if let Some(c) = self.cluster.get() {
+            c.forwarded.increment(1);
+        }
     }
 
     pub fn accepted(&self) {
