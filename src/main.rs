@@ -175,8 +175,10 @@ struct ReplayArgs {
     /// The trace to replay
     #[arg(long, value_name = "FILE")]
     trace: PathBuf,
-    /// A running Sluice to replay against; without it, an embedded server is
-    /// started on a temporary data directory (configured by --config and SLUICE_*)
+    /// A running Sluice to replay against, or several, comma-separated (each
+    /// client's mutations go to one of them, by a hash of the client);
+    /// without it, an embedded server is started on a temporary data
+    /// directory (configured by --config and SLUICE_*)
     #[arg(long, value_name = "URL")]
     url: Option<String>,
     /// Configure every collection of the trace with this handler first

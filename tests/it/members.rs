@@ -10,7 +10,7 @@ use std::time::Duration;
 
 const PARTITIONS: u32 = 8;
 
-async fn member(store: &str, redis: &str, prefix: &str) -> TestServer {
+pub(crate) async fn member(store: &str, redis: &str, prefix: &str) -> TestServer {
     let (store, redis, prefix) = (store.to_string(), redis.to_string(), prefix.to_string());
     TestServer::with(move |c| {
         c.store = store.clone();
@@ -239,4 +239,66 @@ async fn cluster_mode_is_refused_without_a_shared_store_and_absent_without_redis
         !single.metrics().await.contains("sluice_cluster_"),
         "no cluster series on a single process"
     );
+}
+
+/// A generated trace replayed through three members, each client's
+/// mutations through one of them: every conflict flag is the labelled one
+/// (each key decided in order, exactly once, whichever member received it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_split_over_the_members_keeps_every_labelled_conflict() {
+    use sluice_tools::generate::{GenOptions, generate};
+    use sluice_tools::replay::{ReplayOptions, replay};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (trace, labels) = (dir.path().join("t.jsonl.gz"), dir.path().join("l.jsonl"));
+    {
+        let file = std::fs::File::create(&trace).expect("create");
+        let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        let mut label_file = std::fs::File::create(&labels).expect("create");
+        let options = GenOptions {
+            mutations: 1_500,
+            keys: 150,
+            clients: 40,
+            zipf: 1.1,
+            ..GenOptions::default()
+        };
+        let stats = generate(&options, &mut gz, Some(&mut label_file), None).expect("generate");
+        gz.finish().expect("finish gzip");
+        assert!(stats.conflicts > 50, "{stats:?}");
+    }
+    let store = fresh_postgres_database().await;
+    let (redis, prefix) = (redis_url(), redis_prefix());
+    let servers = [
+        member(&store, &redis, &prefix).await,
+        member(&store, &redis, &prefix).await,
+        member(&store, &redis, &prefix).await,
+    ];
+    settled(&servers[0], 3).await;
+    let summary = replay(&ReplayOptions {
+        trace,
+        url: servers
+            .iter()
+            .map(|s| s.url.clone())
+            .collect::<Vec<_>>()
+            .join(","),
+        handler: Some("automerge".into()),
+        concurrency: 16,
+        speed: None,
+        out: None,
+        labels: Some(labels),
+        progress: false,
+    })
+    .await
+    .expect("replay");
+    assert_eq!((summary.mutations, summary.errors), (1_500, 0));
+    assert_eq!(summary.label_mismatches, Some(0), "{summary:?}");
+    for server in &servers {
+        let metrics = server.metrics().await;
+        let decided: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("sluice_mutations_decided_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum();
+        assert!(decided > 0.0, "every member decides its share");
+        assert!(sample(&metrics, "sluice_mutations_forwarded_total") > 0.0);
+    }
 }

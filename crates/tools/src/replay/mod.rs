@@ -76,6 +76,8 @@ pub struct Summary {
 struct Line {
     key: String,
     collection: String,
+    /// Which of several servers the line goes to (a hash of its client).
+    client_hash: u64,
     ts_ms: Option<i64>,
     body: String,
 }
@@ -111,11 +113,20 @@ fn parse_line(text: &str, number: usize) -> ToolResult<Line> {
     let (Some(collection), Some(key)) = (field("collection"), field("key")) else {
         bail!("trace line {number} has no collection or key");
     };
+    let client = field("client").unwrap_or_default();
     Ok(Line {
         key: format!("{collection}\u{0}{key}"),
         collection,
+        client_hash: fnv1a(client.as_bytes()),
         ts_ms: value.get("ts_ms").and_then(Value::as_i64),
         body: text.to_owned(),
+    })
+}
+
+/// FNV-1a: a client always goes to the same server, in every run.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
@@ -334,9 +345,22 @@ pub async fn replay(options: &ReplayOptions) -> ToolResult<Summary> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()?;
+    // Several servers (a cluster, or processes side by side): each client's
+    // mutations go to one of them.
+    let urls: Vec<String> = options
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if urls.is_empty() {
+        bail!("--url names no server");
+    }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let spawn = |line: Line| {
-        let (http, url, tx) = (http.clone(), options.url.clone(), done_tx.clone());
+        let url = urls[(line.client_hash % urls.len() as u64) as usize].clone();
+        let (http, tx) = (http.clone(), done_tx.clone());
         tokio::spawn(async move {
             let _ = tx.send(send(http, url, line).await);
         });
@@ -362,7 +386,9 @@ pub async fn replay(options: &ReplayOptions) -> ToolResult<Summary> {
         if let Some(handler) = &options.handler
             && configured.insert(line.collection.clone())
         {
-            configure(&http, &options.url, &line.collection, handler).await?;
+            for url in &urls {
+                configure(&http, url, &line.collection, handler).await?;
+            }
         }
         // Take in what has come back, then wait while the key limit or the
         // read-ahead bound is reached.
