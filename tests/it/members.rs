@@ -19,6 +19,7 @@ pub(crate) async fn member(store: &str, redis: &str, prefix: &str) -> TestServer
         c.cluster.prefix = prefix;
         c.cluster.partitions = PARTITIONS;
         c.cluster.lease_ms = 1_000;
+        c.cluster.retrain_interval_s = 1;
     })
     .await
 }
@@ -301,4 +302,30 @@ async fn a_trace_split_over_the_members_keeps_every_labelled_conflict() {
         assert!(decided > 0.0, "every member decides its share");
         assert!(sample(&metrics, "sluice_mutations_forwarded_total") > 0.0);
     }
+    // Each member decided a third of the keys, yet retraining from the
+    // shared history gives every one of them all 1,500 outcomes and every
+    // key's statistics: what one learns, the others know.
+    let mut models = Vec::new();
+    for server in &servers {
+        let mut model = Value::Null;
+        for _ in 0..100 {
+            let (status, m) = server.get("/v1/model").await;
+            assert_eq!(status, 200, "{m}");
+            model = m;
+            if model["trained_rows"].as_u64() >= Some(1_500) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            model["trained_rows"].as_u64() >= Some(1_500),
+            "a member never retrained from the others' outcomes: {model}"
+        );
+        models.push(model);
+    }
+    let keys: BTreeSet<u64> = models
+        .iter()
+        .filter_map(|m| m["keys_tracked"].as_u64())
+        .collect();
+    assert_eq!(keys.len(), 1, "every member tracks every key: {keys:?}");
 }

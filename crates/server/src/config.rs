@@ -140,10 +140,15 @@ pub struct ClusterConfig {
     /// The address the other members and operators know this process by;
     /// the listen address by default.
     pub advertise: String,
+    /// How often each member retrains its predictor from the shared
+    /// history (when it grew), so that what the others decided reaches
+    /// its model and its client statistics.
+    pub retrain_interval_s: u64,
 }
 
 pub const CLUSTER_PARTITIONS_DEFAULT: u32 = 64;
 pub const CLUSTER_LEASE_MS_DEFAULT: u64 = 3_000;
+pub const CLUSTER_RETRAIN_INTERVAL_S_DEFAULT: u64 = 60;
 
 impl Default for ClusterConfig {
     fn default() -> Self {
@@ -153,6 +158,7 @@ impl Default for ClusterConfig {
             partitions: CLUSTER_PARTITIONS_DEFAULT,
             lease_ms: CLUSTER_LEASE_MS_DEFAULT,
             advertise: String::new(),
+            retrain_interval_s: CLUSTER_RETRAIN_INTERVAL_S_DEFAULT,
         }
     }
 }
@@ -182,6 +188,9 @@ impl ClusterConfig {
         }
         if self.prefix.contains(['{', '}']) {
             return Err("cluster.prefix may not hold braces (Redis Cluster's hash tags)".into());
+        }
+        if self.retrain_interval_s == 0 {
+            return Err("cluster.retrain_interval_s must be at least 1".into());
         }
         if self.advertise.contains(char::is_whitespace) {
             return Err("cluster.advertise may not hold spaces".into());

@@ -265,7 +265,13 @@ async fn join_cluster(
             lease: Duration::from_millis(cluster.lease_ms),
         },
     ));
-    engine.join_cluster(ownership.clone(), relay).await?;
+    engine
+        .join_cluster(
+            ownership.clone(),
+            relay,
+            Duration::from_secs(cluster.retrain_interval_s),
+        )
+        .await?;
     info!(member = %member, partitions = cluster.partitions, owned = ownership.owned().len(), "joined the cluster");
     Ok(())
 }

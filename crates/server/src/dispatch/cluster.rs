@@ -44,6 +44,8 @@ pub(super) struct ClusterRole {
     readers: Vec<tokio::sync::Mutex<()>>,
     tokens: AtomicU64,
     left: AtomicBool,
+    /// How often the learning loop retrains from the shared history.
+    pub(super) retrain_every: Duration,
 }
 
 /// A stream entry: a mutation on its way to its partition's owner.
@@ -200,7 +202,7 @@ impl ClusterRole {
         })
     }
 
-    fn new(ownership: Arc<Ownership>, relay: SharedRelay) -> ClusterRole {
+    fn new(ownership: Arc<Ownership>, relay: SharedRelay, retrain_every: Duration) -> ClusterRole {
         let partitions = ownership.config().partitions;
         ClusterRole {
             ownership,
@@ -211,6 +213,7 @@ impl ClusterRole {
                 .collect(),
             tokens: AtomicU64::new(0),
             left: AtomicBool::new(false),
+            retrain_every,
         }
     }
 
@@ -303,13 +306,15 @@ impl ClusterRole {
 impl Engine {
     /// Joins a cluster: places this process among the live members (the
     /// first tick), then keeps its leases, reads its inbox and sweeps its
-    /// partitions' streams until `leave_cluster`.
+    /// partitions' streams until `leave_cluster`; its predictor is retrained
+    /// from the shared history every `retrain_every` when that grew.
     pub async fn join_cluster(
         &self,
         ownership: Arc<Ownership>,
         relay: SharedRelay,
+        retrain_every: Duration,
     ) -> Result<(), ClusterError> {
-        let role = Arc::new(ClusterRole::new(ownership, relay));
+        let role = Arc::new(ClusterRole::new(ownership, relay, retrain_every));
         if self.inner.cluster.set(role.clone()).is_err() {
             return Err(ClusterError::Invalid(
                 "this engine is already in a cluster".to_string(),
@@ -322,6 +327,9 @@ impl Engine {
         self.after_tick(&role, &first);
         tokio::spawn(keep_ticking(self.clone(), role.clone()));
         tokio::spawn(read_inbox(self.clone(), role));
+        // Wakes the learning loop: it retrains from the shared history now
+        // and from then on at the cluster's pace, not the single node's.
+        self.inner.learning.retrain_wanted.notify_one();
         Ok(())
     }
 

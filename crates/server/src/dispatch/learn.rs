@@ -26,7 +26,7 @@ pub(super) struct Learning {
     predictor: Mutex<Predictor>,
     /// Outcomes learned online since the last retraining.
     outcomes_since_retrain: AtomicU64,
-    retrain_wanted: Notify,
+    pub(super) retrain_wanted: Notify,
     /// The model's quality for dashboards and when it was computed:
     /// computing it sorts the recent window under the predictor's lock, so
     /// it is done at most once a second, and only while someone looks.
@@ -122,14 +122,27 @@ pub(super) async fn learning_loop(inner: Arc<Inner>) {
     if !config.enabled {
         return;
     }
+    let mut trained_to = 0;
     if config.retrain_on_start {
+        trained_to = inner.history.last_seq().await.unwrap_or(0);
         retrain(&inner).await;
     }
+    let interval = Duration::from_secs(config.retrain_interval_s);
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(config.retrain_interval_s)) => {}
-            _ = inner.learning.retrain_wanted.notified() => {}
+        // In a cluster, what the other members decided is only in the
+        // shared history: retraining from it more often is how their
+        // outcomes reach this model and its client statistics.
+        let shared = inner.cluster.get().map(|role| role.retrain_every);
+        let every = shared.map_or(interval, |s| s.min(interval));
+        let wanted = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = inner.learning.retrain_wanted.notified() => true,
+        };
+        let last = inner.history.last_seq().await.unwrap_or(0);
+        if !wanted && shared.is_some() && last == trained_to {
+            continue;
         }
+        trained_to = last;
         retrain(&inner).await;
     }
 }
