@@ -421,7 +421,9 @@ impl Door {
     }
 
     fn close_window(&mut self, now: Duration, mean_ms: f64, depth: usize, bound_ms: f64) {
-        let floor = DOOR_LIMIT_MIN as f64;
+        // A door whose maximum is below the floor (a small queue) stays at
+        // its maximum.
+        let floor = (DOOR_LIMIT_MIN as f64).min(self.limit_max);
         let max_depth = self.window_max_depth.max(depth);
         if mean_ms > bound_ms {
             // Start from what was actually in the system, not from a limit
@@ -445,6 +447,19 @@ impl Door {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_door_smaller_than_the_floor_keeps_its_limit_when_it_bites() {
+        let mut door = Door::new(32);
+        let mut now = Duration::ZERO;
+        for _ in 0..5 {
+            now += DOOR_WINDOW;
+            // A slow window, with more inside than the door lets in.
+            door.close_window(now, 500.0, 40, 10.0);
+            assert_eq!(door.check(), Ok(()));
+            assert_eq!(door.limit(), 32);
+        }
+    }
 
     fn controller() -> Controller {
         Controller::new(ControlConfig {
