@@ -94,11 +94,16 @@ struct BenchArgs {
     /// it a temporary server is started and removed
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
+    /// The Redis the cluster workload's processes share (redis://HOST:PORT,
+    /// or Redis Cluster seed nodes); without it a temporary redis-server is
+    /// started and removed
+    #[arg(long, value_name = "URLS")]
+    redis: Option<String>,
     /// Every workload and setting, only shorter (1.5 s runs, one repetition)
     #[arg(long)]
     quick: bool,
-    /// hot, overload, external, trace, writes, yardstick, refusals or auth; repeat for
-    /// several [default: all]
+    /// hot, overload, external, trace, writes, yardstick, refusals, auth or
+    /// cluster; repeat for several [default: all]
     #[arg(long, value_name = "NAME")]
     workload: Vec<String>,
     /// Where bench.json, BENCH.md and the plots go
@@ -271,7 +276,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     for name in &args.workload {
         let workload = sluice_tools::bench::Workload::parse(name).with_context(|| {
             format!(
-                "unknown workload {name:?}: use hot, overload, external, trace, writes, yardstick, refusals or auth"
+                "unknown workload {name:?}: use hot, overload, external, trace, writes, yardstick, refusals, auth or cluster"
             )
         })?;
         workloads.push(workload);
@@ -289,6 +294,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     init_logs_at("text", "warn");
     let options = sluice_tools::bench::BenchOptions {
         postgres: args.postgres,
+        redis: args.redis,
         quick: args.quick,
         workloads,
         out: args.out.clone(),

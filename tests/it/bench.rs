@@ -3,7 +3,7 @@
 //! the harness and its contracts (every run accounted for, `bench.json`'s
 //! shape), not the numbers.
 
-use crate::support::fresh_postgres_database;
+use crate::support::{fresh_postgres_database, redis_url};
 use serde_json::Value;
 use std::io::Write;
 
@@ -31,6 +31,7 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
     command
         .args(["bench", "--quiet", "--postgres", &url, "--run-ms", "250"])
+        .args(["--redis", &redis_url()])
         .args(["--repetitions", "1", "--trace-lines", "400", "--trace"])
         .arg(&trace)
         .arg("--out")
@@ -192,9 +193,28 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
         assert!(run["cpu_us_per_intent"]["sluice"].is_number(), "{run}");
         assert!(run["p99_ms"].as_f64().is_some_and(|p| p < 500.0), "{run}");
     }
+    // One process against three in a cluster, the same hot intents.
+    for rtt in [0.0, 1.0] {
+        for theta in [0.0, 0.99] {
+            for contender in ["sluice", "sluice×3"] {
+                let found = record(
+                    "cluster",
+                    Some(theta),
+                    None,
+                    rtt,
+                    contender,
+                    Some("next-to-store"),
+                );
+                assert_eq!(found.len(), 1, "cluster θ={theta} R={rtt} {contender}");
+                let run = found[0];
+                assert!(run["applied"].as_u64().is_some_and(|n| n > 0), "{run}");
+                assert!(run["cpu_us_per_intent"]["sluice"].is_number(), "{run}");
+            }
+        }
+    }
     assert_eq!(
         runs.len(),
-        expected.len() * contenders.len() + 2 + 2 * others.len() + 2
+        expected.len() * contenders.len() + 2 + 2 * others.len() + 2 + 8
     );
     let links = report["links"].as_array().expect("links");
     let measured: Vec<f64> = links.iter().filter_map(|l| l["rtt_ms"].as_f64()).collect();
@@ -268,6 +288,7 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
         "## yardstick, R = 1 ms",
         "## refusals, R = 0 ms",
         "## What authentication costs",
+        "## cluster, R = 0 ms",
     ] {
         assert!(markdown.contains(heading), "BENCH.md has {heading}");
     }

@@ -11,8 +11,18 @@ use std::time::Duration;
 const PARTITIONS: u32 = 8;
 
 pub(crate) async fn member(store: &str, redis: &str, prefix: &str) -> TestServer {
+    member_with(store, redis, prefix, |_| {}).await
+}
+
+async fn member_with(
+    store: &str,
+    redis: &str,
+    prefix: &str,
+    adjust: impl FnOnce(&mut sluice_server::config::Config) + Send + 'static,
+) -> TestServer {
     let (store, redis, prefix) = (store.to_string(), redis.to_string(), prefix.to_string());
     TestServer::with(move |c| {
+        adjust(c);
         c.store = store.clone();
         c.history = store;
         c.cluster.redis = redis;
@@ -328,4 +338,72 @@ async fn a_trace_split_over_the_members_keeps_every_labelled_conflict() {
         .filter_map(|m| m["keys_tracked"].as_u64())
         .collect();
     assert_eq!(keys.len(), 1, "every member tracks every key: {keys:?}");
+}
+
+/// A `?wait=false` mutation forwarded into a stream is `queued` to every
+/// member until it is decided, then its outcome: never 404 in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_mutation_in_a_stream_is_queued_wherever_it_is_asked() {
+    let store = fresh_postgres_database().await;
+    let (redis, prefix) = (redis_url(), redis_prefix());
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(member_with(&store, &redis, &prefix, |c| c.script.time_ms_max = 5_000).await);
+    }
+    settled(&servers[0], 3).await;
+    // The owner's lane of held/k is busy for 1.5 s with a script, so what
+    // follows it waits there, undecided.
+    let script = "function resolve(ctx) { const end = Date.now() + 1500; while (Date.now() < end) {} return {action: 'resolve', item: ctx.existing}; }";
+    for s in &servers {
+        let (status, body) = s
+            .put(
+                "/v1/collections/held",
+                json!({"handler": {"script": script}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for _ in 0..2 {
+        let (status, body) = servers[0]
+            .post(json!({"client": "ann", "collection": "held", "key": "k", "op": "put", "value": {}}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let blocker = servers[0].spawn_post(
+        json!({"client": "ann", "collection": "held", "key": "k", "op": "put", "value": {}, "base_version": 1}),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = servers[1]
+        .post_raw(
+            "/v1/mutations?wait=false",
+            json!({"id": "late", "client": "ann", "collection": "held", "key": "k", "op": "put", "value": {"late": true}}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    for s in &servers {
+        let (status, body) = s.get("/v1/mutations/late?client=ann").await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (200, Some("queued")),
+            "{body}"
+        );
+        // Another client's id of the same name is not this one.
+        let (status, _) = s.get("/v1/mutations/late?client=bob").await;
+        assert_eq!(status, 404);
+    }
+    let (status, _) = blocker.await.expect("blocker");
+    assert_eq!(status, 200);
+    for s in &servers {
+        let mut last = Value::Null;
+        for _ in 0..100 {
+            let (status, body) = s.get("/v1/mutations/late?client=ann").await;
+            assert_eq!(status, 200, "{body}");
+            last = body;
+            if last["status"] != "queued" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(last["outcome"], json!("applied"), "{last}");
+    }
 }

@@ -452,7 +452,7 @@ async fn post_batch(
             body = schema::MutationStatus),
         (status = 400, description = "No `client`, or a parameter the route does not take", body = schema::ErrorBody),
         (status = 404, description = "No such mutation for this client", body = schema::ErrorBody),
-        (status = 503, description = "The store is unavailable", body = schema::ErrorBody),
+        (status = 503, description = "The store is unavailable, or in a cluster Redis", body = schema::ErrorBody),
     ))]
 async fn get_mutation(
     State(engine): State<Engine>,
@@ -481,12 +481,30 @@ async fn get_mutation(
     {
         return Ok(json(answer::queued_body(&queued)));
     }
+    // In a cluster, a `?wait=false` mutation waits in a partition's stream,
+    // noted in Redis until its reply is committed: the note is read first
+    // for the same reason, and a stored reply wins over it.
+    let in_stream = engine.queued_in_stream(client, &id).await;
     match engine
         .stored_reply(client, &id)
         .await
         .map_err(ApiError::unavailable)?
     {
         Some(stored) => Ok(json(stored.decision.body)),
+        None if matches!(in_stream, Ok(true)) => {
+            Ok(json(answer::queued_body(&crate::dispatch::Queued {
+                id: id.clone(),
+                score: None,
+            })))
+        }
+        None if in_stream.is_err() => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            format!(
+                "the cluster's Redis did not answer whether {id:?} is queued ({}); ask again",
+                in_stream.err().map(|e| e.to_string()).unwrap_or_default()
+            ),
+        )),
         None => match engine.quarantined_reason(client, &id) {
             Some(reason) => Ok(json(answer::quarantined_body(&id, &reason))),
             None => Err(ApiError::new(

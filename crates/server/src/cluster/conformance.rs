@@ -247,6 +247,30 @@ pub async fn relay_suite(r: &dyn Relay) {
     a_stream_delivers_each_entry_once_in_order(r).await;
     unacknowledged_entries_go_to_whoever_claims_them(r).await;
     an_inbox_is_read_in_order_and_wakes_its_reader(r).await;
+    a_queued_note_is_seen_until_removed_or_expired(r).await;
+}
+
+async fn a_queued_note_is_seen_until_removed_or_expired(r: &dyn Relay) {
+    let long = Duration::from_secs(60);
+    assert!(!r.is_queued("qc", "m1").await.expect("is_queued"));
+    r.mark_queued("qc", "m1", long).await.expect("mark");
+    assert!(r.is_queued("qc", "m1").await.expect("is_queued"));
+    // Another client's id, and pairs that concatenate alike, are apart.
+    assert!(!r.is_queued("qd", "m1").await.expect("is_queued"));
+    assert!(!r.is_queued("q", "cm1").await.expect("is_queued"));
+    r.mark_queued("{q}", "{x}", long).await.expect("braces");
+    assert!(r.is_queued("{q}", "{x}").await.expect("is_queued"));
+    r.unmark_queued("qc", "m1").await.expect("unmark");
+    assert!(!r.is_queued("qc", "m1").await.expect("is_queued"));
+    r.unmark_queued("qc", "m1").await.expect("unmarking twice");
+    r.mark_queued("qc", "m2", Duration::from_millis(100))
+        .await
+        .expect("mark");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        !r.is_queued("qc", "m2").await.expect("is_queued"),
+        "a note expires"
+    );
 }
 
 /// A stream id (`ms-seq`) as numbers.

@@ -5,7 +5,7 @@
 //! slot, so it works on a Redis Cluster as on one server.
 
 use super::redis::Conn;
-use super::relay::{Entry, INBOX_LEN, Relay};
+use super::relay::{Entry, INBOX_LEN, Relay, queued_name};
 use super::{ClusterError, RedisTarget};
 use async_trait::async_trait;
 use redis::Script;
@@ -54,6 +54,11 @@ impl RedisRelay {
 
     fn inbox_key(&self, member: &str) -> String {
         format!("{}{{m:{member}}}:inbox", self.prefix)
+    }
+
+    /// A key of its own slot (braces in a client or id only pick the slot).
+    fn queued_key(&self, client: &str, id: &str) -> String {
+        format!("{}queued:{}", self.prefix, queued_name(client, id))
     }
 
     /// Runs `cmd`, creating the consumer group first if the stream has none.
@@ -230,5 +235,36 @@ impl Relay for RedisRelay {
             .query(redis::cmd("DEL").arg(self.inbox_key(member)))
             .await?;
         Ok(())
+    }
+
+    async fn mark_queued(&self, client: &str, id: &str, ttl: Duration) -> Result<(), ClusterError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let _: () = self
+            .conn
+            .query(
+                redis::cmd("SET")
+                    .arg(self.queued_key(client, id))
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ms),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn unmark_queued(&self, client: &str, id: &str) -> Result<(), ClusterError> {
+        let _: i64 = self
+            .conn
+            .query(redis::cmd("DEL").arg(self.queued_key(client, id)))
+            .await?;
+        Ok(())
+    }
+
+    async fn is_queued(&self, client: &str, id: &str) -> Result<bool, ClusterError> {
+        let n: i64 = self
+            .conn
+            .query(redis::cmd("EXISTS").arg(self.queued_key(client, id)))
+            .await?;
+        Ok(n > 0)
     }
 }

@@ -64,6 +64,19 @@ pub trait Relay: Send + Sync + 'static {
     ) -> Result<Vec<Entry>, ClusterError>;
     /// Deletes `member`'s inbox (it leaves).
     async fn drop_inbox(&self, member: &str) -> Result<(), ClusterError>;
+    /// Notes, for `ttl` at most, that `(client, id)` waits in a stream: any
+    /// member can then say so (`GET /v1/mutations/{id}`).
+    async fn mark_queued(&self, client: &str, id: &str, ttl: Duration) -> Result<(), ClusterError>;
+    /// Forgets that note (the mutation's reply is committed).
+    async fn unmark_queued(&self, client: &str, id: &str) -> Result<(), ClusterError>;
+    /// Whether `(client, id)` is noted as waiting in a stream.
+    async fn is_queued(&self, client: &str, id: &str) -> Result<bool, ClusterError>;
+}
+
+/// The note of a queued `(client, id)`: the client's length first, so that
+/// no two pairs share one.
+pub(crate) fn queued_name(client: &str, id: &str) -> String {
+    format!("{}:{client}{id}", client.len())
 }
 
 pub type SharedRelay = Arc<dyn Relay>;
@@ -98,6 +111,8 @@ struct RelayState {
     /// partition → seq → (body, delivered).
     streams: HashMap<u32, BTreeMap<u64, (String, bool)>>,
     inboxes: HashMap<String, BTreeMap<u64, String>>,
+    /// Queued notes and when they expire.
+    queued: HashMap<String, std::time::Instant>,
 }
 
 impl MemoryRelay {
@@ -231,5 +246,29 @@ impl Relay for MemoryRelay {
     async fn drop_inbox(&self, member: &str) -> Result<(), ClusterError> {
         self.lock().inboxes.remove(member);
         Ok(())
+    }
+
+    async fn mark_queued(&self, client: &str, id: &str, ttl: Duration) -> Result<(), ClusterError> {
+        let now = std::time::Instant::now();
+        let mut state = self.lock();
+        // Expired notes go as new ones come: the map stays as large as
+        // what is queued.
+        state.queued.retain(|_, until| *until > now);
+        state.queued.insert(queued_name(client, id), now + ttl);
+        Ok(())
+    }
+
+    async fn unmark_queued(&self, client: &str, id: &str) -> Result<(), ClusterError> {
+        self.lock().queued.remove(&queued_name(client, id));
+        Ok(())
+    }
+
+    async fn is_queued(&self, client: &str, id: &str) -> Result<bool, ClusterError> {
+        let now = std::time::Instant::now();
+        Ok(self
+            .lock()
+            .queued
+            .get(&queued_name(client, id))
+            .is_some_and(|until| *until > now))
     }
 }

@@ -127,6 +127,16 @@ fn internal(message: String) -> Answer {
     Answer::Refused(Refusal::new(RefusalReason::Internal, message))
 }
 
+/// How long a `?wait=false` mutation is known as queued at most: a day
+/// (the note is removed when it is decided; this bounds a lost removal).
+const QUEUED_NOTE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The client and id of a forwarded mutation, from its JSON.
+fn forwarded_ids(forwarded: &Forwarded) -> Option<(String, String)> {
+    let m = Mutation::from_json(&forwarded.m, forwarded.f).ok()?;
+    Some((m.client_name().to_owned(), m.id))
+}
+
 fn unavailable(e: &ClusterError) -> Refusal {
     Refusal::new(
         RefusalReason::ClusterUnavailable,
@@ -275,11 +285,39 @@ impl ClusterRole {
         Ok(rx.map(|rx| (token, rx)))
     }
 
+    /// `push` of a `?wait=false` mutation, noted as queued first (so that a
+    /// member asked about it before it is decided says so, and the note is
+    /// never younger than the entry whose answer removes it).
+    async fn push_accepted(&self, partition: u32, mutation: &Mutation) -> Result<(), Refusal> {
+        self.relay
+            .mark_queued(mutation.client_name(), &mutation.id, QUEUED_NOTE_TTL)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if let Err(refusal) = self.push(partition, mutation, false).await {
+            // Not in the stream: not queued (the store's reply, if any,
+            // answers before a note does anyway).
+            let _ = self
+                .relay
+                .unmark_queued(mutation.client_name(), &mutation.id)
+                .await;
+            return Err(refusal);
+        }
+        Ok(())
+    }
+
     /// Tells the receiver of a forwarded mutation its answer, then drops the
     /// entry from the stream.
     async fn finish(&self, partition: u32, entry_id: &str, forwarded: &Forwarded, answer: &Answer) {
         if left_for_next_owner(answer) {
             return;
+        }
+        if !forwarded.w
+            && let Some((client, id)) = forwarded_ids(forwarded)
+            && let Err(e) = self.relay.unmark_queued(&client, &id).await
+        {
+            // Harmless: the stored reply answers before the note does, and
+            // the note expires.
+            warn!(partition, error = %e, "could not remove a decided mutation's queued note");
         }
         if forwarded.w {
             let message = Message::Answer {
@@ -466,7 +504,7 @@ impl Engine {
     pub(super) async fn accept_clustered(&self, mutation: Mutation) -> Option<Answer> {
         let role = self.inner.cluster.get()?.clone();
         let partition = role.ownership.partition_of(&mutation.doc);
-        Some(match role.push(partition, &mutation, false).await {
+        Some(match role.push_accepted(partition, &mutation).await {
             Ok(_) => {
                 self.inner.telemetry.accepted();
                 if role.ownership.fence_of(partition).is_some() {
@@ -484,6 +522,15 @@ impl Engine {
         })
     }
 
+    /// Whether `(client, id)` waits in a partition's stream, accepted with
+    /// `?wait=false` by any member; `false` outside a cluster.
+    pub async fn queued_in_stream(&self, client: &str, id: &str) -> Result<bool, ClusterError> {
+        match self.inner.cluster.get() {
+            Some(role) => role.relay.is_queued(client, id).await,
+            None => Ok(false),
+        }
+    }
+
     /// Moves what the accept log holds into the streams (it was accepted on
     /// one node, or before this process joined): returns how many.
     pub(super) async fn forward_accept_log(
@@ -498,7 +545,7 @@ impl Engine {
                 continue;
             };
             let partition = role.ownership.partition_of(&mutation.doc);
-            match role.push(partition, &mutation, false).await {
+            match role.push_accepted(partition, &mutation).await {
                 Ok(_) => {
                     if let Err(e) = self.inner.store.unaccept(&entry.client, &entry.id).await {
                         // Both in the stream and the log: decided once, the

@@ -6,6 +6,8 @@ use crate::resolve::merge::merge_patch;
 use crate::trace::TraceLine;
 use serde_json::{Map, Value, json};
 use sqlx::postgres::PgPool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// The contenders of `sluice bench`.
@@ -69,8 +71,20 @@ impl Ended {
 /// Where intents go.
 #[derive(Clone)]
 pub(super) enum Target {
-    Direct { pool: PgPool, lock: bool },
-    Sluice { http: reqwest::Client, url: String },
+    Direct {
+        pool: PgPool,
+        lock: bool,
+    },
+    Sluice {
+        http: reqwest::Client,
+        url: String,
+    },
+    /// Several Sluice processes, each intent sent whole (its read and its
+    /// write) to the next of them: a load balancer in the client.
+    RoundRobin {
+        targets: Arc<[Target]>,
+        next: Arc<AtomicUsize>,
+    },
 }
 
 /// The `hot` intent: set `owner`, append a unique `entry` to `entries`.
@@ -321,9 +335,37 @@ async fn post_mutation(http: &reqwest::Client, url: &str, body: &Value) -> Ended
 }
 
 impl Target {
+    pub(super) fn round_robin(targets: Vec<Target>) -> Target {
+        Target::RoundRobin {
+            targets: targets.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The Sluice processes behind this target (none for a direct one).
+    pub(super) fn sluice_urls(&self) -> Vec<&str> {
+        match self {
+            Target::Direct { .. } => Vec::new(),
+            Target::Sluice { url, .. } => vec![url.as_str()],
+            Target::RoundRobin { targets, .. } => {
+                targets.iter().flat_map(Target::sluice_urls).collect()
+            }
+        }
+    }
+
+    /// Where the next intent goes: this target, or the next of its own.
+    fn pick(&self) -> &Target {
+        match self {
+            Target::RoundRobin { targets, next } if !targets.is_empty() => {
+                targets[next.fetch_add(1, Ordering::Relaxed) % targets.len()].pick()
+            }
+            other => other,
+        }
+    }
+
     pub(super) async fn append(&self, intent: &Append<'_>) -> Ended {
         let change = AppendChange(intent);
-        match self {
+        match self.pick() {
             Target::Direct { pool, lock: false } => {
                 direct_occ(
                     pool,
@@ -385,13 +427,14 @@ impl Target {
                 });
                 post_mutation(http, url, &body).await
             }
+            Target::RoundRobin { .. } => Ended::failed("a round robin of no Sluice"),
         }
     }
 
     /// One line of a trace, against `collection` instead of the trace's.
     pub(super) async fn trace(&self, collection: &str, line: &TraceLine) -> Ended {
         let base = line.base_version.map(|b| b as i64);
-        match self {
+        match self.pick() {
             Target::Direct { pool, lock } => {
                 // Direct clients re-apply their change on a miss: `base` only
                 // says whether their view was stale.
@@ -410,6 +453,7 @@ impl Target {
                 );
                 post_mutation(http, url, &Value::Object(body)).await
             }
+            Target::RoundRobin { .. } => Ended::failed("a round robin of no Sluice"),
         }
     }
 }

@@ -11,6 +11,7 @@
 
 mod auth;
 mod child;
+mod cluster;
 mod goals;
 mod intent;
 pub mod link;
@@ -19,6 +20,7 @@ mod pgbench;
 mod plan;
 mod plot;
 pub mod postgres;
+mod redis;
 mod report;
 
 pub use crate::trace::TraceLine;
@@ -72,6 +74,9 @@ pub const LOADS: [f64; 4] = [0.5, 1.0, 2.0, 4.0];
 /// The link's round trips every workload runs at (ms): loopback, and about
 /// what a client pays across availability zones.
 pub const RTTS_MS: [f64; 2] = [0.0, 1.0];
+/// Processes of the `cluster` workload's cluster, and the skews it runs at.
+pub const CLUSTER_MEMBERS: usize = 3;
+pub const CLUSTER_THETAS: [f64; 2] = [0.0, 0.99];
 /// A far link, for `hot` at θ = 0.99 in the full run.
 pub const FAR_RTT_MS: f64 = 5.0;
 /// Ping-pongs through the link that measure its round trip.
@@ -103,6 +108,9 @@ const STALL_SETTLE: Duration = Duration::from_millis(300);
 pub struct BenchOptions {
     /// A PostgreSQL to use; a temporary one is started without it.
     pub postgres: Option<String>,
+    /// The Redis of the `cluster` workload; a temporary `redis-server` is
+    /// started without it.
+    pub redis: Option<String>,
     pub quick: bool,
     /// The workloads to run; empty: all of them.
     pub workloads: Vec<Workload>,
@@ -141,6 +149,9 @@ struct Bench {
     relay: link::Relay,
     linked_direct: PgPool,
     sluice_links: BTreeMap<Subject, link::Link>,
+    /// The `cluster` workload's members, and a link to each.
+    cluster: Option<cluster::Cluster>,
+    cluster_links: Vec<link::Link>,
     _postgres_link: link::Link,
     /// PostgreSQL's postmaster, when the server runs on this machine.
     postmaster: Option<u32>,
@@ -171,7 +182,15 @@ fn rtt_duration(rtt_ms: f64) -> Duration {
 pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
     let plan = Plan::of(&options);
     let workloads = if options.workloads.is_empty() {
-        Workload::ALL.to_vec()
+        let mut all = Workload::ALL.to_vec();
+        // Asked for by name, the cluster workload says what it needs.
+        if options.redis.is_none() && redis::server_bin().is_none() {
+            eprintln!(
+                "sluice bench: no redis-server here and no --redis: the cluster workload is left out"
+            );
+            all.retain(|w| *w != Workload::Cluster);
+        }
+        all
     } else {
         options.workloads.clone()
     };
@@ -257,7 +276,8 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
         let features = match subject {
             Subject::Contender(Contender::Sluice) | Subject::OwnTier => Features::ALL,
             Subject::Contender(Contender::SluiceFifo) => Features::NONE,
-            Subject::Contender(_) | Subject::Pgbench => continue,
+            // Direct, or started below (the cluster's members).
+            Subject::Contender(_) | Subject::Pgbench | Subject::Cluster => continue,
             Subject::Ablation(i) => ABLATION[i].1,
         };
         let name = match subject {
@@ -278,6 +298,29 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
         sluice_links.insert(subject, relay.link(addr)?);
         children.insert(subject, child);
     }
+    let prefix = format!("b{}", wall_ms());
+    let (cluster, cluster_links) = if jobs.iter().any(|j| j.subject == Subject::Cluster) {
+        let cluster = cluster::Cluster::start(
+            &options.exe,
+            &url,
+            options.redis.as_deref(),
+            &options.out,
+            &prefix,
+        )
+        .await?;
+        let mut links = Vec::new();
+        for member in &cluster.members {
+            let addr: std::net::SocketAddr = member
+                .url
+                .trim_start_matches("http://")
+                .parse()
+                .context("a cluster member's address")?;
+            links.push(relay.link(addr)?);
+        }
+        (Some(cluster), links)
+    } else {
+        (None, Vec::new())
+    };
     let mut bench = Bench {
         plan: plan.clone(),
         admin,
@@ -289,6 +332,8 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
         relay,
         linked_direct,
         sluice_links,
+        cluster,
+        cluster_links,
         _postgres_link: postgres_link,
         postmaster,
         url: url.clone(),
@@ -296,7 +341,7 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
         pgbench: postgres::pgbench_path(),
         out: options.out.clone(),
         trace: Arc::new(trace),
-        prefix: format!("b{}", wall_ms()),
+        prefix,
         runs: 0,
         capacity: BTreeMap::new(),
         seed: 1,
@@ -438,6 +483,25 @@ impl Bench {
                 pool: pool.clone(),
                 lock: true,
             },
+            Subject::Cluster => {
+                let cluster = self.cluster.as_ref().context("no cluster was started")?;
+                let urls: Vec<String> = if linked {
+                    self.cluster_links
+                        .iter()
+                        .map(|l| format!("http://{}", l.addr))
+                        .collect()
+                } else {
+                    cluster.members.iter().map(|m| m.url.clone()).collect()
+                };
+                Target::round_robin(
+                    urls.into_iter()
+                        .map(|url| Target::Sluice {
+                            http: self.http.clone(),
+                            url,
+                        })
+                        .collect(),
+                )
+            }
             other => {
                 let url = if linked {
                     let link = self
@@ -464,7 +528,11 @@ impl Bench {
     /// child), PostgreSQL, the load generator (this process but its relay
     /// threads) and the relay.
     fn cpu(&self, subject: Subject) -> [Option<u64>; 4] {
-        let sluice = self.children.get(&subject).and_then(SluiceChild::cpu_us);
+        // A cluster's cost is its members' and its Redis's.
+        let sluice = match subject {
+            Subject::Cluster => self.cluster.as_ref().and_then(cluster::Cluster::cpu_us),
+            _ => self.children.get(&subject).and_then(SluiceChild::cpu_us),
+        };
         let postgres = self.postmaster.and_then(postgres::server_cpu_us);
         let relay = link::relay_cpu_us();
         // With the children it has reaped: pgbench, a client of its own.
@@ -488,21 +556,18 @@ impl Bench {
         if documents {
             self.load_documents(&collection).await?;
         }
-        if let Target::Sluice { url, .. } = &target {
+        for url in target.sluice_urls() {
             self.configure(url, &collection).await?;
         }
         let cpu_before = self.cpu(subject);
-        let stale_before = match &target {
-            Target::Sluice { url, .. } => Some(self.commits_stale(url).await?),
-            Target::Direct { .. } => None,
-        };
+        let stale_before = self.commits_stale(&target).await?;
         let run = self.plan.run;
         let started = Instant::now();
         let mut external_writes = 0;
         // The refusal burst's CPU is read around the burst alone.
         let mut burst_cpu = None;
         let tally = match setting {
-            Setting::Hot(theta) => {
+            Setting::Hot(theta) | Setting::Cluster(theta) => {
                 closed_loop(
                     target.clone(),
                     &collection,
@@ -569,7 +634,7 @@ impl Bench {
             Setting::Writes(writer) => {
                 let pool = match &target {
                     Target::Direct { pool, .. } => pool.clone(),
-                    Target::Sluice { .. } => self.direct.clone(),
+                    Target::Sluice { .. } | Target::RoundRobin { .. } => self.direct.clone(),
                 };
                 match writer {
                     Writer::DirectOneRow => {
@@ -655,8 +720,8 @@ impl Bench {
                 tally.errors
             );
         }
-        let wasted = match (&target, stale_before) {
-            (Target::Sluice { url, .. }, Some(before)) => self.commits_stale(url).await? - before,
+        let wasted = match (self.commits_stale(&target).await?, stale_before) {
+            (Some(after), Some(before)) => after.saturating_sub(before),
             _ => tally.wasted,
         };
         self.check_accounting(setting, subject, &collection, &tally, external_writes)
@@ -691,6 +756,7 @@ impl Bench {
             Setting::Writes(_) => ("writes", None, None),
             Setting::Yardstick => ("yardstick", Some(pgbench::YARDSTICK_THETA), None),
             Setting::Refusals => ("refusals", None, None),
+            Setting::Cluster(t) => ("cluster", Some(t), None),
         };
         let contender = match setting {
             Setting::Writes(writer) => writer.name().to_owned(),
@@ -754,17 +820,27 @@ impl Bench {
         Ok(())
     }
 
-    async fn commits_stale(&self, url: &str) -> ToolResult<u64> {
-        let stats: serde_json::Value = self
-            .http
-            .get(format!("{url}/v1/stats"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        stats["commits_stale"]
-            .as_u64()
-            .context("GET /v1/stats has no commits_stale")
+    /// The stale commits of every Sluice behind `target` so far; `None`
+    /// for the direct contenders.
+    async fn commits_stale(&self, target: &Target) -> ToolResult<Option<u64>> {
+        let urls = target.sluice_urls();
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        let mut total = 0;
+        for url in urls {
+            let stats: serde_json::Value = self
+                .http
+                .get(format!("{url}/v1/stats"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            total += stats["commits_stale"]
+                .as_u64()
+                .context("GET /v1/stats has no commits_stale")?;
+        }
+        Ok(Some(total))
     }
 
     async fn found(&self, collection: &str) -> ToolResult<Found> {

@@ -1,7 +1,10 @@
 //! The run plan: which workloads, settings and subjects, at which round
 //! trips, in which order.
 
-use super::{BenchOptions, Contender, FAR_RTT_MS, Features, LOADS, RTTS_MS, THETAS};
+use super::{
+    BenchOptions, CLUSTER_MEMBERS, CLUSTER_THETAS, Contender, FAR_RTT_MS, Features, LOADS, RTTS_MS,
+    THETAS,
+};
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -14,10 +17,11 @@ pub enum Workload {
     Yardstick,
     Refusals,
     Auth,
+    Cluster,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 9] = [
         Workload::Hot,
         Workload::Overload,
         Workload::External,
@@ -26,6 +30,7 @@ impl Workload {
         Workload::Yardstick,
         Workload::Refusals,
         Workload::Auth,
+        Workload::Cluster,
     ];
 
     pub fn name(self) -> &'static str {
@@ -38,6 +43,7 @@ impl Workload {
             Workload::Yardstick => "yardstick",
             Workload::Refusals => "refusals",
             Workload::Auth => "auth",
+            Workload::Cluster => "cluster",
         }
     }
 
@@ -110,6 +116,9 @@ pub(super) enum Setting {
     Yardstick,
     /// A refusal-only burst against a door closed by a stalled store.
     Refusals,
+    /// The `hot` intents at this θ, against one process and against a
+    /// cluster of `CLUSTER_MEMBERS` behind a client-side round robin.
+    Cluster(f64),
 }
 
 /// Who writes in the `writes` workload.
@@ -163,6 +172,9 @@ pub(super) enum Subject {
     OwnTier,
     /// PostgreSQL's own pgbench (the yardstick).
     Pgbench,
+    /// `CLUSTER_MEMBERS` Sluice processes joined in a cluster on one Redis,
+    /// each intent sent to the next of them.
+    Cluster,
 }
 
 /// One run: what, who, and over which link.
@@ -223,6 +235,7 @@ pub(super) fn schedule(workloads: &[Workload], plan: &Plan) -> Vec<Job> {
             Workload::Refusals => settings.push(Setting::Refusals),
             // Runs apart, on Sluice processes of its own (`auth.rs`).
             Workload::Auth => {}
+            Workload::Cluster => settings.extend(CLUSTER_THETAS.map(Setting::Cluster)),
         }
     }
     let mut jobs = Vec::new();
@@ -239,6 +252,9 @@ pub(super) fn schedule(workloads: &[Workload], plan: &Plan) -> Vec<Job> {
                     }
                     Setting::Writes(writer) => vec![writer.subject()],
                     Setting::Refusals => vec![Subject::Contender(Contender::Sluice)],
+                    Setting::Cluster(_) => {
+                        vec![Subject::Contender(Contender::Sluice), Subject::Cluster]
+                    }
                     Setting::Yardstick => {
                         vec![Subject::Pgbench, Subject::Contender(Contender::DirectLock)]
                     }
@@ -292,6 +308,7 @@ pub(super) fn subject_name(subject: Subject) -> String {
         Subject::Ablation(i) => format!("sluice-{}", ABLATION[i].0.trim_start_matches('+')),
         Subject::OwnTier => Contender::Sluice.name().to_owned(),
         Subject::Pgbench => "pgbench-lock".to_owned(),
+        Subject::Cluster => format!("sluice×{CLUSTER_MEMBERS}"),
     }
 }
 
@@ -305,5 +322,6 @@ pub(super) fn setting_label(setting: Setting) -> String {
         Setting::Writes(writer) => format!("writes {}", writer.name()),
         Setting::Yardstick => "yardstick".into(),
         Setting::Refusals => "refusals".into(),
+        Setting::Cluster(t) => format!("cluster θ={t}"),
     }
 }

@@ -524,6 +524,7 @@ impl BenchReport {
                 "writes",
                 "yardstick",
                 "refusals",
+                "cluster",
             ] {
                 let rows: Vec<&RunRecord> = self
                     .runs
@@ -637,6 +638,9 @@ Profiled for issue 13 on this build, unconditional patches over 10,000 documents
 /// What a workload's table holds, where its name does not say.
 fn about(workload: &str) -> Option<&'static str> {
     match workload {
+        "cluster" => Some(
+            "The `hot` intents (64 clients, think time, automerge) against one Sluice process and against three processes joined in a cluster on one Redis (`sluice serve --redis`, default settings), on the same PostgreSQL and the same cores; each intent (its read and its write) goes to the next process in turn, so two of every three reach a process that does not own the document and are forwarded through the partition's Redis stream. On one machine three processes cannot be faster: the rows say what forwarding costs. The cluster's *cpu µs/intent: sluice* is its three processes' and Redis's together.",
+        ),
         "writes" => Some(
             "Unconditional writes over uniform keys, no read and no think time: `direct-one-row` (32 clients, one-row transactions straight to PostgreSQL), `direct-batched` (the ceiling: one client, 100-row transactions), `sluice` (64 clients, one mutation per request) and `sluice-batch` (4 clients, `POST /v1/mutations:batch` of 100).",
         ),
