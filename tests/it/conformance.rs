@@ -966,3 +966,58 @@ async fn postgres_store_writes_the_history_of_what_it_commits() {
     let ids: Vec<&str> = conflicts.iter().map(|c| c.mutation_id.as_str()).collect();
     assert_eq!(ids, ["h1"], "the stale lane's conflict is not kept");
 }
+
+/// The same `(client, id)` decided at once on two documents (by two
+/// processes): the reply stored first gates the other's write, which is
+/// refused whole rather than applied without its reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_reply_stored_meanwhile_keeps_the_write_out() {
+    let url = fresh_postgres_database().await;
+    let store = std::sync::Arc::new(PostgresStore::connect(&url).await.expect("connect"));
+    let pool = sqlx::PgPool::connect(&url).await.expect("pool");
+    let mut other = pool.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO sluice_replies (client, id, fingerprint, status, body, at_ms) \
+         VALUES ('c', 'twice', 1, 0, '{}', 1)",
+    )
+    .execute(&mut *other)
+    .await
+    .expect("the other's reply");
+    let doc = DocKey::new("gate", "b");
+    let write = Document {
+        version: 1,
+        item: item(json!({"n": 1})),
+    };
+    let committing = {
+        let (store, doc) = (store.clone(), doc.clone());
+        tokio::spawn(async move {
+            store
+                .commit(&[lane(&doc, 0, Some(write), vec![reply("c", "twice", 5)])])
+                .await
+        })
+    };
+    // The commit waits on the other's uncommitted reply, then finds it.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    other.commit().await.expect("the other commits");
+    let result = committing.await.expect("join");
+    assert!(result.is_err(), "the commit is refused whole: {result:?}");
+    assert_eq!(
+        store.get(&doc).await.expect("get"),
+        Document::absent(),
+        "nothing of it was written"
+    );
+    // Its resend finds the stored reply.
+    let again = store
+        .commit(&[lane(
+            &doc,
+            0,
+            Some(Document {
+                version: 1,
+                item: item(json!({"n": 1})),
+            }),
+            vec![reply("c", "twice", 6)],
+        )])
+        .await
+        .expect("commit");
+    assert_eq!(again, [CommitOutcome::Resent]);
+}

@@ -683,7 +683,11 @@ fn bind_kept<'q>(q: PgQuery<'q>, kept: &[(i64, &'q Quarantined)]) -> PgQuery<'q>
 /// new owner's `RAISE_FENCE` waits for it, and a commit after the raise sees
 /// the new epoch; lanes that fail it are answered `2`). Updates of locked rows always stick; an insert can
 /// lose to a concurrent one (`ON CONFLICT DO NOTHING`), and then its lane is
-/// stale. `committed` is what stuck; replies, accept-log deletions and
+/// stale. A reply gates its lane's write: one that another transaction
+/// stored after this statement's snapshot (the same `(client, id)` decided
+/// at once elsewhere, on another document) fails the whole commit (`gate`;
+/// the cast's message says why, computed so the planner cannot fold it),
+/// and its resend is answered from that reply. `committed` is what stuck; replies, accept-log deletions and
 /// history records are kept for those lanes only, and the statement answers
 /// their numbers. Materialized CTEs run before the writes that read them, so
 /// every lock is taken, in order, before the first write.
@@ -768,6 +772,15 @@ fn commit_sql(history: bool) -> String {
              WHERE u.lane IN (SELECT n FROM committed)
              ORDER BY n
              ON CONFLICT (client, id) DO NOTHING
+             RETURNING 1
+         ),
+         gate AS MATERIALIZED (
+             SELECT CASE WHEN (SELECT count(*) FROM replied)
+                            = (SELECT count(*) FROM UNNEST($7::BIGINT[]) AS u(lane)
+                               WHERE u.lane IN (SELECT n FROM committed))
+                    THEN 0
+                    ELSE CAST('a reply of this commit was stored by another meanwhile: '
+                              || (SELECT count(*) FROM replied) AS INT) END AS ok
          ),
          unaccepted AS (
              DELETE FROM sluice_accepted a
@@ -789,7 +802,7 @@ fn commit_sql(history: bool) -> String {
              USING UNNEST($27::BIGINT[], $28::TEXT[], $29::TEXT[]) AS u(lane, client, id)
              WHERE u.lane IN (SELECT n FROM committed) AND s.client = u.client AND s.id = u.id
          ){records}
-         SELECT n, 0 AS resent FROM committed
+         SELECT n, g.ok AS resent FROM committed CROSS JOIN gate g
          UNION ALL
          SELECT lane, 1 FROM resent
          UNION ALL
