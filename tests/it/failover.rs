@@ -122,7 +122,8 @@ pub(crate) async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
     }
 }
 
-/// The cluster as `url` shows it, once `n` members own every partition.
+/// The cluster as `url` shows it, once `n` members own every partition
+/// (as many as the view says the cluster has).
 pub(crate) async fn settled(http: &reqwest::Client, url: &str, n: usize) -> Value {
     let mut last = Value::Null;
     for _ in 0..300 {
@@ -134,7 +135,9 @@ pub(crate) async fn settled(http: &reqwest::Client, url: &str, n: usize) -> Valu
             .collect();
         if status == 200
             && members.len() == n
-            && owned.iter().sum::<usize>() == PARTITIONS as usize
+            && view["partitions"]
+                .as_u64()
+                .is_some_and(|p| owned.iter().sum::<usize>() as u64 == p)
             && owned.iter().all(|o| *o > 0)
         {
             return view;
@@ -366,18 +369,7 @@ async fn slow_service() -> String {
         }
         Json(json!({"action": "resolve", "item": item}))
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            axum::Router::new().route("/resolve", post(resolve)),
-        )
-        .await
-    });
-    format!("http://{addr}/resolve")
+    crate::support::webhook(post(resolve)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

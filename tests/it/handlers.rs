@@ -241,18 +241,7 @@ async fn function_service() -> String {
             }
         }
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            axum::Router::new().route("/resolve", post(resolve)),
-        )
-        .await
-    });
-    format!("http://{addr}/resolve")
+    crate::support::webhook(post(resolve)).await
 }
 
 #[tokio::test]

@@ -37,25 +37,7 @@ async fn member_with(
 /// Waits until `server`'s `GET /v1/cluster` shows `n` members that own
 /// every partition between them, none of them idle; returns it.
 async fn settled(server: &TestServer, n: usize) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..200 {
-        let (status, view) = server.get("/v1/cluster").await;
-        assert_eq!(status, 200, "{view}");
-        let members = view["members"].as_array().cloned().unwrap_or_default();
-        let owned: Vec<usize> = members
-            .iter()
-            .map(|m| m["partitions"].as_array().map_or(0, Vec::len))
-            .collect();
-        if members.len() == n
-            && owned.iter().sum::<usize>() == PARTITIONS as usize
-            && owned.iter().all(|o| *o > 0)
-        {
-            return view;
-        }
-        last = view;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the cluster did not settle on {n} members: {last}");
+    crate::failover::settled(&server.http, &server.url, n).await
 }
 
 fn keys(v: &Value) -> BTreeSet<&str> {

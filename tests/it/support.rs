@@ -355,3 +355,16 @@ pub fn redis_prefix() -> String {
         NEXT.fetch_add(1, Ordering::SeqCst)
     )
 }
+
+/// Serves `handler` at `/resolve` on a free port of this machine and gives
+/// its URL: a collection's webhook.
+pub async fn webhook(handler: axum::routing::MethodRouter) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(listener, axum::Router::new().route("/resolve", handler)).await
+    });
+    format!("http://{addr}/resolve")
+}

@@ -8,6 +8,15 @@
 //! `queue.queue_len_max`. `SLUICE_TEST_*` and `SLUICE_SIM_*` (the
 //! simulation's seeds) are left to the test suite.
 
+mod cluster;
+mod explain;
+
+pub use cluster::{
+    CLUSTER_LEASE_MS_DEFAULT, CLUSTER_PARTITIONS_DEFAULT, CLUSTER_RETRAIN_INTERVAL_S_DEFAULT,
+    ClusterConfig,
+};
+use explain::{Source, env_value, explain, set_path};
+
 use crate::auth::AuthMode;
 use crate::auth::jwt::JwtConfig;
 use crate::auth::limits::LimitsConfig;
@@ -118,85 +127,6 @@ pub struct Config {
     /// Cluster mode: several processes on one PostgreSQL store, coordinated
     /// through Redis.
     pub cluster: ClusterConfig,
-}
-
-/// Cluster mode; off while `redis` is empty.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClusterConfig {
-    /// `redis://HOST:PORT` of one Redis, or comma-separated seed nodes of a
-    /// Redis Cluster (`--redis`).
-    pub redis: String,
-    /// Starts every key Sluice keeps in Redis (several clusters may share
-    /// one Redis under different prefixes).
-    pub prefix: String,
-    /// Documents are split into this many partitions, each owned by one
-    /// process at a time. Every process of a cluster uses the same number;
-    /// the first one to start records it in the store.
-    pub partitions: u32,
-    /// A partition's lease: a process that stops renewing loses its
-    /// partitions this long after its last renewal.
-    pub lease_ms: u64,
-    /// The address the other members and operators know this process by;
-    /// the listen address by default.
-    pub advertise: String,
-    /// How often each member retrains its predictor from the shared
-    /// history (when it grew), so that what the others decided reaches
-    /// its model and its client statistics.
-    pub retrain_interval_s: u64,
-}
-
-pub const CLUSTER_PARTITIONS_DEFAULT: u32 = 64;
-pub const CLUSTER_LEASE_MS_DEFAULT: u64 = 3_000;
-pub const CLUSTER_RETRAIN_INTERVAL_S_DEFAULT: u64 = 60;
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        ClusterConfig {
-            redis: String::new(),
-            prefix: "sluice:".into(),
-            partitions: CLUSTER_PARTITIONS_DEFAULT,
-            lease_ms: CLUSTER_LEASE_MS_DEFAULT,
-            advertise: String::new(),
-            retrain_interval_s: CLUSTER_RETRAIN_INTERVAL_S_DEFAULT,
-        }
-    }
-}
-
-impl ClusterConfig {
-    pub fn enabled(&self) -> bool {
-        !self.redis.trim().is_empty()
-    }
-
-    fn validate(&self, store: &Backend) -> Result<(), String> {
-        if !self.enabled() {
-            return Ok(());
-        }
-        crate::cluster::RedisTarget::parse(&self.redis)
-            .map_err(|e| format!("cluster.redis: {e}"))?;
-        if !matches!(store, Backend::Postgres(_)) {
-            return Err(
-                "cluster mode (--redis) needs a store every process shares: --store postgres://…"
-                    .into(),
-            );
-        }
-        if !(1..=4096).contains(&self.partitions) {
-            return Err("cluster.partitions must be from 1 to 4096".into());
-        }
-        if !(300..=60_000).contains(&self.lease_ms) {
-            return Err("cluster.lease_ms must be from 300 to 60000".into());
-        }
-        if self.prefix.contains(['{', '}']) {
-            return Err("cluster.prefix may not hold braces (Redis Cluster's hash tags)".into());
-        }
-        if self.retrain_interval_s == 0 {
-            return Err("cluster.retrain_interval_s must be at least 1".into());
-        }
-        if self.advertise.contains(char::is_whitespace) {
-            return Err("cluster.advertise may not hold spaces".into());
-        }
-        Ok(())
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -584,171 +514,6 @@ fn backend(spec: &str, data_dir: &Path, file: &str, what: &str) -> Result<Backen
         Err(ConfigError::Invalid(format!(
             "{what} must be \"sqlite\", \"sqlite:PATH\", \"memory\" or a postgres:// URL, got {spec:?}"
         )))
-    }
-}
-
-/// Where the settings came from: a file and its text, and the environment
-/// variables that set settings (dotted path, variable).
-struct Source<'a> {
-    file: Option<(&'a Path, &'a str)>,
-    from_env: &'a [(String, String)],
-}
-
-impl Source<'_> {
-    /// Where the setting at `path` came from, as an error says it, and an
-    /// assignment of `example` in that form.
-    fn describe(&self, path: &str, example: &str) -> (String, String) {
-        if let Some((_, var)) = self.from_env.iter().rev().find(|(p, _)| p == path) {
-            let quoted = if example.starts_with('[') || example.starts_with('"') {
-                format!("'{example}'")
-            } else {
-                example.to_owned()
-            };
-            return (
-                format!("the environment variable {var}"),
-                format!("{var}={quoted}"),
-            );
-        }
-        let (section, key) = path.rsplit_once('.').unwrap_or(("", path));
-        let assignment = if section.is_empty() {
-            format!("{key} = {example}")
-        } else {
-            format!("{key} = {example} under [{section}]")
-        };
-        match self.file {
-            Some((file, text)) => match line_of(text, section, key) {
-                Some(line) => (format!("{}, line {line}", file.display()), assignment),
-                None => (file.display().to_string(), assignment),
-            },
-            None => ("the configuration".into(), assignment),
-        }
-    }
-}
-
-/// The 1-based line of `key` in `section` ("" for the top level) of a TOML
-/// text, when it is written there as `key = …`.
-fn line_of(text: &str, section: &str, key: &str) -> Option<usize> {
-    let mut current = String::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            current = name.trim().to_owned();
-        } else if current == section
-            && let Some(rest) = line.strip_prefix(key)
-            && rest.trim_start().starts_with('=')
-        {
-            return Some(i + 1);
-        }
-    }
-    None
-}
-
-/// A valid value of the setting at `path`, as TOML: its default, or for a
-/// list empty by default, a list like the one it takes.
-fn example_of(path: &str) -> String {
-    let value = toml::Value::try_from(Config::default())
-        .ok()
-        .and_then(|defaults| {
-            path.split('.')
-                .try_fold(defaults, |v, key| v.get(key).cloned())
-        });
-    match (path, value) {
-        ("webhook_allow", _) => r#"["127.0.0.1", "10.0.0.0/8"]"#.into(),
-        ("cors_origins", _) => r#"["https://app.example.com"]"#.into(),
-        (_, Some(toml::Value::Table(_))) | (_, None) => "…".into(),
-        (_, Some(value)) => value.to_string(),
-    }
-}
-
-/// A deserializer's message about the setting at `path` in a person's words:
-/// the setting, where it came from, what was wrong, and a valid example.
-fn explain(path: &str, message: &str, source: &Source<'_>) -> String {
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
-        // The path ends at the field when the error is raised on its key.
-        let parent = path
-            .strip_suffix(field)
-            .map(|p| p.trim_end_matches('.'))
-            .unwrap_or(path);
-        let parent = if parent == "." { "" } else { parent };
-        let full = if parent.is_empty() {
-            field.to_owned()
-        } else {
-            format!("{parent}.{field}")
-        };
-        let (from, _) = source.describe(&full, "");
-        let mut said = format!("unknown setting {full:?} (from {from})");
-        // A setting of a section written at the top level, or elsewhere.
-        if let Ok(toml::Value::Table(defaults)) = toml::Value::try_from(Config::default()) {
-            let home = defaults.iter().find_map(|(section, v)| {
-                v.as_table()
-                    .filter(|t| t.contains_key(field))
-                    .map(|_| section.clone())
-            });
-            if let Some(section) = home.filter(|s| s != parent) {
-                said.push_str(&format!(
-                    "; it belongs under [{section}]: {field} = … in that section of the file, or SLUICE_{}__{} in the environment",
-                    section.to_uppercase(),
-                    field.to_uppercase()
-                ));
-                return said;
-            }
-        }
-        let expected = expected.trim_start_matches(", ").trim();
-        if !expected.is_empty() {
-            said.push_str(&format!("; {expected}"));
-        }
-        return said;
-    }
-    let example = example_of(path);
-    let (from, assignment) = source.describe(path, &example);
-    let what = message
-        .replace("expected usize", "expected a whole number")
-        .replace("expected u64", "expected a whole number")
-        .replace("expected u32", "expected a whole number")
-        .replace("expected f64", "expected a number")
-        .replace("expected a boolean", "expected true or false")
-        .replace("expected a sequence", "expected a list");
-    format!("setting {path:?} (from {from}): {what}; for example {assignment}")
-}
-
-/// An environment value as TOML would read it: integers, floats and booleans
-/// by their text, anything else as a string.
-fn env_value(text: &str) -> toml::Value {
-    // A list is written as TOML: SLUICE_WEBHOOK_ALLOW='["127.0.0.1"]'.
-    if text.trim_start().starts_with('[')
-        && let Ok(mut parsed) = format!("v = {text}").parse::<toml::Table>()
-        && let Some(list) = parsed.remove("v")
-    {
-        return list;
-    }
-    if let Ok(i) = text.parse::<i64>() {
-        toml::Value::Integer(i)
-    } else if let Ok(b) = text.parse::<bool>() {
-        toml::Value::Boolean(b)
-    } else if let Ok(f) = text.parse::<f64>() {
-        toml::Value::Float(f)
-    } else {
-        toml::Value::String(text.to_owned())
-    }
-}
-
-fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
-    match path {
-        [] => Err("empty name".into()),
-        [last] => {
-            table.insert(last.clone(), value);
-            Ok(())
-        }
-        [first, rest @ ..] => {
-            let entry = table
-                .entry(first.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            match entry {
-                toml::Value::Table(inner) => set_path(inner, rest, value),
-                _ => Err(format!("{first} is not a section")),
-            }
-        }
     }
 }
 

@@ -131,12 +131,6 @@ fn internal(message: String) -> Answer {
 /// (the note is removed when it is decided; this bounds a lost removal).
 const QUEUED_NOTE_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// The client and id of a forwarded mutation, from its JSON.
-fn forwarded_ids(forwarded: &Forwarded) -> Option<(String, String)> {
-    let m = Mutation::from_json(&forwarded.m, forwarded.f).ok()?;
-    Some((m.client_name().to_owned(), m.id))
-}
-
 fn unavailable(e: &ClusterError) -> Refusal {
     Refusal::new(
         RefusalReason::ClusterUnavailable,
@@ -305,15 +299,22 @@ impl ClusterRole {
         Ok(())
     }
 
-    /// Tells the receiver of a forwarded mutation its answer, then drops the
-    /// entry from the stream.
-    async fn finish(&self, partition: u32, entry_id: &str, forwarded: &Forwarded, answer: &Answer) {
+    /// Tells the receiver of a forwarded mutation its answer, removes the
+    /// queued note of an accepted one (`note`: its client and id), then
+    /// drops the entry from the stream.
+    async fn finish(
+        &self,
+        partition: u32,
+        entry_id: &str,
+        forwarded: &Forwarded,
+        note: Option<&(String, String)>,
+        answer: &Answer,
+    ) {
         if left_for_next_owner(answer) {
             return;
         }
-        if !forwarded.w
-            && let Some((client, id)) = forwarded_ids(forwarded)
-            && let Err(e) = self.relay.unmark_queued(&client, &id).await
+        if let Some((client, id)) = note
+            && let Err(e) = self.relay.unmark_queued(client, id).await
         {
             // Harmless: the stored reply answers before the note does, and
             // the note expires.
@@ -653,6 +654,9 @@ impl Engine {
         } else {
             Origin::Accepted
         };
+        // Taken before the mutation moves into its lane: an accepted one's
+        // queued note is removed by its client and id once decided.
+        let note = (!forwarded.w).then(|| (mutation.client_name().to_owned(), mutation.id.clone()));
         match self.admit_as(mutation, origin).await {
             Ok(rx) => {
                 let role = role.clone();
@@ -660,7 +664,8 @@ impl Engine {
                     let answer = rx.await.unwrap_or_else(|_| {
                         internal("the mutation's worker stopped without an answer".to_string())
                     });
-                    role.finish(partition, &entry.id, &forwarded, &answer).await;
+                    role.finish(partition, &entry.id, &forwarded, note.as_ref(), &answer)
+                        .await;
                 });
                 true
             }
@@ -674,7 +679,8 @@ impl Engine {
                 false
             }
             Err(answer) => {
-                role.finish(partition, &entry.id, &forwarded, &answer).await;
+                role.finish(partition, &entry.id, &forwarded, note.as_ref(), &answer)
+                    .await;
                 true
             }
         }

@@ -501,49 +501,10 @@ impl PostgresStore {
             .bind(accepted.iter().map(|a| a.1).collect::<Vec<_>>())
             .bind(accepted.iter().map(|a| a.2).collect::<Vec<_>>());
         let query = bind_kept(query, &kept);
-        let query = query
-            .bind(released.iter().map(|(lane, _)| *lane).collect::<Vec<_>>())
-            .bind(
-                released
-                    .iter()
-                    .map(|(_, r)| r.client.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                released
-                    .iter()
-                    .map(|(_, r)| r.id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                batch
-                    .iter()
-                    .map(|l| l.fence.map(|f| i64::from(f.partition)))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                batch
-                    .iter()
-                    .map(|l| l.fence.map(|f| to_sql(f.epoch)))
-                    .collect::<Vec<_>>(),
-            );
-        let (mut mutation_lanes, mut mutations) = (Vec::new(), Vec::new());
-        let (mut conflict_lanes, mut conflicts) = (Vec::new(), Vec::new());
-        if self.history {
-            for (i, lane) in batch.iter().enumerate() {
-                for m in &lane.history.mutations {
-                    mutation_lanes.push(lane_of(i));
-                    mutations.push(m);
-                }
-                for c in &lane.history.conflicts {
-                    conflict_lanes.push(lane_of(i));
-                    conflicts.push(c);
-                }
-            }
-        }
+        let query = bind_released(query, &released);
+        let query = bind_fences(query, batch);
         let query = if self.history {
-            let query = crate::history::bind_mutations(query.bind(mutation_lanes), &mutations);
-            crate::history::bind_conflicts(query.bind(conflict_lanes), &conflicts)
+            bind_history(query, batch)
         } else {
             query
         };
@@ -560,6 +521,59 @@ impl PostgresStore {
         }
         Ok(outcomes)
     }
+}
+
+/// The replies that release a quarantined mutation: their lane, client
+/// and id.
+fn bind_released<'q>(q: PgQuery<'q>, released: &[&(i64, &'q StoredReply)]) -> PgQuery<'q> {
+    q.bind(released.iter().map(|(lane, _)| *lane).collect::<Vec<_>>())
+        .bind(
+            released
+                .iter()
+                .map(|(_, r)| r.client.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            released
+                .iter()
+                .map(|(_, r)| r.id.as_str())
+                .collect::<Vec<_>>(),
+        )
+}
+
+/// Each lane's fence (partition and epoch), null outside a cluster.
+fn bind_fences<'q>(q: PgQuery<'q>, batch: &[LaneCommit]) -> PgQuery<'q> {
+    q.bind(
+        batch
+            .iter()
+            .map(|l| l.fence.map(|f| i64::from(f.partition)))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        batch
+            .iter()
+            .map(|l| l.fence.map(|f| to_sql(f.epoch)))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The lanes' history records, each numbered with its lane (from 1).
+fn bind_history<'q>(q: PgQuery<'q>, batch: &'q [LaneCommit]) -> PgQuery<'q> {
+    let (mut mutation_lanes, mut mutations) = (Vec::new(), Vec::new());
+    let (mut conflict_lanes, mut conflicts) = (Vec::new(), Vec::new());
+    for (i, lane) in batch.iter().enumerate() {
+        let lane_no = i64::try_from(i + 1).unwrap_or(i64::MAX);
+        for m in &lane.history.mutations {
+            mutation_lanes.push(lane_no);
+            mutations.push(m);
+        }
+        for c in &lane.history.conflicts {
+            conflict_lanes.push(lane_no);
+            conflicts.push(c);
+        }
+    }
+    let q = crate::history::bind_mutations(q.bind(mutation_lanes), &mutations);
+    crate::history::bind_conflicts(q.bind(conflict_lanes), &conflicts)
 }
 
 /// The lanes' parameters of `COMMIT_SQL`, in its order: documents, the

@@ -3,9 +3,10 @@
 //! user starts them, with their defaults, and settled (every partition
 //! owned, every member owning some) before the first run.
 
-use super::CLUSTER_MEMBERS;
 use super::child::{Features, SluiceChild};
+use super::link::{Link, Relay};
 use super::redis::{TempRedis, server_pid};
+use super::{BenchOptions, CLUSTER_MEMBERS};
 use crate::tool::{Context, ToolResult, bail};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,7 +20,34 @@ pub(super) struct Cluster {
 }
 
 impl Cluster {
-    pub(super) async fn start(
+    /// Starts the cluster and a link to each member.
+    pub(super) async fn start_linked(
+        options: &BenchOptions,
+        postgres: &str,
+        prefix: &str,
+        relay: &Relay,
+    ) -> ToolResult<(Cluster, Vec<Link>)> {
+        let cluster = Cluster::start(
+            &options.exe,
+            postgres,
+            options.redis.as_deref(),
+            &options.out,
+            prefix,
+        )
+        .await?;
+        let mut links = Vec::new();
+        for member in &cluster.members {
+            let addr: std::net::SocketAddr = member
+                .url
+                .trim_start_matches("http://")
+                .parse()
+                .context("a cluster member's address")?;
+            links.push(relay.link(addr)?);
+        }
+        Ok((cluster, links))
+    }
+
+    async fn start(
         exe: &Path,
         postgres: &str,
         redis: Option<&str>,

@@ -22,6 +22,7 @@ mod plot;
 pub mod postgres;
 mod redis;
 mod report;
+mod runs;
 
 pub use crate::trace::TraceLine;
 pub use child::{Features, process_cpu_us};
@@ -29,7 +30,7 @@ pub use intent::Contender;
 pub use plan::{ABLATION, Workload};
 pub use report::{BenchReport, RunRecord};
 
-use plan::{Job, Plan, Setting, Subject, Writer, schedule, setting_label, subject_name};
+use plan::{Job, Plan, Setting, Subject, schedule, setting_label, subject_name};
 
 /// One run's figures, before the medians over repetitions.
 pub type Sample = RunRecord;
@@ -40,15 +41,10 @@ use crate::rng::SplitMix64;
 use crate::tool::{Context, ToolResult, bail};
 use child::SluiceChild;
 use indicatif::{ProgressBar, ProgressStyle};
-use intent::Target;
-use load::{
-    Tally, closed_loop, direct_batched, external_writer, one_row_commits, open_loop, refusal_burst,
-    sluice_writes, stall, trace_run,
-};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -179,21 +175,70 @@ fn rtt_duration(rtt_ms: f64) -> Duration {
     Duration::from_secs_f64(rtt_ms.max(0.0) / 1000.0)
 }
 
+/// Starts a Sluice for every subject that is one, each behind its link.
+async fn start_sluices(
+    jobs: &[Job],
+    options: &BenchOptions,
+    url: &str,
+    linked_url: &reqwest::Url,
+    relay: &link::Relay,
+) -> ToolResult<(
+    BTreeMap<Subject, SluiceChild>,
+    BTreeMap<Subject, link::Link>,
+)> {
+    let mut children = BTreeMap::new();
+    let mut sluice_links = BTreeMap::new();
+    let mut subjects: Vec<Subject> = jobs.iter().map(|j| j.subject).collect();
+    subjects.sort();
+    subjects.dedup();
+    for subject in subjects {
+        let features = match subject {
+            Subject::Contender(Contender::Sluice) | Subject::OwnTier => Features::ALL,
+            Subject::Contender(Contender::SluiceFifo) => Features::NONE,
+            // Direct, or started below (the cluster's members).
+            Subject::Contender(_) | Subject::Pgbench | Subject::Cluster => continue,
+            Subject::Ablation(i) => ABLATION[i].1,
+        };
+        let name = match subject {
+            Subject::OwnTier => "sluice-own-tier".to_owned(),
+            _ => subject_name(subject).replace(['+', ' '], ""),
+        };
+        let log = options.out.join(format!("sluice-{name}.log"));
+        let store = match subject {
+            Subject::OwnTier => linked_url.as_str(),
+            _ => url,
+        };
+        let child = SluiceChild::start(&options.exe, store, features, &log).await?;
+        let addr: std::net::SocketAddr = child
+            .url
+            .trim_start_matches("http://")
+            .parse()
+            .context("the Sluice child's address")?;
+        sluice_links.insert(subject, relay.link(addr)?);
+        children.insert(subject, child);
+    }
+    Ok((children, sluice_links))
+}
+
+/// The workloads asked for, or all of them; asked for by name, the cluster
+/// workload says what it needs.
+fn chosen_workloads(options: &BenchOptions) -> Vec<Workload> {
+    if !options.workloads.is_empty() {
+        return options.workloads.clone();
+    }
+    let mut all = Workload::ALL.to_vec();
+    if options.redis.is_none() && redis::server_bin().is_none() {
+        eprintln!(
+            "sluice bench: no redis-server here and no --redis: the cluster workload is left out"
+        );
+        all.retain(|w| *w != Workload::Cluster);
+    }
+    all
+}
+
 pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
     let plan = Plan::of(&options);
-    let workloads = if options.workloads.is_empty() {
-        let mut all = Workload::ALL.to_vec();
-        // Asked for by name, the cluster workload says what it needs.
-        if options.redis.is_none() && redis::server_bin().is_none() {
-            eprintln!(
-                "sluice bench: no redis-server here and no --redis: the cluster workload is left out"
-            );
-            all.retain(|w| *w != Workload::Cluster);
-        }
-        all
-    } else {
-        options.workloads.clone()
-    };
+    let workloads = chosen_workloads(&options);
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("creating {}", options.out.display()))?;
     let trace = if workloads.contains(&Workload::Trace) {
@@ -267,56 +312,12 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
     relay.set_rtt(Duration::ZERO);
 
     let jobs = schedule(&workloads, &plan);
-    let mut children = BTreeMap::new();
-    let mut sluice_links = BTreeMap::new();
-    let mut subjects: Vec<Subject> = jobs.iter().map(|j| j.subject).collect();
-    subjects.sort();
-    subjects.dedup();
-    for subject in subjects {
-        let features = match subject {
-            Subject::Contender(Contender::Sluice) | Subject::OwnTier => Features::ALL,
-            Subject::Contender(Contender::SluiceFifo) => Features::NONE,
-            // Direct, or started below (the cluster's members).
-            Subject::Contender(_) | Subject::Pgbench | Subject::Cluster => continue,
-            Subject::Ablation(i) => ABLATION[i].1,
-        };
-        let name = match subject {
-            Subject::OwnTier => "sluice-own-tier".to_owned(),
-            _ => subject_name(subject).replace(['+', ' '], ""),
-        };
-        let log = options.out.join(format!("sluice-{name}.log"));
-        let store = match subject {
-            Subject::OwnTier => linked_url.as_str(),
-            _ => url.as_str(),
-        };
-        let child = SluiceChild::start(&options.exe, store, features, &log).await?;
-        let addr: std::net::SocketAddr = child
-            .url
-            .trim_start_matches("http://")
-            .parse()
-            .context("the Sluice child's address")?;
-        sluice_links.insert(subject, relay.link(addr)?);
-        children.insert(subject, child);
-    }
+    let (children, sluice_links) =
+        start_sluices(&jobs, &options, &url, &linked_url, &relay).await?;
     let prefix = format!("b{}", wall_ms());
     let (cluster, cluster_links) = if jobs.iter().any(|j| j.subject == Subject::Cluster) {
-        let cluster = cluster::Cluster::start(
-            &options.exe,
-            &url,
-            options.redis.as_deref(),
-            &options.out,
-            &prefix,
-        )
-        .await?;
-        let mut links = Vec::new();
-        for member in &cluster.members {
-            let addr: std::net::SocketAddr = member
-                .url
-                .trim_start_matches("http://")
-                .parse()
-                .context("a cluster member's address")?;
-            links.push(relay.link(addr)?);
-        }
+        let (cluster, links) =
+            cluster::Cluster::start_linked(&options, &url, &prefix, &relay).await?;
         (Some(cluster), links)
     } else {
         (None, Vec::new())
@@ -463,441 +464,6 @@ fn load_trace(path: &std::path::Path, lines: usize) -> ToolResult<Vec<TraceLine>
         trace.push(parsed);
     }
     Ok(trace)
-}
-
-impl Bench {
-    /// Who the clients talk to, through the link when it has a round trip.
-    fn target(&self, subject: Subject, rtt_ms: f64) -> ToolResult<Target> {
-        let linked = rtt_ms > 0.0;
-        let pool = if linked {
-            &self.linked_direct
-        } else {
-            &self.direct
-        };
-        Ok(match subject {
-            Subject::Contender(Contender::DirectOcc) => Target::Direct {
-                pool: pool.clone(),
-                lock: false,
-            },
-            Subject::Contender(Contender::DirectLock) | Subject::Pgbench => Target::Direct {
-                pool: pool.clone(),
-                lock: true,
-            },
-            Subject::Cluster => {
-                let cluster = self.cluster.as_ref().context("no cluster was started")?;
-                let urls: Vec<String> = if linked {
-                    self.cluster_links
-                        .iter()
-                        .map(|l| format!("http://{}", l.addr))
-                        .collect()
-                } else {
-                    cluster.members.iter().map(|m| m.url.clone()).collect()
-                };
-                Target::round_robin(
-                    urls.into_iter()
-                        .map(|url| Target::Sluice {
-                            http: self.http.clone(),
-                            url,
-                        })
-                        .collect(),
-                )
-            }
-            other => {
-                let url = if linked {
-                    let link = self
-                        .sluice_links
-                        .get(&other)
-                        .context("no link was made to this contender")?;
-                    format!("http://{}", link.addr)
-                } else {
-                    self.children
-                        .get(&other)
-                        .context("no Sluice was started for this contender")?
-                        .url
-                        .clone()
-                };
-                Target::Sluice {
-                    http: self.http.clone(),
-                    url,
-                }
-            }
-        })
-    }
-
-    /// CPU of each part of the machine so far (µs): Sluice (the run's
-    /// child), PostgreSQL, the load generator (this process but its relay
-    /// threads) and the relay.
-    fn cpu(&self, subject: Subject) -> [Option<u64>; 4] {
-        // A cluster's cost is its members' and its Redis's.
-        let sluice = match subject {
-            Subject::Cluster => self.cluster.as_ref().and_then(cluster::Cluster::cpu_us),
-            _ => self.children.get(&subject).and_then(SluiceChild::cpu_us),
-        };
-        let postgres = self.postmaster.and_then(postgres::server_cpu_us);
-        let relay = link::relay_cpu_us();
-        // With the children it has reaped: pgbench, a client of its own.
-        let client = child::stat_fields(Path::new("/proc/self/stat"), &[11, 12, 13, 14])
-            .map(|all| all.saturating_sub(relay.unwrap_or(0)));
-        [sluice, postgres, client, relay]
-    }
-
-    async fn run_one(&mut self, job: Job) -> ToolResult<Sample> {
-        let Job {
-            setting,
-            subject,
-            rtt_ms,
-        } = job;
-        self.runs += 1;
-        self.seed = self.seed.wrapping_add(0x9e37_79b9);
-        let collection: Arc<str> = format!("{}-{}", self.prefix, self.runs).into();
-        self.relay.set_rtt(rtt_duration(rtt_ms));
-        let target = self.target(subject, rtt_ms)?;
-        let documents = !matches!(setting, Setting::Trace);
-        if documents {
-            self.load_documents(&collection).await?;
-        }
-        for url in target.sluice_urls() {
-            self.configure(url, &collection).await?;
-        }
-        let cpu_before = self.cpu(subject);
-        let stale_before = self.commits_stale(&target).await?;
-        let run = self.plan.run;
-        let started = Instant::now();
-        let mut external_writes = 0;
-        // The refusal burst's CPU is read around the burst alone.
-        let mut burst_cpu = None;
-        let tally = match setting {
-            Setting::Hot(theta) | Setting::Cluster(theta) => {
-                closed_loop(
-                    target.clone(),
-                    &collection,
-                    CLIENTS,
-                    theta,
-                    run,
-                    THINK,
-                    self.seed,
-                )
-                .await
-            }
-            Setting::Capacity => {
-                closed_loop(
-                    target.clone(),
-                    &collection,
-                    CLIENTS,
-                    0.0,
-                    run,
-                    Duration::ZERO,
-                    self.seed,
-                )
-                .await
-            }
-            Setting::Overload(load) => {
-                let capacity = *self
-                    .capacity
-                    .get(&rtt_key(rtt_ms))
-                    .context("overload runs after the capacity run")?;
-                open_loop(
-                    target.clone(),
-                    &collection,
-                    load * capacity,
-                    run,
-                    THINK,
-                    self.seed,
-                )
-                .await
-            }
-            Setting::External => {
-                let stop = Arc::new(AtomicBool::new(false));
-                let writes = Arc::new(AtomicU64::new(0));
-                let writer = tokio::spawn(external_writer(
-                    self.admin.clone(),
-                    collection.clone(),
-                    stop.clone(),
-                    writes.clone(),
-                ));
-                let tally = closed_loop(
-                    target.clone(),
-                    &collection,
-                    CLIENTS,
-                    0.99,
-                    run,
-                    THINK,
-                    self.seed,
-                )
-                .await;
-                stop.store(true, Ordering::Relaxed);
-                writer.await.context("external writer")??;
-                external_writes = writes.load(Ordering::Relaxed);
-                tally
-            }
-            Setting::Trace => trace_run(target.clone(), &collection, self.trace.clone(), run).await,
-            Setting::Writes(writer) => {
-                let pool = match &target {
-                    Target::Direct { pool, .. } => pool.clone(),
-                    Target::Sluice { .. } | Target::RoundRobin { .. } => self.direct.clone(),
-                };
-                match writer {
-                    Writer::DirectOneRow => {
-                        one_row_commits(pool, &collection, run, self.seed).await
-                    }
-                    Writer::DirectBatched => {
-                        direct_batched(pool, &collection, run, self.seed).await
-                    }
-                    Writer::Sluice | Writer::SluiceBatch => {
-                        let batched = writer == Writer::SluiceBatch;
-                        sluice_writes(target.clone(), &collection, run, batched, self.seed).await
-                    }
-                }
-            }
-            Setting::Refusals => {
-                let Target::Sluice { http, url } = &target else {
-                    bail!("the refusal burst needs a Sluice");
-                };
-                // The store stalls: Sluice's commits wait on the lock (its
-                // reads do not), mutations stop leaving the queue, and the
-                // door closes.
-                let mut lock = self.admin.begin().await?;
-                sqlx::query("LOCK TABLE sluice_documents IN EXCLUSIVE MODE")
-                    .execute(&mut *lock)
-                    .await
-                    .context("locking the documents")?;
-                let stalled = stall(http, url, &collection);
-                tokio::time::sleep(STALL_SETTLE).await;
-                let before = self.cpu(subject);
-                let mut tally = refusal_burst(http, url, &collection, run).await;
-                tally.duration = Some(started.elapsed());
-                burst_cpu = Some((before, self.cpu(subject)));
-                lock.rollback().await.context("unlocking the documents")?;
-                for status in stalled.join_all().await {
-                    match status? {
-                        200 => {
-                            tally.applied += 1;
-                            tally.in_time += 1;
-                        }
-                        429 => tally.rejected_429 += 1,
-                        other => bail!("a stalled mutation was answered {other}"),
-                    }
-                }
-                tally
-            }
-            Setting::Yardstick => match subject {
-                Subject::Pgbench => {
-                    let url = if rtt_ms > 0.0 {
-                        &self.linked_url
-                    } else {
-                        &self.url
-                    };
-                    pgbench::run(&self.pgbench, url, &collection, run, &self.out).await?
-                }
-                _ => {
-                    closed_loop(
-                        target.clone(),
-                        &collection,
-                        CLIENTS,
-                        pgbench::YARDSTICK_THETA,
-                        run,
-                        Duration::ZERO,
-                        self.seed,
-                    )
-                    .await
-                }
-            },
-        };
-        let elapsed = tally
-            .duration
-            .unwrap_or_else(|| started.elapsed())
-            .max(Duration::from_millis(1));
-        let cpu_after = self.cpu(subject);
-        let ((cpu_before, cpu_after), per_intent) = match burst_cpu {
-            Some(burst) => (burst, tally.rejected_429),
-            None => ((cpu_before, cpu_after), tally.applied),
-        };
-        if let Some(e) = &tally.first_error {
-            bail!(
-                "{} {}: {} intents failed; the first: {e}",
-                setting_label(setting),
-                subject_name(subject),
-                tally.errors
-            );
-        }
-        let wasted = match (self.commits_stale(&target).await?, stale_before) {
-            (Some(after), Some(before)) => after.saturating_sub(before),
-            _ => tally.wasted,
-        };
-        self.check_accounting(setting, subject, &collection, &tally, external_writes)
-            .await?;
-        let per = |i: usize, n: u64| match (cpu_before[i], cpu_after[i]) {
-            (Some(before), Some(after)) if n > 0 => {
-                Some(after.saturating_sub(before) as f64 / n as f64)
-            }
-            _ => None,
-        };
-        let cpu_us_per_mutation = per(0, tally.mutations);
-        let relay_ran = rtt_ms > 0.0;
-        // Per applied intent; for the refusal burst, per refusal.
-        let cpu_us_per_intent = report::CpuPerIntent {
-            sluice: per(0, per_intent),
-            postgres: per(1, per_intent),
-            client: per(2, per_intent),
-            relay: per(3, per_intent).filter(|_| relay_ran),
-        };
-        let placement = match subject {
-            Subject::OwnTier => Some("own-tier".to_owned()),
-            Subject::Contender(c) if !c.is_sluice() => None,
-            Subject::Pgbench => None,
-            _ => Some("next-to-store".to_owned()),
-        };
-        let (workload, theta, load) = match setting {
-            Setting::Hot(t) => ("hot", Some(t), None),
-            Setting::Capacity => ("overload", None, None),
-            Setting::Overload(l) => ("overload", None, Some(l)),
-            Setting::External => ("external", Some(0.99), None),
-            Setting::Trace => ("trace", None, None),
-            Setting::Writes(_) => ("writes", None, None),
-            Setting::Yardstick => ("yardstick", Some(pgbench::YARDSTICK_THETA), None),
-            Setting::Refusals => ("refusals", None, None),
-            Setting::Cluster(t) => ("cluster", Some(t), None),
-        };
-        let contender = match setting {
-            Setting::Writes(writer) => writer.name().to_owned(),
-            _ => subject_name(subject),
-        };
-        Ok(Sample {
-            workload: workload.to_owned(),
-            theta,
-            load,
-            contender,
-            goodput: tally.in_time as f64 / elapsed.as_secs_f64(),
-            applied: tally.applied,
-            wasted_writes: wasted,
-            client_conflicts: tally.conflicts,
-            p50_ms: tally.latency_ms(0.5),
-            p99_ms: tally.latency_ms(0.99),
-            p999_ms: tally.latency_ms(0.999),
-            timeouts: tally.timeouts,
-            rejected_429: tally.rejected_429,
-            cpu_us_per_mutation,
-            rtt_ms,
-            placement,
-            cpu_us_per_intent,
-            quantiles_ms: (0..=100)
-                .map(|i| tally.latency_ms(f64::from(i) / 100.0))
-                .collect(),
-        })
-    }
-
-    /// `DOCS` documents at version 1, each `{"owner": null, "entries": []}`.
-    async fn load_documents(&self, collection: &str) -> ToolResult<()> {
-        sqlx::query(
-            "INSERT INTO sluice_documents (collection, key, version, item, updated_ms)
-             SELECT $1, 'doc-' || g, 1, '{\"owner\": null, \"entries\": []}'::json, $2
-             FROM generate_series(0, $3 - 1) AS g",
-        )
-        .bind(collection)
-        .bind(wall_ms())
-        .bind(DOCS as i64)
-        .execute(&self.admin)
-        .await
-        .context("loading the documents")?;
-        Ok(())
-    }
-
-    /// Automerge, with `entries` a set: a stale append keeps every entry once.
-    async fn configure(&self, url: &str, collection: &str) -> ToolResult<()> {
-        let response = self
-            .http
-            .put(format!("{url}/v1/collections/{collection}"))
-            .json(&serde_json::json!({"handler": "automerge", "set_fields": ["entries"]}))
-            .send()
-            .await?;
-        if !response.status().is_success() {
-            bail!(
-                "configuring {collection}: {} {}",
-                response.status(),
-                response.text().await.unwrap_or_default()
-            );
-        }
-        Ok(())
-    }
-
-    /// The stale commits of every Sluice behind `target` so far; `None`
-    /// for the direct contenders.
-    async fn commits_stale(&self, target: &Target) -> ToolResult<Option<u64>> {
-        let urls = target.sluice_urls();
-        if urls.is_empty() {
-            return Ok(None);
-        }
-        let mut total = 0;
-        for url in urls {
-            let stats: serde_json::Value = self
-                .http
-                .get(format!("{url}/v1/stats"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            total += stats["commits_stale"]
-                .as_u64()
-                .context("GET /v1/stats has no commits_stale")?;
-        }
-        Ok(Some(total))
-    }
-
-    async fn found(&self, collection: &str) -> ToolResult<Found> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS docs,
-                    COALESCE(SUM(json_array_length(item->'entries')), 0)::BIGINT AS entries,
-                    COALESCE(SUM(version), 0)::BIGINT AS versions
-             FROM sluice_documents WHERE collection = $1",
-        )
-        .bind(collection)
-        .fetch_one(&self.admin)
-        .await?;
-        Ok(Found {
-            docs: sqlx::Row::try_get(&row, "docs")?,
-            entries: sqlx::Row::try_get(&row, "entries")?,
-            versions: sqlx::Row::try_get(&row, "versions")?,
-        })
-    }
-
-    /// Every intent reported applied is in the database exactly once, and
-    /// nothing else is: a lost or doubled update fails the benchmark.
-    async fn check_accounting(
-        &self,
-        setting: Setting,
-        subject: Subject,
-        collection: &str,
-        tally: &Tally,
-        external_writes: u64,
-    ) -> ToolResult<()> {
-        let found = self.found(collection).await?;
-        let applied = i64::try_from(tally.applied)?;
-        let problem = match setting {
-            Setting::Trace => accounting_problem("version increments", applied, found.versions),
-            Setting::Writes(_) | Setting::Refusals => {
-                accounting_problem("version increments", applied, found.versions - found.docs)
-            }
-            Setting::External => accounting_problem("list entries", applied, found.entries)
-                .or_else(|| {
-                    accounting_problem(
-                        "version increments (with the external writer's)",
-                        applied + i64::try_from(external_writes).unwrap_or(i64::MAX),
-                        found.versions - found.docs,
-                    )
-                }),
-            _ => accounting_problem("list entries", applied, found.entries).or_else(|| {
-                accounting_problem("version increments", applied, found.versions - found.docs)
-            }),
-        };
-        match problem {
-            Some(problem) => bail!(
-                "lost-update check failed for {} {} (collection {collection}): {problem}",
-                setting_label(setting),
-                subject_name(subject)
-            ),
-            None => Ok(()),
-        }
-    }
 }
 
 /// `None` when the database holds exactly what the clients were told.

@@ -1,0 +1,455 @@
+//! One run of the bench: its subject started or reset, its load driven,
+//! its figures taken and its accounting checked.
+
+use super::child::SluiceChild;
+use super::intent::{Contender, Target};
+use super::load::{
+    Tally, closed_loop, direct_batched, external_writer, one_row_commits, open_loop, refusal_burst,
+    sluice_writes, stall, trace_run,
+};
+use super::plan::{Job, Setting, Subject, Writer, setting_label, subject_name};
+use super::{
+    Bench, CLIENTS, DOCS, Found, STALL_SETTLE, Sample, THINK, accounting_problem, child, cluster,
+    link, pgbench, postgres, report, rtt_duration, rtt_key,
+};
+use crate::clock::wall_ms;
+use crate::tool::{Context, ToolResult, bail};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+impl Bench {
+    /// Who the clients talk to, through the link when it has a round trip.
+    fn target(&self, subject: Subject, rtt_ms: f64) -> ToolResult<Target> {
+        let linked = rtt_ms > 0.0;
+        let pool = if linked {
+            &self.linked_direct
+        } else {
+            &self.direct
+        };
+        Ok(match subject {
+            Subject::Contender(Contender::DirectOcc) => Target::Direct {
+                pool: pool.clone(),
+                lock: false,
+            },
+            Subject::Contender(Contender::DirectLock) | Subject::Pgbench => Target::Direct {
+                pool: pool.clone(),
+                lock: true,
+            },
+            Subject::Cluster => {
+                let cluster = self.cluster.as_ref().context("no cluster was started")?;
+                let urls: Vec<String> = if linked {
+                    self.cluster_links
+                        .iter()
+                        .map(|l| format!("http://{}", l.addr))
+                        .collect()
+                } else {
+                    cluster.members.iter().map(|m| m.url.clone()).collect()
+                };
+                Target::round_robin(
+                    urls.into_iter()
+                        .map(|url| Target::Sluice {
+                            http: self.http.clone(),
+                            url,
+                        })
+                        .collect(),
+                )
+            }
+            other => {
+                let url = if linked {
+                    let link = self
+                        .sluice_links
+                        .get(&other)
+                        .context("no link was made to this contender")?;
+                    format!("http://{}", link.addr)
+                } else {
+                    self.children
+                        .get(&other)
+                        .context("no Sluice was started for this contender")?
+                        .url
+                        .clone()
+                };
+                Target::Sluice {
+                    http: self.http.clone(),
+                    url,
+                }
+            }
+        })
+    }
+
+    /// CPU of each part of the machine so far (µs): Sluice (the run's
+    /// child), PostgreSQL, the load generator (this process but its relay
+    /// threads) and the relay.
+    fn cpu(&self, subject: Subject) -> [Option<u64>; 4] {
+        // A cluster's cost is its members' and its Redis's.
+        let sluice = match subject {
+            Subject::Cluster => self.cluster.as_ref().and_then(cluster::Cluster::cpu_us),
+            _ => self.children.get(&subject).and_then(SluiceChild::cpu_us),
+        };
+        let postgres = self.postmaster.and_then(postgres::server_cpu_us);
+        let relay = link::relay_cpu_us();
+        // With the children it has reaped: pgbench, a client of its own.
+        let client = child::stat_fields(Path::new("/proc/self/stat"), &[11, 12, 13, 14])
+            .map(|all| all.saturating_sub(relay.unwrap_or(0)));
+        [sluice, postgres, client, relay]
+    }
+
+    pub(super) async fn run_one(&mut self, job: Job) -> ToolResult<Sample> {
+        let Job {
+            setting,
+            subject,
+            rtt_ms,
+        } = job;
+        self.runs += 1;
+        self.seed = self.seed.wrapping_add(0x9e37_79b9);
+        let collection: Arc<str> = format!("{}-{}", self.prefix, self.runs).into();
+        self.relay.set_rtt(rtt_duration(rtt_ms));
+        let target = self.target(subject, rtt_ms)?;
+        let documents = !matches!(setting, Setting::Trace);
+        if documents {
+            self.load_documents(&collection).await?;
+        }
+        for url in target.sluice_urls() {
+            self.configure(url, &collection).await?;
+        }
+        let cpu_before = self.cpu(subject);
+        let stale_before = self.commits_stale(&target).await?;
+        let run = self.plan.run;
+        let started = Instant::now();
+        let mut external_writes = 0;
+        // The refusal burst's CPU is read around the burst alone.
+        let mut burst_cpu = None;
+        let tally = match setting {
+            Setting::Hot(theta) | Setting::Cluster(theta) => {
+                closed_loop(
+                    target.clone(),
+                    &collection,
+                    CLIENTS,
+                    theta,
+                    run,
+                    THINK,
+                    self.seed,
+                )
+                .await
+            }
+            Setting::Capacity => {
+                closed_loop(
+                    target.clone(),
+                    &collection,
+                    CLIENTS,
+                    0.0,
+                    run,
+                    Duration::ZERO,
+                    self.seed,
+                )
+                .await
+            }
+            Setting::Overload(load) => {
+                let capacity = *self
+                    .capacity
+                    .get(&rtt_key(rtt_ms))
+                    .context("overload runs after the capacity run")?;
+                open_loop(
+                    target.clone(),
+                    &collection,
+                    load * capacity,
+                    run,
+                    THINK,
+                    self.seed,
+                )
+                .await
+            }
+            Setting::External => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let writes = Arc::new(AtomicU64::new(0));
+                let writer = tokio::spawn(external_writer(
+                    self.admin.clone(),
+                    collection.clone(),
+                    stop.clone(),
+                    writes.clone(),
+                ));
+                let tally = closed_loop(
+                    target.clone(),
+                    &collection,
+                    CLIENTS,
+                    0.99,
+                    run,
+                    THINK,
+                    self.seed,
+                )
+                .await;
+                stop.store(true, Ordering::Relaxed);
+                writer.await.context("external writer")??;
+                external_writes = writes.load(Ordering::Relaxed);
+                tally
+            }
+            Setting::Trace => trace_run(target.clone(), &collection, self.trace.clone(), run).await,
+            Setting::Writes(writer) => {
+                let pool = match &target {
+                    Target::Direct { pool, .. } => pool.clone(),
+                    Target::Sluice { .. } | Target::RoundRobin { .. } => self.direct.clone(),
+                };
+                match writer {
+                    Writer::DirectOneRow => {
+                        one_row_commits(pool, &collection, run, self.seed).await
+                    }
+                    Writer::DirectBatched => {
+                        direct_batched(pool, &collection, run, self.seed).await
+                    }
+                    Writer::Sluice | Writer::SluiceBatch => {
+                        let batched = writer == Writer::SluiceBatch;
+                        sluice_writes(target.clone(), &collection, run, batched, self.seed).await
+                    }
+                }
+            }
+            Setting::Refusals => {
+                let Target::Sluice { http, url } = &target else {
+                    bail!("the refusal burst needs a Sluice");
+                };
+                // The store stalls: Sluice's commits wait on the lock (its
+                // reads do not), mutations stop leaving the queue, and the
+                // door closes.
+                let mut lock = self.admin.begin().await?;
+                sqlx::query("LOCK TABLE sluice_documents IN EXCLUSIVE MODE")
+                    .execute(&mut *lock)
+                    .await
+                    .context("locking the documents")?;
+                let stalled = stall(http, url, &collection);
+                tokio::time::sleep(STALL_SETTLE).await;
+                let before = self.cpu(subject);
+                let mut tally = refusal_burst(http, url, &collection, run).await;
+                tally.duration = Some(started.elapsed());
+                burst_cpu = Some((before, self.cpu(subject)));
+                lock.rollback().await.context("unlocking the documents")?;
+                for status in stalled.join_all().await {
+                    match status? {
+                        200 => {
+                            tally.applied += 1;
+                            tally.in_time += 1;
+                        }
+                        429 => tally.rejected_429 += 1,
+                        other => bail!("a stalled mutation was answered {other}"),
+                    }
+                }
+                tally
+            }
+            Setting::Yardstick => match subject {
+                Subject::Pgbench => {
+                    let url = if rtt_ms > 0.0 {
+                        &self.linked_url
+                    } else {
+                        &self.url
+                    };
+                    pgbench::run(&self.pgbench, url, &collection, run, &self.out).await?
+                }
+                _ => {
+                    closed_loop(
+                        target.clone(),
+                        &collection,
+                        CLIENTS,
+                        pgbench::YARDSTICK_THETA,
+                        run,
+                        Duration::ZERO,
+                        self.seed,
+                    )
+                    .await
+                }
+            },
+        };
+        let elapsed = tally
+            .duration
+            .unwrap_or_else(|| started.elapsed())
+            .max(Duration::from_millis(1));
+        let cpu_after = self.cpu(subject);
+        let ((cpu_before, cpu_after), per_intent) = match burst_cpu {
+            Some(burst) => (burst, tally.rejected_429),
+            None => ((cpu_before, cpu_after), tally.applied),
+        };
+        if let Some(e) = &tally.first_error {
+            bail!(
+                "{} {}: {} intents failed; the first: {e}",
+                setting_label(setting),
+                subject_name(subject),
+                tally.errors
+            );
+        }
+        let wasted = match (self.commits_stale(&target).await?, stale_before) {
+            (Some(after), Some(before)) => after.saturating_sub(before),
+            _ => tally.wasted,
+        };
+        self.check_accounting(setting, subject, &collection, &tally, external_writes)
+            .await?;
+        let per = |i: usize, n: u64| match (cpu_before[i], cpu_after[i]) {
+            (Some(before), Some(after)) if n > 0 => {
+                Some(after.saturating_sub(before) as f64 / n as f64)
+            }
+            _ => None,
+        };
+        let cpu_us_per_mutation = per(0, tally.mutations);
+        let relay_ran = rtt_ms > 0.0;
+        // Per applied intent; for the refusal burst, per refusal.
+        let cpu_us_per_intent = report::CpuPerIntent {
+            sluice: per(0, per_intent),
+            postgres: per(1, per_intent),
+            client: per(2, per_intent),
+            relay: per(3, per_intent).filter(|_| relay_ran),
+        };
+        let placement = match subject {
+            Subject::OwnTier => Some("own-tier".to_owned()),
+            Subject::Contender(c) if !c.is_sluice() => None,
+            Subject::Pgbench => None,
+            _ => Some("next-to-store".to_owned()),
+        };
+        let (workload, theta, load) = match setting {
+            Setting::Hot(t) => ("hot", Some(t), None),
+            Setting::Capacity => ("overload", None, None),
+            Setting::Overload(l) => ("overload", None, Some(l)),
+            Setting::External => ("external", Some(0.99), None),
+            Setting::Trace => ("trace", None, None),
+            Setting::Writes(_) => ("writes", None, None),
+            Setting::Yardstick => ("yardstick", Some(pgbench::YARDSTICK_THETA), None),
+            Setting::Refusals => ("refusals", None, None),
+            Setting::Cluster(t) => ("cluster", Some(t), None),
+        };
+        let contender = match setting {
+            Setting::Writes(writer) => writer.name().to_owned(),
+            _ => subject_name(subject),
+        };
+        Ok(Sample {
+            workload: workload.to_owned(),
+            theta,
+            load,
+            contender,
+            goodput: tally.in_time as f64 / elapsed.as_secs_f64(),
+            applied: tally.applied,
+            wasted_writes: wasted,
+            client_conflicts: tally.conflicts,
+            p50_ms: tally.latency_ms(0.5),
+            p99_ms: tally.latency_ms(0.99),
+            p999_ms: tally.latency_ms(0.999),
+            timeouts: tally.timeouts,
+            rejected_429: tally.rejected_429,
+            cpu_us_per_mutation,
+            rtt_ms,
+            placement,
+            cpu_us_per_intent,
+            quantiles_ms: (0..=100)
+                .map(|i| tally.latency_ms(f64::from(i) / 100.0))
+                .collect(),
+        })
+    }
+
+    /// `DOCS` documents at version 1, each `{"owner": null, "entries": []}`.
+    async fn load_documents(&self, collection: &str) -> ToolResult<()> {
+        sqlx::query(
+            "INSERT INTO sluice_documents (collection, key, version, item, updated_ms)
+             SELECT $1, 'doc-' || g, 1, '{\"owner\": null, \"entries\": []}'::json, $2
+             FROM generate_series(0, $3 - 1) AS g",
+        )
+        .bind(collection)
+        .bind(wall_ms())
+        .bind(DOCS as i64)
+        .execute(&self.admin)
+        .await
+        .context("loading the documents")?;
+        Ok(())
+    }
+
+    /// Automerge, with `entries` a set: a stale append keeps every entry once.
+    async fn configure(&self, url: &str, collection: &str) -> ToolResult<()> {
+        let response = self
+            .http
+            .put(format!("{url}/v1/collections/{collection}"))
+            .json(&serde_json::json!({"handler": "automerge", "set_fields": ["entries"]}))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!(
+                "configuring {collection}: {} {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// The stale commits of every Sluice behind `target` so far; `None`
+    /// for the direct contenders.
+    async fn commits_stale(&self, target: &Target) -> ToolResult<Option<u64>> {
+        let urls = target.sluice_urls();
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        let mut total = 0;
+        for url in urls {
+            let stats: serde_json::Value = self
+                .http
+                .get(format!("{url}/v1/stats"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            total += stats["commits_stale"]
+                .as_u64()
+                .context("GET /v1/stats has no commits_stale")?;
+        }
+        Ok(Some(total))
+    }
+
+    async fn found(&self, collection: &str) -> ToolResult<Found> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS docs,
+                    COALESCE(SUM(json_array_length(item->'entries')), 0)::BIGINT AS entries,
+                    COALESCE(SUM(version), 0)::BIGINT AS versions
+             FROM sluice_documents WHERE collection = $1",
+        )
+        .bind(collection)
+        .fetch_one(&self.admin)
+        .await?;
+        Ok(Found {
+            docs: sqlx::Row::try_get(&row, "docs")?,
+            entries: sqlx::Row::try_get(&row, "entries")?,
+            versions: sqlx::Row::try_get(&row, "versions")?,
+        })
+    }
+
+    /// Every intent reported applied is in the database exactly once, and
+    /// nothing else is: a lost or doubled update fails the benchmark.
+    async fn check_accounting(
+        &self,
+        setting: Setting,
+        subject: Subject,
+        collection: &str,
+        tally: &Tally,
+        external_writes: u64,
+    ) -> ToolResult<()> {
+        let found = self.found(collection).await?;
+        let applied = i64::try_from(tally.applied)?;
+        let problem = match setting {
+            Setting::Trace => accounting_problem("version increments", applied, found.versions),
+            Setting::Writes(_) | Setting::Refusals => {
+                accounting_problem("version increments", applied, found.versions - found.docs)
+            }
+            Setting::External => accounting_problem("list entries", applied, found.entries)
+                .or_else(|| {
+                    accounting_problem(
+                        "version increments (with the external writer's)",
+                        applied + i64::try_from(external_writes).unwrap_or(i64::MAX),
+                        found.versions - found.docs,
+                    )
+                }),
+            _ => accounting_problem("list entries", applied, found.entries).or_else(|| {
+                accounting_problem("version increments", applied, found.versions - found.docs)
+            }),
+        };
+        match problem {
+            Some(problem) => bail!(
+                "lost-update check failed for {} {} (collection {collection}): {problem}",
+                setting_label(setting),
+                subject_name(subject)
+            ),
+            None => Ok(()),
+        }
+    }
+}
