@@ -1021,3 +1021,113 @@ async fn postgres_a_reply_stored_meanwhile_keeps_the_write_out() {
         .expect("commit");
     assert_eq!(again, [CommitOutcome::Resent]);
 }
+
+/// Pre-emptive locking on PostgreSQL: a writer that bypasses Sluice waits
+/// while a lane holds its document, so the lane's commit is not stale; a
+/// lock dropped without a commit writes nothing and frees the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_locked_document_makes_an_outside_writer_wait() {
+    let url = fresh_postgres_database().await;
+    let store = PostgresStore::connect(&url).await.expect("connect");
+    let pool = sqlx::PgPool::connect(&url).await.expect("pool");
+    let doc = DocKey::new("locked", "a");
+    let first = Document {
+        version: 1,
+        item: item(json!({"n": 1})),
+    };
+    let outcome = store
+        .commit(&[lane(&doc, 0, Some(first.clone()), vec![reply("c", "1", 1)])])
+        .await
+        .expect("commit");
+    assert_eq!(outcome, [CommitOutcome::Committed]);
+
+    let held = store
+        .lock(&doc)
+        .await
+        .expect("lock")
+        .expect("PostgreSQL locks");
+    assert_eq!(held.document(), &first);
+    let outside = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            sqlx::query(
+                "UPDATE sluice_documents SET version = version + 1 \
+                 WHERE collection = 'locked' AND key = 'a'",
+            )
+            .execute(&pool)
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !outside.is_finished(),
+        "the outside writer waits for the lock"
+    );
+    let second = Document {
+        version: 2,
+        item: item(json!({"n": 2})),
+    };
+    let outcome = held
+        .commit(&lane(
+            &doc,
+            1,
+            Some(second.clone()),
+            vec![reply("c", "2", 2)],
+        ))
+        .await
+        .expect("locked commit");
+    assert_eq!(
+        outcome,
+        CommitOutcome::Committed,
+        "not stale: it held the row"
+    );
+    outside
+        .await
+        .expect("join")
+        .expect("the outside write, after");
+    assert_eq!(store.get(&doc).await.expect("get").version, 3);
+    assert!(store.reply("c", "2").await.expect("reply").is_some());
+
+    // Dropped without a commit: nothing written, the row free again.
+    let held = store.lock(&doc).await.expect("lock").expect("locks");
+    assert_eq!(held.document().version, 3);
+    drop(held);
+    let freed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        sqlx::query(
+            "UPDATE sluice_documents SET version = version + 1 \
+             WHERE collection = 'locked' AND key = 'a'",
+        )
+        .execute(&pool),
+    )
+    .await;
+    assert!(
+        matches!(freed, Ok(Ok(_))),
+        "the row was released: {freed:?}"
+    );
+    assert_eq!(store.get(&doc).await.expect("get").version, 4);
+
+    // Under a lock the commit still checks its version: a lane decided
+    // against an older one is stale, and writes nothing.
+    let held = store.lock(&doc).await.expect("lock").expect("locks");
+    let outcome = held
+        .commit(&lane(&doc, 3, Some(second), vec![reply("c", "3", 3)]))
+        .await
+        .expect("locked commit");
+    assert_eq!(outcome, CommitOutcome::Stale);
+    assert!(store.reply("c", "3").await.expect("reply").is_none());
+}
+
+/// The embedded stores have no lock to offer: lanes keep their
+/// compare-and-set.
+#[tokio::test]
+async fn embedded_stores_offer_no_lock() {
+    let dir = tempfile::tempdir().expect("dir");
+    let sqlite = SqliteStore::open(&dir.path().join("s.db"))
+        .await
+        .expect("sqlite");
+    let doc = DocKey::new("c", "k");
+    assert!(sqlite.lock(&doc).await.expect("lock").is_none());
+    let memory = MemoryStore::new();
+    assert!(memory.lock(&doc).await.expect("lock").is_none());
+}

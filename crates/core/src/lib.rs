@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod control;
+pub mod guard;
 pub mod invariant;
 pub mod model;
 pub mod partition;

@@ -10,12 +10,14 @@
 
 mod cluster;
 mod explain;
+mod guard;
 
 pub use cluster::{
     CLUSTER_LEASE_MS_DEFAULT, CLUSTER_PARTITIONS_DEFAULT, CLUSTER_RETRAIN_INTERVAL_S_DEFAULT,
     ClusterConfig,
 };
 use explain::{Source, env_value, explain, set_path};
+pub use guard::GuardSettings;
 
 use crate::auth::AuthMode;
 use crate::auth::jwt::JwtConfig;
@@ -127,6 +129,9 @@ pub struct Config {
     /// Cluster mode: several processes on one PostgreSQL store, coordinated
     /// through Redis.
     pub cluster: ClusterConfig,
+    /// Pre-emptive locking: lanes likely to conflict read, decide and
+    /// commit their document under a lock in the store (PostgreSQL).
+    pub locking: GuardSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -197,6 +202,7 @@ impl Default for Config {
             jwt: JwtConfig::default(),
             limits: LimitsConfig::default(),
             cluster: ClusterConfig::default(),
+            locking: GuardSettings::default(),
         }
     }
 }
@@ -424,6 +430,9 @@ impl Config {
             return invalid("default_handler must be \"optimistic\" or \"automerge\"".into());
         }
         self.predictor.validate().map_err(ConfigError::Invalid)?;
+        self.locking
+            .validate("locking")
+            .map_err(ConfigError::Invalid)?;
         self.cluster
             .validate(&self.store_backend()?)
             .map_err(ConfigError::Invalid)?;
@@ -477,6 +486,7 @@ impl Config {
             document_bytes_max: self.document_bytes_max,
             sample_host: true,
             predictor: self.predictor.clone(),
+            locking: self.locking.config(),
         }
     }
 

@@ -21,4 +21,4 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 
-pub use sluice_core::{model, predict, queue, rng};
+pub use sluice_core::{guard, model, predict, queue, rng};

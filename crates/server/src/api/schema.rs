@@ -353,6 +353,24 @@ pub(crate) struct EngineStats {
     pub admission_limit: u64,
     /// Mutations kept in the quarantine.
     pub quarantined: u64,
+    pub locking: LockingStats,
+}
+
+/// Pre-emptive locking: lanes whose highest conflict score is at or above
+/// `threshold` read, decide and commit their document under a lock in the
+/// store.
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct LockingStats {
+    /// `off`, `adaptive` or `always`.
+    pub mode: String,
+    pub threshold: f64,
+    /// Lanes decided under a lock since the start.
+    pub locked_lanes: u64,
+    /// Of those, the ones whose document had been written behind Sluice
+    /// since it last wrote it.
+    pub locks_needed: u64,
+    /// Commits of lanes without a lock that found the version moved.
+    pub stale_unlocked: u64,
 }
 
 /// Predicted probability against the observed conflict rate, in one bin.

@@ -74,6 +74,14 @@ impl DocCache {
         self.state().docs.get(doc).map(|(d, _)| d.clone())
     }
 
+    /// The version of the document Sluice last committed, when kept.
+    pub(super) fn version(&self, doc: &DocKey) -> Option<u64> {
+        if self.budget == 0 {
+            return None;
+        }
+        self.state().docs.get(doc).map(|(d, _)| d.version)
+    }
+
     /// Keeps `value` as the document's committed state; `size` estimates its
     /// memory (`memory_estimate`). An older version never replaces a newer one, and a
     /// document too large for a quarter of the budget is not kept.

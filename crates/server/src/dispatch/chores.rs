@@ -1,7 +1,7 @@
 //! The engine's chores: sampling the host, closing the dashboard's seconds,
 //! reading collection settings again, expiring stored replies.
 
-use super::{Engine, Inner};
+use super::{Engine, Inner, lock};
 use crate::resolve::CollectionConfig;
 use crate::telemetry::SeriesPoint;
 use std::sync::Arc;
@@ -85,6 +85,36 @@ pub(super) async fn sample_board(inner: Arc<Inner>) {
         seconds += 1;
         if seconds.is_multiple_of(upkeep_every) {
             inner.telemetry.upkeep();
+        }
+    }
+}
+
+/// Moves the lock threshold once a second by what the lanes of that second
+/// showed, the store's latency and the model's calibration; each move is
+/// logged.
+pub(super) async fn adapt_locking(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let latency_ms = lock(&inner.control).state().store_latency_ms;
+        let calibration = inner
+            .learning
+            .report()
+            .recent
+            .expected_calibration_error
+            .unwrap_or(0.0);
+        if let Some(change) =
+            inner
+                .locking
+                .tick(latency_ms, inner.config.latency_target_ms, calibration)
+        {
+            info!(
+                from = change.from,
+                to = change.to,
+                reason = change.reason,
+                "lock threshold moved"
+            );
         }
     }
 }

@@ -16,7 +16,9 @@ use crate::model::{
 use crate::model::{MutationRecord, RecordedOutcome, encoded_len};
 use crate::predict;
 use crate::resolve::{CollectionConfig, OnHandlerFailure, Step};
-use crate::store::{CommitOutcome, LaneCommit, LaneHistory, Quarantined, StoreError, StoredReply};
+use crate::store::{
+    CommitOutcome, LaneCommit, LaneHistory, LockedDoc, Quarantined, StoreError, StoredReply,
+};
 use crate::telemetry::Board;
 use sluice_core::invariant;
 use std::sync::Arc;
@@ -633,8 +635,14 @@ async fn decide_lane(
 ) -> Result<Option<BatchEnd>, Refusal> {
     let config = inner.collection(&doc.collection);
     let dispatched_at = inner.clock.elapsed();
+    let score = batch.iter().map(|entry| entry.score).fold(0.0, f64::max);
+    let wants_lock = inner.locking.wants(score);
     for attempt in 0..=CAS_RETRIES_MAX {
-        let current = read_current(inner, doc, attempt).await?;
+        let (current, held) = if wants_lock {
+            lock_current(inner, doc, attempt).await?
+        } else {
+            (read_current(inner, doc, attempt).await?, None)
+        };
         let current_version = current.version;
         if !looked_up && config.handler.is_custom() && may_conflict(batch, current_version) {
             return Ok(None);
@@ -652,7 +660,16 @@ async fn decide_lane(
         // In cluster mode the store checks that this process still owns
         // the document's partition.
         commit.fence = inner.cluster.get().map(|role| role.fence_for(doc));
-        let (committed, lane) = inner.pipeline.commit(commit).await;
+        let (committed, lane) = match held {
+            Some(held) => commit_locked(inner, held, score, commit).await,
+            None => {
+                let (committed, lane) = inner.pipeline.commit(commit).await;
+                inner
+                    .locking
+                    .unlocked(matches!(committed, Ok(CommitOutcome::Stale)));
+                (committed, lane)
+            }
+        };
         if !matches!(committed, Ok(CommitOutcome::Committed)) {
             // Slots this attempt took in the quarantine: given back.
             inner.quarantine.unreserve(decided.new_slots);
@@ -700,6 +717,58 @@ async fn decide_lane(
             doc.collection, doc.key
         ),
     ))
+}
+
+/// A document locked in the store for a lane (pre-emptive locking).
+struct Held {
+    lock: Box<dyn LockedDoc>,
+    /// When the lock was taken, on the engine's clock.
+    at: Duration,
+    /// Whether the lock was needed: the document had been written behind
+    /// Sluice since it last wrote it. `None`: not known (not in the cache).
+    needed: Option<bool>,
+}
+
+/// The document as it stands, locked in the store until the lane commits;
+/// read as usual when the store has no lock to offer.
+async fn lock_current(
+    inner: &Inner,
+    doc: &DocKey,
+    attempt: u32,
+) -> Result<(Document, Option<Held>), Refusal> {
+    let known = inner.cache.version(doc);
+    let started = inner.clock.elapsed();
+    let locked = inner.store.lock(doc).await;
+    match locked {
+        Ok(Some(lock)) => {
+            inner.observe_store(started, false, 1, true);
+            let current = lock.document().clone();
+            let needed = known.map(|version| version != current.version);
+            let at = inner.clock.elapsed();
+            Ok((current, Some(Held { lock, at, needed })))
+        }
+        Ok(None) => Ok((read_current(inner, doc, attempt).await?, None)),
+        Err(e) => {
+            inner.observe_store(started, false, 1, false);
+            Err(store_error_refusal(&e))
+        }
+    }
+}
+
+/// Commits a locked lane in its lock's transaction, which releases the lock.
+async fn commit_locked(
+    inner: &Inner,
+    held: Held,
+    score: f64,
+    commit: LaneCommit,
+) -> (Result<CommitOutcome, StoreError>, Option<LaneCommit>) {
+    let started = inner.clock.elapsed();
+    let committed = held.lock.commit(&commit).await;
+    let now = inner.clock.elapsed();
+    inner.observe_store(started, true, 1, committed.is_ok());
+    inner.telemetry.lane_locked(now.saturating_sub(held.at));
+    inner.locking.locked(score, held.needed);
+    (committed, Some(commit))
 }
 
 /// The document as it stands: from the cache of what Sluice last committed

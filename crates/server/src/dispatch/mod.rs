@@ -49,6 +49,7 @@ pub use sluice_core::control;
 mod lane;
 mod lanes;
 mod learn;
+mod locking;
 mod quarantine;
 mod reads;
 pub(crate) mod reply;
@@ -68,6 +69,7 @@ use control::{ControlConfig, Controller};
 
 use crate::auth::Principal;
 use crate::clock::SharedClock;
+use crate::guard::{GuardConfig, GuardMode};
 use crate::history::{ConflictPage, ConflictQuery, HistoryError, SharedHistory};
 use crate::model::{DocKey, Document, Mutation};
 use crate::predict::{ModelReport, PredictorConfig, Scored};
@@ -141,7 +143,23 @@ pub struct EngineConfig {
     /// Sample the host's CPU and memory (off in tests that set them).
     pub sample_host: bool,
     pub predictor: PredictorConfig,
+    /// Pre-emptive locking: which lanes read, decide and commit their
+    /// document under a lock in the store (`locking.rs`).
+    pub locking: GuardConfig,
 }
+
+/// Where the lock threshold starts, and its bounds.
+pub const LOCK_THRESHOLD_DEFAULT: f64 = 0.5;
+pub const LOCK_THRESHOLD_MIN_DEFAULT: f64 = 0.05;
+pub const LOCK_THRESHOLD_MAX_DEFAULT: f64 = 0.95;
+
+/// Locking on PostgreSQL above an adaptive threshold.
+pub const LOCKING_DEFAULT: GuardConfig = GuardConfig {
+    mode: GuardMode::Adaptive,
+    threshold: LOCK_THRESHOLD_DEFAULT,
+    threshold_min: LOCK_THRESHOLD_MIN_DEFAULT,
+    threshold_max: LOCK_THRESHOLD_MAX_DEFAULT,
+};
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -164,6 +182,7 @@ impl Default for EngineConfig {
             document_bytes_max: DOCUMENT_BYTES_MAX_DEFAULT,
             sample_host: true,
             predictor: PredictorConfig::default(),
+            locking: LOCKING_DEFAULT,
         }
     }
 }
@@ -239,6 +258,7 @@ struct Inner {
     /// Who wrote documents' recent versions, for own-write chaining.
     writers: chain::RecentWriters,
     quarantine: quarantine::QuarantineIndex,
+    locking: locking::Locking,
     /// Bumped after every commit, so event streams know to look.
     events: tokio::sync::watch::Sender<u64>,
     /// The secret behind event ids, read from the store once.
@@ -306,6 +326,7 @@ impl Engine {
         resolver.bound_documents(config.document_bytes_max);
         let inner = Arc::new(Inner {
             learning: learn::Learning::new(&config.predictor),
+            locking: locking::Locking::new(config.locking),
             control: Mutex::new(Controller::new(ControlConfig {
                 limit_max: config.lanes_in_flight_max,
                 commit_batch_max: config.commit_batch_max,
@@ -348,6 +369,7 @@ impl Engine {
         tokio::spawn(commit::history_writer(inner.clone(), history_rx));
         tokio::spawn(chores::watch_history(inner.clone()));
         tokio::spawn(chores::sample_board(inner.clone()));
+        tokio::spawn(chores::adapt_locking(inner.clone()));
         tokio::spawn(chores::expire_replies(inner.clone()));
         tokio::spawn(learn::learning_loop(inner.clone()));
         tokio::spawn(chores::refresh_collections(inner.clone()));

@@ -33,6 +33,8 @@ pub struct EngineStats {
     pub admission_limit: usize,
     /// Mutations kept in the quarantine.
     pub quarantined: usize,
+    /// Pre-emptive locking: its mode, its threshold now, and what it did.
+    pub locking: super::locking::LockingStats,
 }
 
 /// `GET /v1/dashboard`: what the dashboard draws.
@@ -116,6 +118,7 @@ impl Engine {
             model_log_loss: report.recent.log_loss,
             model_calibration_error: report.recent.expected_calibration_error,
             model_version: report.training.model_version as f64,
+            lock_threshold: stats.locking.threshold,
         };
         self.inner.telemetry.render(&gauges)
     }
@@ -192,6 +195,7 @@ impl Inner {
             in_system: self.admission.in_system(),
             admission_limit: self.admission.limit(),
             quarantined: self.quarantine.len(),
+            locking: self.locking.stats(),
         }
     }
 }

@@ -174,10 +174,30 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// A document locked in the store for one lane's read-decide-write
+/// (pre-emptive locking): a writer that bypasses Sluice waits until the
+/// lane commits, so the lane's compare-and-set cannot go stale. Dropped
+/// without `commit`, it rolls back: nothing is written, the lock is gone.
+#[async_trait]
+pub trait LockedDoc: Send {
+    /// The document as it stands under the lock.
+    fn document(&self) -> &Document;
+    /// Commits the lane in the lock's own transaction, with every check
+    /// `Store::commit` makes, and releases the lock.
+    async fn commit(self: Box<Self>, lane: &LaneCommit) -> Result<CommitOutcome, StoreError>;
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The document as it stands; `Document::absent()` when never written.
     async fn get(&self, doc: &DocKey) -> Result<Document, StoreError>;
+    /// Locks `doc` for one lane's read-decide-write; `None` when this store
+    /// has no lock to offer, and the lane reads and commits by
+    /// compare-and-set as always. A document never written has no row to
+    /// lock: its insert is still checked by the commit.
+    async fn lock(&self, _doc: &DocKey) -> Result<Option<Box<dyn LockedDoc>>, StoreError> {
+        Ok(None)
+    }
     /// Commits a batch of lanes in one transaction; one outcome per lane, in order.
     async fn commit(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError>;
     async fn reply(&self, client: &str, id: &str) -> Result<Option<StoredReply>, StoreError>;

@@ -6,10 +6,10 @@
 
 use super::{
     Accepted, COLLECTION_CHANGES_KEPT, CollectionChange, CommitOutcome, EVENTS_KEPT_MIN, KeyRecord,
-    LaneCommit, QuarantineQuery, Quarantined, Store, StoreError, StoredReply, accepted_from_row,
-    change_from_row, collection_from_row, decode_item, encode_item, event_from_row, from_sql,
-    key_from_row, quarantine_select, quarantined_from_row, reply_from_row, sql,
-    sql_collection_methods, to_sql,
+    LaneCommit, LockedDoc, QuarantineQuery, Quarantined, Store, StoreError, StoredReply,
+    accepted_from_row, change_from_row, collection_from_row, decode_item, encode_item,
+    event_from_row, from_sql, key_from_row, quarantine_select, quarantined_from_row,
+    reply_from_row, sql, sql_collection_methods, to_sql,
 };
 use crate::history::PgQuery;
 use crate::model::{DocKey, Document};
@@ -22,6 +22,10 @@ use std::sync::LazyLock;
 /// are `json`, read back as text; rows are numbered by `seq`.
 const SELECT_DOCUMENT: &str =
     "SELECT version, item::text AS item FROM sluice_documents WHERE collection = $1 AND key = $2";
+/// A lane's read under pre-emptive locking: the row stays locked until the
+/// lane's commit in the same transaction.
+const LOCK_DOCUMENT: &str = "SELECT version, item::text AS item FROM sluice_documents \
+     WHERE collection = $1 AND key = $2 FOR UPDATE";
 const EXPIRE_REPLIES: &str = "DELETE FROM sluice_replies WHERE at_ms < $1 \
      AND seq <= (SELECT COALESCE(MAX(seq), 0) FROM sluice_replies) - $2";
 const PENDING_ACCEPTED: &str = "SELECT client, id, fingerprint, mutation, score, at_ms \
@@ -153,6 +157,24 @@ impl Store for PostgresStore {
 
     async fn commit(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError> {
         self.commit_unnest(batch).await
+    }
+
+    async fn lock(&self, doc: &DocKey) -> Result<Option<Box<dyn LockedDoc>>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(LOCK_DOCUMENT)
+            .bind(&doc.collection)
+            .bind(&doc.key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let document = match row {
+            None => Document::absent(),
+            Some(row) => decode_item(row.try_get("version")?, row.try_get("item")?)?,
+        };
+        Ok(Some(Box::new(PgLocked {
+            tx,
+            document,
+            history: self.history,
+        })))
     }
 
     fn writes_history(&self) -> bool {
@@ -438,88 +460,113 @@ impl PostgresStore {
         }
         if let [only] = runs.as_slice() {
             let mut conn = self.writer.acquire().await?;
-            return self.commit_statement(&mut conn, only).await;
+            return commit_statement(&mut conn, only, self.history).await;
         }
         let mut tx = self.writer.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for run in runs {
-            outcomes.extend(self.commit_statement(&mut tx, run).await?);
+            outcomes.extend(commit_statement(&mut tx, run, self.history).await?);
         }
         tx.commit().await?;
         Ok(outcomes)
     }
+}
 
-    /// Lanes of distinct documents in one statement (see `COMMIT_SQL`):
-    /// their rows locked in key order (two Sluice processes cannot
-    /// deadlock), each lane committed only if its document still has the
-    /// expected version, and with it its replies, its accept-log deletions
-    /// and, when the history lives here, its history records. Round trips,
-    /// not rows, are what a commit costs here: this is one.
-    async fn commit_statement(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        batch: &[LaneCommit],
-    ) -> Result<Vec<CommitOutcome>, StoreError> {
-        // Lanes are numbered from 1 (`WITH ORDINALITY`); replies and records
-        // name their lane.
-        let lane_of = |i: usize| i64::try_from(i + 1).unwrap_or(i64::MAX);
-        let writes: Vec<Option<&Document>> = batch.iter().map(|l| l.write.as_ref()).collect();
-        let replies: Vec<(i64, &StoredReply)> = batch
-            .iter()
-            .enumerate()
-            .flat_map(|(i, lane)| lane.replies.iter().map(move |r| (lane_of(i), r)))
-            .collect();
-        let kept: Vec<(i64, &Quarantined)> = batch
-            .iter()
-            .enumerate()
-            .flat_map(|(i, lane)| lane.quarantine.iter().map(move |q| (lane_of(i), q)))
-            .collect();
-        // Accept-log entries leave with their final reply, or with their
-        // mutation into the quarantine.
-        let accepted: Vec<(i64, &str, &str)> = replies
-            .iter()
-            .filter(|(_, r)| r.was_accepted)
-            .map(|(lane, r)| (*lane, r.client.as_str(), r.id.as_str()))
-            .chain(
-                kept.iter()
-                    .filter(|(_, q)| q.was_accepted)
-                    .map(|(lane, q)| (*lane, q.client.as_str(), q.id.as_str())),
-            )
-            .collect();
-        let released: Vec<&(i64, &StoredReply)> =
-            replies.iter().filter(|(_, r)| r.was_quarantined).collect();
-        let sql = if self.history {
-            COMMIT_WITH_HISTORY_SQL.as_str()
-        } else {
-            COMMIT_SQL.as_str()
+/// Lanes of distinct documents in one statement (see `COMMIT_SQL`):
+/// their rows locked in key order (two Sluice processes cannot
+/// deadlock), each lane committed only if its document still has the
+/// expected version, and with it its replies, its accept-log deletions
+/// and, when the history lives here, its history records. Round trips,
+/// not rows, are what a commit costs here: this is one.
+async fn commit_statement(
+    conn: &mut sqlx::PgConnection,
+    batch: &[LaneCommit],
+    history: bool,
+) -> Result<Vec<CommitOutcome>, StoreError> {
+    // Lanes are numbered from 1 (`WITH ORDINALITY`); replies and records
+    // name their lane.
+    let lane_of = |i: usize| i64::try_from(i + 1).unwrap_or(i64::MAX);
+    let writes: Vec<Option<&Document>> = batch.iter().map(|l| l.write.as_ref()).collect();
+    let replies: Vec<(i64, &StoredReply)> = batch
+        .iter()
+        .enumerate()
+        .flat_map(|(i, lane)| lane.replies.iter().map(move |r| (lane_of(i), r)))
+        .collect();
+    let kept: Vec<(i64, &Quarantined)> = batch
+        .iter()
+        .enumerate()
+        .flat_map(|(i, lane)| lane.quarantine.iter().map(move |q| (lane_of(i), q)))
+        .collect();
+    // Accept-log entries leave with their final reply, or with their
+    // mutation into the quarantine.
+    let accepted: Vec<(i64, &str, &str)> = replies
+        .iter()
+        .filter(|(_, r)| r.was_accepted)
+        .map(|(lane, r)| (*lane, r.client.as_str(), r.id.as_str()))
+        .chain(
+            kept.iter()
+                .filter(|(_, q)| q.was_accepted)
+                .map(|(lane, q)| (*lane, q.client.as_str(), q.id.as_str())),
+        )
+        .collect();
+    let released: Vec<&(i64, &StoredReply)> =
+        replies.iter().filter(|(_, r)| r.was_quarantined).collect();
+    let sql = if history {
+        COMMIT_WITH_HISTORY_SQL.as_str()
+    } else {
+        COMMIT_SQL.as_str()
+    };
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let query = bind_lanes(query, batch, &writes);
+    let query = bind_replies(query, &replies);
+    let query = query
+        .bind(accepted.iter().map(|a| a.0).collect::<Vec<_>>())
+        .bind(accepted.iter().map(|a| a.1).collect::<Vec<_>>())
+        .bind(accepted.iter().map(|a| a.2).collect::<Vec<_>>());
+    let query = bind_kept(query, &kept);
+    let query = bind_released(query, &released);
+    let query = bind_fences(query, batch);
+    let query = if history {
+        bind_history(query, batch)
+    } else {
+        query
+    };
+    let rows = query.fetch_all(&mut *conn).await?;
+    let mut outcomes = vec![CommitOutcome::Stale; batch.len()];
+    for row in rows {
+        let resent: i32 = row.try_get("resent")?;
+        // A fenced lane's row comes last: it is neither resent nor kept.
+        outcomes[ordinal(&row, batch.len())?] = match resent {
+            0 => CommitOutcome::Committed,
+            1 => CommitOutcome::Resent,
+            _ => CommitOutcome::Fenced,
         };
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        let query = bind_lanes(query, batch, &writes);
-        let query = bind_replies(query, &replies);
-        let query = query
-            .bind(accepted.iter().map(|a| a.0).collect::<Vec<_>>())
-            .bind(accepted.iter().map(|a| a.1).collect::<Vec<_>>())
-            .bind(accepted.iter().map(|a| a.2).collect::<Vec<_>>());
-        let query = bind_kept(query, &kept);
-        let query = bind_released(query, &released);
-        let query = bind_fences(query, batch);
-        let query = if self.history {
-            bind_history(query, batch)
-        } else {
-            query
-        };
-        let rows = query.fetch_all(&mut *conn).await?;
-        let mut outcomes = vec![CommitOutcome::Stale; batch.len()];
-        for row in rows {
-            let resent: i32 = row.try_get("resent")?;
-            // A fenced lane's row comes last: it is neither resent nor kept.
-            outcomes[ordinal(&row, batch.len())?] = match resent {
-                0 => CommitOutcome::Committed,
-                1 => CommitOutcome::Resent,
-                _ => CommitOutcome::Fenced,
-            };
-        }
-        Ok(outcomes)
+    }
+    Ok(outcomes)
+}
+
+/// A lane's document locked with `SELECT … FOR UPDATE`, in the
+/// transaction its commit runs in.
+struct PgLocked {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    document: Document,
+    history: bool,
+}
+
+#[async_trait::async_trait]
+impl LockedDoc for PgLocked {
+    fn document(&self) -> &Document {
+        &self.document
+    }
+
+    async fn commit(mut self: Box<Self>, lane: &LaneCommit) -> Result<CommitOutcome, StoreError> {
+        let outcomes =
+            commit_statement(&mut self.tx, std::slice::from_ref(lane), self.history).await?;
+        self.tx.commit().await?;
+        outcomes
+            .first()
+            .copied()
+            .ok_or_else(|| StoreError::Corrupt("a locked lane's commit returned no row".into()))
     }
 }
 

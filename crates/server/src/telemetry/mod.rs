@@ -86,6 +86,7 @@ pub struct Gauges {
     pub model_log_loss: Option<f64>,
     pub model_calibration_error: Option<f64>,
     pub model_version: f64,
+    pub lock_threshold: f64,
 }
 
 pub struct Telemetry {
@@ -104,6 +105,8 @@ pub struct Telemetry {
     dispatches: Counter,
     dispatched: Counter,
     commits_stale: Counter,
+    lanes_locked: Counter,
+    lock_hold: Histogram,
     store_errors: [Counter; 2],
     history_failures: Counter,
     queue_wait: Histogram,
@@ -148,7 +151,7 @@ fn index_of(set: &[&str], value: &str) -> usize {
 }
 
 /// Gauges in the order [`Telemetry::render`] sets them.
-const GAUGES: [(&str, &str); 17] = [
+const GAUGES: [(&str, &str); 18] = [
     (
         "sluice_queue_depth",
         "Mutations accepted and not yet decided.",
@@ -214,6 +217,10 @@ const GAUGES: [(&str, &str); 17] = [
         "sluice_model_version",
         "How many times the model was retrained and swapped in.",
     ),
+    (
+        "sluice_lock_threshold",
+        "The conflict score at or above which a lane locks its document in the store (pre-emptive locking).",
+    ),
 ];
 
 impl Telemetry {
@@ -228,6 +235,7 @@ impl Telemetry {
             ("sluice_commit_batch_lanes", &BATCH_BUCKETS[..]),
             ("sluice_conflict_score", &SCORE_BUCKETS[..]),
             ("sluice_model_retrain_seconds", &RETRAIN_BUCKETS[..]),
+            ("sluice_lock_hold_seconds", &LATENCY_BUCKETS[..]),
         ]
         .into_iter()
         .fold(builder, |b, (name, buckets)| {
@@ -278,6 +286,15 @@ impl Telemetry {
         describe_counter(
             "sluice_commits_stale_total",
             "Lane commits refused by the store's compare-and-set (a writer bypassed Sluice).",
+        );
+        describe_counter(
+            "sluice_lanes_locked_total",
+            "Lanes decided and committed under a lock in the store (pre-emptive locking).",
+        );
+        r.describe_histogram(
+            "sluice_lock_hold_seconds".into(),
+            Some(Unit::Seconds),
+            "How long a locked lane held its document's lock: its decision and its commit.".into(),
         );
         describe_counter(
             "sluice_store_errors_total",
@@ -399,6 +416,8 @@ impl Telemetry {
             dispatches: counter("sluice_lane_dispatches_total", &[]),
             dispatched: counter("sluice_mutations_dispatched_total", &[]),
             commits_stale: counter("sluice_commits_stale_total", &[]),
+            lanes_locked: counter("sluice_lanes_locked_total", &[]),
+            lock_hold: histogram("sluice_lock_hold_seconds", &[]),
             store_errors: [
                 counter("sluice_store_errors_total", &[("op", "read")]),
                 counter("sluice_store_errors_total", &[("op", "commit")]),
@@ -571,6 +590,12 @@ impl Telemetry {
         }
     }
 
+    /// A lane that held its document's lock for `held`.
+    pub fn lane_locked(&self, held: Duration) {
+        self.lanes_locked.increment(1);
+        self.lock_hold.record(held.as_secs_f64());
+    }
+
     pub fn commit_stale(&self) {
         self.commits_stale.increment(1);
     }
@@ -617,6 +642,7 @@ impl Telemetry {
             gauges.model_log_loss.unwrap_or(f64::NAN),
             gauges.model_calibration_error.unwrap_or(f64::NAN),
             gauges.model_version,
+            gauges.lock_threshold,
         ];
         debug_assert_eq!(values.len(), self.gauges.len());
         for ((_, gauge), value) in self.gauges.iter().zip(values) {
