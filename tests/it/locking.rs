@@ -119,6 +119,9 @@ async fn without_locking_no_lane_locks() {
 async fn the_lock_threshold_is_shown_and_its_settings_checked() {
     let server = TestServer::embedded().await;
     let (_, stats) = server.get("/v1/stats").await;
+    assert_eq!(stats["locking"]["mode"], "off", "off unless asked for");
+    let server = TestServer::with(|c| c.locking.mode = GuardMode::Adaptive).await;
+    let (_, stats) = server.get("/v1/stats").await;
     assert_eq!(stats["locking"]["mode"], "adaptive");
     assert_eq!(stats["locking"]["threshold"], json!(0.5));
     assert_eq!(

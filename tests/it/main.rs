@@ -27,6 +27,7 @@ mod outages;
 mod predict;
 mod quarantine;
 mod replay;
+mod simulate;
 mod simulation;
 mod support;
 mod tls;

@@ -13,6 +13,7 @@ mod mutations;
 mod quarantine;
 mod query;
 pub(crate) mod schema;
+mod simulate;
 pub mod wire;
 
 pub use answer::{Reply, reply};
@@ -160,6 +161,7 @@ fn routes() -> OpenApiRouter<Engine> {
             routes!(mutations::post_batch).layer(DefaultBodyLimit::max(wire::BATCH_BODY_BYTES_MAX)),
         )
         .routes(routes!(mutations::get_mutation))
+        .routes(routes!(simulate::post_simulate))
         .routes(routes!(get_document))
         .routes(routes!(get_collection, put_collection))
         .routes(routes!(get_collection_changes))

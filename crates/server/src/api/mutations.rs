@@ -78,7 +78,11 @@ pub(super) async fn post_mutation(
 }
 
 /// Refuses a mutation its caller may not send to its collection.
-fn may_write(engine: &Engine, caller: &Caller, mutation: &Mutation) -> Result<(), ApiError> {
+pub(super) fn may_write(
+    engine: &Engine,
+    caller: &Caller,
+    mutation: &Mutation,
+) -> Result<(), ApiError> {
     if caller.principal().is_none() {
         return Ok(());
     }

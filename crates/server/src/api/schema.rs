@@ -373,6 +373,51 @@ pub(crate) struct LockingStats {
     pub stale_unlocked: u64,
 }
 
+/// `POST /v1/mutations:simulate`: one result per mutation, in order.
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct SimulateResult {
+    pub results: Vec<Simulated>,
+}
+
+/// What one mutation would meet now; nothing was written.
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct Simulated {
+    pub id: String,
+    pub collection: String,
+    pub key: String,
+    /// Its base is not the document's version now: the collection's
+    /// handler would decide.
+    pub would_conflict: bool,
+    /// `applied`, `merged`, `rejected`, `not_found`, or `refused` (it would
+    /// leave a document over `document_bytes_max`).
+    pub outcome: SimulatedOutcome,
+    /// The version it would leave, and the version it is decided against.
+    pub version: u64,
+    pub current_version: u64,
+    /// The item it would leave (the current one when rejected or refused;
+    /// null when deleted or never written).
+    #[schema(value_type = Option<Object>)]
+    pub item: Option<Value>,
+    /// The handler that would decide its conflict, and why it would
+    /// reject or merge; null without a conflict.
+    pub handler: Option<String>,
+    pub reason: Option<String>,
+    /// The predicted conflict probability.
+    pub score: f64,
+    /// An estimate of its wait in its lane.
+    pub expected_wait_ms: f64,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SimulatedOutcome {
+    Applied,
+    Merged,
+    Rejected,
+    NotFound,
+    Refused,
+}
+
 /// Predicted probability against the observed conflict rate, in one bin.
 #[derive(ToSchema, serde::Serialize)]
 pub(crate) struct CalibrationBin {

@@ -106,7 +106,26 @@ impl Resolver {
     ) -> Step {
         match mutation.base_version {
             Some(base) if base != doc.version => {
-                self.settle_conflict(doc, mutation, base, config).await
+                self.settle_conflict(doc, mutation, base, config, false)
+                    .await
+            }
+            _ => apply(doc, mutation),
+        }
+    }
+
+    /// The same decision as a dry run (`POST /v1/mutations:simulate`): a
+    /// script or webhook runs with `"dry_run": true` in its context, and
+    /// nothing of the run is counted in the metrics.
+    pub async fn decide_dry(
+        &self,
+        doc: &Document,
+        mutation: &Mutation,
+        config: &CollectionConfig,
+    ) -> Step {
+        match mutation.base_version {
+            Some(base) if base != doc.version => {
+                self.settle_conflict(doc, mutation, base, config, true)
+                    .await
             }
             _ => apply(doc, mutation),
         }
@@ -132,10 +151,11 @@ impl Resolver {
         m: &Mutation,
         base: u64,
         config: &CollectionConfig,
+        dry_run: bool,
     ) -> Step {
         let handler = &config.handler;
         let started = self.clock.elapsed();
-        let (answer, run, run_time) = self.run_handler(doc, m, base, config).await;
+        let (answer, run, run_time) = self.run_handler(doc, m, base, config, dry_run).await;
         let handler_failed = matches!(run, Run::Failed(_));
         let result = match (run, &answer) {
             (Run::BuiltIn, _) => None,
@@ -144,7 +164,7 @@ impl Resolver {
             (Run::Answered, HandlerAnswer::Remove) => Some("removed"),
             (Run::Answered, HandlerAnswer::Reject(_)) => Some("rejected"),
         };
-        if let (Some(result), Some(telemetry)) = (result, &self.telemetry) {
+        if let (Some(result), Some(telemetry), false) = (result, &self.telemetry, dry_run) {
             let took = run_time.unwrap_or_else(|| self.clock.elapsed().saturating_sub(started));
             telemetry.handler_run(handler.name(), result, took.as_secs_f64());
         }
@@ -166,7 +186,15 @@ impl Resolver {
         m: &Mutation,
         base: u64,
         config: &CollectionConfig,
+        dry_run: bool,
     ) -> (HandlerAnswer, Run, Option<std::time::Duration>) {
+        let context = || {
+            let mut ctx = resolve_context(doc, m, base);
+            if dry_run {
+                ctx["dry_run"] = serde_json::Value::Bool(true);
+            }
+            ctx
+        };
         match &config.handler {
             Handler::Optimistic => (
                 HandlerAnswer::Reject(stale_reason(base, doc.version)),
@@ -179,7 +207,7 @@ impl Resolver {
                 None,
             ),
             Handler::Script { source } => {
-                let call_ctx = resolve_context(doc, m, base);
+                let call_ctx = context();
                 let (source, limits, clock) =
                     (source.clone(), self.script_limits, self.clock.clone());
                 let max = self.document_bytes_max;
@@ -204,7 +232,7 @@ impl Resolver {
                 timeout_ms,
                 headers,
             } => {
-                let call_ctx = resolve_context(doc, m, base);
+                let call_ctx = context();
                 // Checked again at every call: the rules may have changed
                 // since the collection was configured.
                 let called = match self.webhook_policy.check_url(url) {

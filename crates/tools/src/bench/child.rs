@@ -56,18 +56,9 @@ pub(super) struct SluiceChild {
 }
 
 impl SluiceChild {
-    /// Starts `exe serve` on PostgreSQL (`postgres` for store and history) and
-    /// waits until it answers `/healthz`. Its log goes to `log`.
-    pub(super) async fn start(
-        exe: &Path,
-        postgres: &str,
-        features: Features,
-        log: &Path,
-    ) -> ToolResult<SluiceChild> {
-        SluiceChild::start_with(exe, postgres, features, log, &[], &[]).await
-    }
-
-    /// The same, with more arguments to `serve` and more settings.
+    /// Starts `exe serve` on PostgreSQL (`postgres` for store and history),
+    /// with more arguments to `serve` and more settings, and waits until it
+    /// answers `/healthz`. Its log goes to `log`.
     pub(super) async fn start_with(
         exe: &Path,
         postgres: &str,

@@ -198,6 +198,11 @@ async fn start_sluices(
             // Direct, or started below (the cluster's members).
             Subject::Contender(_) | Subject::Pgbench | Subject::Cluster => continue,
             Subject::Ablation(i) => ABLATION[i].1,
+            Subject::Variant(_) => Features::ALL,
+        };
+        let env = match subject {
+            Subject::Variant(i) => plan::VARIANTS[i].1,
+            _ => &[],
         };
         let name = match subject {
             Subject::OwnTier => "sluice-own-tier".to_owned(),
@@ -208,7 +213,7 @@ async fn start_sluices(
             Subject::OwnTier => linked_url.as_str(),
             _ => url,
         };
-        let child = SluiceChild::start(&options.exe, store, features, &log).await?;
+        let child = SluiceChild::start_with(&options.exe, store, features, &log, &[], env).await?;
         let addr: std::net::SocketAddr = child
             .url
             .trim_start_matches("http://")

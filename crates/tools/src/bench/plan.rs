@@ -167,6 +167,8 @@ pub(super) enum Subject {
     Contender(Contender),
     /// A Sluice with only some features on (`ABLATION[i]`).
     Ablation(usize),
+    /// A Sluice with an advanced feature set otherwise (`VARIANTS[i]`).
+    Variant(usize),
     /// `sluice` deployed as its own tier: the link between it and
     /// PostgreSQL too.
     OwnTier,
@@ -215,6 +217,26 @@ pub const ABLATION: [(&str, Features); 5] = [
     ("+group commit", Features::ALL),
 ];
 
+/// Sluice with one advanced feature's setting changed from its default,
+/// beside the default: the settings each is measured against.
+pub(super) const VARIANTS: [(&str, &[(&str, &str)]); 2] = [
+    (
+        "sluice-lock-adaptive",
+        &[("SLUICE_LOCKING__MODE", "adaptive")],
+    ),
+    ("sluice-lock-always", &[("SLUICE_LOCKING__MODE", "always")]),
+];
+
+/// The variants measured in a setting, beside the default Sluice.
+fn variants_of(setting: Setting) -> Vec<Subject> {
+    match setting {
+        // Pre-emptive locking: off (the default), adaptive and always,
+        // against a writer that bypasses Sluice.
+        Setting::External => vec![Subject::Variant(0), Subject::Variant(1)],
+        _ => Vec::new(),
+    }
+}
+
 /// Every run in order: per repetition, per round trip, per setting, the
 /// contenders in an order that rotates, so no contender always runs first
 /// or last.
@@ -261,6 +283,7 @@ pub(super) fn schedule(workloads: &[Workload], plan: &Plan) -> Vec<Job> {
                     _ => contenders.clone(),
                 };
                 let mut subjects = subjects;
+                subjects.extend(variants_of(*setting));
                 // The features one at a time, beside the contenders at
                 // θ = 0.99 (the two ends are `sluice-fifo` and `sluice`
                 // themselves), and Sluice as its own tier where there is a
@@ -306,6 +329,7 @@ pub(super) fn subject_name(subject: Subject) -> String {
     match subject {
         Subject::Contender(c) => c.name().to_owned(),
         Subject::Ablation(i) => format!("sluice-{}", ABLATION[i].0.trim_start_matches('+')),
+        Subject::Variant(i) => VARIANTS[i].0.to_owned(),
         Subject::OwnTier => Contender::Sluice.name().to_owned(),
         Subject::Pgbench => "pgbench-lock".to_owned(),
         Subject::Cluster => format!("sluice×{CLUSTER_MEMBERS}"),

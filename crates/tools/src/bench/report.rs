@@ -550,6 +550,7 @@ impl BenchReport {
                 table(&mut md, &rows);
             }
         }
+        advanced(&mut md, &self.runs, &self.rtts());
         if !self.ablation.is_empty() {
             let _ = writeln!(
                 md,
@@ -651,6 +652,58 @@ fn about(workload: &str) -> Option<&'static str> {
             "A refusal-only burst: the bench locks Sluice's document table (its commits wait, its reads do not), sends 100 mutations that then wait inside, lets the door close on the queue that stopped moving, and then 32 clients send mutations back to back; every answer must be a fast 429. The *cpu µs/intent* columns are per refusal, read around the burst alone; *applied* counts the 100 held mutations, decided once the table is unlocked; the latencies are the refusals'.",
         ),
         _ => None,
+    }
+}
+
+/// Each advanced feature against its default, a line per round trip with
+/// its verdict: what it changed and what it cost.
+fn advanced(md: &mut String, runs: &[RunRecord], rtts: &[f64]) {
+    let find = |workload: &str, contender: &str, rtt: f64| {
+        runs.iter()
+            .find(|r| r.workload == workload && r.contender == contender && r.rtt_ms == rtt)
+    };
+    let mut lines = Vec::new();
+    for &rtt in rtts {
+        let (Some(off), Some(adaptive), Some(always)) = (
+            find("external", "sluice", rtt),
+            find("external", "sluice-lock-adaptive", rtt),
+            find("external", "sluice-lock-always", rtt),
+        ) else {
+            continue;
+        };
+        let verdict = |r: &RunRecord, name: &str| {
+            format!(
+                "{name}: wasted writes {} → {}, goodput ×{:.2}, p99 ×{:.2}",
+                off.wasted_writes,
+                r.wasted_writes,
+                r.goodput / off.goodput.max(f64::MIN_POSITIVE),
+                r.p99_ms / off.p99_ms.max(f64::MIN_POSITIVE)
+            )
+        };
+        lines.push(format!(
+            "| pre-emptive locking | external θ=0.99, R = {rtt} ms | {} / {} / {} | {:.0} / {:.0} / {:.0} | {:.1} / {:.1} / {:.1} | {}; {} |",
+            off.wasted_writes,
+            adaptive.wasted_writes,
+            always.wasted_writes,
+            off.goodput,
+            adaptive.goodput,
+            always.goodput,
+            off.p99_ms,
+            adaptive.p99_ms,
+            always.p99_ms,
+            verdict(adaptive, "adaptive against off"),
+            verdict(always, "always against off"),
+        ));
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## Advanced features, off / default / always\n\nEach feature's setting against the default Sluice in the same run (the rows are in the workload's table above). Pre-emptive locking: `sluice` (off, the default), `sluice-lock-adaptive` (above the adaptive threshold), `sluice-lock-always`; a lane's wasted writes are its stale commits.\n\n| feature | where | wasted writes: off / adaptive / always | goodput/s | p99 ms | verdict |\n|---|---|---:|---:|---:|---|"
+    );
+    for line in lines {
+        let _ = writeln!(md, "{line}");
     }
 }
 
