@@ -212,9 +212,54 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
             }
         }
     }
+    // The advanced features' settings beside the default, in `external`.
+    let variants = [
+        "sluice-lock-adaptive",
+        "sluice-lock-always",
+        "sluice-lock-always-inside",
+    ];
+    for rtt in [0.0, 1.0] {
+        for variant in variants {
+            let found = record(
+                "external",
+                Some(0.99),
+                None,
+                rtt,
+                variant,
+                Some("next-to-store"),
+            );
+            assert_eq!(found.len(), 1, "external R={rtt} {variant}");
+            let run = found[0];
+            assert!(run["applied"].as_u64().is_some_and(|n| n > 0), "{run}");
+            assert!(run["locked_lanes"].as_u64().is_some_and(|n| n > 0), "{run}");
+            assert!(
+                run["lock_held_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+                "{run}"
+            );
+        }
+        let plain = record(
+            "external",
+            Some(0.99),
+            None,
+            rtt,
+            "sluice",
+            Some("next-to-store"),
+        );
+        assert_eq!(plain[0]["locked_lanes"], 0, "locking is off by default");
+    }
     assert_eq!(
         runs.len(),
-        expected.len() * contenders.len() + 2 + 2 * others.len() + 2 + 8
+        expected.len() * contenders.len() + 2 + 2 * others.len() + 2 + 8 + 2 * variants.len()
+    );
+    let md = std::fs::read_to_string(out.join("BENCH.md")).expect("BENCH.md");
+    assert!(md.contains("## Advanced features, on and off"), "{md}");
+    assert!(
+        md.contains("- pre-emptive locking, R = 0 ms, against sluice:"),
+        "{md}"
+    );
+    assert!(
+        md.contains("- deciding before the lock, R = 0 ms, against sluice-lock-always-inside:"),
+        "{md}"
     );
     let links = report["links"].as_array().expect("links");
     let measured: Vec<f64> = links.iter().filter_map(|l| l["rtt_ms"].as_f64()).collect();

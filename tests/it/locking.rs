@@ -13,12 +13,13 @@ const OUTSIDE_WRITES: usize = 150;
 /// Sluice's clients patch one document while a writer outside Sluice bumps
 /// it; returns the server's stats once all is done and checks that every
 /// write of both is in the document.
-async fn hot_document_under_an_outside_writer(mode: GuardMode) -> Value {
+async fn hot_document_under_an_outside_writer(mode: GuardMode, decide_first: bool) -> Value {
     let url = fresh_postgres_database().await;
     let server = TestServer::with(|c| {
         c.store = url.clone();
         c.history = url.clone();
         c.locking.mode = mode;
+        c.locking.decide_first = decide_first;
     })
     .await;
     let (status, answer) = server
@@ -92,25 +93,70 @@ async fn hot_document_under_an_outside_writer(mode: GuardMode) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn always_locking_leaves_an_outside_writer_no_stale_commit() {
-    let stats = hot_document_under_an_outside_writer(GuardMode::Always).await;
-    assert_eq!(stats["locking"]["mode"], "always");
-    assert_eq!(stats["commits_stale"], 0, "{stats}");
-    let locked = stats["locking"]["locked_lanes"]
-        .as_u64()
-        .expect("locked_lanes");
-    assert!(locked > 0, "{stats}");
-    let needed = stats["locking"]["locks_needed"]
-        .as_u64()
-        .expect("locks_needed");
-    assert!(
-        needed > 0 && needed <= locked,
-        "the outside writer was met: {stats}"
-    );
+    // Deciding before the lock (the default) or under it: a document that
+    // moved before the lock was taken is decided again under it.
+    for decide_first in [true, false] {
+        let stats = hot_document_under_an_outside_writer(GuardMode::Always, decide_first).await;
+        assert_eq!(stats["locking"]["mode"], "always");
+        assert_eq!(stats["commits_stale"], 0, "{stats}");
+        let locked = stats["locking"]["locked_lanes"]
+            .as_u64()
+            .expect("locked_lanes");
+        assert!(locked > 0, "{stats}");
+        let needed = stats["locking"]["locks_needed"]
+            .as_u64()
+            .expect("locks_needed");
+        assert!(
+            needed > 0 && needed <= locked,
+            "the outside writer was met: {stats}"
+        );
+        assert!(
+            stats["locking"]["lock_held_ms"]
+                .as_f64()
+                .is_some_and(|ms| ms > 0.0),
+            "{stats}"
+        );
+    }
+}
+
+/// A lane that writes nothing (a certain rejection) takes no lock when it
+/// decides first; deciding under the lock, it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_that_writes_nothing_takes_no_lock() {
+    let url = fresh_postgres_database().await;
+    for (decide_first, locks) in [(true, 1), (false, 2)] {
+        let server = TestServer::with(|c| {
+            c.store = url.clone();
+            c.history = url.clone();
+            c.locking.mode = GuardMode::Always;
+            c.locking.decide_first = decide_first;
+        })
+        .await;
+        let key = format!("k{decide_first}");
+        let (status, _) = server
+            .post(json!({"collection": "c", "key": key, "op": "put", "value": {"n": 1}}))
+            .await;
+        assert_eq!(status, 200);
+        let (status, body) = server
+            .post(json!({"collection": "c", "key": key, "op": "put", "value": {"n": 2}, "base_version": 0}))
+            .await;
+        assert_eq!(
+            (status, body["outcome"].clone()),
+            (409, json!("rejected")),
+            "{body}"
+        );
+        let (_, stats) = server.get("/v1/stats").await;
+        assert_eq!(
+            stats["locking"]["locked_lanes"],
+            json!(locks),
+            "decide_first = {decide_first}: {stats}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_locking_no_lane_locks() {
-    let stats = hot_document_under_an_outside_writer(GuardMode::Off).await;
+    let stats = hot_document_under_an_outside_writer(GuardMode::Off, true).await;
     assert_eq!(stats["locking"]["mode"], "off");
     assert_eq!(stats["locking"]["locked_lanes"], 0, "{stats}");
 }

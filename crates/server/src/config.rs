@@ -10,14 +10,14 @@
 
 mod cluster;
 mod explain;
-mod guard;
+mod locking;
 
 pub use cluster::{
     CLUSTER_LEASE_MS_DEFAULT, CLUSTER_PARTITIONS_DEFAULT, CLUSTER_RETRAIN_INTERVAL_S_DEFAULT,
     ClusterConfig,
 };
 use explain::{Source, env_value, explain, set_path};
-pub use guard::GuardSettings;
+pub use locking::LockingSettings;
 
 use crate::auth::AuthMode;
 use crate::auth::jwt::JwtConfig;
@@ -131,7 +131,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Pre-emptive locking: lanes likely to conflict read, decide and
     /// commit their document under a lock in the store (PostgreSQL).
-    pub locking: GuardSettings,
+    pub locking: LockingSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -202,7 +202,7 @@ impl Default for Config {
             jwt: JwtConfig::default(),
             limits: LimitsConfig::default(),
             cluster: ClusterConfig::default(),
-            locking: GuardSettings::default(),
+            locking: LockingSettings::default(),
         }
     }
 }
@@ -487,6 +487,7 @@ impl Config {
             sample_host: true,
             predictor: self.predictor.clone(),
             locking: self.locking.config(),
+            lock_decides_first: self.locking.decide_first,
         }
     }
 

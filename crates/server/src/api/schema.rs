@@ -371,6 +371,8 @@ pub(crate) struct LockingStats {
     pub locks_needed: u64,
     /// Commits of lanes without a lock that found the version moved.
     pub stale_unlocked: u64,
+    /// How long the locks were held, in all (ms).
+    pub lock_held_ms: f64,
 }
 
 /// `POST /v1/mutations:simulate`: one result per mutation, in order.

@@ -637,29 +637,31 @@ async fn decide_lane(
     let dispatched_at = inner.clock.elapsed();
     let score = batch.iter().map(|entry| entry.score).fold(0.0, f64::max);
     let wants_lock = inner.locking.wants(score);
+    // Decided before the lock is taken, the lock holds only the
+    // compare-and-set; a lane that writes nothing takes no lock at all.
+    let decide_first = wants_lock && inner.config.lock_decides_first;
     for attempt in 0..=CAS_RETRIES_MAX {
-        let (current, held) = if wants_lock {
+        let (current, mut held) = if wants_lock && !decide_first {
             lock_current(inner, doc, attempt).await?
         } else {
             (read_current(inner, doc, attempt).await?, None)
         };
-        let current_version = current.version;
-        if !looked_up && config.handler.is_custom() && may_conflict(batch, current_version) {
+        if !looked_up && config.handler.is_custom() && may_conflict(batch, current.version) {
             return Ok(None);
         }
-        let decided_ms = inner.clock.now_ms();
-        let folded = fold(inner, &config, doc, current, batch, dispatched_at, parked).await;
-        let (mut commit, mut decided) = lane_commit(
-            doc,
-            current_version,
-            folded,
-            batch,
-            decided_ms,
-            dispatched_at,
-        );
-        // In cluster mode the store checks that this process still owns
-        // the document's partition.
-        commit.fence = inner.cluster.get().map(|role| role.fence_for(doc));
+        let against = (&*config, doc, batch, dispatched_at, parked);
+        let (mut commit, mut decided) = decide_against(inner, against, current).await;
+        if decide_first
+            && commit.write.is_some()
+            && let Some((locked, lock)) = try_lock(inner, doc).await?
+        {
+            if locked.version != commit.expected_version {
+                // Moved since the read: decided again, under the lock.
+                inner.quarantine.unreserve(decided.new_slots);
+                (commit, decided) = decide_against(inner, against, locked).await;
+            }
+            held = Some(lock);
+        }
         let (committed, lane) = match held {
             Some(held) => commit_locked(inner, held, score, commit).await,
             None => {
@@ -719,6 +721,40 @@ async fn decide_lane(
     ))
 }
 
+/// What a lane is decided with: its collection's settings, its document,
+/// its batch, when it was dispatched, and its parking flag.
+type Against<'a> = (
+    &'a CollectionConfig,
+    &'a DocKey,
+    &'a [LaneEntry],
+    Duration,
+    &'a AtomicBool,
+);
+
+/// Decides the batch against `current`: the lane's commit, fenced in
+/// cluster mode, and how the batch ends if it commits.
+async fn decide_against(
+    inner: &Inner,
+    (config, doc, batch, dispatched_at, parked): Against<'_>,
+    current: Document,
+) -> (LaneCommit, BatchEnd) {
+    let current_version = current.version;
+    let decided_ms = inner.clock.now_ms();
+    let folded = fold(inner, config, doc, current, batch, dispatched_at, parked).await;
+    let (mut commit, decided) = lane_commit(
+        doc,
+        current_version,
+        folded,
+        batch,
+        decided_ms,
+        dispatched_at,
+    );
+    // In cluster mode the store checks that this process still owns the
+    // document's partition.
+    commit.fence = inner.cluster.get().map(|role| role.fence_for(doc));
+    (commit, decided)
+}
+
 /// A document locked in the store for a lane (pre-emptive locking).
 struct Held {
     lock: Box<dyn LockedDoc>,
@@ -736,6 +772,15 @@ async fn lock_current(
     doc: &DocKey,
     attempt: u32,
 ) -> Result<(Document, Option<Held>), Refusal> {
+    match try_lock(inner, doc).await? {
+        Some((current, held)) => Ok((current, Some(held))),
+        None => Ok((read_current(inner, doc, attempt).await?, None)),
+    }
+}
+
+/// The document locked in the store, as it stands under the lock; `None`
+/// when the store has no lock to offer.
+async fn try_lock(inner: &Inner, doc: &DocKey) -> Result<Option<(Document, Held)>, Refusal> {
     let known = inner.cache.version(doc);
     let started = inner.clock.elapsed();
     let locked = inner.store.lock(doc).await;
@@ -745,9 +790,9 @@ async fn lock_current(
             let current = lock.document().clone();
             let needed = known.map(|version| version != current.version);
             let at = inner.clock.elapsed();
-            Ok((current, Some(Held { lock, at, needed })))
+            Ok(Some((current, Held { lock, at, needed })))
         }
-        Ok(None) => Ok((read_current(inner, doc, attempt).await?, None)),
+        Ok(None) => Ok(None),
         Err(e) => {
             inner.observe_store(started, false, 1, false);
             Err(store_error_refusal(&e))
@@ -766,8 +811,9 @@ async fn commit_locked(
     let committed = held.lock.commit(&commit).await;
     let now = inner.clock.elapsed();
     inner.observe_store(started, true, 1, committed.is_ok());
-    inner.telemetry.lane_locked(now.saturating_sub(held.at));
-    inner.locking.locked(score, held.needed);
+    let held_for = now.saturating_sub(held.at);
+    inner.telemetry.lane_locked(held_for);
+    inner.locking.locked(score, held.needed, held_for);
     (committed, Some(commit))
 }
 

@@ -21,6 +21,8 @@ pub(super) struct Locking {
     locked_total: AtomicU64,
     needed_total: AtomicU64,
     stale_unlocked_total: AtomicU64,
+    /// How long locks were held, in all, µs.
+    held_us_total: AtomicU64,
 }
 
 struct State {
@@ -37,6 +39,8 @@ pub struct LockingStats {
     pub locked_lanes: u64,
     pub locks_needed: u64,
     pub stale_unlocked: u64,
+    /// How long the locks were held, in all (ms).
+    pub lock_held_ms: f64,
 }
 
 impl Locking {
@@ -49,6 +53,7 @@ impl Locking {
             locked_total: AtomicU64::new(0),
             needed_total: AtomicU64::new(0),
             stale_unlocked_total: AtomicU64::new(0),
+            held_us_total: AtomicU64::new(0),
         }
     }
 
@@ -60,9 +65,13 @@ impl Locking {
     /// A lane decided under a lock; `needed`: the document had moved since
     /// Sluice last wrote it, so without the lock its commit could have
     /// gone stale; `None`: not known, and not judged.
-    pub(super) fn locked(&self, score: f64, needed: Option<bool>) {
+    pub(super) fn locked(&self, score: f64, needed: Option<bool>, held: std::time::Duration) {
         let was_needed = needed == Some(true);
         self.locked_total.fetch_add(1, Ordering::Relaxed);
+        self.held_us_total.fetch_add(
+            u64::try_from(held.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         self.needed_total
             .fetch_add(u64::from(was_needed), Ordering::Relaxed);
         let mut state = lock(&self.state);
@@ -111,6 +120,7 @@ impl Locking {
             locked_lanes: self.locked_total.load(Ordering::Relaxed),
             locks_needed: self.needed_total.load(Ordering::Relaxed),
             stale_unlocked: self.stale_unlocked_total.load(Ordering::Relaxed),
+            lock_held_ms: self.held_us_total.load(Ordering::Relaxed) as f64 / 1000.0,
         }
     }
 }

@@ -148,6 +148,9 @@ pub struct EngineConfig {
     /// Pre-emptive locking: which lanes read, decide and commit their
     /// document under a lock in the store (`locking.rs`).
     pub locking: GuardConfig,
+    /// A locking lane decides before it takes the lock (and takes none when
+    /// it writes nothing): the lock then holds only the compare-and-set.
+    pub lock_decides_first: bool,
 }
 
 /// Where the lock threshold starts, and its bounds.
@@ -187,6 +190,7 @@ impl Default for EngineConfig {
             sample_host: true,
             predictor: PredictorConfig::default(),
             locking: LOCKING_DEFAULT,
+            lock_decides_first: true,
         }
     }
 }

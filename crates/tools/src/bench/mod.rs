@@ -365,7 +365,14 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
     let mut samples = Vec::new();
     let mut capacity_samples = Vec::new();
     let mut ablation_samples = Vec::new();
-    for job in jobs {
+    // A Sluice stops after its last run: each holds PostgreSQL
+    // connections, and the later runs (pgbench's among them) need them.
+    let last_run: BTreeMap<Subject, usize> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, job)| (job.subject, i))
+        .collect();
+    for (i, job) in jobs.into_iter().enumerate() {
         let Job {
             setting,
             subject,
@@ -384,6 +391,10 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
             }
             (_, Subject::Ablation(_)) => ablation_samples.push(sample),
             _ => samples.push(sample),
+        }
+        if last_run.get(&subject) == Some(&i) {
+            bench.children.remove(&subject);
+            bench.sluice_links.remove(&subject);
         }
         bar.inc(1);
     }

@@ -219,12 +219,19 @@ pub const ABLATION: [(&str, Features); 5] = [
 
 /// Sluice with one advanced feature's setting changed from its default,
 /// beside the default: the settings each is measured against.
-pub(super) const VARIANTS: [(&str, &[(&str, &str)]); 2] = [
+pub(super) const VARIANTS: [(&str, &[(&str, &str)]); 3] = [
     (
         "sluice-lock-adaptive",
         &[("SLUICE_LOCKING__MODE", "adaptive")],
     ),
     ("sluice-lock-always", &[("SLUICE_LOCKING__MODE", "always")]),
+    (
+        "sluice-lock-always-inside",
+        &[
+            ("SLUICE_LOCKING__MODE", "always"),
+            ("SLUICE_LOCKING__DECIDE_FIRST", "false"),
+        ],
+    ),
 ];
 
 /// The variants measured in a setting, beside the default Sluice.
@@ -232,7 +239,12 @@ fn variants_of(setting: Setting) -> Vec<Subject> {
     match setting {
         // Pre-emptive locking: off (the default), adaptive and always,
         // against a writer that bypasses Sluice.
-        Setting::External => vec![Subject::Variant(0), Subject::Variant(1)],
+        // Deciding before the lock: always locking, deciding inside it.
+        Setting::External => vec![
+            Subject::Variant(0),
+            Subject::Variant(1),
+            Subject::Variant(2),
+        ],
         _ => Vec::new(),
     }
 }

@@ -65,6 +65,10 @@ pub struct RunRecord {
     pub goodput: f64,
     pub applied: u64,
     pub wasted_writes: u64,
+    /// Sluice's lanes decided under a lock in the store, and how long
+    /// each held it on average (ms); `None` for the direct contenders.
+    pub locked_lanes: Option<u64>,
+    pub lock_held_ms: Option<f64>,
     pub client_conflicts: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -222,6 +226,13 @@ fn medians(samples: &[Sample]) -> Vec<RunRecord> {
                 goodput: median(g.iter().map(|s| s.goodput).collect()),
                 applied: median_u64(g.iter().map(|s| s.applied)),
                 wasted_writes: median_u64(g.iter().map(|s| s.wasted_writes)),
+                locked_lanes: f
+                    .locked_lanes
+                    .map(|_| median_u64(g.iter().map(|s| s.locked_lanes.unwrap_or(0)))),
+                lock_held_ms: {
+                    let held: Vec<f64> = g.iter().filter_map(|s| s.lock_held_ms).collect();
+                    (!held.is_empty()).then(|| median(held))
+                },
                 client_conflicts: median_u64(g.iter().map(|s| s.client_conflicts)),
                 p50_ms: median(g.iter().map(|s| s.p50_ms).collect()),
                 p99_ms: median(g.iter().map(|s| s.p99_ms).collect()),
@@ -655,55 +666,75 @@ fn about(workload: &str) -> Option<&'static str> {
     }
 }
 
-/// Each advanced feature against its default, a line per round trip with
-/// its verdict: what it changed and what it cost.
+/// Each advanced feature against its default: a row per setting and
+/// round trip, and a verdict line for each (what it changed, what it cost).
 fn advanced(md: &mut String, runs: &[RunRecord], rtts: &[f64]) {
-    let find = |workload: &str, contender: &str, rtt: f64| {
-        runs.iter()
-            .find(|r| r.workload == workload && r.contender == contender && r.rtt_ms == rtt)
-    };
-    let mut lines = Vec::new();
-    for &rtt in rtts {
-        let (Some(off), Some(adaptive), Some(always)) = (
-            find("external", "sluice", rtt),
-            find("external", "sluice-lock-adaptive", rtt),
-            find("external", "sluice-lock-always", rtt),
-        ) else {
-            continue;
-        };
-        let verdict = |r: &RunRecord, name: &str| {
-            format!(
-                "{name}: wasted writes {} → {}, goodput ×{:.2}, p99 ×{:.2}",
-                off.wasted_writes,
-                r.wasted_writes,
-                r.goodput / off.goodput.max(f64::MIN_POSITIVE),
-                r.p99_ms / off.p99_ms.max(f64::MIN_POSITIVE)
-            )
-        };
-        lines.push(format!(
-            "| pre-emptive locking | external θ=0.99, R = {rtt} ms | {} / {} / {} | {:.0} / {:.0} / {:.0} | {:.1} / {:.1} / {:.1} | {}; {} |",
-            off.wasted_writes,
-            adaptive.wasted_writes,
-            always.wasted_writes,
-            off.goodput,
-            adaptive.goodput,
-            always.goodput,
-            off.p99_ms,
-            adaptive.p99_ms,
-            always.p99_ms,
-            verdict(adaptive, "adaptive against off"),
-            verdict(always, "always against off"),
-        ));
+    // (feature, workload, the setting compared against, the settings).
+    const FEATURES: [(&str, &str, &str, &[&str]); 2] = [
+        (
+            "pre-emptive locking",
+            "external",
+            "sluice",
+            &["sluice", "sluice-lock-adaptive", "sluice-lock-always"],
+        ),
+        (
+            "deciding before the lock",
+            "external",
+            "sluice-lock-always-inside",
+            &["sluice-lock-always-inside", "sluice-lock-always"],
+        ),
+    ];
+    let mut rows = Vec::new();
+    let mut verdicts = Vec::new();
+    for (feature, workload, base, settings) in FEATURES {
+        for &rtt in rtts {
+            let find = |contender: &str| {
+                runs.iter()
+                    .find(|r| r.workload == workload && r.contender == contender && r.rtt_ms == rtt)
+            };
+            let Some(off) = find(base) else { continue };
+            let mut changes = Vec::new();
+            for setting in settings {
+                let Some(r) = find(setting) else { continue };
+                rows.push(format!(
+                    "| {feature} | {workload}, R = {rtt} ms | {setting} | {} | {} | {} | {:.0} | {:.1} |",
+                    r.wasted_writes,
+                    r.locked_lanes.map_or("–".into(), |n| n.to_string()),
+                    r.lock_held_ms.map_or("–".into(), |ms| format!("{ms:.2}")),
+                    r.goodput,
+                    r.p99_ms,
+                ));
+                if *setting != base {
+                    changes.push(format!(
+                        "{setting}: wasted writes {} → {}, goodput ×{:.2}, p99 ×{:.2}",
+                        off.wasted_writes,
+                        r.wasted_writes,
+                        r.goodput / off.goodput.max(f64::MIN_POSITIVE),
+                        r.p99_ms / off.p99_ms.max(f64::MIN_POSITIVE)
+                    ));
+                }
+            }
+            if !changes.is_empty() {
+                verdicts.push(format!(
+                    "- {feature}, R = {rtt} ms, against {base}: {}.",
+                    changes.join("; ")
+                ));
+            }
+        }
     }
-    if lines.is_empty() {
+    if rows.is_empty() {
         return;
     }
     let _ = writeln!(
         md,
-        "\n## Advanced features, off / default / always\n\nEach feature's setting against the default Sluice in the same run (the rows are in the workload's table above). Pre-emptive locking: `sluice` (off, the default), `sluice-lock-adaptive` (above the adaptive threshold), `sluice-lock-always`; a lane's wasted writes are its stale commits.\n\n| feature | where | wasted writes: off / adaptive / always | goodput/s | p99 ms | verdict |\n|---|---|---:|---:|---:|---|"
+        "\n## Advanced features, on and off\n\nEach feature's settings in the same run (their rows are in the workload's table above too). Pre-emptive locking: `sluice` (off, the default), `sluice-lock-adaptive` (above the adaptive threshold), `sluice-lock-always`; deciding before the lock: `sluice-lock-always` (the default) against `sluice-lock-always-inside` (read, decide and commit all under the lock). A lane's wasted writes are its stale commits; *lock held* is the mean time a lane held its document's lock.\n\n| feature | where | setting | wasted writes | locked lanes | lock held ms | goodput/s | p99 ms |\n|---|---|---|---:|---:|---:|---:|---:|"
     );
-    for line in lines {
-        let _ = writeln!(md, "{line}");
+    for row in rows {
+        let _ = writeln!(md, "{row}");
+    }
+    let _ = writeln!(md);
+    for verdict in verdicts {
+        let _ = writeln!(md, "{verdict}");
     }
 }
 
@@ -757,6 +788,8 @@ mod tests {
             goodput,
             applied: goodput as u64,
             wasted_writes: 0,
+            locked_lanes: None,
+            lock_held_ms: None,
             client_conflicts: 0,
             p50_ms: p99 / 2.0,
             p99_ms: p99,

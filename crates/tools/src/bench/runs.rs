@@ -114,7 +114,7 @@ impl Bench {
             self.configure(url, &collection).await?;
         }
         let cpu_before = self.cpu(subject);
-        let stale_before = self.commits_stale(&target).await?;
+        let counts_before = self.sluice_counts(&target).await?;
         let run = self.plan.run;
         let started = Instant::now();
         let mut external_writes = 0;
@@ -274,10 +274,11 @@ impl Bench {
                 tally.errors
             );
         }
-        let wasted = match (self.commits_stale(&target).await?, stale_before) {
-            (Some(after), Some(before)) => after.saturating_sub(before),
-            _ => tally.wasted,
+        let counts = match (self.sluice_counts(&target).await?, counts_before) {
+            (Some(after), Some(before)) => Some(after.since(&before)),
+            _ => None,
         };
+        let wasted = counts.map_or(tally.wasted, |c| c.stale);
         self.check_accounting(setting, subject, &collection, &tally, external_writes)
             .await?;
         let per = |i: usize, n: u64| match (cpu_before[i], cpu_after[i]) {
@@ -324,6 +325,10 @@ impl Bench {
             goodput: tally.in_time as f64 / elapsed.as_secs_f64(),
             applied: tally.applied,
             wasted_writes: wasted,
+            locked_lanes: counts.map(|c| c.locked),
+            lock_held_ms: counts
+                .filter(|c| c.locked > 0)
+                .map(|c| c.lock_held_ms / c.locked as f64),
             client_conflicts: tally.conflicts,
             p50_ms: tally.latency_ms(0.5),
             p99_ms: tally.latency_ms(0.99),
@@ -376,12 +381,12 @@ impl Bench {
 
     /// The stale commits of every Sluice behind `target` so far; `None`
     /// for the direct contenders.
-    async fn commits_stale(&self, target: &Target) -> ToolResult<Option<u64>> {
+    async fn sluice_counts(&self, target: &Target) -> ToolResult<Option<SluiceCounts>> {
         let urls = target.sluice_urls();
         if urls.is_empty() {
             return Ok(None);
         }
-        let mut total = 0;
+        let mut total = SluiceCounts::default();
         for url in urls {
             let stats: serde_json::Value = self
                 .http
@@ -390,9 +395,15 @@ impl Bench {
                 .await?
                 .json()
                 .await?;
-            total += stats["commits_stale"]
-                .as_u64()
-                .context("GET /v1/stats has no commits_stale")?;
+            let count = |v: &serde_json::Value, what: &str| {
+                v.as_u64()
+                    .with_context(|| format!("GET /v1/stats has no {what}"))
+            };
+            total.stale += count(&stats["commits_stale"], "commits_stale")?;
+            total.locked += count(&stats["locking"]["locked_lanes"], "locking.locked_lanes")?;
+            total.lock_held_ms += stats["locking"]["lock_held_ms"]
+                .as_f64()
+                .context("GET /v1/stats has no locking.lock_held_ms")?;
         }
         Ok(Some(total))
     }
@@ -450,6 +461,25 @@ impl Bench {
                 subject_name(subject)
             ),
             None => Ok(()),
+        }
+    }
+}
+
+/// What the Sluices behind a target counted so far: stale commits, lanes
+/// decided under a lock, and how long the locks were held in all.
+#[derive(Clone, Copy, Debug, Default)]
+struct SluiceCounts {
+    stale: u64,
+    locked: u64,
+    lock_held_ms: f64,
+}
+
+impl SluiceCounts {
+    fn since(&self, before: &SluiceCounts) -> SluiceCounts {
+        SluiceCounts {
+            stale: self.stale.saturating_sub(before.stale),
+            locked: self.locked.saturating_sub(before.locked),
+            lock_held_ms: (self.lock_held_ms - before.lock_held_ms).max(0.0),
         }
     }
 }

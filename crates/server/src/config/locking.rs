@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct GuardSettings {
+pub struct LockingSettings {
     /// `adaptive` (above the threshold, which moves), `off`, or `always`.
     pub mode: GuardMode,
     /// Where the threshold starts, a conflict probability from 0 to 1.
@@ -14,15 +14,20 @@ pub struct GuardSettings {
     /// The bounds it moves within.
     pub threshold_min: f64,
     pub threshold_max: f64,
+    /// A locking lane decides before it takes the lock, and takes none
+    /// when it writes nothing: the lock then holds only the
+    /// compare-and-set (and a decision again if the document moved).
+    pub decide_first: bool,
 }
 
-impl GuardSettings {
+impl LockingSettings {
     pub fn from_config(config: GuardConfig) -> Self {
-        GuardSettings {
+        LockingSettings {
             mode: config.mode,
             threshold: config.threshold,
             threshold_min: config.threshold_min,
             threshold_max: config.threshold_max,
+            decide_first: true,
         }
     }
 
@@ -54,8 +59,8 @@ impl GuardSettings {
     }
 }
 
-impl Default for GuardSettings {
+impl Default for LockingSettings {
     fn default() -> Self {
-        GuardSettings::from_config(crate::dispatch::LOCKING_DEFAULT)
+        LockingSettings::from_config(crate::dispatch::LOCKING_DEFAULT)
     }
 }
