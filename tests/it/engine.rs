@@ -91,6 +91,7 @@ fn patch(id: &str, base_version: Option<u64>) -> Mutation {
         value: json!({"n": 1}).as_object().cloned(),
         base_version,
         ts_ms: None,
+        lease: None,
         fingerprint: 42,
     }
 }

@@ -49,6 +49,7 @@ fn mutation(
         value,
         base_version,
         ts_ms: None,
+        lease: None,
         fingerprint: id as u64,
     }
 }

@@ -18,6 +18,7 @@ mod hostile;
 mod isolation;
 mod jwt;
 mod laws;
+mod leases;
 mod locking;
 mod members;
 mod newcomer;

@@ -178,6 +178,7 @@ fn append(client: usize, seq: usize, key: usize) -> Mutation {
         // Base 0 on documents created at version 1: always stale, always merged.
         base_version: Some(0),
         ts_ms: None,
+        lease: None,
         fingerprint: (client * 100_000 + seq) as u64,
     }
 }

@@ -92,6 +92,10 @@ pub struct Mutation {
     pub value: Option<Map<String, Value>>,
     pub base_version: Option<u64>,
     pub ts_ms: Option<i64>,
+    /// The write lease its client was granted when it read the document:
+    /// the holder's mutation goes before the others the lease held back.
+    /// Not part of the fingerprint: a resend with or without it is the same.
+    pub lease: Option<String>,
     /// Stable hash of the request body without its id: what "the same body" means
     /// for an idempotent resend.
     pub fingerprint: u64,
@@ -114,6 +118,7 @@ impl Mutation {
             "value": self.value,
             "base_version": self.base_version,
             "ts_ms": self.ts_ms,
+            "lease": self.lease,
         })
         .to_string()
     }
@@ -130,6 +135,8 @@ impl Mutation {
             value: Option<Map<String, Value>>,
             base_version: Option<u64>,
             ts_ms: Option<i64>,
+            #[serde(default)]
+            lease: Option<String>,
         }
         let s: Stored = serde_json::from_str(text).map_err(|e| e.to_string())?;
         Ok(Mutation {
@@ -140,6 +147,7 @@ impl Mutation {
             value: s.value,
             base_version: s.base_version,
             ts_ms: s.ts_ms,
+            lease: s.lease,
             fingerprint,
         })
     }

@@ -10,6 +10,7 @@
 
 mod cluster;
 mod explain;
+mod leases;
 mod locking;
 
 pub use cluster::{
@@ -17,6 +18,7 @@ pub use cluster::{
     ClusterConfig,
 };
 use explain::{Source, env_value, explain, set_path};
+pub use leases::LeaseSettings;
 pub use locking::LockingSettings;
 
 use crate::auth::AuthMode;
@@ -132,6 +134,9 @@ pub struct Config {
     /// Pre-emptive locking: lanes likely to conflict read, decide and
     /// commit their document under a lock in the store (PostgreSQL).
     pub locking: LockingSettings,
+    /// Read-time forecasts and write leases (`GET
+    /// /v1/documents/{c}/{k}?intent=write`).
+    pub leases: LeaseSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -203,6 +208,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             cluster: ClusterConfig::default(),
             locking: LockingSettings::default(),
+            leases: LeaseSettings::default(),
         }
     }
 }
@@ -433,6 +439,7 @@ impl Config {
         self.locking
             .validate("locking")
             .map_err(ConfigError::Invalid)?;
+        self.leases.validate().map_err(ConfigError::Invalid)?;
         self.cluster
             .validate(&self.store_backend()?)
             .map_err(ConfigError::Invalid)?;
@@ -488,6 +495,7 @@ impl Config {
             predictor: self.predictor.clone(),
             locking: self.locking.config(),
             lock_decides_first: self.locking.decide_first,
+            leases: self.leases.config(),
         }
     }
 

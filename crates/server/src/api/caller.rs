@@ -122,6 +122,16 @@ impl Caller {
         })
     }
 
+    /// The client a read with `intent=write` will write as: without
+    /// authentication the one the query names, else the anonymous client
+    /// (a mutation without `client`); with it, the caller.
+    pub(super) fn writer(&self) -> Result<String, ApiError> {
+        match &self.identity {
+            Identity::Open => Ok(self.named.clone().unwrap_or_default()),
+            Identity::Verified(_) => self.sender(None).map(Option::unwrap_or_default),
+        }
+    }
+
     /// Counts `n` more of the caller's mutations in flight until the guard
     /// is dropped, or refuses them over its role's bound (429). Without
     /// authentication there is no client to count.

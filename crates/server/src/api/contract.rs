@@ -10,7 +10,9 @@
 //! authentication is on).
 
 use super::quarantine::LIST_LIMIT_MAX;
-use super::wire::{CLIENT_CHARS_MAX, COLLECTION_CHARS_MAX, ID_CHARS_MAX, KEY_BYTES_MAX};
+use super::wire::{
+    CLIENT_CHARS_MAX, COLLECTION_CHARS_MAX, ID_CHARS_MAX, KEY_BYTES_MAX, LEASE_CHARS_MAX,
+};
 use crate::history::CONFLICTS_LIMIT_MAX;
 use serde_json::{Value, json};
 
@@ -117,6 +119,9 @@ fn parameter(name: &str) -> Option<Value> {
         "id" => {
             json!({"type": "string", "minLength": 1, "maxLength": ID_CHARS_MAX, "pattern": NO_NUL})
         }
+        "lease" => {
+            json!({"type": "string", "minLength": 1, "maxLength": LEASE_CHARS_MAX, "pattern": NO_NUL})
+        }
         "limit" => {
             json!({"type": "integer", "format": "int32", "minimum": 1, "maximum": LIST_LIMIT_MAX.min(CONFLICTS_LIMIT_MAX)})
         }
@@ -124,6 +129,7 @@ fn parameter(name: &str) -> Option<Value> {
         "Last-Event-ID" => json!({"type": "string", "pattern": "^[0-7][0-9a-f]{15}$"}),
         "since" => json!({"type": "string", "pattern": "^(start|[0-7][0-9a-f]{15})$"}),
         "status" => json!({"type": "string", "enum": ["queued", "quarantined"]}),
+        "intent" => json!({"type": "string", "enum": ["read", "write"]}),
         _ => return None,
     })
 }
@@ -186,7 +192,7 @@ pub(super) fn tighten(spec: &mut Value) {
         let props = &mut request["properties"];
         props["value"]["additionalProperties"] = json!({"$ref": "#/components/schemas/JsonValue"});
         props["key"] = parameter("key").unwrap_or_default();
-        for name in ["id", "client"] {
+        for name in ["id", "client", "lease"] {
             let mut schema = parameter(name).unwrap_or_default();
             schema["type"] = json!(["string", "null"]);
             props[name] = schema;

@@ -272,22 +272,26 @@ fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
     .into_response()
 }
 
-/// The document's current version and item.
+/// The document's current version and item; with `intent=write`, the
+/// forecast for a write based on it and, when the forecast earns one, a
+/// write lease.
 #[utoipa::path(get, path = "/v1/documents/{collection}/{*key}", tag = "documents",
     params(
         ("collection" = String, Path, description = "The collection"),
         ("key" = String, Path, description = "The document's key; may contain `/`"),
+        ("intent" = Option<String>, Query, description = "`write`: the caller means to write the document; the answer carries a forecast and perhaps a lease (`read`, the default: neither)"),
+        ("client" = Option<String>, Query, description = "With `intent=write`: the client that will write (absent: the anonymous client, as a mutation without `client`)"),
     ),
     responses(
         (status = 200, description = "The document", body = schema::DocumentBody),
-        (status = 400, description = "Not a valid collection or key", body = schema::ErrorBody),
+        (status = 400, description = "Not a valid collection, key or query", body = schema::ErrorBody),
         (status = 404, description = "Never written", body = schema::ErrorBody),
         (status = 429, description = "Overloaded", body = schema::ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
         (status = 503, description = "The store is unavailable", body = schema::ErrorBody),
     ))]
 async fn get_document(
     State(engine): State<Engine>,
-    _: ApiQuery<NoParams>,
+    ApiQuery(query): ApiQuery<DocumentQuery>,
     path: Result<Path<(String, String)>, PathRejection>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
@@ -296,13 +300,18 @@ async fn get_document(
     wire::validate_key(&key).map_err(ApiError::bad_request)?;
     let rules = engine.collection(&collection);
     caller.require_in(&collection, &rules.access, CollectionAction::Read)?;
-    let doc = engine
-        .document(&DocKey::new(collection.clone(), key.clone()))
-        .await
-        .map_err(|e| match e {
-            ReadError::Overloaded(refusal) => answer::refusal_error(refusal),
-            ReadError::Store(e) => ApiError::unavailable(e),
-        })?;
+    let writer = match query.intent {
+        Intent::Read => None,
+        Intent::Write => {
+            caller.require_in(&collection, &rules.access, CollectionAction::Write)?;
+            Some(caller.writer()?)
+        }
+    };
+    let doc_key = DocKey::new(collection.clone(), key.clone());
+    let doc = engine.document(&doc_key).await.map_err(|e| match e {
+        ReadError::Overloaded(refusal) => answer::refusal_error(refusal),
+        ReadError::Store(e) => ApiError::unavailable(e),
+    })?;
     if doc.version == 0 {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -310,9 +319,40 @@ async fn get_document(
             format!("{collection}/{key} was never written"),
         ));
     }
-    Ok(Json(
-        json!({ "collection": collection, "key": key, "version": doc.version, "item": doc.item_value() }),
-    ))
+    let mut body = json!({ "collection": collection, "key": key, "version": doc.version, "item": doc.item_value() });
+    if let Some(client) = writer {
+        let forecast = engine.forecast(&doc_key, &client, doc.version);
+        body["forecast"] = json!({ "conflict_probability": forecast.conflict_probability });
+        if let Some(lease) = forecast.lease {
+            body["lease"] = json!({ "token": lease.token, "expires_ms": lease.expires_ms });
+        }
+    }
+    Ok(Json(body))
+}
+
+/// `GET /v1/documents/{c}/{k}`'s query.
+#[derive(serde::Deserialize)]
+struct DocumentQuery {
+    #[serde(default)]
+    intent: Intent,
+}
+
+#[derive(serde::Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum Intent {
+    #[default]
+    Read,
+    Write,
+}
+
+impl QueryParams for DocumentQuery {
+    const PARAMS: &'static [(&'static str, &'static str)] = &[
+        (
+            "intent",
+            "read (the default) or write: a write intent is answered with a forecast and perhaps a write lease",
+        ),
+        caller::CLIENT_PARAM,
+    ];
 }
 
 /// The collection's conflict handler (the default handler if never set).

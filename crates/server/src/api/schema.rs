@@ -178,6 +178,29 @@ pub(crate) struct DocumentBody {
     pub version: u64,
     #[schema(value_type = Option<Object>)]
     pub item: Option<Value>,
+    /// With `intent=write`: what a write based on this read is forecast.
+    #[schema(nullable = false)]
+    pub forecast: Option<ForecastBody>,
+    /// With `intent=write`, when the forecast earned one: a write lease.
+    #[schema(nullable = false)]
+    pub lease: Option<LeaseBody>,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct ForecastBody {
+    /// The probability that a write based on this read will conflict, as
+    /// the model scores it now.
+    pub conflict_probability: f64,
+}
+
+/// Until `expires_ms` or until its holder's mutation (carrying
+/// `"lease": token`) arrives, other mutations of the document wait in its
+/// lane, and the holder's goes first.
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct LeaseBody {
+    pub token: String,
+    /// When the lease ends on its own (ms since the epoch, server clock).
+    pub expires_ms: i64,
 }
 
 /// `"optimistic"`, `"automerge"`, `{"script": "<JavaScript source>"}` or
@@ -354,6 +377,32 @@ pub(crate) struct EngineStats {
     /// Mutations kept in the quarantine.
     pub quarantined: u64,
     pub locking: LockingStats,
+    pub leases: LeaseStats,
+}
+
+/// Read-time forecasts and write leases.
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct LeaseStats {
+    /// `off`, `adaptive` or `always`.
+    pub mode: String,
+    /// The forecast at or above which a read earns a lease now.
+    pub threshold: f64,
+    /// Reads with `intent=write` answered since the start.
+    pub forecasts: u64,
+    pub granted: u64,
+    /// Leases ended by their holder's mutation, and by their time.
+    pub used: u64,
+    pub expired: u64,
+    /// Ended leases that held someone else's mutation back.
+    pub needed: u64,
+    /// Mutations held back by leases, in all.
+    pub held_back: u64,
+    /// Documents held by a lease now, and the mutations waiting on them.
+    pub held_now: u64,
+    pub waiting_now: u64,
+    /// The forecasts against what then happened: the same client's write
+    /// based on the version it read, decided as a conflict or not.
+    pub forecast_quality: QualityReport,
 }
 
 /// Pre-emptive locking: lanes whose highest conflict score is at or above

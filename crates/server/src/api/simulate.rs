@@ -21,7 +21,7 @@ const SIMULATE_LEN_MAX: usize = 100;
 #[schema(as = SimulateRequest)]
 #[allow(dead_code)] // Describes the body; parsed by `wire`.
 pub(super) enum SimulateBody {
-    One(wire::MutationBody),
+    One(Box<wire::MutationBody>),
     Batch(SimulateBatch),
 }
 

@@ -9,6 +9,8 @@ use serde_json::Value;
 pub const BODY_BYTES_MAX: usize = 1_048_576;
 pub const ID_CHARS_MAX: usize = 128;
 pub const CLIENT_CHARS_MAX: usize = 128;
+/// A lease token as granted is 32 hex digits; anything longer is not one.
+pub const LEASE_CHARS_MAX: usize = 64;
 pub const COLLECTION_CHARS_MAX: usize = 64;
 pub const KEY_BYTES_MAX: usize = 512;
 
@@ -42,6 +44,11 @@ pub struct MutationBody {
     /// When the client made the edit (ms since the epoch).
     #[serde(default, deserialize_with = "whole::option_i64")]
     pub ts_ms: Option<i64>,
+    /// The write lease `GET /v1/documents/{collection}/{key}?intent=write`
+    /// granted: this mutation goes before those the lease held back. An
+    /// expired or unknown lease changes nothing.
+    #[schema(max_length = 64, min_length = 1)]
+    pub lease: Option<String>,
 }
 
 /// Whole numbers as JSON Schema counts them: `3.0` is the integer 3, as
@@ -213,6 +220,9 @@ pub fn validate(
     if let Some(client) = &body.client {
         check_chars("client", client, CLIENT_CHARS_MAX)?;
     }
+    if let Some(lease) = &body.lease {
+        check_chars("lease", lease, LEASE_CHARS_MAX)?;
+    }
     validate_collection(&body.collection)?;
     validate_key(&body.key)?;
     let value = match (body.op, body.value) {
@@ -252,6 +262,7 @@ pub fn validate(
         value,
         base_version: body.base_version,
         ts_ms: body.ts_ms,
+        lease: body.lease,
         fingerprint,
     })
 }

@@ -88,11 +88,13 @@ impl Engine {
         };
         let doc = mutation.doc.clone();
         let (queued, rank, rx) = self.prepare(mutation, received_ms, origin);
-        let admitted = inner.lanes.admit(&doc, queued, rank);
-        if let Err(refusal) = admitted {
-            let reply = inner.refuse(full_refusal(refusal, &doc), 1);
-            guard.release(&reply);
-            return Err(reply);
+        match inner.lanes.admit(&doc, queued, rank) {
+            Ok(ended) => ended.into_iter().for_each(|end| inner.leases.ended(end)),
+            Err(refusal) => {
+                let reply = inner.refuse(full_refusal(refusal, &doc), 1);
+                guard.release(&reply);
+                return Err(reply);
+            }
         }
         // From here the worker that decides the mutation releases the reservation.
         guard.hand_over();
@@ -165,6 +167,9 @@ impl Engine {
             }
         }
         let admitted = inner.lanes.admit(&doc, queued, rank);
+        if let Ok(Some(end)) = admitted {
+            inner.leases.ended(end);
+        }
         if let Err(refusal) = admitted {
             let refused = inner.refuse(full_refusal(refusal, &doc), 1);
             if log && let Err(e) = inner.store.unaccept(&client, &id).await {
@@ -722,7 +727,7 @@ fn admit_all<'a>(
     inner: &Inner,
     slots: Vec<Slot<'a>>,
 ) -> Result<Vec<Slot<'a>>, (Full, Vec<Slot<'a>>)> {
-    inner.lanes.admit_with(|queue| {
+    let (admitted, ended) = inner.lanes.admit_with(|queue| {
         let mut per_lane: HashMap<&DocKey, usize> = HashMap::new();
         for slot in &slots {
             if let Slot::Admit(_, doc, ..) = slot {
@@ -755,7 +760,11 @@ fn admit_all<'a>(
             });
         }
         Ok(admitted)
-    })
+    });
+    for end in ended {
+        inner.leases.ended(end);
+    }
+    admitted
 }
 
 /// Why a batch was refused whole.

@@ -104,16 +104,21 @@ pub(super) async fn adapt_locking(inner: Arc<Inner>) {
             .recent
             .expected_calibration_error
             .unwrap_or(0.0);
-        if let Some(change) =
-            inner
-                .locking
-                .tick(latency_ms, inner.config.latency_target_ms, calibration)
-        {
+        let target_ms = inner.config.latency_target_ms;
+        if let Some(change) = inner.locking.tick(latency_ms, target_ms, calibration) {
             info!(
                 from = change.from,
                 to = change.to,
                 reason = change.reason,
                 "lock threshold moved"
+            );
+        }
+        if let Some(change) = inner.leases.tick(latency_ms, target_ms, calibration) {
+            info!(
+                from = change.from,
+                to = change.to,
+                reason = change.reason,
+                "lease threshold moved"
             );
         }
     }

@@ -546,6 +546,7 @@ async fn decide_rounds(
 /// through its own score's token).
 fn learn(inner: &Inner, batch: &mut [LaneEntry], decided: &BatchEnd) {
     let records = &decided.history.mutations;
+    inner.leases.observe(records);
     let conflicts = records.iter().filter(|m| m.conflict).count();
     lock(&inner.control).on_outcomes(records.len(), conflicts);
     let settled = batch.len() as u64;

@@ -49,6 +49,7 @@ pub use sluice_core::control;
 mod lane;
 mod lanes;
 mod learn;
+mod leases;
 mod locking;
 mod quarantine;
 mod reads;
@@ -61,6 +62,7 @@ pub use admit::InSystem;
 pub use cluster::{ClusterMember, ClusterView, OwnedPartition};
 pub use control::{ControlState, Signals};
 pub use learn::train_from_history;
+pub use leases::{Forecast, Lease, LeaseConfig, LeaseStats};
 pub use quarantine::{QuarantineAction, QuarantineError};
 pub use reply::{Answer, Queued, Refusal, RefusalReason};
 pub use simulate::Simulated;
@@ -151,6 +153,8 @@ pub struct EngineConfig {
     /// A locking lane decides before it takes the lock (and takes none when
     /// it writes nothing): the lock then holds only the compare-and-set.
     pub lock_decides_first: bool,
+    /// Read-time forecasts and write leases (`leases.rs`).
+    pub leases: LeaseConfig,
 }
 
 /// Where the lock threshold starts, and its bounds.
@@ -166,6 +170,25 @@ pub const LOCKING_DEFAULT: GuardConfig = GuardConfig {
     threshold: LOCK_THRESHOLD_DEFAULT,
     threshold_min: LOCK_THRESHOLD_MIN_DEFAULT,
     threshold_max: LOCK_THRESHOLD_MAX_DEFAULT,
+};
+
+/// Where the lease threshold starts, its bounds, and a lease's length.
+pub const LEASE_THRESHOLD_DEFAULT: f64 = 0.5;
+pub const LEASE_MS_DEFAULT: u64 = 2_000;
+pub const LEASE_MS_MAX: u64 = 30_000;
+pub const LEASES_MAX_DEFAULT: usize = 10_000;
+pub const FORECASTS_MAX_DEFAULT: usize = 100_000;
+
+pub const LEASES_DEFAULT: LeaseConfig = LeaseConfig {
+    guard: GuardConfig {
+        mode: GuardMode::Adaptive,
+        threshold: LEASE_THRESHOLD_DEFAULT,
+        threshold_min: LOCK_THRESHOLD_MIN_DEFAULT,
+        threshold_max: LOCK_THRESHOLD_MAX_DEFAULT,
+    },
+    duration: Duration::from_millis(LEASE_MS_DEFAULT),
+    holds_max: LEASES_MAX_DEFAULT,
+    forecasts_max: FORECASTS_MAX_DEFAULT,
 };
 
 impl Default for EngineConfig {
@@ -191,6 +214,7 @@ impl Default for EngineConfig {
             predictor: PredictorConfig::default(),
             locking: LOCKING_DEFAULT,
             lock_decides_first: true,
+            leases: LEASES_DEFAULT,
         }
     }
 }
@@ -267,6 +291,7 @@ struct Inner {
     writers: chain::RecentWriters,
     quarantine: quarantine::QuarantineIndex,
     locking: locking::Locking,
+    leases: leases::Leases,
     /// Bumped after every commit, so event streams know to look.
     events: tokio::sync::watch::Sender<u64>,
     /// The secret behind event ids, read from the store once.
@@ -335,6 +360,7 @@ impl Engine {
         let inner = Arc::new(Inner {
             learning: learn::Learning::new(&config.predictor),
             locking: locking::Locking::new(config.locking),
+            leases: leases::Leases::new(config.leases),
             control: Mutex::new(Controller::new(ControlConfig {
                 limit_max: config.lanes_in_flight_max,
                 commit_batch_max: config.commit_batch_max,
@@ -499,6 +525,10 @@ impl Engine {
     /// be decided. Returns how many were still pending at the deadline.
     pub async fn shutdown(&self, deadline: Duration) -> usize {
         self.inner.closing.store(true, Ordering::SeqCst);
+        // Nobody holds a document for a write that will not be taken.
+        for end in self.inner.lanes.unhold_all() {
+            self.inner.leases.ended(end);
+        }
         let wait = async {
             loop {
                 let drained = self.inner.lanes.drained();

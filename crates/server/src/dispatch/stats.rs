@@ -5,7 +5,7 @@ use super::{Engine, Inner, control, lock};
 use crate::predict::ModelReport;
 use crate::telemetry::Gauges;
 /// A snapshot for `/v1/stats` and the logs.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct EngineStats {
     pub load: f64,
     pub threshold: f64,
@@ -35,6 +35,8 @@ pub struct EngineStats {
     pub quarantined: usize,
     /// Pre-emptive locking: its mode, its threshold now, and what it did.
     pub locking: super::locking::LockingStats,
+    /// Read-time forecasts and write leases.
+    pub leases: super::leases::LeaseStats,
 }
 
 /// `GET /v1/dashboard`: what the dashboard draws.
@@ -119,6 +121,8 @@ impl Engine {
             model_calibration_error: report.recent.expected_calibration_error,
             model_version: report.training.model_version as f64,
             lock_threshold: stats.locking.threshold,
+            lease_threshold: stats.leases.threshold,
+            leases_held: stats.leases.held_now as f64,
         };
         self.inner.telemetry.render(&gauges)
     }
@@ -196,6 +200,7 @@ impl Inner {
             admission_limit: self.admission.limit(),
             quarantined: self.quarantine.len(),
             locking: self.locking.stats(),
+            leases: self.leases.stats(self.lanes.held()),
         }
     }
 }

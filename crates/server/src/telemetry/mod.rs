@@ -87,6 +87,8 @@ pub struct Gauges {
     pub model_calibration_error: Option<f64>,
     pub model_version: f64,
     pub lock_threshold: f64,
+    pub lease_threshold: f64,
+    pub leases_held: f64,
 }
 
 pub struct Telemetry {
@@ -151,7 +153,7 @@ fn index_of(set: &[&str], value: &str) -> usize {
 }
 
 /// Gauges in the order [`Telemetry::render`] sets them.
-const GAUGES: [(&str, &str); 18] = [
+const GAUGES: [(&str, &str); 20] = [
     (
         "sluice_queue_depth",
         "Mutations accepted and not yet decided.",
@@ -221,6 +223,11 @@ const GAUGES: [(&str, &str); 18] = [
         "sluice_lock_threshold",
         "The conflict score at or above which a lane locks its document in the store (pre-emptive locking).",
     ),
+    (
+        "sluice_lease_threshold",
+        "The forecast at or above which a read with intent=write earns a write lease.",
+    ),
+    ("sluice_leases_held", "Documents held by a write lease now."),
 ];
 
 impl Telemetry {
@@ -643,6 +650,8 @@ impl Telemetry {
             gauges.model_calibration_error.unwrap_or(f64::NAN),
             gauges.model_version,
             gauges.lock_threshold,
+            gauges.lease_threshold,
+            gauges.leases_held,
         ];
         debug_assert_eq!(values.len(), self.gauges.len());
         for ((_, gauge), value) in self.gauges.iter().zip(values) {
