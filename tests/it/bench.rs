@@ -247,18 +247,85 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
         );
         assert_eq!(plain[0]["locked_lanes"], 0, "locking is off by default");
     }
+    // Write leases off and always beside the default (adaptive), in `hot`
+    // at both ends of the skew, the clients reading with `intent=write`.
+    for rtt in [0.0, 1.0] {
+        for theta in [0.0, 0.99] {
+            let leases = |contender: &str| {
+                let found = record(
+                    "hot",
+                    Some(theta),
+                    None,
+                    rtt,
+                    contender,
+                    Some("next-to-store"),
+                );
+                assert_eq!(found.len(), 1, "hot θ={theta} R={rtt} {contender}");
+                assert!(
+                    found[0]["applied"].as_u64().is_some_and(|n| n > 0),
+                    "{}",
+                    found[0]
+                );
+                found[0]["leases"].as_u64()
+            };
+            assert_eq!(
+                leases("sluice"),
+                Some(0),
+                "no lease by default, the clients ask all the same"
+            );
+            assert!(
+                leases("sluice-lease-always").is_some_and(|n| n > 0),
+                "leases when always"
+            );
+            assert!(leases("sluice-lease-adaptive").is_some(), "{theta}");
+        }
+    }
+    // A shadow handler beside the live one, at θ = 0.99.
+    for rtt in [0.0, 1.0] {
+        let found = record(
+            "hot",
+            Some(0.99),
+            None,
+            rtt,
+            "sluice-shadow-handler",
+            Some("next-to-store"),
+        );
+        assert_eq!(found.len(), 1, "shadow handler R={rtt}");
+        assert!(
+            found[0]["applied"].as_u64().is_some_and(|n| n > 0),
+            "{}",
+            found[0]
+        );
+    }
     assert_eq!(
         runs.len(),
-        expected.len() * contenders.len() + 2 + 2 * others.len() + 2 + 8 + 2 * variants.len()
+        expected.len() * contenders.len()
+            + 2
+            + 2 * others.len()
+            + 2
+            + 8
+            + 2 * variants.len()
+            + 8
+            + 2
     );
     let md = std::fs::read_to_string(out.join("BENCH.md")).expect("BENCH.md");
     assert!(md.contains("## Advanced features, on and off"), "{md}");
     assert!(
-        md.contains("- pre-emptive locking, R = 0 ms, against sluice:"),
+        md.contains("- pre-emptive locking, external, R = 0 ms, against sluice:"),
         "{md}"
     );
     assert!(
-        md.contains("- deciding before the lock, R = 0 ms, against sluice-lock-always-inside:"),
+        md.contains(
+            "- deciding before the lock, external, R = 0 ms, against sluice-lock-always-inside:"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("- write leases, hot θ=0.99, R = 0 ms, against sluice:"),
+        "{md}"
+    );
+    assert!(
+        md.contains("- a shadow handler, hot θ=0.99, R = 0 ms, against sluice:"),
         "{md}"
     );
     let links = report["links"].as_array().expect("links");

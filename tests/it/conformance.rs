@@ -546,6 +546,58 @@ async fn store_conformance(store: &dyn Store) {
     assert_eq!(kept.len() as i64, COLLECTION_CHANGES_KEPT);
     assert_eq!(kept[0].at_ms, 10 + COLLECTION_CHANGES_KEPT + 4);
     keys_conformance(store).await;
+    staging_conformance(store).await;
+}
+
+/// The staging area: a mutation staged once, read, listed oldest first
+/// (all, or one collection's, at most `limit`), and taken out once.
+async fn staging_conformance(store: &dyn Store) {
+    let entry = |id: &str, at_ms| Accepted {
+        client: "shadow".into(),
+        id: id.into(),
+        fingerprint: u64::MAX - 2,
+        mutation: format!(r#"{{"id":"{id}"}}"#),
+        score: 0.5,
+        at_ms,
+    };
+    assert!(store.stage(&entry("s1", 1), "notes").await.expect("stage"));
+    assert!(store.stage(&entry("s2", 2), "tasks").await.expect("stage"));
+    assert!(store.stage(&entry("s3", 3), "notes").await.expect("stage"));
+    assert!(
+        !store.stage(&entry("s1", 9), "notes").await.expect("stage"),
+        "a second stage of one id is refused"
+    );
+    assert_eq!(
+        store.staged("shadow", "s1").await.expect("read"),
+        Some(entry("s1", 1))
+    );
+    assert_eq!(store.staged("shadow", "nope").await.expect("read"), None);
+    assert_eq!(
+        store.staged_list(None, 10).await.expect("list"),
+        [entry("s1", 1), entry("s2", 2), entry("s3", 3)]
+    );
+    assert_eq!(
+        store.staged_list(Some("notes"), 10).await.expect("list"),
+        [entry("s1", 1), entry("s3", 3)]
+    );
+    assert_eq!(
+        store.staged_list(None, 2).await.expect("list"),
+        [entry("s1", 1), entry("s2", 2)]
+    );
+    assert!(store.unstage("shadow", "s1").await.expect("unstage"));
+    assert!(
+        !store.unstage("shadow", "s1").await.expect("unstage"),
+        "once"
+    );
+    assert_eq!(
+        store.staged_list(None, 10).await.expect("list"),
+        [entry("s2", 2), entry("s3", 3)]
+    );
+    assert_eq!(
+        store.accepted("shadow", "s2").await.expect("read"),
+        None,
+        "staged is not accepted"
+    );
 }
 
 /// API keys: stored once per id, found by id, listed oldest first,

@@ -92,6 +92,7 @@ fn patch(id: &str, base_version: Option<u64>) -> Mutation {
         base_version,
         ts_ms: None,
         lease: None,
+        shadow: false,
         fingerprint: 42,
     }
 }

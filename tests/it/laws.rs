@@ -50,6 +50,7 @@ fn mutation(
         base_version,
         ts_ms: None,
         lease: None,
+        shadow: false,
         fingerprint: id as u64,
     }
 }

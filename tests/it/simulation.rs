@@ -179,6 +179,7 @@ fn append(client: usize, seq: usize, key: usize) -> Mutation {
         base_version: Some(0),
         ts_ms: None,
         lease: None,
+        shadow: false,
         fingerprint: (client * 100_000 + seq) as u64,
     }
 }

@@ -292,6 +292,18 @@ macro_rules! store_over_memory {
             async fn raise_fence(&self, partition: u32, epoch: u64) -> Result<u64, sluice_server::store::StoreError> {
                 self.inner.raise_fence(partition, epoch).await
             }
+            async fn stage(&self, entry: &sluice_server::store::Accepted, collection: &str) -> Result<bool, sluice_server::store::StoreError> {
+                self.inner.stage(entry, collection).await
+            }
+            async fn unstage(&self, client: &str, id: &str) -> Result<bool, sluice_server::store::StoreError> {
+                self.inner.unstage(client, id).await
+            }
+            async fn staged(&self, client: &str, id: &str) -> Result<Option<sluice_server::store::Accepted>, sluice_server::store::StoreError> {
+                self.inner.staged(client, id).await
+            }
+            async fn staged_list(&self, collection: Option<&str>, limit: u32) -> Result<Vec<sluice_server::store::Accepted>, sluice_server::store::StoreError> {
+                self.inner.staged_list(collection, limit).await
+            }
         }
     };
 }

@@ -96,6 +96,10 @@ pub struct Mutation {
     /// the holder's mutation goes before the others the lease held back.
     /// Not part of the fingerprint: a resend with or without it is the same.
     pub lease: Option<String>,
+    /// A shadow write: staged beside the live documents and promoted when
+    /// load allows (only `POST /v1/mutations` looks at it; not part of the
+    /// fingerprint, and not kept: a promoted mutation is a live one).
+    pub shadow: bool,
     /// Stable hash of the request body without its id: what "the same body" means
     /// for an idempotent resend.
     pub fingerprint: u64,
@@ -148,6 +152,7 @@ impl Mutation {
             base_version: s.base_version,
             ts_ms: s.ts_ms,
             lease: s.lease,
+            shadow: false,
             fingerprint,
         })
     }

@@ -12,6 +12,7 @@ mod cluster;
 mod explain;
 mod leases;
 mod locking;
+mod staging;
 
 pub use cluster::{
     CLUSTER_LEASE_MS_DEFAULT, CLUSTER_PARTITIONS_DEFAULT, CLUSTER_RETRAIN_INTERVAL_S_DEFAULT,
@@ -20,6 +21,7 @@ pub use cluster::{
 use explain::{Source, env_value, explain, set_path};
 pub use leases::LeaseSettings;
 pub use locking::LockingSettings;
+pub use staging::StagingSettings;
 
 use crate::auth::AuthMode;
 use crate::auth::jwt::JwtConfig;
@@ -137,6 +139,8 @@ pub struct Config {
     /// Read-time forecasts and write leases (`GET
     /// /v1/documents/{c}/{k}?intent=write`).
     pub leases: LeaseSettings,
+    /// Shadow writes' staging area.
+    pub staging: StagingSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -209,6 +213,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             locking: LockingSettings::default(),
             leases: LeaseSettings::default(),
+            staging: StagingSettings::default(),
         }
     }
 }
@@ -440,6 +445,7 @@ impl Config {
             .validate("locking")
             .map_err(ConfigError::Invalid)?;
         self.leases.validate().map_err(ConfigError::Invalid)?;
+        self.staging.validate().map_err(ConfigError::Invalid)?;
         self.cluster
             .validate(&self.store_backend()?)
             .map_err(ConfigError::Invalid)?;
@@ -496,6 +502,7 @@ impl Config {
             locking: self.locking.config(),
             lock_decides_first: self.locking.decide_first,
             leases: self.leases.config(),
+            staging: self.staging.config(),
         }
     }
 

@@ -204,9 +204,11 @@ impl CollectionConfig {
     /// replaced by `REDACTED`.
     pub fn redacted(&self) -> CollectionConfig {
         let mut shown = self.clone();
-        if let Handler::Webhook { headers, .. } = &mut shown.handler {
-            for (_, value) in headers.iter_mut() {
-                *value = REDACTED.to_owned();
+        for handler in std::iter::once(&mut shown.handler).chain(shown.shadow_handler.as_mut()) {
+            if let Handler::Webhook { headers, .. } = handler {
+                for (_, value) in headers.iter_mut() {
+                    *value = REDACTED.to_owned();
+                }
             }
         }
         shown
@@ -259,6 +261,11 @@ pub struct CollectionConfig {
     /// Who may do what here, where it differs from the roles.
     #[serde(default, skip_serializing_if = "Access::is_empty")]
     pub access: Access,
+    /// A candidate handler run beside the live one on real conflicts, as
+    /// a dry run: its result is only compared (the collection's shadow
+    /// report), never written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_handler: Option<Handler>,
 }
 
 // Settings left at their defaults are left out of a configuration's JSON,
@@ -281,6 +288,7 @@ impl CollectionConfig {
             chain_own_writes: false,
             on_handler_failure: OnHandlerFailure::Reject,
             access: Access::default(),
+            shadow_handler: None,
         }
     }
 

@@ -48,6 +48,9 @@ pub(super) fn refusal_status(reason: RefusalReason) -> StatusCode {
 /// The body of a queued mutation: the 202, and `GET /v1/mutations/{id}`
 /// while it waits.
 pub(super) fn queued_body(queued: &Queued) -> String {
+    if queued.staged {
+        return json!({ "id": queued.id, "status": "staged" }).to_string();
+    }
     json!({ "id": queued.id, "status": "queued", "score": queued.score }).to_string()
 }
 

@@ -13,6 +13,7 @@ mod mutations;
 mod quarantine;
 mod query;
 pub(crate) mod schema;
+mod shadow;
 mod simulate;
 pub mod wire;
 
@@ -165,8 +166,10 @@ fn routes() -> OpenApiRouter<Engine> {
         .routes(routes!(get_document))
         .routes(routes!(get_collection, put_collection))
         .routes(routes!(get_collection_changes))
+        .routes(routes!(get_shadow_report))
         .routes(routes!(get_conflicts))
         .routes(routes!(quarantine::get_quarantine))
+        .routes(routes!(shadow::get_shadow))
         .routes(routes!(events::get_events))
         .routes(routes!(get_model))
         .routes(routes!(get_cluster))
@@ -450,6 +453,30 @@ impl QueryParams for ChangesQuery {
         ("limit", "a whole number from 1 to 1000"),
         ("before", "the next cursor of the page before"),
     ];
+}
+
+/// How often the collection's shadow handler agreed with the live one on
+/// real conflicts, and the latest disagreements side by side.
+#[utoipa::path(get, path = "/v1/collections/{name}/shadow-report", tag = "documents",
+    params(("name" = String, Path, description = "The collection")),
+    responses(
+        (status = 200, description = "The comparisons since the start (kept in memory)", body = schema::ShadowReportBody),
+        (status = 400, description = "Not a valid collection name", body = schema::ErrorBody),
+    ))]
+async fn get_shadow_report(
+    State(engine): State<Engine>,
+    _: ApiQuery<NoParams>,
+    path: Result<Path<String>, PathRejection>,
+    caller: Caller,
+) -> Result<Json<crate::dispatch::ShadowReport>, ApiError> {
+    let Path(name) = path?;
+    wire::validate_collection(&name).map_err(ApiError::bad_request)?;
+    caller.require_in(
+        &name,
+        &engine.collection(&name).access,
+        CollectionAction::Configure,
+    )?;
+    Ok(Json(engine.shadow_report(&name)))
 }
 
 /// Who changed the collection's configuration, when, and to what, newest

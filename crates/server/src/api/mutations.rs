@@ -33,7 +33,7 @@ impl QueryParams for WaitQuery {
     request_body(content = wire::MutationBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Applied, or merged by the collection's handler", body = schema::MutationResult),
-        (status = 202, description = "Durably queued (`?wait=false`), or quarantined because the collection's handler failed (`on_handler_failure: quarantine`); the outcome comes later", body = schema::NotYetDecided),
+        (status = 202, description = "Durably queued (`?wait=false`), staged (`\"shadow\": true`: `{\"id\", \"status\": \"staged\"}`), or quarantined because the collection's handler failed (`on_handler_failure: quarantine`); the outcome comes later", body = schema::NotYetDecided),
         (status = 400, description = "Not a valid mutation", body = schema::ErrorBody),
         (status = 404, description = "A delete of a document that does not exist", body = schema::ErrorBody),
         (status = 409, description = "Rejected: it conflicted and the handler refused it", body = schema::MutationResult),
@@ -70,6 +70,14 @@ pub(super) async fn post_mutation(
         .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, "invalid_mutation", message))?;
     mutation.client = caller.sender(mutation.client.take())?;
     may_write(&engine, &caller, &mutation)?;
+    if mutation.shadow && engine.is_clustered() {
+        return Err(ApiError::bad_request(
+            "shadow writes are not offered in cluster mode yet; send the mutation without \"shadow\"",
+        ));
+    }
+    if mutation.shadow || engine.sheds(&mutation) {
+        return Ok(reply(engine.stage(mutation).await).into_response());
+    }
     let answer = match entered {
         Some(entered) => engine.submit_entered(mutation, entered).await,
         None => engine.accept(mutation).await,
@@ -129,6 +137,7 @@ async fn refuse_unparsed(request: axum::extract::Request, refused: Answer) -> Re
         (status = 200, description = "One answer per mutation, in the same order", body = schema::BatchResult),
         (status = 400, description = "A mutation is not valid (the message names its index), or the batch is empty or too long", body = schema::ErrorBody),
         (status = 413, description = "The body is larger than 16 MiB", body = schema::ErrorBody),
+        (status = 422, description = "A mutation is a shadow write (`shadow_in_batch`: send it alone), or reuses an id", body = schema::ErrorBody),
         (status = 415, description = "The body is not sent as `application/json`", body = schema::ErrorBody),
         (status = 429, description = "The batch does not fit; nothing of it was queued",
             body = schema::ErrorBody, headers(("Retry-After" = u32, description = "Seconds"))),
@@ -169,6 +178,16 @@ pub(super) async fn post_batch(
         let mut mutation =
             wire::parse_mutation_value(value, || uuid::Uuid::new_v4().simple().to_string())
                 .map_err(|message| invalid(format!("mutations[{index}]: {message}")))?;
+        if mutation.shadow {
+            // Well formed, and not something a batch does: 422.
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "shadow_in_batch",
+                format!(
+                    "mutations[{index}]: a shadow write is staged alone: send it to POST /v1/mutations"
+                ),
+            ));
+        }
         mutation.client = caller.sender(mutation.client.take())?;
         may_write(&engine, &caller, &mutation).map_err(|mut refused| {
             refused.message = format!("mutations[{index}]: {}", refused.message);
@@ -249,6 +268,7 @@ pub(super) async fn get_mutation(
             Ok(json(answer::queued_body(&crate::dispatch::Queued {
                 id: id.clone(),
                 score: None,
+                staged: false,
             })))
         }
         None if in_stream.is_err() => Err(ApiError::new(

@@ -64,9 +64,12 @@ pub(crate) struct ConflictSummary {
 #[serde(rename_all = "snake_case")]
 pub(crate) enum QueuedStatus {
     Queued,
+    /// A shadow write in the staging area.
+    Staged,
 }
 
-/// A mutation accepted with `?wait=false` and not yet decided.
+/// A mutation accepted with `?wait=false`, or staged (`"shadow": true`),
+/// and not yet decided.
 #[derive(ToSchema, serde::Serialize)]
 pub(crate) struct Queued {
     pub id: String,
@@ -186,6 +189,75 @@ pub(crate) struct DocumentBody {
     pub lease: Option<LeaseBody>,
 }
 
+/// `GET /v1/shadow`.
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct StagedList {
+    pub staged: Vec<StagedEntry>,
+}
+
+/// A shadow write waiting in the staging area.
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct StagedEntry {
+    pub id: String,
+    pub client: String,
+    pub collection: String,
+    pub key: String,
+    pub op: String,
+    pub base_version: Option<u64>,
+    /// When it was staged (ms since the epoch), and how long ago.
+    pub staged_ms: i64,
+    pub waited_ms: i64,
+    /// The document's version now, whether the mutation's base is behind
+    /// it (it would conflict if decided now), and its score now.
+    pub current_version: u64,
+    pub would_conflict: bool,
+    pub score: f64,
+}
+
+/// `GET /v1/collections/{name}/shadow-report`.
+#[derive(ToSchema, serde::Serialize)]
+#[schema(as = ShadowReport)]
+pub(crate) struct ShadowReportBody {
+    pub collection: String,
+    /// The shadow handler configured now (its name; null: none).
+    pub shadow_handler: Option<String>,
+    /// Conflicts both handlers decided, those they agreed on (the same
+    /// outcome and the same document), and those they did not.
+    pub compared: u64,
+    pub agreed: u64,
+    pub disagreed: u64,
+    /// The shadow handler failed (the live outcome was unaffected).
+    pub failed: u64,
+    /// Comparisons dropped because too many were waiting.
+    pub skipped: u64,
+    pub agreement_rate: Option<f64>,
+    /// The latest 20 disagreements, newest first.
+    pub disagreements: Vec<ShadowDisagreement>,
+}
+
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct ShadowDisagreement {
+    pub id: String,
+    pub client: String,
+    pub key: String,
+    pub at_ms: i64,
+    pub base_version: Option<u64>,
+    pub server_version: u64,
+    pub live: ShadowSide,
+    pub shadow: ShadowSide,
+}
+
+/// What one handler decided.
+#[derive(ToSchema, serde::Serialize)]
+pub(crate) struct ShadowSide {
+    /// `applied`, `merged`, `rejected`, `not_found`, or `failed`.
+    pub outcome: String,
+    /// The document it would leave (null when rejected or deleted).
+    #[schema(value_type = Option<Object>)]
+    pub item: Value,
+    pub reason: Option<String>,
+}
+
 #[derive(ToSchema, serde::Serialize)]
 pub(crate) struct ForecastBody {
     /// The probability that a write based on this read will conflict, as
@@ -240,6 +312,10 @@ pub(crate) struct CollectionBody {
     /// Who may do what in this collection where it differs from the roles
     /// (only an admin changes it).
     pub access: Option<AccessRules>,
+    /// A candidate handler run beside the live one on real conflicts as a
+    /// dry run, its result only compared (`GET
+    /// /v1/collections/{name}/shadow-report`), never written.
+    pub shadow_handler: Option<HandlerConfig>,
 }
 
 /// Per action, who may take it: `"*"` (any authenticated caller),

@@ -49,6 +49,10 @@ pub struct MutationBody {
     /// expired or unknown lease changes nothing.
     #[schema(max_length = 64, min_length = 1)]
     pub lease: Option<String>,
+    /// A shadow write: staged beside the live documents (202 `staged`) and
+    /// decided when load allows, or expired. Only `POST /v1/mutations`.
+    #[serde(default)]
+    pub shadow: Option<bool>,
 }
 
 /// Whole numbers as JSON Schema counts them: `3.0` is the integer 3, as
@@ -263,6 +267,7 @@ pub fn validate(
         base_version: body.base_version,
         ts_ms: body.ts_ms,
         lease: body.lease,
+        shadow: body.shadow.unwrap_or(false),
         fingerprint,
     })
 }

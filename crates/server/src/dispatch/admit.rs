@@ -58,7 +58,7 @@ impl Engine {
                 Ok(here) => here,
                 Err(answer) => return answer,
             },
-            Origin::Accepted | Origin::Quarantine(_) => mutation,
+            Origin::Accepted | Origin::Quarantine(_) | Origin::Expired => mutation,
         };
         let id = mutation.id.clone();
         match self.admit_as(mutation, origin).await {
@@ -121,7 +121,7 @@ impl Engine {
         // must also reach the queue, even if the request goes away meanwhile
         // (otherwise it would wait for the next start).
         let engine = self.clone();
-        tokio::spawn(async move { engine.accept_logged(mutation, true).await })
+        tokio::spawn(async move { engine.accept_logged(mutation, true, Origin::Accepted).await })
             .await
             .unwrap_or_else(|e| {
                 Answer::Refused(Refusal::new(
@@ -133,10 +133,15 @@ impl Engine {
 
     /// `log`: write the accept-log entry first (a new request); recovery
     /// re-queues entries that are already there.
-    async fn accept_logged(&self, mutation: Mutation, log: bool) -> Answer {
+    pub(super) async fn accept_logged(
+        &self,
+        mutation: Mutation,
+        log: bool,
+        origin: Origin,
+    ) -> Answer {
         let inner = &self.inner;
         let received_ms = inner.clock.now_ms();
-        let guard = match self.claim(&mutation, Origin::Accepted).await {
+        let guard = match self.claim(&mutation, origin).await {
             Claim::Answered(reply) => return reply,
             // A synchronous request for the same mutation is deciding it: it
             // is as good as queued.
@@ -153,7 +158,7 @@ impl Engine {
             score: 0.0,
             at_ms: received_ms,
         };
-        let (queued, rank, _) = self.prepare(mutation, received_ms, Origin::Accepted);
+        let (queued, rank, _) = self.prepare(mutation, received_ms, origin);
         let reply = queued_answer(&id, Some(queued.score));
         if log {
             let entry = crate::store::Accepted {
@@ -200,7 +205,7 @@ impl Engine {
             match Mutation::from_json(&entry.mutation, entry.fingerprint) {
                 Ok(mutation) => {
                     let doc = mutation.doc.clone();
-                    let reply = self.accept_logged(mutation, false).await;
+                    let reply = self.accept_logged(mutation, false, Origin::Accepted).await;
                     match reply {
                         Answer::Queued(_) => resumed += 1,
                         // Decided or quarantined meanwhile: nothing to resume.
@@ -224,21 +229,26 @@ impl Engine {
         Ok(resumed)
     }
 
-    /// The 202 of a mutation still in the accept log, if it is there.
+    /// The 202 of a mutation still in the accept log or in the staging
+    /// area, if it is there.
     pub async fn queued_status(
         &self,
         client: &str,
         id: &str,
     ) -> Result<Option<Queued>, StoreError> {
-        Ok(self
-            .inner
-            .store
-            .accepted(client, id)
-            .await?
-            .map(|entry| Queued {
+        let store = &self.inner.store;
+        if let Some(entry) = store.accepted(client, id).await? {
+            return Ok(Some(Queued {
                 id: id.to_owned(),
                 score: Some(entry.score),
-            }))
+                staged: false,
+            }));
+        }
+        Ok(store.staged(client, id).await?.map(|_| Queued {
+            id: id.to_owned(),
+            score: None,
+            staged: true,
+        }))
     }
 
     /// Events of `client` after `after_seq` (see `Store::events_after`).
@@ -539,6 +549,7 @@ fn queued_answer(id: &str, score: Option<f64>) -> Answer {
     Answer::Queued(Queued {
         id: id.to_owned(),
         score,
+        staged: false,
     })
 }
 

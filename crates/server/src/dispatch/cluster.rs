@@ -113,7 +113,11 @@ impl From<WireAnswer> for Answer {
                 Some(kind) => Answer::Decided(Decision { kind, body }),
                 None => internal(format!("an answer of unknown kind {code} came back")),
             },
-            WireAnswer::Queued { id, score } => Answer::Queued(Queued { id, score }),
+            WireAnswer::Queued { id, score } => Answer::Queued(Queued {
+                id,
+                score,
+                staged: false,
+            }),
             WireAnswer::Quarantined { id, reason } => Answer::Quarantined { id, reason },
             WireAnswer::Refused { code, message } => match RefusalReason::from_code(&code) {
                 Some(reason) => Answer::Refused(Refusal::new(reason, message)),
@@ -517,6 +521,7 @@ impl Engine {
                 Answer::Queued(Queued {
                     id: mutation.id,
                     score: None,
+                    staged: false,
                 })
             }
             Err(refusal) => self.inner.refuse(refusal, 1),

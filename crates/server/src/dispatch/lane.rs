@@ -137,6 +137,13 @@ async fn fold(
         let m = &entry.mutation;
         let (step, chained_from) =
             decide_one(inner, config, doc, &state, entry, &in_lane, parked).await;
+        if !matches!(
+            entry.origin,
+            Origin::Quarantine(QuarantineAction::Discard) | Origin::Expired
+        ) {
+            let at_ms = inner.clock.now_ms();
+            inner.shadows.offer(config, &state, m, &step, at_ms);
+        }
         invariant::hold(
             step.after.version >= state.version,
             "versions never go backwards",
@@ -193,7 +200,13 @@ async fn decide_one(
 ) -> (Step, Option<u64>) {
     let m = &entry.mutation;
     if entry.origin == Origin::Quarantine(QuarantineAction::Discard) {
-        return (inner.resolver.discard(state, m, config), None);
+        return (inner.resolver.discard(state, m, config, "discarded"), None);
+    }
+    if entry.origin == Origin::Expired {
+        let expired = inner
+            .resolver
+            .discard(state, m, config, super::staging::EXPIRED);
+        return (expired, None);
     }
     let chained_from = match m.base_version {
         Some(base) if config.chain_own_writes && base < state.version => {

@@ -54,7 +54,9 @@ mod locking;
 mod quarantine;
 mod reads;
 pub(crate) mod reply;
+mod shadow;
 mod simulate;
+mod staging;
 mod stats;
 
 pub use crate::queue::Pending;
@@ -65,7 +67,9 @@ pub use learn::train_from_history;
 pub use leases::{Forecast, Lease, LeaseConfig, LeaseStats};
 pub use quarantine::{QuarantineAction, QuarantineError};
 pub use reply::{Answer, Queued, Refusal, RefusalReason};
+pub use shadow::{Disagreement, ShadowReport, Side};
 pub use simulate::Simulated;
+pub use staging::{STAGED_LIST_MAX, StagedView, StagingConfig};
 pub use stats::{Dashboard, DashboardCluster, DashboardMember, EngineStats, ModelSummary};
 
 use chores::HostLoad;
@@ -155,6 +159,8 @@ pub struct EngineConfig {
     pub lock_decides_first: bool,
     /// Read-time forecasts and write leases (`leases.rs`).
     pub leases: LeaseConfig,
+    /// Shadow writes' staging area (`staging.rs`).
+    pub staging: StagingConfig,
 }
 
 /// Where the lock threshold starts, and its bounds.
@@ -179,9 +185,12 @@ pub const LEASE_MS_MAX: u64 = 30_000;
 pub const LEASES_MAX_DEFAULT: usize = 10_000;
 pub const FORECASTS_MAX_DEFAULT: usize = 100_000;
 
+/// Off: in `sluice bench`'s hot workload leases changed neither goodput
+/// nor client conflicts (a lease moves a conflict from its holder to the
+/// clients that read meanwhile), and a lease holds others back.
 pub const LEASES_DEFAULT: LeaseConfig = LeaseConfig {
     guard: GuardConfig {
-        mode: GuardMode::Adaptive,
+        mode: GuardMode::Off,
         threshold: LEASE_THRESHOLD_DEFAULT,
         threshold_min: LOCK_THRESHOLD_MIN_DEFAULT,
         threshold_max: LOCK_THRESHOLD_MAX_DEFAULT,
@@ -189,6 +198,14 @@ pub const LEASES_DEFAULT: LeaseConfig = LeaseConfig {
     duration: Duration::from_millis(LEASE_MS_DEFAULT),
     holds_max: LEASES_MAX_DEFAULT,
     forecasts_max: FORECASTS_MAX_DEFAULT,
+};
+
+pub const STAGING_DEFAULT: StagingConfig = StagingConfig {
+    shed_when_overloaded: false,
+    shed_below: 0.05,
+    expire: Duration::from_secs(600),
+    staged_max: 100_000,
+    validate_every: Duration::from_millis(200),
 };
 
 impl Default for EngineConfig {
@@ -215,6 +232,7 @@ impl Default for EngineConfig {
             locking: LOCKING_DEFAULT,
             lock_decides_first: true,
             leases: LEASES_DEFAULT,
+            staging: STAGING_DEFAULT,
         }
     }
 }
@@ -258,11 +276,15 @@ enum Origin {
     /// An operator's retry or discard of a quarantined mutation: its final
     /// reply removes the quarantine's entry.
     Quarantine(QuarantineAction),
+    /// A shadow write that stayed staged past its bound: accepted like
+    /// `Accepted`, and rejected as expired instead of decided.
+    Expired,
 }
 
 impl Origin {
+    /// In the accept log until decided: nobody waits.
     fn is_accepted(self) -> bool {
-        self == Origin::Accepted
+        matches!(self, Origin::Accepted | Origin::Expired)
     }
 
     fn is_from_quarantine(self) -> bool {
@@ -292,6 +314,8 @@ struct Inner {
     quarantine: quarantine::QuarantineIndex,
     locking: locking::Locking,
     leases: leases::Leases,
+    shadows: shadow::Shadows,
+    staging: staging::Staging,
     /// Bumped after every commit, so event streams know to look.
     events: tokio::sync::watch::Sender<u64>,
     /// The secret behind event ids, read from the store once.
@@ -361,6 +385,10 @@ impl Engine {
             learning: learn::Learning::new(&config.predictor),
             locking: locking::Locking::new(config.locking),
             leases: leases::Leases::new(config.leases),
+            shadows: shadow::Shadows::new(),
+            staging: staging::Staging {
+                count: std::sync::atomic::AtomicUsize::new(0),
+            },
             control: Mutex::new(Controller::new(ControlConfig {
                 limit_max: config.lanes_in_flight_max,
                 commit_batch_max: config.commit_batch_max,
@@ -406,6 +434,8 @@ impl Engine {
         tokio::spawn(chores::adapt_locking(inner.clone()));
         tokio::spawn(chores::expire_replies(inner.clone()));
         tokio::spawn(learn::learning_loop(inner.clone()));
+        tokio::spawn(shadow::run(inner.clone()));
+        tokio::spawn(staging::validate(inner.clone()));
         tokio::spawn(chores::refresh_collections(inner.clone()));
         Ok(Engine { inner })
     }
@@ -467,30 +497,9 @@ impl Engine {
         by: Option<&Principal>,
     ) -> Result<(), ConfigureError> {
         config.validate().map_err(ConfigureError::Invalid)?;
-        if let Handler::Webhook { url, .. } = &config.handler {
-            self.inner
-                .resolver
-                .check_webhook(url)
-                .map_err(ConfigureError::Invalid)?;
-        }
-        if let Handler::Script { source } = &config.handler {
-            match self.inner.resolver.check_script(source).await {
-                Ok(()) => {}
-                Err(
-                    e @ (ScriptError::Engine(_)
-                    | ScriptError::TimeLimit(_)
-                    | ScriptError::MemoryLimit(_)),
-                ) => {
-                    return Err(ConfigureError::Invalid(format!(
-                        "the script could not be loaded: {e}"
-                    )));
-                }
-                Err(e) => {
-                    return Err(ConfigureError::Invalid(format!(
-                        "the script is not usable: {e}"
-                    )));
-                }
-            }
+        self.check_handler(&config.handler, "").await?;
+        if let Some(shadow) = &config.shadow_handler {
+            self.check_handler(shadow, "shadow_handler: ").await?;
         }
         let invalid = |e: serde_json::Error| ConfigureError::Invalid(e.to_string());
         let text = serde_json::to_string(&config).map_err(invalid)?;
@@ -505,6 +514,37 @@ impl Engine {
         self.inner.store.put_collection(&text, &change).await?;
         self.inner.collections.set(name, config);
         info!(collection = name, "collection configured");
+        Ok(())
+    }
+
+    /// Refuses a webhook Sluice may not call and a script that does not
+    /// load; `what` starts the message.
+    async fn check_handler(&self, handler: &Handler, what: &str) -> Result<(), ConfigureError> {
+        if let Handler::Webhook { url, .. } = handler {
+            self.inner
+                .resolver
+                .check_webhook(url)
+                .map_err(|e| ConfigureError::Invalid(format!("{what}{e}")))?;
+        }
+        if let Handler::Script { source } = handler {
+            match self.inner.resolver.check_script(source).await {
+                Ok(()) => {}
+                Err(
+                    e @ (ScriptError::Engine(_)
+                    | ScriptError::TimeLimit(_)
+                    | ScriptError::MemoryLimit(_)),
+                ) => {
+                    return Err(ConfigureError::Invalid(format!(
+                        "{what}the script could not be loaded: {e}"
+                    )));
+                }
+                Err(e) => {
+                    return Err(ConfigureError::Invalid(format!(
+                        "{what}the script is not usable: {e}"
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 

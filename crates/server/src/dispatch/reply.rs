@@ -42,6 +42,8 @@ pub struct Queued {
     pub id: String,
     /// Its conflict score, when it was scored.
     pub score: Option<f64>,
+    /// In the staging area (a shadow write), not yet in the queue.
+    pub staged: bool,
 }
 
 /// Why a mutation was not decided, and what to tell its client.

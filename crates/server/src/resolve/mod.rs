@@ -131,10 +131,16 @@ impl Resolver {
         }
     }
 
-    /// An operator's discard of a quarantined mutation: rejected with
-    /// reason `discarded`, against the document as it is, without running
-    /// the handler.
-    pub fn discard(&self, doc: &Document, m: &Mutation, config: &CollectionConfig) -> Step {
+    /// An operator's discard of a quarantined mutation, or a staged one's
+    /// expiry: rejected with `reason`, against the document as it is,
+    /// without running the handler.
+    pub fn discard(
+        &self,
+        doc: &Document,
+        m: &Mutation,
+        config: &CollectionConfig,
+        reason: &str,
+    ) -> Step {
         let conflict = Conflict {
             doc,
             m,
@@ -142,7 +148,7 @@ impl Resolver {
             handler: config.handler.name(),
             at_ms: self.clock.now_ms(),
         };
-        conflict.settle(HandlerAnswer::Reject("discarded".to_owned()), false)
+        conflict.settle(HandlerAnswer::Reject(reason.to_owned()), false)
     }
 
     async fn settle_conflict(

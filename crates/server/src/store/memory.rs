@@ -24,6 +24,8 @@ struct State {
     next_event: i64,
     accepted: HashMap<(String, String), (u64, Accepted)>,
     next_accept: u64,
+    /// Staged shadow writes: (order, collection, entry).
+    staged: HashMap<(String, String), (u64, String, Accepted)>,
     collections: HashMap<String, String>,
     secrets: HashMap<String, String>,
     quarantine: HashMap<(String, String), Quarantined>,
@@ -185,6 +187,55 @@ impl Store for MemoryStore {
         let mut entries: Vec<&(u64, Accepted)> = state.accepted.values().collect();
         entries.sort_by_key(|(seq, _)| *seq);
         Ok(entries.into_iter().map(|(_, a)| a.clone()).collect())
+    }
+
+    async fn stage(&self, entry: &Accepted, collection: &str) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        let key = (entry.client.clone(), entry.id.clone());
+        if state.staged.contains_key(&key) {
+            return Ok(false);
+        }
+        state.next_accept += 1;
+        let seq = state.next_accept;
+        state
+            .staged
+            .insert(key, (seq, collection.to_owned(), entry.clone()));
+        Ok(true)
+    }
+
+    async fn unstage(&self, client: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .state()
+            .staged
+            .remove(&(client.to_owned(), id.to_owned()))
+            .is_some())
+    }
+
+    async fn staged(&self, client: &str, id: &str) -> Result<Option<Accepted>, StoreError> {
+        Ok(self
+            .state()
+            .staged
+            .get(&(client.to_owned(), id.to_owned()))
+            .map(|(_, _, a)| a.clone()))
+    }
+
+    async fn staged_list(
+        &self,
+        collection: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Accepted>, StoreError> {
+        let state = self.state();
+        let mut entries: Vec<&(u64, String, Accepted)> = state
+            .staged
+            .values()
+            .filter(|(_, c, _)| collection.is_none_or(|want| c == want))
+            .collect();
+        entries.sort_by_key(|(seq, _, _)| *seq);
+        Ok(entries
+            .into_iter()
+            .take(limit as usize)
+            .map(|(_, _, a)| a.clone())
+            .collect())
     }
 
     async fn events_after(

@@ -246,6 +246,20 @@ pub trait Store: Send + Sync + 'static {
     async fn accepted(&self, client: &str, id: &str) -> Result<Option<Accepted>, StoreError>;
     /// Every entry still in the accept log, oldest first: what a restart resumes.
     async fn pending_accepted(&self) -> Result<Vec<Accepted>, StoreError>;
+    /// Stages a shadow write (beside the live documents, not in them) in
+    /// `collection`; `false` when `(client, id)` is staged already.
+    async fn stage(&self, entry: &Accepted, collection: &str) -> Result<bool, StoreError>;
+    /// Takes a staged mutation out of the staging area; `false` when it was
+    /// not there.
+    async fn unstage(&self, client: &str, id: &str) -> Result<bool, StoreError>;
+    async fn staged(&self, client: &str, id: &str) -> Result<Option<Accepted>, StoreError>;
+    /// Staged mutations, oldest first, of one collection or all, at most
+    /// `limit`.
+    async fn staged_list(
+        &self,
+        collection: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Accepted>, StoreError>;
     /// The client's answers stored after event `after_seq`, oldest first, with
     /// their event numbers: the outcome stream.
     async fn events_after(
@@ -395,6 +409,12 @@ pub(crate) mod sql {
         "DELETE FROM sluice_accepted WHERE client = $1 AND id = $2";
     pub(crate) const SELECT_ACCEPTED: &str = "SELECT client, id, fingerprint, mutation, score, at_ms \
          FROM sluice_accepted WHERE client = $1 AND id = $2";
+    pub(crate) const INSERT_STAGED: &str = "INSERT INTO sluice_staged (client, id, fingerprint, collection, mutation, score, at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (client, id) DO NOTHING";
+    pub(crate) const DELETE_STAGED: &str =
+        "DELETE FROM sluice_staged WHERE client = $1 AND id = $2";
+    pub(crate) const SELECT_STAGED: &str = "SELECT client, id, fingerprint, mutation, score, at_ms \
+         FROM sluice_staged WHERE client = $1 AND id = $2";
     pub(crate) const SELECT_QUARANTINED: &str = "SELECT client, id, fingerprint, collection, key, mutation, \
          reason, score, at_ms FROM sluice_quarantine WHERE client = $1 AND id = $2";
     pub(crate) const UPSERT_QUARANTINED: &str = "INSERT INTO sluice_quarantine (client, id, fingerprint, \

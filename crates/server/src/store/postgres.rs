@@ -28,6 +28,9 @@ const LOCK_DOCUMENT: &str = "SELECT version, item::text AS item FROM sluice_docu
      WHERE collection = $1 AND key = $2 FOR UPDATE";
 const EXPIRE_REPLIES: &str = "DELETE FROM sluice_replies WHERE at_ms < $1 \
      AND seq <= (SELECT COALESCE(MAX(seq), 0) FROM sluice_replies) - $2";
+/// Staged mutations oldest first, of one collection (`$1`) or all (null).
+const STAGED_LIST: &str = "SELECT client, id, fingerprint, mutation, score, at_ms \
+     FROM sluice_staged WHERE ($1 IS NULL OR collection = $1) ORDER BY seq LIMIT $2";
 const PENDING_ACCEPTED: &str = "SELECT client, id, fingerprint, mutation, score, at_ms \
      FROM sluice_accepted ORDER BY seq";
 const EVENTS_AFTER: &str = "SELECT seq, body FROM sluice_replies \
@@ -70,6 +73,20 @@ const SCHEMA: &[&str] = &[
         at_ms BIGINT NOT NULL,
         PRIMARY KEY (client, id)
     )",
+    // Shadow writes wait here, beside the live documents, until the
+    // validator promotes them (or they expire).
+    "CREATE TABLE IF NOT EXISTS sluice_staged (
+        seq BIGSERIAL,
+        client TEXT NOT NULL,
+        id TEXT NOT NULL,
+        fingerprint BIGINT NOT NULL,
+        collection TEXT NOT NULL,
+        mutation TEXT NOT NULL,
+        score DOUBLE PRECISION NOT NULL,
+        at_ms BIGINT NOT NULL,
+        PRIMARY KEY (client, id)
+    )",
+    "CREATE INDEX IF NOT EXISTS sluice_staged_seq ON sluice_staged (seq)",
     "CREATE TABLE IF NOT EXISTS sluice_quarantine (
         client TEXT NOT NULL,
         id TEXT NOT NULL,
@@ -253,6 +270,51 @@ impl Store for PostgresStore {
 
     async fn pending_accepted(&self) -> Result<Vec<Accepted>, StoreError> {
         let rows = sqlx::query(PENDING_ACCEPTED)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(accepted_from_row).collect()
+    }
+
+    async fn stage(&self, entry: &Accepted, collection: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql::INSERT_STAGED)
+            .bind(&entry.client)
+            .bind(&entry.id)
+            .bind(to_sql(entry.fingerprint))
+            .bind(collection)
+            .bind(&entry.mutation)
+            .bind(entry.score)
+            .bind(entry.at_ms)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn unstage(&self, client: &str, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql::DELETE_STAGED)
+            .bind(client)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn staged(&self, client: &str, id: &str) -> Result<Option<Accepted>, StoreError> {
+        let row = sqlx::query(sql::SELECT_STAGED)
+            .bind(client)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| accepted_from_row(&r)).transpose()
+    }
+
+    async fn staged_list(
+        &self,
+        collection: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Accepted>, StoreError> {
+        let rows = sqlx::query(STAGED_LIST)
+            .bind(collection)
+            .bind(i64::from(limit))
             .fetch_all(&self.reader)
             .await?;
         rows.iter().map(accepted_from_row).collect()

@@ -25,6 +25,9 @@ const SELECT_DOCUMENT: &str =
     "SELECT version, item FROM sluice_documents WHERE collection = $1 AND key = $2";
 const EXPIRE_REPLIES: &str = "DELETE FROM sluice_replies WHERE at_ms < $1 \
      AND rowid <= (SELECT COALESCE(MAX(rowid), 0) FROM sluice_replies) - $2";
+/// Staged mutations oldest first, of one collection (`$1`) or all (null).
+const STAGED_LIST: &str = "SELECT client, id, fingerprint, mutation, score, at_ms \
+     FROM sluice_staged WHERE ($1 IS NULL OR collection = $1) ORDER BY rowid LIMIT $2";
 const PENDING_ACCEPTED: &str = "SELECT client, id, fingerprint, mutation, score, at_ms \
      FROM sluice_accepted ORDER BY rowid";
 const EVENTS_AFTER: &str = "SELECT rowid AS seq, body FROM sluice_replies \
@@ -70,6 +73,18 @@ const SCHEMA: &[&str] = &[
         client TEXT NOT NULL,
         id TEXT NOT NULL,
         fingerprint INTEGER NOT NULL,
+        mutation TEXT NOT NULL,
+        score REAL NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (client, id)
+    )",
+    // Shadow writes wait here, beside the live documents, until the
+    // validator promotes them (or they expire).
+    "CREATE TABLE IF NOT EXISTS sluice_staged (
+        client TEXT NOT NULL,
+        id TEXT NOT NULL,
+        fingerprint INTEGER NOT NULL,
+        collection TEXT NOT NULL,
         mutation TEXT NOT NULL,
         score REAL NOT NULL,
         at_ms INTEGER NOT NULL,
@@ -202,6 +217,51 @@ impl Store for SqliteStore {
 
     async fn pending_accepted(&self) -> Result<Vec<Accepted>, StoreError> {
         let rows = sqlx::query(PENDING_ACCEPTED)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(accepted_from_row).collect()
+    }
+
+    async fn stage(&self, entry: &Accepted, collection: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql::INSERT_STAGED)
+            .bind(&entry.client)
+            .bind(&entry.id)
+            .bind(to_sql(entry.fingerprint))
+            .bind(collection)
+            .bind(&entry.mutation)
+            .bind(entry.score)
+            .bind(entry.at_ms)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn unstage(&self, client: &str, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql::DELETE_STAGED)
+            .bind(client)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn staged(&self, client: &str, id: &str) -> Result<Option<Accepted>, StoreError> {
+        let row = sqlx::query(sql::SELECT_STAGED)
+            .bind(client)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| accepted_from_row(&r)).transpose()
+    }
+
+    async fn staged_list(
+        &self,
+        collection: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Accepted>, StoreError> {
+        let rows = sqlx::query(STAGED_LIST)
+            .bind(collection)
+            .bind(i64::from(limit))
             .fetch_all(&self.reader)
             .await?;
         rows.iter().map(accepted_from_row).collect()

@@ -57,6 +57,10 @@ pub(super) struct Ended {
     pub wasted: u32,
     pub rejected_429: bool,
     pub error: Option<String>,
+    /// Sluice's forecast for the write, told at the read (`intent=write`),
+    /// and whether the read earned a write lease.
+    pub forecast: Option<f64>,
+    pub leased: bool,
 }
 
 impl Ended {
@@ -391,8 +395,8 @@ impl Target {
             Target::Sluice { http, url } => {
                 let read = http
                     .get(format!(
-                        "{url}/v1/documents/{}/{}",
-                        intent.collection, intent.key
+                        "{url}/v1/documents/{}/{}?intent=write&client={}",
+                        intent.collection, intent.key, intent.client
                     ))
                     .send()
                     .await;
@@ -416,7 +420,7 @@ impl Target {
                 }
                 let item = doc["item"].as_object().cloned();
                 let value = appended(item.unwrap_or_default(), intent.client, intent.entry);
-                let body = json!({
+                let mut body = json!({
                     "id": format!("{}:{}", intent.collection, intent.entry),
                     "client": intent.client,
                     "collection": intent.collection,
@@ -425,7 +429,15 @@ impl Target {
                     "base_version": doc["version"],
                     "value": value,
                 });
-                post_mutation(http, url, &body).await
+                let lease = doc["lease"]["token"].as_str();
+                if let Some(token) = lease {
+                    body["lease"] = json!(token);
+                }
+                Ended {
+                    forecast: doc["forecast"]["conflict_probability"].as_f64(),
+                    leased: lease.is_some(),
+                    ..post_mutation(http, url, &body).await
+                }
             }
             Target::RoundRobin { .. } => Ended::failed("a round robin of no Sluice"),
         }

@@ -26,6 +26,10 @@ pub(super) struct Tally {
     pub(super) latencies_us: Histogram<u64>,
     /// The run's length when the driver measured it itself (pgbench).
     pub(super) duration: Option<Duration>,
+    /// Sluice's read-time forecasts and whether each write then conflicted,
+    /// and the reads that earned a write lease.
+    pub(super) forecasts: Vec<(f64, bool)>,
+    pub(super) leases: u64,
 }
 
 /// Latencies from 1 µs to an hour; a longer one is recorded as an hour.
@@ -47,6 +51,8 @@ impl Default for Tally {
                 "invariant: 1 ≤ low, high ≥ 2 × low and 3 significant digits are valid bounds",
             ),
             duration: None,
+            forecasts: Vec::new(),
+            leases: 0,
         }
     }
 }
@@ -67,6 +73,10 @@ impl Tally {
         let timed_out = latency > CLIENT_TIMEOUT;
         self.timeouts += u64::from(timed_out);
         self.conflicts += u64::from(ended.conflict);
+        self.leases += u64::from(ended.leased);
+        if let Some(p) = ended.forecast {
+            self.forecasts.push((p, ended.conflict));
+        }
         if ended.applied {
             self.applied += 1;
             self.in_time += u64::from(!timed_out);
@@ -97,6 +107,8 @@ impl Tally {
         self.rejected_429 += other.rejected_429;
         self.mutations += other.mutations;
         self.errors += other.errors;
+        self.leases += other.leases;
+        self.forecasts.extend(other.forecasts);
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }

@@ -175,54 +175,43 @@ fn rtt_duration(rtt_ms: f64) -> Duration {
     Duration::from_secs_f64(rtt_ms.max(0.0) / 1000.0)
 }
 
-/// Starts a Sluice for every subject that is one, each behind its link.
-async fn start_sluices(
-    jobs: &[Job],
+/// Starts the Sluice of `subject`, if it is one, behind a link of its own.
+async fn start_sluice(
+    subject: Subject,
     options: &BenchOptions,
     url: &str,
     linked_url: &reqwest::Url,
     relay: &link::Relay,
-) -> ToolResult<(
-    BTreeMap<Subject, SluiceChild>,
-    BTreeMap<Subject, link::Link>,
-)> {
-    let mut children = BTreeMap::new();
-    let mut sluice_links = BTreeMap::new();
-    let mut subjects: Vec<Subject> = jobs.iter().map(|j| j.subject).collect();
-    subjects.sort();
-    subjects.dedup();
-    for subject in subjects {
-        let features = match subject {
-            Subject::Contender(Contender::Sluice) | Subject::OwnTier => Features::ALL,
-            Subject::Contender(Contender::SluiceFifo) => Features::NONE,
-            // Direct, or started below (the cluster's members).
-            Subject::Contender(_) | Subject::Pgbench | Subject::Cluster => continue,
-            Subject::Ablation(i) => ABLATION[i].1,
-            Subject::Variant(_) => Features::ALL,
-        };
-        let env = match subject {
-            Subject::Variant(i) => plan::VARIANTS[i].1,
-            _ => &[],
-        };
-        let name = match subject {
-            Subject::OwnTier => "sluice-own-tier".to_owned(),
-            _ => subject_name(subject).replace(['+', ' '], ""),
-        };
-        let log = options.out.join(format!("sluice-{name}.log"));
-        let store = match subject {
-            Subject::OwnTier => linked_url.as_str(),
-            _ => url,
-        };
-        let child = SluiceChild::start_with(&options.exe, store, features, &log, &[], env).await?;
-        let addr: std::net::SocketAddr = child
-            .url
-            .trim_start_matches("http://")
-            .parse()
-            .context("the Sluice child's address")?;
-        sluice_links.insert(subject, relay.link(addr)?);
-        children.insert(subject, child);
-    }
-    Ok((children, sluice_links))
+) -> ToolResult<Option<(SluiceChild, link::Link)>> {
+    let features = match subject {
+        Subject::Contender(Contender::Sluice) | Subject::OwnTier => Features::ALL,
+        Subject::Contender(Contender::SluiceFifo) => Features::NONE,
+        // Direct, or started elsewhere (the cluster's members).
+        Subject::Contender(_) | Subject::Pgbench | Subject::Cluster => return Ok(None),
+        Subject::Ablation(i) => ABLATION[i].1,
+        Subject::Variant(_) => Features::ALL,
+    };
+    let env = match subject {
+        Subject::Variant(i) => plan::VARIANTS[i].1,
+        _ => &[],
+    };
+    let name = match subject {
+        Subject::OwnTier => "sluice-own-tier".to_owned(),
+        _ => subject_name(subject).replace(['+', ' '], ""),
+    };
+    let log = options.out.join(format!("sluice-{name}.log"));
+    let store = match subject {
+        Subject::OwnTier => linked_url.as_str(),
+        _ => url,
+    };
+    let child = SluiceChild::start_with(&options.exe, store, features, &log, &[], env).await?;
+    let addr: std::net::SocketAddr = child
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .context("the Sluice child's address")?;
+    let link = relay.link(addr)?;
+    Ok(Some((child, link)))
 }
 
 /// The workloads asked for, or all of them; asked for by name, the cluster
@@ -317,8 +306,6 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
     relay.set_rtt(Duration::ZERO);
 
     let jobs = schedule(&workloads, &plan);
-    let (children, sluice_links) =
-        start_sluices(&jobs, &options, &url, &linked_url, &relay).await?;
     let prefix = format!("b{}", wall_ms());
     let (cluster, cluster_links) = if jobs.iter().any(|j| j.subject == Subject::Cluster) {
         let (cluster, links) =
@@ -334,10 +321,10 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(2 * CLIENTS)
             .build()?,
-        children,
+        children: BTreeMap::new(),
         relay,
         linked_direct,
-        sluice_links,
+        sluice_links: BTreeMap::new(),
         cluster,
         cluster_links,
         _postgres_link: postgres_link,
@@ -365,8 +352,9 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
     let mut samples = Vec::new();
     let mut capacity_samples = Vec::new();
     let mut ablation_samples = Vec::new();
-    // A Sluice stops after its last run: each holds PostgreSQL
-    // connections, and the later runs (pgbench's among them) need them.
+    // A Sluice starts before its first run and stops after its last: each
+    // holds PostgreSQL connections, and the other runs (pgbench's among
+    // them) need them.
     let last_run: BTreeMap<Subject, usize> = jobs
         .iter()
         .enumerate()
@@ -383,6 +371,20 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
             setting_label(setting),
             subject_name(subject)
         ));
+        // pgbench opens its clients' connections at once: the Sluice
+        // processes' idle pools would take them (one per contender and
+        // variant, up to 32 each); each starts again at its next run.
+        if subject == Subject::Pgbench {
+            bench.children.clear();
+            bench.sluice_links.clear();
+        }
+        if !bench.children.contains_key(&subject)
+            && let Some((child, link)) =
+                start_sluice(subject, &options, &url, &linked_url, &bench.relay).await?
+        {
+            bench.children.insert(subject, child);
+            bench.sluice_links.insert(subject, link);
+        }
         let sample = bench.run_one(job).await?;
         match (setting, subject) {
             (Setting::Capacity, _) => {

@@ -219,7 +219,7 @@ pub const ABLATION: [(&str, Features); 5] = [
 
 /// Sluice with one advanced feature's setting changed from its default,
 /// beside the default: the settings each is measured against.
-pub(super) const VARIANTS: [(&str, &[(&str, &str)]); 3] = [
+pub(super) const VARIANTS: [(&str, &[(&str, &str)]); 6] = [
     (
         "sluice-lock-adaptive",
         &[("SLUICE_LOCKING__MODE", "adaptive")],
@@ -232,7 +232,27 @@ pub(super) const VARIANTS: [(&str, &[(&str, &str)]); 3] = [
             ("SLUICE_LOCKING__DECIDE_FIRST", "false"),
         ],
     ),
+    (
+        "sluice-lease-adaptive",
+        &[("SLUICE_LEASES__MODE", "adaptive")],
+    ),
+    ("sluice-lease-always", &[("SLUICE_LEASES__MODE", "always")]),
+    // Its collections get a shadow handler (`SHADOW_VARIANT`).
+    ("sluice-shadow-handler", &[]),
 ];
+
+/// The variant whose collections are configured with a shadow handler.
+pub(super) const SHADOW_VARIANT: usize = 5;
+
+/// The shadow handler of `SHADOW_VARIANT`: what the live `automerge` with
+/// `entries` a set does, written as a script, as an operator would try a
+/// custom handler before switching to it.
+pub(super) const SHADOW_SCRIPT: &str = "function resolve(ctx) { \
+    const item = Object.assign({}, ctx.existing, ctx.incoming); \
+    const seen = new Set(); \
+    item.entries = (ctx.existing.entries || []).concat(ctx.incoming.entries || []) \
+        .filter(e => { const k = JSON.stringify(e); if (seen.has(k)) return false; seen.add(k); return true; }); \
+    return {action: 'resolve', item: item}; }";
 
 /// The variants measured in a setting, beside the default Sluice.
 fn variants_of(setting: Setting) -> Vec<Subject> {
@@ -245,6 +265,15 @@ fn variants_of(setting: Setting) -> Vec<Subject> {
             Subject::Variant(1),
             Subject::Variant(2),
         ],
+        // Write leases: off (the default), adaptive and always, where
+        // conflicts are rare and where they are the rule.
+        // A shadow handler beside the live one where conflicts are the rule.
+        Setting::Hot(0.99) => vec![
+            Subject::Variant(3),
+            Subject::Variant(4),
+            Subject::Variant(SHADOW_VARIANT),
+        ],
+        Setting::Hot(0.0) => vec![Subject::Variant(3), Subject::Variant(4)],
         _ => Vec::new(),
     }
 }

@@ -69,6 +69,14 @@ pub struct RunRecord {
     /// each held it on average (ms); `None` for the direct contenders.
     pub locked_lanes: Option<u64>,
     pub lock_held_ms: Option<f64>,
+    /// Reads that earned a write lease, and the read-time forecasts' AUC
+    /// and calibration error against the writes' outcomes (Sluice's `hot`
+    /// runs).
+    pub leases: Option<u64>,
+    pub forecast_auc: Option<f64>,
+    pub forecast_ece: Option<f64>,
+    /// With a shadow handler: how often it agreed with the live one.
+    pub shadow_agreement: Option<f64>,
     pub client_conflicts: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -232,6 +240,21 @@ fn medians(samples: &[Sample]) -> Vec<RunRecord> {
                 lock_held_ms: {
                     let held: Vec<f64> = g.iter().filter_map(|s| s.lock_held_ms).collect();
                     (!held.is_empty()).then(|| median(held))
+                },
+                leases: f
+                    .leases
+                    .map(|_| median_u64(g.iter().map(|s| s.leases.unwrap_or(0)))),
+                forecast_auc: {
+                    let v: Vec<f64> = g.iter().filter_map(|s| s.forecast_auc).collect();
+                    (!v.is_empty()).then(|| median(v))
+                },
+                forecast_ece: {
+                    let v: Vec<f64> = g.iter().filter_map(|s| s.forecast_ece).collect();
+                    (!v.is_empty()).then(|| median(v))
+                },
+                shadow_agreement: {
+                    let v: Vec<f64> = g.iter().filter_map(|s| s.shadow_agreement).collect();
+                    (!v.is_empty()).then(|| median(v))
                 },
                 client_conflicts: median_u64(g.iter().map(|s| s.client_conflicts)),
                 p50_ms: median(g.iter().map(|s| s.p50_ms).collect()),
@@ -670,7 +693,7 @@ fn about(workload: &str) -> Option<&'static str> {
 /// round trip, and a verdict line for each (what it changed, what it cost).
 fn advanced(md: &mut String, runs: &[RunRecord], rtts: &[f64]) {
     // (feature, workload, the setting compared against, the settings).
-    const FEATURES: [(&str, &str, &str, &[&str]); 2] = [
+    const FEATURES: [(&str, &str, &str, &[&str]); 4] = [
         (
             "pre-emptive locking",
             "external",
@@ -683,42 +706,81 @@ fn advanced(md: &mut String, runs: &[RunRecord], rtts: &[f64]) {
             "sluice-lock-always-inside",
             &["sluice-lock-always-inside", "sluice-lock-always"],
         ),
+        (
+            "write leases",
+            "hot",
+            "sluice",
+            &["sluice", "sluice-lease-adaptive", "sluice-lease-always"],
+        ),
+        (
+            "a shadow handler",
+            "hot",
+            "sluice",
+            &["sluice", "sluice-shadow-handler"],
+        ),
     ];
     let mut rows = Vec::new();
     let mut verdicts = Vec::new();
+    let opt = |v: Option<f64>, digits: usize| v.map_or("–".into(), |v| format!("{v:.digits$}"));
     for (feature, workload, base, settings) in FEATURES {
-        for &rtt in rtts {
-            let find = |contender: &str| {
-                runs.iter()
-                    .find(|r| r.workload == workload && r.contender == contender && r.rtt_ms == rtt)
-            };
-            let Some(off) = find(base) else { continue };
-            let mut changes = Vec::new();
-            for setting in settings {
-                let Some(r) = find(setting) else { continue };
-                rows.push(format!(
-                    "| {feature} | {workload}, R = {rtt} ms | {setting} | {} | {} | {} | {:.0} | {:.1} |",
-                    r.wasted_writes,
-                    r.locked_lanes.map_or("–".into(), |n| n.to_string()),
-                    r.lock_held_ms.map_or("–".into(), |ms| format!("{ms:.2}")),
-                    r.goodput,
-                    r.p99_ms,
-                ));
-                if *setting != base {
-                    changes.push(format!(
-                        "{setting}: wasted writes {} → {}, goodput ×{:.2}, p99 ×{:.2}",
-                        off.wasted_writes,
+        let mut thetas: Vec<Option<f64>> = Vec::new();
+        for r in runs
+            .iter()
+            .filter(|r| r.workload == workload && r.contender == base)
+        {
+            if !thetas.contains(&r.theta) {
+                thetas.push(r.theta);
+            }
+        }
+        for theta in thetas {
+            for &rtt in rtts {
+                let find = |contender: &str| {
+                    runs.iter().find(|r| {
+                        r.workload == workload
+                            && r.contender == contender
+                            && r.rtt_ms == rtt
+                            && r.theta == theta
+                    })
+                };
+                let Some(off) = find(base) else { continue };
+                let at = match theta {
+                    Some(t) if workload == "hot" => format!("{workload} θ={t}, R = {rtt} ms"),
+                    _ => format!("{workload}, R = {rtt} ms"),
+                };
+                let mut changes = Vec::new();
+                for setting in settings {
+                    let Some(r) = find(setting) else { continue };
+                    rows.push(format!(
+                        "| {feature} | {at} | {setting} | {} | {} | {} | {} | {} | {} / {} | {} | {:.0} | {:.1} |",
                         r.wasted_writes,
-                        r.goodput / off.goodput.max(f64::MIN_POSITIVE),
-                        r.p99_ms / off.p99_ms.max(f64::MIN_POSITIVE)
+                        r.client_conflicts,
+                        r.locked_lanes.map_or("–".into(), |n| n.to_string()),
+                        opt(r.lock_held_ms, 2),
+                        r.leases.map_or("–".into(), |n| n.to_string()),
+                        opt(r.forecast_auc, 3),
+                        opt(r.forecast_ece, 3),
+                        opt(r.shadow_agreement, 3),
+                        r.goodput,
+                        r.p99_ms,
+                    ));
+                    if *setting != base {
+                        changes.push(format!(
+                            "{setting}: wasted writes {} → {}, client conflicts {} → {}, goodput ×{:.2}, p99 ×{:.2}",
+                            off.wasted_writes,
+                            r.wasted_writes,
+                            off.client_conflicts,
+                            r.client_conflicts,
+                            r.goodput / off.goodput.max(f64::MIN_POSITIVE),
+                            r.p99_ms / off.p99_ms.max(f64::MIN_POSITIVE)
+                        ));
+                    }
+                }
+                if !changes.is_empty() {
+                    verdicts.push(format!(
+                        "- {feature}, {at}, against {base}: {}.",
+                        changes.join("; ")
                     ));
                 }
-            }
-            if !changes.is_empty() {
-                verdicts.push(format!(
-                    "- {feature}, R = {rtt} ms, against {base}: {}.",
-                    changes.join("; ")
-                ));
             }
         }
     }
@@ -727,7 +789,7 @@ fn advanced(md: &mut String, runs: &[RunRecord], rtts: &[f64]) {
     }
     let _ = writeln!(
         md,
-        "\n## Advanced features, on and off\n\nEach feature's settings in the same run (their rows are in the workload's table above too). Pre-emptive locking: `sluice` (off, the default), `sluice-lock-adaptive` (above the adaptive threshold), `sluice-lock-always`; deciding before the lock: `sluice-lock-always` (the default) against `sluice-lock-always-inside` (read, decide and commit all under the lock). A lane's wasted writes are its stale commits; *lock held* is the mean time a lane held its document's lock.\n\n| feature | where | setting | wasted writes | locked lanes | lock held ms | goodput/s | p99 ms |\n|---|---|---|---:|---:|---:|---:|---:|"
+        "\n## Advanced features, on and off\n\nEach feature's settings in the same run (their rows are in the workload's table above too). Pre-emptive locking: `sluice` (off, the default), `sluice-lock-adaptive` (above the adaptive threshold), `sluice-lock-always`; deciding before the lock: `sluice-lock-always` (the default) against `sluice-lock-always-inside` (read, decide and commit all under the lock); write leases: `sluice` (off, the default), `sluice-lease-adaptive`, `sluice-lease-always`, with clients that read with `intent=write` and send the lease they get. A lane's wasted writes are its stale commits; *lock held* is the mean time a lane held its document's lock; *leases* the reads that earned one; *forecast AUC / ECE* the read-time forecasts against whether the write then conflicted; a shadow handler: `sluice-shadow-handler` runs the live `automerge` written as a script beside it, *shadow agreed* the share of compared conflicts on which the two decided the same.\n\n| feature | where | setting | wasted writes | client conflicts | locked lanes | lock held ms | leases | forecast AUC / ECE | shadow agreed | goodput/s | p99 ms |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for row in rows {
         let _ = writeln!(md, "{row}");
@@ -790,6 +852,10 @@ mod tests {
             wasted_writes: 0,
             locked_lanes: None,
             lock_held_ms: None,
+            leases: None,
+            forecast_auc: None,
+            forecast_ece: None,
+            shadow_agreement: None,
             client_conflicts: 0,
             p50_ms: p99 / 2.0,
             p99_ms: p99,

@@ -110,8 +110,9 @@ impl Bench {
         if documents {
             self.load_documents(&collection).await?;
         }
+        let shadow = subject == Subject::Variant(super::plan::SHADOW_VARIANT);
         for url in target.sluice_urls() {
-            self.configure(url, &collection).await?;
+            self.configure(url, &collection, shadow).await?;
         }
         let cpu_before = self.cpu(subject);
         let counts_before = self.sluice_counts(&target).await?;
@@ -279,6 +280,11 @@ impl Bench {
             _ => None,
         };
         let wasted = counts.map_or(tally.wasted, |c| c.stale);
+        let shadow_agreement = if shadow {
+            self.shadow_agreement(&target, &collection).await?
+        } else {
+            None
+        };
         self.check_accounting(setting, subject, &collection, &tally, external_writes)
             .await?;
         let per = |i: usize, n: u64| match (cpu_before[i], cpu_after[i]) {
@@ -313,6 +319,8 @@ impl Bench {
             Setting::Refusals => ("refusals", None, None),
             Setting::Cluster(t) => ("cluster", Some(t), None),
         };
+        let forecast_quality = (!tally.forecasts.is_empty())
+            .then(|| sluice_server::predict::quality::summarize(&tally.forecasts));
         let contender = match setting {
             Setting::Writes(writer) => writer.name().to_owned(),
             _ => subject_name(subject),
@@ -329,6 +337,12 @@ impl Bench {
             lock_held_ms: counts
                 .filter(|c| c.locked > 0)
                 .map(|c| c.lock_held_ms / c.locked as f64),
+            leases: (!tally.forecasts.is_empty()).then_some(tally.leases),
+            shadow_agreement,
+            forecast_auc: forecast_quality.as_ref().and_then(|q| q.auc),
+            forecast_ece: forecast_quality
+                .as_ref()
+                .and_then(|q| q.expected_calibration_error),
             client_conflicts: tally.conflicts,
             p50_ms: tally.latency_ms(0.5),
             p99_ms: tally.latency_ms(0.99),
@@ -361,12 +375,17 @@ impl Bench {
         Ok(())
     }
 
-    /// Automerge, with `entries` a set: a stale append keeps every entry once.
-    async fn configure(&self, url: &str, collection: &str) -> ToolResult<()> {
+    /// Automerge, with `entries` a set: a stale append keeps every entry
+    /// once; with `shadow`, the same logic as a script beside it.
+    async fn configure(&self, url: &str, collection: &str, shadow: bool) -> ToolResult<()> {
+        let mut config = serde_json::json!({"handler": "automerge", "set_fields": ["entries"]});
+        if shadow {
+            config["shadow_handler"] = serde_json::json!({"script": super::plan::SHADOW_SCRIPT});
+        }
         let response = self
             .http
             .put(format!("{url}/v1/collections/{collection}"))
-            .json(&serde_json::json!({"handler": "automerge", "set_fields": ["entries"]}))
+            .json(&config)
             .send()
             .await?;
         if !response.status().is_success() {
@@ -377,6 +396,22 @@ impl Bench {
             );
         }
         Ok(())
+    }
+
+    /// How often the shadow handler agreed with the live one in the run's
+    /// collection (on the conflicts compared by the run's end).
+    async fn shadow_agreement(&self, target: &Target, collection: &str) -> ToolResult<Option<f64>> {
+        let Some(url) = target.sluice_urls().first().copied() else {
+            return Ok(None);
+        };
+        let report: serde_json::Value = self
+            .http
+            .get(format!("{url}/v1/collections/{collection}/shadow-report"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(report["agreement_rate"].as_f64())
     }
 
     /// The stale commits of every Sluice behind `target` so far; `None`
