@@ -297,6 +297,21 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
             found[0]
         );
     }
+    // Shadow writes for what arrives over the threshold, at 2× and 4×:
+    // every staged intent is followed to its outcome by the run.
+    for rtt in [0.0, 1.0] {
+        for load in [2.0, 4.0] {
+            let found = record(
+                "overload",
+                None,
+                Some(load),
+                rtt,
+                "sluice-shed",
+                Some("next-to-store"),
+            );
+            assert_eq!(found.len(), 1, "shed {load}× R={rtt}");
+        }
+    }
     assert_eq!(
         runs.len(),
         expected.len() * contenders.len()
@@ -307,6 +322,7 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
             + 2 * variants.len()
             + 8
             + 2
+            + 4
     );
     let md = std::fs::read_to_string(out.join("BENCH.md")).expect("BENCH.md");
     assert!(md.contains("## Advanced features, on and off"), "{md}");
@@ -326,6 +342,10 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
     );
     assert!(
         md.contains("- a shadow handler, hot θ=0.99, R = 0 ms, against sluice:"),
+        "{md}"
+    );
+    assert!(
+        md.contains("- shadow writes under overload, overload 2×, R = 0 ms, against sluice:"),
         "{md}"
     );
     let links = report["links"].as_array().expect("links");

@@ -3,6 +3,7 @@
 
 use crate::support::{TestServer, error_code};
 use serde_json::{Value, json};
+use sluice_server::store::{SqliteStore, Store};
 use std::time::Duration;
 
 /// A validator that never looks again within a test: what is staged stays.
@@ -218,4 +219,64 @@ async fn staged_writes_expire_and_are_bounded() {
     config.staging.shed_below = 2.0;
     let error = config.validate().expect_err("out of range").to_string();
     assert!(error.contains("staging.shed_below"), "{error}");
+}
+
+#[tokio::test]
+async fn a_crash_between_the_steps_of_a_promotion_applies_nothing_twice() {
+    let s = TestServer::with(|c| c.staging.validate_every_ms = NEVER_MS).await;
+    let (status, _) = s
+        .post(json!({"collection": "notes", "key": "n", "op": "put", "value": {"a": 1}}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = s
+        .post(
+            json!({"id": "s1", "client": "ann", "collection": "notes", "key": "n",
+                     "op": "patch", "value": {"b": 2}, "shadow": true}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let data = s.stop().await;
+    // As if the process died after the promotion's first step: the
+    // mutation is in the accept log and still staged.
+    {
+        let store = SqliteStore::open(&data.path().join("store.db"))
+            .await
+            .expect("open");
+        let staged = store
+            .staged("ann", "s1")
+            .await
+            .expect("read")
+            .expect("staged");
+        assert!(store.accept(&staged).await.expect("accept"));
+    }
+    let mut config = sluice_server::config::Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data.path().to_path_buf(),
+        ..sluice_server::config::Config::default()
+    };
+    config.staging.validate_every_ms = 50;
+    let s = TestServer::start_in(config, data).await;
+    let (status, answer) = decided(&s, "ann", "s1").await;
+    assert_eq!(
+        (status, answer["outcome"].as_str()),
+        (200, Some("applied")),
+        "{answer}"
+    );
+    // The validator finds it staged, promotes it again as a resend, and
+    // idempotency answers that: the staging area empties, nothing doubles.
+    for _ in 0..100 {
+        let (_, list) = s.get("/v1/shadow").await;
+        if list["staged"] == json!([]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, list) = s.get("/v1/shadow").await;
+    assert_eq!(list["staged"], json!([]), "{list}");
+    let (_, doc) = s.get("/v1/documents/notes/n").await;
+    assert_eq!(
+        (doc["version"].as_u64(), &doc["item"]),
+        (Some(2), &json!({"a": 1, "b": 2})),
+        "applied once: {doc}"
+    );
 }

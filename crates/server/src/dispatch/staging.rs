@@ -82,12 +82,7 @@ impl Engine {
         if !config.shed_when_overloaded || inner.cluster.get().is_some() {
             return false;
         }
-        let over = {
-            let state = lock(&inner.control).state();
-            let in_flight = inner.lanes.in_flight();
-            super::control::load(&inner.signals(&state, in_flight)) >= state.threshold
-        };
-        over && score_now(inner, mutation) < config.shed_below
+        self.over_threshold() && score_now(inner, mutation) < config.shed_below
     }
 
     /// Stages a shadow write; 202 `staged` once it is in the staging area. A
@@ -313,10 +308,22 @@ impl Engine {
 
     /// Under the load threshold, and the queue less than half full.
     fn load_allows(&self) -> bool {
+        let pending = self.inner.lanes.counts().pending;
+        !self.over_threshold() && pending * 2 < self.inner.config.queue.queue_len_max
+    }
+
+    /// The load is over the threshold, as the dispatcher judges it: only
+    /// with at least the floor of lanes in flight, since the load signals
+    /// are refreshed by the lanes, and with fewer the dispatcher goes on
+    /// whatever they say (they cannot fall by waiting on ourselves).
+    fn over_threshold(&self) -> bool {
         let inner = &self.inner;
-        let state = lock(&inner.control).state();
-        let counts = inner.lanes.counts();
-        let load = super::control::load(&inner.signals(&state, counts.in_flight));
-        load < state.threshold && counts.pending * 2 < inner.config.queue.queue_len_max
+        let (state, floor) = {
+            let control = lock(&inner.control);
+            (control.state(), control.in_flight_floor())
+        };
+        let in_flight = inner.lanes.in_flight();
+        in_flight >= floor
+            && super::control::load(&inner.signals(&state, in_flight)) >= state.threshold
     }
 }

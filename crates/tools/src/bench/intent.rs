@@ -61,6 +61,9 @@ pub(super) struct Ended {
     /// and whether the read earned a write lease.
     pub forecast: Option<f64>,
     pub leased: bool,
+    /// Staged as a shadow write (202 `staged`): its (client, id), whose
+    /// outcome the run follows up once the load is gone.
+    pub staged: Option<(String, String)>,
 }
 
 impl Ended {
@@ -317,6 +320,12 @@ async fn post_mutation(http: &reqwest::Client, url: &str, body: &Value) -> Ended
             200 => {
                 ended.applied = true;
                 ended.conflict = !answer["conflict"].is_null();
+                return ended;
+            }
+            202 if answer["status"] == "staged" => {
+                let client = body["client"].as_str().unwrap_or_default();
+                let id = answer["id"].as_str().unwrap_or_default();
+                ended.staged = Some((client.to_owned(), id.to_owned()));
                 return ended;
             }
             // A rejection, or a delete of nothing: decided, not applied.

@@ -30,6 +30,10 @@ pub(super) struct Tally {
     /// and the reads that earned a write lease.
     pub(super) forecasts: Vec<(f64, bool)>,
     pub(super) leases: u64,
+    /// Intents staged as shadow writes (their (client, id)), and those of
+    /// them applied once promoted, after the run.
+    pub(super) staged: Vec<(String, String)>,
+    pub(super) staged_applied: u64,
 }
 
 /// Latencies from 1 µs to an hour; a longer one is recorded as an hour.
@@ -53,6 +57,8 @@ impl Default for Tally {
             duration: None,
             forecasts: Vec::new(),
             leases: 0,
+            staged: Vec::new(),
+            staged_applied: 0,
         }
     }
 }
@@ -74,6 +80,9 @@ impl Tally {
         self.timeouts += u64::from(timed_out);
         self.conflicts += u64::from(ended.conflict);
         self.leases += u64::from(ended.leased);
+        if let Some(staged) = ended.staged {
+            self.staged.push(staged);
+        }
         if let Some(p) = ended.forecast {
             self.forecasts.push((p, ended.conflict));
         }
@@ -109,6 +118,8 @@ impl Tally {
         self.errors += other.errors;
         self.leases += other.leases;
         self.forecasts.extend(other.forecasts);
+        self.staged.extend(other.staged);
+        self.staged_applied += other.staged_applied;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }

@@ -219,7 +219,7 @@ pub const ABLATION: [(&str, Features); 5] = [
 
 /// Sluice with one advanced feature's setting changed from its default,
 /// beside the default: the settings each is measured against.
-pub(super) const VARIANTS: [(&str, &[(&str, &str)]); 6] = [
+pub(super) const VARIANTS: [(&str, &[(&str, &str)]); 7] = [
     (
         "sluice-lock-adaptive",
         &[("SLUICE_LOCKING__MODE", "adaptive")],
@@ -239,16 +239,22 @@ pub(super) const VARIANTS: [(&str, &[(&str, &str)]); 6] = [
     ("sluice-lease-always", &[("SLUICE_LEASES__MODE", "always")]),
     // Its collections get a shadow handler (`SHADOW_VARIANT`).
     ("sluice-shadow-handler", &[]),
+    (
+        "sluice-shed",
+        &[("SLUICE_STAGING__SHED_WHEN_OVERLOADED", "true")],
+    ),
 ];
 
 /// The variant whose collections are configured with a shadow handler.
 pub(super) const SHADOW_VARIANT: usize = 5;
 
-/// The shadow handler of `SHADOW_VARIANT`: what the live `automerge` with
-/// `entries` a set does, written as a script, as an operator would try a
-/// custom handler before switching to it.
+/// The shadow handler of `SHADOW_VARIANT`: the live `automerge` with
+/// `entries` a set, written as a script for these documents (a field both
+/// sides changed keeps the server's value, as AppSync's automerge does; the
+/// entries are a union), as an operator would try a custom handler before
+/// switching to it. The shadow report measures how far it agrees.
 pub(super) const SHADOW_SCRIPT: &str = "function resolve(ctx) { \
-    const item = Object.assign({}, ctx.existing, ctx.incoming); \
+    const item = Object.assign({}, ctx.incoming, ctx.existing); \
     const seen = new Set(); \
     item.entries = (ctx.existing.entries || []).concat(ctx.incoming.entries || []) \
         .filter(e => { const k = JSON.stringify(e); if (seen.has(k)) return false; seen.add(k); return true; }); \
@@ -274,6 +280,9 @@ fn variants_of(setting: Setting) -> Vec<Subject> {
             Subject::Variant(SHADOW_VARIANT),
         ],
         Setting::Hot(0.0) => vec![Subject::Variant(3), Subject::Variant(4)],
+        // Shadow writes for what arrives over the load threshold, where the
+        // load is over it.
+        Setting::Overload(load) if load >= 2.0 => vec![Subject::Variant(6)],
         _ => Vec::new(),
     }
 }

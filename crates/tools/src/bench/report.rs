@@ -77,6 +77,10 @@ pub struct RunRecord {
     pub forecast_ece: Option<f64>,
     /// With a shadow handler: how often it agreed with the live one.
     pub shadow_agreement: Option<f64>,
+    /// Intents staged as shadow writes under overload, and those applied
+    /// once promoted, after the run (not counted in goodput).
+    pub staged: Option<u64>,
+    pub staged_applied: Option<u64>,
     pub client_conflicts: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -256,6 +260,12 @@ fn medians(samples: &[Sample]) -> Vec<RunRecord> {
                     let v: Vec<f64> = g.iter().filter_map(|s| s.shadow_agreement).collect();
                     (!v.is_empty()).then(|| median(v))
                 },
+                staged: f
+                    .staged
+                    .map(|_| median_u64(g.iter().map(|s| s.staged.unwrap_or(0)))),
+                staged_applied: f
+                    .staged_applied
+                    .map(|_| median_u64(g.iter().map(|s| s.staged_applied.unwrap_or(0)))),
                 client_conflicts: median_u64(g.iter().map(|s| s.client_conflicts)),
                 p50_ms: median(g.iter().map(|s| s.p50_ms).collect()),
                 p99_ms: median(g.iter().map(|s| s.p99_ms).collect()),
@@ -693,7 +703,7 @@ fn about(workload: &str) -> Option<&'static str> {
 /// round trip, and a verdict line for each (what it changed, what it cost).
 fn advanced(md: &mut String, runs: &[RunRecord], rtts: &[f64]) {
     // (feature, workload, the setting compared against, the settings).
-    const FEATURES: [(&str, &str, &str, &[&str]); 4] = [
+    const FEATURES: [(&str, &str, &str, &[&str]); 5] = [
         (
             "pre-emptive locking",
             "external",
@@ -718,21 +728,27 @@ fn advanced(md: &mut String, runs: &[RunRecord], rtts: &[f64]) {
             "sluice",
             &["sluice", "sluice-shadow-handler"],
         ),
+        (
+            "shadow writes under overload",
+            "overload",
+            "sluice",
+            &["sluice", "sluice-shed"],
+        ),
     ];
     let mut rows = Vec::new();
     let mut verdicts = Vec::new();
     let opt = |v: Option<f64>, digits: usize| v.map_or("–".into(), |v| format!("{v:.digits$}"));
     for (feature, workload, base, settings) in FEATURES {
-        let mut thetas: Vec<Option<f64>> = Vec::new();
-        for r in runs
-            .iter()
-            .filter(|r| r.workload == workload && r.contender == base)
-        {
-            if !thetas.contains(&r.theta) {
-                thetas.push(r.theta);
+        // Where the feature ran: each skew or load of its workload.
+        let mut wheres: Vec<(Option<f64>, Option<f64>)> = Vec::new();
+        for r in runs.iter().filter(|r| {
+            r.workload == workload && settings.iter().any(|s| *s != base && r.contender == *s)
+        }) {
+            if !wheres.contains(&(r.theta, r.load)) {
+                wheres.push((r.theta, r.load));
             }
         }
-        for theta in thetas {
+        for (theta, load) in wheres {
             for &rtt in rtts {
                 let find = |contender: &str| {
                     runs.iter().find(|r| {
@@ -740,18 +756,20 @@ fn advanced(md: &mut String, runs: &[RunRecord], rtts: &[f64]) {
                             && r.contender == contender
                             && r.rtt_ms == rtt
                             && r.theta == theta
+                            && r.load == load
                     })
                 };
                 let Some(off) = find(base) else { continue };
-                let at = match theta {
-                    Some(t) if workload == "hot" => format!("{workload} θ={t}, R = {rtt} ms"),
+                let at = match (theta, load) {
+                    (_, Some(l)) => format!("{workload} {l}×, R = {rtt} ms"),
+                    (Some(t), _) if workload == "hot" => format!("{workload} θ={t}, R = {rtt} ms"),
                     _ => format!("{workload}, R = {rtt} ms"),
                 };
                 let mut changes = Vec::new();
                 for setting in settings {
                     let Some(r) = find(setting) else { continue };
                     rows.push(format!(
-                        "| {feature} | {at} | {setting} | {} | {} | {} | {} | {} | {} / {} | {} | {:.0} | {:.1} |",
+                        "| {feature} | {at} | {setting} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {:.0} | {:.1} |",
                         r.wasted_writes,
                         r.client_conflicts,
                         r.locked_lanes.map_or("–".into(), |n| n.to_string()),
@@ -760,6 +778,8 @@ fn advanced(md: &mut String, runs: &[RunRecord], rtts: &[f64]) {
                         opt(r.forecast_auc, 3),
                         opt(r.forecast_ece, 3),
                         opt(r.shadow_agreement, 3),
+                        r.staged.map_or("–".into(), |n| format!("{n} / {}", r.staged_applied.unwrap_or(0))),
+                        r.rejected_429,
                         r.goodput,
                         r.p99_ms,
                     ));
@@ -789,7 +809,7 @@ fn advanced(md: &mut String, runs: &[RunRecord], rtts: &[f64]) {
     }
     let _ = writeln!(
         md,
-        "\n## Advanced features, on and off\n\nEach feature's settings in the same run (their rows are in the workload's table above too). Pre-emptive locking: `sluice` (off, the default), `sluice-lock-adaptive` (above the adaptive threshold), `sluice-lock-always`; deciding before the lock: `sluice-lock-always` (the default) against `sluice-lock-always-inside` (read, decide and commit all under the lock); write leases: `sluice` (off, the default), `sluice-lease-adaptive`, `sluice-lease-always`, with clients that read with `intent=write` and send the lease they get. A lane's wasted writes are its stale commits; *lock held* is the mean time a lane held its document's lock; *leases* the reads that earned one; *forecast AUC / ECE* the read-time forecasts against whether the write then conflicted; a shadow handler: `sluice-shadow-handler` runs the live `automerge` written as a script beside it, *shadow agreed* the share of compared conflicts on which the two decided the same.\n\n| feature | where | setting | wasted writes | client conflicts | locked lanes | lock held ms | leases | forecast AUC / ECE | shadow agreed | goodput/s | p99 ms |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "\n## Advanced features, on and off\n\nEach feature's settings in the same run (their rows are in the workload's table above too). Pre-emptive locking: `sluice` (off, the default), `sluice-lock-adaptive` (above the adaptive threshold), `sluice-lock-always`; deciding before the lock: `sluice-lock-always` (the default) against `sluice-lock-always-inside` (read, decide and commit all under the lock); write leases: `sluice` (off, the default), `sluice-lease-adaptive`, `sluice-lease-always`, with clients that read with `intent=write` and send the lease they get. A lane's wasted writes are its stale commits; *lock held* is the mean time a lane held its document's lock; *leases* the reads that earned one; *forecast AUC / ECE* the read-time forecasts against whether the write then conflicted; a shadow handler: `sluice-shadow-handler` runs the live `automerge` written as a script beside it, *shadow agreed* the share of compared conflicts on which the two decided the same; shadow writes under overload: `sluice-shed` stages what arrives while the load is over the threshold (`staging.shed_when_overloaded`), *staged / applied later* the intents answered 202 `staged` and those of them applied once promoted after the run (not in goodput).\n\n| feature | where | setting | wasted writes | client conflicts | locked lanes | lock held ms | leases | forecast AUC / ECE | shadow agreed | staged / applied later | 429s | goodput/s | p99 ms |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for row in rows {
         let _ = writeln!(md, "{row}");
@@ -856,6 +876,8 @@ mod tests {
             forecast_auc: None,
             forecast_ece: None,
             shadow_agreement: None,
+            staged: None,
+            staged_applied: None,
             client_conflicts: 0,
             p50_ms: p99 / 2.0,
             p99_ms: p99,

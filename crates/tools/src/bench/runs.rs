@@ -19,6 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// How long a run's staged intents may take to be decided after it.
+const STAGED_DRAIN_MAX: Duration = Duration::from_secs(120);
+
 impl Bench {
     /// Who the clients talk to, through the link when it has a round trip.
     fn target(&self, subject: Subject, rtt_ms: f64) -> ToolResult<Target> {
@@ -121,7 +124,7 @@ impl Bench {
         let mut external_writes = 0;
         // The refusal burst's CPU is read around the burst alone.
         let mut burst_cpu = None;
-        let tally = match setting {
+        let mut tally = match setting {
             Setting::Hot(theta) | Setting::Cluster(theta) => {
                 closed_loop(
                     target.clone(),
@@ -280,6 +283,12 @@ impl Bench {
             _ => None,
         };
         let wasted = counts.map_or(tally.wasted, |c| c.stale);
+        if !tally.staged.is_empty() {
+            // Applied later, not in time: the accounting counts them, the
+            // goodput does not.
+            tally.staged_applied = self.follow_staged(&target, &tally.staged).await?;
+            tally.applied += tally.staged_applied;
+        }
         let shadow_agreement = if shadow {
             self.shadow_agreement(&target, &collection).await?
         } else {
@@ -339,6 +348,8 @@ impl Bench {
                 .map(|c| c.lock_held_ms / c.locked as f64),
             leases: (!tally.forecasts.is_empty()).then_some(tally.leases),
             shadow_agreement,
+            staged: (!tally.staged.is_empty()).then_some(tally.staged.len() as u64),
+            staged_applied: (!tally.staged.is_empty()).then_some(tally.staged_applied),
             forecast_auc: forecast_quality.as_ref().and_then(|q| q.auc),
             forecast_ece: forecast_quality
                 .as_ref()
@@ -396,6 +407,43 @@ impl Bench {
             );
         }
         Ok(())
+    }
+
+    /// Waits until every staged intent is decided (promoted once the load
+    /// is gone, or expired) and returns how many were applied.
+    async fn follow_staged(&self, target: &Target, staged: &[(String, String)]) -> ToolResult<u64> {
+        let Some(url) = target.sluice_urls().first().copied() else {
+            return Ok(0);
+        };
+        let deadline = Instant::now() + STAGED_DRAIN_MAX;
+        let mut applied = 0;
+        for (client, id) in staged {
+            loop {
+                let answer: serde_json::Value = self
+                    .http
+                    .get(format!("{url}/v1/mutations/{id}?client={client}"))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                match answer["status"].as_str() {
+                    Some("staged" | "queued") if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Some(waiting @ ("staged" | "queued")) => {
+                        bail!("{client}/{id} still {waiting} {STAGED_DRAIN_MAX:?} after its run")
+                    }
+                    _ => {
+                        applied += u64::from(matches!(
+                            answer["outcome"].as_str(),
+                            Some("applied" | "merged")
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(applied)
     }
 
     /// How often the shadow handler agreed with the live one in the run's
