@@ -231,11 +231,18 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
             assert_eq!(found.len(), 1, "external R={rtt} {variant}");
             let run = found[0];
             assert!(run["applied"].as_u64().is_some_and(|n| n > 0), "{run}");
-            assert!(run["locked_lanes"].as_u64().is_some_and(|n| n > 0), "{run}");
-            assert!(
-                run["lock_held_ms"].as_f64().is_some_and(|ms| ms > 0.0),
-                "{run}"
-            );
+            let locked = run["locked_lanes"].as_u64();
+            assert!(locked.is_some(), "{run}");
+            // Adaptive locking follows the model, which a process started
+            // for one short run may not have trained past the threshold;
+            // the others lock every lane that writes.
+            if variant != "sluice-lock-adaptive" {
+                assert!(locked.is_some_and(|n| n > 0), "{run}");
+                assert!(
+                    run["lock_held_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+                    "{run}"
+                );
+            }
         }
         let plain = record(
             "external",
@@ -324,8 +331,51 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
             + 2
             + 4
     );
+    // What a run cost besides CPU: the Sluice's wake-ups and PostgreSQL's
+    // WAL, per applied intent; and the whole bench's time.
+    let hot = record(
+        "hot",
+        Some(0.99),
+        None,
+        0.0,
+        "sluice",
+        Some("next-to-store"),
+    );
+    assert!(
+        hot[0]["ctx_switches_per_intent"]
+            .as_f64()
+            .is_some_and(|n| n > 0.0),
+        "{}",
+        hot[0]
+    );
+    assert!(
+        hot[0]["wal_bytes_per_intent"]
+            .as_f64()
+            .is_some_and(|n| n > 0.0),
+        "{}",
+        hot[0]
+    );
+    let direct = record("hot", Some(0.99), None, 0.0, "direct-occ", None);
+    assert!(
+        direct[0]["ctx_switches_per_intent"].is_null(),
+        "{}",
+        direct[0]
+    );
+    assert!(
+        direct[0]["wal_bytes_per_intent"]
+            .as_f64()
+            .is_some_and(|n| n > 0.0),
+        "{}",
+        direct[0]
+    );
+    assert!(
+        report["wall_s"].as_f64().is_some_and(|s| s > 1.0),
+        "{}",
+        report["wall_s"]
+    );
     let md = std::fs::read_to_string(out.join("BENCH.md")).expect("BENCH.md");
     assert!(md.contains("## Advanced features, on and off"), "{md}");
+    assert!(md.contains("the whole bench took"), "{md}");
     assert!(
         md.contains("- pre-emptive locking, external, R = 0 ms, against sluice:"),
         "{md}"

@@ -124,6 +124,25 @@ impl GuardThreshold {
         score < self.threshold() + MARGIN
     }
 
+    /// Ends the window gathered in `window` (emptied for the next): the
+    /// threshold moves by what it showed, with the store's latency and the
+    /// model's calibration error now.
+    pub fn close(
+        &mut self,
+        window: &mut GuardWindow,
+        store_latency_ms: f64,
+        latency_target_ms: f64,
+        calibration_error: f64,
+    ) -> Option<GuardChange> {
+        let w = GuardWindow {
+            store_latency_ms,
+            latency_target_ms,
+            calibration_error,
+            ..std::mem::take(window)
+        };
+        self.observe(&w)
+    }
+
     /// Moves the threshold by what a window showed; the change, when one
     /// is worth reporting.
     pub fn observe(&mut self, w: &GuardWindow) -> Option<GuardChange> {

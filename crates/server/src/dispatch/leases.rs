@@ -207,14 +207,13 @@ impl Leases {
         latency_target_ms: f64,
         calibration_error: f64,
     ) -> Option<GuardChange> {
-        let mut state = lock(&self.state);
-        let window = GuardWindow {
+        let state = &mut *lock(&self.state);
+        state.threshold.close(
+            &mut state.window,
             store_latency_ms,
             latency_target_ms,
             calibration_error,
-            ..std::mem::take(&mut state.window)
-        };
-        state.threshold.observe(&window)
+        )
     }
 
     pub(super) fn stats(&self, (held_now, waiting_now): (usize, usize)) -> LeaseStats {

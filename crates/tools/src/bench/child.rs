@@ -130,12 +130,39 @@ impl SluiceChild {
     pub(super) fn cpu_us(&self) -> Option<u64> {
         process_cpu_us(self.child.id())
     }
+
+    /// Context switches of the child's live threads so far (voluntary and
+    /// not): each a wake-up or a preemption.
+    pub(super) fn ctx_switches(&self) -> Option<u64> {
+        process_ctx_switches(self.child.id())
+    }
 }
 
 /// From `/proc/PID/stat`: fields 14 and 15 (utime, stime) in clock ticks,
 /// which Linux reports in units of 1/100 s whatever the kernel's HZ.
 pub fn process_cpu_us(pid: u32) -> Option<u64> {
     stat_cpu_us(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// The context switches of a process's live threads, from each
+/// `/proc/PID/task/TID/status` (the process's own `status` counts its main
+/// thread only).
+pub(super) fn process_ctx_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        for line in status.lines() {
+            if let Some(n) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += n.trim().parse::<u64>().ok()?;
+            }
+        }
+    }
+    Some(total)
 }
 
 /// Fields 14 and 15 of a `stat` file of `/proc` (a process's or a thread's).

@@ -231,6 +231,7 @@ fn chosen_workloads(options: &BenchOptions) -> Vec<Workload> {
 }
 
 pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
+    let bench_started = Instant::now();
     let plan = Plan::of(&options);
     let workloads = chosen_workloads(&options);
     std::fs::create_dir_all(&options.out)
@@ -435,6 +436,7 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
         &ablation_samples,
     );
     report.auth = auth;
+    report.wall_s = bench_started.elapsed().as_secs_f64();
     report.write(&options.out)?;
     // Runs under a second (the harness's own tests) are too short to judge
     // the baseline by; the report says what they measured. A shortfall of

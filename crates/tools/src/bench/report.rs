@@ -77,6 +77,12 @@ pub struct RunRecord {
     pub forecast_ece: Option<f64>,
     /// With a shadow handler: how often it agreed with the live one.
     pub shadow_agreement: Option<f64>,
+    /// The Sluice process's context switches (its threads' wake-ups and
+    /// preemptions) per applied intent; `None` for the direct contenders.
+    pub ctx_switches_per_intent: Option<f64>,
+    /// WAL PostgreSQL wrote during the run per applied intent (every
+    /// client of the database counted: the bench's own setup is not running).
+    pub wal_bytes_per_intent: Option<f64>,
     /// Intents staged as shadow writes under overload, and those applied
     /// once promoted, after the run (not counted in goodput).
     pub staged: Option<u64>,
@@ -160,6 +166,8 @@ pub struct BenchReport {
     /// The `auth` workload: the same reads with no credential, an API key
     /// and a JWT.
     pub auth: Vec<AuthRecord>,
+    /// The whole bench's wall-clock time, start to report, in seconds.
+    pub wall_s: f64,
 }
 
 /// One `--auth` mode's reads, the median over the repetitions.
@@ -258,6 +266,14 @@ fn medians(samples: &[Sample]) -> Vec<RunRecord> {
                 },
                 shadow_agreement: {
                     let v: Vec<f64> = g.iter().filter_map(|s| s.shadow_agreement).collect();
+                    (!v.is_empty()).then(|| median(v))
+                },
+                ctx_switches_per_intent: {
+                    let v: Vec<f64> = g.iter().filter_map(|s| s.ctx_switches_per_intent).collect();
+                    (!v.is_empty()).then(|| median(v))
+                },
+                wal_bytes_per_intent: {
+                    let v: Vec<f64> = g.iter().filter_map(|s| s.wal_bytes_per_intent).collect();
                     (!v.is_empty()).then(|| median(v))
                 },
                 staged: f
@@ -366,6 +382,7 @@ impl BenchReport {
             ablation: ablation_runs,
             goals: Vec::new(),
             auth: Vec::new(),
+            wall_s: 0.0,
         };
         report.goals = report.goals();
         report
@@ -506,7 +523,7 @@ impl BenchReport {
         let _ = writeln!(md, "# sluice bench\n");
         let _ = writeln!(
             md,
-            "{} cores ({}), {:.0} GiB, {}; PostgreSQL {}; Sluice {}. {} run: {} s per run, {} repetition(s), contenders interleaved; each figure is the median over the repetitions. Reproduce with `sluice bench{}`.\n",
+            "{} cores ({}), {:.0} GiB, {}; PostgreSQL {}; Sluice {}. {} run: {} s per run, {} repetition(s), contenders interleaved; each figure is the median over the repetitions; the whole bench took {:.0} s. Reproduce with `sluice bench{}`.\n",
             m.cores,
             m.cpu,
             m.memory_gib,
@@ -516,6 +533,7 @@ impl BenchReport {
             if m.quick { "Quick" } else { "Full" },
             m.run_seconds,
             m.repetitions,
+            self.wall_s,
             if m.quick { " --quick" } else { "" },
         );
         let _ = writeln!(
@@ -668,7 +686,7 @@ impl BenchReport {
 const NOTES: &str = "## Reading the numbers\n\n\
 - *goodput*: client intents applied within the client time-out (2 s) per second of the run, each counted once however many retries it took. *wasted writes*: direct-occ's conditional updates that missed, direct-lock's aborted transactions, Sluice's lane commits that found the version moved. *client conflicts*: intents whose write found the document changed since the client's read (Sluice: answers that carry a `conflict`).\n\
 - Every run ends with a lost-update check: the list entries (and version increments) in the run's collection equal the intents reported applied, or the benchmark fails.\n\
-- Sluice, PostgreSQL and the load generator share the same cores; *cpu µs/mutation* is Sluice's own user+system time, read from `/proc`, per mutation sent (with the document read before it, where the intent has one).\n\
+- Sluice, PostgreSQL and the load generator share the same cores; *cpu µs/mutation* is Sluice's own user+system time, read from `/proc`, per mutation sent (with the document read before it, where the intent has one). *ctx switches/intent*: the Sluice process's threads' context switches (voluntary and not, from `/proc/PID/task/*/status`) per applied intent, each a wake-up or a preemption. *WAL bytes/intent*: how far PostgreSQL's WAL insert position moved during the run, per applied intent (every writer of the database, as in production).\n\
 - A closed-loop client told 429 pauses 100 ms before its next intent. The overload loads are multiples of the capacity run (Sluice, uniform keys, the same clients without think time); *peak* is the highest goodput of the goodput-against-load curve.\n\n\
 ## What limits Sluice here\n\n\
 Profiled for issue 13 on this build, unconditional patches over 10,000 documents through `sluice serve` on PostgreSQL, `wrk -t2 -c64` sharing the two cores (reproduce: `bench/wrk/uniform.lua`; the commands are in the README):\n\n\
@@ -823,7 +841,7 @@ fn advanced(md: &mut String, runs: &[RunRecord], rtts: &[f64]) {
 fn table(md: &mut String, rows: &[&RunRecord]) {
     let _ = writeln!(
         md,
-        "| setting | contender | goodput/s | applied | wasted writes | client conflicts | p50 ms | p99 ms | p999 ms | time-outs | 429s | cpu µs/mutation | cpu µs/intent: sluice | postgres | client | relay |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| setting | contender | goodput/s | applied | wasted writes | client conflicts | p50 ms | p99 ms | p999 ms | time-outs | 429s | cpu µs/mutation | cpu µs/intent: sluice | postgres | client | relay | ctx switches/intent | WAL bytes/intent |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let cpu = |c: Option<f64>| c.map_or("–".into(), |c| format!("{c:.0}"));
     for r in rows {
@@ -838,7 +856,7 @@ fn table(md: &mut String, rows: &[&RunRecord]) {
         };
         let _ = writeln!(
             md,
-            "| {setting} | {contender} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {setting} | {contender} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.goodput,
             r.applied,
             r.wasted_writes,
@@ -853,6 +871,9 @@ fn table(md: &mut String, rows: &[&RunRecord]) {
             cpu(r.cpu_us_per_intent.postgres),
             cpu(r.cpu_us_per_intent.client),
             cpu(r.cpu_us_per_intent.relay),
+            r.ctx_switches_per_intent
+                .map_or("–".into(), |n| format!("{n:.1}")),
+            cpu(r.wal_bytes_per_intent),
         );
     }
 }
@@ -876,6 +897,8 @@ mod tests {
             forecast_auc: None,
             forecast_ece: None,
             shadow_agreement: None,
+            ctx_switches_per_intent: None,
+            wal_bytes_per_intent: None,
             staged: None,
             staged_applied: None,
             client_conflicts: 0,

@@ -118,6 +118,11 @@ impl Bench {
             self.configure(url, &collection, shadow).await?;
         }
         let cpu_before = self.cpu(subject);
+        let switches_before = self
+            .children
+            .get(&subject)
+            .and_then(SluiceChild::ctx_switches);
+        let wal_before = self.wal_bytes().await?;
         let counts_before = self.sluice_counts(&target).await?;
         let run = self.plan.run;
         let started = Instant::now();
@@ -266,6 +271,11 @@ impl Bench {
             .unwrap_or_else(|| started.elapsed())
             .max(Duration::from_millis(1));
         let cpu_after = self.cpu(subject);
+        let switches_after = self
+            .children
+            .get(&subject)
+            .and_then(SluiceChild::ctx_switches);
+        let wal_after = self.wal_bytes().await?;
         let ((cpu_before, cpu_after), per_intent) = match burst_cpu {
             Some(burst) => (burst, tally.rejected_429),
             None => ((cpu_before, cpu_after), tally.applied),
@@ -303,6 +313,16 @@ impl Bench {
             _ => None,
         };
         let cpu_us_per_mutation = per(0, tally.mutations);
+        let per_applied = |before: Option<u64>, after: Option<u64>| match (before, after) {
+            (Some(b), Some(a)) if tally.applied > 0 => {
+                Some(a.saturating_sub(b) as f64 / tally.applied as f64)
+            }
+            _ => None,
+        };
+        let ctx_switches_per_intent = per_applied(switches_before, switches_after);
+        // The refusal burst writes nothing of its own.
+        let wal_bytes_per_intent = per_applied(Some(wal_before), Some(wal_after))
+            .filter(|_| !matches!(setting, Setting::Refusals));
         let relay_ran = rtt_ms > 0.0;
         // Per applied intent; for the refusal burst, per refusal.
         let cpu_us_per_intent = report::CpuPerIntent {
@@ -348,6 +368,8 @@ impl Bench {
                 .map(|c| c.lock_held_ms / c.locked as f64),
             leases: (!tally.forecasts.is_empty()).then_some(tally.leases),
             shadow_agreement,
+            ctx_switches_per_intent,
+            wal_bytes_per_intent,
             staged: (!tally.staged.is_empty()).then_some(tally.staged.len() as u64),
             staged_applied: (!tally.staged.is_empty()).then_some(tally.staged_applied),
             forecast_auc: forecast_quality.as_ref().and_then(|q| q.auc),
@@ -407,6 +429,19 @@ impl Bench {
             );
         }
         Ok(())
+    }
+
+    /// The WAL PostgreSQL has written so far, in bytes: its insert position,
+    /// exact at once (`pg_stat_wal`'s counters are flushed by each backend
+    /// now and then).
+    async fn wal_bytes(&self) -> ToolResult<u64> {
+        let bytes: f64 = sqlx::query_scalar(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::float8",
+        )
+        .fetch_one(&self.admin)
+        .await
+        .context("reading PostgreSQL's WAL position")?;
+        Ok(bytes as u64)
     }
 
     /// Waits until every staged intent is decided (promoted once the load
