@@ -255,6 +255,12 @@ impl Engine {
     /// (or expired) in order while the load is under the threshold.
     async fn promote(&self) -> Result<(), crate::store::StoreError> {
         let inner = &self.inner;
+        if self.is_clustered() {
+            // Staged before this process joined a cluster: promoting here
+            // would decide documents another member may own. They wait for
+            // a start outside cluster mode.
+            return Ok(());
+        }
         let expire_ms = i64::try_from(inner.config.staging.expire.as_millis()).unwrap_or(i64::MAX);
         for entry in inner.store.staged_list(None, PROMOTE_BATCH).await? {
             let expired = inner.clock.now_ms().saturating_sub(entry.at_ms) > expire_ms;
