@@ -102,7 +102,7 @@ struct BenchArgs {
     /// Every workload and setting, only shorter (1.5 s runs, one repetition)
     #[arg(long)]
     quick: bool,
-    /// hot, overload, external, trace, writes, yardstick, refusals, auth or
+    /// hot, overload, external, trace, writes, yardstick, refusals, floor, auth or
     /// cluster; repeat for several [default: all]
     #[arg(long, value_name = "NAME")]
     workload: Vec<String>,
@@ -276,7 +276,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     for name in &args.workload {
         let workload = sluice_tools::bench::Workload::parse(name).with_context(|| {
             format!(
-                "unknown workload {name:?}: use hot, overload, external, trace, writes, yardstick, refusals, auth or cluster"
+                "unknown workload {name:?}: use hot, overload, external, trace, writes, yardstick, refusals, floor, auth or cluster"
             )
         })?;
         workloads.push(workload);

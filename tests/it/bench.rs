@@ -330,6 +330,7 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
             + 8
             + 2
             + 4
+            + 2
     );
     // What a run cost besides CPU: the Sluice's wake-ups and PostgreSQL's
     // WAL, per applied intent; and the whole bench's time.
@@ -373,6 +374,24 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
         "{}",
         report["wall_s"]
     );
+    // The floor: requests answered 404 unread, F the CPU of each.
+    for rtt in [0.0, 1.0] {
+        let floor = record("floor", None, None, rtt, "sluice", Some("next-to-store"));
+        assert_eq!(floor.len(), 1, "floor R={rtt}");
+        assert!(
+            floor[0]["applied"].as_u64().is_some_and(|n| n > 0),
+            "{}",
+            floor[0]
+        );
+        assert!(
+            floor[0]["cpu_us_per_intent"]["sluice"]
+                .as_f64()
+                .is_some_and(|f| f > 0.0),
+            "{}",
+            floor[0]
+        );
+        assert!(floor[0]["wal_bytes_per_intent"].is_null(), "{}", floor[0]);
+    }
     let md = std::fs::read_to_string(out.join("BENCH.md")).expect("BENCH.md");
     assert!(md.contains("## Advanced features, on and off"), "{md}");
     assert!(md.contains("the whole bench took"), "{md}");

@@ -584,6 +584,68 @@ pub(super) fn stall(
     tasks
 }
 
+/// The path the `floor` workload posts to: no route, so Sluice answers 404
+/// without reading the body.
+const FLOOR_PATH: &str = "/v1/floor";
+
+/// `CLIENTS` clients post the `writes` workload's body to `FLOOR_PATH` back
+/// to back for `run`; every answer must be a 404. Each counts as an
+/// applied intent, so the CPU per intent is F, the floor.
+pub(super) async fn floor_requests(
+    http: &reqwest::Client,
+    url: &str,
+    collection: &Arc<str>,
+    run: Duration,
+) -> Tally {
+    let deadline = Instant::now() + run;
+    let mut tasks = JoinSet::new();
+    for c in 0..CLIENTS {
+        let (http, url, collection) = (http.clone(), url.to_owned(), collection.clone());
+        tasks.spawn(async move {
+            let mut tally = Tally::default();
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                seq += 1;
+                let body = serde_json::json!({
+                    "id": format!("{collection}:f{c}.{seq}"),
+                    "client": format!("f{c}"),
+                    "collection": &*collection,
+                    "key": format!("doc-{}", seq % DOCS),
+                    "op": "patch",
+                    "value": {"owner": format!("f{c}")},
+                });
+                let started = Instant::now();
+                let sent = http
+                    .post(format!("{url}{FLOOR_PATH}"))
+                    .json(&body)
+                    .send()
+                    .await;
+                let latency = started.elapsed();
+                tally.mutations += 1;
+                match sent.map(|r| r.status().as_u16()) {
+                    Ok(404) => {
+                        tally.applied += 1;
+                        tally.in_time += 1;
+                        tally.record_latency(latency);
+                    }
+                    Ok(status) => {
+                        tally.errors += 1;
+                        tally
+                            .first_error
+                            .get_or_insert(format!("{FLOOR_PATH} answered {status}, not 404"));
+                    }
+                    Err(e) => {
+                        tally.errors += 1;
+                        tally.first_error.get_or_insert(e.to_string());
+                    }
+                }
+            }
+            tally
+        });
+    }
+    join(tasks).await
+}
+
 /// A refusal-only burst against a closed door: `BURST_CLIENTS` clients send
 /// mutations back to back for `run`. Every answer must be a fast 429 (its
 /// latency is recorded); anything else is an error of the run.

@@ -18,10 +18,11 @@ pub enum Workload {
     Refusals,
     Auth,
     Cluster,
+    Floor,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 9] = [
+    pub const ALL: [Workload; 10] = [
         Workload::Hot,
         Workload::Overload,
         Workload::External,
@@ -31,6 +32,7 @@ impl Workload {
         Workload::Refusals,
         Workload::Auth,
         Workload::Cluster,
+        Workload::Floor,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +46,7 @@ impl Workload {
             Workload::Refusals => "refusals",
             Workload::Auth => "auth",
             Workload::Cluster => "cluster",
+            Workload::Floor => "floor",
         }
     }
 
@@ -119,6 +122,9 @@ pub(super) enum Setting {
     /// The `hot` intents at this θ, against one process and against a
     /// cluster of `CLUSTER_MEMBERS` behind a client-side round robin.
     Cluster(f64),
+    /// The writes' bodies posted to a route that answers 404 unread: what a
+    /// request costs Sluice before any of its own work (F).
+    Floor,
 }
 
 /// Who writes in the `writes` workload.
@@ -308,6 +314,7 @@ pub(super) fn schedule(workloads: &[Workload], plan: &Plan) -> Vec<Job> {
             // Runs apart, on Sluice processes of its own (`auth.rs`).
             Workload::Auth => {}
             Workload::Cluster => settings.extend(CLUSTER_THETAS.map(Setting::Cluster)),
+            Workload::Floor => settings.push(Setting::Floor),
         }
     }
     let mut jobs = Vec::new();
@@ -323,7 +330,9 @@ pub(super) fn schedule(workloads: &[Workload], plan: &Plan) -> Vec<Job> {
                         vec![Subject::Contender(Contender::Sluice)]
                     }
                     Setting::Writes(writer) => vec![writer.subject()],
-                    Setting::Refusals => vec![Subject::Contender(Contender::Sluice)],
+                    Setting::Refusals | Setting::Floor => {
+                        vec![Subject::Contender(Contender::Sluice)]
+                    }
                     Setting::Cluster(_) => {
                         vec![Subject::Contender(Contender::Sluice), Subject::Cluster]
                     }
@@ -396,6 +405,7 @@ pub(super) fn setting_label(setting: Setting) -> String {
         Setting::Writes(writer) => format!("writes {}", writer.name()),
         Setting::Yardstick => "yardstick".into(),
         Setting::Refusals => "refusals".into(),
+        Setting::Floor => "floor".into(),
         Setting::Cluster(t) => format!("cluster θ={t}"),
     }
 }

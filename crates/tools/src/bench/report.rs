@@ -586,6 +586,7 @@ impl BenchReport {
                 "writes",
                 "yardstick",
                 "refusals",
+                "floor",
                 "cluster",
             ] {
                 let rows: Vec<&RunRecord> = self
@@ -709,6 +710,9 @@ fn about(workload: &str) -> Option<&'static str> {
         ),
         "yardstick" => Some(
             "The `direct-lock` transaction (read; `BEGIN`; `SELECT … FOR UPDATE`; `UPDATE`; `COMMIT`) with 64 clients and no think time, Zipf θ = 1.01 over the same documents, through the same link: by PostgreSQL's own `pgbench` (custom script, `random_zipfian`) and by the bench's `direct-lock`. Should the bench's fall more than 15% below pgbench's, its direct baseline is too weak and the bench fails.",
+        ),
+        "floor" => Some(
+            "The floor: the same clients post the `writes` workload's body to a route Sluice does not have, which it answers 404 without reading the body. *cpu µs/intent: sluice* here is F, what a request costs Sluice's process before any of its own work (HTTP over loopback TCP, the router, the request guard); the issue's goals are multiples of it.",
         ),
         "refusals" => Some(
             "A refusal-only burst: the bench locks Sluice's document table (its commits wait, its reads do not), sends 100 mutations that then wait inside, lets the door close on the queue that stopped moving, and then 32 clients send mutations back to back; every answer must be a fast 429. The *cpu µs/intent* columns are per refusal, read around the burst alone; *applied* counts the 100 held mutations, decided once the table is unlocked; the latencies are the refusals'.",

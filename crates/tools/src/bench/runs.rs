@@ -4,8 +4,8 @@
 use super::child::SluiceChild;
 use super::intent::{Contender, Target};
 use super::load::{
-    Tally, closed_loop, direct_batched, external_writer, one_row_commits, open_loop, refusal_burst,
-    sluice_writes, stall, trace_run,
+    Tally, closed_loop, direct_batched, external_writer, floor_requests, one_row_commits,
+    open_loop, refusal_burst, sluice_writes, stall, trace_run,
 };
 use super::plan::{Job, Setting, Subject, Writer, setting_label, subject_name};
 use super::{
@@ -212,6 +212,12 @@ impl Bench {
                     }
                 }
             }
+            Setting::Floor => {
+                let Target::Sluice { http, url } = &target else {
+                    bail!("the floor needs a Sluice");
+                };
+                floor_requests(http, url, &collection, run).await
+            }
             Setting::Refusals => {
                 let Target::Sluice { http, url } = &target else {
                     bail!("the refusal burst needs a Sluice");
@@ -322,7 +328,7 @@ impl Bench {
         let ctx_switches_per_intent = per_applied(switches_before, switches_after);
         // The refusal burst writes nothing of its own.
         let wal_bytes_per_intent = per_applied(Some(wal_before), Some(wal_after))
-            .filter(|_| !matches!(setting, Setting::Refusals));
+            .filter(|_| !matches!(setting, Setting::Refusals | Setting::Floor));
         let relay_ran = rtt_ms > 0.0;
         // Per applied intent; for the refusal burst, per refusal.
         let cpu_us_per_intent = report::CpuPerIntent {
@@ -346,6 +352,7 @@ impl Bench {
             Setting::Writes(_) => ("writes", None, None),
             Setting::Yardstick => ("yardstick", Some(pgbench::YARDSTICK_THETA), None),
             Setting::Refusals => ("refusals", None, None),
+            Setting::Floor => ("floor", None, None),
             Setting::Cluster(t) => ("cluster", Some(t), None),
         };
         let forecast_quality = (!tally.forecasts.is_empty())
@@ -557,6 +564,10 @@ impl Bench {
         let applied = i64::try_from(tally.applied)?;
         let problem = match setting {
             Setting::Trace => accounting_problem("version increments", applied, found.versions),
+            // Nothing reached a lane: nothing may have been written.
+            Setting::Floor => {
+                accounting_problem("version increments", 0, found.versions - found.docs)
+            }
             Setting::Writes(_) | Setting::Refusals => {
                 accounting_problem("version increments", applied, found.versions - found.docs)
             }
