@@ -280,3 +280,36 @@ async fn a_crash_between_the_steps_of_a_promotion_applies_nothing_twice() {
         "applied once: {doc}"
     );
 }
+
+#[tokio::test]
+async fn a_staged_write_whose_id_was_used_meanwhile_leaves_and_holds_nothing_up() {
+    let s = TestServer::with(|c| c.staging.validate_every_ms = NEVER_MS).await;
+    let (status, _) = s
+        .post(json!({"collection": "notes", "key": "n", "op": "put", "value": {"a": 1}}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = s.post(shadow_patch("s1", 1, json!({"b": 2}))).await;
+    assert_eq!(status, 202);
+    let (status, _) = s.post(shadow_patch("s2", 1, json!({"c": 3}))).await;
+    assert_eq!(status, 202);
+    // The same id, another body, sent live: decided now.
+    let (status, live) = s
+        .post(
+            json!({"id": "s1", "client": "ann", "collection": "notes", "key": "other",
+                     "op": "put", "value": {"z": 0}}),
+        )
+        .await;
+    assert_eq!(
+        (status, live["outcome"].as_str()),
+        (200, Some("applied")),
+        "{live}"
+    );
+    let s = s.restart(|c| c.staging.validate_every_ms = 50).await;
+    // s1 can never be accepted; s2, behind it, is promoted all the same.
+    let (_, answer) = decided(&s, "ann", "s2").await;
+    assert_eq!(answer["outcome"], "applied", "{answer}");
+    let (_, list) = s.get("/v1/shadow").await;
+    assert_eq!(list["staged"], json!([]), "{list}");
+    let (_, doc) = s.get("/v1/documents/notes/n").await;
+    assert_eq!(doc["item"].get("b"), None, "s1's body never applied: {doc}");
+}

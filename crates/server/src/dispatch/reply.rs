@@ -95,6 +95,24 @@ pub enum RefusalReason {
 }
 
 impl RefusalReason {
+    /// A refusal that a later attempt of the same mutation may not meet:
+    /// room, the door, the store or the process came back.
+    pub(super) fn is_transient(self) -> bool {
+        matches!(
+            self,
+            RefusalReason::Overloaded
+                | RefusalReason::QueueFull
+                | RefusalReason::LaneFull
+                | RefusalReason::ShuttingDown
+                | RefusalReason::StoreUnavailable
+                | RefusalReason::StoreContention
+                | RefusalReason::ClusterUnavailable
+                | RefusalReason::PartitionMoved
+                | RefusalReason::DecisionTimeout
+                | RefusalReason::RequestAbandoned
+        )
+    }
+
     const ALL: [RefusalReason; 14] = [
         RefusalReason::Overloaded,
         RefusalReason::QueueFull,

@@ -284,11 +284,20 @@ impl Engine {
             // Into the accept log (and the lane) first, out of staging after:
             // a crash in between promotes it again, as a resend.
             match self.accept_logged(mutation, true, origin).await {
-                Answer::Refused(refusal) => {
-                    // The queue or its lane is full: it waits in staging.
+                Answer::Refused(refusal) if refusal.reason.is_transient() => {
+                    // No room, or no store, now: it waits in staging, and
+                    // so do the ones behind it (they keep their order).
                     info!(id = %entry.id, collection = %doc.collection, key = %doc.key,
                           reason = %refusal.message, "a staged mutation waits for room");
                     return Ok(());
+                }
+                Answer::Refused(refusal) => {
+                    // It will never be accepted (its id was used meanwhile
+                    // for another mutation): it leaves, not to hold up the
+                    // ones behind it.
+                    warn!(id = %entry.id, collection = %doc.collection, key = %doc.key,
+                          reason = %refusal.message, "a staged mutation is dropped");
+                    self.unstaged(&entry).await?;
                 }
                 _ => {
                     if expired {
