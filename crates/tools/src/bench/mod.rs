@@ -9,6 +9,7 @@
 //! ends with an accounting check: the intents the clients were told were
 //! applied are exactly the entries found in the database.
 
+mod advanced;
 mod auth;
 mod child;
 mod cluster;
