@@ -149,11 +149,18 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
         ("writes", None, "sluice-batch"),
         ("yardstick", Some(1.01), "pgbench-lock"),
         ("yardstick", Some(1.01), "direct-lock"),
+        ("writes", None, "sqlite-batched"),
+        ("writes", None, "sluice-sqlite"),
     ];
     for rtt in [0.0, 1.0] {
         for (workload, theta, contender) in others {
             let through_sluice = workload == "writes" && contender.starts_with("sluice");
-            let placement = through_sluice.then_some("next-to-store");
+            let embedded = contender.contains("sqlite");
+            let placement = match (through_sluice, embedded) {
+                (true, true) => Some("embedded"),
+                (true, false) => Some("next-to-store"),
+                (false, _) => None,
+            };
             let found = record(workload, theta, None, rtt, contender, placement);
             assert_eq!(
                 found.len(),
@@ -164,12 +171,18 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
             assert!(run["applied"].as_u64().is_some_and(|n| n > 0), "{run}");
             let cpu = &run["cpu_us_per_intent"];
             assert_eq!(cpu["sluice"].is_number(), through_sluice, "{run}");
-            // pgbench is a process of its own, counted as a client.
-            assert!(
-                cpu["postgres"].is_number() && cpu["client"].is_number(),
-                "{run}"
-            );
+            // pgbench is a process of its own, counted as a client;
+            // PostgreSQL takes no part in the embedded runs.
+            assert_eq!(cpu["postgres"].is_number(), !embedded, "{run}");
+            assert!(cpu["client"].is_number(), "{run}");
             assert_eq!(cpu["relay"].is_number(), rtt > 0.0, "{run}");
+            if workload == "writes" {
+                assert_eq!(
+                    run["wal_bytes_per_intent"].is_number(),
+                    !embedded,
+                    "PostgreSQL's WAL, where it is written: {run}"
+                );
+            }
         }
     }
     // The refusal-only burst: the held mutations applied once, the burst
@@ -441,7 +454,7 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
     );
     assert_eq!(
         report["group_commit"].as_array().map(Vec::len),
-        Some(8),
+        Some(12),
         "the writes workload's records, where an earlier bench.json had them"
     );
     let ablation = report["ablation"].as_array().expect("ablation");
@@ -455,7 +468,12 @@ async fn bench_runs_every_workload_and_accounts_for_every_intent() {
         "R=0 ms, overload 2×",
         "R=1 ms, overload 4×",
         "R=1 ms, hot θ=0.99",
-        "R=0 ms, refusals: Sluice's CPU µs per refusal",
+        "R=0 ms, refusals: Sluice's CPU per refusal / F",
+        "R=0 ms, writes: Sluice's CPU per unconditional mutation / F",
+        "R=0 ms, hot θ=0: Sluice's CPU per intent / F",
+        "R=0 ms, writes: sluice-sqlite / sqlite-batched (the batched ceiling)",
+        "R=0 ms, writes: WAL bytes per sluice mutation / per direct-one-row row",
+        "the full bench's wall time, s",
         "link",
     ] {
         assert!(

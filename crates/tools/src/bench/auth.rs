@@ -121,7 +121,8 @@ async fn start(exe: &Path, postgres: &str, dir: &Path, mode: &'static str) -> To
         _ => (Vec::new(), None),
     };
     let child =
-        SluiceChild::start_with(exe, postgres, Features::ALL, &log, &args, &LIMITS_ENV).await?;
+        SluiceChild::start_with(exe, Some(postgres), Features::ALL, &log, &args, &LIMITS_ENV)
+            .await?;
     Ok(Served {
         mode,
         child,

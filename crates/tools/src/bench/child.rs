@@ -56,12 +56,13 @@ pub(super) struct SluiceChild {
 }
 
 impl SluiceChild {
-    /// Starts `exe serve` on PostgreSQL (`postgres` for store and history),
+    /// Starts `exe serve` on PostgreSQL (`postgres` for store and history;
+    /// `None`: its embedded default, SQLite files in its data directory),
     /// with more arguments to `serve` and more settings, and waits until it
     /// answers `/healthz`. Its log goes to `log`.
     pub(super) async fn start_with(
         exe: &Path,
-        postgres: &str,
+        postgres: Option<&str>,
         features: Features,
         log: &Path,
         args: &[String],
@@ -83,10 +84,12 @@ impl SluiceChild {
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
-            .arg("--store")
-            .arg(postgres)
-            .arg("--history")
-            .arg(postgres)
+            .args(
+                postgres
+                    .map(|url| ["--store", url, "--history", url])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--data-dir")
             .arg(&data_dir)
             .args(args)
@@ -124,6 +127,11 @@ impl SluiceChild {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The SQLite file of its embedded store.
+    pub(super) fn store_file(&self) -> PathBuf {
+        self.data_dir.join("store.db")
     }
 
     /// User plus system CPU time the child has used, in microseconds.

@@ -75,7 +75,8 @@ impl Cluster {
         for i in 0..CLUSTER_MEMBERS {
             let log = out.join(format!("sluice-cluster-{i}.log"));
             members.push(
-                SluiceChild::start_with(exe, postgres, Features::ALL, &log, &args, &env).await?,
+                SluiceChild::start_with(exe, Some(postgres), Features::ALL, &log, &args, &env)
+                    .await?,
             );
         }
         let cluster = Cluster {

@@ -6,6 +6,7 @@
 use super::intent::{Append, Ended, Target};
 use super::*;
 use hdrhistogram::Histogram;
+use sqlx::sqlite::SqlitePool;
 
 /// The tally of one run, merged from its client tasks.
 #[derive(Debug)]
@@ -405,6 +406,54 @@ pub(super) async fn direct_batched(
         match done {
             Ok(r) => {
                 for i in 0..keys.len() as u64 {
+                    tally.add(
+                        Ended {
+                            applied: i < r.rows_affected(),
+                            ..Ended::default()
+                        },
+                        latency,
+                    );
+                }
+            }
+            Err(e) => tally.add(Ended::failed(e), latency),
+        }
+    }
+    tally
+}
+
+/// The embedded default's ceiling: one writer on Sluice's own SQLite file
+/// (`pool`, opened with Sluice's settings), `COMMIT_BATCH` distinct rows per
+/// transaction in one statement, as `direct_batched` writes PostgreSQL.
+pub(super) async fn sqlite_batched(
+    pool: SqlitePool,
+    collection: &Arc<str>,
+    run: Duration,
+    seed: u64,
+) -> Tally {
+    let deadline = Instant::now() + run;
+    let mut rng = SplitMix64::new(seed);
+    let mut tally = Tally::default();
+    while Instant::now() < deadline {
+        let mut keys = std::collections::BTreeSet::new();
+        while keys.len() < COMMIT_BATCH {
+            keys.insert(format!("doc-{}", rng.below(DOCS)));
+        }
+        let keys = serde_json::Value::from(keys.into_iter().collect::<Vec<String>>()).to_string();
+        let started = Instant::now();
+        let done = sqlx::query(
+            "UPDATE sluice_documents SET version = version + 1, updated_ms = $3,
+                 item = json_object('owner', 'batched', 'entries', json(item -> '$.entries'))
+             WHERE collection = $1 AND key IN (SELECT value FROM json_each($2))",
+        )
+        .bind(&**collection)
+        .bind(&keys)
+        .bind(crate::clock::wall_ms())
+        .execute(&pool)
+        .await;
+        let latency = started.elapsed();
+        match done {
+            Ok(r) => {
+                for i in 0..COMMIT_BATCH as u64 {
                     tally.add(
                         Ended {
                             applied: i < r.rows_affected(),

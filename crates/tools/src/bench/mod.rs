@@ -185,7 +185,9 @@ async fn start_sluice(
     relay: &link::Relay,
 ) -> ToolResult<Option<(SluiceChild, link::Link)>> {
     let features = match subject {
-        Subject::Contender(Contender::Sluice) | Subject::OwnTier => Features::ALL,
+        Subject::Contender(Contender::Sluice) | Subject::OwnTier | Subject::Embedded => {
+            Features::ALL
+        }
         Subject::Contender(Contender::SluiceFifo) => Features::NONE,
         // Direct, or started elsewhere (the cluster's members).
         Subject::Contender(_) | Subject::Pgbench | Subject::Cluster => return Ok(None),
@@ -202,8 +204,9 @@ async fn start_sluice(
     };
     let log = options.out.join(format!("sluice-{name}.log"));
     let store = match subject {
-        Subject::OwnTier => linked_url.as_str(),
-        _ => url,
+        Subject::OwnTier => Some(linked_url.as_str()),
+        Subject::Embedded => None,
+        _ => Some(url),
     };
     let child = SluiceChild::start_with(&options.exe, store, features, &log, &[], env).await?;
     let addr: std::net::SocketAddr = child
@@ -438,6 +441,7 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
     );
     report.auth = auth;
     report.wall_s = bench_started.elapsed().as_secs_f64();
+    report.goals.extend(report.time_goal());
     report.write(&options.out)?;
     // Runs under a second (the harness's own tests) are too short to judge
     // the baseline by; the report says what they measured. A shortfall of

@@ -138,14 +138,21 @@ pub(super) enum Writer {
     Sluice,
     /// Through Sluice, `COMMIT_BATCH` mutations per `POST /v1/mutations:batch`.
     SluiceBatch,
+    /// The embedded default's ceiling: one writer, `COMMIT_BATCH`-row
+    /// transactions into Sluice's own SQLite file with its settings.
+    SqliteBatched,
+    /// Sluice on its default SQLite store and history, the clients of `Sluice`.
+    SluiceSqlite,
 }
 
 impl Writer {
-    pub(super) const ALL: [Writer; 4] = [
+    pub(super) const ALL: [Writer; 6] = [
         Writer::DirectOneRow,
         Writer::DirectBatched,
         Writer::Sluice,
         Writer::SluiceBatch,
+        Writer::SqliteBatched,
+        Writer::SluiceSqlite,
     ];
 
     pub(super) fn name(self) -> &'static str {
@@ -154,6 +161,8 @@ impl Writer {
             Writer::DirectBatched => "direct-batched",
             Writer::Sluice => "sluice",
             Writer::SluiceBatch => "sluice-batch",
+            Writer::SqliteBatched => "sqlite-batched",
+            Writer::SluiceSqlite => "sluice-sqlite",
         }
     }
 
@@ -163,6 +172,8 @@ impl Writer {
                 Subject::Contender(Contender::DirectOcc)
             }
             Writer::Sluice | Writer::SluiceBatch => Subject::Contender(Contender::Sluice),
+            // The ceiling writes the embedded Sluice's own file while it idles.
+            Writer::SqliteBatched | Writer::SluiceSqlite => Subject::Embedded,
         }
     }
 }
@@ -178,6 +189,8 @@ pub(super) enum Subject {
     /// `sluice` deployed as its own tier: the link between it and
     /// PostgreSQL too.
     OwnTier,
+    /// `sluice` on its embedded default: SQLite files in its data directory.
+    Embedded,
     /// PostgreSQL's own pgbench (the yardstick).
     Pgbench,
     /// `CLUSTER_MEMBERS` Sluice processes joined in a cluster on one Redis,
@@ -390,6 +403,7 @@ pub(super) fn subject_name(subject: Subject) -> String {
         Subject::Ablation(i) => format!("sluice-{}", ABLATION[i].0.trim_start_matches('+')),
         Subject::Variant(i) => VARIANTS[i].0.to_owned(),
         Subject::OwnTier => Contender::Sluice.name().to_owned(),
+        Subject::Embedded => "sluice-sqlite".to_owned(),
         Subject::Pgbench => "pgbench-lock".to_owned(),
         Subject::Cluster => format!("sluice×{CLUSTER_MEMBERS}"),
     }

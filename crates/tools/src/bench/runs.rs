@@ -5,7 +5,7 @@ use super::child::SluiceChild;
 use super::intent::{Contender, Target};
 use super::load::{
     Tally, closed_loop, direct_batched, external_writer, floor_requests, one_row_commits,
-    open_loop, refusal_burst, sluice_writes, stall, trace_run,
+    open_loop, refusal_burst, sluice_writes, sqlite_batched, stall, trace_run,
 };
 use super::plan::{Job, Setting, Subject, Writer, setting_label, subject_name};
 use super::{
@@ -14,6 +14,9 @@ use super::{
 };
 use crate::clock::wall_ms;
 use crate::tool::{Context, ToolResult, bail};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -109,9 +112,18 @@ impl Bench {
         let collection: Arc<str> = format!("{}-{}", self.prefix, self.runs).into();
         self.relay.set_rtt(rtt_duration(rtt_ms));
         let target = self.target(subject, rtt_ms)?;
+        // The embedded Sluice's documents live in its SQLite file: loaded,
+        // written by the ceiling and counted there.
+        let embedded = match subject {
+            Subject::Embedded => Some(self.embedded_file().await?),
+            _ => None,
+        };
         let documents = !matches!(setting, Setting::Trace);
         if documents {
-            self.load_documents(&collection).await?;
+            match &embedded {
+                Some(file) => load_embedded_documents(file, &collection).await?,
+                None => self.load_documents(&collection).await?,
+            }
         }
         let shadow = subject == Subject::Variant(super::plan::SHADOW_VARIANT);
         for url in target.sluice_urls() {
@@ -200,13 +212,19 @@ impl Bench {
                     Target::Sluice { .. } | Target::RoundRobin { .. } => self.direct.clone(),
                 };
                 match writer {
+                    Writer::SqliteBatched => {
+                        let file = embedded
+                            .clone()
+                            .context("the SQLite ceiling needs a file")?;
+                        sqlite_batched(file, &collection, run, self.seed).await
+                    }
                     Writer::DirectOneRow => {
                         one_row_commits(pool, &collection, run, self.seed).await
                     }
                     Writer::DirectBatched => {
                         direct_batched(pool, &collection, run, self.seed).await
                     }
-                    Writer::Sluice | Writer::SluiceBatch => {
+                    Writer::Sluice | Writer::SluiceBatch | Writer::SluiceSqlite => {
                         let batched = writer == Writer::SluiceBatch;
                         sluice_writes(target.clone(), &collection, run, batched, self.seed).await
                     }
@@ -310,15 +328,33 @@ impl Bench {
         } else {
             None
         };
-        self.check_accounting(setting, subject, &collection, &tally, external_writes)
-            .await?;
+        let found = match &embedded {
+            Some(file) => {
+                let found = embedded_found(file, &collection).await;
+                file.close().await;
+                found?
+            }
+            None => self.found(&collection).await?,
+        };
+        check_accounting(
+            setting,
+            subject,
+            &collection,
+            &tally,
+            external_writes,
+            found,
+        )?;
         let per = |i: usize, n: u64| match (cpu_before[i], cpu_after[i]) {
             (Some(before), Some(after)) if n > 0 => {
                 Some(after.saturating_sub(before) as f64 / n as f64)
             }
             _ => None,
         };
-        let cpu_us_per_mutation = per(0, tally.mutations);
+        // The SQLite ceiling writes the embedded Sluice's file while that
+        // Sluice idles: its CPU is not the run's, and PostgreSQL takes no
+        // part in either embedded run.
+        let ceiling = setting == Setting::Writes(Writer::SqliteBatched);
+        let cpu_us_per_mutation = per(0, tally.mutations).filter(|_| !ceiling);
         let per_applied = |before: Option<u64>, after: Option<u64>| match (before, after) {
             (Some(b), Some(a)) if tally.applied > 0 => {
                 Some(a.saturating_sub(b) as f64 / tally.applied as f64)
@@ -326,19 +362,23 @@ impl Bench {
             _ => None,
         };
         let ctx_switches_per_intent = per_applied(switches_before, switches_after);
-        // The refusal burst writes nothing of its own.
+        // The refusal burst writes nothing of its own; SQLite is not
+        // PostgreSQL.
         let wal_bytes_per_intent = per_applied(Some(wal_before), Some(wal_after))
-            .filter(|_| !matches!(setting, Setting::Refusals | Setting::Floor));
+            .filter(|_| !matches!(setting, Setting::Refusals | Setting::Floor))
+            .filter(|_| embedded.is_none());
         let relay_ran = rtt_ms > 0.0;
         // Per applied intent; for the refusal burst, per refusal.
         let cpu_us_per_intent = report::CpuPerIntent {
-            sluice: per(0, per_intent),
-            postgres: per(1, per_intent),
+            sluice: per(0, per_intent).filter(|_| !ceiling),
+            postgres: per(1, per_intent).filter(|_| embedded.is_none()),
             client: per(2, per_intent),
             relay: per(3, per_intent).filter(|_| relay_ran),
         };
         let placement = match subject {
             Subject::OwnTier => Some("own-tier".to_owned()),
+            Subject::Embedded if !ceiling => Some("embedded".to_owned()),
+            Subject::Embedded => None,
             Subject::Contender(c) if !c.is_sluice() => None,
             Subject::Pgbench => None,
             _ => Some("next-to-store".to_owned()),
@@ -550,47 +590,99 @@ impl Bench {
         })
     }
 
-    /// Every intent reported applied is in the database exactly once, and
-    /// nothing else is: a lost or doubled update fails the benchmark.
-    async fn check_accounting(
-        &self,
-        setting: Setting,
-        subject: Subject,
-        collection: &str,
-        tally: &Tally,
-        external_writes: u64,
-    ) -> ToolResult<()> {
-        let found = self.found(collection).await?;
-        let applied = i64::try_from(tally.applied)?;
-        let problem = match setting {
-            Setting::Trace => accounting_problem("version increments", applied, found.versions),
-            // Nothing reached a lane: nothing may have been written.
-            Setting::Floor => {
-                accounting_problem("version increments", 0, found.versions - found.docs)
-            }
-            Setting::Writes(_) | Setting::Refusals => {
-                accounting_problem("version increments", applied, found.versions - found.docs)
-            }
-            Setting::External => accounting_problem("list entries", applied, found.entries)
-                .or_else(|| {
-                    accounting_problem(
-                        "version increments (with the external writer's)",
-                        applied + i64::try_from(external_writes).unwrap_or(i64::MAX),
-                        found.versions - found.docs,
-                    )
-                }),
-            _ => accounting_problem("list entries", applied, found.entries).or_else(|| {
-                accounting_problem("version increments", applied, found.versions - found.docs)
-            }),
-        };
-        match problem {
-            Some(problem) => bail!(
-                "lost-update check failed for {} {} (collection {collection}): {problem}",
-                setting_label(setting),
-                subject_name(subject)
-            ),
-            None => Ok(()),
+    /// Sluice's SQLite store file of the embedded subject, opened as Sluice
+    /// opens it (WAL, `synchronous = FULL`), with one connection: a writer.
+    async fn embedded_file(&self) -> ToolResult<SqlitePool> {
+        let child = self
+            .children
+            .get(&Subject::Embedded)
+            .context("no embedded Sluice was started")?;
+        let options = SqliteConnectOptions::new()
+            .filename(child.store_file())
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5));
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .context("opening the embedded Sluice's store file")
+    }
+}
+
+/// `DOCS` documents at version 1 in the embedded store, as `load_documents`.
+async fn load_embedded_documents(file: &SqlitePool, collection: &str) -> ToolResult<()> {
+    sqlx::query(
+        "INSERT INTO sluice_documents (collection, key, version, item, updated_ms)
+         WITH RECURSIVE g(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM g WHERE n + 1 < $3)
+         SELECT $1, 'doc-' || n, 1, '{\"owner\":null,\"entries\":[]}', $2 FROM g",
+    )
+    .bind(collection)
+    .bind(wall_ms())
+    .bind(DOCS as i64)
+    .execute(file)
+    .await
+    .context("loading the documents into SQLite")?;
+    Ok(())
+}
+
+/// What the embedded store holds of a collection, as `Bench::found`.
+async fn embedded_found(file: &SqlitePool, collection: &str) -> ToolResult<Found> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS docs,
+                COALESCE(SUM(json_array_length(item, '$.entries')), 0) AS entries,
+                COALESCE(SUM(version), 0) AS versions
+         FROM sluice_documents WHERE collection = $1",
+    )
+    .bind(collection)
+    .fetch_one(file)
+    .await
+    .context("counting the embedded store's documents")?;
+    Ok(Found {
+        docs: sqlx::Row::try_get(&row, "docs")?,
+        entries: sqlx::Row::try_get(&row, "entries")?,
+        versions: sqlx::Row::try_get(&row, "versions")?,
+    })
+}
+
+/// Every intent reported applied is in the database exactly once, and
+/// nothing else is: a lost or doubled update fails the benchmark.
+fn check_accounting(
+    setting: Setting,
+    subject: Subject,
+    collection: &str,
+    tally: &Tally,
+    external_writes: u64,
+    found: Found,
+) -> ToolResult<()> {
+    let applied = i64::try_from(tally.applied)?;
+    let problem = match setting {
+        Setting::Trace => accounting_problem("version increments", applied, found.versions),
+        // Nothing reached a lane: nothing may have been written.
+        Setting::Floor => accounting_problem("version increments", 0, found.versions - found.docs),
+        Setting::Writes(_) | Setting::Refusals => {
+            accounting_problem("version increments", applied, found.versions - found.docs)
         }
+        Setting::External => {
+            accounting_problem("list entries", applied, found.entries).or_else(|| {
+                accounting_problem(
+                    "version increments (with the external writer's)",
+                    applied + i64::try_from(external_writes).unwrap_or(i64::MAX),
+                    found.versions - found.docs,
+                )
+            })
+        }
+        _ => accounting_problem("list entries", applied, found.entries).or_else(|| {
+            accounting_problem("version increments", applied, found.versions - found.docs)
+        }),
+    };
+    match problem {
+        Some(problem) => bail!(
+            "lost-update check failed for {} {} (collection {collection}): {problem}",
+            setting_label(setting),
+            subject_name(subject)
+        ),
+        None => Ok(()),
     }
 }
 
