@@ -266,13 +266,6 @@ fn conflict_filter(query: &ConflictQuery) -> (String, Vec<&str>) {
 
 /// Statements both SQL backends send, the same text in either dialect.
 pub(crate) mod sql {
-    pub(crate) const INSERT_MUTATION: &str = "INSERT INTO sluice_mutations (id, client, collection, key, op, fields, \
-         base_version, version_before, version_after, outcome, conflict, score, ts_ms, received_ms, \
-         decided_ms, queued_us, lane_waiting) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
-    pub(crate) const INSERT_CONFLICT: &str = "INSERT INTO sluice_conflicts (mutation_id, client, collection, key, \
-         base_version, server_version, handler, resolution, reason, incoming, existing, result, at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
     pub(crate) const MUTATIONS_AFTER: &str = "SELECT seq, id, client, collection, key, op, fields, base_version, \
          version_before, version_after, outcome, conflict, score, ts_ms, received_ms, decided_ms, \
          queued_us, lane_waiting FROM sluice_mutations WHERE seq > $1 ORDER BY seq LIMIT $2";

@@ -9,6 +9,64 @@ use crate::model::{ConflictRecord, DocKey, MutationRecord};
 use sqlx::sqlite::SqlitePool;
 use std::path::{Path, PathBuf};
 
+/// A batch of mutation records, from the array `mutation_json` makes.
+const INSERT_MUTATIONS: &str = "INSERT INTO sluice_mutations (id, client, collection, key, op, \
+     fields, base_version, version_before, version_after, outcome, conflict, score, ts_ms, \
+     received_ms, decided_ms, queued_us, lane_waiting) \
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+     value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, \
+     value ->> 12, value ->> 13, value ->> 14, value ->> 15, value ->> 16 \
+     FROM json_each($1) ORDER BY key";
+
+/// A batch of conflict records, from the array `conflict_json` makes.
+const INSERT_CONFLICTS: &str = "INSERT INTO sluice_conflicts (mutation_id, client, collection, \
+     key, base_version, server_version, handler, resolution, reason, incoming, existing, \
+     result, at_ms) \
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+     value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, \
+     value ->> 12 \
+     FROM json_each($1) ORDER BY key";
+
+fn mutation_json(m: &MutationRecord) -> serde_json::Value {
+    serde_json::json!([
+        m.id,
+        m.client,
+        m.doc.collection,
+        m.doc.key,
+        m.op.as_str(),
+        serde_json::to_string(&m.fields).unwrap_or_else(|_| "[]".into()),
+        m.base_version.map(version_to_sql),
+        version_to_sql(m.version_before),
+        version_to_sql(m.version_after),
+        m.outcome.as_str(),
+        i64::from(m.conflict),
+        m.score,
+        m.ts_ms,
+        m.received_ms,
+        m.decided_ms,
+        version_to_sql(m.queued_us),
+        version_to_sql(m.lane_waiting)
+    ])
+}
+
+fn conflict_json(c: &ConflictRecord) -> serde_json::Value {
+    serde_json::json!([
+        c.mutation_id,
+        c.client,
+        c.doc.collection,
+        c.doc.key,
+        version_to_sql(c.base_version),
+        version_to_sql(c.server_version),
+        c.handler,
+        c.resolution.as_str(),
+        c.reason,
+        c.incoming.to_string(),
+        c.existing.to_string(),
+        c.result.to_string(),
+        c.at_ms
+    ])
+}
+
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sluice_mutations (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -98,53 +156,29 @@ impl History for SqliteHistory {
         }
     }
 
-    /// Row by row: statements cost little in process.
+    /// One statement per kind of record, each reading its rows from one
+    /// JSON array: sqlx runs every SQLite statement as a round trip to the
+    /// connection's own thread, and row by row those hand-offs cost more
+    /// than the inserts.
     async fn record(
         &self,
         mutations: &[MutationRecord],
         conflicts: &[ConflictRecord],
     ) -> Result<(), HistoryError> {
+        let mutations = serde_json::Value::Array(mutations.iter().map(mutation_json).collect());
+        let insert = sqlx::query(INSERT_MUTATIONS).bind(mutations.to_string());
+        if conflicts.is_empty() {
+            // One statement: atomic without a transaction around it.
+            insert.execute(&self.writer).await?;
+            return Ok(());
+        }
+        let conflicts = serde_json::Value::Array(conflicts.iter().map(conflict_json).collect());
         let mut tx = self.writer.begin().await?;
-        for m in mutations {
-            sqlx::query(sql::INSERT_MUTATION)
-                .bind(&m.id)
-                .bind(&m.client)
-                .bind(&m.doc.collection)
-                .bind(&m.doc.key)
-                .bind(m.op.as_str())
-                .bind(serde_json::to_string(&m.fields).unwrap_or_else(|_| "[]".into()))
-                .bind(m.base_version.map(version_to_sql))
-                .bind(version_to_sql(m.version_before))
-                .bind(version_to_sql(m.version_after))
-                .bind(m.outcome.as_str())
-                .bind(i64::from(m.conflict))
-                .bind(m.score)
-                .bind(m.ts_ms)
-                .bind(m.received_ms)
-                .bind(m.decided_ms)
-                .bind(version_to_sql(m.queued_us))
-                .bind(version_to_sql(m.lane_waiting))
-                .execute(&mut *tx)
-                .await?;
-        }
-        for c in conflicts {
-            sqlx::query(sql::INSERT_CONFLICT)
-                .bind(&c.mutation_id)
-                .bind(&c.client)
-                .bind(&c.doc.collection)
-                .bind(&c.doc.key)
-                .bind(version_to_sql(c.base_version))
-                .bind(version_to_sql(c.server_version))
-                .bind(&c.handler)
-                .bind(c.resolution.as_str())
-                .bind(&c.reason)
-                .bind(c.incoming.to_string())
-                .bind(c.existing.to_string())
-                .bind(c.result.to_string())
-                .bind(c.at_ms)
-                .execute(&mut *tx)
-                .await?;
-        }
+        insert.execute(&mut *tx).await?;
+        sqlx::query(INSERT_CONFLICTS)
+            .bind(conflicts.to_string())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
