@@ -357,6 +357,8 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
     let mut samples = Vec::new();
     let mut capacity_samples = Vec::new();
     let mut ablation_samples = Vec::new();
+    // Where the bench's time goes, run by run (setup and checks included).
+    let mut timings = vec!["setting\tsubject\trtt_ms\tseconds".to_owned()];
     // A Sluice starts before its first run and stops after its last: each
     // holds PostgreSQL connections, and the other runs (pgbench's among
     // them) need them.
@@ -383,6 +385,7 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
             bench.children.clear();
             bench.sluice_links.clear();
         }
+        let job_started = Instant::now();
         if !bench.children.contains_key(&subject)
             && let Some((child, link)) =
                 start_sluice(subject, &options, &url, &linked_url, &bench.relay).await?
@@ -403,9 +406,16 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
             bench.children.remove(&subject);
             bench.sluice_links.remove(&subject);
         }
+        timings.push(format!(
+            "{}\t{}\t{rtt_ms}\t{:.2}",
+            setting_label(setting),
+            subject_name(subject),
+            job_started.elapsed().as_secs_f64()
+        ));
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let auth_started = Instant::now();
     let auth = if workloads.contains(&Workload::Auth) {
         auth::measure(
             &options.exe,
@@ -419,8 +429,15 @@ pub async fn run(options: BenchOptions) -> ToolResult<BenchReport> {
     } else {
         Vec::new()
     };
+    timings.push(format!(
+        "auth\t-\t0\t{:.2}",
+        auth_started.elapsed().as_secs_f64()
+    ));
     drop(bench);
     drop(temp);
+    let timings_file = options.out.join("timings.tsv");
+    std::fs::write(&timings_file, timings.join("\n") + "\n")
+        .with_context(|| format!("writing {}", timings_file.display()))?;
 
     let machine =
         report::Machine::here(postgres_version, options.quick, plan.run, plan.repetitions);

@@ -523,7 +523,7 @@ impl BenchReport {
         let _ = writeln!(md, "# sluice bench\n");
         let _ = writeln!(
             md,
-            "{} cores ({}), {:.0} GiB, {}; PostgreSQL {}; Sluice {}. {} run: {} s per run, {} repetition(s), contenders interleaved; each figure is the median over the repetitions; the whole bench took {:.0} s. Reproduce with `sluice bench{}`.\n",
+            "{} cores ({}), {:.0} GiB, {}; PostgreSQL {}; Sluice {}. {} run: {} s per run, {} repetition(s) of the headline contenders (variants, ablation, own tier, cluster, trace, yardstick and refusals once), contenders interleaved; each figure is the median over its repetitions; the whole bench took {:.0} s. Reproduce with `sluice bench{}`.\n",
             m.cores,
             m.cpu,
             m.memory_gib,
