@@ -32,8 +32,11 @@ pub(crate) const SCHEMA: &[&str] = &[
         lane_waiting BIGINT NOT NULL DEFAULT 0
     )",
     "CREATE INDEX IF NOT EXISTS sluice_mutations_doc ON sluice_mutations (collection, key, seq)",
-    "CREATE INDEX IF NOT EXISTS sluice_mutations_client ON sluice_mutations (client, id)",
-    "CREATE INDEX IF NOT EXISTS sluice_mutations_decided ON sluice_mutations (decided_ms)",
+    // Indexes only where a query needs one: each costs every record a
+    // write (and on PostgreSQL its WAL). Nothing looks records up by
+    // (client, id) or by decision time; databases made before go without.
+    "DROP INDEX IF EXISTS sluice_mutations_client",
+    "DROP INDEX IF EXISTS sluice_mutations_decided",
     "CREATE TABLE IF NOT EXISTS sluice_conflicts (
         seq BIGSERIAL PRIMARY KEY,
         mutation_id TEXT NOT NULL,
