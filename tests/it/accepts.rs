@@ -563,7 +563,11 @@ async fn a_standing_queue_closes_the_door_with_fast_429s() {
                     .await
                     .expect("answered");
                 let status = r.status().as_u16();
-                let retry_after = r.headers().get("retry-after").is_some();
+                let retry_after = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u32>().ok());
                 let body: Value = r.json().await.expect("JSON");
                 seen.push((k, status, body, retry_after, started.elapsed()));
             }
@@ -587,7 +591,15 @@ async fn a_standing_queue_closes_the_door_with_fast_429s() {
             429 => {
                 refused += 1;
                 assert_eq!(body["error"]["code"], json!("overloaded"), "{body}");
-                assert!(retry_after, "a 429 says when to retry");
+                // When what is inside will have drained, in whole seconds,
+                // as its message says too.
+                let seconds = retry_after.expect("a 429 says when to retry");
+                assert!((1..=30).contains(&seconds), "Retry-After {seconds}");
+                let message = body["error"]["message"].as_str().unwrap_or_default();
+                assert!(
+                    message.contains(&format!("retry after {seconds} s")),
+                    "{message}"
+                );
                 assert!(
                     *elapsed < Duration::from_secs(2),
                     "a refusal is fast: {elapsed:?}"

@@ -286,6 +286,33 @@ pub fn backoff_ms(attempt: u32, unit: f64) -> f64 {
 /// parallel one lucky mutation kept it low while the rest queued, and
 /// `sluice bench` measured an admitted p99 nine times the unloaded one at
 /// twice the capacity.)
+/// The longest `Retry-After` Sluice tells a refused client, in seconds: past
+/// it, an estimate of the drain says more about the last window than about
+/// the next one.
+pub const RETRY_AFTER_MAX_S: u32 = 30;
+
+/// Why the door refused: the last window's mean queue wait (for the
+/// message) and how long what is inside would take to drain at the pace
+/// the queue moved in the last window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shut {
+    pub wait_ms: u64,
+    pub drain_ms: f64,
+}
+
+impl Shut {
+    /// The whole seconds of `Retry-After` that match the drain: a client
+    /// that comes back then finds the queue that refused it gone.
+    pub fn retry_after_s(&self) -> u32 {
+        let seconds = (self.drain_ms / 1000.0).ceil();
+        if seconds.is_finite() {
+            seconds.clamp(1.0, f64::from(RETRY_AFTER_MAX_S)) as u32
+        } else {
+            RETRY_AFTER_MAX_S
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Door {
     limit: f64,
@@ -301,6 +328,8 @@ pub struct Door {
     last_take: Duration,
     /// The mean wait of the last full window, for the refusal's message.
     last_mean_ms: f64,
+    /// Mutations taken per ms in the last full window: the drain's pace.
+    last_rate_per_ms: f64,
     refused: bool,
     limit_max: f64,
 }
@@ -314,9 +343,8 @@ const DOOR_LIMIT_MIN: usize = 64;
 
 impl Door {
     /// Whether `n` more may come in with `depth` already inside, of which
-    /// `mutations` are mutations: `Err` with the last window's mean queue
-    /// wait (ms), for the refusal's message. A handful of requests is never
-    /// refused, whatever the limit.
+    /// `mutations` are mutations: `Err` says why not and for how long. A
+    /// handful of requests is never refused, whatever the limit.
     pub fn admit(
         &mut self,
         now: Duration,
@@ -324,7 +352,7 @@ impl Door {
         mutations: usize,
         n: usize,
         bound_ms: f64,
-    ) -> Result<(), u64> {
+    ) -> Result<(), Shut> {
         if mutations >= DOOR_LIMIT_MIN
             && now.saturating_sub(self.last_take) >= DOOR_WINDOW
             && now.saturating_sub(self.window_start) >= DOOR_WINDOW
@@ -336,9 +364,24 @@ impl Door {
         }
         if depth + n > self.limit.max(n as f64) as usize && depth >= DOOR_LIMIT_MIN {
             self.refused = true;
-            return Err(self.last_mean_ms.round() as u64);
+            return Err(Shut {
+                wait_ms: self.last_mean_ms.round() as u64,
+                drain_ms: self.drain_ms(now, depth),
+            });
         }
         Ok(())
+    }
+
+    /// How long `depth` requests would take to leave at the last window's
+    /// pace; with nothing taken lately (a stalled store), as long again as
+    /// the queue has stood still.
+    fn drain_ms(&self, now: Duration, depth: usize) -> f64 {
+        let stalled_ms = now.saturating_sub(self.last_take).as_secs_f64() * 1000.0;
+        if self.last_rate_per_ms > 0.0 && stalled_ms < DOOR_WINDOW.as_secs_f64() * 1000.0 {
+            depth as f64 / self.last_rate_per_ms
+        } else {
+            stalled_ms
+        }
     }
 
     /// The current limit on requests inside at once.
@@ -369,6 +412,7 @@ impl Door {
             window_max_depth: 0,
             last_take: Duration::ZERO,
             last_mean_ms: 0.0,
+            last_rate_per_ms: 0.0,
             refused: false,
             limit_max: limit_max as f64,
         }
@@ -434,6 +478,12 @@ impl Door {
             self.limit = (self.limit * 1.1 + 1.0).min(self.limit_max);
         }
         self.last_mean_ms = mean_ms;
+        let window_ms = now.saturating_sub(self.window_start).as_secs_f64() * 1000.0;
+        self.last_rate_per_ms = if window_ms > 0.0 {
+            f64::from(self.window_count) / window_ms
+        } else {
+            0.0
+        };
         self.window_start = now;
         self.window_waits_ms = 0.0;
         self.window_count = 0;
@@ -447,6 +497,43 @@ impl Door {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_matches_the_drain_of_what_is_inside() {
+        let at = Duration::from_millis;
+        let mut door = Door::new(10_000);
+        // Windows of 100 ms taking 50 mutations each, each of which waited
+        // 200 ms (over the 20 ms bound): the limit comes down to what was
+        // inside, 1,000, and the queue drains at 0.5 mutations per ms.
+        for w in 1..=40u64 {
+            door.observe(at(w * 100), std::iter::repeat_n(200.0, 50), 1_000, 20.0);
+        }
+        let shut = door
+            .admit(at(4_050), 2_000, 2_000, 1, 20.0)
+            .expect_err("2,000 inside, over the limit");
+        assert_eq!(shut.wait_ms, 200);
+        // 2,000 inside at 0.5 per ms: 4 s.
+        assert!((shut.drain_ms - 4_000.0).abs() < 1.0, "{shut:?}");
+        assert_eq!(shut.retry_after_s(), 4);
+        // A quick drain still says one second (whole seconds only); a long
+        // one is capped.
+        let quick = Shut {
+            wait_ms: 30,
+            drain_ms: 120.0,
+        };
+        assert_eq!(quick.retry_after_s(), 1);
+        let long = Shut {
+            wait_ms: 30,
+            drain_ms: 1e9,
+        };
+        assert_eq!(long.retry_after_s(), RETRY_AFTER_MAX_S);
+        // The queue stops moving: the estimate is how long it has stood.
+        let shut = door
+            .admit(at(7_000), 2_000, 2_000, 1, 20.0)
+            .expect_err("still over the limit");
+        assert!((shut.drain_ms - 3_000.0).abs() < 1.0, "{shut:?}");
+        assert_eq!(shut.retry_after_s(), 3);
+    }
 
     #[test]
     fn a_door_smaller_than_the_floor_keeps_its_limit_when_it_bites() {

@@ -66,11 +66,15 @@ pub(super) fn refusal_body(refusal: &Refusal) -> String {
 
 /// A refusal as an error answer, for the routes that answer errors only.
 pub(super) fn refusal_error(refusal: Refusal) -> super::ApiError {
-    super::ApiError::new(
+    let error = super::ApiError::new(
         refusal_status(refusal.reason),
         refusal.reason.code(),
         refusal.message,
-    )
+    );
+    match refusal.retry_after_s {
+        Some(seconds) => error.retry_after(seconds),
+        None => error,
+    }
 }
 
 /// How long a client told to come back should wait, for a status: every
@@ -81,18 +85,22 @@ pub(super) fn retry_after(status: StatusCode) -> Option<u32> {
 
 /// The engine's answer as it goes on the wire.
 pub fn reply(answer: Answer) -> Reply {
-    let (status, body) = match answer {
-        Answer::Decided(decision) => (decision_status(decision.kind), decision.body),
-        Answer::Queued(queued) => (StatusCode::ACCEPTED, queued_body(&queued)),
+    let (status, body, told) = match answer {
+        Answer::Decided(decision) => (decision_status(decision.kind), decision.body, None),
+        Answer::Queued(queued) => (StatusCode::ACCEPTED, queued_body(&queued), None),
         Answer::Quarantined { id, reason } => {
-            (StatusCode::ACCEPTED, quarantined_body(&id, &reason))
+            (StatusCode::ACCEPTED, quarantined_body(&id, &reason), None)
         }
-        Answer::Refused(refusal) => (refusal_status(refusal.reason), refusal_body(&refusal)),
+        Answer::Refused(refusal) => (
+            refusal_status(refusal.reason),
+            refusal_body(&refusal),
+            refusal.retry_after_s,
+        ),
     };
     Reply {
         status: status.as_u16(),
         body,
-        retry_after_s: retry_after(status),
+        retry_after_s: told.or(retry_after(status)),
     }
 }
 

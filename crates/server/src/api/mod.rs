@@ -65,7 +65,7 @@ impl ApiError {
     }
 
     /// The same error, saying when to retry.
-    fn retry_after(self, seconds: u32) -> Self {
+    pub(super) fn retry_after(self, seconds: u32) -> Self {
         ApiError {
             retry_after: Some(seconds),
             ..self

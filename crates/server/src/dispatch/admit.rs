@@ -12,7 +12,7 @@ use crate::model::{DocKey, Mutation};
 use crate::predict::Observation;
 use crate::queue::{Full, LocalReservations, Reservations, Reserve};
 use crate::store::StoreError;
-use sluice_core::control::Door;
+use sluice_core::control::{Door, Shut};
 use sluice_core::invariant;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -655,8 +655,7 @@ impl Engine {
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(self.inner.refuse(shutting_down(), n));
         }
-        Inner::enter(&self.inner, n, true)
-            .map_err(|wait_ms| self.inner.refuse(overloaded(wait_ms), n))
+        Inner::enter(&self.inner, n, true).map_err(|shut| self.inner.refuse(overloaded(shut), n))
     }
 }
 
@@ -670,7 +669,7 @@ impl Inner {
     /// Document reads pass the same door (`mutations` false): they count
     /// toward the limit, so an overloaded Sluice refuses a client's read as
     /// fast as its write, but they do not make a queue look stalled.
-    pub(super) fn enter(this: &Arc<Inner>, n: usize, mutations: bool) -> Result<InSystem, u64> {
+    pub(super) fn enter(this: &Arc<Inner>, n: usize, mutations: bool) -> Result<InSystem, Shut> {
         let admission = &this.admission;
         let depth = admission.in_system.fetch_add(n, Ordering::SeqCst);
         let inside = if mutations {

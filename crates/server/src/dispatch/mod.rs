@@ -456,7 +456,7 @@ impl Engine {
     /// The document as the store has it, unless Sluice is overloaded.
     pub async fn document(&self, doc: &DocKey) -> Result<Document, ReadError> {
         let _in_system = Inner::enter(&self.inner, 1, false)
-            .map_err(|stayed_ms| ReadError::Overloaded(reply::overloaded(stayed_ms)))?;
+            .map_err(|shut| ReadError::Overloaded(reply::overloaded(shut)))?;
         Ok(self.inner.reads.document(doc).await?)
     }
 

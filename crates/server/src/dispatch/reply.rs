@@ -11,6 +11,7 @@ use crate::model::{ConflictInfo, Decision, DecisionKind, DocKey, Outcome, Verdic
 use crate::queue::Full;
 use crate::store::StoreError;
 use serde_json::{Value, json};
+use sluice_core::control::Shut;
 
 /// The engine's answer about one mutation.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,6 +52,9 @@ pub struct Queued {
 pub struct Refusal {
     pub reason: RefusalReason,
     pub message: String,
+    /// Seconds for `Retry-After`, when the engine knows better than the
+    /// status's usual one.
+    pub retry_after_s: Option<u32>,
 }
 
 impl Refusal {
@@ -58,6 +62,7 @@ impl Refusal {
         Refusal {
             reason,
             message: message.into(),
+            retry_after_s: None,
         }
     }
 }
@@ -188,13 +193,18 @@ pub(super) fn full_refusal(full: Full, doc: &DocKey) -> Refusal {
     }
 }
 
-pub(super) fn overloaded(wait_ms: u64) -> Refusal {
-    Refusal::new(
-        RefusalReason::Overloaded,
-        format!(
-            "Sluice is overloaded: mutations wait about {wait_ms} ms in its queue, over its bound; nothing was queued, retry after a moment"
-        ),
-    )
+pub(super) fn overloaded(shut: Shut) -> Refusal {
+    let seconds = shut.retry_after_s();
+    Refusal {
+        retry_after_s: Some(seconds),
+        ..Refusal::new(
+            RefusalReason::Overloaded,
+            format!(
+                "Sluice is overloaded: mutations wait about {} ms in its queue, over its bound; nothing was queued, retry after {seconds} s (Retry-After), when what is queued now will have drained",
+                shut.wait_ms
+            ),
+        )
+    }
 }
 
 pub(super) fn reused_key(id: &str) -> Refusal {

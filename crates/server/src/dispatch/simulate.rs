@@ -44,7 +44,7 @@ impl Engine {
     pub async fn simulate(&self, mutations: &[Mutation]) -> Result<Vec<Simulated>, ReadError> {
         let inner = &self.inner;
         let _in_system = Inner::enter(&self.inner, mutations.len().max(1), false)
-            .map_err(|stayed_ms| ReadError::Overloaded(reply::overloaded(stayed_ms)))?;
+            .map_err(|shut| ReadError::Overloaded(reply::overloaded(shut)))?;
         let mut states: HashMap<DocKey, Document> = HashMap::new();
         let mut ahead: HashMap<DocKey, usize> = HashMap::new();
         let mut results = Vec::with_capacity(mutations.len());
