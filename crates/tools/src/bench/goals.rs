@@ -18,6 +18,7 @@ impl BenchReport {
                 goal,
                 measured: (measured * 1000.0).round() / 1000.0,
                 target,
+                at_most,
                 met,
             });
         };
@@ -293,6 +294,7 @@ impl BenchReport {
             goal: format!("the {run} bench's wall time, s"),
             measured: self.wall_s.round(),
             target: budget,
+            at_most: true,
             met: self.wall_s <= budget,
         })
     }

@@ -532,6 +532,7 @@ mod tests {
             goal: format!("R=1 ms, yardstick: {}", report::YARDSTICK_GOAL),
             measured,
             target: 0.85,
+            at_most: false,
             met: measured >= 0.85,
         };
         let noisy = [goal(0.828)];

@@ -143,6 +143,8 @@ pub struct Goal {
     pub goal: String,
     pub measured: f64,
     pub target: f64,
+    /// The target is a most (≤), not a least (≥).
+    pub at_most: bool,
     pub met: bool,
 }
 
@@ -546,16 +548,7 @@ impl BenchReport {
                 "| {} | {} | {} {} | {} |",
                 g.goal,
                 g.measured,
-                if g.goal.contains("p99")
-                    || g.goal.contains("wasted")
-                    || g.goal.contains("time-outs")
-                    || g.goal.contains("CPU")
-                    || g.goal.contains("off R by")
-                {
-                    "≤"
-                } else {
-                    "≥"
-                },
+                if g.at_most { "≤" } else { "≥" },
                 g.target,
                 if g.met { "yes" } else { "**no**" }
             );
