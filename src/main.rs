@@ -99,7 +99,7 @@ struct BenchArgs {
     /// started and removed
     #[arg(long, value_name = "URLS")]
     redis: Option<String>,
-    /// Every workload and setting, only shorter (1.5 s runs, one repetition)
+    /// Every workload and setting, only shorter (1.2 s runs, one repetition)
     #[arg(long)]
     quick: bool,
     /// hot, overload, external, trace, writes, yardstick, refusals, floor, auth or
