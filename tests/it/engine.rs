@@ -7,7 +7,9 @@ use sluice_server::dispatch::{Engine, EngineConfig};
 use sluice_server::history::MemoryHistory;
 use sluice_server::model::{DocKey, Document, Mutation, Op};
 use sluice_server::resolve::{Resolver, ScriptLimits};
-use sluice_server::store::{CommitOutcome, LaneCommit, MemoryStore, StoreError, StoredReply};
+use sluice_server::store::{
+    Accepted, CommitOutcome, LaneCommit, MemoryStore, Store, StoreError, StoredReply,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -264,4 +266,107 @@ async fn the_predictor_never_sees_an_outcome_before_scoring_it() {
     // The score an answer carries is the one fixed at enqueue, and the history has it.
     let report = sighted.model_report();
     assert_eq!(report.learned, 1_500);
+}
+
+/// A store whose first lookup of a mutation's place, once armed, answers as
+/// the store was and then promotes the mutation as the validator does (the
+/// accept log written, then the staging area left): a promotion that falls
+/// between the status lookup's reads.
+#[derive(Default)]
+struct PromotedMidLookup {
+    inner: MemoryStore,
+    armed: AtomicBool,
+}
+
+impl PromotedMidLookup {
+    async fn promote_once(&self, client: &str, id: &str) -> Result<(), StoreError> {
+        if self.armed.swap(false, Ordering::SeqCst)
+            && let Some(entry) = self.inner.staged(client, id).await?
+        {
+            self.inner.accept(&entry).await?;
+            self.inner.unstage(client, id).await?;
+        }
+        Ok(())
+    }
+}
+
+crate::store_over_memory!(PromotedMidLookup, own_lookups {
+    async fn get(&self, doc: &DocKey) -> Result<Document, StoreError> {
+        self.inner.get(doc).await
+    }
+
+    async fn commit(&self, batch: &[LaneCommit]) -> Result<Vec<CommitOutcome>, StoreError> {
+        self.inner.commit(batch).await
+    }
+
+    async fn reply(&self, client: &str, id: &str) -> Result<Option<StoredReply>, StoreError> {
+        self.inner.reply(client, id).await
+    }
+
+    async fn accepted(
+        &self,
+        client: &str,
+        id: &str,
+    ) -> Result<Option<Accepted>, StoreError> {
+        let before = self.inner.accepted(client, id).await;
+        self.promote_once(client, id).await?;
+        before
+    }
+
+    async fn staged(
+        &self,
+        client: &str,
+        id: &str,
+    ) -> Result<Option<Accepted>, StoreError> {
+        let before = self.inner.staged(client, id).await;
+        self.promote_once(client, id).await?;
+        before
+    }
+});
+
+/// A staged mutation promoted while its status is looked up is found,
+/// staged or queued, never nowhere (`GET /v1/mutations/{id}` answered 404
+/// for it, and a client following it took it for gone).
+#[tokio::test]
+async fn a_mutation_promoted_during_its_status_lookup_is_still_found() {
+    let store = Arc::new(PromotedMidLookup::default());
+    let mut config = EngineConfig::default();
+    // The validator stays out of it: the double promotes.
+    config.staging.validate_every = Duration::from_secs(3600);
+    let clock: SharedClock = SystemClock::shared();
+    let engine = Engine::start(
+        store.clone(),
+        Arc::new(MemoryHistory::new()),
+        Resolver::new(clock.clone(), ScriptLimits::default()),
+        clock,
+        config,
+    )
+    .await
+    .expect("engine");
+    let m = patch("m1", None);
+    let entry = Accepted {
+        client: "c".into(),
+        id: m.id.clone(),
+        fingerprint: m.fingerprint,
+        mutation: m.to_json(),
+        score: 0.0,
+        at_ms: 0,
+    };
+    assert!(store.inner.stage(&entry, "c").await.expect("stage"));
+    store.armed.store(true, Ordering::SeqCst);
+    let during = engine.queued_status("c", "m1").await.expect("lookup");
+    assert!(
+        during.is_some(),
+        "a staged mutation on its way into the accept log was found in neither"
+    );
+    assert!(
+        !store.armed.load(Ordering::SeqCst),
+        "the promotion happened"
+    );
+    let after = engine
+        .queued_status("c", "m1")
+        .await
+        .expect("lookup")
+        .expect("queued after its promotion");
+    assert!(!after.staged, "promoted, it is queued, not staged");
 }

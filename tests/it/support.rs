@@ -230,10 +230,25 @@ pub fn error_code(body: &Value) -> &str {
 
 /// Implements `Store` for a test double that wraps a `MemoryStore` in its
 /// `inner` field: the methods given are its own, every other one goes
-/// straight to `inner`.
+/// straight to `inner`; with `own_lookups`, `accepted` and `staged` are
+/// the double's own too (one that moves a mutation between the two).
 #[macro_export]
 macro_rules! store_over_memory {
+    ($ty:ty, own_lookups { $($own:tt)* }) => {
+        $crate::store_over_memory!(@impl $ty, { $($own)* });
+    };
     ($ty:ty, { $($own:tt)* }) => {
+        $crate::store_over_memory!(@impl $ty, {
+            $($own)*
+            async fn accepted(&self, client: &str, id: &str) -> Result<Option<sluice_server::store::Accepted>, sluice_server::store::StoreError> {
+                self.inner.accepted(client, id).await
+            }
+            async fn staged(&self, client: &str, id: &str) -> Result<Option<sluice_server::store::Accepted>, sluice_server::store::StoreError> {
+                self.inner.staged(client, id).await
+            }
+        });
+    };
+    (@impl $ty:ty, { $($own:tt)* }) => {
         #[async_trait::async_trait]
         impl sluice_server::store::Store for $ty {
             $($own)*
@@ -261,9 +276,6 @@ macro_rules! store_over_memory {
             }
             async fn unaccept(&self, client: &str, id: &str) -> Result<(), sluice_server::store::StoreError> {
                 self.inner.unaccept(client, id).await
-            }
-            async fn accepted(&self, client: &str, id: &str) -> Result<Option<sluice_server::store::Accepted>, sluice_server::store::StoreError> {
-                self.inner.accepted(client, id).await
             }
             async fn pending_accepted(&self) -> Result<Vec<sluice_server::store::Accepted>, sluice_server::store::StoreError> {
                 self.inner.pending_accepted().await
@@ -297,9 +309,6 @@ macro_rules! store_over_memory {
             }
             async fn unstage(&self, client: &str, id: &str) -> Result<bool, sluice_server::store::StoreError> {
                 self.inner.unstage(client, id).await
-            }
-            async fn staged(&self, client: &str, id: &str) -> Result<Option<sluice_server::store::Accepted>, sluice_server::store::StoreError> {
-                self.inner.staged(client, id).await
             }
             async fn staged_list(&self, collection: Option<&str>, limit: u32) -> Result<Vec<sluice_server::store::Accepted>, sluice_server::store::StoreError> {
                 self.inner.staged_list(collection, limit).await

@@ -243,9 +243,10 @@ pub(super) async fn get_mutation(
         )
             .into_response()
     };
-    // The accept log first: a commit stores the answer and removes the entry
-    // in one transaction, so once the entry is gone the answer is there.
-    // (Asked the other way round, a commit between the two reads answered a
+    // The staging area, the accept log, then the stored answer: the order a
+    // mutation moves in (a commit stores the answer and removes the entry
+    // in one transaction), so once it has left one place it is in the next.
+    // (Asked the other way round, a move between two reads answered a
     // queued mutation with 404.)
     if let Some(queued) = engine
         .queued_status(client, &id)

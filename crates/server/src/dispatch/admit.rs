@@ -236,18 +236,23 @@ impl Engine {
         client: &str,
         id: &str,
     ) -> Result<Option<Queued>, StoreError> {
+        // In the order a mutation moves: a promotion writes the accept log
+        // before it leaves the staging area, and a commit stores the reply
+        // as it leaves the accept log. Asked the other way round, a
+        // promotion between the two reads found it in neither, and a staged
+        // mutation was answered 404 on its way to its lane.
         let store = &self.inner.store;
-        if let Some(entry) = store.accepted(client, id).await? {
+        if store.staged(client, id).await?.is_some() {
             return Ok(Some(Queued {
                 id: id.to_owned(),
-                score: Some(entry.score),
-                staged: false,
+                score: None,
+                staged: true,
             }));
         }
-        Ok(store.staged(client, id).await?.map(|_| Queued {
+        Ok(store.accepted(client, id).await?.map(|entry| Queued {
             id: id.to_owned(),
-            score: None,
-            staged: true,
+            score: Some(entry.score),
+            staged: false,
         }))
     }
 

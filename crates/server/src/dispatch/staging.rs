@@ -153,13 +153,19 @@ impl Engine {
                 reused(staged.fingerprint).unwrap_or_else(|| staged_answer(&mutation.id)),
             ));
         }
+        // Staged, queued, decided: in the order a mutation moves (see
+        // `queued_status`), so that one moving meanwhile is still found.
+        if let Some(entry) = store.accepted(client, &mutation.id).await? {
+            return Ok(Some(Answer::Queued(Queued {
+                id: mutation.id.clone(),
+                score: Some(entry.score),
+                staged: false,
+            })));
+        }
         if let Some(stored) = store.reply(client, &mutation.id).await? {
             return Ok(Some(
                 reused(stored.fingerprint).unwrap_or(Answer::Decided(stored.decision)),
             ));
-        }
-        if let Some(queued) = self.queued_status(client, &mutation.id).await? {
-            return Ok(Some(Answer::Queued(queued)));
         }
         Ok(None)
     }
@@ -262,7 +268,20 @@ impl Engine {
             return Ok(());
         }
         let expire_ms = i64::try_from(inner.config.staging.expire.as_millis()).unwrap_or(i64::MAX);
-        for entry in inner.store.staged_list(None, PROMOTE_BATCH).await? {
+        let counted = inner.staging.count.load(Ordering::SeqCst);
+        let staged = inner.store.staged_list(None, PROMOTE_BATCH).await?;
+        if staged.is_empty() {
+            // Promoted by another process on the store (or counted at start
+            // and gone since): nothing to look at until this one stages,
+            // unless it staged one meanwhile (the count moved).
+            let _ = inner.staging.count.compare_exchange(
+                counted,
+                0,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
+        for entry in staged {
             let expired = inner.clock.now_ms().saturating_sub(entry.at_ms) > expire_ms;
             if !expired && !self.load_allows() {
                 return Ok(());

@@ -35,6 +35,9 @@ pub(super) struct Tally {
     /// them applied once promoted, after the run.
     pub(super) staged: Vec<(String, String)>,
     pub(super) staged_applied: u64,
+    /// The appends (client, entry) the clients were told were not applied,
+    /// and how each ended: what a failed lost-update check looks them up by.
+    pub(super) unapplied: Vec<(String, String, &'static str)>,
 }
 
 /// Latencies from 1 µs to an hour; a longer one is recorded as an hour.
@@ -60,11 +63,31 @@ impl Default for Tally {
             leases: 0,
             staged: Vec::new(),
             staged_applied: 0,
+            unapplied: Vec::new(),
         }
     }
 }
 
 impl Tally {
+    /// One append intent: tallied, and remembered by its entry when the
+    /// client was not told it was applied.
+    pub(super) fn add_append(&mut self, client: &str, entry: &str, ended: Ended, took: Duration) {
+        if !ended.applied && ended.error.is_none() {
+            let how = if ended.rejected_429 {
+                "answered 429"
+            } else if ended.staged.is_some() {
+                "staged"
+            } else if ended.conflict {
+                "answered 409"
+            } else {
+                "answered 404"
+            };
+            self.unapplied
+                .push((client.to_owned(), entry.to_owned(), how));
+        }
+        self.add(ended, took);
+    }
+
     pub(super) fn add(&mut self, ended: Ended, latency: Duration) {
         self.mutations += 1;
         if let Some(e) = ended.error {
@@ -121,6 +144,7 @@ impl Tally {
         self.forecasts.extend(other.forecasts);
         self.staged.extend(other.staged);
         self.staged_applied += other.staged_applied;
+        self.unapplied.extend(other.unapplied);
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
@@ -157,7 +181,7 @@ pub(super) async fn closed_loop(
                 let (ended, took) =
                     timed_append(&target, &collection, &key, &client, &entry, think).await;
                 let refused = ended.rejected_429;
-                tally.add(ended, took);
+                tally.add_append(&client, &entry, ended, took);
                 if refused {
                     tokio::time::sleep(REFUSED_PAUSE).await;
                 }
@@ -255,7 +279,7 @@ pub(super) async fn open_loop(
             let took = arrived.elapsed();
             outstanding.fetch_sub(1, Ordering::Relaxed);
             let mut tally = Tally::default();
-            tally.add(ended, took);
+            tally.add_append(&client, &entry, ended, took);
             tally
         });
     }

@@ -336,14 +336,20 @@ impl Bench {
             }
             None => self.found(&collection).await?,
         };
-        check_accounting(
+        if let Err(e) = check_accounting(
             setting,
             subject,
             &collection,
             &tally,
             external_writes,
             found,
-        )?;
+        ) {
+            let clues = match embedded {
+                Some(_) => String::new(),
+                None => self.accounting_clues(&target, &collection, &tally).await,
+            };
+            bail!("{e}{clues}");
+        }
         let per = |i: usize, n: u64| match (cpu_before[i], cpu_after[i]) {
             (Some(before), Some(after)) if n > 0 => {
                 Some(after.saturating_sub(before) as f64 / n as f64)
@@ -501,28 +507,31 @@ impl Bench {
         let mut applied = 0;
         for (client, id) in staged {
             loop {
-                let answer: serde_json::Value = self
+                let response = self
                     .http
                     .get(format!("{url}/v1/mutations/{id}?client={client}"))
                     .send()
-                    .await?
-                    .json()
                     .await?;
-                match answer["status"].as_str() {
-                    Some("staged" | "queued") if Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Some(waiting @ ("staged" | "queued")) => {
-                        bail!("{client}/{id} still {waiting} {STAGED_DRAIN_MAX:?} after its run")
-                    }
-                    _ => {
-                        applied += u64::from(matches!(
-                            answer["outcome"].as_str(),
-                            Some("applied" | "merged")
-                        ));
-                        break;
-                    }
+                let status = response.status().as_u16();
+                let answer: serde_json::Value = response.json().await?;
+                // Decided: an outcome. Anything else (still staged or
+                // queued, or a 429 or 503 while the run's load drains) is
+                // asked again: taken for "not applied", a refused question
+                // would leave an applied intent uncounted.
+                let outcome = answer["outcome"].as_str().filter(|_| status == 200);
+                if let Some(outcome) = outcome {
+                    applied += u64::from(matches!(outcome, "applied" | "merged"));
+                    break;
                 }
+                if !matches!(status, 200 | 429 | 503) {
+                    bail!("{client}/{id}: GET /v1/mutations answered {status}: {answer}");
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "{client}/{id} still undecided {STAGED_DRAIN_MAX:?} after its run ({status}: {answer})"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         Ok(applied)
@@ -571,6 +580,63 @@ impl Bench {
                 .context("GET /v1/stats has no locking.lock_held_ms")?;
         }
         Ok(Some(total))
+    }
+
+    /// What a failed lost-update check has to go on: the entries the
+    /// database holds twice, and those it holds that their clients were
+    /// told were not applied, with what Sluice says of each now.
+    async fn accounting_clues(&self, target: &Target, collection: &str, tally: &Tally) -> String {
+        const SHOWN: usize = 5;
+        let rows = sqlx::query_as::<_, (String, i64)>(
+            "SELECT e, COUNT(*) FROM sluice_documents d, json_array_elements_text(d.item->'entries') e
+             WHERE d.collection = $1 GROUP BY e",
+        )
+        .bind(collection)
+        .fetch_all(&self.admin)
+        .await;
+        let held: std::collections::HashMap<String, i64> = match rows {
+            Ok(rows) => rows.into_iter().collect(),
+            Err(e) => return format!("\n(the entries could not be read: {e})"),
+        };
+        let mut clues = String::new();
+        let twice: Vec<_> = held.iter().filter(|(_, n)| **n > 1).take(SHOWN).collect();
+        if !twice.is_empty() {
+            clues.push_str(&format!("\nentries held more than once: {twice:?}"));
+        }
+        let url = target.sluice_urls().first().map(|u| u.to_string());
+        let mut shown = 0;
+        for (client, entry, how) in tally
+            .unapplied
+            .iter()
+            .filter(|(_, entry, _)| held.contains_key(entry))
+        {
+            if shown == SHOWN {
+                break;
+            }
+            let said = match &url {
+                Some(url) => match self
+                    .http
+                    .get(format!(
+                        "{url}/v1/mutations/{collection}:{entry}?client={client}"
+                    ))
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(e) => format!("(not asked: {e})"),
+                },
+                None => String::new(),
+            };
+            // Staged ones applied once promoted were counted.
+            if *how == "staged" && (said.contains("\"applied\"") || said.contains("\"merged\"")) {
+                continue;
+            }
+            shown += 1;
+            clues.push_str(&format!(
+                "\nentry {entry} of {client} is held, but its intent {how}; Sluice says now: {said}"
+            ));
+        }
+        clues
     }
 
     async fn found(&self, collection: &str) -> ToolResult<Found> {
