@@ -1,0 +1,190 @@
+// The client against a real Sluice server: offline then online, a crash of
+// the client mid-flush, the server restarting mid-flush, back-off when
+// told, and refusals that settle instead of looping.
+
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { appendFile, mkdir } from "node:fs/promises";
+import { createServer } from "node:http";
+import * as path from "node:path";
+import { after, before, test } from "node:test";
+import { Sluice } from "../dist/index.js";
+import { Server, freePort, tempDir } from "./server.mjs";
+
+const WORKER = path.join(import.meta.dirname, "worker.mjs");
+let server;
+
+before(async () => {
+  server = await Server.start();
+});
+
+after(async () => {
+  await server?.down();
+});
+
+/** Runs a worker to its end (or until `stopWhen` sees a line, then kill -9). */
+function worker(args, stopWhen) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [WORKER, ...args.map(String)], { stdio: ["ignore", "pipe", "pipe"] });
+    const lines = [];
+    let err = "";
+    let buffered = "";
+    child.stdout.on("data", (d) => {
+      buffered += d;
+      const parts = buffered.split("\n");
+      buffered = parts.pop();
+      for (const line of parts) {
+        lines.push(line);
+        if (stopWhen?.(lines)) child.kill("SIGKILL");
+      }
+    });
+    child.stderr.on("data", (d) => (err += d));
+    child.once("error", reject);
+    child.once("exit", (code, signal) => resolve({ code, signal, lines, err }));
+  });
+}
+
+async function automerge(collection) {
+  const r = await server.json("PUT", `/v1/collections/${collection}`, { handler: "automerge" });
+  assert.ok(r.status < 300, JSON.stringify(r));
+}
+
+async function doc(collection, key) {
+  const r = await server.json("GET", `/v1/documents/${collection}/${key}`);
+  assert.equal(r.status, 200, JSON.stringify(r));
+  return r.body;
+}
+
+/** Fields e<first>..e<first+n-1> all present, with their own numbers. */
+function assertEdits(item, first, n) {
+  for (let i = first; i < first + n; i++) assert.equal(item[`e${i}`], i, `edit ${i} in ${JSON.stringify(item)}`);
+}
+
+test("queued offline, delivered by the next process exactly once and in order; a stale edit meanwhile is merged", async () => {
+  const collection = "offline";
+  await automerge(collection);
+  assert.equal((await server.json("POST", "/v1/mutations", { id: "seed", client: "setup", collection, key: "note", op: "put", value: { title: "t" } })).status, 200);
+  const outbox = await tempDir("alice");
+  const bob = await Sluice.open({ url: server.url, client: "bob", outbox: await tempDir("bob") });
+  const seenByBob = await bob.get(collection, "note");
+  assert.equal(seenByBob.version, 1);
+
+  await server.down();
+  const queued = await worker(["queue", server.url, outbox, "alice", collection, "note", 20, 1]);
+  assert.equal(queued.code, 0, queued.err);
+  assert.equal(queued.lines.filter((l) => l.startsWith("queued ")).length, 20);
+  await server.up();
+
+  const done = await worker(["flush", server.url, outbox, "alice", collection, "note", 0, 0]);
+  assert.equal(done.code, 0, done.err);
+  assert.equal(done.lines[0], "pending 20");
+  assert.equal(done.lines.filter((l) => l.startsWith("settled ")).length, 20);
+  // Bob edits from what he saw (version 1), stale by Alice's 20.
+  const bobId = await bob.mutate({ collection, key: "note", op: "patch", value: { bob: true } });
+  const bobAnswer = await bob.settled(bobId);
+  assert.equal(bobAnswer.outcome, "merged", JSON.stringify(bobAnswer));
+  await bob.close();
+
+  const now = await doc(collection, "note");
+  assertEdits(now.item, 1, 20);
+  assert.equal(now.item.last, 20, "the last edit is the last applied");
+  assert.equal(now.item.bob, true);
+  // The seed, Alice's 20 (each once), Bob's one.
+  assert.equal(now.version, 22);
+});
+
+test("a client killed with -9 mid-flush loses and doubles nothing", async () => {
+  const collection = "killed";
+  const outbox = await tempDir("carol");
+  const run = await worker(["both", server.url, outbox, "carol", collection, "k", 40, 1], (lines) =>
+    lines.filter((l) => l.startsWith("settled ")).length >= 5,
+  );
+  assert.equal(run.signal, "SIGKILL", `the worker ended before it was killed: ${run.lines.join("\n")} ${run.err}`);
+  const rest = await worker(["flush", server.url, outbox, "carol", collection, "k", 0, 0]);
+  assert.equal(rest.code, 0, rest.err);
+  const pending = Number(rest.lines[0].split(" ")[1]);
+  assert.ok(pending > 0 && pending <= 35, rest.lines[0]);
+  const now = await doc(collection, "k");
+  assertEdits(now.item, 1, 40);
+  assert.equal(now.item.last, 40);
+  assert.equal(now.version, 40, "each of the 40 applied exactly once");
+});
+
+test("the server restarting mid-flush loses and doubles nothing", async () => {
+  const collection = "restarted";
+  const s = await Sluice.open({ url: server.url, client: "dave", outbox: await tempDir("dave"), backoffMinMs: 20, backoffMaxMs: 300 });
+  const ids = [];
+  for (let i = 1; i <= 30; i++) ids.push(await s.mutate({ collection, key: "k", op: "patch", value: { [`e${i}`]: i, last: i } }));
+  await s.settled(ids[4]);
+  await server.down("SIGKILL");
+  await new Promise((r) => setTimeout(r, 300));
+  await server.up();
+  await s.flush();
+  assert.equal(s.pending().length, 0);
+  const answers = await Promise.all(ids.map((id) => s.settled(id)));
+  assert.ok(answers.every((a) => a.outcome === "applied"), JSON.stringify(answers.filter((a) => a.outcome !== "applied")));
+  await s.close();
+  const now = await doc(collection, "k");
+  assertEdits(now.item, 1, 30);
+  assert.equal(now.item.last, 30);
+  assert.equal(now.version, 30);
+});
+
+test("a 429 is resent no sooner than its Retry-After", async () => {
+  // A relay in front of the real server that answers the first POST 429.
+  const posts = [];
+  const relay = createServer(async (req, res) => {
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    const body = Buffer.concat(chunks);
+    if (req.method === "POST") {
+      posts.push(Date.now());
+      if (posts.length === 1) {
+        res.writeHead(429, { "content-type": "application/json", "retry-after": "1" });
+        res.end(JSON.stringify({ error: { code: "overloaded", message: "retry after 1 s" } }));
+        return;
+      }
+    }
+    const upstream = await fetch(`${server.url}${req.url}`, { method: req.method, headers: { "content-type": "application/json" }, body: req.method === "POST" ? body : undefined });
+    res.writeHead(upstream.status, { "content-type": "application/json" });
+    res.end(Buffer.from(await upstream.arrayBuffer()));
+  });
+  const port = await freePort();
+  await new Promise((r) => relay.listen(port, "127.0.0.1", r));
+  try {
+    const s = await Sluice.open({ url: `http://127.0.0.1:${port}`, client: "erin", outbox: await tempDir("erin"), backoffMinMs: 10, backoffMaxMs: 100 });
+    const id = await s.mutate({ collection: "told", key: "k", op: "put", value: { a: 1 } });
+    const answer = await s.settled(id);
+    await s.close();
+    assert.equal(answer.outcome, "applied");
+    assert.equal(posts.length, 2);
+    assert.ok(posts[1] - posts[0] >= 1000, `resent after ${posts[1] - posts[0]} ms`);
+  } finally {
+    relay.close();
+  }
+});
+
+test("a 422 and a 400 settle with their error instead of being resent for ever", async () => {
+  const collection = "refused";
+  // Another device already used this id for another mutation.
+  assert.equal((await server.json("POST", "/v1/mutations", { id: "dup-1", client: "frank", collection, key: "k", op: "put", value: { a: 1 } })).status, 200);
+  const outbox = await tempDir("frank");
+  await mkdir(outbox, { recursive: true });
+  const m = { id: "dup-1", collection, key: "k", op: "put", value: { a: 2 }, atMs: Date.now() };
+  await appendFile(path.join(outbox, "outbox.log"), JSON.stringify({ t: "queued", m }) + "\n");
+  const s = await Sluice.open({ url: server.url, client: "frank", outbox });
+  assert.deepEqual(s.pending().map((p) => p.id), ["dup-1"]);
+  const reused = await s.settled("dup-1");
+  assert.equal(reused.status, 422);
+  assert.equal(reused.error.code, "idempotency_key_reused");
+  const bad = await s.mutate({ collection: "not a collection!", key: "k", op: "put", value: {} });
+  const refused = await s.settled(bad);
+  assert.equal(refused.status, 400);
+  await s.flush();
+  assert.equal(s.pending().length, 0);
+  await s.close();
+  // Settled answers survive a restart of the client.
+  const again = await Sluice.open({ url: server.url, client: "frank", outbox });
+  assert.equal((await again.settled(bad)).status, 400);
+  await again.close();
+});
