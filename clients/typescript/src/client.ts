@@ -100,7 +100,14 @@ export class Sluice {
     };
     if (input.value !== undefined) m.value = input.value;
     if (input.baseVersion !== undefined) m.baseVersion = input.baseVersion;
-    await this.record([{ t: "queued", m }]);
+    const records: Record_[] = [{ t: "queued", m }];
+    const k = docKey(m.collection, m.key);
+    if (!this.state.pending.some((p) => docKey(p.m.collection, p.m.key) === k)) {
+      // Nothing of this document waits before it: its base is known now,
+      // and frozen with it (no write of its own before the first send).
+      records.push({ t: "base", id: m.id, base: m.baseVersion ?? this.state.versions.get(k) ?? null });
+    }
+    await this.record(records);
     this.pump();
     return m.id;
   }
@@ -192,14 +199,14 @@ export class Sluice {
   private pump(): void {
     if (this.closed) return;
     const now = Date.now();
-    const heads = new Map<string, { m: Queued; base?: number | null }>();
-    for (const p of this.state.pending) {
-      const k = docKey(p.m.collection, p.m.key);
-      if (!heads.has(k)) heads.set(k, p);
-    }
+    const seen = new Set<string>();
     let next = Infinity;
-    for (const [k, p] of heads) {
+    for (const p of this.state.pending) {
       if (this.inFlight.size >= this.concurrency) break;
+      const k = docKey(p.m.collection, p.m.key);
+      // Each document's oldest pending mutation only.
+      if (seen.has(k)) continue;
+      seen.add(k);
       if (this.inFlight.has(k)) continue;
       const at = this.retryAt.get(p.m.id) ?? 0;
       if (at > now) {
