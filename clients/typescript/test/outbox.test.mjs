@@ -3,13 +3,13 @@
 // told, and refusals that settle instead of looping.
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { appendFile, mkdir } from "node:fs/promises";
 import { createServer } from "node:http";
 import * as path from "node:path";
 import { after, before, test } from "node:test";
 import { Sluice } from "../dist/index.js";
-import { Server, freePort, tempDir } from "./server.mjs";
+import { Server, freePort, sluiceBin, tempDir } from "./server.mjs";
 
 const WORKER = path.join(import.meta.dirname, "worker.mjs");
 let server;
@@ -187,4 +187,51 @@ test("a 422 and a 400 settle with their error instead of being resent for ever",
   const again = await Sluice.open({ url: server.url, client: "frank", outbox });
   assert.equal((await again.settled(bad)).status, 400);
   await again.close();
+});
+
+test("a quarantined mutation is followed until it is decided", async () => {
+  const collection = "held";
+  // Two writes, so that a base of 1 is stale and reaches the handler.
+  for (const [id, value] of [["h1", { a: 1 }], ["h2", { a: 2 }]]) {
+    assert.equal((await server.json("POST", "/v1/mutations", { id, client: "setup", collection, key: "k", op: "patch", value })).status, 200);
+  }
+  const failing = { handler: { script: "function resolve(ctx) { throw new Error('the resolver is down'); }" }, on_handler_failure: "quarantine" };
+  assert.ok((await server.json("PUT", `/v1/collections/${collection}`, failing)).status < 300);
+  const s = await Sluice.open({ url: server.url, client: "gina", outbox: await tempDir("gina"), backoffMinMs: 20, backoffMaxMs: 200 });
+  const id = await s.mutate({ collection, key: "k", op: "patch", value: { b: 1 }, baseVersion: 1 });
+  let kept;
+  for (let i = 0; i < 100 && !kept; i++) {
+    const list = await server.json("GET", `/v1/quarantine?collection=${collection}`);
+    kept = JSON.stringify(list.body).includes(id);
+    if (!kept) await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.ok(kept, "the mutation reached the quarantine");
+  assert.deepEqual(s.pending().map((m) => m.id), [id], "quarantined is not decided");
+  assert.ok((await server.json("PUT", `/v1/collections/${collection}`, { handler: "automerge" })).status < 300);
+  assert.equal((await server.json("POST", `/v1/quarantine/gina/${id}:retry`)).status, 200);
+  const answer = await s.settled(id);
+  assert.equal(answer.outcome, "merged", JSON.stringify(answer));
+  await s.close();
+  const now = await doc(collection, "k");
+  assert.equal(now.item.b, 1);
+  assert.equal(now.version, 3);
+});
+
+test("with authentication on, the token is sent as a bearer credential", async () => {
+  const dataDir = await tempDir("auth");
+  const out = execFileSync(sluiceBin(), ["keys", "create", "--client", "hana", "--role", "writer", "--data-dir", dataDir], { encoding: "utf8" });
+  const token = out.trim().split("\n").pop().trim();
+  const secured = new Server(await freePort(), dataDir, {}, ["--auth", "keys"]);
+  await secured.up();
+  try {
+    const anonymous = await secured.json("POST", "/v1/mutations", { client: "hana", collection: "c", key: "k", op: "put", value: {} });
+    assert.equal(anonymous.status, 401, "the server does want a credential");
+    const s = await Sluice.open({ url: secured.url, client: "hana", outbox: await tempDir("hana"), token });
+    const id = await s.mutate({ collection: "c", key: "k", op: "put", value: { signed: true } });
+    assert.equal((await s.settled(id)).outcome, "applied");
+    assert.equal((await s.get("c", "k")).item.signed, true);
+    await s.close();
+  } finally {
+    await secured.down();
+  }
 });

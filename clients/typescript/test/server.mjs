@@ -30,22 +30,23 @@ export async function tempDir(name) {
 }
 
 export class Server {
-  constructor(port, dataDir, env = {}) {
+  constructor(port, dataDir, env = {}, args = []) {
     this.port = port;
     this.dataDir = dataDir;
     this.env = env;
+    this.args = args;
     this.url = `http://127.0.0.1:${port}`;
     this.child = undefined;
   }
 
-  static async start(env = {}) {
-    const server = new Server(await freePort(), await tempDir("data"), env);
+  static async start(env = {}, args = []) {
+    const server = new Server(await freePort(), await tempDir("data"), env, args);
     await server.up();
     return server;
   }
 
   async up() {
-    this.child = spawn(sluiceBin(), ["serve", "--listen", `127.0.0.1:${this.port}`, "--data-dir", this.dataDir], {
+    this.child = spawn(sluiceBin(), ["serve", "--listen", `127.0.0.1:${this.port}`, "--data-dir", this.dataDir, ...this.args], {
       env: { ...process.env, ...this.env },
       stdio: ["ignore", "ignore", "pipe"],
     });
