@@ -235,3 +235,48 @@ test("with authentication on, the token is sent as a bearer credential", async (
     await secured.down();
   }
 });
+
+test("the event stream delivers answers and resumes after the last one seen, across a restart", async () => {
+  const collection = "streamed";
+  const outbox = await tempDir("ivan");
+  const s = await Sluice.open({ url: server.url, client: "ivan", outbox, backoffMinMs: 20, backoffMaxMs: 200 });
+  const heard = [];
+  const stop = s.subscribe((a) => heard.push(a.id));
+  const first = await s.mutate({ collection, key: "k", op: "put", value: { n: 1 } });
+  await s.settled(first);
+  for (let i = 0; i < 100 && !heard.includes(first); i++) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(heard.includes(first), "the stream told the answer");
+  stop();
+  await s.close();
+
+  // Decided while nobody listens: the next stream starts after `first`.
+  const later = [];
+  for (const id of ["j1", "j2"]) {
+    assert.equal((await server.json("POST", "/v1/mutations", { id, client: "ivan", collection, key: id, op: "put", value: {} })).status, 200);
+    later.push(id);
+  }
+  const again = await Sluice.open({ url: server.url, client: "ivan", outbox, backoffMinMs: 20, backoffMaxMs: 200 });
+  const resumed = [];
+  const stopAgain = again.subscribe((a) => resumed.push(a.id));
+  for (let i = 0; i < 100 && resumed.length < 2; i++) await new Promise((r) => setTimeout(r, 50));
+  stopAgain();
+  await again.close();
+  assert.deepEqual(resumed, later, "exactly the answers after the last one seen");
+});
+
+test("a second process on the same outbox waits for the first to let go", async () => {
+  const outbox = await tempDir("jack");
+  const s = await Sluice.open({ url: server.url, client: "jack", outbox });
+  const second = worker(["flush", server.url, outbox, "jack", "held", "k", 0, 0]);
+  await new Promise((r) => setTimeout(r, 500));
+  const id = await s.mutate({ collection: "held-by-first", key: "k", op: "put", value: { n: 1 } });
+  await s.flush();
+  await s.close();
+  const done = await second;
+  assert.equal(done.code, 0, done.err);
+  // It opened only after the first closed: what it found was already answered.
+  assert.equal(done.lines[0], "pending 0");
+  const reopened = await Sluice.open({ url: server.url, client: "jack", outbox });
+  assert.equal((await reopened.settled(id)).outcome, "applied");
+  await reopened.close();
+});
