@@ -5,15 +5,19 @@
 // closes or crashes lets go of it).
 
 import { openDB, type IDBPDatabase } from "idb";
-import { apply, emptyState, snapshot, type OutboxState, type OutboxStore, type Record_ } from "./outbox.js";
+import { GroupWriter, apply, emptyState, snapshot, type OutboxState, type OutboxStore, type Record_ } from "./outbox.js";
 
 const STORE = "log";
 
 export class IdbOutbox implements OutboxStore {
   private db?: IDBPDatabase;
   private release?: () => void;
-  private waiting: { records: Record_[]; done: (e?: unknown) => void }[] = [];
-  private writing = false;
+  private readonly writer = new GroupWriter(async (records) => {
+    if (!this.db) throw new Error("the outbox is closed");
+    const tx = this.db.transaction(STORE, "readwrite", { durability: "strict" });
+    for (const r of records) void tx.store.add(r);
+    await tx.done;
+  });
 
   constructor(private readonly name: string) {}
 
@@ -45,35 +49,11 @@ export class IdbOutbox implements OutboxStore {
   }
 
   append(records: Record_[]): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.waiting.push({ records, done: (e) => (e === undefined ? resolve() : reject(e)) });
-      void this.drain();
-    });
-  }
-
-  private async drain(): Promise<void> {
-    if (this.writing) return;
-    this.writing = true;
-    try {
-      while (this.waiting.length > 0) {
-        const batch = this.waiting.splice(0);
-        try {
-          if (!this.db) throw new Error("the outbox is closed");
-          const tx = this.db.transaction(STORE, "readwrite", { durability: "strict" });
-          for (const b of batch) for (const r of b.records) void tx.store.add(r);
-          await tx.done;
-          batch.forEach((b) => b.done());
-        } catch (e) {
-          batch.forEach((b) => b.done(e));
-        }
-      }
-    } finally {
-      this.writing = false;
-    }
+    return this.writer.append(records);
   }
 
   async close(): Promise<void> {
-    while (this.writing || this.waiting.length > 0) await new Promise((r) => setTimeout(r, 5));
+    await this.writer.idle();
     this.db?.close();
     this.db = undefined;
     this.release?.();

@@ -5,7 +5,7 @@
 
 import { promises as fs, constants } from "node:fs";
 import * as path from "node:path";
-import { apply, emptyState, snapshot, type OutboxState, type OutboxStore, type Record_ } from "./outbox.js";
+import { GroupWriter, apply, emptyState, snapshot, type OutboxState, type OutboxStore, type Record_ } from "./outbox.js";
 
 const LOG = "outbox.log";
 const LOCK = "lock";
@@ -13,8 +13,11 @@ const LOCK_POLL_MS = 100;
 
 export class NodeOutbox implements OutboxStore {
   private file?: fs.FileHandle;
-  private waiting: { records: Record_[]; done: (e?: unknown) => void }[] = [];
-  private writing = false;
+  private readonly writer = new GroupWriter(async (records) => {
+    if (!this.file) throw new Error("the outbox is closed");
+    await this.file.write(records.map((r) => JSON.stringify(r) + "\n").join(""));
+    await this.file.datasync();
+  });
   private locked = false;
 
   constructor(private readonly dir: string) {}
@@ -79,35 +82,11 @@ export class NodeOutbox implements OutboxStore {
   }
 
   append(records: Record_[]): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.waiting.push({ records, done: (e) => (e === undefined ? resolve() : reject(e)) });
-      void this.drain();
-    });
-  }
-
-  private async drain(): Promise<void> {
-    if (this.writing) return;
-    this.writing = true;
-    try {
-      while (this.waiting.length > 0) {
-        const batch = this.waiting.splice(0);
-        try {
-          if (!this.file) throw new Error("the outbox is closed");
-          const text = batch.flatMap((b) => b.records.map((r) => JSON.stringify(r) + "\n")).join("");
-          await this.file.write(text);
-          await this.file.datasync();
-          batch.forEach((b) => b.done());
-        } catch (e) {
-          batch.forEach((b) => b.done(e));
-        }
-      }
-    } finally {
-      this.writing = false;
-    }
+    return this.writer.append(records);
   }
 
   async close(): Promise<void> {
-    while (this.writing || this.waiting.length > 0) await new Promise((r) => setTimeout(r, 5));
+    await this.writer.idle();
     await this.file?.close();
     this.file = undefined;
     if (this.locked) {

@@ -118,3 +118,46 @@ export function snapshot(state: OutboxState): Record_[] {
   if (state.lastEventId !== undefined) records.push({ t: "event", lastEventId: state.lastEventId });
   return records;
 }
+
+/**
+ * Appends as a store makes them durable: one write at a time, and the
+ * appends that arrive while one is written go together in the next (one
+ * sync for many mutations). `write` gets the records of every waiting
+ * append, in order.
+ */
+export class GroupWriter {
+  private waiting: { records: Record_[]; done: (e?: unknown) => void }[] = [];
+  private writing = false;
+
+  constructor(private readonly write: (records: Record_[]) => Promise<void>) {}
+
+  append(records: Record_[]): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.waiting.push({ records, done: (e) => (e === undefined ? resolve() : reject(e)) });
+      void this.drain();
+    });
+  }
+
+  /** Resolves once nothing is being written or waiting. */
+  async idle(): Promise<void> {
+    while (this.writing || this.waiting.length > 0) await new Promise((r) => setTimeout(r, 5));
+  }
+
+  private async drain(): Promise<void> {
+    if (this.writing) return;
+    this.writing = true;
+    try {
+      while (this.waiting.length > 0) {
+        const batch = this.waiting.splice(0);
+        try {
+          await this.write(batch.flatMap((b) => b.records));
+          batch.forEach((b) => b.done());
+        } catch (e) {
+          batch.forEach((b) => b.done(e));
+        }
+      }
+    } finally {
+      this.writing = false;
+    }
+  }
+}
