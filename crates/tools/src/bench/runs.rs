@@ -514,13 +514,18 @@ impl Bench {
                     .await?;
                 let status = response.status().as_u16();
                 let answer: serde_json::Value = response.json().await?;
-                // Decided: an outcome. Anything else (still staged or
-                // queued, or a 429 or 503 while the run's load drains) is
-                // asked again: taken for "not applied", a refused question
-                // would leave an applied intent uncounted.
-                let outcome = answer["outcome"].as_str().filter(|_| status == 200);
-                if let Some(outcome) = outcome {
-                    applied += u64::from(matches!(outcome, "applied" | "merged"));
+                // Decided: an outcome, or the error it was refused with.
+                // Anything else (still staged or queued, or a 429 or 503
+                // while the run's load drains) is asked again: taken for
+                // "not applied", a refused question would leave an applied
+                // intent uncounted.
+                let decided =
+                    status == 200 && (answer["outcome"].is_string() || answer["error"].is_object());
+                if decided {
+                    applied += u64::from(matches!(
+                        answer["outcome"].as_str(),
+                        Some("applied" | "merged")
+                    ));
                     break;
                 }
                 if !matches!(status, 200 | 429 | 503) {
