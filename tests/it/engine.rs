@@ -72,13 +72,17 @@ crate::store_over_memory!(Unruly, {
 });
 
 async fn engine(store: Arc<Unruly>) -> Engine {
+    engine_with(store, EngineConfig::default()).await
+}
+
+async fn engine_with(store: Arc<dyn Store>, config: EngineConfig) -> Engine {
     let clock: SharedClock = SystemClock::shared();
     Engine::start(
         store,
         Arc::new(MemoryHistory::new()),
         Resolver::new(clock.clone(), ScriptLimits::default()),
         clock,
-        EngineConfig::default(),
+        config,
     )
     .await
     .expect("engine")
@@ -333,16 +337,7 @@ async fn a_mutation_promoted_during_its_status_lookup_is_still_found() {
     let mut config = EngineConfig::default();
     // The validator stays out of it: the double promotes.
     config.staging.validate_every = Duration::from_secs(3600);
-    let clock: SharedClock = SystemClock::shared();
-    let engine = Engine::start(
-        store.clone(),
-        Arc::new(MemoryHistory::new()),
-        Resolver::new(clock.clone(), ScriptLimits::default()),
-        clock,
-        config,
-    )
-    .await
-    .expect("engine");
+    let engine = engine_with(store.clone(), config).await;
     let m = patch("m1", None);
     let entry = Accepted {
         client: "c".into(),
